@@ -1,0 +1,78 @@
+"""The master's HTTP API: PUT /create."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from links import services
+
+logger = logging.getLogger(__name__)
+
+# Room for the longest accepted longurl, escaped in JSON (up to 6 bytes a character for \\uXXXX),
+# plus the object around it.
+MAX_BODY_BYTES = settings.SHORTENER_MAX_URL_LENGTH * 6 + 1024
+
+
+def _error(status: int, message: str, **headers: str) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status, headers=headers or None)
+
+
+# A JSON API with no cookie authentication: CSRF protection guards cookie-authenticated forms
+# and has nothing to protect here.
+@csrf_exempt
+def create(request: HttpRequest) -> JsonResponse:
+    if request.method != "PUT":
+        return _error(405, f"method {request.method} is not allowed; use PUT", Allow="PUT")
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return _error(400, "invalid Content-Length")
+    if length > MAX_BODY_BYTES:
+        return _error(400, f"request body is larger than {MAX_BODY_BYTES} bytes")
+    body = request.body
+    if len(body) > MAX_BODY_BYTES:  # chunked bodies carry no Content-Length
+        return _error(400, f"request body is larger than {MAX_BODY_BYTES} bytes")
+    if not body.strip():
+        return _error(400, 'request body is empty; send JSON {"longurl": "https://..."}')
+    try:
+        payload = json.loads(body)
+    except UnicodeDecodeError:
+        return _error(400, "request body is not UTF-8")
+    except json.JSONDecodeError as exc:
+        return _error(400, f"request body is not valid JSON: {exc.msg}")
+    if not isinstance(payload, dict):
+        return _error(400, 'request body must be a JSON object: {"longurl": "https://..."}')
+    if "longurl" not in payload:
+        return _error(400, "longurl is missing")
+    try:
+        longurl = services.longurl_validate(payload["longurl"])
+    except ValidationError as exc:
+        return _error(400, exc.messages[0])
+
+    try:
+        result = services.link_create(longurl=longurl)
+    except services.LinkPublishError:
+        # The link is stored but Kafka has not acknowledged it, so the replicas may not know it.
+        # Handing out its tinyurl now could give the user a link that 404s; instead ask for a
+        # retry. The outbox publishes the link once Kafka is back, and a retry of the same
+        # longurl gets the same tinyurl.
+        return _error(
+            503,
+            "the link is stored but could not be sent to the redirect servers (Kafka is "
+            "unavailable); retry shortly: you will get the same tinyurl",
+            **{"Retry-After": "5"},
+        )
+    except DatabaseError as exc:
+        logger.error("database unavailable during /create: %s", exc)
+        return _error(503, "the database is unavailable; retry shortly", **{"Retry-After": "5"})
+    return JsonResponse(
+        {"longurl": result.link.longurl, "tinyurl": result.link.tinyurl},
+        status=200,
+    )

@@ -1,0 +1,39 @@
+"""The replica's HTTP API: GET/HEAD /<tinyurl> -> 302 to the longurl, from Redis only."""
+
+from __future__ import annotations
+
+import logging
+
+import redis as redis_lib
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+
+from redirects import selectors
+
+logger = logging.getLogger(__name__)
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return JsonResponse({"error": "no such link"}, status=404)
+
+
+def redirect(request: HttpRequest, tinyurl: str) -> HttpResponse:
+    # The URL pattern admits only 7 characters of [a-zA-Z0-9]; anything else is a 404 from the
+    # resolver without a Redis round trip.
+    if request.method not in ("GET", "HEAD"):
+        return JsonResponse(
+            {"error": f"method {request.method} is not allowed; use GET"},
+            status=405, headers={"Allow": "GET, HEAD"},
+        )
+    try:
+        target = selectors.link_target_get(tinyurl=tinyurl)
+    except redis_lib.RedisError as exc:
+        logger.error("Redis unavailable: %r", exc)
+        return JsonResponse({"error": "temporarily unavailable"}, status=503,
+                            headers={"Retry-After": "1"})
+    if target is None:
+        return not_found(request)
+    response = HttpResponseRedirect(target)
+    # Every click must reach us to be counted, and a disabled link must stop working at once:
+    # browsers and proxies must not keep the redirect.
+    response["Cache-Control"] = "no-store"
+    return response

@@ -1,0 +1,24 @@
+"""URLs of a replica: the redirect, and nothing else."""
+
+from django.urls import path, register_converter
+
+from redirects import views
+
+
+class TinyurlConverter:
+    regex = "[a-zA-Z0-9]{7}"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(TinyurlConverter, "tiny")
+
+urlpatterns = [
+    path("<tiny:tinyurl>", views.redirect, name="redirect"),
+]
+
+handler404 = "redirects.views.not_found"

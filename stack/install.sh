@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what the product and its tests need, and nothing twice:
+#  - Debian packages (PostgreSQL, Redis, a Java runtime and Maven for Kafka) when missing and root;
+#  - a virtualenv with the pinned Python requirements (redone only when a requirements file changes);
+#  - Apache Kafka's jars from Maven Central (fetched once into the data folder).
+source "$(dirname "$0")/lib.sh"
+
+need_pkgs=()
+command -v redis-server >/dev/null || need_pkgs+=(redis-server)
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || need_pkgs+=(postgresql)
+command -v java >/dev/null || need_pkgs+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need_pkgs+=(maven)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if is_root; then
+    log "installing Debian packages: ${need_pkgs[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  else
+    die "missing: ${need_pkgs[*]}; install them (as root: apt-get install ${need_pkgs[*]}) and run again"
+  fi
+fi
+
+mkdir -p "$DATA"
+
+# Python: a venv under the data folder, keyed by a hash of the requirement files.
+req_hash=$(cat "$ROOT/requirements.txt" "$ROOT/requirements-test.txt" | sha256sum | cut -c1-16)
+if [ ! -x "$PY" ] || [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "$req_hash" ]; then
+  log "installing Python requirements into $VENV"
+  [ -x "$PY" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check \
+    -r "$ROOT/requirements.txt" -r "$ROOT/requirements-test.txt"
+  echo "$req_hash" > "$VENV/.requirements"
+fi
+
+# Kafka: the broker's jars, resolved by Maven (see stack/kafka/pom.xml for why).
+pom_hash=$(sha256sum "$ROOT/stack/kafka/pom.xml" | cut -c1-16)
+if [ "$(cat "$DATA/kafka/libs/.pom" 2>/dev/null)" != "$pom_hash" ]; then
+  log "fetching Apache Kafka jars from Maven Central"
+  rm -rf "$DATA/kafka/libs"
+  mkdir -p "$DATA/kafka/libs"
+  mvn -B -q -f "$ROOT/stack/kafka/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$DATA/kafka/libs"
+  echo "$pom_hash" > "$DATA/kafka/libs/.pom"
+fi

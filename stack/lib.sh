@@ -1,0 +1,50 @@
+# Shared by the stack scripts: where the embedded services keep their data, and small helpers.
+# Everything the local stack writes lives under one git-ignored folder, $SHORTENER_DATA.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DATA="${SHORTENER_DATA:-$ROOT/.local}"
+VENV="$DATA/venv"
+PY="$VENV/bin/python"
+
+# Ports of the embedded default; each one can be moved if something else holds it.
+PG_PORT="${SHORTENER_PG_PORT:-5432}"
+KAFKA_PORT="${SHORTENER_KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${SHORTENER_KAFKA_CONTROLLER_PORT:-9093}"
+REDIS_PORTS="${SHORTENER_REDIS_PORTS:-26379 26380}"
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+# port_open PORT: true when something accepts TCP connections on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_port PORT SECONDS NAME: wait for a listener, failing with a clear message.
+wait_port() {
+  local port=$1 secs=$2 name=$3 i
+  for ((i = 0; i < secs * 10; i++)); do
+    port_open "$port" && return 0
+    sleep 0.1
+  done
+  die "$name did not start listening on port $port within ${secs}s (see its log under $DATA)"
+}
+
+# pid_alive FILE: true when FILE names a running process.
+pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# stop_pidfile FILE NAME SECONDS: SIGTERM, wait for a clean exit, SIGKILL as a last resort.
+stop_pidfile() {
+  local file=$1 name=$2 secs=${3:-30} pid i
+  if ! pid_alive "$file"; then rm -f "$file"; return 0; fi
+  pid=$(cat "$file")
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < secs * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$file"; log "$name stopped"; return 0; }
+    sleep 0.1
+  done
+  log "$name did not stop in ${secs}s; killing it"
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$file"
+}

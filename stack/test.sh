@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# `make test`: install what is missing, start the services the tests need (and stop afterwards
+# the ones this run started), run the whole suite. Arguments go to pytest.
+source "$(dirname "$0")/lib.sh"
+here="$(cd "$(dirname "$0")" && pwd)"
+
+"$here/install.sh"
+was_running=0
+"$here/services.sh" status >/dev/null 2>&1 && was_running=1
+"$here/services.sh" start
+if [ "$was_running" = 0 ]; then trap '"$here/services.sh" stop' EXIT; fi
+
+# A prefix of this run's own, so that tests never meet the topics, groups, keys or database of a
+# `make up` cluster or of an earlier run on the same services.
+export SHORTENER_USER="t$(date +%s)$$"
+export SHORTENER_ROLE=master
+export DJANGO_SECRET_KEY="test-only-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export SHORTENER_TEST_DATA="$DATA/test"
+export PATH="$VENV/bin:$PATH"
+cd "$ROOT"
+set +e
+"$PY" -m pytest "$@"
+rc=$?
+set -e
+exit $rc

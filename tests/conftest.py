@@ -1,0 +1,79 @@
+"""Fixtures shared by the suite. Everything here is real: PostgreSQL (pytest-django's test
+database), the Kafka broker that `make test` starts, and redis-server processes per replica."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from django.conf import settings
+
+from shortener_project import bus
+from tests.support import Replica
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kafka_topics():
+    """This run's topics (its SHORTENER_USER prefix is unique); deleted at the end."""
+    bus.topics_ensure()
+    yield
+    bus.producer_reset()
+    admin = bus.admin_client()
+    try:
+        admin.delete_topics([spec.name for spec in bus.topic_specs()])
+    finally:
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def test_data_dir() -> Path:
+    base = Path(os.environ.get("SHORTENER_TEST_DATA") or Path(settings.BASE_DIR) / ".local" / "test")
+    path = base / settings.SHORTENER_USER
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def replica_factory(test_data_dir):
+    """Make replicas: `replica_factory()` returns a Replica with its Redis running."""
+    made: list[Replica] = []
+
+    def make(*, start: bool = True) -> Replica:
+        replica = Replica(f"r{uuid.uuid4().hex[:8]}", test_data_dir)
+        made.append(replica)
+        replica.start_redis()
+        if start:
+            replica.start_consumer()
+            replica.start_web()
+        return replica
+
+    yield make
+    for replica in made:
+        replica.close()
+
+
+class Master:
+    """The master's HTTP API on pytest-django's live server (real PostgreSQL, real Kafka)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = requests.Session()
+
+    def put(self, body, **kwargs) -> requests.Response:
+        if not isinstance(body, (bytes, str)):
+            kwargs["json"] = body
+            body = None
+        return self.http.put(f"{self.url}/create", data=body, timeout=30, **kwargs)
+
+    def create(self, longurl: str) -> str:
+        response = self.put({"longurl": longurl})
+        assert response.status_code == 200, response.text
+        return response.json()["tinyurl"]
+
+
+@pytest.fixture
+def master(live_server) -> Master:
+    return Master(live_server.url)

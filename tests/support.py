@@ -1,0 +1,178 @@
+"""Helpers for tests that run real processes: replicas with their own Redis, waits on conditions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import redis
+import requests
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(
+    condition: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+            if result:
+                return result
+        except Exception as exc:  # noqa: BLE001 - conditions may fail while things start
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or condition}"
+        + (f" (last error: {last_exc!r})" if last_exc else "")
+    )
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Replica:
+    """One replica as on its own host: its own redis-server, `consume_links` and gunicorn."""
+
+    def __init__(self, name: str, data_dir: Path) -> None:
+        self.name = name
+        self.dir = data_dir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.redis_port = free_port()
+        self.http_port = free_port()
+        self.redis_proc: subprocess.Popen | None = None
+        self.consumer: subprocess.Popen | None = None
+        self.web: subprocess.Popen | None = None
+        self.env = {
+            **os.environ,
+            "SHORTENER_ROLE": "replica",
+            "SHORTENER_USER": settings.SHORTENER_USER,
+            "SHORTENER_NODE_ID": name,
+            "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            # A replica never needs the master's secrets or database.
+            "DJANGO_SECRET_KEY": "",
+            "DATABASE_URL": "postgres://nobody@127.0.0.1:1/none",
+        }
+        self.redis = redis.Redis(port=self.redis_port)
+        self.http = requests.Session()
+
+    # --- Redis ----------------------------------------------------------------------------
+
+    def start_redis(self) -> None:
+        # No persistence: these tests want a Redis that can lose everything.
+        self.redis_proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+            stdout=open(self.dir / "redis.log", "ab"), stderr=subprocess.STDOUT,
+        )
+        wait_until(self.redis.ping, timeout=10, what=f"redis on {self.redis_port}")
+
+    def restart_redis_empty(self) -> None:
+        self._stop(self.redis_proc, signal.SIGKILL)
+        self.start_redis()
+
+    # --- consume_links --------------------------------------------------------------------
+
+    def start_consumer(self, **extra_env: str) -> None:
+        assert self.consumer is None or self.consumer.poll() is not None, "already running"
+        self.consumer_log = self.dir / "consume_links.log"
+        self.consumer = subprocess.Popen(
+            [sys.executable, "manage.py", "consume_links"],
+            cwd=ROOT, env={**self.env, **extra_env},
+            stdout=open(self.consumer_log, "ab"), stderr=subprocess.STDOUT,
+        )
+
+    def stop_consumer(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.consumer is not None
+        return self._stop(self.consumer, sig, timeout)
+
+    def consumer_alive(self) -> bool:
+        return self.consumer is not None and self.consumer.poll() is None
+
+    def consumer_output(self) -> str:
+        return self.consumer_log.read_text(errors="replace")
+
+    # --- web ------------------------------------------------------------------------------
+
+    def start_web(self) -> None:
+        self.web = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "stack/gunicorn.local.py", "--workers", "1",
+             "-b", f"127.0.0.1:{self.http_port}", "shortener_project.wsgi"],
+            cwd=ROOT, env=self.env,
+            stdout=open(self.dir / "web.log", "ab"), stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: port_open(self.http_port), timeout=20, what=f"{self.name} web")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def get(self, path: str, method: str = "GET") -> requests.Response:
+        return self.http.request(method, f"{self.url}/{path}", allow_redirects=False, timeout=10)
+
+    # --- state ----------------------------------------------------------------------------
+
+    def target(self, tinyurl: str) -> str | None:
+        value = self.redis.get(f"{settings.SHORTENER_USER}:link:{tinyurl}")
+        return value.decode() if value is not None else None
+
+    def targets(self, tinyurls: list[str]) -> list[str | None]:
+        keys = [f"{settings.SHORTENER_USER}:link:{t}" for t in tinyurls]
+        return [v.decode() if v is not None else None for v in self.redis.mget(keys)]
+
+    def has_all(self, links: dict[str, str]) -> bool:
+        return self.targets(list(links)) == list(links.values())
+
+    def position(self, partition: int = 0) -> int | None:
+        raw = self.redis.hget(f"{settings.SHORTENER_USER}:links:positions", partition)
+        return int(raw) if raw is not None else None
+
+    def stats(self) -> dict[str, int]:
+        raw = self.redis.hgetall(f"{settings.SHORTENER_USER}:links:stats")
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    # --- teardown -------------------------------------------------------------------------
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                return proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(f"process {proc.args} did not stop within {timeout}s")
+        return proc.returncode
+
+    def close(self) -> None:
+        for proc in (self.web, self.consumer, self.redis_proc):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.http.close()
