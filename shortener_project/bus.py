@@ -207,8 +207,9 @@ def links_consumer_make() -> KafkaConsumer:
         enable_auto_commit=False,
         # Only used if a stored position is out of range (the topic was recreated): start over.
         auto_offset_reset="earliest",
-        # Large batches make catch-up fast: one Redis transaction per up to 5,000 links.
-        max_poll_records=5_000,
+        # Large batches make catch-up fast: one Redis transaction per up to this many links
+        # (5,000 by default; SHORTENER_LINKS_BATCH).
+        max_poll_records=settings.SHORTENER_LINKS_BATCH,
         # Bring more data per fetch during catch-up (default 1 MiB per partition).
         max_partition_fetch_bytes=8 * 1024 * 1024,
         # A new link reaches the replica within this long even when it is the only one.

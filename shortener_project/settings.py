@@ -126,6 +126,10 @@ SHORTENER_MAX_URL_LENGTH = env.int("SHORTENER_MAX_URL_LENGTH", default=8192)
 # How long /create waits for Kafka to acknowledge a new link before answering 503.
 SHORTENER_PUBLISH_TIMEOUT = env.float("SHORTENER_PUBLISH_TIMEOUT", default=5.0)
 
+# Most links-topic records a replica applies in one Redis transaction. Large batches make a
+# fresh replica's catch-up fast; tests lower it to interrupt a catch-up half-way.
+SHORTENER_LINKS_BATCH = env.int("SHORTENER_LINKS_BATCH", default=5000)
+
 # --- Django plumbing ------------------------------------------------------------------------
 
 if ROLE is Role.MASTER:

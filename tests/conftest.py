@@ -77,3 +77,36 @@ class Master:
 @pytest.fixture
 def master(live_server) -> Master:
     return Master(live_server.url)
+
+
+@pytest.fixture
+def make_links(transactional_db):
+    """Store `n` new links in PostgreSQL and publish them through the master's own path."""
+    from links.models import Link
+    from links.selectors import longurl_digest
+    from links.services import links_publish, tinyurl_generate
+
+    def make(n: int, tag: str = "") -> dict[str, str]:
+        tag = tag or uuid.uuid4().hex[:8]
+        links = []
+        for i in range(n):
+            longurl = f"https://example.com/{tag}/{i}"
+            links.append(Link(tinyurl=tinyurl_generate(), longurl=longurl,
+                              longurl_sha256=longurl_digest(longurl)))
+        Link.objects.bulk_create(links, batch_size=5000)
+        sent, failed = links_publish(links=links)
+        assert (sent, failed) == (n, 0)
+        return {link.tinyurl: link.longurl for link in links}
+
+    return make
+
+
+def links_topic_end(partition: int = 0) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS)
+    try:
+        tp = TopicPartition(bus.links_topic(), partition)
+        return consumer.end_offsets([tp])[tp]
+    finally:
+        consumer.close()

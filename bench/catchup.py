@@ -1,0 +1,138 @@
+"""Benchmark: how fast a fresh replica loads the links topic, beside a bare kafka-python read.
+
+Usage (with the embedded services running, e.g. after `make up` or `bash stack/services.sh start`):
+    .local/venv/bin/python bench/catchup.py --links 100000 [--links 1000000]
+
+For each size it fills a topic of its own (prefix bench<time>), then measures
+  1. baseline: a bare kafka-python consumer reading the topic from the start (no decode, no Redis);
+  2. product:  `manage.py consume_links` against a new, empty redis-server, from process start until
+     its stored position reaches the end of the topic (includes Django's start-up).
+and prints both, with links per second. Topics are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("SHORTENER_ROLE", "master")
+os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only")
+os.environ["SHORTENER_USER"] = f"bench{int(time.time())}"
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shortener_project.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+import redis  # noqa: E402
+from django.conf import settings  # noqa: E402
+from kafka import KafkaConsumer, TopicPartition  # noqa: E402
+
+from links.services import tinyurl_generate  # noqa: E402
+from shortener_project import bus  # noqa: E402
+from shortener_project.messages import link_record_encode  # noqa: E402
+from tests.support import free_port  # noqa: E402
+
+
+def fill(n: int) -> float:
+    producer = bus.producer_get()
+    now = datetime.now(timezone.utc)
+    started = time.perf_counter()
+    future = None
+    for i in range(n):
+        key, value = link_record_encode(tinyurl=tinyurl_generate(),
+                                        longurl=f"https://example.com/bench/{i}?utm=x", created_at=now)
+        future = producer.send(bus.links_topic(), key=key, value=value)
+    producer.flush()
+    assert future is not None and future.get(timeout=30)
+    return time.perf_counter() - started
+
+
+def bare_read(n: int) -> float:
+    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+                             enable_auto_commit=False, max_poll_records=5000,
+                             max_partition_fetch_bytes=8 * 1024 * 1024)
+    tp = TopicPartition(bus.links_topic(), 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    started = time.perf_counter()
+    seen = 0
+    while seen < n:
+        for records in consumer.poll(timeout_ms=1000).values():
+            seen += len(records)
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return elapsed
+
+
+def product_read(n: int) -> float:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+                              stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    env = {**os.environ, "SHORTENER_ROLE": "replica", "SHORTENER_NODE_ID": "bench",
+           "REDIS_URL": f"redis://127.0.0.1:{port}/0", "SHORTENER_LOG_LEVEL": "WARNING",
+           "SHORTENER_USER": settings.SHORTENER_USER}
+    started = time.perf_counter()
+    consumer = subprocess.Popen([sys.executable, "manage.py", "consume_links"], cwd=ROOT, env=env)
+    key = f"{settings.SHORTENER_USER}:links:positions"
+    try:
+        while int(client.hget(key, 0) or 0) < n:
+            time.sleep(0.01)
+            if consumer.poll() is not None:
+                raise RuntimeError("consume_links exited")
+        elapsed = time.perf_counter() - started
+        memory = client.info("memory")["used_memory"]
+        keys = client.dbsize()
+    finally:
+        consumer.terminate()
+        consumer.wait()
+        server.kill()
+        server.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"    redis: {keys} keys, {memory / 1e6:.1f} MB used ({memory / max(keys, 1):.0f} B/key)")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--links", type=int, action="append", help="topic sizes (repeatable)")
+    args = parser.parse_args()
+    sizes = args.links or [100_000]
+    base_user = settings.SHORTENER_USER
+    print(f"catch-up benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores")
+    for n in sizes:
+        settings.SHORTENER_USER = f"{base_user}-{n}"
+        bus.topics_ensure()
+        try:
+            print(f"  {n} links: filled the topic in {fill(n):.1f}s")
+            bare = bare_read(n)
+            print(f"    baseline, bare kafka-python read : {bare:6.2f}s  {n / bare:9.0f} links/s")
+            prod = product_read(n)
+            print(f"    fresh replica, consume_links     : {prod:6.2f}s  {n / prod:9.0f} links/s")
+        finally:
+            bus.producer_reset()
+            admin = bus.admin_client()
+            admin.delete_topics([bus.links_topic()])
+            admin.close()
+
+
+if __name__ == "__main__":
+    main()
