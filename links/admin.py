@@ -1,18 +1,52 @@
-"""The Django admin for the master: links, read-only (a link's mapping never changes)."""
+"""The Django admin on the master: links with their clicks, read-only.
+
+Links are made through PUT /create and totals by consume_clicks; the admin only shows them.
+"""
 
 from django.contrib import admin
+from django.db.models import Sum
 
-from links.models import Link
+from links.models import ClickCounter, ConsumerPosition, Link
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class ClickCounterInline(admin.TabularInline):
+    model = ClickCounter
+    verbose_name = "counter"
+    verbose_name_plural = "clicks by replica and counter incarnation"
+    fields = ("node", "incarnation", "count", "updated_at")
+    readonly_fields = fields
+    ordering = ("node", "-updated_at")
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(Link)
-class LinkAdmin(admin.ModelAdmin):
-    list_display = ("tinyurl", "longurl_short", "created_at", "published")
+class LinkAdmin(ReadOnlyAdmin):
+    list_display = ("tinyurl", "longurl_short", "created_at", "clicks", "published")
     list_filter = (("published_at", admin.EmptyFieldListFilter), "created_at")
     search_fields = ("=tinyurl", "longurl")
     date_hierarchy = "created_at"
-    readonly_fields = ("tinyurl", "longurl", "created_at", "published_at")
-    fields = readonly_fields
+    ordering = ("-created_at",)
+    fields = ("tinyurl", "longurl", "created_at", "published_at", "clicks", "clicks_by_replica")
+    readonly_fields = fields
+    inlines = [ClickCounterInline]
     show_full_result_count = False  # COUNT(*) over millions of links on every page is slow
 
     @admin.display(description="long URL")
@@ -23,8 +57,13 @@ class LinkAdmin(admin.ModelAdmin):
     def published(self, obj: Link) -> bool:
         return obj.published_at is not None
 
-    def has_add_permission(self, request) -> bool:  # links are made through /create only
-        return False
+    @admin.display(description="clicks by replica")
+    def clicks_by_replica(self, obj: Link) -> str:
+        rows = (obj.click_counters.values("node").annotate(total=Sum("count")).order_by("node"))
+        return ", ".join(f"{r['node']}: {r['total']}" for r in rows) or "none yet"
 
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
+
+@admin.register(ConsumerPosition)
+class ConsumerPositionAdmin(ReadOnlyAdmin):
+    list_display = ("topic", "partition", "next_offset", "applied", "skipped_malformed",
+                    "skipped_unknown", "updated_at")

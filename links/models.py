@@ -18,6 +18,9 @@ class Link(models.Model):
     # The outbox mark: NULL until Kafka acknowledged the link's record. Rows still NULL are
     # re-sent by `manage.py republish_links --pending` (which runs continuously with --follow).
     published_at = models.DateTimeField(null=True, blank=True)
+    # Sum of this link's ClickCounter rows, kept in the same transaction as they change, so the
+    # admin can list and sort by clicks without summing millions of rows.
+    clicks = models.BigIntegerField(default=0, db_index=True)
 
     class Meta:
         indexes = [
@@ -32,3 +35,48 @@ class Link(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tinyurl} -> {self.longurl[:80]}"
+
+
+class ClickCounter(models.Model):
+    """The largest count reported by one counter: one link, on one replica, in one incarnation of
+    that replica's Redis. max() makes every report idempotent: a duplicate or an out-of-date
+    report changes nothing, a lost one is covered by the next."""
+
+    link = models.ForeignKey(Link, on_delete=models.CASCADE, related_name="click_counters")
+    node = models.CharField(max_length=100)
+    incarnation = models.CharField(max_length=64)
+    count = models.BigIntegerField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["link", "node", "incarnation"], name="links_clickcounter_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.link_id} on {self.node}/{self.incarnation}: {self.count}"
+
+
+class ConsumerPosition(models.Model):
+    """Where consume_clicks stands in a partition of the clicks topic, and what it has done.
+
+    Written in the same transaction as the totals it produced: after a crash the position and
+    the totals agree, so nothing is skipped and nothing is applied twice."""
+
+    topic = models.CharField(max_length=255)
+    partition = models.IntegerField()
+    next_offset = models.BigIntegerField()
+    applied = models.BigIntegerField(default=0)
+    skipped_malformed = models.BigIntegerField(default=0)
+    skipped_unknown = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["topic", "partition"], name="links_position_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}] @ {self.next_offset}"

@@ -5,24 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from redis import Redis, WatchError
 
 from redirects import keys
+from shortener_project.consuming import PositionMismatch, Record
 from shortener_project.messages import MessageError, link_record_decode
 
 logger = logging.getLogger(__name__)
-
-
-class Record(Protocol):
-    """What the apply needs of a Kafka record (kafka-python's ConsumerRecord has it)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 @dataclass(frozen=True)
@@ -31,17 +21,6 @@ class BatchResult:
     removed: int  # tombstones applied
     skipped: int  # malformed records, logged and counted
     next_offset: int  # the partition's stored position after this batch
-
-
-class PositionMismatch(Exception):
-    """Redis' stored position is not the one this consumer expected: Redis was wiped or
-    restarted without persistence, or another consumer writes to it. Re-seek from what is stored."""
-
-    def __init__(self, partition: int, expected: int | None, stored: int | None) -> None:
-        super().__init__(f"partition {partition}: expected position {expected}, Redis has {stored}")
-        self.partition = partition
-        self.expected = expected
-        self.stored = stored
 
 
 def links_apply_batch(

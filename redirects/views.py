@@ -7,7 +7,7 @@ import logging
 import redis as redis_lib
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 
-from redirects import selectors
+from redirects import clicks, selectors
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,13 @@ def redirect(request: HttpRequest, tinyurl: str) -> HttpResponse:
             status=405, headers={"Allow": "GET, HEAD"},
         )
     try:
-        target = selectors.link_target_get(tinyurl=tinyurl)
+        if request.method == "GET":
+            # Lookup and count in one round trip; an unknown link counts nothing.
+            target = clicks.link_click(redis=selectors.redis_get(), tinyurl=tinyurl)
+        else:
+            # HEAD is answered but not counted: link-preview bots and crawlers send HEAD to
+            # see where a link goes, and they are not clicks.
+            target = selectors.link_target_get(tinyurl=tinyurl)
     except redis_lib.RedisError as exc:
         logger.error("Redis unavailable: %r", exc)
         return JsonResponse({"error": "temporarily unavailable"}, status=503,

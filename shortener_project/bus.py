@@ -13,6 +13,19 @@ Links topic, <user>-links — AT-LEAST-ONCE delivery into an idempotent apply (e
     so a crash can neither skip records nor apply a batch half-way.
   What we lose against exactly-once: nothing observable. Duplicates exist in the log (a retried
   publish), and they cost a few bytes until compaction removes them.
+
+Clicks topic, <user>-clicks — AT-LEAST-ONCE delivery of absolute counts into a max() apply:
+  * a report says "replica N, counter incarnation I, link T has been clicked C times"; the master
+    keeps the largest C per (T, N, I), so a duplicate or an old report adds nothing and a lost
+    report is healed by the next one from the same counter;
+  * the replica marks a link "due" in Redis when its counter crosses a hundred, and "dirty" on
+    every click; `report_clicks` claims marks atomically into an in-flight set and clears them
+    only after Kafka's ack, so a crash re-sends instead of forgetting;
+  * the master commits the totals and its topic position in one PostgreSQL transaction.
+  What we lose against exactly-once: no click is ever counted twice. Clicks are lost only when a
+  replica's Redis loses data (wiped, or restarted without persistence): the clicks it had not
+  reported yet, at most those of the last flush interval (SHORTENER_CLICKS_FLUSH_SECONDS).
+  Totals lag the truth by at most that interval plus the report's trip (~1 s).
 """
 
 from __future__ import annotations
@@ -31,6 +44,16 @@ logger = logging.getLogger(__name__)
 
 def links_topic() -> str:
     return f"{settings.SHORTENER_USER}-links"
+
+
+def clicks_topic() -> str:
+    return f"{settings.SHORTENER_USER}-clicks"
+
+
+def clicks_group() -> str:
+    # One consumer group for the master's consume_clicks, as the assignment names it. Like the
+    # links group it only shows progress; the position is kept in PostgreSQL with the totals.
+    return f"{settings.SHORTENER_USER}-clicks"
 
 
 def links_group() -> str:
@@ -70,6 +93,25 @@ def topic_specs() -> list[TopicSpec]:
                 # stays so past any time-based retention. A new replica reads it from the start.
                 "cleanup.policy": "compact",
                 # The broker keeps the producer's batch compression instead of recompressing.
+                "compression.type": "producer",
+                **durability,
+            },
+        ),
+        TopicSpec(
+            name=clicks_topic(),
+            # ONE partition. A single consumer (the master's consume_clicks) reads it, and the
+            # traffic is a hundredth of the redirects: at 10,000 redirects/s on every replica
+            # together, 100 small reports/s, far below one partition's capacity. Reports are
+            # keyed by tinyurl, so should partitions ever be added for a second consumer, all
+            # reports of a link still stay in order in one partition.
+            partitions=1,
+            configs={
+                # Time-based deletion, not compaction: the master only needs the reports after
+                # its committed position, and each report supersedes the earlier ones of its
+                # counter. Seven days covers a master that is down over a long weekend; a
+                # report older than that is healed by the counter's next report or flush.
+                "cleanup.policy": "delete",
+                "retention.ms": str(7 * 24 * 3600 * 1000),
                 "compression.type": "producer",
                 **durability,
             },
@@ -215,5 +257,46 @@ def links_consumer_make() -> KafkaConsumer:
         # A new link reaches the replica within this long even when it is the only one.
         fetch_max_wait_ms=100,
         # The links topic is never created by reading it; the master creates it with its settings.
+        allow_auto_create_topics=False,
+    )
+
+
+def clicks_producer_make() -> KafkaProducer:
+    """The replica's click-report producer (used by `report_clicks`, never by a redirect)."""
+    return KafkaProducer(
+        bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+        client_id=f"{settings.SHORTENER_USER}-clicks-{settings.SHORTENER_NODE_ID}",
+        # A report's mark is cleared only after this ack; acks=all makes "acknowledged" mean
+        # "survives the loss of the partition leader", so a cleared mark is never a lost report.
+        acks="all",
+        # No duplicates from the producer's own retries, and per-key order is kept (a later,
+        # larger count never lands before an earlier one; harmless anyway under max()).
+        enable_idempotence=True,
+        # Reports are not urgent: wait up to 50 ms to send many in one request.
+        linger_ms=50,
+        # Bounded waits while Kafka is down: the reporter requeues what was not acknowledged
+        # and tries again on its next round, rather than blocking for the 60-120 s defaults.
+        bootstrap_timeout_ms=10_000,
+        max_block_ms=10_000,
+        request_timeout_ms=10_000,
+        delivery_timeout_ms=30_000,
+    )
+
+
+def clicks_consumer_make() -> KafkaConsumer:
+    """The master's consumer of the clicks topic. The caller assigns and seeks (no subscribe)."""
+    return KafkaConsumer(
+        bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+        client_id=f"{settings.SHORTENER_USER}-clicks-master-{settings.SHORTENER_NODE_ID}",
+        # For monitoring only (lag tooling); the position that counts is in PostgreSQL, written
+        # in the same transaction as the totals (links/clicks.py).
+        group_id=clicks_group(),
+        enable_auto_commit=False,
+        # Only if the stored position fell out of the retained range: take what is left.
+        auto_offset_reset="earliest",
+        # One PostgreSQL transaction per batch: larger batches, fewer commits.
+        max_poll_records=settings.SHORTENER_CLICKS_BATCH,
+        # A report reaches the totals within this long even when traffic is light.
+        fetch_max_wait_ms=200,
         allow_auto_create_topics=False,
     )

@@ -130,6 +130,12 @@ SHORTENER_PUBLISH_TIMEOUT = env.float("SHORTENER_PUBLISH_TIMEOUT", default=5.0)
 # fresh replica's catch-up fast; tests lower it to interrupt a catch-up half-way.
 SHORTENER_LINKS_BATCH = env.int("SHORTENER_LINKS_BATCH", default=5000)
 
+# Clicks below the next hundred are reported by `report_clicks` at least this often (and when it
+# stops gracefully). It bounds how far the master's totals lag, and what a wiped Redis can lose.
+SHORTENER_CLICKS_FLUSH_SECONDS = env.float("SHORTENER_CLICKS_FLUSH_SECONDS", default=10.0)
+# Most click reports the master applies in one PostgreSQL transaction.
+SHORTENER_CLICKS_BATCH = env.int("SHORTENER_CLICKS_BATCH", default=5000)
+
 # --- Django plumbing ------------------------------------------------------------------------
 
 if ROLE is Role.MASTER:

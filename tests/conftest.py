@@ -4,6 +4,7 @@ database), the Kafka broker that `make test` starts, and redis-server processes 
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import requests
 from django.conf import settings
 
 from shortener_project import bus
-from tests.support import Replica
+from tests.support import ClicksConsumerProcess, Replica, wait_until
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,13 +42,15 @@ def replica_factory(test_data_dir):
     """Make replicas: `replica_factory()` returns a Replica with its Redis running."""
     made: list[Replica] = []
 
-    def make(*, start: bool = True) -> Replica:
+    def make(*, start: bool = True, reporter: bool = False) -> Replica:
         replica = Replica(f"r{uuid.uuid4().hex[:8]}", test_data_dir)
         made.append(replica)
         replica.start_redis()
         if start:
             replica.start_consumer()
             replica.start_web()
+        if reporter:
+            replica.start_reporter()
         return replica
 
     yield make
@@ -76,7 +79,11 @@ class Master:
 
 @pytest.fixture
 def master(live_server) -> Master:
-    return Master(live_server.url)
+    master = Master(live_server.url)
+    yield master
+    # Close the kept-alive HTTP connection: the live server's request thread, and with it its
+    # database session, lives as long as that connection does.
+    master.http.close()
 
 
 @pytest.fixture
@@ -107,6 +114,32 @@ def links_topic_end(partition: int = 0) -> int:
     consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS)
     try:
         tp = TopicPartition(bus.links_topic(), partition)
+        return consumer.end_offsets([tp])[tp]
+    finally:
+        consumer.close()
+
+
+@pytest.fixture
+def clicks_consumer(transactional_db, test_data_dir):
+    """The master's consume_clicks as a process, started; stopped before the database is reset."""
+    process = ClicksConsumerProcess(test_data_dir)
+    process.start()
+    # Ready (signal handlers installed, partitions assigned) once it has positioned itself.
+    wait_until(lambda: "positioned on" in process.output(), timeout=30, what="consume_clicks")
+    yield process
+    if process.alive():
+        process.stop(signal.SIGKILL)
+    # PostgreSQL ends a killed client's session shortly after; the test database must not be
+    # reset (or dropped) under it.
+    wait_until(lambda: process.sessions() == 0, timeout=10, what="consume_clicks' sessions")
+
+
+def clicks_topic_end(partition: int = 0) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS)
+    try:
+        tp = TopicPartition(bus.clicks_topic(), partition)
         return consumer.end_offsets([tp])[tp]
     finally:
         consumer.close()

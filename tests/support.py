@@ -66,6 +66,7 @@ class Replica:
         self.redis_proc: subprocess.Popen | None = None
         self.consumer: subprocess.Popen | None = None
         self.web: subprocess.Popen | None = None
+        self.reporter: subprocess.Popen | None = None
         self.env = {
             **os.environ,
             "SHORTENER_ROLE": "replica",
@@ -114,6 +115,30 @@ class Replica:
 
     def consumer_output(self) -> str:
         return self.consumer_log.read_text(errors="replace")
+
+    # --- report_clicks --------------------------------------------------------------------
+
+    def start_reporter(self, flush_seconds: float = 3600) -> None:
+        """By default the flush timer never fires within a test: clicks below a hundred are
+        reported when the reporter stops (SIGTERM), which the tests do on purpose."""
+        assert self.reporter is None or self.reporter.poll() is not None, "already running"
+        self.reporter_log = self.dir / "report_clicks.log"
+        self.reporter = subprocess.Popen(
+            [sys.executable, "manage.py", "report_clicks"],
+            cwd=ROOT, env={**self.env, "SHORTENER_CLICKS_FLUSH_SECONDS": str(flush_seconds)},
+            stdout=open(self.reporter_log, "ab"), stderr=subprocess.STDOUT,
+        )
+
+    def stop_reporter(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        return self._stop(self.reporter, sig, timeout)
+
+    def click(self, tinyurl: str, times: int) -> None:
+        for _ in range(times):
+            response = self.get(tinyurl)
+            assert response.status_code == 302, response.status_code
+
+    def clicks_count(self, tinyurl: str) -> int:
+        return int(self.redis.get(f"{settings.SHORTENER_USER}:clicks:count:{tinyurl}") or 0)
 
     # --- web ------------------------------------------------------------------------------
 
@@ -171,8 +196,55 @@ class Replica:
         return proc.returncode
 
     def close(self) -> None:
-        for proc in (self.web, self.consumer, self.redis_proc):
+        for proc in (self.web, self.reporter, self.consumer, self.redis_proc):
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
         self.http.close()
+
+
+class ClicksConsumerProcess:
+    """The master's `manage.py consume_clicks`, on the test database."""
+
+    APP_NAME = "test_consume_clicks"
+
+    def __init__(self, data_dir: Path) -> None:
+        from django.db import connection
+
+        db = connection.settings_dict
+        self.log = data_dir / f"consume_clicks-{os.getpid()}-{time.monotonic_ns()}.log"
+        self.env = {
+            **os.environ,
+            "SHORTENER_ROLE": "master",
+            "SHORTENER_USER": settings.SHORTENER_USER,
+            # Named, so that the fixture can wait for its sessions to end after a SIGKILL.
+            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:"
+                            f"{db['PORT'] or 5432}/{db['NAME']}?application_name={self.APP_NAME}",
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, **extra_env: str) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "consume_clicks"], cwd=ROOT,
+            env={**self.env, **extra_env},
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        return Replica._stop(self.proc, sig, timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def sessions(self) -> int:
+        """Open database sessions of consume_clicks processes (a killed one's may linger)."""
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                           [self.APP_NAME])
+            return cursor.fetchone()[0]

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from redirects import services
+from shortener_project.consuming import PositionMismatch
 from shortener_project import bus
 from shortener_project.messages import link_record_encode
 
@@ -33,8 +34,6 @@ def redis(replica_factory):
 
 
 def test_batch_writes_links_position_and_counters_together(redis):
-    from tests.support import Replica  # noqa: F401  (keys are read through the helpers below)
-
     batch = [good(0, "aaaaaa1", "https://a.example/1"), Rec(1, b"aaaaaa2", b"junk"),
              good(2, "aaaaaa3", "https://a.example/3")]
     result = services.links_apply_batch(redis=redis, partition=0, records=batch,
@@ -51,7 +50,7 @@ def test_a_batch_on_a_stale_position_writes_nothing(redis):
     services.links_apply_batch(redis=redis, partition=0,
                                records=[good(0, "bbbbbb1", "https://b.example/1")],
                                expected_position=None)
-    with pytest.raises(services.PositionMismatch) as info:
+    with pytest.raises(PositionMismatch) as info:
         # This consumer thinks nothing is stored; Redis says position 1: someone else wrote.
         services.links_apply_batch(redis=redis, partition=0,
                                    records=[good(1, "bbbbbb2", "https://b.example/2")],

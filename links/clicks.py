@@ -1,0 +1,159 @@
+"""Aggregating click reports on the master: the batch apply and the consume_clicks loop.
+
+Each batch of one partition is applied in ONE PostgreSQL transaction that
+  1. locks the partition's position row and checks it is where this consumer expects,
+  2. raises each (link, node, incarnation) counter to the largest count reported (never lowers),
+  3. adds the increases to the links' totals,
+  4. moves the position past the batch, with the counts of applied and skipped reports.
+A crash at any point leaves all or none of it. Replaying the topic from offset 0 re-applies
+reports whose counts are already reached: max() leaves every total unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from django.db import DatabaseError, connection, transaction
+from kafka import KafkaConsumer
+
+from links.models import ConsumerPosition, Link
+from shortener_project import bus
+from shortener_project.consuming import PositionedConsumer, PositionMismatch, Record
+from shortener_project.messages import MessageError, click_report_decode
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClicksBatchResult:
+    applied: int  # reports that were valid and for a known link
+    raised: int  # counters that went up (the rest were duplicates or out of date)
+    skipped_malformed: int
+    skipped_unknown: int
+    next_offset: int
+
+
+def clicks_apply_batch(
+    *, topic: str, partition: int, records: Sequence[Record], expected_position: int | None
+) -> ClicksBatchResult:
+    """Apply one partition's batch of click reports; see the module's docstring."""
+    if not records:
+        raise ValueError("empty batch")
+    reports = []
+    malformed = 0
+    for rec in records:
+        try:
+            reports.append(click_report_decode(rec.key, rec.value))
+        except MessageError as exc:
+            malformed += 1
+            logger.warning("skipping malformed click report topic=%s partition=%s offset=%s: %s",
+                           rec.topic, rec.partition, rec.offset, exc)
+    next_offset = records[-1].offset + 1
+
+    with transaction.atomic(durable=True):
+        # The row lock serialises every writer of this partition's totals: a second
+        # consume_clicks started by mistake waits here, then finds the position moved.
+        position = (ConsumerPosition.objects.select_for_update()
+                    .filter(topic=topic, partition=partition).first())
+        stored = position.next_offset if position else None
+        if stored != expected_position:
+            raise PositionMismatch(partition, expected_position, stored)
+        if position is None:
+            position = ConsumerPosition(topic=topic, partition=partition, next_offset=0)
+
+        link_ids = dict(Link.objects.filter(tinyurl__in={r["tinyurl"] for r in reports})
+                        .values_list("tinyurl", "id"))
+        best: dict[tuple[int, str, str], int] = {}
+        unknown: list[str] = []
+        for r in reports:
+            link_id = link_ids.get(r["tinyurl"])
+            if link_id is None:
+                unknown.append(r["tinyurl"])
+                continue
+            k = (link_id, r["node"], r["incarnation"])
+            best[k] = max(best.get(k, 0), r["count"])
+        raised = _counters_raise(best) if best else 0
+        if unknown:
+            # One line per batch: a replica pointed at the wrong master could send thousands.
+            logger.warning("skipping %d click report(s) for unknown tinyurls topic=%s "
+                           "partition=%s, e.g. %s", len(unknown), topic, partition,
+                           ", ".join(sorted(set(unknown))[:5]))
+
+        position.next_offset = next_offset
+        position.applied += len(reports) - len(unknown)
+        position.skipped_malformed += malformed
+        position.skipped_unknown += len(unknown)
+        position.save()
+    return ClicksBatchResult(applied=len(reports) - len(unknown), raised=raised,
+                             skipped_malformed=malformed, skipped_unknown=len(unknown),
+                             next_offset=next_offset)
+
+
+# One statement: upsert every counter to max(stored, reported), then add each link's increase to
+# its total. All parts of a WITH statement see the same snapshot, so `old` holds the counts from
+# before the upsert. The ORM cannot say "ON CONFLICT ... WHERE stored < new RETURNING", hence SQL.
+_RAISE_SQL = """
+WITH input(link_id, node, incarnation, count) AS (VALUES {values}),
+old AS (
+    SELECT c.link_id, c.node, c.incarnation, c.count
+    FROM links_clickcounter c
+    JOIN input i ON c.link_id = i.link_id AND c.node = i.node AND c.incarnation = i.incarnation
+),
+up AS (
+    INSERT INTO links_clickcounter (link_id, node, incarnation, count, updated_at)
+    SELECT link_id, node, incarnation, count, now() FROM input
+    ON CONFLICT (link_id, node, incarnation) DO UPDATE
+        SET count = EXCLUDED.count, updated_at = EXCLUDED.updated_at
+        WHERE links_clickcounter.count < EXCLUDED.count
+    RETURNING link_id, node, incarnation, count
+),
+delta AS (
+    SELECT up.link_id, SUM(up.count - COALESCE(old.count, 0)) AS d
+    FROM up LEFT JOIN old
+      ON old.link_id = up.link_id AND old.node = up.node AND old.incarnation = up.incarnation
+    GROUP BY up.link_id
+),
+totals AS (
+    UPDATE links_link l SET clicks = l.clicks + delta.d FROM delta WHERE l.id = delta.link_id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM up)
+"""
+
+
+def _counters_raise(best: dict[tuple[int, str, str], int]) -> int:
+    values = ",".join(["(%s::bigint, %s::varchar, %s::varchar, %s::bigint)"] * len(best))
+    params = [p for (link_id, node, inc), count in best.items() for p in (link_id, node, inc, count)]
+    with connection.cursor() as cursor:
+        cursor.execute(_RAISE_SQL.format(values=values), params)
+        return cursor.fetchone()[0]
+
+
+class ClicksConsumer(PositionedConsumer):
+    """consume_clicks' loop (shortener_project.consuming): positions in PostgreSQL."""
+
+    name = "clicks consumer"
+    store_errors = (DatabaseError,)
+
+    def __init__(
+        self,
+        *,
+        stop: threading.Event,
+        consumer_factory: Callable[[], KafkaConsumer] = bus.clicks_consumer_make,
+    ) -> None:
+        super().__init__(topic=bus.clicks_topic(), stop=stop, consumer_factory=consumer_factory)
+
+    def positions_load(self) -> dict[int, int]:
+        return dict(ConsumerPosition.objects.filter(topic=self.topic)
+                    .values_list("partition", "next_offset"))
+
+    def apply_batch(self, partition: int, records: Sequence[Record], expected: int | None) -> int:
+        return clicks_apply_batch(topic=self.topic, partition=partition, records=records,
+                                  expected_position=expected).next_offset
+
+    def on_store_error(self) -> None:
+        # Drop the broken connection; Django opens a new one on the next query.
+        connection.close()
