@@ -22,6 +22,7 @@ from kafka import KafkaConsumer
 from links.models import ConsumerPosition, Link
 from shortener_project import bus
 from shortener_project.consuming import PositionedConsumer, PositionMismatch, Record
+from shortener_project.metrics import CONSUMER_RECORDS
 from shortener_project.messages import MessageError, click_report_decode
 
 logger = logging.getLogger(__name__)
@@ -151,8 +152,12 @@ class ClicksConsumer(PositionedConsumer):
                     .values_list("partition", "next_offset"))
 
     def apply_batch(self, partition: int, records: Sequence[Record], expected: int | None) -> int:
-        return clicks_apply_batch(topic=self.topic, partition=partition, records=records,
-                                  expected_position=expected).next_offset
+        result = clicks_apply_batch(topic=self.topic, partition=partition, records=records,
+                                    expected_position=expected)
+        CONSUMER_RECORDS.labels(self.topic, "applied").inc(result.applied)
+        CONSUMER_RECORDS.labels(self.topic, "skipped").inc(result.skipped_malformed)
+        CONSUMER_RECORDS.labels(self.topic, "unknown").inc(result.skipped_unknown)
+        return result.next_offset
 
     def on_store_error(self) -> None:
         # Drop the broken connection; Django opens a new one on the next query.

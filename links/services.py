@@ -19,7 +19,13 @@ from kafka.errors import KafkaError
 from links import selectors
 from links.models import Link
 from shortener_project import bus
-from shortener_project.messages import TINYURL_ALPHABET, TINYURL_LENGTH, link_record_encode
+from shortener_project.messages import (
+    RESERVED_TINYURLS,
+    TINYURL_ALPHABET,
+    TINYURL_LENGTH,
+    link_record_encode,
+)
+from shortener_project.metrics import LINKS_PUBLISHED
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +69,10 @@ def longurl_validate(value: object) -> str:
 
 def tinyurl_generate() -> str:
     # Random, from the OS's CSPRNG: a code says nothing about the ones issued before it.
-    return "".join(secrets.choice(TINYURL_ALPHABET) for _ in range(TINYURL_LENGTH))
+    while True:
+        code = "".join(secrets.choice(TINYURL_ALPHABET) for _ in range(TINYURL_LENGTH))
+        if code not in RESERVED_TINYURLS:
+            return code
 
 
 @dataclass(frozen=True)
@@ -125,8 +134,10 @@ def link_publish(*, link: Link) -> None:
     try:
         _send(link).get(timeout=settings.SHORTENER_PUBLISH_TIMEOUT)
     except (KafkaError, TimeoutError) as exc:
+        LINKS_PUBLISHED.labels("failed").inc()
         logger.warning("link %s not acknowledged by Kafka: %r", link.tinyurl, exc)
         raise LinkPublishError(str(exc) or type(exc).__name__) from exc
+    LINKS_PUBLISHED.labels("acked").inc()
     _links_mark_published([link.pk])
     link.published_at = timezone.now()
 
@@ -156,6 +167,8 @@ def links_publish(*, links: Iterable[Link], batch: int = 2000) -> tuple[int, int
                 logger.warning("link %s not acknowledged by Kafka: %r", link.tinyurl, exc)
         if acked:
             _links_mark_published(acked)
+        LINKS_PUBLISHED.labels("acked").inc(len(acked))
+        LINKS_PUBLISHED.labels("failed").inc(len(chunk) - len(acked))
         sent += len(acked)
         chunk.clear()
 

@@ -12,6 +12,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from links import services
+from shortener_project.metrics import instrumented
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ def _error(status: int, message: str, **headers: str) -> JsonResponse:
 # A JSON API with no cookie authentication: CSRF protection guards cookie-authenticated forms
 # and has nothing to protect here.
 @csrf_exempt
+@instrumented("create")
 def create(request: HttpRequest) -> JsonResponse:
     if request.method != "PUT":
         return _error(405, f"method {request.method} is not allowed; use PUT", Allow="PUT")

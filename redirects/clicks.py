@@ -25,6 +25,7 @@ from redis.commands.core import Script
 from redirects import keys
 from shortener_project import bus
 from shortener_project.messages import click_report_encode
+from shortener_project.metrics import CLICK_REPORTS
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +221,8 @@ class ClickReporter:
             self.requeue(keys=self._requeue_keys, args=retry)
         self.sent += len(futures) - len(retry)
         self.failed += len(retry)
+        CLICK_REPORTS.labels("sent").inc(len(futures) - len(retry))
+        CLICK_REPORTS.labels("failed").inc(len(retry))
         return len(futures) - len(retry)
 
     def _producer_reset(self) -> None:

@@ -24,6 +24,7 @@ from redis import Redis
 from redirects import selectors, services
 from shortener_project import bus
 from shortener_project.consuming import PositionedConsumer, PositionMismatch, Record
+from shortener_project.metrics import CONSUMER_CAUGHT_UP, CONSUMER_RECORDS
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ class LinksConsumer(PositionedConsumer):
     def apply_batch(self, partition: int, records: Sequence[Record], expected: int | None) -> int:
         result = services.links_apply_batch(redis=self.redis, partition=partition,
                                             records=records, expected_position=expected)
+        CONSUMER_RECORDS.labels(self.topic, "applied").inc(len(records) - result.skipped)
+        CONSUMER_RECORDS.labels(self.topic, "skipped").inc(result.skipped)
+        self.expected[partition] = result.next_offset
         self._check_caught_up()
         return result.next_offset
 
@@ -63,6 +67,7 @@ class LinksConsumer(PositionedConsumer):
         self.catchup_target = {tp.partition: ends[tp] for tp in self.partitions}
         self.catchup_started = time.monotonic()
         self.caught_up = False
+        CONSUMER_CAUGHT_UP.labels(self.topic).set(0)
         self._last_idle_check = time.monotonic()
         self._check_caught_up()
 
@@ -86,5 +91,6 @@ class LinksConsumer(PositionedConsumer):
             if target > 0 and (position is None or position < target):
                 return
         self.caught_up = True
+        CONSUMER_CAUGHT_UP.labels(self.topic).set(1)
         logger.info("caught up with %s (end offsets %s) in %.2fs", self.topic,
                     self.catchup_target, time.monotonic() - self.catchup_started)

@@ -8,6 +8,7 @@ import redis as redis_lib
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 
 from redirects import clicks, selectors
+from shortener_project.metrics import instrumented
 
 logger = logging.getLogger(__name__)
 
@@ -16,6 +17,7 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     return JsonResponse({"error": "no such link"}, status=404)
 
 
+@instrumented("redirect")
 def redirect(request: HttpRequest, tinyurl: str) -> HttpResponse:
     # The URL pattern admits only 7 characters of [a-zA-Z0-9]; anything else is a 404 from the
     # resolver without a Redis round trip.

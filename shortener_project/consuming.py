@@ -25,6 +25,12 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from shortener_project.metrics import (
+    CONSUMER_BATCH_SECONDS,
+    CONSUMER_LAG,
+    CONSUMER_RETRIES,
+)
+
 logger = logging.getLogger(__name__)
 
 
@@ -107,12 +113,14 @@ class PositionedConsumer:
                     self._poll_once(consumer)
                     backoff = 0.5
                 except PositionMismatch as exc:
+                    CONSUMER_RETRIES.labels(self.topic, "position").inc()
                     logger.warning("%s: the store's position differs from ours (%s): it was "
                                    "wiped or restarted empty; re-reading from its stored "
                                    "position (the start of the topic if none)", self.name, exc)
                     if consumer is not None:
                         self.reposition(consumer)
                 except KafkaError as exc:
+                    CONSUMER_RETRIES.labels(self.topic, "kafka").inc()
                     logger.error("%s: Kafka error: %r; retrying in %.1fs", self.name, exc, backoff)
                     if self.stop.wait(backoff):
                         break
@@ -120,6 +128,7 @@ class PositionedConsumer:
                 except self.store_errors as exc:
                     # Once the store is back its content may differ (restarted empty), and the
                     # failed batch was not written: re-seek from what the store then holds.
+                    CONSUMER_RETRIES.labels(self.topic, "store").inc()
                     logger.error("%s: store unavailable: %r; retrying in %.1fs",
                                  self.name, exc, backoff)
                     self.on_store_error()
@@ -170,6 +179,7 @@ class PositionedConsumer:
 
     def _poll_once(self, consumer: KafkaConsumer) -> None:
         batches = consumer.poll(timeout_ms=self.poll_timeout_ms)
+        self._lag_update(consumer)
         if not batches:
             self.on_idle()
             return
@@ -177,6 +187,7 @@ class PositionedConsumer:
         for tp, records in batches.items():
             started = time.monotonic()
             position = self.apply_batch(tp.partition, records, self.expected.get(tp.partition))
+            CONSUMER_BATCH_SECONDS.labels(self.topic).observe(time.monotonic() - started)
             self.expected[tp.partition] = position
             commits[tp] = OffsetAndMetadata(position, "", -1)
             logger.debug("%s: partition %s: %d records to position %d in %.1f ms", self.name,
@@ -186,3 +197,11 @@ class PositionedConsumer:
             consumer.commit(commits)
         except KafkaError as exc:  # informational only; the truth is in the store
             logger.debug("%s: group offset commit failed: %r", self.name, exc)
+
+    def _lag_update(self, consumer: KafkaConsumer) -> None:
+        # highwater() is the partition's end as of the last fetch response: no extra request.
+        for tp in self.partitions:
+            end = consumer.highwater(tp)
+            position = self.expected.get(tp.partition) or 0
+            if end is not None:
+                CONSUMER_LAG.labels(self.topic, str(tp.partition)).set(max(0, end - position))

@@ -22,6 +22,8 @@ from typing import TypedDict
 TINYURL_LENGTH = 7
 TINYURL_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 TINYURL_RE = re.compile(r"[a-zA-Z0-9]{7}")
+# Paths a server answers itself that have the shape of a tinyurl; never issued as codes.
+RESERVED_TINYURLS = frozenset({"metrics", "healthz"})
 
 # Bump when a record's meaning changes; consumers skip (and count) schemas they do not know,
 # so an old replica never misreads a newer record.

@@ -190,7 +190,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / ".local" / "static")
 STORAGES = {
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    # Compressed but not hashed: the only static files are the admin's, and a manifest storage
+    # turns a forgotten `collectstatic` into a 500 on every admin page. Unhashed files are
+    # served with short cache lifetimes instead, which suits an internal admin.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
 # Behind a TLS-terminating proxy, set these so the admin's cookies never travel in clear.

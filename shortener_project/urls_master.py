@@ -4,8 +4,10 @@ from django.contrib import admin
 from django.urls import path
 
 from links import views
+from shortener_project.metrics import metrics_view
 
 urlpatterns = [
     path("create", views.create, name="create"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
 ]

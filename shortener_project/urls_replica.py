@@ -3,6 +3,7 @@
 from django.urls import path, register_converter
 
 from redirects import views
+from shortener_project.metrics import metrics_view
 
 
 class TinyurlConverter:
@@ -18,6 +19,8 @@ class TinyurlConverter:
 register_converter(TinyurlConverter, "tiny")
 
 urlpatterns = [
+    # Before the tinyurl pattern: "metrics" has a tinyurl's shape (and is never issued as one).
+    path("metrics", metrics_view, name="metrics"),
     path("<tiny:tinyurl>", views.redirect, name="redirect"),
 ]
 

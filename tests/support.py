@@ -63,6 +63,8 @@ class Replica:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.redis_port = free_port()
         self.http_port = free_port()
+        self.consumer_metrics_port = free_port()
+        self.reporter_metrics_port = free_port()
         self.redis_proc: subprocess.Popen | None = None
         self.consumer: subprocess.Popen | None = None
         self.web: subprocess.Popen | None = None
@@ -101,7 +103,8 @@ class Replica:
         assert self.consumer is None or self.consumer.poll() is not None, "already running"
         self.consumer_log = self.dir / "consume_links.log"
         self.consumer = subprocess.Popen(
-            [sys.executable, "manage.py", "consume_links"],
+            [sys.executable, "manage.py", "consume_links",
+             "--metrics-port", str(self.consumer_metrics_port)],
             cwd=ROOT, env={**self.env, **extra_env},
             stdout=open(self.consumer_log, "ab"), stderr=subprocess.STDOUT,
         )
@@ -124,7 +127,8 @@ class Replica:
         assert self.reporter is None or self.reporter.poll() is not None, "already running"
         self.reporter_log = self.dir / "report_clicks.log"
         self.reporter = subprocess.Popen(
-            [sys.executable, "manage.py", "report_clicks"],
+            [sys.executable, "manage.py", "report_clicks",
+             "--metrics-port", str(self.reporter_metrics_port)],
             cwd=ROOT, env={**self.env, "SHORTENER_CLICKS_FLUSH_SECONDS": str(flush_seconds)},
             stdout=open(self.reporter_log, "ab"), stderr=subprocess.STDOUT,
         )
@@ -142,9 +146,9 @@ class Replica:
 
     # --- web ------------------------------------------------------------------------------
 
-    def start_web(self) -> None:
+    def start_web(self, workers: int = 1) -> None:
         self.web = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "stack/gunicorn.local.py", "--workers", "1",
+            [sys.executable, "-m", "gunicorn", "--workers", str(workers),
              "-b", f"127.0.0.1:{self.http_port}", "shortener_project.wsgi"],
             cwd=ROOT, env=self.env,
             stdout=open(self.dir / "web.log", "ab"), stderr=subprocess.STDOUT,
@@ -222,11 +226,13 @@ class ClicksConsumerProcess:
                             f"{db['PORT'] or 5432}/{db['NAME']}?application_name={self.APP_NAME}",
         }
         self.proc: subprocess.Popen | None = None
+        self.metrics_port = free_port()
 
     def start(self, **extra_env: str) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "consume_clicks"], cwd=ROOT,
+            [sys.executable, "manage.py", "consume_clicks", "--metrics-port",
+             str(self.metrics_port)], cwd=ROOT,
             env={**self.env, **extra_env},
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
         )
@@ -248,3 +254,49 @@ class ClicksConsumerProcess:
             cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
                            [self.APP_NAME])
             return cursor.fetchone()[0]
+
+
+def test_database_url(application_name: str) -> str:
+    from django.db import connection
+
+    db = connection.settings_dict
+    return (f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/"
+            f"{db['NAME']}?application_name={application_name}")
+
+
+class MasterWeb:
+    """The master's web under gunicorn (several workers), on the test database."""
+
+    APP_NAME = "test_master_web"
+
+    def __init__(self, data_dir: Path, workers: int = 2) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--workers", str(workers),
+             "-b", f"127.0.0.1:{self.port}", "shortener_project.wsgi"],
+            cwd=ROOT,
+            env={**os.environ, "SHORTENER_ROLE": "master",
+                 "SHORTENER_USER": settings.SHORTENER_USER,
+                 "DATABASE_URL": test_database_url(self.APP_NAME),
+                 # Sessions are not kept between requests, so none outlives the test.
+                 "DATABASE_CONN_MAX_AGE": "0"},
+            stdout=open(data_dir / f"master-web-{self.port}.log", "ab"), stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: port_open(self.port), timeout=20, what="master web")
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        Replica._stop(self.proc, signal.SIGTERM)
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    """A Prometheus endpoint's samples: (name, labels) -> value, parsed by prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(url, timeout=10).text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def sample(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)

@@ -17,7 +17,7 @@ from django.db import DatabaseError, close_old_connections
 from kafka.errors import KafkaError
 
 from links import selectors, services
-from shortener_project import bus
+from shortener_project import bus, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +29,13 @@ class Command(BaseCommand):
         parser.add_argument("--pending", action="store_true", help="only unacknowledged links")
         parser.add_argument("--follow", action="store_true", help="repeat until stopped")
         parser.add_argument("--interval", type=float, default=2.0, help="seconds between rounds")
+        parser.add_argument("--metrics-port", type=int, default=0,
+                            help="with --follow: serve Prometheus metrics on this port")
 
-    def handle(self, *args, pending: bool, follow: bool, interval: float, **options) -> None:
+    def handle(self, *args, pending: bool, follow: bool, interval: float, metrics_port: int,
+               **options) -> None:
+        if follow:
+            metrics.serve(metrics_port)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())

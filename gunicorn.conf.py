@@ -1,0 +1,50 @@
+"""gunicorn settings for both roles; gunicorn reads this file from the working directory.
+
+Every value can be changed through the environment (or gunicorn's own flags, which win).
+"""
+
+import os
+import shutil
+import tempfile
+
+# Threads, not only processes: a master's /create waits on PostgreSQL commits and Kafka's
+# acknowledgement, and a thread that waits leaves the core to the others; one producer per
+# process then batches the concurrent requests' records. A replica's request is a Redis round
+# trip, the same pattern at a smaller scale.
+worker_class = "gthread"
+# Processes for the cores (Python runs one thread at a time per process). Two cores here, shared
+# with the consumers and the stores; on a dedicated host, 2 x cores is the usual start.
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
+# A worker stuck for this long is restarted; far above any request's normal time (/create waits
+# at most SHORTENER_PUBLISH_TIMEOUT for Kafka).
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+# On SIGTERM, requests in progress get this long to finish.
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "10"))
+# Keep client connections open briefly: load balancers and the load generator reuse them.
+keepalive = 5
+
+# One line per request on stdout, with the time it took in microseconds (%(D)s).
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus'
+
+# Prometheus' multiprocess mode: every worker writes its metrics to files in this directory and
+# /metrics sums them. It must be set before prometheus_client is imported anywhere (the value
+# class is chosen at import), hence here, and it must belong to this server alone.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="shortener-metrics-")
+
+
+def on_starting(server):
+    # Samples of a previous run's workers would be added to this run's.
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    # Drop a dead worker's gauges (its counters and histograms stay counted).
+    multiprocess.mark_process_dead(worker.pid)

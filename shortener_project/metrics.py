@@ -1,0 +1,130 @@
+"""Prometheus metrics, defined once for every process (web servers and long-running commands).
+
+Web servers run under gunicorn with several worker processes, so their metrics use
+prometheus_client's multiprocess mode: gunicorn.conf.py points PROMETHEUS_MULTIPROC_DIR at a
+directory of its own, every worker writes its samples there, and /metrics (any worker) adds
+them up. Long-running commands are single processes and serve their own registry on their own
+port (--metrics-port); see docs/metrics.md for the ports and a scrape configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from functools import wraps
+
+import logging
+
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
+
+logger = logging.getLogger(__name__)
+
+# Latency buckets for requests answered from memory in about a millisecond, up to slow outliers.
+REQUEST_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+REQUESTS = Histogram(
+    "shortener_request_duration_seconds",
+    "Time to answer a request; its _count gives the request rate. endpoint is create or "
+    "redirect; status splits redirects into found (302) and not found (404).",
+    ["endpoint", "method", "status"],
+    buckets=REQUEST_BUCKETS,
+)
+
+# --- consumers (consume_links, consume_clicks) ----------------------------------------------
+
+CONSUMER_RECORDS = Counter(
+    "shortener_consumer_records_total",
+    "Records a consumer handled, by outcome: applied, skipped (malformed), unknown (clicks for "
+    "a link the master does not have).",
+    ["topic", "outcome"],
+)
+CONSUMER_RETRIES = Counter(
+    "shortener_consumer_retries_total",
+    "Times a consumer had to retry: Kafka or its store unavailable, or its store's position "
+    "differed (store wiped).",
+    ["topic", "reason"],
+)
+CONSUMER_BATCH_SECONDS = Histogram(
+    "shortener_consumer_batch_seconds",
+    "Time to apply one batch (one store transaction).",
+    ["topic"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+CONSUMER_LAG = Gauge(
+    "shortener_consumer_lag",
+    "Records in the partition after the consumer's position (end offset - position).",
+    ["topic", "partition"],
+)
+CONSUMER_CAUGHT_UP = Gauge(
+    "shortener_consumer_caught_up",
+    "1 once the consumer has reached the end of the topic as it stood when it (re)positioned.",
+    ["topic"],
+)
+
+# --- click reports (report_clicks) and the master's publishing ------------------------------
+
+CLICK_REPORTS = Counter(
+    "shortener_click_reports_total",
+    "Click reports sent to the clicks topic, by outcome (sent, failed: requeued for a retry).",
+    ["outcome"],
+)
+LINKS_PUBLISHED = Counter(
+    "shortener_links_published_total",
+    "Links sent to the links topic by the master, by outcome (acked, failed: left for the "
+    "outbox relay).",
+    ["outcome"],
+)
+
+
+def instrumented(endpoint: str) -> Callable:
+    """Decorate a view: observe its latency labelled by endpoint, method and status."""
+
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            started = time.perf_counter()
+            status = 500
+            try:
+                response = view(request, *args, **kwargs)
+                status = response.status_code
+                return response
+            finally:
+                REQUESTS.labels(endpoint, request.method, str(status)).observe(
+                    time.perf_counter() - started)
+
+        return wrapper
+
+    return decorate
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """GET /metrics in Prometheus' text format, summed over every gunicorn worker."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:  # a single process (the test server, runserver)
+        from prometheus_client import REGISTRY as registry
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def serve(port: int) -> None:
+    """Expose a long-running command's metrics on `port` (all interfaces unless
+    SHORTENER_METRICS_ADDR says otherwise), from a background thread."""
+    if not port:
+        return
+    try:
+        start_http_server(port, addr=os.environ.get("SHORTENER_METRICS_ADDR", "0.0.0.0"))
+    except OSError as exc:
+        # The data path matters more than its metrics: keep running, say so loudly.
+        logger.error("cannot serve metrics on port %s: %s; running without them", port, exc)
