@@ -22,16 +22,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("SHORTENER_ROLE", "master")
-os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only")
-os.environ["SHORTENER_USER"] = f"bench{int(time.time())}"
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shortener_project.settings")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import ROOT, setup
 
-import django  # noqa: E402
-
-django.setup()
+setup("bench")
 
 import redis  # noqa: E402
 from django.conf import settings  # noqa: E402

@@ -28,37 +28,18 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-PREFIX = f"deliv{int(time.time())}"
-os.environ.update(SHORTENER_ROLE="master", SHORTENER_USER=PREFIX,
-                  DJANGO_SECRET_KEY="bench-only", DJANGO_SETTINGS_MODULE="shortener_project.settings",
-                  SHORTENER_LOG_LEVEL="WARNING")
-os.environ["SHORTENER_CLICKS_FLUSH_SECONDS"] = "2"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import cleanup, database_create, setup
 
-import django  # noqa: E402
+PREFIX = setup("deliv", SHORTENER_LOG_LEVEL="WARNING", SHORTENER_CLICKS_FLUSH_SECONDS="2")
 
-django.setup()
-
-import psycopg2  # noqa: E402
 from django.conf import settings  # noqa: E402
-from django.core.management import call_command  # noqa: E402
-from django.db import connection  # noqa: E402
 from django.db.models import Sum  # noqa: E402
 
 from links import services  # noqa: E402
 from links.models import ClickCounter, ConsumerPosition, Link  # noqa: E402
 from shortener_project import bus  # noqa: E402
 from tests.support import ClicksConsumerProcess, Replica, wait_until  # noqa: E402
-
-
-def admin_sql(sql: str) -> None:
-    db = settings.DATABASES["default"]
-    conn = psycopg2.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], dbname="postgres")
-    conn.autocommit = True
-    with conn.cursor() as cursor:
-        cursor.execute(sql)
-    conn.close()
 
 
 def recorded_by_node() -> dict[str, int]:
@@ -123,12 +104,11 @@ def main() -> None:
     parser.add_argument("--links", type=int, default=20)
     args = parser.parse_args()
 
-    admin_sql(f'CREATE DATABASE "{PREFIX}"')
+    database_create()
     tmp = Path(tempfile.mkdtemp(prefix="delivery-"))
     replicas: list[Replica] = []
     consumer: ClicksConsumerProcess | None = None
     try:
-        call_command("migrate", verbosity=0)
         bus.topics_ensure()
         links = [services.link_create(longurl=f"https://example.com/delivery/{i}").link.tinyurl
                  for i in range(args.links)]
@@ -201,16 +181,7 @@ def main() -> None:
             replica.close()
         if consumer is not None and consumer.alive():
             consumer.stop(signal.SIGKILL)
-        bus.producer_reset()
-        connection.close()
-        try:
-            admin = bus.admin_client()
-            admin.delete_topics([spec.name for spec in bus.topic_specs()])
-            admin.close()
-        except Exception:  # noqa: BLE001
-            pass
-        time.sleep(0.5)
-        admin_sql(f'DROP DATABASE IF EXISTS "{PREFIX}" WITH (FORCE)')
+        cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

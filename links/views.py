@@ -7,7 +7,7 @@ import logging
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -19,6 +19,23 @@ logger = logging.getLogger(__name__)
 # Room for the longest accepted longurl, escaped in JSON (up to 6 bytes a character for \\uXXXX),
 # plus the object around it.
 MAX_BODY_BYTES = settings.SHORTENER_MAX_URL_LENGTH * 6 + 1024
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """The process is alive (it answers). Restart it if this fails."""
+    return JsonResponse({"status": "ok"})
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Ready to serve: PostgreSQL answers. (Kafka being down does not make the master unready:
+    /create then answers 503 itself, and the admin still works.)"""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DatabaseError as exc:
+        return JsonResponse({"status": "not ready", "reason": f"database unavailable: {exc}"},
+                            status=503)
+    return JsonResponse({"status": "ready"})
 
 
 def _error(status: int, message: str, **headers: str) -> JsonResponse:
@@ -60,6 +77,10 @@ def create(request: HttpRequest) -> JsonResponse:
 
     try:
         result = services.link_create(longurl=longurl)
+    except services.LinkDisabled:
+        # The same longurl asked for again after a takedown: not re-issued (under the old
+        # tinyurl or a new one); an admin can put the link back.
+        return _error(410, "this URL's link was taken down by an administrator")
     except services.LinkPublishError:
         # The link is stored but Kafka has not acknowledged it, so the replicas may not know it.
         # Handing out its tinyurl now could give the user a link that 404s; instead ask for a

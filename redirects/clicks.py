@@ -219,6 +219,9 @@ class ClickReporter:
             self.redis.srem(keys.clicks_inflight_key(), *done)
         if retry:
             self.requeue(keys=self._requeue_keys, args=retry)
+            # A producer whose records expired during an outage does not always recover when
+            # Kafka returns (kafka-python 3.0.12, idempotent): make a new one next round.
+            self._producer_reset()
         self.sent += len(futures) - len(retry)
         self.failed += len(retry)
         CLICK_REPORTS.labels("sent").inc(len(futures) - len(retry))

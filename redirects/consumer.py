@@ -21,7 +21,7 @@ import redis as redis_lib
 from kafka import KafkaConsumer
 from redis import Redis
 
-from redirects import selectors, services
+from redirects import keys, selectors, services
 from shortener_project import bus
 from shortener_project.consuming import PositionedConsumer, PositionMismatch, Record
 from shortener_project.metrics import CONSUMER_CAUGHT_UP, CONSUMER_RECORDS
@@ -68,6 +68,8 @@ class LinksConsumer(PositionedConsumer):
         self.catchup_started = time.monotonic()
         self.caught_up = False
         CONSUMER_CAUGHT_UP.labels(self.topic).set(0)
+        # Not ready until caught up again: a load balancer keeps this replica out meanwhile.
+        self.redis.delete(keys.links_ready_key())
         self._last_idle_check = time.monotonic()
         self._check_caught_up()
 
@@ -92,5 +94,6 @@ class LinksConsumer(PositionedConsumer):
                 return
         self.caught_up = True
         CONSUMER_CAUGHT_UP.labels(self.topic).set(1)
+        self.redis.set(keys.links_ready_key(), "1")
         logger.info("caught up with %s (end offsets %s) in %.2fs", self.topic,
                     self.catchup_target, time.monotonic() - self.catchup_started)

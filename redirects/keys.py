@@ -19,6 +19,12 @@ def links_positions_key() -> str:
     return f"{settings.SHORTENER_USER}:links:positions"
 
 
+def links_ready_key() -> str:
+    """String "1" while consume_links is caught up with the topic as it stood when it last
+    positioned itself; absent otherwise (also after a wipe). /readyz reads it."""
+    return f"{settings.SHORTENER_USER}:links:ready"
+
+
 def links_stats_key() -> str:
     """Hash: counters of the links consumer (applied, removed, skipped), updated with the data."""
     return f"{settings.SHORTENER_USER}:links:stats"

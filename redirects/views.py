@@ -7,10 +7,30 @@ import logging
 import redis as redis_lib
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 
-from redirects import clicks, selectors
+from redirects import clicks, keys, selectors
 from shortener_project.metrics import instrumented
 
 logger = logging.getLogger(__name__)
+
+
+def healthz(request: HttpRequest) -> HttpResponse:
+    """The process is alive (it answers). Restart it if this fails."""
+    return JsonResponse({"status": "ok"})
+
+
+def readyz(request: HttpRequest) -> HttpResponse:
+    """Ready to serve: Redis answers and consume_links has caught up with the links topic as it
+    stood when it (re)started. A load balancer keeps the replica out while this is 503."""
+    try:
+        ready = selectors.redis_get().get(keys.links_ready_key()) == b"1"
+    except redis_lib.RedisError as exc:
+        return JsonResponse({"status": "not ready", "reason": f"Redis unavailable: {exc}"},
+                            status=503)
+    if not ready:
+        return JsonResponse({"status": "not ready",
+                             "reason": "consume_links has not caught up with the links topic"},
+                            status=503)
+    return JsonResponse({"status": "ready"})
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

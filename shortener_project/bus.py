@@ -221,12 +221,13 @@ def producer_get() -> KafkaProducer:
 
 
 def producer_reset() -> None:
-    """Close and forget the producer (after a fatal error, and in tests)."""
+    """Close and forget the producer (after a failed delivery, and in tests). Requests that
+    hold it see their sends fail, and answer 503 like the one that failed."""
     global _producer
     with _producer_lock:
         if _producer is not None:
             try:
-                _producer.close(timeout=2)
+                _producer.close(timeout=1)
             except Exception:  # noqa: BLE001 - closing a broken producer must not raise
                 logger.exception("closing the Kafka producer failed")
             _producer = None
@@ -258,6 +259,9 @@ def links_consumer_make() -> KafkaConsumer:
         fetch_max_wait_ms=100,
         # The links topic is never created by reading it; the master creates it with its settings.
         allow_auto_create_topics=False,
+        # After a network cut or a broker restart, try again at least every 5 s (default: up to
+        # 30 s), so a replica resumes within seconds of the network coming back.
+        reconnect_backoff_max_ms=5_000,
     )
 
 
@@ -280,6 +284,8 @@ def clicks_producer_make() -> KafkaProducer:
         max_block_ms=10_000,
         request_timeout_ms=10_000,
         delivery_timeout_ms=30_000,
+        # Reconnect within seconds once Kafka is reachable again (default backoff: up to 30 s).
+        reconnect_backoff_max_ms=5_000,
     )
 
 
@@ -299,4 +305,6 @@ def clicks_consumer_make() -> KafkaConsumer:
         # A report reaches the totals within this long even when traffic is light.
         fetch_max_wait_ms=200,
         allow_auto_create_topics=False,
+        # As for the links consumer: resume within seconds once Kafka is reachable again.
+        reconnect_backoff_max_ms=5_000,
     )

@@ -9,5 +9,7 @@ from shortener_project.metrics import metrics_view
 urlpatterns = [
     path("create", views.create, name="create"),
     path("metrics", metrics_view, name="metrics"),
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
     path("admin/", admin.site.urls),
 ]

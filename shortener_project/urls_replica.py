@@ -21,6 +21,8 @@ register_converter(TinyurlConverter, "tiny")
 urlpatterns = [
     # Before the tinyurl pattern: "metrics" has a tinyurl's shape (and is never issued as one).
     path("metrics", metrics_view, name="metrics"),
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
     path("<tiny:tinyurl>", views.redirect, name="redirect"),
 ]
 

@@ -5,6 +5,8 @@
 source "$(dirname "$0")/lib.sh"
 
 KDIR="$DATA/kafka"
+# The jars may live elsewhere (the namespace tests run a second broker from the same jars).
+KLIBS="${SHORTENER_KAFKA_LIBS:-$KDIR/libs}"
 PIDFILE="$KDIR/broker.pid"
 CONF="$KDIR/server.properties"
 # A few hundred MB is plenty for a single development broker; the release scripts' 1G is for
@@ -14,7 +16,7 @@ KAFKA_HEAP="${SHORTENER_KAFKA_HEAP:--Xms256m -Xmx512m}"
 # shellcheck disable=SC2206  # the heap options are meant to split into words
 JAVA=(java $KAFKA_HEAP -XX:+UseG1GC -Djava.awt.headless=true
   -Dlog4j2.configurationFile="$ROOT/stack/kafka/log4j2.properties" -Dkafka.logs.dir="$KDIR/logs"
-  -cp "$KDIR/libs/*")
+  -cp "$KLIBS/*")
 
 write_config() {
   mkdir -p "$KDIR/data" "$KDIR/logs"
@@ -23,8 +25,8 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs=$KDIR/data
@@ -45,8 +47,8 @@ CONF
 
 start() {
   if pid_alive "$PIDFILE"; then log "Kafka already running (port $KAFKA_PORT)"; return 0; fi
-  port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another program; set SHORTENER_KAFKA_PORT"
-  [ -f "$KDIR/libs/.pom" ] || die "Kafka jars are missing; run stack/install.sh"
+  port_open "$KAFKA_PORT" "$KAFKA_HOST" && die "port $KAFKA_PORT is taken by another program; set SHORTENER_KAFKA_PORT"
+  [ -f "$KLIBS/.pom" ] || die "Kafka jars are missing; run stack/install.sh"
   write_config
   if [ ! -s "$KDIR/cluster-id" ]; then
     "${JAVA[@]}" kafka.tools.StorageTool random-uuid > "$KDIR/cluster-id"
@@ -59,7 +61,7 @@ start() {
   log "starting Kafka on 127.0.0.1:$KAFKA_PORT"
   nohup "${JAVA[@]}" kafka.Kafka "$CONF" > "$KDIR/logs/stdout.log" 2>&1 &
   echo $! > "$PIDFILE"
-  wait_port "$KAFKA_PORT" 90 Kafka
+  wait_port "$KAFKA_PORT" 90 Kafka "$KAFKA_HOST"
 }
 
 stop() { stop_pidfile "$PIDFILE" Kafka 60; }

@@ -11,6 +11,11 @@ PY="$VENV/bin/python"
 PG_PORT="${SHORTENER_PG_PORT:-5432}"
 KAFKA_PORT="${SHORTENER_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${SHORTENER_KAFKA_CONTROLLER_PORT:-9093}"
+# The address the broker listens on and advertises (the namespace tests use a bridge address).
+KAFKA_HOST="${SHORTENER_KAFKA_HOST:-127.0.0.1}"
+# Addresses PostgreSQL listens on, and a network it trusts besides the loopback (tests only).
+PG_LISTEN="${SHORTENER_PG_LISTEN:-127.0.0.1}"
+PG_TRUST_CIDR="${SHORTENER_PG_TRUST_CIDR:-}"
 REDIS_PORTS="${SHORTENER_REDIS_PORTS:-26379 26380}"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
@@ -19,13 +24,13 @@ die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
 is_root() { [ "$(id -u)" = 0 ]; }
 
 # port_open PORT: true when something accepts TCP connections on 127.0.0.1:PORT.
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
 
 # wait_port PORT SECONDS NAME: wait for a listener, failing with a clear message.
 wait_port() {
-  local port=$1 secs=$2 name=$3 i
+  local port=$1 secs=$2 name=$3 host=${4:-127.0.0.1} i
   for ((i = 0; i < secs * 10; i++)); do
-    port_open "$port" && return 0
+    port_open "$port" "$host" && return 0
     sleep 0.1
   done
   die "$name did not start listening on port $port within ${secs}s (see its log under $DATA)"

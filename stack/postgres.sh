@@ -28,10 +28,13 @@ start() {
   if [ ! -s "$PGDATA_DIR/PG_VERSION" ]; then
     log "initialising PostgreSQL in $PGDATA_DIR"
     as_pg "$bindir/initdb" -D "$PGDATA_DIR" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    if [ -n "$PG_TRUST_CIDR" ]; then
+      echo "host all all $PG_TRUST_CIDR trust" >> "$PGDATA_DIR/pg_hba.conf"
+    fi
   fi
   log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
   as_pg "$bindir/pg_ctl" start -D "$PGDATA_DIR" -w -t 60 -l "$PGDATA_DIR/server.log" \
-    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -c unix_socket_directories='$PGDATA_DIR' -c fsync=on" >/dev/null
+    -o "-c listen_addresses=$PG_LISTEN -p $PG_PORT -c unix_socket_directories='$PGDATA_DIR' -c fsync=on" >/dev/null
 }
 
 stop() {

@@ -13,7 +13,7 @@ import requests
 from django.conf import settings
 
 from shortener_project import bus
-from tests.support import ClicksConsumerProcess, Replica, wait_until
+from tests.support import ClicksConsumerProcess, Replica, topic_end, wait_until
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -109,14 +109,7 @@ def make_links(transactional_db):
 
 
 def links_topic_end(partition: int = 0) -> int:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS)
-    try:
-        tp = TopicPartition(bus.links_topic(), partition)
-        return consumer.end_offsets([tp])[tp]
-    finally:
-        consumer.close()
+    return topic_end(bus.links_topic(), partition)
 
 
 @pytest.fixture
@@ -135,11 +128,4 @@ def clicks_consumer(transactional_db, test_data_dir):
 
 
 def clicks_topic_end(partition: int = 0) -> int:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS)
-    try:
-        tp = TopicPartition(bus.clicks_topic(), partition)
-        return consumer.end_offsets([tp])[tp]
-    finally:
-        consumer.close()
+    return topic_end(bus.clicks_topic(), partition)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -300,3 +301,26 @@ def scrape(url: str) -> dict[tuple[str, frozenset], float]:
 
 def sample(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+@dataclass
+class FakeRecord:
+    """A Kafka record's shape, for calling the batch-apply functions directly."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    partition: int = 0
+    topic: str = "test"
+
+
+def topic_end(topic: str, partition: int = 0) -> int:
+    """The partition's end offset (the offset the next record will get)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS)
+    try:
+        tp = TopicPartition(topic, partition)
+        return consumer.end_offsets([tp])[tp]
+    finally:
+        consumer.close()

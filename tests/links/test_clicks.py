@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pytest
@@ -16,18 +15,10 @@ from shortener_project import bus
 from shortener_project.consuming import PositionMismatch
 from shortener_project.messages import click_report_encode
 from tests.conftest import clicks_topic_end
+from tests.support import FakeRecord as Rec
 from tests.support import wait_until
 
 NOW = datetime.now(timezone.utc)
-
-
-@dataclass
-class Rec:
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    partition: int = 0
-    topic: str = "test-clicks"
 
 
 def report(offset: int, tinyurl: str, node: str, incarnation: str, count: int) -> Rec:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pytest
@@ -11,15 +10,7 @@ from redirects import services
 from shortener_project.consuming import PositionMismatch
 from shortener_project import bus
 from shortener_project.messages import link_record_encode
-
-
-@dataclass
-class Rec:
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    partition: int = 0
-    topic: str = "test"
+from tests.support import FakeRecord as Rec
 
 
 def good(offset: int, tinyurl: str, longurl: str) -> Rec:

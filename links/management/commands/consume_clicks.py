@@ -6,27 +6,15 @@ See links/clicks.py for how the totals stay exact.
 
 from __future__ import annotations
 
-import signal
 import threading
 
-from django.core.management.base import BaseCommand
-
-from shortener_project import metrics
-
 from links.clicks import ClicksConsumer
+from shortener_project.commands import LongRunningCommand
 
 
-class Command(BaseCommand):
+class Command(LongRunningCommand):
     help = "Read the clicks topic into the master's totals (PostgreSQL)."
+    default_metrics_port = 9103
 
-    def add_arguments(self, parser) -> None:
-        parser.add_argument(
-            "--metrics-port", type=int, default=9103,
-            help="serve Prometheus metrics on this port (0: don't); see docs/metrics.md")
-
-    def handle(self, *args, metrics_port: int, **options) -> None:
-        metrics.serve(metrics_port)
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+    def run(self, stop: threading.Event) -> None:
         ClicksConsumer(stop=stop).run()

@@ -6,31 +6,20 @@ See redirects/clicks.py.
 
 from __future__ import annotations
 
-import signal
 import threading
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
-
-from shortener_project import metrics
 
 from redirects.clicks import ClickReporter
 from redirects.selectors import redis_get
+from shortener_project.commands import LongRunningCommand
 
 
-class Command(BaseCommand):
+class Command(LongRunningCommand):
     help = "Send click reports (every hundred, and every SHORTENER_CLICKS_FLUSH_SECONDS)."
+    default_metrics_port = 9102
 
-    def add_arguments(self, parser) -> None:
-        parser.add_argument(
-            "--metrics-port", type=int, default=9102,
-            help="serve Prometheus metrics on this port (0: don't); see docs/metrics.md")
-
-    def handle(self, *args, metrics_port: int, **options) -> None:
-        metrics.serve(metrics_port)
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+    def run(self, stop: threading.Event) -> None:
         ClickReporter(
             redis=redis_get(),
             stop=stop,
