@@ -7,15 +7,18 @@ import os
 import shutil
 import tempfile
 
-# Threads, not only processes: a master's /create waits on PostgreSQL commits and Kafka's
-# acknowledgement, and a thread that waits leaves the core to the others; one producer per
-# process then batches the concurrent requests' records. A replica's request is a Redis round
-# trip, the same pattern at a smaller scale.
+# Threads, not only processes. A master's /create spends most of its time waiting: on
+# PostgreSQL's commit and on Kafka's acknowledgement. Many requests in flight share those waits
+# (PostgreSQL's group commit, one Kafka batch for many records): on this 2-core machine, 16
+# threads a worker made 2.2x the new links per second of 4 (docs/performance.md). A replica's
+# request is one Redis round trip of ~0.2 ms and otherwise CPU (Django), so more threads than a
+# few would only queue on the GIL.
 worker_class = "gthread"
 # Processes for the cores (Python runs one thread at a time per process). Two cores here, shared
 # with the consumers and the stores; on a dedicated host, 2 x cores is the usual start.
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+_default_threads = "16" if os.environ.get("SHORTENER_ROLE", "").lower() == "master" else "4"
+threads = int(os.environ.get("GUNICORN_THREADS", _default_threads))
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 # A worker stuck for this long is restarted; far above any request's normal time (/create waits
 # at most SHORTENER_PUBLISH_TIMEOUT for Kafka).
@@ -25,8 +28,9 @@ graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "10"))
 # Keep client connections open briefly: load balancers and the load generator reuse them.
 keepalive = 5
 
-# One line per request on stdout, with the time it took in microseconds (%(D)s).
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+# One line per request on stdout, with the time it took in microseconds (%(D)s). An empty
+# GUNICORN_ACCESSLOG turns it off (benchmarks: a line per request costs a few percent).
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus'
 
 # Prometheus' multiprocess mode: every worker writes its metrics to files in this directory and

@@ -58,10 +58,15 @@ def main() -> None:
                                              reported_at=now)
             producer.send(bus.clicks_topic(), key=key, value=value)
         producer.flush()
+        tp = TopicPartition(bus.clicks_topic(), 0)
+        probe = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS)
+        in_topic = probe.end_offsets([tp])[tp]
+        probe.close()
+        if in_topic != args.reports:
+            raise SystemExit(f"only {in_topic} of {args.reports} reports reached the topic")
         print(f"consume_clicks benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} "
               f"cores: {args.reports} reports over {args.links} links x {len(nodes)} replicas")
 
-        tp = TopicPartition(bus.clicks_topic(), 0)
         consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
                                  max_poll_records=5000, max_partition_fetch_bytes=8 << 20)
         consumer.assign([tp])

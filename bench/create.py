@@ -75,7 +75,7 @@ def main() -> None:
                        capture_output=True)  # warm-up, and makes the "same" link
         print(f"/create benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores, "
               f"wrk -t2 -c{args.connections} -d{args.seconds}s, gunicorn "
-              f"{os.environ.get('GUNICORN_WORKERS', '2')}x{os.environ.get('GUNICORN_THREADS', '4')}")
+              f"{os.environ.get('GUNICORN_WORKERS', '2')}x{os.environ.get('GUNICORN_THREADS', '16')}")
         same = wrk(url, args.seconds, args.connections, tmp / "same.lua")
         print(line("baseline: existing longurl", same))
         before = Link.objects.count()

@@ -42,6 +42,19 @@ def _error(status: int, message: str, **headers: str) -> JsonResponse:
     return JsonResponse({"error": message}, status=status, headers=headers or None)
 
 
+def _link_create_retrying(longurl: str) -> services.LinkCreated:
+    """link_create, tried once more on a fresh connection if the kept one died (PostgreSQL
+    restarted since: connections are not health-checked before each request, to save a round
+    trip). link_create is idempotent, so the second try cannot make a second link."""
+    try:
+        return services.link_create(longurl=longurl)
+    except DatabaseError:
+        if connection.in_atomic_block or connection.is_usable():
+            raise  # the database itself refused: no point retrying
+        connection.close()
+        return services.link_create(longurl=longurl)
+
+
 # A JSON API with no cookie authentication: CSRF protection guards cookie-authenticated forms
 # and has nothing to protect here.
 @csrf_exempt
@@ -76,7 +89,7 @@ def create(request: HttpRequest) -> JsonResponse:
         return _error(400, exc.messages[0])
 
     try:
-        result = services.link_create(longurl=longurl)
+        result = _link_create_retrying(longurl)
     except services.LinkDisabled:
         # The same longurl asked for again after a takedown: not re-issued (under the old
         # tinyurl or a new one); an admin can put the link back.

@@ -93,10 +93,12 @@ if ROLE is Role.MASTER:
             "DATABASE_URL", default=f"postgres://postgres@127.0.0.1:5432/{SHORTENER_USER}"
         )
     }
-    # Keep connections between requests (gunicorn workers are long-lived); health checks
-    # replace a connection that died while PostgreSQL restarted instead of failing a request.
+    # Keep connections between requests (gunicorn workers are long-lived). No health check
+    # before each request: it is a round trip more on every /create (27% of a worker's time in
+    # the profile, docs/performance.md). After a PostgreSQL restart, a dead connection fails one
+    # request with 503 and Django discards it at the end of that request.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_HEALTH_CHECKS", default=False)
     # Fail fast when PostgreSQL is down, so /create answers 503 instead of hanging.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
     DATABASES["default"]["TEST"] = {"NAME": f"test_{SHORTENER_USER}"}
