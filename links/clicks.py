@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from django.db import DatabaseError, connection, transaction
 from kafka import KafkaConsumer
 
-from links.models import ConsumerPosition, Link
+from links.models import ConsumerPosition
 from shortener_project import bus
 from shortener_project.consuming import PositionedConsumer, PositionMismatch, Record
 from shortener_project.metrics import CONSUMER_RECORDS
@@ -65,23 +65,17 @@ def clicks_apply_batch(
         if position is None:
             position = ConsumerPosition(topic=topic, partition=partition, next_offset=0)
 
-        link_ids = dict(Link.objects.filter(tinyurl__in={r["tinyurl"] for r in reports})
-                        .values_list("tinyurl", "id"))
-        best: dict[tuple[int, str, str], int] = {}
-        unknown: list[str] = []
+        best: dict[tuple[str, str, str], int] = {}
         for r in reports:
-            link_id = link_ids.get(r["tinyurl"])
-            if link_id is None:
-                unknown.append(r["tinyurl"])
-                continue
-            k = (link_id, r["node"], r["incarnation"])
+            k = (r["tinyurl"], r["node"], r["incarnation"])
             best[k] = max(best.get(k, 0), r["count"])
-        raised = _counters_raise(best) if best else 0
+        raised, unknown_tinyurls = _counters_raise(best) if best else (0, set())
+        unknown = [r["tinyurl"] for r in reports if r["tinyurl"] in unknown_tinyurls]
         if unknown:
             # One line per batch: a replica pointed at the wrong master could send thousands.
             logger.warning("skipping %d click report(s) for unknown tinyurls topic=%s "
                            "partition=%s, e.g. %s", len(unknown), topic, partition,
-                           ", ".join(sorted(set(unknown))[:5]))
+                           ", ".join(sorted(unknown_tinyurls)[:5]))
 
         position.next_offset = next_offset
         position.applied += len(reports) - len(unknown)
@@ -93,19 +87,28 @@ def clicks_apply_batch(
                              next_offset=next_offset)
 
 
-# One statement: upsert every counter to max(stored, reported), then add each link's increase to
-# its total. All parts of a WITH statement see the same snapshot, so `old` holds the counts from
-# before the upsert. The ORM cannot say "ON CONFLICT ... WHERE stored < new RETURNING", hence SQL.
+# One statement, one round trip: find each report's link, upsert every counter to
+# max(stored, reported), add each link's increase to its total, and name the tinyurls that
+# match no link. All parts of a WITH statement see the same snapshot, so `old` holds the counts
+# from before the upsert. The batch travels as four arrays (unnest), not thousands of
+# parameters: building and parsing those was a tenth of the consumer's time in the profile.
+# The ORM cannot say "ON CONFLICT ... WHERE stored < new RETURNING", hence SQL.
 _RAISE_SQL = """
-WITH input(link_id, node, incarnation, count) AS (VALUES {values}),
+WITH input(tinyurl, node, incarnation, count) AS (
+    SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::bigint[])
+),
+known AS (
+    SELECT l.id AS link_id, i.node, i.incarnation, i.count
+    FROM input i JOIN links_link l ON l.tinyurl = i.tinyurl
+),
 old AS (
     SELECT c.link_id, c.node, c.incarnation, c.count
     FROM links_clickcounter c
-    JOIN input i ON c.link_id = i.link_id AND c.node = i.node AND c.incarnation = i.incarnation
+    JOIN known k ON c.link_id = k.link_id AND c.node = k.node AND c.incarnation = k.incarnation
 ),
 up AS (
     INSERT INTO links_clickcounter (link_id, node, incarnation, count, updated_at)
-    SELECT link_id, node, incarnation, count, now() FROM input
+    SELECT link_id, node, incarnation, count, now() FROM known
     ON CONFLICT (link_id, node, incarnation) DO UPDATE
         SET count = EXCLUDED.count, updated_at = EXCLUDED.updated_at
         WHERE links_clickcounter.count < EXCLUDED.count
@@ -121,16 +124,20 @@ totals AS (
     UPDATE links_link l SET clicks = l.clicks + delta.d FROM delta WHERE l.id = delta.link_id
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM up)
+SELECT (SELECT count(*) FROM up),
+       (SELECT array_agg(DISTINCT i.tinyurl) FROM input i
+        WHERE NOT EXISTS (SELECT 1 FROM links_link l WHERE l.tinyurl = i.tinyurl))
 """
 
 
-def _counters_raise(best: dict[tuple[int, str, str], int]) -> int:
-    values = ",".join(["(%s::bigint, %s::varchar, %s::varchar, %s::bigint)"] * len(best))
-    params = [p for (link_id, node, inc), count in best.items() for p in (link_id, node, inc, count)]
+def _counters_raise(best: dict[tuple[str, str, str], int]) -> tuple[int, set[str]]:
+    """Apply the largest count per (tinyurl, node, incarnation); returns the number of
+    counters raised and the tinyurls that match no link."""
+    columns = list(zip(*((t, n, i, c) for (t, n, i), c in best.items())))
     with connection.cursor() as cursor:
-        cursor.execute(_RAISE_SQL.format(values=values), params)
-        return cursor.fetchone()[0]
+        cursor.execute(_RAISE_SQL, [list(col) for col in columns])
+        raised, unknown = cursor.fetchone()
+    return raised, set(unknown or ())
 
 
 class ClicksConsumer(PositionedConsumer):
