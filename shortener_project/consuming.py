@@ -193,6 +193,8 @@ class PositionedConsumer:
             logger.debug("%s: partition %s: %d records to position %d in %.1f ms", self.name,
                          tp.partition, len(records), position,
                          (time.monotonic() - started) * 1000)
+        # Again after the batches: the lag must not keep counting what was just applied.
+        self._lag_update(consumer)
         try:
             consumer.commit(commits)
         except KafkaError as exc:  # informational only; the truth is in the store

@@ -54,7 +54,8 @@ def test_replica_metrics_split_found_and_not_found(master, replica_factory, clic
     topic = f"{replica.env['SHORTENER_USER']}-links"
     assert sample(links, "shortener_consumer_records_total", topic=topic, outcome="applied") >= 1
     assert sample(links, "shortener_consumer_caught_up", topic=topic) == 1
-    assert sample(links, "shortener_consumer_lag", topic=topic, partition="0") == 0
+    wait_until(lambda: sample(scrape(consumer), "shortener_consumer_lag", topic=topic,
+                              partition="0") == 0, timeout=10, what="lag 0 after the catch-up")
 
     # report_clicks: the hundred was reported; consume_clicks: it was applied.
     reporter = f"http://127.0.0.1:{replica.reporter_metrics_port}/metrics"
