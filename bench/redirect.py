@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.support import free_port, port_open  # noqa: E402
+from tests.support import free_port, port_open, wait_until  # noqa: E402
 
 USER = f"benchr{int(time.time())}"
 
@@ -41,11 +41,7 @@ def need(tool: str, package: str) -> None:
 
 
 def wait_port(port: int) -> None:
-    for _ in range(200):
-        if port_open(port):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
+    wait_until(lambda: port_open(port), timeout=20, what=f"a listener on {port}")
 
 
 def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> dict:

@@ -11,7 +11,6 @@ re-marks the link, and a claim never splits a click from its mark.
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -31,16 +30,21 @@ logger = logging.getLogger(__name__)
 
 REPORT_EVERY = 100
 
-# KEYS: link, counter, incarnation, due, dirty. ARGV: a fresh incarnation id, REPORT_EVERY,
-# the tinyurl.
+# KEYS: link, counter, incarnation, due, dirty. ARGV: REPORT_EVERY, the tinyurl.
 # Returns nil for an unknown link (nothing counted), else {longurl, count}.
+# The first click after Redis started empty names the new incarnation after Redis' clock
+# (seconds and microseconds): a later life of this Redis gets a later name, and the name is
+# made once per life here rather than proposed by every request.
 CLICK_SCRIPT = """
 local target = redis.call('GET', KEYS[1])
 if not target then return nil end
-if redis.call('EXISTS', KEYS[3]) == 0 then redis.call('SET', KEYS[3], ARGV[1]) end
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[3], now[1] .. string.format('%06d', tonumber(now[2])))
+end
 local n = redis.call('INCR', KEYS[2])
-redis.call('SADD', KEYS[5], ARGV[3])
-if n % tonumber(ARGV[2]) == 0 then redis.call('SADD', KEYS[4], ARGV[3]) end
+redis.call('SADD', KEYS[5], ARGV[2])
+if n % tonumber(ARGV[1]) == 0 then redis.call('SADD', KEYS[4], ARGV[2]) end
 return {target, n}
 """
 
@@ -88,7 +92,7 @@ def link_click(*, redis: Redis, tinyurl: str) -> str | None:
     result = _click_script(
         keys=[keys.link_key(tinyurl), keys.clicks_counter_key(tinyurl),
               keys.clicks_incarnation_key(), keys.clicks_due_key(), keys.clicks_dirty_key()],
-        args=[secrets.token_hex(8), REPORT_EVERY, tinyurl],
+        args=[REPORT_EVERY, tinyurl],
         client=redis,
     )
     if result is None:

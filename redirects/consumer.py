@@ -58,9 +58,10 @@ class LinksConsumer(PositionedConsumer):
                                             records=records, expected_position=expected)
         CONSUMER_RECORDS.labels(self.topic, "applied").inc(len(records) - result.skipped)
         CONSUMER_RECORDS.labels(self.topic, "skipped").inc(result.skipped)
-        self.expected[partition] = result.next_offset
-        self._check_caught_up()
         return result.next_offset
+
+    def on_batch_applied(self) -> None:
+        self._check_caught_up()
 
     def on_positioned(self, consumer: KafkaConsumer, stored: dict[int, int]) -> None:
         ends = consumer.end_offsets(self.partitions)

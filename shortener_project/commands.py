@@ -27,7 +27,7 @@ class LongRunningCommand(BaseCommand):
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        self.run(stop)
+        self.run(stop, **options)
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, **options) -> None:
         raise NotImplementedError

@@ -91,6 +91,9 @@ class PositionedConsumer:
     def on_positioned(self, consumer: KafkaConsumer, stored: dict[int, int]) -> None:
         """Called after every (re)positioning."""
 
+    def on_batch_applied(self) -> None:
+        """Called after each batch, once `expected` holds its new position."""
+
     def on_idle(self) -> None:
         """Called when a poll brought nothing."""
 
@@ -179,8 +182,8 @@ class PositionedConsumer:
 
     def _poll_once(self, consumer: KafkaConsumer) -> None:
         batches = consumer.poll(timeout_ms=self.poll_timeout_ms)
-        self._lag_update(consumer)
         if not batches:
+            self._lag_update(consumer)
             self.on_idle()
             return
         commits = {}
@@ -189,11 +192,12 @@ class PositionedConsumer:
             position = self.apply_batch(tp.partition, records, self.expected.get(tp.partition))
             CONSUMER_BATCH_SECONDS.labels(self.topic).observe(time.monotonic() - started)
             self.expected[tp.partition] = position
+            self.on_batch_applied()
             commits[tp] = OffsetAndMetadata(position, "", -1)
             logger.debug("%s: partition %s: %d records to position %d in %.1f ms", self.name,
                          tp.partition, len(records), position,
                          (time.monotonic() - started) * 1000)
-        # Again after the batches: the lag must not keep counting what was just applied.
+        # After the batches, so that the lag does not count what was just applied.
         self._lag_update(consumer)
         try:
             consumer.commit(commits)

@@ -9,12 +9,11 @@ port (--metrics-port); see docs/metrics.md for the ports and a scrape configurat
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
 from functools import wraps
-
-import logging
 
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import (

@@ -16,5 +16,5 @@ class Command(LongRunningCommand):
     help = "Read the clicks topic into the master's totals (PostgreSQL)."
     default_metrics_port = 9103
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, **options) -> None:
         ClicksConsumer(stop=stop).run()

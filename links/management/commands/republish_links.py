@@ -8,37 +8,30 @@ Without options: every link (re-sending is harmless: a record is a full upsert b
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from datetime import timedelta
 
-from django.core.management.base import BaseCommand
 from django.db import DatabaseError, close_old_connections
 from kafka.errors import KafkaError
 
 from links import selectors, services
-from shortener_project import bus, metrics
+from shortener_project import bus
+from shortener_project.commands import LongRunningCommand
 
 logger = logging.getLogger(__name__)
 
 
-class Command(BaseCommand):
+class Command(LongRunningCommand):
     help = "Re-send links to the links topic (all, or only the unacknowledged ones)."
 
     def add_arguments(self, parser) -> None:
+        super().add_arguments(parser)  # --metrics-port (off by default; useful with --follow)
         parser.add_argument("--pending", action="store_true", help="only unacknowledged links")
         parser.add_argument("--follow", action="store_true", help="repeat until stopped")
         parser.add_argument("--interval", type=float, default=2.0, help="seconds between rounds")
-        parser.add_argument("--metrics-port", type=int, default=0,
-                            help="with --follow: serve Prometheus metrics on this port")
 
-    def handle(self, *args, pending: bool, follow: bool, interval: float, metrics_port: int,
-               **options) -> None:
-        if follow:
-            metrics.serve(metrics_port)
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+    def run(self, stop: threading.Event, *, pending: bool, follow: bool, interval: float,
+            **options) -> None:
         try:
             while True:
                 try:

@@ -18,5 +18,5 @@ class Command(LongRunningCommand):
     help = "Read the links topic into this replica's Redis (whole topic first, then follow)."
     default_metrics_port = 9101
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, **options) -> None:
         LinksConsumer(redis=redis_get(), stop=stop).run()

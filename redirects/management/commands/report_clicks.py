@@ -19,7 +19,7 @@ class Command(LongRunningCommand):
     help = "Send click reports (every hundred, and every SHORTENER_CLICKS_FLUSH_SECONDS)."
     default_metrics_port = 9102
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, **options) -> None:
         ClickReporter(
             redis=redis_get(),
             stop=stop,
