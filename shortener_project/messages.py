@@ -1,15 +1,15 @@
 """The shapes of the messages on the project's Kafka topics, defined once for producer and consumer.
 
-Clicks topic (<user>-clicks): key = tinyurl (UTF-8), value = JSON ClickReport. A report carries
-what it counts: which replica (node), which life of that replica's counter (incarnation: a new
-one whenever its Redis starts empty), and the counter's absolute value. The master keeps the
-largest value per (link, node, incarnation), so a duplicate adds nothing and a lost report is
-healed by the next one. (A "+100" delta could not be replayed safely.)
+Clicks topic (<user>-clicks): key = `<incarnation>:<tinyurl>` (UTF-8), value = JSON ClickReport.
+A report carries what it counts: which counter (incarnation: one life of one replica's Redis),
+the counter's absolute value, and the node that sent it as a label. The master keeps the largest
+value per (link, incarnation), so a duplicate adds nothing and a lost report is healed by the
+next one. (A "+100" delta could not be replayed safely.)
 
-Links topic (<user>-links): key = tinyurl (UTF-8), value = JSON LinkRecord. A record is a full
-upsert of one link, so applying it twice, or applying an older copy before a newer one of the
-same key (impossible within a partition), leaves the same state: replay is harmless.
-A value of null (a Kafka tombstone) removes the link.
+Links topic (<user>-links): key = tinyurl (UTF-8), value = JSON LinkRecord: the link's whole
+state (active with its longurl, or disabled) and its state version. A replica applies a record
+only if its version is newer than the one it holds, so a late copy of an older state, in any
+order, changes nothing; a takedown is a record that compaction keeps, never a tombstone.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import re
 from datetime import datetime
 from typing import TypedDict
 
+from shortener_project import longurls
+
 TINYURL_LENGTH = 7
 TINYURL_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 TINYURL_RE = re.compile(r"[a-zA-Z0-9]{7}")
@@ -27,36 +29,67 @@ RESERVED_TINYURLS = frozenset({"metrics", "healthz"})
 
 # Bump when a record's meaning changes; consumers skip (and count) schemas they do not know,
 # so an old replica never misreads a newer record.
-LINK_SCHEMA = 1
-
-
-class MessageError(ValueError):
-    """A message that cannot be applied: logged, counted and skipped by the consumer."""
+# Schema 2 (this one): every record carries the link's state version and its whole state
+# (active with its longurl, or disabled), so a replica applies a record only if it is newer than
+# what it holds, and a takedown is a record that compaction keeps (never a tombstone).
+LINK_SCHEMA = 2
+LINK_STATES = ("active", "disabled")
 
 
 class LinkRecord(TypedDict):
     schema: int
     tinyurl: str
-    longurl: str
+    # Link.state_version: bumped by every change of what replicas must hold. A replica applies a
+    # record only if its version is greater than the one it holds; replays change nothing.
+    version: int
+    state: str  # "active" (redirect) or "disabled" (taken down: 404)
+    longurl: str | None  # the target, exactly as it goes into Location; None when disabled
+    # Milliseconds since the Unix epoch (UTC) after which replicas answer 410 Gone; None: never.
+    expires_at: int | None
     created_at: str  # ISO 8601, UTC
 
 
-def link_record_encode(*, tinyurl: str, longurl: str, created_at: datetime) -> tuple[bytes, bytes]:
-    """The (key, value) of the links-topic message for one link."""
+def link_record_encode(
+    *,
+    tinyurl: str,
+    version: int,
+    longurl: str | None,
+    created_at: datetime,
+    disabled: bool = False,
+    expires_at: datetime | None = None,
+) -> tuple[bytes, bytes]:
+    """The (key, value) of the links-topic message for one link's current state.
+
+    key: the tinyurl (UTF-8), the compaction key. value: JSON LinkRecord. A disabled link's
+    record carries no longurl: replicas keep only its version, so that an older record that
+    arrives later cannot bring the link back.
+    """
+    if not disabled and not longurl:
+        raise ValueError("an active link needs its longurl")
     record: LinkRecord = {
         "schema": LINK_SCHEMA,
         "tinyurl": tinyurl,
-        "longurl": longurl,
+        "version": version,
+        "state": "disabled" if disabled else "active",
+        "longurl": None if disabled else longurl,
+        "expires_at": int(expires_at.timestamp() * 1000) if expires_at is not None else None,
         "created_at": created_at.isoformat(),
     }
     value = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
     return tinyurl.encode(), value
 
 
-def link_record_decode(key: bytes | None, value: bytes | None) -> LinkRecord | None:
-    """Parse and check one links-topic message; None for a tombstone (the link was removed).
+def _positive_int(value: object) -> bool:
+    # bool is an int in Python; True is not a version.
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**62
 
-    Raises MessageError for anything a replica must not store.
+
+def link_record_decode(key: bytes | None, value: bytes | None) -> LinkRecord | None:
+    """Parse and check one links-topic message.
+
+    Returns None for a tombstone (value null): the master no longer writes them (a takedown is a
+    versioned "disabled" record), and a tombstone carries no version, so a replica ignores it.
+    Raises MessageError for anything a replica must not store; the message says why.
     """
     if key is None:
         raise MessageError("message has no key")
@@ -78,15 +111,32 @@ def link_record_decode(key: bytes | None, value: bytes | None) -> LinkRecord | N
         raise MessageError(f"unknown schema {record.get('schema')!r}")
     if record.get("tinyurl") != tinyurl:
         raise MessageError("value's tinyurl differs from the key")
+    if not _positive_int(record.get("version")):
+        raise MessageError("version is missing or not a positive integer")
+    state = record.get("state")
+    if state not in LINK_STATES:
+        raise MessageError(f"unknown state {state!r}")
+    expires_at = record.get("expires_at")
+    if expires_at is not None and not _positive_int(expires_at):
+        raise MessageError("expires_at is not a positive integer (ms since the epoch)")
     longurl = record.get("longurl")
-    if not isinstance(longurl, str) or not longurl.startswith(("http://", "https://")):
-        raise MessageError("longurl is missing or not an http(s) URL")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in longurl):
-        raise MessageError("longurl has whitespace or control characters")
+    if state == "active":
+        if not isinstance(longurl, str):
+            raise MessageError("an active link's longurl is missing")
+        # The same definition the master used when it accepted the link (one definition for
+        # both sides: whatever /create accepts, every replica serves).
+        problem = longurls.longurl_problem(longurl)
+        if problem is not None:
+            raise MessageError(f"longurl is not servable: {problem}")
+    elif longurl is not None:
+        raise MessageError("a disabled link's record carries a longurl")
     return record  # type: ignore[return-value]
 
 
-CLICK_SCHEMA = 1
+# Schema 2: a counter's identity is its incarnation alone (one life of one replica's Redis),
+# not the node that reports it: a node whose id changes, or two hosts sharing one Redis, report
+# the same counter, and the master's max() counts its clicks once. The node is a label.
+CLICK_SCHEMA = 2
 NODE_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
 INCARNATION_RE = re.compile(r"[A-Za-z0-9]{1,64}")
 
@@ -94,10 +144,16 @@ INCARNATION_RE = re.compile(r"[A-Za-z0-9]{1,64}")
 class ClickReport(TypedDict):
     schema: int
     tinyurl: str
-    node: str
-    incarnation: str
-    count: int
+    node: str  # the replica that sent it (a label for the admin; not part of the identity)
+    incarnation: str  # the counter's identity: one life of one replica's Redis
+    count: int  # the counter's absolute value: clicks of tinyurl in this incarnation
     reported_at: str  # ISO 8601, UTC
+
+
+def click_report_key(*, incarnation: str, tinyurl: str) -> bytes:
+    """The compaction key of a counter's reports: `<incarnation>:<tinyurl>`. The clicks topic
+    keeps the newest report of every counter, which is exactly the counter's latest value."""
+    return f"{incarnation}:{tinyurl}".encode()
 
 
 def click_report_encode(
@@ -111,7 +167,8 @@ def click_report_encode(
         "count": count,
         "reported_at": reported_at.isoformat(),
     }
-    return tinyurl.encode(), json.dumps(report, separators=(",", ":")).encode()
+    key = click_report_key(incarnation=incarnation, tinyurl=tinyurl)
+    return key, json.dumps(report, separators=(",", ":")).encode()
 
 
 def click_report_decode(key: bytes | None, value: bytes | None) -> ClickReport:
@@ -129,15 +186,13 @@ def click_report_decode(key: bytes | None, value: bytes | None) -> ClickReport:
     tinyurl = report.get("tinyurl")
     if not isinstance(tinyurl, str) or not TINYURL_RE.fullmatch(tinyurl):
         raise MessageError("tinyurl is missing or malformed")
-    if key is not None and key != tinyurl.encode():
-        raise MessageError("key differs from the report's tinyurl")
     node, incarnation = report.get("node"), report.get("incarnation")
     if not isinstance(node, str) or not NODE_RE.fullmatch(node):
         raise MessageError("node is missing or malformed")
     if not isinstance(incarnation, str) or not INCARNATION_RE.fullmatch(incarnation):
         raise MessageError("incarnation is missing or malformed")
-    count = report.get("count")
-    # bool is an int in Python; a count of True is not a count.
-    if not isinstance(count, int) or isinstance(count, bool) or not 0 < count < 2**62:
+    if key is not None and key != click_report_key(incarnation=incarnation, tinyurl=tinyurl):
+        raise MessageError("key differs from the report's incarnation:tinyurl")
+    if not _positive_int(report.get("count")):
         raise MessageError("count is missing or not a positive integer")
     return report  # type: ignore[return-value]
