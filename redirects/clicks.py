@@ -10,6 +10,8 @@ re-marks the link, and a claim never splits a click from its mark.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import threading
 import time
@@ -19,9 +21,10 @@ from datetime import datetime, timezone
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from redis import Redis
-from redis.commands.core import Script
+from redis.exceptions import NoScriptError, RedisError
 
 from redirects import keys
+from redirects.pipelining import PipelinedRedis
 from shortener_project import bus
 from shortener_project.messages import click_report_encode
 from shortener_project.metrics import CLICK_REPORTS
@@ -31,7 +34,9 @@ logger = logging.getLogger(__name__)
 REPORT_EVERY = 100
 
 # KEYS: link, counter, incarnation, due, dirty. ARGV: REPORT_EVERY, the tinyurl.
-# Returns nil for an unknown link (nothing counted), else {longurl, count}.
+# Returns nil for an unknown link (nothing counted), else the longurl (a bulk string).
+# (The reply contract, which click_outcome() reads: nil -> no such link, the integer 410 -> the
+# link expired (not counted), a bulk string -> its target, counted.)
 # The first click after Redis started empty names the new incarnation after Redis' clock
 # (seconds and microseconds): a later life of this Redis gets a later name, and the name is
 # made once per life here rather than proposed by every request.
@@ -45,8 +50,11 @@ end
 local n = redis.call('INCR', KEYS[2])
 redis.call('SADD', KEYS[5], ARGV[2])
 if n % tonumber(ARGV[1]) == 0 then redis.call('SADD', KEYS[4], ARGV[2]) end
-return {target, n}
+return target
 """
+# EVALSHA's name for the script, computed here as Redis computes it (SHA-1 of the source), so a
+# server never needs a round trip to learn it; SCRIPT LOAD only after a NOSCRIPT reply.
+CLICK_SCRIPT_SHA = hashlib.sha1(CLICK_SCRIPT.encode()).hexdigest()
 
 # Move up to ARGV[1] tinyurls from KEYS[1] to KEYS[3] (in flight), also dropping them from
 # KEYS[2], and read their counts and the incarnation in the same atomic step.
@@ -81,23 +89,96 @@ return redis.call('SADD', KEYS[2], unpack(members))
 """
 
 
-_click_script: Script | None = None
+# The reply of the click script that means "this link expired": answered 410, not counted.
+GONE = 410
 
 
-def link_click(*, redis: Redis, tinyurl: str) -> str | None:
-    """The link's target, counting the click; None (and nothing counted) for an unknown link."""
-    global _click_script
-    if _click_script is None:
-        _click_script = redis.register_script(CLICK_SCRIPT)  # EVALSHA, loaded once per server
-    result = _click_script(
-        keys=[keys.link_key(tinyurl), keys.clicks_counter_key(tinyurl),
-              keys.clicks_incarnation_key(), keys.clicks_due_key(), keys.clicks_dirty_key()],
-        args=[REPORT_EVERY, tinyurl],
-        client=redis,
+def click_keys_args(tinyurl: str) -> tuple[list[str], list]:
+    """KEYS and ARGV of CLICK_SCRIPT for one click on `tinyurl`, in the script's order."""
+    return (
+        [keys.link_key(tinyurl), keys.clicks_counter_key(tinyurl), keys.clicks_incarnation_key(),
+         keys.clicks_due_key(), keys.clicks_dirty_key()],
+        [REPORT_EVERY, tinyurl],
     )
-    if result is None:
+
+
+def click_outcome(raw: object) -> str | int | None:
+    """What CLICK_SCRIPT's reply means: the longurl to redirect to (the click was counted), GONE
+    (410: the link expired; not counted) or None (no such link, or taken down; not counted).
+
+    Raises RedisError for a reply the script never gives (it is treated like Redis being away).
+    """
+    if raw is None:
         return None
-    return result[0].decode()
+    if isinstance(raw, bytes):
+        return raw.decode()
+    if raw == GONE and isinstance(raw, int):
+        return GONE
+    raise RedisError(f"unexpected reply from the click script: {raw!r}")
+
+
+def click_script_reload(redis: Redis) -> str:
+    """Load CLICK_SCRIPT into Redis after a NOSCRIPT reply (Redis restarted: its script cache is
+    empty); returns the sha. Every NOSCRIPT recovery of the sync path goes through here."""
+    return redis.script_load(CLICK_SCRIPT)
+
+
+def link_click(*, redis: Redis, tinyurl: str) -> str | int | None:
+    """One counted click on `tinyurl`, in one round trip: click_outcome() of the script's reply.
+    The sync path (manage.py runserver); a served replica uses link_click_async.
+    Raises RedisError when Redis is away."""
+    keys_, args = click_keys_args(tinyurl)
+    try:
+        raw = redis.evalsha(CLICK_SCRIPT_SHA, len(keys_), *keys_, *args)
+    except NoScriptError:
+        sha = click_script_reload(redis)
+        raw = redis.evalsha(sha, len(keys_), *keys_, *args)
+    return click_outcome(raw)
+
+
+async def click_script_reload_async(redis: PipelinedRedis) -> str:
+    """The async twin of click_script_reload: SCRIPT LOAD through the pipelined client; returns
+    the sha. Every NOSCRIPT recovery of the async path comes here, once per restart of Redis
+    (see _click_script_recover)."""
+    sha = await redis.execute("SCRIPT", "LOAD", CLICK_SCRIPT)
+    return sha.decode() if isinstance(sha, bytes) else sha
+
+
+# One recovery at a time per process: the clicks in flight when Redis restarted all get NOSCRIPT
+# at once, and one reload serves them all. `_reloads` counts the reloads done, so that a request
+# whose EVALSHA was sent before someone else's reload does not reload again.
+_reloads = 0
+_reload_lock: asyncio.Lock | None = None
+_reload_loop: asyncio.AbstractEventLoop | None = None
+
+
+async def _click_script_recover(redis: PipelinedRedis, seen: int) -> None:
+    global _reloads, _reload_lock, _reload_loop
+    loop = asyncio.get_running_loop()
+    if _reload_loop is not loop:  # a lock belongs to one event loop
+        _reload_lock, _reload_loop = asyncio.Lock(), loop
+    async with _reload_lock:
+        if _reloads == seen:
+            await click_script_reload_async(redis)
+            _reloads += 1
+
+
+async def link_click_async(*, redis: PipelinedRedis, tinyurl: str) -> str | int | None:
+    """One counted click on `tinyurl` through the pipelined client: click_outcome() of the
+    script's reply. A NOSCRIPT reply (nothing ran, nothing was counted) reloads the script and
+    sends the click again. Raises RedisError when Redis is away (if the connection broke after
+    the click was sent, it may or may not have been counted)."""
+    keys_, args = click_keys_args(tinyurl)
+    for attempt in range(3):
+        seen = _reloads
+        try:
+            raw = await redis.execute("EVALSHA", CLICK_SCRIPT_SHA, len(keys_), *keys_, *args)
+            break
+        except NoScriptError:
+            if attempt == 2:
+                raise
+            await _click_script_recover(redis, seen)
+    return click_outcome(raw)
 
 
 def clicks_count_get(*, redis: Redis, tinyurl: str) -> int:

@@ -1,0 +1,143 @@
+"""Implicit pipelining over one Redis connection: the commands of all requests in flight at the
+same moment go to Redis in one write, and their replies come back in one read.
+
+Why this module exists: a replica's redirect is one short Redis command, and at thousands per
+second the cost is the round trip itself (a syscall each way and a Redis wake-up per command),
+not the command. Sending together the commands of the requests that are waiting at the same
+moment makes one syscall and one wake-up serve many clicks. No well-kept Python client does this
+for us: redis-py's asyncio client (8.1) has no auto-pipelining (redis/redis-py#3767, open), and
+its explicit Pipeline retries a whole batch after a connection error, which would count clicks
+twice. coredis (6.9) multiplexes concurrent commands over one connection the same way, but served
+half the redirects per second of this module on the same machine (docs/performance.md). So the
+connection, the URL's AUTH/SELECT and the RESP parsing (hiredis) are redis-py's; only the
+batching is here.
+
+What it guarantees (tests/redirects/test_pipelining.py):
+- order: commands are written in the order execute() was called, one batch after the other on a
+  single connection, and Redis runs one connection's commands in that order; replies are matched
+  to commands by position;
+- nothing lost, merged or repeated: each execute() is one command, written once, never retried;
+- failure: a connection error or a timeout fails every command of the batch with a RedisError
+  (ConnectionError or TimeoutError) and drops the connection; the next batch connects afresh, so
+  the client recovers by itself when Redis returns. A command's own error reply (NOSCRIPT, say)
+  fails only that command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.asyncio.connection import Connection, parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+class PipelinedRedis:
+    """One Redis connection shared by every request of an event loop (one per worker process).
+
+    execute(*command) returns a future of the command's reply (bytes, int, list or None, never
+    decoded). While a batch is with Redis, new commands wait in the next batch: the batches grow
+    with the load by themselves, and under light load a command goes out alone at once.
+    """
+
+    def __init__(self, url: str, *, connect_timeout: float = 2.0, timeout: float = 5.0) -> None:
+        """url: redis://[user:password@]host:port/db (or unix://, rediss://), as redis-py reads it.
+        connect_timeout: seconds to open the connection; timeout: seconds for one batch's write
+        and replies, after which its commands fail with TimeoutError."""
+        options: dict[str, Any] = dict(parse_url(url))
+        connection_class = options.pop("connection_class", Connection)
+        self._connection: Connection = connection_class(
+            **options,
+            socket_connect_timeout=connect_timeout,
+            # No timeout per read: one deadline covers a whole batch (below).
+            socket_timeout=None,
+            # Never retry here: a command that reached Redis before the connection broke may
+            # have run, and running a click twice would count it twice.
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._timeout = timeout
+        self._pending: list[tuple[tuple, asyncio.Future]] = []
+        self._sender: asyncio.Task | None = None
+        # Observed by the tests: how many batches went out, with how many commands in all.
+        self.batches = 0
+        self.commands = 0
+
+    def execute(self, *command: Any) -> asyncio.Future:
+        """Queue one command, e.g. execute("EVALSHA", sha, 1, key, arg); await the result for its
+        reply. Raises (through the future) ResponseError for the command's error reply
+        (NoScriptError for NOSCRIPT), ConnectionError or TimeoutError when Redis is away."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((command, future))
+        if self._sender is None:
+            # Runs after the callbacks already due in this turn of the loop, so the requests
+            # that became ready together are in the first batch.
+            self._sender = loop.create_task(self._send_batches())
+        return future
+
+    async def _send_batches(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._send(batch)
+        finally:
+            # No await between the empty check above and this: a command queued later always
+            # finds either a running sender or None and starts one.
+            self._sender = None
+            if self._pending:  # cancelled (shutdown) with commands still queued
+                _fail(self._pending, RedisConnectionError("the Redis client was closed"))
+                self._pending = []
+
+    async def _send(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
+        connection = self._connection
+        try:
+            async with asyncio.timeout(self._timeout):
+                if not connection.is_connected:
+                    await connection.connect()
+                await connection.send_packed_command(
+                    connection.pack_commands([command for command, _ in batch]),
+                    check_health=False)
+                self.batches += 1
+                self.commands += len(batch)
+                for _, future in batch:
+                    try:
+                        reply = await connection.read_response(disable_decoding=True)
+                    except ResponseError as exc:  # this command's error reply; the stream is intact
+                        if not future.done():
+                            future.set_exception(exc)
+                    else:
+                        if not future.done():  # its request may have been cancelled meanwhile
+                            future.set_result(reply)
+        except BaseException as exc:
+            # The replies still due can no longer be matched to their commands: drop the
+            # connection and fail every command of the batch that has no reply yet.
+            await connection.disconnect(nowait=True)
+            if isinstance(exc, RedisError):
+                error: RedisError = exc
+            elif isinstance(exc, TimeoutError):
+                error = RedisTimeoutError(f"no reply from Redis within {self._timeout} s")
+            else:
+                error = RedisConnectionError(f"Redis connection failed: {exc!r}")
+            _fail(batch, error)
+            if not isinstance(exc, Exception):  # cancellation: let it through
+                raise
+
+    async def aclose(self) -> None:
+        """Stop sending (queued commands fail with ConnectionError) and close the connection."""
+        if self._sender is not None:
+            self._sender.cancel()
+            try:
+                await self._sender
+            except BaseException:  # noqa: BLE001 - its cancellation, or the batch's error
+                pass
+        await self._connection.disconnect()
+
+
+def _fail(batch: list[tuple[tuple, asyncio.Future]], error: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(error)
