@@ -127,13 +127,18 @@ class PipelinedRedis:
                 raise
 
     async def aclose(self) -> None:
-        """Stop sending (queued commands fail with ConnectionError) and close the connection."""
+        """Stop sending and close the connection; commands not yet answered fail with
+        ConnectionError (those already with Redis may have run)."""
         if self._sender is not None:
             self._sender.cancel()
             try:
                 await self._sender
             except BaseException:  # noqa: BLE001 - its cancellation, or the batch's error
                 pass
+        self._sender = None
+        # A sender cancelled before it first ran never saw its queue.
+        _fail(self._pending, RedisConnectionError("the Redis client was closed"))
+        self._pending = []
         await self._connection.disconnect()
 
 

@@ -56,7 +56,8 @@ def port_open(port: int) -> bool:
 
 
 class Replica:
-    """One replica as on its own host: its own redis-server, `consume_links` and gunicorn."""
+    """One replica as on its own host: its own redis-server, `consume_links` and its web server
+    (gunicorn + uvicorn's worker)."""
 
     def __init__(self, name: str, data_dir: Path) -> None:
         self.name = name
@@ -148,9 +149,11 @@ class Replica:
     # --- web ------------------------------------------------------------------------------
 
     def start_web(self, workers: int = 1) -> None:
+        """The replica's web server as deployed: gunicorn with the project's gunicorn.conf.py
+        (uvicorn's worker for the replica role) serving shortener_project.asgi."""
         self.web = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--workers", str(workers),
-             "-b", f"127.0.0.1:{self.http_port}", "shortener_project.wsgi"],
+             "-b", f"127.0.0.1:{self.http_port}", "shortener_project.asgi"],
             cwd=ROOT, env=self.env,
             stdout=open(self.dir / "web.log", "ab"), stderr=subprocess.STDOUT,
         )

@@ -1,0 +1,129 @@
+"""redirects/pipelining.py against a real redis-server: order, one reply per command, batching,
+per-command errors, and failure and recovery when Redis goes away or stops answering."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from redirects.pipelining import PipelinedRedis
+
+
+@pytest.fixture
+def redis_server(replica_factory):
+    """A replica's redis-server alone (no consumer, no web)."""
+    return replica_factory(start=False)
+
+
+def url(server) -> str:
+    return f"redis://127.0.0.1:{server.redis_port}/0"
+
+
+def test_concurrent_commands_are_sent_in_order_each_gets_its_own_reply(redis_server):
+    n = 3000
+
+    async def run() -> tuple[list, int, int]:
+        client = PipelinedRedis(url(redis_server))
+        try:
+            # Issued from many tasks at once, as concurrent requests do. RPUSH replies with the
+            # list's length after the push: the i-th command issued must get i + 1.
+            async def push(i: int) -> object:
+                return await client.execute("RPUSH", "order", i)
+
+            replies = await asyncio.gather(*(push(i) for i in range(n)))
+            return replies, client.batches, client.commands
+        finally:
+            await client.aclose()
+
+    replies, batches, commands = asyncio.run(run())
+    assert replies == list(range(1, n + 1))
+    assert [int(v) for v in redis_server.redis.lrange("order", 0, -1)] == list(range(n))
+    assert commands == n
+    # Pipelined: the commands issued together went out in few writes, not one each.
+    assert batches < n / 10, batches
+
+
+def test_replies_are_undecoded_and_an_error_reply_fails_only_its_command(redis_server):
+    redis_server.redis.set("k", "v")
+
+    async def run() -> list:
+        client = PipelinedRedis(url(redis_server))
+        try:
+            return await asyncio.gather(
+                client.execute("GET", "k"),
+                client.execute("EVALSHA", "0" * 40, 0),  # no such script: NOSCRIPT
+                client.execute("GET", "missing"),
+                client.execute("INCR", "n"),
+                client.execute("EVAL", "return {1, 'a'}", 0),
+                return_exceptions=True,
+            )
+        finally:
+            await client.aclose()
+
+    got, noscript, missing, incr, listed = asyncio.run(run())
+    assert (got, missing, incr, listed) == (b"v", None, 1, [1, b"a"])
+    assert isinstance(noscript, NoScriptError)
+
+
+def test_redis_gone_fails_every_waiting_command_then_recovers_when_it_returns(redis_server):
+    async def run() -> tuple[list, list, object]:
+        client = PipelinedRedis(url(redis_server), connect_timeout=1, timeout=2)
+        try:
+            assert await client.execute("SET", "k", "v") == b"OK"  # connected
+            redis_server._stop(redis_server.redis_proc, signal.SIGKILL)
+            # Sent on the broken connection, and then on no connection at all: every one fails
+            # with a RedisError, none hangs.
+            first = await asyncio.gather(*(client.execute("GET", "k") for _ in range(50)),
+                                         return_exceptions=True)
+            second = await asyncio.gather(*(client.execute("GET", "k") for _ in range(50)),
+                                          return_exceptions=True)
+            redis_server.start_redis()  # the same port, empty
+            redis_server.redis.set("k", "back")
+            return first, second, await client.execute("GET", "k")
+        finally:
+            await client.aclose()
+
+    first, second, after = asyncio.run(run())
+    assert all(isinstance(e, RedisConnectionError) for e in first + second), first + second
+    assert after == b"back"
+
+
+def test_a_redis_that_stops_answering_times_out_the_batch_and_the_next_batch_reconnects(
+    redis_server
+):
+    async def run() -> tuple[list, object]:
+        client = PipelinedRedis(url(redis_server), connect_timeout=1, timeout=0.5)
+        try:
+            await client.execute("PING")
+            redis_server.redis_proc.send_signal(signal.SIGSTOP)
+            try:
+                stuck = await asyncio.wait_for(
+                    asyncio.gather(*(client.execute("INCR", "n") for _ in range(20)),
+                                   return_exceptions=True),
+                    timeout=5)
+            finally:
+                redis_server.redis_proc.send_signal(signal.SIGCONT)
+            return stuck, await client.execute("PING")
+        finally:
+            await client.aclose()
+
+    stuck, after = asyncio.run(run())
+    assert all(isinstance(e, RedisTimeoutError) for e in stuck), stuck
+    assert after == b"PONG"
+
+
+def test_closing_fails_queued_commands_instead_of_leaving_them_waiting(redis_server):
+    async def run() -> list:
+        client = PipelinedRedis(url(redis_server))
+        futures = [client.execute("INCR", "n") for _ in range(10)]
+        await client.aclose()
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    results = asyncio.run(run())
+    # Each either ran before the close (its reply) or failed cleanly; none is left pending.
+    assert all(isinstance(r, int) or isinstance(r, RedisError) for r in results), results
