@@ -17,6 +17,7 @@ it around Django's application.
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import time
@@ -112,6 +113,12 @@ class RedirectApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                # Everything loaded so far (Django, settings, modules: about 70,000 objects)
+                # lives as long as the process: keep it out of the garbage collector's full
+                # collections, which would otherwise walk all of it every so many requests, a
+                # pause of milliseconds for the requests in flight.
+                gc.collect()
+                gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.redis is not None:
