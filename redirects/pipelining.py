@@ -9,8 +9,9 @@ for us: redis-py's asyncio client (8.1) has no auto-pipelining (redis/redis-py#3
 its explicit Pipeline retries a whole batch after a connection error, which would count clicks
 twice. coredis (6.9) multiplexes concurrent commands over one connection the same way, but served
 half the redirects per second of this module on the same machine (docs/performance.md). So the
-connection, the URL's AUTH/SELECT and the RESP parsing (hiredis) are redis-py's; only the
-batching is here.
+connection, the URL's AUTH/SELECT and the RESP parsing (hiredis) are redis-py's; the batching
+is here, with the encoding of a command (RESP's array of bulk strings, a few lines: redis-py's
+general encoder was a tenth of a worker's time in the profile).
 
 What it guarantees (tests/redirects/test_pipelining.py):
 - order: commands are written in the order execute() was called, one batch after the other on a
@@ -32,7 +33,7 @@ from redis.asyncio.connection import Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import DataError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
@@ -60,19 +61,22 @@ class PipelinedRedis:
             retry=Retry(NoBackoff(), 0),
         )
         self._timeout = timeout
-        self._pending: list[tuple[tuple, asyncio.Future]] = []
+        # (the command, encoded; the future of its reply), in the order execute() was called.
+        self._pending: list[tuple[bytes, asyncio.Future]] = []
         self._sender: asyncio.Task | None = None
         # Observed by the tests: how many batches went out, with how many commands in all.
         self.batches = 0
         self.commands = 0
 
     def execute(self, *command: Any) -> asyncio.Future:
-        """Queue one command, e.g. execute("EVALSHA", sha, 1, key, arg); await the result for its
-        reply. Raises (through the future) ResponseError for the command's error reply
+        """Queue one command, e.g. execute("EVALSHA", sha, 1, key, arg): arguments str (sent as
+        UTF-8), bytes or int. Await the result for its reply. Raises DataError at once for
+        another type; through the future, ResponseError for the command's error reply
         (NoScriptError for NOSCRIPT), ConnectionError or TimeoutError when Redis is away."""
+        packed = encode(command)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append((command, future))
+        self._pending.append((packed, future))
         if self._sender is None:
             # Runs after the callbacks already due in this turn of the loop, so the requests
             # that became ready together are in the first batch.
@@ -92,15 +96,14 @@ class PipelinedRedis:
                 _fail(self._pending, RedisConnectionError("the Redis client was closed"))
                 self._pending = []
 
-    async def _send(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
+    async def _send(self, batch: list[tuple[bytes, asyncio.Future]]) -> None:
         connection = self._connection
         try:
             async with asyncio.timeout(self._timeout):
                 if not connection.is_connected:
                     await connection.connect()
-                await connection.send_packed_command(
-                    connection.pack_commands([command for command, _ in batch]),
-                    check_health=False)
+                await connection.send_packed_command(b"".join([packed for packed, _ in batch]),
+                                                     check_health=False)
                 self.batches += 1
                 self.commands += len(batch)
                 for _, future in batch:
@@ -142,7 +145,23 @@ class PipelinedRedis:
         await self._connection.disconnect()
 
 
-def _fail(batch: list[tuple[tuple, asyncio.Future]], error: BaseException) -> None:
+def encode(command: tuple) -> bytes:
+    """A command in RESP (https://redis.io/docs/latest/develop/reference/protocol-spec/): an
+    array of bulk strings. Raises DataError for an argument that is not str, bytes or int."""
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif isinstance(arg, int) and not isinstance(arg, bool):
+            arg = b"%d" % arg
+        elif not isinstance(arg, bytes):
+            raise DataError(f"cannot send {type(arg).__name__} {arg!r} to Redis: use str, bytes "
+                            "or int")
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
+def _fail(batch: list[tuple[bytes, asyncio.Future]], error: BaseException) -> None:
     for _, future in batch:
         if not future.done():
             future.set_exception(error)

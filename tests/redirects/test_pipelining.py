@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import string
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import DataError, NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from redirects.pipelining import PipelinedRedis
+from redirects.pipelining import PipelinedRedis, encode
 
 
 @pytest.fixture
@@ -127,3 +131,20 @@ def test_closing_fails_queued_commands_instead_of_leaving_them_waiting(redis_ser
     results = asyncio.run(run())
     # Each either ran before the close (its reply) or failed cleanly; none is left pending.
     assert all(isinstance(r, int) or isinstance(r, RedisError) for r in results), results
+
+
+_ARG = st.one_of(st.text(max_size=40), st.binary(max_size=40),
+                 st.integers(min_value=-2**63, max_value=2**64))
+
+
+@given(name=st.text(alphabet=string.ascii_letters, min_size=1, max_size=12),
+       args=st.lists(_ARG, max_size=8))
+def test_commands_are_encoded_as_redis_py_encodes_them(name, args):
+    expected = b"".join(Connection().pack_command(name, *args))
+    assert encode((name, *args)) == expected
+
+
+@pytest.mark.parametrize("bad", [None, 1.5, True, ["a"]])
+def test_an_argument_redis_cannot_take_is_refused_before_anything_is_sent(bad):
+    with pytest.raises(DataError):
+        encode(("SET", "k", bad))
