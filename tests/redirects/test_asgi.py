@@ -88,6 +88,21 @@ def test_other_methods_are_405_with_allow_and_count_nothing(replica):
     assert replica.clicks_count("Abc1234") == 0
 
 
+def test_everything_else_is_answered_by_django_as_before(replica):
+    assert replica.get("healthz").json() == {"status": "ok"}
+    not_ready = replica.get("readyz")
+    assert not_ready.status_code == 503
+    assert "not caught up" in not_ready.json()["reason"]
+    replica.redis.set(keys.links_ready_key(), "1")  # what consume_links sets once caught up
+    assert (replica.get("readyz").status_code, replica.get("readyz").json()) == (
+        200, {"status": "ready"})
+    metrics = replica.get("metrics")
+    assert metrics.status_code == 200 and metrics.headers["Content-Type"].startswith("text/plain")
+    for path in ("no/such/thing", "static/x.css", "admin/"):
+        response = replica.get(path)
+        assert (response.status_code, response.json()) == (404, NOT_FOUND), path
+
+
 # Each is stored and must come back in Location byte for byte.
 LONGURLS = [
     "https://example.com/a%20b/c%2Fd?q=%E2%82%AC&r=%e2%82%ac",
