@@ -15,7 +15,9 @@ shared: the summary gives each figure's best and its spread over the rounds):
   3. for comparison, the same replica through Django's view under gunicorn's gthread worker (the
      replica's server before the ASGI path), and, when granian is installed
      (`pip install granian==2.8.7`; not a dependency), the ASGI application under granian;
-  4. redis-benchmark GET against the same Redis: the store's ceiling.
+  4. redis-benchmark against the same Redis: GET (the store's ceiling for a plain lookup), and
+     the click script itself, pipelined as the replica sends it (Redis' ceiling for counted
+     clicks, on its one core, whatever serves HTTP in front of it).
 """
 
 from __future__ import annotations
@@ -210,6 +212,19 @@ http {{
         wait_port(redis_port)
         subprocess.run(["redis-cli", "-p", str(redis_port), "SET", f"{USER}:link:{TINYURL}",
                         "https://example.com/benchmark"], check=True, stdout=subprocess.DEVNULL)
+        # The click script's keys for another link of the same shape, for redis-benchmark.
+        os.environ.update(SHORTENER_ROLE="replica", SHORTENER_USER=USER,
+                          DJANGO_SETTINGS_MODULE="shortener_project.settings")
+        import django
+
+        django.setup()
+        from redirects.clicks import CLICK_SCRIPT, click_keys_args
+
+        click_keys, click_args = click_keys_args("Bench02")
+        subprocess.run(["redis-cli", "-p", str(redis_port), "SET", click_keys[0],
+                        "https://example.com/benchmark"], check=True, stdout=subprocess.DEVNULL)
+        sha = subprocess.run(["redis-cli", "-p", str(redis_port), "SCRIPT", "LOAD", CLICK_SCRIPT],
+                             capture_output=True, text=True, check=True).stdout.strip()
 
         print(f"redirect benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores, "
               f"wrk -t2 -c{args.connections} -d{args.seconds}s on the same machine, "
@@ -247,6 +262,17 @@ http {{
                 {"rate": float(m.group(1))})
             print(f"  {'redis-benchmark GET (store ceiling)':44} {float(m.group(1)):9.0f} req/s"
                   f"   p50 {float(m.group(2)):6.2f} ms", flush=True)
+            # The click script itself, as the replica sends it (pipelined): Redis' ceiling for
+            # counted clicks, on one core, whatever the web servers in front of it.
+            out = subprocess.run(["redis-benchmark", "-p", str(redis_port), "-n", "400000", "-c",
+                                  str(args.connections), "-P", "16", "-q", "EVALSHA", sha,
+                                  *map(str, [len(click_keys), *click_keys, *click_args])],
+                                 capture_output=True, text=True, check=True).stdout
+            m = re.search(r"EVALSHA.*?: ([\d.]+) requests per second", out)
+            rows.setdefault("redis-benchmark click script (-P 16)", []).append(
+                {"rate": float(m.group(1))})
+            print(f"  {'redis-benchmark click script (-P 16)':44} {float(m.group(1)):9.0f} "
+                  "req/s", flush=True)
 
         print(f"summary over {args.rounds} rounds: best (min-max)")
         for name, results in rows.items():
