@@ -39,9 +39,13 @@ graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "10"))
 # Keep client connections open briefly: load balancers and the load generator reuse them.
 keepalive = 5
 
-# One line per request on stdout, with the time it took in microseconds (%(D)s). An empty
-# GUNICORN_ACCESSLOG turns it off (benchmarks: a line per request costs a few percent).
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
+# The master: one line per request on stdout, with the time it took in microseconds (%(D)s).
+# A replica: none by default (GUNICORN_ACCESSLOG=- turns them on, in uvicorn's format): a line
+# per redirect cost a tenth of a worker's time in the profile (docs/performance.md), and at
+# thousands of redirects a second journald's default rate limit (10,000 lines per 30 s) drops
+# most of them anyway; the metrics count every redirect by status, with its latency.
+# An empty GUNICORN_ACCESSLOG turns them off for either role.
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "" if _role == "replica" else "-") or None
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus'
 
 # Prometheus' multiprocess mode: every worker writes its metrics to files in this directory and
