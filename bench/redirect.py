@@ -9,7 +9,8 @@ shared: the summary gives each figure's best and its spread over the rounds):
   2. a replica started exactly as `make up` starts it (stack/Procfile: gunicorn with the
      project's gunicorn.conf.py, shortener_project.asgi, the replica role's defaults),
      redirecting a link from its own Redis and counting every click: its maximum rate, then its
-     latency at about half that rate (wrk paced by a Lua delay(), as wrk2 is not packaged here);
+     latency at about half that rate (wrk paced by a random Lua delay(), as wrk2 is not
+     packaged here);
      after each, the link's click counter beside the redirects wrk completed (they must agree
      within the connections still in flight when wrk stopped: every redirect served is counted);
   3. for comparison, the same replica through Django's view under gunicorn's gthread worker (the
@@ -152,13 +153,13 @@ def counted_line(r: dict) -> str:
 
 
 def paced(replica: Replica, tmp: Path, rate: float, seconds: int) -> dict:
-    """wrk at about `rate` requests/s: every connection waits DELAY ms after each answer (wrk's
-    delay() takes whole milliseconds), with as many connections as a 2-second trial says give
-    that rate."""
-    delay_ms = 4
+    """wrk at about `rate` requests/s: every connection waits a random 1-7 ms (4 on average)
+    after each answer, so that the connections do not fall into step and arrive in bursts
+    (wrk's delay() takes whole milliseconds), with as many connections as a 2-second trial
+    says give that rate."""
     script = tmp / "paced.lua"
-    script.write_text(f"function delay() return {delay_ms} end\n")
-    connections = max(2, round(rate * delay_ms / 1000))
+    script.write_text("function delay() return math.random(1, 7) end\n")
+    connections = max(2, round(rate * 4 / 1000))
     trial = wrk(replica.url, 2, connections, script)
     connections = max(2, round(connections * rate / trial["rate"]))
     result = replica.measure(seconds, connections, script)
