@@ -85,7 +85,7 @@ def line(name: str, r: dict) -> str:
 class Replica:
     """A replica web server on its own Redis, started as named (see the module's docstring)."""
 
-    def __init__(self, kind: str, redis_port: int, tmp: Path) -> None:
+    def __init__(self, kind: str, redis_port: int, tmp: Path, workers: int | None = None) -> None:
         self.kind = kind
         self.redis_port = redis_port
         self.port = free_port()
@@ -95,6 +95,8 @@ class Replica:
         env = {**os.environ, "SHORTENER_ROLE": "replica", "SHORTENER_USER": USER,
                "SHORTENER_NODE_ID": "bench", "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
                "PROMETHEUS_MULTIPROC_DIR": str(prom)}
+        if workers:  # otherwise gunicorn.conf.py's default, as make up runs it
+            env["GUNICORN_WORKERS"] = str(workers)
         venv_bin = Path(sys.executable).parent
         if kind == "make-up":  # stack/Procfile's replica line, with this port
             cmd = [str(venv_bin / "gunicorn"), "-b", f"127.0.0.1:{self.port}",
@@ -172,6 +174,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="the ASGI replica's worker processes (default: as make up runs it)")
+    parser.add_argument("--only-asgi", action="store_true",
+                        help="skip the former WSGI server and granian")
     args = parser.parse_args()
     need("wrk", "wrk")
     need("nginx", "nginx-light")
@@ -229,16 +235,19 @@ http {{
 
         print(f"redirect benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores, "
               f"wrk -t2 -c{args.connections} -d{args.seconds}s on the same machine, "
+              f"replica workers: {args.workers or 'as make up'}, "
               f"{args.rounds} rounds; baselines measured in the same run", flush=True)
         for round_ in range(1, args.rounds + 1):
             print(f"round {round_}", flush=True)
             ngx = wrk(f"http://127.0.0.1:{nginx_port}/x", args.seconds, args.connections)
             record("nginx return 302 (ceiling)", ngx)
 
-            kinds = ["make-up", "wsgi"] + (["granian"] if granian else [])
+            kinds = ["make-up"] + ([] if args.only_asgi else
+                                   ["wsgi"] + (["granian"] if granian else []))
             for kind in kinds:
                 (tmp / f"r{round_}").mkdir(exist_ok=True)
-                replica = Replica(kind, redis_port, tmp / f"r{round_}")
+                replica = Replica(kind, redis_port, tmp / f"r{round_}",
+                                  args.workers if kind == "make-up" else None)
                 try:
                     name = {"make-up": "replica as make up runs it (ASGI)",
                             "wsgi": "  before: Django view, gthread (WSGI)",
