@@ -19,6 +19,11 @@ if _role == "replica":
     worker_class = "uvicorn_worker.UvicornWorker"
     # One process per core: each runs one event loop, busy with CPU only.
     workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+    # Every worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new
+    # connections over them. With one shared socket, the worker that wakes first accepts all
+    # the connections waiting: wrk's 32 keep-alive connections split 27/5 between two workers,
+    # and a load balancer's long-lived connections would leave a worker idle the same way.
+    reuse_port = True
 else:
     # Threads, not only processes. A master's /create spends most of its time waiting: on
     # PostgreSQL's commit and on Kafka's acknowledgement. Many requests in flight share those
