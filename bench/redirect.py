@@ -89,7 +89,7 @@ class Replica:
         self.kind = kind
         self.redis_port = redis_port
         self.port = free_port()
-        prom = tmp / f"prom-{kind}"
+        prom = self.prom = tmp / f"prom-{kind}"
         prom.mkdir()
         # The environment stack/Procfile gives a replica, on this benchmark's Redis and prefix.
         env = {**os.environ, "SHORTENER_ROLE": "replica", "SHORTENER_USER": USER,
@@ -123,7 +123,26 @@ class Replica:
                              capture_output=True, text=True, check=True).stdout.strip()
         return int(out or 0)
 
+    def served_per_worker(self) -> dict[str, float]:
+        """Redirects each worker process answered so far, from its own metrics file."""
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        served = {}
+        for path in sorted(self.prom.glob("histogram_*.db")):
+            one = self.prom.parent / f"one-{path.stem}"
+            one.mkdir(exist_ok=True)
+            shutil.copy(path, one / path.name)
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(one))
+            served[path.stem.split("_")[-1]] = registry.get_sample_value(
+                "shortener_request_duration_seconds_count",
+                {"endpoint": "redirect", "method": "GET", "status": "302"}) or 0
+            shutil.rmtree(one)
+        return served
+
     def measure(self, seconds: int, connections: int, script: Path | None = None) -> dict:
+        workers_before = self.served_per_worker()
         before = self.counted()
         result = wrk(self.url, seconds, connections, script)
         # The server still answers (and counts) what was in flight when wrk stopped: read the
@@ -135,6 +154,9 @@ class Replica:
 
         wait_until(settled, timeout=10, what="the click counter to settle")
         result["counted"] = self.counted() - before
+        served = {pid: n - workers_before.get(pid, 0)
+                  for pid, n in self.served_per_worker().items()}
+        result["per_worker"] = sorted(served.values(), reverse=True)
         return result
 
     def stop(self) -> None:
@@ -194,6 +216,11 @@ def main() -> None:
         print(line(shown, result), flush=True)
         if "counted" in result:
             print(counted_line(result), flush=True)
+        if result.get("per_worker"):
+            total = sum(result["per_worker"]) or 1
+            print(f"  {'':44} served per worker process: "
+                  + " / ".join(f"{n / total * 100:.0f} %" for n in result["per_worker"]),
+                  flush=True)
 
     try:
         nginx_port = free_port()
