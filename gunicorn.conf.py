@@ -17,8 +17,9 @@ if _role == "replica":
     # redirects per second of the gthread worker with Django, and p99 under 5 ms at full load
     # (docs/performance.md).
     worker_class = "uvicorn_worker.UvicornWorker"
-    # One process per core: each runs one event loop, busy with CPU only.
-    workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+    # One process per core: each runs one event loop, busy with CPU only, and more processes
+    # than cores would only take turns (docs/performance.md: workers per core).
+    workers = int(os.environ.get("GUNICORN_WORKERS", str(os.cpu_count() or 2)))
     # Every worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new
     # connections over them. With one shared socket, the worker that wakes first accepts all
     # the connections waiting: wrk's 32 keep-alive connections split 27/5 between two workers,
