@@ -19,7 +19,7 @@ if _role == "replica":
     worker_class = "uvicorn_worker.UvicornWorker"
     # One process per core: each runs one event loop, busy with CPU only, and more processes
     # than cores would only take turns (docs/performance.md: workers per core).
-    workers = int(os.environ.get("GUNICORN_WORKERS", str(os.cpu_count() or 2)))
+    workers = int(os.environ.get("GUNICORN_WORKERS") or os.cpu_count() or 2)
     # Every worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new
     # connections over them. With one shared socket, the worker that wakes first accepts all
     # the connections waiting: wrk's 32 keep-alive connections split 27/5 between two workers,
@@ -34,8 +34,8 @@ else:
     worker_class = "gthread"
     # Processes for the cores (Python runs one thread at a time per process). Two cores here,
     # shared with the consumers and the stores; on a dedicated host, 2 x cores is the usual start.
-    workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-    threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+    workers = int(os.environ.get("GUNICORN_WORKERS") or 2)
+    threads = int(os.environ.get("GUNICORN_THREADS") or 16)
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 # A worker stuck for this long is restarted; far above any request's normal time (/create waits
 # at most SHORTENER_PUBLISH_TIMEOUT for Kafka).
