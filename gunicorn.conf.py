@@ -13,9 +13,8 @@ if _role == "replica":
     # A replica is served as ASGI (`gunicorn shortener_project.asgi`): a redirect is one short
     # Redis command, and an event loop keeps hundreds of them in flight per process and sends
     # them to Redis together (redirects/pipelining.py), where threads would queue on the GIL.
-    # uvicorn's worker, with uvloop and httptools (installed, so "auto" picks them): 2.6x the
-    # redirects per second of the gthread worker with Django, and p99 under 5 ms at full load
-    # (docs/performance.md).
+    # uvicorn's worker, with uvloop and httptools (installed, so "auto" picks them): 7-8x the
+    # redirects per second of the gthread worker with Django's view (docs/performance.md).
     worker_class = "uvicorn_worker.UvicornWorker"
     # One process per core: each runs one event loop, busy with CPU only, and more processes
     # than cores would only take turns (docs/performance.md: workers per core).
