@@ -53,6 +53,8 @@ class RedirectApp:
         # prometheus_client's labels() validates and looks up on every call; a redirect needs
         # only a handful of (method, status) children, kept here.
         self._histograms: dict[tuple[str, int], Any] = {}
+        self._error_logged_at = float("-inf")
+        self._errors_unlogged = 0
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
@@ -85,13 +87,24 @@ class RedirectApp:
                 else:
                     answer = answers.method_not_allowed(method)
             except RedisError as exc:
-                logger.error("Redis unavailable: %r", exc)
+                self._redis_error_log(exc)
                 answer = answers.UNAVAILABLE
             status, headers, body = answer
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
         finally:
             self._observe(method, status, time.perf_counter() - started)
+
+    def _redis_error_log(self, exc: RedisError) -> None:
+        # At most a line a second: with Redis away, every redirect fails the same way, and a
+        # line per redirect would bury the log (the metrics count each 503).
+        now = time.monotonic()
+        if now - self._error_logged_at >= 1.0:
+            logger.error("Redis unavailable: %r (%d more 503s since the last line)",
+                         exc, self._errors_unlogged)
+            self._error_logged_at, self._errors_unlogged = now, 0
+        else:
+            self._errors_unlogged += 1
 
     def _observe(self, method: str, status: int, seconds: float) -> None:
         child = self._histograms.get((method, status))
