@@ -148,3 +148,35 @@ def test_commands_are_encoded_as_redis_py_encodes_them(name, args):
 def test_an_argument_redis_cannot_take_is_refused_before_anything_is_sent(bad):
     with pytest.raises(DataError):
         encode(("SET", "k", bad))
+
+
+def test_the_click_script_through_both_clients_and_after_its_cache_was_emptied(redis_server):
+    """clicks.link_click (sync, the runserver view's) and link_click_async (the ASGI path's)
+    count on the same keys, and both load the script again after a NOSCRIPT (Redis restarted:
+    its script cache is empty)."""
+    from redirects import clicks, keys, selectors
+
+    redis = redis_server.redis
+    redis.set(keys.link_key("Abc1234"), "https://example.com/x")
+    redis.script_flush()
+    assert clicks.link_click(redis=redis, tinyurl="Abc1234") == "https://example.com/x"
+    assert clicks.link_click(redis=redis, tinyurl="Nope123") is None
+    assert selectors.link_target_get(tinyurl="Abc1234", redis=redis) == "https://example.com/x"
+    redis.script_flush()
+
+    async def run() -> list:
+        client = PipelinedRedis(url(redis_server))
+        try:
+            return await asyncio.gather(
+                *(clicks.link_click_async(redis=client, tinyurl="Abc1234") for _ in range(20)),
+                clicks.link_click_async(redis=client, tinyurl="Nope123"),
+                selectors.link_target_get_async(redis=client, tinyurl="Abc1234"))
+        finally:
+            await client.aclose()
+
+    results = asyncio.run(run())
+    assert results == ["https://example.com/x"] * 20 + [None, "https://example.com/x"]
+    assert redis_server.clicks_count("Abc1234") == 21
+    assert redis_server.clicks_count("Nope123") == 0
+    # Twenty clicks refused together, one SCRIPT LOAD for all of them.
+    assert redis.info("commandstats").get("cmdstat_script|load", {}).get("calls") == 2
