@@ -72,3 +72,17 @@ def child_exit(server, worker):
 
     # Drop a dead worker's gauges (its counters and histograms stay counted).
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_fork(server, worker):
+    # A worker must not outlive its master. gunicorn's threaded workers notice a dead master by
+    # themselves; uvicorn's worker does not, and after a SIGKILL of the master (the OOM killer,
+    # a test's cleanup) its workers would go on serving, orphaned. Linux sends this signal to
+    # the worker when the master dies; SIGTERM is a graceful stop for both kinds of worker.
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != server.pid:  # the master died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from redirects import keys
-from tests.support import sample, scrape
+from tests.support import port_open, sample, scrape, wait_until
 
 HIST = "shortener_request_duration_seconds"
 NOT_FOUND = {"error": "no such link"}
@@ -241,3 +241,14 @@ def test_the_redirect_path_is_in_the_metrics_summed_over_two_workers(replica_fac
                       status="302") < 60
     # Both workers answered redirects: the figures above are the sum of two processes' files.
     assert len(list(metrics_dir.glob("histogram_*.db"))) == 2
+
+
+def test_workers_stop_when_their_master_is_killed(replica_factory):
+    replica = replica_factory(start=False)
+    replica.start_web(workers=2)
+    store(replica, {"Abc1234": "https://example.com/landing"})
+    assert replica.get("Abc1234").status_code == 302
+    replica._stop(replica.web, signal.SIGKILL)
+    # Each worker listens on its own socket (SO_REUSEPORT): the port closes once both are gone.
+    wait_until(lambda: not port_open(replica.http_port), timeout=20,
+               what="the orphaned workers to stop")
