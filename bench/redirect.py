@@ -314,7 +314,8 @@ http {{
         print(f"summary over {args.rounds} rounds: best (min-max)")
         for name, results in rows.items():
             rates = [r["rate"] for r in results]
-            text = f"  {name.strip():44} {max(rates):9.0f} req/s ({min(rates):.0f}-{max(rates):.0f})"
+            text = (f"  {name.strip():44} {max(rates):9.0f} req/s "
+                    f"({min(rates):.0f}-{max(rates):.0f})")
             if "99" in results[0]:
                 p99 = [r["99"] for r in results]
                 text += f"   p99 {min(p99):.2f} ms ({min(p99):.2f}-{max(p99):.2f})"
