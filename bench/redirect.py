@@ -110,7 +110,8 @@ class Replica:
                    "--no-ws", "--log-level", "warning", "shortener_project.asgi:application"]
         else:
             raise ValueError(kind)
-        # The access log goes where make up's goes (a pipe read by honcho); here, nowhere.
+        # A replica writes no access lines by default (gunicorn.conf.py); the servers' own
+        # start and stop lines go nowhere.
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         wait_port(self.port)
