@@ -30,6 +30,7 @@ Prints the figures; docs/delivery-guarantees.md quotes them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -309,19 +310,23 @@ class Experiment:
         # The relay's audit sends the current state after each stale copy; compaction then
         # leaves one record per link. A record now and then rolls the active segment.
         filler = self.links[0]
-        left: dict[str, int] = {}
+        left: dict[str, list[dict]] = {}
 
         def compacted() -> bool:
             services.links_publish(links=Link.objects.filter(tinyurl=filler))
             left.clear()
             for rec in read_topic(topic):
                 if rec.key.decode() in everyone:
-                    left[rec.key.decode()] = left.get(rec.key.decode(), 0) + 1
-            return all(left.get(t) == 1 for t in everyone)
+                    left.setdefault(rec.key.decode(), []).append(json.loads(rec.value))
+            return all(len(left.get(t, ())) == 1 for t in everyone)
 
         wait_until(compacted, timeout=300, interval=2, what="compaction to leave one record "
                    "per link")
         compaction_s = time.monotonic() - started
+        versions = dict(Link.objects.filter(tinyurl__in=everyone)
+                        .values_list("tinyurl", "state_version"))
+        current = sum(left[t][0]["state"] == "disabled" and left[t][0]["version"] == versions[t]
+                      for t in everyone)
         os.kill(r2.consumer.pid, signal.SIGCONT)
         r3 = Replica("replica-3", self.tmp)  # a new replica, from nothing
         r3.start_redis()
@@ -341,7 +346,8 @@ class Experiment:
                  for r in self.replicas}
         self.record("links", "takedown", f"{k} taken down while replica-2's consumer was "
                     f"stopped, {k} followed by a stale copy; compacted to one record per link "
-                    f"in {compaction_s:.0f}s; answers other than 404 of {2 * k}: " +
+                    f"in {compaction_s:.0f}s, that record the current disabled state for {current}; "
+                    f"answers other than 404 of {2 * k}: " +
                     ", ".join(f"{name} {n}" + ("" if caught[name] else " (never caught up)")
                               for name, n in wrong.items()))
 
