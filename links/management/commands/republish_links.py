@@ -43,7 +43,7 @@ class Command(LongRunningCommand):
             auditor = threading.Thread(target=self._audit, args=(stop,), name="links-audit")
             auditor.start()
         # Links whose own /create (or takedown) may still be waiting for its ack are left to it:
-        # a fresh producer's connect and the delivery each take up to the publish timeout.
+        # the delivery (and a fresh producer's connect) each take up to the publish timeout.
         min_age = timedelta(seconds=2 * bus.publish_wait_seconds())
         try:
             while True:
