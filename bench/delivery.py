@@ -346,7 +346,8 @@ class Experiment:
                  for r in self.replicas}
         self.record("links", "takedown", f"{k} taken down while replica-2's consumer was "
                     f"stopped, {k} followed by a stale copy; compacted to one record per link "
-                    f"in {compaction_s:.0f}s, that record the current disabled state for {current}; "
+                    f"in {compaction_s:.0f}s, that record the current disabled state for "
+                    f"{current}; "
                     f"answers other than 404 of {2 * k}: " +
                     ", ".join(f"{name} {n}" + ("" if caught[name] else " (never caught up)")
                               for name, n in wrong.items()))

@@ -170,10 +170,10 @@ def link_publish(*, link: Link) -> None:
     """Send the link's current state, wait for the acknowledgement, mark it published.
 
     Waits at most the producer's delivery timeout (SHORTENER_PUBLISH_TIMEOUT) plus a second
-    (bus.publish_wait_seconds); on a fresh producer, reaching Kafka and then the topic's metadata
-    come first, each bounded by the same timeout. Raises LinkPublishError if Kafka did not acknowledge:
-    the link then stays marked unpublished and the outbox relay sends it. The mark is set only
-    if the version sent is still the link's current one.
+    (bus.publish_wait_seconds); on a fresh producer, reaching Kafka and then the topic's
+    metadata come first, each bounded by the same timeout. Raises LinkPublishError if Kafka did
+    not acknowledge: the link then stays marked unpublished and the outbox relay sends it. The
+    mark is set only if the version sent is still the link's current one.
     """
     version = link.state_version
     try:

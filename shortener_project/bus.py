@@ -11,8 +11,8 @@ crashing before the cache reaches the disk, loses acknowledged records. What hea
 the master's PostgreSQL is the truth and `manage.py republish_links` re-sends every link's
 current state; for clicks, the totals the master already applied are in PostgreSQL, and a lost
 report is replaced by its counter's next one (see the delivery document for what that leaves).
-With replication factor >= 2 the topics require min.insync.replicas=2, so an ack means two
-brokers have the record, and unclean leader election is off, so a replica that missed
+With replication factor >= 2 the topics require min.insync.replicas=2, so an ack means at least
+two brokers have the record, and unclean leader election is off, so a replica that missed
 acknowledged records never becomes the leader.
 
 Links topic, <user>-links: AT-LEAST-ONCE into a versioned apply (a replica ends in the state the
@@ -24,7 +24,10 @@ master holds, whatever it missed, replayed or received late):
     replica that was away for any length of time still reads it (never a tombstone, which
     compaction drops after delete.retention.ms);
   * the master publishes after its commit and waits for the ack; until then the link stays
-    marked unpublished and the outbox relay sends it again.
+    marked unpublished and the outbox relay sends it again;
+  * compaction keeps each key's newest *offset*, not its newest version: the relay also reads
+    the topic and sends a link's current state again whenever an older one lands after it
+    (links/audit.py), so a replica reading the topic from the start later gets it too.
 Clicks topic, <user>-clicks: AT-LEAST-ONCE of absolute counts into a max() apply:
   * a report is a counter's absolute value, keyed by the counter (`<incarnation>:<tinyurl>`,
     one life of one replica's Redis); the master keeps the largest value per counter, so a

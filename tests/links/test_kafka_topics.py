@@ -72,7 +72,8 @@ def test_a_wrong_cleanup_policy_is_repaired_and_said(fresh_prefix):
                                    "true"})
     out = StringIO()
     call_command("kafka_topics", stdout=out)
-    assert f"{bus.clicks_topic()}: repaired cleanup.policy: was delete, now compact" in out.getvalue()
+    said = out.getvalue()
+    assert f"{bus.clicks_topic()}: repaired cleanup.policy: was delete, now compact" in said
     assert (f"{bus.clicks_topic()}: repaired unclean.leader.election.enable: was true, now false"
             in out.getvalue())
     assert describe(bus.clicks_topic())["cleanup.policy"] == "compact"
@@ -84,7 +85,8 @@ def test_check_reports_without_repairing(fresh_prefix):
     err = StringIO()
     with pytest.raises(CommandError):
         call_command("kafka_topics", "--check", stdout=StringIO(), stderr=err)
-    assert f"{bus.links_topic()}: cleanup.policy=delete, the project expects compact" in err.getvalue()
+    said = err.getvalue()
+    assert f"{bus.links_topic()}: cleanup.policy=delete, the project expects compact" in said
     assert describe(bus.links_topic())["cleanup.policy"] == "delete"
 
 

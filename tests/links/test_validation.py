@@ -39,7 +39,8 @@ def test_tinyurl_alphabet_and_length():
 
 
 def test_link_record_round_trip():
-    key, value = link_record_encode(tinyurl="abcDEF1", version=3, longurl="https://пример.рф/",
+    key, value = link_record_encode(tinyurl="abcDEF1", version=3,
+                                    longurl="https://пример.рф/",
                                     created_at=datetime(2026, 1, 2, tzinfo=timezone.utc),
                                     expires_at=datetime(2027, 1, 1, tzinfo=timezone.utc))
     record = link_record_decode(key, value)
