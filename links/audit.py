@@ -92,7 +92,7 @@ def links_audit_batch(
             position = ConsumerPosition(topic=topic, partition=partition, next_offset=0)
         # Rows read after the batch was fetched: a record is only ever sent after its version
         # committed, so a row here is at least as new as any record the master sent for it.
-        links = Link.objects.filter(tinyurl__in=list(newest)).select_for_update()
+        links = Link.objects.filter(tinyurl__in=list(newest)).order_by("pk").select_for_update()
         resend_ids: list[int] = []
         for link in links:
             record = newest[link.tinyurl]
