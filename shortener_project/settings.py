@@ -125,7 +125,8 @@ CACHES = {
 # Longest longurl accepted. Django's URLValidator stops at 2,048; real links with long query
 # strings go past that, and 8 KiB is what common servers accept in a request line.
 SHORTENER_MAX_URL_LENGTH = env.int("SHORTENER_MAX_URL_LENGTH", default=8192)
-# How long /create waits for Kafka to acknowledge a new link before answering 503.
+# The one bound on publishing a link, in seconds: the master producer's delivery_timeout_ms, and
+# what /create waits for (plus a second) before answering 503 (shortener_project/bus.py).
 SHORTENER_PUBLISH_TIMEOUT = env.float("SHORTENER_PUBLISH_TIMEOUT", default=5.0)
 
 # Most links-topic records a replica applies in one Redis transaction. Large batches make a
