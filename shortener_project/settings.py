@@ -156,10 +156,10 @@ if SHORTENER_CREATE_AUTH not in ("open", "key"):
         f"SHORTENER_CREATE_AUTH={SHORTENER_CREATE_AUTH!r}: use open or key")
 # Limits of /create per client (its API key, else its address; an IPv6 address by its /64), in
 # the `limits` library's notation, several separated by ";". Empty: no limit. The default lets
-# the homework's load generator (10,000 sequential creates at ~80/s) run three times an hour,
-# and stops a single client from flooding the links table.
+# the homework's load generator (10,000 creates, sequential at ~80/s) run five times an hour
+# from one address, and keeps a single client from flooding the links table.
 SHORTENER_CREATE_RATE_LIMIT = env.str("SHORTENER_CREATE_RATE_LIMIT",
-                                      default="100/second;30000/hour")
+                                      default="200/second;50000/hour")
 # Where the counters live, shared by every gunicorn worker: "database" (an UNLOGGED table in
 # the master's PostgreSQL), or a `limits` storage URI such as redis://127.0.0.1:26379/0
 # ("memory://" counts per process: tests only).

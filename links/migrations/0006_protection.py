@@ -59,7 +59,8 @@ class Migration(migrations.Migration):
         migrations.CreateModel(
             name='ApiKey',
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False,
+                                           verbose_name='ID')),
                 ('name', models.CharField(help_text='who or what uses this key', max_length=100)),
                 ('prefix', models.CharField(editable=False, max_length=12)),
                 ('digest', models.BinaryField(max_length=32, unique=True)),
@@ -73,7 +74,8 @@ class Migration(migrations.Migration):
         migrations.CreateModel(
             name='BlockedHost',
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False,
+                                           verbose_name='ID')),
                 ('host', models.CharField(max_length=253, unique=True)),
                 ('reason', models.CharField(blank=True, max_length=200)),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
