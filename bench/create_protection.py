@@ -3,8 +3,9 @@
 Usage (with the embedded services running: `bash stack/services.sh start`):
     .local/venv/bin/python bench/create_protection.py [--seconds 10] [--connections 16]
 
-Starts the master (gunicorn, the project's gunicorn.conf.py) on a database and topics of its
-own, once per configuration, and drives each with wrk on the cheapest /create there is (a
+First, each check's own time per call, beside a `SELECT 1` round trip. Then it starts the
+master (gunicorn, the project's gunicorn.conf.py) on a database and topics of its own, once per
+configuration, and drives each with wrk on the cheapest /create there is (a
 longurl that already exists: one indexed read, no insert, no Kafka), where the protection's
 share of the time is the largest. In one run:
   baseline: no rate limit, no key;
@@ -23,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -76,6 +78,49 @@ def run(tmp: Path, env: dict[str, str], lua: str, seconds: int, connections: int
         web.wait()
 
 
+def per_call(n: int = 3000) -> None:
+    """Each check's own time per /create, in this process on the real database, beside a
+    `SELECT 1` round trip (the smallest thing a request can ask PostgreSQL)."""
+    from django.db import connection
+    from django.test import override_settings
+
+    from links import ratelimit, services
+    from shortener_project import longurls
+
+    _, token = protection.api_key_create(name="bench-per-call")
+
+    def select_1() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+
+    def timed(fn) -> float:
+        for _ in range(100):
+            fn()
+        started = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - started) / n * 1e6
+
+    with override_settings(SHORTENER_CREATE_RATE_LIMIT="1000000/second;1000000000/hour"):
+        rows = [
+            ("baseline: SELECT 1 round trip", select_1),
+            ("longurl_validate, ASCII", lambda: services.longurl_validate(
+                "https://bench.example/some/path?q=1")),
+            ("longurl_validate, IDN + Unicode path", lambda: services.longurl_validate(
+                "https://bücher.example/straße?q=ä")),
+            ("longurl_problem (replica), ASCII", lambda: longurls.longurl_problem(
+                "https://bench.example/some/path?q=1")),
+            ("blocklist check (cached)", lambda: protection.host_blocked("www.bench.example")),
+            ("API key lookup", lambda: protection.create_authenticate(
+                authorization=f"Bearer {token}")),
+            ("rate limit, 2 limits (PostgreSQL)",
+             lambda: ratelimit.create_rate_limit_hit(client="addr:198.51.100.1")),
+        ]
+        print(f"per call, {n} calls each:")
+        for name, fn in rows:
+            print(f"  {name:38} {timed(fn):9.1f} us", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
@@ -90,6 +135,7 @@ def main() -> None:
         keyed = SAME_LINK_LUA % f'wrk.headers["Authorization"] = "Bearer {token}"'
         redis = {**HIGH_LIMIT, "SHORTENER_RATE_LIMIT_STORAGE": os.environ.get(
             "BENCH_REDIS_URL", "redis://127.0.0.1:26379/0")}
+        per_call()
         print(f"/create protection benchmark, {datetime.now():%Y-%m-%d %H:%M}, "
               f"{os.cpu_count()} cores, wrk -t2 -c{args.connections} -d{args.seconds}s, "
               "existing longurl")

@@ -52,7 +52,7 @@ def longurl_validate(value: object) -> str:
         raise ValidationError(f"longurl must be a string, not {type(value).__name__}",
                               code="type")
     try:
-        stored = longurls.longurl_normalize(value)
+        stored, host = longurls.longurl_split(value)
     except longurls.LongurlError as exc:
         raise ValidationError(str(exc), code=exc.code) from None
     limit = settings.SHORTENER_MAX_URL_LENGTH
@@ -60,7 +60,6 @@ def longurl_validate(value: object) -> str:
         raise ValidationError(
             f"longurl is longer than {limit} characters as sent ({len(stored)} after IDNA and "
             "percent-encoding of non-ASCII characters)", code="too_long")
-    host = longurls.host_of(stored)
     if protection.host_is_own(host):
         raise ValidationError(
             f"longurl points at this service itself ({longurls.host_display(host)}): a short "

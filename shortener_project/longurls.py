@@ -47,8 +47,8 @@ The rules, each with its source:
    connect to (the Fetch Standard's "bad port" list, §2.9 "port blocking"; port 0 included).
 7. In the path, query and fragment every `%` starts a percent-encoding `%XX` (RFC 3986 §2.1):
    a lone `%` is read differently by different servers and clients. Non-ASCII characters and
-   the ASCII characters RFC 3986 does not allow (`"<>^\\`{|}`) are percent-encoded as UTF-8
-   (RFC 3987 §3.1, as Django's `iri_to_uri` does).
+   the ASCII characters RFC 3986 does not allow (`"`, `<`, `>`, `^`, the backtick, `{`, `|`,
+   `}`) are percent-encoded as UTF-8 (RFC 3987 §3.1, as Django's `iri_to_uri` does).
 8. The stored form is at most `SERVABLE_MAX_LENGTH` characters: Django's redirect refuses longer
    targets (`django.utils.http.MAX_URL_REDIRECT_LENGTH`, 16,384). /create applies the smaller
    `SHORTENER_MAX_URL_LENGTH` (links/services.py), also to the stored form, so that what is
@@ -62,6 +62,7 @@ Pure functions, no Django models: the replica imports this without a database.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from urllib.parse import quote, urlsplit
@@ -114,6 +115,12 @@ def longurl_normalize(value: str) -> str:
 
     The length limit is not applied here (the caller knows its limit); see longurl_problem.
     """
+    return longurl_split(value)[0]
+
+
+def longurl_split(value: str) -> tuple[str, str]:
+    """(the stored form of `value`, its host in the form used for comparisons: see host_of);
+    LongurlError if `value` is not acceptable."""
     if not value:
         raise LongurlError("empty", "longurl is empty")
     if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
@@ -167,8 +174,9 @@ def longurl_normalize(value: str) -> str:
     if bad:
         raise LongurlError("percent", "longurl contains a '%' that does not start a "
                                       "percent-encoding (%XX); write a literal % as %25")
-    return (f"{scheme}://{stored_host}" + (f":{port}" if port is not None else "")
-            + quote(tail, safe=_URI_SAFE))
+    stored = (f"{scheme}://{stored_host}" + (f":{port}" if port is not None else "")
+              + quote(tail, safe=_URI_SAFE))
+    return stored, _comparable(stored_host)
 
 
 def _ipv6_literal_check(host: str) -> str:
@@ -198,12 +206,7 @@ def _host_check(host: str) -> str:
         raise LongurlError("host", f"longurl's host is longer than {HOST_MAX_LENGTH} "
                                    "characters")
     if not host.isascii():
-        try:
-            # UTS #46 mapping (case, width, Unicode dots), then IDNA 2008's rules per label.
-            host = idna.encode(host, uts46=True, transitional=False).decode("ascii")
-        except (idna.IDNAError, UnicodeError) as exc:
-            raise LongurlError("idna", f"longurl's host is not a valid internationalized "
-                                       f"domain name (IDNA 2008, UTS #46): {exc}") from None
+        host = _idna_to_ascii(host)
     name = host[:-1] if host.endswith(".") else host
     if not name or len(name) > HOST_MAX_LENGTH:
         raise LongurlError("host", f"longurl's host {host[:60]!r} is not a valid host name")
@@ -226,6 +229,19 @@ def _host_check(host: str) -> str:
     return host
 
 
+# The idna package is pure Python (~0.1 ms a host); hosts repeat (many links to one site, and
+# a replica checks every record), so results are kept, per process, for the most recent ones.
+@functools.lru_cache(maxsize=4096)
+def _idna_to_ascii(host: str) -> str:
+    try:
+        # UTS #46 mapping (case, width, Unicode dots), then IDNA 2008's rules per label.
+        return idna.encode(host, uts46=True, transitional=False).decode("ascii")
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise LongurlError("idna", f"longurl's host is not a valid internationalized "
+                                   f"domain name (IDNA 2008, UTS #46): {exc}") from None
+
+
+@functools.lru_cache(maxsize=4096)
 def _alabel_check(label: str) -> None:
     try:
         ulabel = idna.decode(label.lower())
@@ -285,9 +301,7 @@ def host_of(stored: str) -> str:
     """The host of a stored longurl in the form used for comparisons: lower case, without a
     final dot; an IPv6 literal without brackets, compressed. Raises LongurlError if `stored`
     is not acceptable."""
-    normalized = longurl_normalize(stored)
-    host = urlsplit(normalized).hostname or ""
-    return _comparable(host)
+    return longurl_split(stored)[1]
 
 
 def _comparable(host: str) -> str:

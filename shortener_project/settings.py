@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import environ
+import limits
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.http import MAX_URL_REDIRECT_LENGTH
 
@@ -164,6 +165,15 @@ SHORTENER_CREATE_RATE_LIMIT = env.str("SHORTENER_CREATE_RATE_LIMIT",
 # the master's PostgreSQL), or a `limits` storage URI such as redis://127.0.0.1:26379/0
 # ("memory://" counts per process: tests only).
 SHORTENER_RATE_LIMIT_STORAGE = env.str("SHORTENER_RATE_LIMIT_STORAGE", default="database")
+if SHORTENER_CREATE_RATE_LIMIT.strip():
+    try:
+        limits.parse_many(SHORTENER_CREATE_RATE_LIMIT)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"SHORTENER_CREATE_RATE_LIMIT: {exc}") from None
+if SHORTENER_RATE_LIMIT_STORAGE != "database" and "://" not in SHORTENER_RATE_LIMIT_STORAGE:
+    raise ImproperlyConfigured(
+        f"SHORTENER_RATE_LIMIT_STORAGE={SHORTENER_RATE_LIMIT_STORAGE!r}: use database or a "
+        "storage URI of the limits library (redis://host:port/db)")
 # Proxies in front of the master that append the client's address to X-Forwarded-For. 0: the
 # address is the connection's peer (REMOTE_ADDR), and X-Forwarded-For is ignored (a client can
 # write anything there).

@@ -21,7 +21,7 @@ from links import protection, ratelimit, services
 from links.models import ApiKey, BlockedHost, Link
 from links.selectors import longurl_digest
 from shortener_project import bus
-from tests.support import MasterWeb, wait_until
+from tests.support import MasterWeb, free_port, wait_until
 
 # --- the host blocklist -----------------------------------------------------------------------
 
@@ -235,6 +235,23 @@ def test_the_limit_is_shared_by_every_gunicorn_worker(transactional_db, test_dat
         assert statuses.count(400) == 5 and statuses.count(429) == 7, statuses
     finally:
         web.close()
+
+
+def test_a_redis_store_works_too(master, transactional_db):
+    with override_settings(SHORTENER_CREATE_RATE_LIMIT="2/minute",
+                           SHORTENER_RATE_LIMIT_STORAGE=settings.REDIS_URL):
+        statuses = [master.put({"longurl": "ftp://refused.example/"}).status_code
+                    for _ in range(3)]
+    assert statuses == [400, 400, 429]
+
+
+def test_a_store_that_fails_lets_requests_through(master, transactional_db):
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    with override_settings(SHORTENER_CREATE_RATE_LIMIT="1/minute",
+                           SHORTENER_RATE_LIMIT_STORAGE=dead):
+        statuses = [master.put({"longurl": "ftp://refused.example/"}).status_code
+                    for _ in range(3)]
+    assert statuses == [400, 400, 400]
 
 
 def test_the_database_store_counts_and_expires(transactional_db):
