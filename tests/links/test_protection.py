@@ -91,6 +91,19 @@ def test_the_admin_normalizes_what_it_is_given(admin_client):
     protection.blocklist_cache_clear()
 
 
+def test_the_admin_pages_of_the_blocklist_and_keys_render(admin_client):
+    protection.blocked_host_add(host="bücher.example", reason="spam")
+    key, _ = protection.api_key_create(name="homework")
+    page = admin_client.get("/admin/links/blockedhost/").content.decode()
+    assert "xn--bcher-kva.example" in page and "bücher.example" in page
+    page = admin_client.get("/admin/links/apikey/").content.decode()
+    assert "homework" in page and key.prefix in page
+    for url in ("/admin/links/blockedhost/add/", "/admin/links/apikey/add/",
+                f"/admin/links/apikey/{key.pk}/change/"):
+        assert admin_client.get(url).status_code == 200, url
+    protection.blocklist_cache_clear()
+
+
 def _links_topic_states(tinyurls: set[str]) -> dict[str, str]:
     """The newest state on the links topic of each of `tinyurls`."""
     consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
