@@ -92,3 +92,56 @@ class ConsumerPosition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.topic}[{self.partition}] @ {self.next_offset}"
+
+
+# --- /create's protection (links/protection.py) ----------------------------------------------
+
+
+class BlockedHost(models.Model):
+    """A host whose links /create refuses, with all its subdomains: blocking "evil.example"
+    also blocks "www.evil.example". Stored in the form used for comparisons
+    (longurls.host_normalize: lower case, A-labels, no final dot, no port), so every spelling of
+    it matches one row; /create looks up the host and each domain above it."""
+
+    host = models.CharField(max_length=253, unique=True)
+    reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "blocked host"
+        ordering = ("host",)
+
+    def __str__(self) -> str:
+        return self.host
+
+
+class ApiKey(models.Model):
+    """A key for PUT /create (`Authorization: Bearer <token>`). Only the token's sha256 is kept:
+    the token is 256 random bits, so a fast hash is enough (nothing to guess from), and a
+    database dump gives no usable key. The token is shown once, when the key is made."""
+
+    name = models.CharField(max_length=100, help_text="who or what uses this key")
+    # The first characters of the token, to recognise a key in the admin and in logs.
+    prefix = models.CharField(max_length=12, editable=False)
+    digest = models.BinaryField(max_length=32, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class RateLimitCounter(models.Model):
+    """One fixed-window counter of the rate limiter (links/ratelimit.py), keyed by client and
+    limit. The table is UNLOGGED (migration 0006): its writes skip the write-ahead log, so a
+    /create pays no disk flush for it; a PostgreSQL crash empties it, which only resets limits."""
+
+    key = models.CharField(max_length=255, primary_key=True)
+    count = models.BigIntegerField()
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.count} until {self.expires_at}"

@@ -13,15 +13,14 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import URLValidator
 from django.db import connection, transaction
 from django.utils import timezone
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from links import selectors
+from links import protection, selectors
 from links.models import Link
-from shortener_project import bus
+from shortener_project import bus, longurls
 from shortener_project.messages import (
     RESERVED_TINYURLS,
     TINYURL_ALPHABET,
@@ -41,33 +40,38 @@ class LinkPublishError(Exception):
     """Kafka did not acknowledge a link in time; the link stays marked unpublished."""
 
 
-class _HttpUrlValidator(URLValidator):
-    # Django's URL validation, with the project's length limit instead of its 2,048.
-    max_length = settings.SHORTENER_MAX_URL_LENGTH
-
-
-_url_validator = _HttpUrlValidator(schemes=["http", "https"])
-
-
 def longurl_validate(value: object) -> str:
-    """The longurl if it is acceptable; ValidationError saying what is wrong otherwise."""
+    """The stored form of an acceptable longurl (shortener_project/longurls.py: IDNA host,
+    percent-encoded as it is sent); ValidationError otherwise, its message saying what is wrong
+    and its code naming the rule (a metric label: shortener_create_refused_total{reason}).
+
+    On top of what every replica serves (longurls.longurl_normalize), the master refuses: a
+    stored form longer than SHORTENER_MAX_URL_LENGTH, the service's own public hosts
+    (SHORTENER_PUBLIC_HOSTS), and, unless SHORTENER_ALLOW_PRIVATE_TARGETS, hosts that lead each
+    clicker to their own machine or network. The host blocklist is links.protection's.
+    """
     if not isinstance(value, str):
-        raise ValidationError(f"longurl must be a string, not {type(value).__name__}")
-    if not value:
-        raise ValidationError("longurl is empty")
-    limit = settings.SHORTENER_MAX_URL_LENGTH
-    if len(value) > limit:
-        raise ValidationError(f"longurl is longer than {limit} characters")
-    if any(c.isspace() or ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
-        raise ValidationError("longurl contains whitespace or control characters")
-    scheme = value.split(":", 1)[0].lower() if ":" in value else ""
-    if scheme not in ("http", "https"):
-        raise ValidationError("longurl must be an absolute http:// or https:// URL")
+        raise ValidationError(f"longurl must be a string, not {type(value).__name__}",
+                              code="type")
     try:
-        _url_validator(value)
-    except ValidationError:
-        raise ValidationError("longurl is not a valid URL") from None
-    return value
+        stored, host = longurls.longurl_split(value)
+    except longurls.LongurlError as exc:
+        raise ValidationError(str(exc), code=exc.code) from None
+    limit = settings.SHORTENER_MAX_URL_LENGTH
+    if len(stored) > limit:
+        raise ValidationError(
+            f"longurl is longer than {limit} characters as sent ({len(stored)} after IDNA and "
+            "percent-encoding of non-ASCII characters)", code="too_long")
+    if protection.host_is_own(host):
+        raise ValidationError(
+            f"longurl points at this service itself ({longurls.host_display(host)}): a short "
+            "link to a short link", code="own_host")
+    if not settings.SHORTENER_ALLOW_PRIVATE_TARGETS and protection.host_is_private(host):
+        raise ValidationError(
+            f"longurl points at {longurls.host_display(host)}, a local or private address: "
+            "every clicker would reach their own machine or network, not yours",
+            code="private_host")
+    return stored
 
 
 def tinyurl_generate() -> str:

@@ -93,6 +93,17 @@ LINKS_AUDITED = Counter(
     ["outcome"],
 )
 
+# --- /create's refusals (links/views.py) ------------------------------------------------------
+
+CREATE_REFUSED = Counter(
+    "shortener_create_refused_total",
+    "PUT /create requests refused, by reason: the rule of the longurl definition that failed "
+    "(scheme, userinfo, host, idna, port, too_long, own_host, private_host, blocked_host, ...), "
+    "or the request's fault (method, body, json, auth_missing, auth_refused, rate_limited, "
+    "taken_down). docs/metrics.md lists them.",
+    ["reason"],
+)
+
 
 def instrumented(endpoint: str) -> Callable:
     """Decorate a view: observe its latency labelled by endpoint, method and status."""

@@ -17,7 +17,7 @@ from shortener_project.messages import (
 
 @pytest.mark.parametrize("url", [
     "http://example.com", "https://example.com/a/b?c=d&e=f#g", "https://sub.example.co.uk:8443/",
-    "http://127.0.0.1:8000/x", "https://[2001:db8::1]/", "HTTPS://EXAMPLE.COM/UPPER",
+    "http://93.184.215.14:8000/x", "https://[2606:4700:4700::1111]/", "HTTPS://EXAMPLE.COM/UPPER",
 ])
 def test_good_urls_pass(url):
     assert longurl_validate(url) == url
