@@ -262,6 +262,10 @@ def links_consumer_make() -> KafkaConsumer:
         # After a network cut or a broker restart, try again at least every 5 s (default: up to
         # 30 s), so a replica resumes within seconds of the network coming back.
         reconnect_backoff_max_ms=5_000,
+        # Give up making the consumer after 3 s (default 30 s) while Kafka is unreachable: the
+        # loop retries, and each round writes the heartbeat that /readyz checks (a 30 s wait
+        # would read as a dead consumer).
+        bootstrap_timeout_ms=3_000,
     )
 
 
