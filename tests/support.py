@@ -175,6 +175,16 @@ class Replica:
             response = self.get(tinyurl)
             assert response.status_code == 302, response.status_code
 
+    def click_through(self, tinyurl: str, times: int, timeout: float = 30) -> None:
+        """`times` counted clicks, riding out 503s (Redis just restarted: nothing counted)."""
+        deadline = time.monotonic() + timeout
+        done = 0
+        while done < times:
+            assert time.monotonic() < deadline, f"only {done} of {times} clicks answered 302"
+            status = self.get(tinyurl).status_code
+            assert status in (302, 503), status
+            done += status == 302
+
     def incarnation(self) -> str | None:
         raw = self.redis.get(f"{settings.SHORTENER_USER}:clicks:incarnation")
         return raw.decode() if raw is not None else None
@@ -384,6 +394,13 @@ def topic_end(topic: str, partition: int = 0) -> int:
 
 
 # --- the topics, read and written directly ----------------------------------------------------
+
+
+def tinyurl_new() -> str:
+    import secrets
+    import string
+
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(7))
 
 
 def link_produce(tinyurl: str, version: int, longurl: str | None = None, *,
