@@ -160,6 +160,10 @@ class Replica:
             cwd=ROOT, env={**self.env, "SHORTENER_CLICKS_FLUSH_SECONDS": str(flush_seconds)},
             stdout=open(self.reporter_log, "ab"), stderr=subprocess.STDOUT,
         )
+        # Its metrics port opens just before its signal handlers are installed: from then on a
+        # SIGTERM is a graceful stop (with the final flush), not the default death.
+        wait_until(lambda: port_open(self.reporter_metrics_port), timeout=20,
+                   what=f"{self.name} report_clicks")
 
     def stop_reporter(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         return self._stop(self.reporter, sig, timeout)
@@ -319,7 +323,8 @@ class ClicksConsumerProcess:
         from django.db import connection
 
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                           "AND datname = current_database()",
                            [self.APP_NAME])
             return cursor.fetchone()[0]
 
