@@ -244,8 +244,10 @@ def test_a_replica_paused_while_a_link_is_taken_down_and_the_topic_compacts(repl
     assert paused_at > v1  # it holds the active record
     topic = bus.links_topic()
     resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+    # Small segments, cleaned at once: whatever the ratio of new to already-cleaned bytes
+    # (earlier tests filled this topic), max.compaction.lag.ms makes a rolled segment due.
     fast = {"segment.ms": "100", "delete.retention.ms": "100", "min.compaction.lag.ms": "0",
-            "min.cleanable.dirty.ratio": "0.01"}
+            "max.compaction.lag.ms": "500", "min.cleanable.dirty.ratio": "0.0"}
     admin = bus.admin_client()
     try:
         resource.configs = fast
@@ -287,7 +289,7 @@ def test_expired_links_answer_410_and_leave_redis_by_themselves(replica_factory)
     expired, expiring, forever = tinyurl_new(), tinyurl_new(), tinyurl_new()
     link_produce(expired, 1, "https://example.com/expired", expires_at=now - timedelta(minutes=1))
     link_produce(expiring, 1, "https://example.com/expiring",
-                 expires_at=now + timedelta(seconds=4))
+                 expires_at=now + timedelta(seconds=12))
     link_produce(forever, 1, "https://example.com/forever")
     caught_up(replica)
     response = replica.get(expired)
@@ -295,7 +297,7 @@ def test_expired_links_answer_410_and_leave_redis_by_themselves(replica_factory)
     assert replica.get(expired, method="HEAD").status_code == 410
     answers = []
     wait_until(lambda: answers.append(replica.get(expiring).status_code) or answers[-1] == 410,
-               timeout=20, interval=0.2, what="the link to expire")
+               timeout=30, interval=0.2, what="the link to expire")
     assert answers[0] == 302 and set(answers) == {302, 410}
     assert replica.get(forever).status_code == 302
     # A 410 counts nothing: only the 302s were counted.
