@@ -178,6 +178,7 @@ class PositionedConsumer:
                                "creates it: manage.py kafka_topics)", self.name, self.topic)
                 waited = True
             self.stop.wait(1.0)
+            self.on_round()  # waiting is a round too (alive, not stuck)
         return False
 
     def reposition(self, consumer: KafkaConsumer) -> None:
