@@ -46,12 +46,12 @@ def test_batch_writes_links_position_and_counters_together(redis):
 
     before = rejected("json")
     batch = [rec(0, "aaaaaa1", 1, "https://a.example/1"), Rec(1, b"aaaaaa2", b"junk"),
-             rec(2, "aaaaaa3", 4, "https://a.example/3|with|bars"), Rec(3, b"aaaaaa4", None)]
+             rec(2, "aaaaaa3", 4, "https://a.example/3%7Cwith%7Cbars"), Rec(3, b"aaaaaa4", None)]
     result = apply(redis, batch)
     assert (result.applied, result.rejected, result.ignored, result.next_offset) == (2, 1, 1, 4)
     assert held(redis, "aaaaaa1") == b"1||https://a.example/1"
     assert keys.link_value_parse(held(redis, "aaaaaa3")) == keys.LinkValue(
-        version=4, expires_at=None, longurl="https://a.example/3|with|bars")
+        version=4, expires_at=None, longurl="https://a.example/3%7Cwith%7Cbars")
     assert held(redis, "aaaaaa2") is None
     user = settings.SHORTENER_USER
     assert redis.hget(f"{user}:links:positions", 0) == b"4"

@@ -69,7 +69,7 @@ def test_kafka_unreachable_alone_keeps_a_running_replica_in_service_with_a_note(
     # on its bootstrap address. Its retry rounds keep the heartbeat fresh.
     assert replica.stop_consumer() == 0
     replica.start_consumer(KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
-    status, body = wait_until(lambda: "note" in (r := replica.readyz())[1] and r, timeout=20,
+    status, body = wait_until(lambda: "note" in (r := replica.readyz())[1] and r, timeout=60,
                               what="the note")
     assert status == 200 and "cannot reach Kafka" in body["note"], body
     # Longer than the stale threshold: still in service, still saying why links may lag.
