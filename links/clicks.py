@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from django.db import DatabaseError, connection, transaction
@@ -53,23 +54,29 @@ class ClicksBatchResult:
     next_offset: int
 
 
-def clicks_apply_batch(
-    *, topic: str, partition: int, records: Sequence[Record], expected_position: int | None
-) -> ClicksBatchResult:
-    """Apply one partition's batch of click reports; see the module's docstring.
+@dataclass(frozen=True)
+class ClicksBatch:
+    """One partition's batch of reports, decoded and reduced to one entry per counter."""
 
-    records: the partition's records in offset order (kafka-python ConsumerRecords or anything
-    with topic, partition, offset, key and value). expected_position: the next offset this
-    consumer believes PostgreSQL holds for the partition (None: no row yet).
-    Raises PositionMismatch (nothing applied) if the stored position differs, ValueError for an
-    empty batch, DatabaseError when PostgreSQL fails (nothing applied).
+    # (tinyurl, incarnation) -> (the largest count reported in the batch, the node reporting it)
+    best: dict[tuple[str, str], tuple[int, str]]
+    tinyurls: list[str]  # of every valid report, to count those for unknown links
+    malformed: int
+    next_offset: int  # the offset after the batch's last record
+
+
+def clicks_batch_decode(*, records: Sequence[Record]) -> ClicksBatch:
+    """Decode one partition's records (in offset order) and keep the largest count per counter.
+
+    records: kafka-python ConsumerRecords or anything with topic, partition, offset, key and
+    value. Malformed reports are logged with their offset and counted, never raised.
+    Raises ValueError for an empty batch.
     """
     if not records:
         raise ValueError("empty batch")
-    # The largest count per counter in the batch, and the node that reported it: the batch is
-    # deduplicated before SQL (a hot link's counter is reported many times in a backlog).
+    # Deduplicated before SQL: a backlog holds many reports of a hot link's counter.
     best: dict[tuple[str, str], tuple[int, str]] = {}
-    tinyurls: list[str] = []  # of the valid reports, to count those for unknown links
+    tinyurls: list[str] = []
     malformed = 0
     for rec in records:
         try:
@@ -79,15 +86,27 @@ def clicks_apply_batch(
             logger.warning("skipping malformed click report topic=%s partition=%s offset=%s: %s",
                            rec.topic, rec.partition, rec.offset, exc)
             continue
-        tinyurls.append(report["tinyurl"])
-        counter = (report["tinyurl"], report["incarnation"])
+        tinyurl = report["tinyurl"]
+        tinyurls.append(tinyurl)
+        counter = (tinyurl, report["incarnation"])
         count = report["count"]
         held = best.get(counter)
         # >=: of equal counts, the later report's node is the label.
         if held is None or count >= held[0]:
             best[counter] = (count, report["node"])
-    next_offset = records[-1].offset + 1
+    return ClicksBatch(best=best, tinyurls=tinyurls, malformed=malformed,
+                       next_offset=records[-1].offset + 1)
 
+
+def clicks_batch_apply(
+    *, topic: str, partition: int, batch: ClicksBatch, expected_position: int | None
+) -> ClicksBatchResult:
+    """Apply one decoded batch in one transaction; see the module's docstring.
+
+    expected_position: the next offset this consumer believes PostgreSQL holds for the
+    partition (None: no row yet). Raises PositionMismatch (nothing applied) if the stored
+    position differs, DatabaseError when PostgreSQL fails (nothing applied).
+    """
     with transaction.atomic(durable=True):
         # The row lock serialises every writer of this partition's totals: a second
         # consume_clicks started by mistake waits here, then finds the position moved.
@@ -99,23 +118,34 @@ def clicks_apply_batch(
         if position is None:
             position = ConsumerPosition(topic=topic, partition=partition, next_offset=0)
 
-        raised, unknown_tinyurls = _counters_raise(best) if best else (0, frozenset())
+        raised, unknown_tinyurls = (_counters_raise(batch.best) if batch.best
+                                    else (0, frozenset()))
         unknown = 0
         if unknown_tinyurls:
-            unknown = sum(1 for t in tinyurls if t in unknown_tinyurls)
+            unknown = sum(1 for t in batch.tinyurls if t in unknown_tinyurls)
             # One line per batch: a replica pointed at the wrong master could send thousands.
             logger.warning("skipping %d click report(s) for unknown tinyurls topic=%s "
                            "partition=%s, e.g. %s", unknown, topic, partition,
                            ", ".join(sorted(unknown_tinyurls)[:5]))
 
-        position.next_offset = next_offset
-        valid = len(tinyurls)
-        position.applied += valid - unknown
-        position.skipped_malformed += malformed
+        applied = len(batch.tinyurls) - unknown
+        position.next_offset = batch.next_offset
+        position.applied += applied
+        position.skipped_malformed += batch.malformed
         position.skipped_unknown += unknown
         position.save()
-    return ClicksBatchResult(applied=valid - unknown, raised=raised, skipped_malformed=malformed,
-                             skipped_unknown=unknown, next_offset=next_offset)
+    return ClicksBatchResult(applied=applied, raised=raised, skipped_malformed=batch.malformed,
+                             skipped_unknown=unknown, next_offset=batch.next_offset)
+
+
+def clicks_apply_batch(
+    *, topic: str, partition: int, records: Sequence[Record], expected_position: int | None
+) -> ClicksBatchResult:
+    """Decode and apply one partition's batch of click reports (clicks_batch_decode, then
+    clicks_batch_apply); see the module's docstring. Raises what those raise."""
+    return clicks_batch_apply(topic=topic, partition=partition,
+                              batch=clicks_batch_decode(records=records),
+                              expected_position=expected_position)
 
 
 # One statement, one round trip:
@@ -193,6 +223,15 @@ def _counters_raise(best: dict[tuple[str, str], tuple[int, str]]) -> tuple[int, 
 class ClicksConsumer(PositionedConsumer):
     """consume_clicks' loop (shortener_project.consuming): positions in PostgreSQL, and a
     position outside the topic's retained range reported as a loss, never passed over silently.
+
+    Pipelined: while PostgreSQL applies one batch (in a worker thread, on its own connection;
+    psycopg2 releases the GIL while it waits), the main thread polls and decodes the next one, so
+    the Python and the PostgreSQL halves of the work run on two cores at once. Batches are still
+    applied one at a time and in order, each in its own transaction checked against the stored
+    position. A batch's failure surfaces when the next batch (or an idle poll, a repositioning,
+    the stop) waits for it, and is handled as before: the loop re-reads from the position that
+    PostgreSQL holds, which the failed transaction did not move. The group offset (monitoring
+    only) may therefore run one batch ahead of PostgreSQL.
     """
 
     name = "clicks consumer"
@@ -205,21 +244,68 @@ class ClicksConsumer(PositionedConsumer):
         consumer_factory: Callable[[], KafkaConsumer] = bus.clicks_consumer_make,
     ) -> None:
         super().__init__(topic=bus.clicks_topic(), stop=stop, consumer_factory=consumer_factory)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clicks-apply")
+        self._inflight: Future[ClicksBatchResult] | None = None
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            # A stop finishes the batch in hand: its totals and position commit together.
+            try:
+                self._inflight_wait()
+            except Exception as exc:  # noqa: BLE001 - the stored position says what is applied
+                logger.error("%s: the last batch failed while stopping: %r; it is read again "
+                             "at the next start", self.name, exc)
+            # The worker's own connection (Django's are per thread), closed in its thread.
+            self._worker.submit(lambda: connection.close()).result()
+            self._worker.shutdown()
 
     def positions_load(self) -> dict[int, int]:
         return dict(ConsumerPosition.objects.filter(topic=self.topic)
                     .values_list("partition", "next_offset"))
 
     def apply_batch(self, partition: int, records: Sequence[Record], expected: int | None) -> int:
-        result = clicks_apply_batch(topic=self.topic, partition=partition, records=records,
-                                    expected_position=expected)
+        # Decoding runs while the previous batch's transaction is in PostgreSQL.
+        batch = clicks_batch_decode(records=records)
+        self._inflight_wait()
+        self._inflight = self._worker.submit(self._apply, partition, batch, expected)
+        return batch.next_offset
+
+    def _apply(self, partition: int, batch: ClicksBatch, expected: int | None) -> ClicksBatchResult:
+        """In the worker thread."""
+        try:
+            result = clicks_batch_apply(topic=self.topic, partition=partition, batch=batch,
+                                        expected_position=expected)
+        except DatabaseError:
+            # Drop this thread's broken connection; Django opens a new one on the next query.
+            connection.close()
+            raise
         CONSUMER_RECORDS.labels(self.topic, "applied").inc(result.applied)
         CONSUMER_RECORDS.labels(self.topic, "skipped").inc(result.skipped_malformed)
         CONSUMER_RECORDS.labels(self.topic, "unknown").inc(result.skipped_unknown)
-        return result.next_offset
+        return result
+
+    def _inflight_wait(self) -> None:
+        """Wait for the batch in PostgreSQL; raise what it raised."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            inflight.result()
+
+    def on_idle(self) -> None:
+        self._inflight_wait()
+
+    def reposition(self, consumer: KafkaConsumer) -> None:
+        # Positions are read from PostgreSQL: let the batch in flight finish (or fail) first.
+        try:
+            self._inflight_wait()
+        except (PositionMismatch, *self.store_errors) as exc:
+            logger.warning("%s: a batch failed before repositioning: %r", self.name, exc)
+        super().reposition(consumer)
 
     def on_store_error(self) -> None:
-        # Drop the broken connection; Django opens a new one on the next query.
+        # Drop the main thread's connection too (positions are read on it); Django opens a new
+        # one on the next query.
         connection.close()
 
     def on_positioned(self, consumer: KafkaConsumer, stored: dict[int, int]) -> None:
