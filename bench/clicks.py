@@ -126,7 +126,7 @@ def consume(end: int, profile: str | None) -> tuple[float, float, int]:
         spy_bin = shutil.which("py-spy") or shutil.which("py-spy", path=Path(sys.executable).parent)
         if profile and spy_bin:
             spy = subprocess.Popen([spy_bin, "record", "--pid", str(proc.pid), "--format", "raw",
-                                    "--rate", "200", "-o", profile], stdout=subprocess.DEVNULL,
+                                    "--rate", "200", "--idle", "--threads", "-o", profile], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         first_at, first = None, 0
         while True:

@@ -164,6 +164,7 @@ def clicks_apply_batch(
 # parsing and planning took longer than the upsert in the profile. The ORM cannot say
 # "ON CONFLICT ... WHERE stored < new RETURNING", hence SQL.
 _RAISE_SQL = """
+SET LOCAL synchronous_commit TO off;
 WITH input(tinyurl, incarnation, node, count) AS (
     SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::bigint[])
 ),
