@@ -258,15 +258,19 @@ class ClicksConsumer(PositionedConsumer):
         try:
             super().run()
         finally:
-            # A stop finishes the batch in hand: its totals and position commit together.
-            try:
-                self._inflight_wait()
-            except Exception as exc:  # noqa: BLE001 - the stored position says what is applied
-                logger.error("%s: the last batch failed while stopping: %r; it is read again "
-                             "at the next start", self.name, exc)
-            # The worker's own connection (Django's are per thread), closed in its thread.
-            self._worker.submit(lambda: connection.close()).result()
-            self._worker.shutdown()
+            self.close()
+
+    def close(self) -> None:
+        """Finish the batch in flight (a stop finishes the batch in hand: its totals and its
+        position commit together), then release the worker thread and its connection."""
+        try:
+            self._inflight_wait()
+        except Exception as exc:  # noqa: BLE001 - the stored position says what is applied
+            logger.error("%s: the last batch failed while stopping: %r; it is read again at "
+                         "the next start", self.name, exc)
+        # The worker's own connection (Django's are per thread), closed in its thread.
+        self._worker.submit(lambda: connection.close()).result()
+        self._worker.shutdown()
 
     def positions_load(self) -> dict[int, int]:
         return dict(ConsumerPosition.objects.filter(topic=self.topic)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -430,3 +431,48 @@ def test_the_migration_to_incarnation_identity_merges_counters_and_recomputes_to
                                                    "count")) == [
         ("dOUBLED", "i1", "192.168.1.7", 180), ("dOUBLED", "i2", "10.0.0.3", 120),
         ("sINGLE1", "i1", "10.0.0.2", 5)]
+
+
+def test_records_deleted_under_a_running_consumer_are_reported_as_lost(
+    own_clicks_topic, settings, caplog
+):
+    """The position falls out of range while consume_clicks runs (it lags behind a time-limited
+    topic's retention): the fetch fails, and the loop reports the loss exactly as at a start.
+    The loop runs in this process, so that the deletion lands between positioning and fetching.
+    """
+    from links.clicks import ClicksConsumer
+    from shortener_project.metrics import CONSUMER_RECORDS_LOST
+
+    _, topic, prefix = own_clicks_topic({"cleanup.policy": "delete"})
+    settings.SHORTENER_USER = prefix
+    link = new_link("https://example.com/clicks/lost-running")
+    t = link.tinyurl
+    produce(topic, [(t, "a", 10)])
+    ConsumerPosition.objects.create(topic=topic, partition=0, next_offset=1)
+    lost_before = CONSUMER_RECORDS_LOST.labels(topic)._value.get()
+
+    loop = ClicksConsumer(stop=threading.Event())
+    kafka = bus.clicks_consumer_make()
+    try:
+        assert loop._assign(kafka)
+        loop.reposition(kafka)  # positioned at 1, which is in range
+        produce(topic, [(t, "a", 20), (t, "b", 5), (t, "a", 30), (t, "b", 6), (t, "a", 40),
+                        (t, "a", 50), (t, "b", 7), (t, "c", 1), (t, "a", 60), (t, "c", 2)])
+        admin = bus.admin_client()
+        try:
+            admin.delete_records({TopicPartition(topic, 0): 6})
+        finally:
+            admin.close()
+        deadline = time.monotonic() + 30
+        while position_of(topic) != 11 and time.monotonic() < deadline:
+            loop._poll_once(kafka)
+            loop.on_idle()
+    finally:
+        kafka.close(autocommit=False)
+        loop.close()
+    assert position_of(topic) == 11
+    assert CONSUMER_RECORDS_LOST.labels(topic)._value.get() - lost_before == 5
+    assert any(r.levelname == "ERROR" and "5 record(s) were deleted unread" in r.getMessage()
+               for r in caplog.records)
+    link.refresh_from_db()
+    assert link.clicks == 60 + 7 + 2
