@@ -115,9 +115,25 @@ def position() -> int:
     return row.next_offset if row else 0
 
 
-def consume(end: int, profile: str | None) -> tuple[float, float, int]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def backends() -> list[int]:
+    """The PostgreSQL sessions of this database other than the bench's own."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND pid <> pg_backend_pid()")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def consume(end: int, profile: str | None) -> tuple[float, float, int, float, float]:
     """Run consume_clicks until its position reaches `end`. Returns the seconds from process
-    start, the seconds from its first committed batch, and that batch's end offset."""
+    start, the seconds from its first committed batch, that batch's end offset, and the CPU
+    seconds of the process and of its PostgreSQL sessions (the machine is shared: CPU per report
+    says what the work costs whatever else runs)."""
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "manage.py", "consume_clicks", "--metrics-port", "0"],
                             cwd=ROOT, env={**os.environ, "SHORTENER_LOG_LEVEL": "WARNING"})
@@ -126,7 +142,8 @@ def consume(end: int, profile: str | None) -> tuple[float, float, int]:
         spy_bin = shutil.which("py-spy") or shutil.which("py-spy", path=Path(sys.executable).parent)
         if profile and spy_bin:
             spy = subprocess.Popen([spy_bin, "record", "--pid", str(proc.pid), "--format", "raw",
-                                    "--rate", "200", "--idle", "--threads", "-o", profile], stdout=subprocess.DEVNULL,
+                                    "--rate", "100", "--idle", "--threads", "--nonblocking",
+                                    "-o", profile], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         first_at, first = None, 0
         while True:
@@ -139,12 +156,17 @@ def consume(end: int, profile: str | None) -> tuple[float, float, int]:
                 raise SystemExit(f"consume_clicks exited with {proc.returncode}")
             time.sleep(0.01)
         done = time.perf_counter()
+        try:
+            cpu_own = cpu_seconds(proc.pid)
+            cpu_db = sum(cpu_seconds(pid) for pid in backends())
+        except OSError:  # not Linux, or PostgreSQL on another host
+            cpu_own = cpu_db = float("nan")
     finally:
         proc.terminate()
         proc.wait()
         if spy is not None:
             spy.wait()
-    return done - started, done - first_at, first
+    return done - started, done - first_at, first, cpu_own, cpu_db
 
 
 def reset_totals() -> None:
@@ -196,14 +218,17 @@ def main() -> None:
             if run:
                 reset_totals()
             bare = bare_read(tp, args.reports)
-            whole, steady, first = consume(end, args.profile if run == 0 else None)
+            whole, steady, first, cpu_own, cpu_db = consume(end, args.profile if run == 0
+                                                            else None)
             totals = dict(Link.objects.filter(clicks__gt=0).values_list("tinyurl", "clicks"))
             wrong = sum(1 for i, c in expected.items() if totals.get(tinyurls[i]) != c)
             assert not wrong and sum(totals.values()) == want, (wrong, sum(totals.values()), want)
             print(f"  run {run + 1}: baseline, bare kafka-python read: {bare:5.2f}s "
                   f"{args.reports / bare:8.0f} /s | consume_clicks from process start: "
                   f"{whole:5.2f}s {args.reports / whole:7.0f} /s, from its first batch: "
-                  f"{(end - first) / steady:7.0f} /s | totals exact ({want} clicks)")
+                  f"{(end - first) / steady:7.0f} /s | CPU a report: consume_clicks "
+                  f"{cpu_own / args.reports * 1e6:4.1f} us, PostgreSQL "
+                  f"{cpu_db / args.reports * 1e6:4.1f} us | totals exact ({want} clicks)")
     finally:
         cleanup()
 

@@ -352,10 +352,10 @@ class ClicksConsumer(PositionedConsumer):
             # The partition ends before our position: the topic was deleted and recreated (or
             # truncated). What it held after our position is gone, and how much is unknown.
             logger.error("%s: stored position %d of %s[%d] is beyond the partition's end %d: "
-                         "the topic was recreated or truncated, and the reports it held after "
-                         "offset %d are LOST (how many is unknown); reading the partition from "
-                         "its start, offset %d", self.name, position, tp.topic, tp.partition,
-                         end, min(position, end), start)
+                         "the topic was recreated or truncated, and whatever it held from "
+                         "offset %d on is LOST (how many records is unknown); reading the "
+                         "partition from its start, offset %d", self.name, position, tp.topic,
+                         tp.partition, end, position, start)
         # The stored position stays what it is until the next batch commits past it, so the
         # expected position is unchanged: only where Kafka reads from moves.
         consumer.seek(tp, start)
