@@ -28,8 +28,10 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 class ClickCounterInline(admin.TabularInline):
     model = ClickCounter
     verbose_name = "counter"
-    verbose_name_plural = "clicks by replica and counter incarnation"
-    fields = ("node", "incarnation", "count", "updated_at")
+    # A counter is one life (incarnation) of one replica's Redis; node is the replica that
+    # last raised it (a label: a renamed node or two hosts on one Redis share the counter).
+    verbose_name_plural = "clicks by counter incarnation (node: the replica that last reported it)"
+    fields = ("incarnation", "node", "count", "updated_at")
     readonly_fields = fields
     ordering = ("node", "-updated_at")
     extra = 0
@@ -102,6 +104,7 @@ class LinkAdmin(ReadOnlyAdmin):
 
     @admin.display(description="clicks by replica")
     def clicks_by_replica(self, obj: Link) -> str:
+        # By the node label: each counter under the replica that last reported it.
         rows = (obj.click_counters.values("node").annotate(total=Sum("count")).order_by("node"))
         return ", ".join(f"{r['node']}: {r['total']}" for r in rows) or "none yet"
 

@@ -72,6 +72,18 @@ LINKS_REJECTED = Counter(
     "with its offset and shown on /readyz. reason: schema, json, key, longurl, version, invalid.",
     ["reason"],
 )
+CONSUMER_OUT_OF_RANGE = Counter(
+    "shortener_consumer_out_of_range_total",
+    "Times a consumer found its stored position outside the partition's retained range "
+    "(records deleted before it read them, or the topic recreated); each is also an ERROR log.",
+    ["topic"],
+)
+CONSUMER_RECORDS_LOST = Counter(
+    "shortener_consumer_records_lost_total",
+    "Records deleted from a topic before its consumer read them (the partition's first retained "
+    "offset minus the consumer's stored position, when it found its position out of range).",
+    ["topic"],
+)
 CONSUMER_CAUGHT_UP = Gauge(
     "shortener_consumer_caught_up",
     "1 once the consumer has reached the end of the topic as it stood when it (re)positioned.",

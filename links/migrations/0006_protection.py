@@ -51,7 +51,7 @@ def longurls_to_stored_form(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('links', '0004_link_expires_at'),
+        ('links', '0005_clickcounter_incarnation'),
     ]
 
     operations = [
