@@ -3,10 +3,11 @@
 Each batch of one partition is applied in ONE PostgreSQL transaction that
   1. locks the partition's position row and checks it is where this consumer expects,
   2. raises each (link, node, incarnation) counter to the largest count reported (never lowers),
-  3. adds the increases to the links' totals,
+  3. adds the increases to the links' totals, and each report's share of them to the hourly
+     bucket of its `reported_at` (the admin's charts; _buckets_add),
   4. moves the position past the batch, with the counts of applied and skipped reports.
 A crash at any point leaves all or none of it. Replaying the topic from offset 0 re-applies
-reports whose counts are already reached: max() leaves every total unchanged.
+reports whose counts are already reached: max() leaves every total, and every bucket, unchanged.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from django.db import DatabaseError, connection, transaction
 from kafka import KafkaConsumer
@@ -23,7 +25,7 @@ from links.models import ConsumerPosition
 from shortener_project import bus
 from shortener_project.consuming import PositionedConsumer, PositionMismatch, Record
 from shortener_project.metrics import CONSUMER_RECORDS
-from shortener_project.messages import MessageError, click_report_decode
+from shortener_project.messages import ClickReport, MessageError, click_report_decode
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,9 @@ def clicks_apply_batch(
         for r in reports:
             k = (r["tinyurl"], r["node"], r["incarnation"])
             best[k] = max(best.get(k, 0), r["count"])
+        if reports:
+            # Before the counters rise: it reads the counts they had before this batch.
+            _buckets_add(reports)
         raised, unknown_tinyurls = _counters_raise(best) if best else (0, set())
         unknown = [r["tinyurl"] for r in reports if r["tinyurl"] in unknown_tinyurls]
         if unknown:
@@ -138,6 +143,85 @@ def _counters_raise(best: dict[tuple[str, str, str], int]) -> tuple[int, set[str
         cursor.execute(_RAISE_SQL, [list(col) for col in columns])
         raised, unknown = cursor.fetchone()
     return raised, set(unknown or ())
+
+
+# --- clicks over time: hourly buckets ---------------------------------------------------------
+# Its own statement, run in the batch's transaction just before _RAISE_SQL (which it does not
+# depend on), so that the counts it reads from links_clickcounter are those before the batch.
+# Each report's share is what it raises its counter by, over the stored count and over the
+# reports of the same counter earlier in the batch (offset order: WITH ORDINALITY):
+#   share = max(count, before) - before,  before = max(stored, earlier counts in the batch).
+# The shares of a counter add up to (its new count - its stored count), exactly the increase
+# that _RAISE_SQL adds to the link's total, so buckets and totals always agree; a duplicate or
+# a replayed report has share 0 and touches no bucket. Each share lands in the hour of its own
+# report, also when one batch spans hours (a master catching up after an outage).
+# The counter's identity is the join/partition key below: (link, node, incarnation) today;
+# where counters are identified by (link, incarnation) alone, drop `node` from both (it stays
+# the bucket's label).
+_BUCKETS_SQL = """
+WITH input(tinyurl, node, incarnation, count, hour, ord) AS (
+    SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::bigint[],
+                         %s::timestamptz[]) WITH ORDINALITY
+),
+known AS (
+    SELECT l.id AS link_id, i.node, i.incarnation, i.count, i.hour, i.ord
+    FROM input i JOIN links_link l ON l.tinyurl = i.tinyurl
+),
+reached AS (
+    SELECT k.link_id, k.node, k.hour, k.count,
+           GREATEST(COALESCE(c.count, 0),
+                    COALESCE(MAX(k.count) OVER (
+                        PARTITION BY k.link_id, k.node, k.incarnation ORDER BY k.ord
+                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)) AS before
+    FROM known k LEFT JOIN links_clickcounter c
+      ON c.link_id = k.link_id AND c.node = k.node AND c.incarnation = k.incarnation
+)
+INSERT INTO links_clickbucket (link_id, node, hour, clicks)
+SELECT link_id, node, hour, SUM(count - before) FROM reached
+WHERE count > before
+GROUP BY link_id, node, hour
+ON CONFLICT (link_id, hour, node) DO UPDATE
+    SET clicks = links_clickbucket.clicks + EXCLUDED.clicks
+"""
+
+
+def report_hour(reported_at: object, *, now: datetime) -> datetime:
+    """The start (UTC) of the hour a report's clicks are charted in.
+
+    reported_at: the report's ISO 8601 time (the replica's clock; UTC assumed if it has no
+    offset). A time after `now` (the master's clock), or one that cannot be read, counts as
+    `now`: a replica whose clock runs ahead must not fill hours that have not come yet, and a
+    report whose count is valid must not lose its clicks from the chart over its timestamp.
+    """
+    when = now
+    if isinstance(reported_at, str):
+        try:
+            parsed = datetime.fromisoformat(reported_at)
+        except ValueError:
+            parsed = None
+        if parsed is not None:
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            when = min(parsed, now)
+    return when.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def _buckets_add(reports: Sequence[ClickReport]) -> None:
+    """Add each report's share of its counter's increase to its hour's bucket (_BUCKETS_SQL).
+
+    reports: the batch's decoded reports in offset order. Must run inside the batch's
+    transaction, before the counters are raised. Reports of unknown tinyurls are ignored here.
+    """
+    now = datetime.now(timezone.utc)
+    columns: list[list] = [[], [], [], [], []]
+    for r in reports:
+        columns[0].append(r["tinyurl"])
+        columns[1].append(r["node"])
+        columns[2].append(r["incarnation"])
+        columns[3].append(r["count"])
+        columns[4].append(report_hour(r.get("reported_at"), now=now))
+    with connection.cursor() as cursor:
+        cursor.execute(_BUCKETS_SQL, columns)
 
 
 class ClicksConsumer(PositionedConsumer):

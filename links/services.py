@@ -127,15 +127,10 @@ def _link_insert(*, longurl: str) -> tuple[Link, bool]:
 
 def _send(link: Link) -> Future:
     """Send the link's current state: its record, or a tombstone (value None) if disabled."""
-    if link.disabled_at is not None:
-        # A tombstone: replicas delete the key; compaction keeps it for delete.retention.ms
-        # (a day by default) and then drops both, so a replica started later never learns of
-        # the link at all. Either way the answer is 404.
-        key, value = link.tinyurl.encode(), None
-    else:
-        key, value = link_record_encode(
-            tinyurl=link.tinyurl, longurl=link.longurl, created_at=link.created_at
-        )
+    key, value = link_record_encode(
+        tinyurl=link.tinyurl, version=link.state_version, longurl=link.longurl,
+        created_at=link.created_at, disabled=link.disabled_at is not None,
+    )
     return bus.producer_get().send(bus.links_topic(), key=key, value=value)
 
 

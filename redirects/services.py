@@ -54,7 +54,7 @@ def links_apply_batch(
             )
             continue
         key = keys.link_key(rec.key.decode())  # type: ignore[union-attr]  # checked by decode
-        if record is None:  # tombstone: the link was removed
+        if record is None or record["state"] == "disabled":  # removed or taken down
             sets.pop(key, None)
             deletes.add(key)
         else:

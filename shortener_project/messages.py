@@ -36,6 +36,10 @@ LINK_SCHEMA = 2
 LINK_STATES = ("active", "disabled")
 
 
+class MessageError(ValueError):
+    """A message that cannot be applied: logged, counted and skipped by the consumer."""
+
+
 class LinkRecord(TypedDict):
     schema: int
     tinyurl: str
