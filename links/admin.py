@@ -1,13 +1,24 @@
 """The Django admin on the master: links with their clicks, read-only.
 
-Links are made through PUT /create and totals by consume_clicks; the admin only shows them.
+Links are made through PUT /create and totals by consume_clicks; the admin only shows them,
+with each link's clicks over time (a chart per hour and per day, by replica; CSV per day).
 """
+
+import csv
 
 from django.contrib import admin, messages
 from django.db.models import Sum
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils import timezone
 
-from links import services
+from links import selectors, services
 from links.models import ClickCounter, ConsumerPosition, Link
+
+# The link page's charts: per hour over the last 7 days, per day over the last 90.
+CHART_HOURS = 7 * 24
+CHART_DAYS = 90
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -40,7 +51,8 @@ class ClickCounterInline(admin.TabularInline):
 
 @admin.register(Link)
 class LinkAdmin(ReadOnlyAdmin):
-    list_display = ("tinyurl", "longurl_short", "created_at", "clicks", "published", "enabled")
+    list_display = ("tinyurl", "longurl_short", "created_at", "clicks", "clicks_recent",
+                    "published", "enabled")
     list_filter = (("published_at", admin.EmptyFieldListFilter),
                    ("disabled_at", admin.EmptyFieldListFilter), "created_at")
     actions = ["take_down", "put_back"]
@@ -52,6 +64,55 @@ class LinkAdmin(ReadOnlyAdmin):
     readonly_fields = fields
     inlines = [ClickCounterInline]
     show_full_result_count = False  # COUNT(*) over millions of links on every page is slow
+    change_form_template = "admin/links/link/change_form.html"
+
+    def get_queryset(self, request):
+        return selectors.links_with_recent_clicks(
+            super().get_queryset(request), since=selectors.clicks_recent_since())
+
+    @admin.display(description="clicks, last 24 h", ordering="clicks_recent")
+    def clicks_recent(self, obj: Link) -> int:
+        return obj.clicks_recent
+
+    def get_urls(self):
+        csv_view = self.admin_site.admin_view(self.clicks_csv_view)
+        return [path("<path:object_id>/clicks.csv", csv_view, name="links_link_clicks_csv"),
+                *super().get_urls()]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = dict(extra_context or {})
+        link = self.get_object(request, object_id)
+        if link is not None:
+            now = timezone.now()
+            hourly = selectors.link_clicks_series(link_id=link.pk, unit="hour",
+                                                  slots=CHART_HOURS, now=now)
+            daily = selectors.link_clicks_series(link_id=link.pk, unit="day",
+                                                 slots=CHART_DAYS, now=now)
+            extra_context["clicks_charts"] = {
+                "hourly": hourly.as_chart(label_format="%a %d %H:00"),
+                "daily": daily.as_chart(label_format="%Y-%m-%d"),
+            }
+            extra_context["clicks_csv_url"] = reverse("admin:links_link_clicks_csv",
+                                                      args=[link.pk])
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def clicks_csv_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The link's clicks per day (UTC), one row a day with clicks: day, total, then one
+        column per replica."""
+        if not self.has_view_permission(request):
+            return HttpResponse(status=403)
+        link = get_object_or_404(Link, pk=object_id)
+        series = selectors.link_clicks_daily_all(link_id=link.pk)
+        response = HttpResponse(content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="clicks-{link.tinyurl}.csv"'
+        writer = csv.writer(response)
+        nodes = list(series.by_node)
+        # A node label may start with "-", which a spreadsheet would read as a formula.
+        writer.writerow(["day", "clicks", *(f"'{n}" if n[:1] in "=+-@" else n for n in nodes)])
+        for i, day in enumerate(series.slots):
+            row = [series.by_node[n][i] for n in nodes]
+            writer.writerow([day.date().isoformat(), sum(row), *row])
+        return response
 
     @admin.display(description="long URL")
     def longurl_short(self, obj: Link) -> str:
