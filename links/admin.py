@@ -6,6 +6,7 @@ with each link's clicks over time (a chart per hour and per day, by replica; CSV
 
 import csv
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse
@@ -13,8 +14,10 @@ from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils import timezone
 
-from links import selectors, services
-from links.models import ClickCounter, ConsumerPosition, Link
+from django.template.response import TemplateResponse
+
+from links import replicas, selectors, services
+from links.models import ClickCounter, ConsumerPosition, Link, Replica
 
 # The link page's charts: per hour over the last 7 days, per day over the last 90.
 CHART_HOURS = 7 * 24
@@ -167,3 +170,27 @@ class LinkAdmin(ReadOnlyAdmin):
 class ConsumerPositionAdmin(ReadOnlyAdmin):
     list_display = ("topic", "partition", "next_offset", "applied", "skipped_malformed",
                     "skipped_unknown", "updated_at")
+
+
+@admin.register(Replica)
+class ReplicaAdmin(ReadOnlyAdmin):
+    """Every replica's state, from the statuses they publish (links/replicas.py)."""
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.is_active and request.user.is_staff and (
+            request.user.has_perm("links.view_replica") or request.user.is_superuser)
+
+    def changelist_view(self, request, extra_context=None):
+        if not self.has_view_permission(request):
+            return HttpResponse(status=403)
+        view = replicas.replicas_view()
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Replicas",
+            "opts": self.model._meta,
+            "view": view,
+            "missing_seconds": int(settings.SHORTENER_REPLICA_MISSING_SECONDS),
+            "status_seconds": settings.SHORTENER_STATUS_SECONDS,
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/links/replica/change_list.html", context)

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 REPORT_EVERY = 100
 
-# KEYS: link, counter, incarnation, due, dirty. ARGV: REPORT_EVERY, the tinyurl.
+# KEYS: link, counter, incarnation, due, dirty, served. ARGV: REPORT_EVERY, the tinyurl.
 # Returns nil for an unknown link (nothing counted), else {longurl, count}.
 # The first click after Redis started empty names the new incarnation after Redis' clock
 # (seconds and microseconds): a later life of this Redis gets a later name, and the name is
@@ -43,6 +43,7 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('SET', KEYS[3], now[1] .. string.format('%06d', tonumber(now[2])))
 end
 local n = redis.call('INCR', KEYS[2])
+redis.call('INCR', KEYS[6])
 redis.call('SADD', KEYS[5], ARGV[2])
 if n % tonumber(ARGV[1]) == 0 then redis.call('SADD', KEYS[4], ARGV[2]) end
 return {target, n}
@@ -91,7 +92,8 @@ def link_click(*, redis: Redis, tinyurl: str) -> str | None:
         _click_script = redis.register_script(CLICK_SCRIPT)  # EVALSHA, loaded once per server
     result = _click_script(
         keys=[keys.link_key(tinyurl), keys.clicks_counter_key(tinyurl),
-              keys.clicks_incarnation_key(), keys.clicks_due_key(), keys.clicks_dirty_key()],
+              keys.clicks_incarnation_key(), keys.clicks_due_key(), keys.clicks_dirty_key(),
+              keys.clicks_served_key()],
         args=[REPORT_EVERY, tinyurl],
         client=redis,
     )

@@ -59,3 +59,8 @@ def clicks_dirty_key() -> str:
 def clicks_inflight_key() -> str:
     """Set of tinyurls whose report was sent but not yet acknowledged by Kafka."""
     return f"{settings.SHORTENER_USER}:clicks:inflight"
+
+
+def clicks_served_key() -> str:
+    """String: redirects served (counted GETs) in this incarnation; the replica's status."""
+    return f"{settings.SHORTENER_USER}:clicks:served"
