@@ -18,12 +18,17 @@ class Link(models.Model):
     # The outbox mark: NULL until Kafka acknowledged the link's record. Rows still NULL are
     # re-sent by `manage.py republish_links --pending` (which runs continuously with --follow).
     published_at = models.DateTimeField(null=True, blank=True)
-    # Set when an admin took the link down: the replicas then remove it (a tombstone on the
-    # links topic) and answer 404. published_at then tracks the tombstone's acknowledgement.
+    # Set when an admin took the link down: the link's record then says "disabled" and the
+    # replicas answer 404 for it. published_at then tracks that record's acknowledgement.
     disabled_at = models.DateTimeField(null=True, blank=True, db_index=True)
-    # Bumped by every change of what the replicas must hold (take down, put back). A send marks
-    # the link published only if it carried the current version, so a slow send of an older
-    # state can never be taken for the newest one; the outbox then sends the newest again.
+    # When the link stops redirecting (replicas answer 410 Gone after it); NULL: never. Published
+    # in the link's record; changed only through links.services.link_update.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Bumped by every change of what the replicas must hold (take down, put back, a new target or
+    # expiry; links.services.link_update). Every record carries it, and a replica applies a
+    # record only if its version is newer than the one it holds. A send marks the link
+    # published only if it carried the current version, so a slow send of an older state can
+    # never be taken for the newest one; the outbox then sends the newest again.
     state_version = models.PositiveIntegerField(default=1)
     # Sum of this link's ClickCounter rows, kept in the same transaction as they change, so the
     # admin can list and sort by clicks without summing millions of rows.

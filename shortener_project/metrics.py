@@ -85,6 +85,14 @@ LINKS_PUBLISHED = Counter(
     ["outcome"],
 )
 
+LINKS_AUDITED = Counter(
+    "shortener_links_audited_total",
+    "Links whose newest record in the links topic the master's audit checked, by outcome "
+    "(current; resend: older or unreadable, sent again; rebased: newer than the database, "
+    "version raised; unknown: no such link).",
+    ["outcome"],
+)
+
 
 def instrumented(endpoint: str) -> Callable:
     """Decorate a view: observe its latency labelled by endpoint, method and status."""

@@ -5,7 +5,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('links', '0003_takedown'),
+        ('links', '0004_link_expires_at'),
     ]
 
     operations = [
