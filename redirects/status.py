@@ -45,14 +45,14 @@ def code_version() -> str:
 
 
 def replica_readiness(*, redis: Redis) -> tuple[bool, str]:
-    """(ready, why not): the same answer as the replica's /readyz (redirects/views.py)."""
+    """(ready, why not): the same answer as the replica's /readyz (redirects/views.py), with
+    its notes (e.g. Kafka unreachable) appended to the reason."""
     try:
-        ready = redis.get(keys.links_ready_key()) == b"1"
+        state = selectors.readiness_get(redis=redis,
+                                        stale_seconds=settings.SHORTENER_READY_STALE_SECONDS)
     except redis_lib.RedisError as exc:
         return False, f"Redis unavailable: {exc}"
-    if not ready:
-        return False, "consume_links has not caught up with the links topic"
-    return True, ""
+    return state.ready, "; ".join([*([state.reason] if state.reason else []), *state.notes])
 
 
 class StatusPublisher:
@@ -98,10 +98,11 @@ class StatusPublisher:
         ready, reason = replica_readiness(redis=self.redis)
         try:
             positions = selectors.links_positions_get(redis=self.redis)
-            incarnation, served = self.redis.mget(keys.clicks_incarnation_key(),
-                                                  keys.clicks_served_key())
+            raw = self.redis.get(keys.clicks_incarnation_key())
+            incarnation = raw.decode() if raw else None
+            served = (self.redis.hget(keys.clicks_served_key(), incarnation)
+                      if incarnation else None)
             position = sum(positions.values()) if positions else None
-            incarnation = incarnation.decode() if incarnation else None
             redirects = int(served or 0)
         except redis_lib.RedisError:
             position = incarnation = redirects = None

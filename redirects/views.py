@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 
 import redis as redis_lib
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 
-from redirects import clicks, keys, selectors
+from redirects import clicks, selectors
 from shortener_project.metrics import instrumented
 
 logger = logging.getLogger(__name__)
@@ -19,18 +20,26 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
 
 def readyz(request: HttpRequest) -> HttpResponse:
-    """Ready to serve: Redis answers and consume_links has caught up with the links topic as it
-    stood when it (re)started. A load balancer keeps the replica out while this is 503."""
+    """Ready to serve: Redis answers, consume_links runs (its heartbeat is at most
+    SHORTENER_READY_STALE_SECONDS old) and has caught up with the links topic. A load balancer
+    keeps the replica out while this is 503. Records consume_links could not apply are shown
+    (`rejected`, `rejected_last`); Kafka being unreachable is a `note`, not a reason: every
+    replica would otherwise leave service at once while each still serves what it holds."""
     try:
-        ready = selectors.redis_get().get(keys.links_ready_key()) == b"1"
+        state = selectors.readiness_get(redis=selectors.redis_get(),
+                                        stale_seconds=settings.SHORTENER_READY_STALE_SECONDS)
     except redis_lib.RedisError as exc:
         return JsonResponse({"status": "not ready", "reason": f"Redis unavailable: {exc}"},
                             status=503)
-    if not ready:
-        return JsonResponse({"status": "not ready",
-                             "reason": "consume_links has not caught up with the links topic"},
-                            status=503)
-    return JsonResponse({"status": "ready"})
+    body: dict[str, object] = {"status": "ready" if state.ready else "not ready"}
+    if state.reason:
+        body["reason"] = state.reason
+    if state.notes:
+        body["note"] = "; ".join(state.notes)
+    if state.rejected:
+        body["rejected"] = state.rejected
+        body["rejected_last"] = state.rejected_last
+    return JsonResponse(body, status=200 if state.ready else 503)
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
@@ -48,19 +57,22 @@ def redirect(request: HttpRequest, tinyurl: str) -> HttpResponse:
         )
     try:
         if request.method == "GET":
-            # Lookup and count in one round trip; an unknown link counts nothing.
-            target = clicks.link_click(redis=selectors.redis_get(), tinyurl=tinyurl)
+            # Lookup and count in one round trip; a link not answered with 302 counts nothing.
+            outcome = clicks.click_call(redis=selectors.redis_get(), tinyurl=tinyurl)
         else:
             # HEAD is answered but not counted: link-preview bots and crawlers send HEAD to
             # see where a link goes, and they are not clicks.
-            target = selectors.link_target_get(tinyurl=tinyurl)
+            outcome = selectors.link_outcome_get(tinyurl=tinyurl)
     except redis_lib.RedisError as exc:
         logger.error("Redis unavailable: %r", exc)
         return JsonResponse({"error": "temporarily unavailable"}, status=503,
                             headers={"Retry-After": "1"})
-    if target is None:
+    if outcome is None:
         return not_found(request)
-    response = HttpResponseRedirect(target)
+    if outcome == 410:
+        return JsonResponse({"error": "this link has expired"}, status=410,
+                            headers={"Cache-Control": "no-store"})
+    response = HttpResponseRedirect(outcome)
     # Every click must reach us to be counted, and a disabled link must stop working at once:
     # browsers and proxies must not keep the redirect.
     response["Cache-Control"] = "no-store"

@@ -45,7 +45,8 @@ REQUESTS = Histogram(
 CONSUMER_RECORDS = Counter(
     "shortener_consumer_records_total",
     "Records a consumer handled, by outcome: applied, skipped (malformed), unknown (clicks for "
-    "a link the master does not have).",
+    "a link the master does not have); links only: stale (not newer than the version held), "
+    "ignored (tombstones, links past their keep time).",
     ["topic", "outcome"],
 )
 CONSUMER_RETRIES = Counter(
@@ -64,6 +65,12 @@ CONSUMER_LAG = Gauge(
     "shortener_consumer_lag",
     "Records in the partition after the consumer's position (end offset - position).",
     ["topic", "partition"],
+)
+LINKS_REJECTED = Counter(
+    "shortener_links_rejected_total",
+    "Links-topic records a replica could not apply (a bug, or a newer schema): each is logged "
+    "with its offset and shown on /readyz. reason: schema, json, key, longurl, version, invalid.",
+    ["reason"],
 )
 CONSUMER_CAUGHT_UP = Gauge(
     "shortener_consumer_caught_up",

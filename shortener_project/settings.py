@@ -131,6 +131,12 @@ SHORTENER_PUBLISH_TIMEOUT = env.float("SHORTENER_PUBLISH_TIMEOUT", default=5.0)
 # Most links-topic records a replica applies in one Redis transaction. Large batches make a
 # fresh replica's catch-up fast; tests lower it to interrupt a catch-up half-way.
 SHORTENER_LINKS_BATCH = env.int("SHORTENER_LINKS_BATCH", default=5000)
+# How long a replica keeps an expired link (answering 410 Gone) before the key leaves its Redis
+# by itself (PEXPIREAT = expires_at + this). After that the link answers 404.
+SHORTENER_GONE_KEEP_SECONDS = env.int("SHORTENER_GONE_KEEP_SECONDS", default=30 * 24 * 3600)
+# A replica's /readyz answers 503 once consume_links' heartbeat (written every round, <= 0.5 s,
+# and every <= ~8 s while Kafka is unreachable) is older than this: stopped, dead or stuck.
+SHORTENER_READY_STALE_SECONDS = env.float("SHORTENER_READY_STALE_SECONDS", default=15.0)
 
 # Clicks below the next hundred are reported by `report_clicks` at least this often (and when it
 # stops gracefully). It bounds how far the master's totals lag, and what a wiped Redis can lose.
