@@ -61,7 +61,9 @@ def test_replicas_shown_ready_then_one_missing_within_a_minute_of_stopping(
     links = make_links(3)
     one = replica_factory(reporter=True)
     two = replica_factory(reporter=True)
-    wait_until(lambda: replicas_page(admin_client) == {one.name: "ready", two.name: "ready"},
+    ours = lambda: {node: state for node, state in replicas_page(admin_client).items()  # noqa: E731
+                    if node in (one.name, two.name)}  # the topic also holds earlier tests' replicas
+    wait_until(lambda: ours() == {one.name: "ready", two.name: "ready"},
                timeout=60, interval=0.5, what="both replicas shown ready")
     tinyurl = next(iter(links))
     one.click(tinyurl, 3)
@@ -80,7 +82,7 @@ def test_replicas_shown_ready_then_one_missing_within_a_minute_of_stopping(
     wait_until(lambda: cells(one.name)["redirects"] == "3", timeout=20, interval=0.5,
                what="replica one's redirects in its status")
     shown = cells(one.name)
-    assert shown["lag"] == "0" and re.fullmatch(r"\d{16}", shown["incarnation"])
+    assert shown["lag"] == "0" and re.fullmatch(r"[A-Za-z0-9]{16,64}", shown["incarnation"])
     position, end = shown["position"].split(" / ")
     assert int(position) == int(end) >= 3  # every link published so far applied
     assert shown["version"] and shown["version"] != "unknown"
@@ -88,7 +90,7 @@ def test_replicas_shown_ready_then_one_missing_within_a_minute_of_stopping(
     # Replica two's host goes away: every process killed, no goodbye.
     two.close()
     stopped = time.monotonic()
-    wait_until(lambda: replicas_page(admin_client).get(two.name) == "missing", timeout=90,
-               interval=1, what="replica two shown missing")
+    wait_until(lambda: ours()[two.name] == "missing", timeout=90, interval=1,
+               what="replica two shown missing")
     assert time.monotonic() - stopped <= 61
-    assert replicas_page(admin_client)[one.name] == "ready"
+    assert ours()[one.name] == "ready"
