@@ -1,13 +1,18 @@
-"""The Django admin on the master: links with their clicks, read-only.
+"""The Django admin on the master: links with their clicks; every replica's state.
 
-Links are made through PUT /create and totals by consume_clicks; the admin only shows them,
-with each link's clicks over time (a chart per hour and per day, by replica; CSV per day).
+Links are made through PUT /create and totals by consume_clicks. An admin can change a link's
+target and expiry (through services.link_update, so the change reaches every replica as a new
+version of its record; each change is kept in Django's admin log, old and new values), and take
+it down or put it back; everything else is read-only. Each link's page shows its clicks over
+time (a chart per hour and per day, by replica; CSV per day).
 """
 
 import csv
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
@@ -52,6 +57,33 @@ class ClickCounterInline(admin.TabularInline):
         return False
 
 
+class LinkForm(forms.ModelForm):
+    """What an admin may change of a link: its target and its expiry."""
+
+    # Not stripped: a longurl is validated exactly as /create receives it.
+    longurl = forms.CharField(strip=False, widget=forms.TextInput(attrs={"size": 100}),
+                              help_text="Validated like PUT /create; every replica redirects "
+                                        "to the new target within about a second.")
+
+    class Meta:
+        model = Link
+        fields = ("longurl", "expires_at")
+        help_texts = {"expires_at": "UTC. After it every replica answers 410 Gone; a time "
+                                    "already past ends the link at once. Empty: never."}
+
+    def clean_longurl(self) -> str:
+        value = self.cleaned_data["longurl"]
+        try:
+            value = services.longurl_validate(value)
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.messages[0]) from None
+        other = selectors.link_get_by_longurl(longurl=value)
+        if other is not None and other.pk != self.instance.pk:
+            raise forms.ValidationError(f"link {other.tinyurl} already has this longurl "
+                                        "(a longurl has one tinyurl)")
+        return value
+
+
 @admin.register(Link)
 class LinkAdmin(ReadOnlyAdmin):
     list_display = ("tinyurl", "longurl_short", "created_at", "clicks", "clicks_recent",
@@ -62,9 +94,11 @@ class LinkAdmin(ReadOnlyAdmin):
     search_fields = ("=tinyurl", "longurl")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
-    fields = ("tinyurl", "longurl", "created_at", "published_at", "disabled_at", "clicks",
-              "clicks_by_replica")
-    readonly_fields = fields
+    form = LinkForm
+    fields = ("tinyurl", "longurl", "expires_at", "created_at", "published_at", "disabled_at",
+              "state_version", "clicks", "clicks_by_replica")
+    readonly_fields = ("tinyurl", "created_at", "published_at", "disabled_at", "state_version",
+                       "clicks", "clicks_by_replica")
     inlines = [ClickCounterInline]
     show_full_result_count = False  # COUNT(*) over millions of links on every page is slow
     change_form_template = "admin/links/link/change_form.html"
@@ -129,6 +163,39 @@ class LinkAdmin(ReadOnlyAdmin):
     def enabled(self, obj: Link) -> bool:
         return obj.disabled_at is None
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Superusers, or staff given "links | link | Can change link": the target and expiry
+        # (the form's two fields), and the takedown actions. Nothing else is ever editable.
+        return request.user.has_perm("links.change_link")
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        # Django wraps a POST in a transaction; link_update must be the outermost one (it
+        # publishes after its own commit), so the form is handled without that wrapper. The
+        # admin log entry is written after link_update has committed.
+        return self._changeform_view(request, object_id, form_url, extra_context)
+
+    def save_model(self, request, obj: Link, form, change: bool) -> None:
+        """Through services.link_update: a new state version, published to every replica."""
+        changes = {name: form.cleaned_data[name] for name in form.changed_data}
+        if not changes:
+            return
+        try:
+            services.link_update(link=obj, **changes)
+        except services.LinkPublishError:
+            self.message_user(request, "Changed here; Kafka is unavailable, so the replicas "
+                              "will follow when it is back (outbox).", messages.WARNING)
+        except ValidationError as exc:  # another link took this longurl since the form's check
+            self.message_user(request, f"Not changed: {exc.messages[0]}", messages.ERROR)
+        obj.refresh_from_db()
+
+    def construct_change_message(self, request, form, formsets, add=False) -> str:
+        """The admin log's entry: every changed field with its old and new value."""
+        if not form.changed_data:
+            return "No fields changed."
+        parts = [f"{name}: {form.initial.get(name)!s} -> {form.cleaned_data.get(name)!s}"
+                 for name in form.changed_data]
+        return f"Changed {'; '.join(parts)} (published as version {form.instance.state_version})."
+
     def has_takedown_permission(self, request) -> bool:
         # The admin edits nothing else, so taking down and putting back is its own right:
         # superusers, or staff given "links | link | Can change link".
@@ -152,6 +219,7 @@ class LinkAdmin(ReadOnlyAdmin):
                 done += 1
             except services.LinkPublishError:
                 pending += 1
+            self.log_change(request, link, "Taken down." if disabled else "Put back.")
         verb = "taken down" if disabled else "put back"
         if done:
             self.message_user(request, f"{done} link(s) {verb} on every replica.")

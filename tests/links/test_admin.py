@@ -41,15 +41,37 @@ def test_links_list_shows_totals_and_kafka_state(admin_client, clicked_link):
     assert clicked_link.tinyurl not in missed.content.decode()
 
 
-def test_link_page_shows_the_per_replica_breakdown_read_only(admin_client, clicked_link):
-    response = admin_client.get(f"/admin/links/link/{clicked_link.pk}/change/")
+def test_link_page_shows_the_per_replica_breakdown_and_keeps_the_rest_read_only(
+    admin_client, clicked_link
+):
+    url = f"/admin/links/link/{clicked_link.pk}/change/"
+    response = admin_client.get(url)
     assert response.status_code == 200
     page = response.content.decode()
     assert "10.0.0.2: 150, 10.0.0.3: 120" in page
-    assert 'name="_save"' not in page  # nothing to save: totals are read-only
-    assert admin_client.post(f"/admin/links/link/{clicked_link.pk}/change/",
-                             {"clicks": 1}).status_code == 403
+    # Only the target and the expiry are fields; totals, dates and versions are not.
+    assert 'name="longurl"' in page and 'name="expires_at_0"' in page
+    assert 'name="clicks"' not in page and 'name="tinyurl"' not in page
+    admin_client.post(url, {"longurl": clicked_link.longurl, "clicks": 1, "tinyurl": "AAAAAAA"})
+    clicked_link.refresh_from_db()
+    assert (clicked_link.clicks, clicked_link.state_version) == (270, 1)
+    assert clicked_link.tinyurl != "AAAAAAA"
     assert admin_client.get("/admin/links/link/add/").status_code == 403
+    assert admin_client.post(f"/admin/links/link/{clicked_link.pk}/delete/").status_code == 403
+
+
+def test_staff_without_the_change_right_cannot_edit(client, clicked_link, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    staff = django_user_model.objects.create_user("viewer", password="x-long-password-1",
+                                                  is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_link"))
+    client.force_login(staff)
+    url = f"/admin/links/link/{clicked_link.pk}/change/"
+    assert 'name="longurl"' not in client.get(url).content.decode()
+    assert client.post(url, {"longurl": "https://example.com/other"}).status_code == 403
+    clicked_link.refresh_from_db()
+    assert clicked_link.longurl == "https://example.com/admin/shown"
 
 
 @pytest.fixture
