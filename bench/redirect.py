@@ -102,7 +102,7 @@ http {{
                                        "--dir", str(tmp)], stdout=subprocess.DEVNULL))
         wait_port(redis_port)
         subprocess.run(["redis-cli", "-p", str(redis_port), "SET", f"{USER}:link:Bench01",
-                        "https://example.com/benchmark"], check=True, stdout=subprocess.DEVNULL)
+                        "1||https://example.com/benchmark"], check=True, stdout=subprocess.DEVNULL)
         env = {**os.environ, "SHORTENER_ROLE": "replica", "SHORTENER_USER": USER,
                "SHORTENER_NODE_ID": "bench", "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
                "GUNICORN_ACCESSLOG": "", "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom")}

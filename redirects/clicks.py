@@ -215,17 +215,6 @@ def click_call(*, redis: Redis, tinyurl: str) -> str | int | None:
     return click_outcome(raw)
 
 
-def clicks_counts_get(*, redis: Redis, tinyurl: str) -> dict[str, int]:
-    """Every counter of `tinyurl` this Redis holds: incarnation -> count (a SCAN; for tests and
-    operators, never on a request's path)."""
-    prefix = keys.clicks_counter_prefix()
-    found = {}
-    for key in redis.scan_iter(match=f"{prefix}*:{tinyurl}", count=1000):
-        incarnation = key.decode()[len(prefix):].rpartition(":")[0]
-        found[incarnation] = int(redis.get(key) or 0)
-    return {inc: n for inc, n in found.items() if n}
-
-
 class ClickReporter:
     """Turns due and dirty marks into click reports on the clicks topic.
 

@@ -160,6 +160,10 @@ class Replica:
             cwd=ROOT, env={**self.env, "SHORTENER_CLICKS_FLUSH_SECONDS": str(flush_seconds)},
             stdout=open(self.reporter_log, "ab"), stderr=subprocess.STDOUT,
         )
+        # Its metrics port opens just before its signal handlers are installed: from then on a
+        # SIGTERM is a graceful stop (with the final flush), not the default death.
+        wait_until(lambda: port_open(self.reporter_metrics_port), timeout=20,
+                   what=f"{self.name} report_clicks")
 
     def stop_reporter(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         return self._stop(self.reporter, sig, timeout)
@@ -174,6 +178,16 @@ class Replica:
         for _ in range(times):
             response = self.get(tinyurl)
             assert response.status_code == 302, response.status_code
+
+    def click_through(self, tinyurl: str, times: int, timeout: float = 30) -> None:
+        """`times` counted clicks, riding out 503s (Redis just restarted: nothing counted)."""
+        deadline = time.monotonic() + timeout
+        done = 0
+        while done < times:
+            assert time.monotonic() < deadline, f"only {done} of {times} clicks answered 302"
+            status = self.get(tinyurl).status_code
+            assert status in (302, 503), status
+            done += status == 302
 
     def incarnation(self) -> str | None:
         raw = self.redis.get(f"{settings.SHORTENER_USER}:clicks:incarnation")
@@ -309,7 +323,8 @@ class ClicksConsumerProcess:
         from django.db import connection
 
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                           "AND datname = current_database()",
                            [self.APP_NAME])
             return cursor.fetchone()[0]
 
@@ -384,6 +399,13 @@ def topic_end(topic: str, partition: int = 0) -> int:
 
 
 # --- the topics, read and written directly ----------------------------------------------------
+
+
+def tinyurl_new() -> str:
+    import secrets
+    import string
+
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(7))
 
 
 def link_produce(tinyurl: str, version: int, longurl: str | None = None, *,
