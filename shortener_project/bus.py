@@ -347,11 +347,32 @@ def producer_reset(producer: KafkaProducer | None = None) -> None:
     with _producer_lock:
         if _producer is None or (producer is not None and producer is not _producer):
             return
-        try:
-            _producer.close(timeout=1)
-        except Exception:  # noqa: BLE001 - closing a broken producer must not raise
-            logger.exception("closing the Kafka producer failed")
+        producer_close(_producer)
         _producer = None
+
+
+def producer_close(producer: KafkaProducer, timeout: float = 1.0) -> None:
+    """Close a producer for good: send what it can within `timeout` seconds, fail the rest.
+
+    kafka-python 3.0.12's close() flushes first and raises KafkaTimeoutError when the flush
+    times out, before it stops the sender thread (kafka/producer/kafka.py, close): a producer
+    reset after a failed delivery would otherwise keep its thread, its connections and its
+    records retrying. So on that error the sender is force-closed, which fails the records it
+    still holds, and close() then completes. Never raises.
+    """
+    try:
+        producer.close(timeout=timeout)
+        return
+    except KafkaError:
+        pass
+    except Exception:  # noqa: BLE001 - closing a broken producer must not raise
+        logger.exception("closing the Kafka producer failed")
+    try:
+        producer._sender.force_close()
+        producer._sender.join(timeout)
+        producer.close(timeout=0)
+    except Exception:  # noqa: BLE001
+        logger.exception("force-closing the Kafka producer failed")
 
 
 # --- consumer (replica) ---------------------------------------------------------------------

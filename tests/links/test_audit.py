@@ -110,3 +110,56 @@ def test_current_records_change_nothing(relay):
     assert Link.objects.get(pk=links[0].pk).state_version == 2
     assert json.dumps(newest(links[0].tinyurl)["expires_at"]) == str(
         int(expires.timestamp() * 1000))
+
+
+def test_republish_links_replaces_schema_1_records_with_current_states(transactional_db):
+    """The upgrade path: `republish_links` sends every link's current state, schema 2."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    links = [services.link_create(longurl=f"https://example.com/upgrade/{i}").link
+             for i in range(5)]
+    services.link_update(link=links[0], disabled=True)
+    for link in links:  # what a schema-1 master had written
+        produce(link.tinyurl.encode(), json.dumps(
+            {"schema": 1, "tinyurl": link.tinyurl, "longurl": link.longurl,
+             "created_at": link.created_at.isoformat()}).encode())
+    out = StringIO()
+    call_command("republish_links", stdout=out)
+    assert out.getvalue().strip() == "5 sent, 0 failed"
+    assert [(newest(l.tinyurl)["schema"], newest(l.tinyurl)["version"],
+             newest(l.tinyurl)["state"]) for l in links] == [
+        (2, 2, "disabled")] + [(2, 1, "active")] * 4
+
+
+def test_the_outbox_relay_service_audits_the_topic(transactional_db, test_data_dir):
+    """`republish_links --pending --follow`, as the shortener-outbox unit runs it: a stale copy
+    produced after a takedown is followed by the current state within seconds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.support import ROOT, test_database_url
+
+    link = services.link_create(longurl="https://example.com/relay-stale").link
+    v1 = link_record_encode(tinyurl=link.tinyurl, version=1, longurl=link.longurl,
+                            created_at=link.created_at)
+    services.link_update(link=link, disabled=True)
+    log = test_data_dir / "relay.log"
+    relay = subprocess.Popen(
+        [sys.executable, "manage.py", "republish_links", "--pending", "--follow",
+         "--interval", "0.2"], cwd=ROOT,
+        env={**os.environ, "SHORTENER_ROLE": "master",
+             "DATABASE_URL": test_database_url("test_outbox_relay")},
+        stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    try:
+        produce(*v1)
+        wait_until(lambda: newest(link.tinyurl)["version"] == 2 and
+                   Link.objects.get(pk=link.pk).published_at is not None, timeout=60,
+                   what="the relay to send the current state after the stale copy")
+        assert newest(link.tinyurl)["state"] == "disabled"
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(30) == 0, log.read_text()
