@@ -53,8 +53,10 @@ def clicks_recent_since(*, now: datetime | None = None) -> datetime:
 def links_with_recent_clicks(queryset: QuerySet[Link], *, since: datetime) -> QuerySet[Link]:
     """`queryset` annotated with `clicks_recent`: clicks since `since` (an hour start).
 
-    A correlated subquery per link, answered from the (link, hour, node) unique index by a
-    range scan of that link's recent rows; sorting by it evaluates it for every link listed.
+    A correlated subquery per link: an equality on link and a range on hour, the two leading
+    columns of the buckets' (link, hour, node) unique index, so each is a short index range of
+    that link's recent rows. A page of the list evaluates it for the links shown; sorting by
+    it evaluates it for every link (one index probe each).
     """
     recent = (ClickBucket.objects.filter(link=OuterRef("pk"), hour__gte=since)
               .order_by().values("link").annotate(total=Sum("clicks")).values("total"))
