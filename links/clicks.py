@@ -155,26 +155,31 @@ def _counters_raise(best: dict[tuple[str, str, str], int]) -> tuple[int, set[str
 # that _RAISE_SQL adds to the link's total, so buckets and totals always agree; a duplicate or
 # a replayed report has share 0 and touches no bucket. Each share lands in the hour of its own
 # report, also when one batch spans hours (a master catching up after an outage).
-# The counter's identity is the join/partition key below: (link, node, incarnation) today;
-# where counters are identified by (link, incarnation) alone, drop `node` from both (it stays
-# the bucket's label).
+# The link and the stored count are scalar subqueries: one index probe per row, whatever the
+# tables' sizes (a join lets the planner hash the whole links and counters tables per batch).
+# The counter's identity is in the counter probe and the window's partition: (link, node,
+# incarnation) here; where counters are identified by (link, incarnation) alone, drop `node`
+# from both (it stays the bucket's label), and from the run key in _buckets_add.
 _BUCKETS_SQL = """
 WITH input(tinyurl, node, incarnation, count, hour, ord) AS (
     SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::bigint[],
                          %s::timestamptz[]) WITH ORDINALITY
 ),
 known AS (
-    SELECT l.id AS link_id, i.node, i.incarnation, i.count, i.hour, i.ord
-    FROM input i JOIN links_link l ON l.tinyurl = i.tinyurl
+    SELECT (SELECT l.id FROM links_link l WHERE l.tinyurl = i.tinyurl) AS link_id,
+           i.node, i.incarnation, i.count, i.hour, i.ord
+    FROM input i
 ),
 reached AS (
     SELECT k.link_id, k.node, k.hour, k.count,
-           GREATEST(COALESCE(c.count, 0),
+           GREATEST(COALESCE((SELECT c.count FROM links_clickcounter c
+                              WHERE c.link_id = k.link_id AND c.node = k.node
+                                AND c.incarnation = k.incarnation), 0),
                     COALESCE(MAX(k.count) OVER (
                         PARTITION BY k.link_id, k.node, k.incarnation ORDER BY k.ord
                         ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)) AS before
-    FROM known k LEFT JOIN links_clickcounter c
-      ON c.link_id = k.link_id AND c.node = k.node AND c.incarnation = k.incarnation
+    FROM known k
+    WHERE k.link_id IS NOT NULL
 )
 INSERT INTO links_clickbucket (link_id, node, hour, clicks)
 SELECT link_id, node, hour, SUM(count - before) FROM reached
@@ -211,17 +216,24 @@ def _buckets_add(reports: Sequence[ClickReport]) -> None:
 
     reports: the batch's decoded reports in offset order. Must run inside the batch's
     transaction, before the counters are raised. Reports of unknown tinyurls are ignored here.
+    Consecutive reports of one counter in one hour are sent as one, with their largest count:
+    their shares add up to exactly that (a backlog holds many reports of a hot counter).
     """
     now = datetime.now(timezone.utc)
-    columns: list[list] = [[], [], [], [], []]
+    rows: list[list] = []  # [tinyurl, node, incarnation, count, hour], in offset order
+    last: dict[tuple[str, str, str], list] = {}  # counter -> its latest row
     for r in reports:
-        columns[0].append(r["tinyurl"])
-        columns[1].append(r["node"])
-        columns[2].append(r["incarnation"])
-        columns[3].append(r["count"])
-        columns[4].append(report_hour(r.get("reported_at"), now=now))
+        counter = (r["tinyurl"], r["node"], r["incarnation"])
+        hour = report_hour(r.get("reported_at"), now=now)
+        row = last.get(counter)
+        if row is not None and row[4] == hour:
+            row[3] = max(row[3], r["count"])
+            continue
+        row = [r["tinyurl"], r["node"], r["incarnation"], r["count"], hour]
+        rows.append(row)
+        last[counter] = row
     with connection.cursor() as cursor:
-        cursor.execute(_BUCKETS_SQL, columns)
+        cursor.execute(_BUCKETS_SQL, [list(column) for column in zip(*rows)])
 
 
 class ClicksConsumer(PositionedConsumer):
