@@ -154,3 +154,47 @@ class RateLimitCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}: {self.count} until {self.expires_at}"
+
+
+class ClickBucket(models.Model):
+    """Clicks of one link on one replica (node label) within one hour (UTC), for the charts.
+
+    Filled by consume_clicks in the same transaction as the counters (links/clicks.py): when a
+    counter rises from a to b, the b - a clicks land in the hour of the report that raised it,
+    so a duplicate or a replayed report, which raises nothing, adds nothing. A row exists only
+    for an hour in which the link was clicked on that replica. Days are sums of hours.
+    """
+
+    link = models.ForeignKey(Link, on_delete=models.CASCADE, related_name="click_buckets")
+    node = models.CharField(max_length=100)
+    hour = models.DateTimeField()  # the hour's start, UTC
+    clicks = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            # (link, hour, node): the upsert's conflict target, and the index behind every
+            # per-link read, which asks for one link over a range of hours.
+            models.UniqueConstraint(fields=["link", "hour", "node"],
+                                    name="links_clickbucket_unique"),
+        ]
+        indexes = [
+            # The replicas page sums the last hour of every node: a range over all links.
+            models.Index(fields=["hour"], name="links_clickbucket_hour"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.link_id} on {self.node} at {self.hour:%Y-%m-%d %H}:00: {self.clicks}"
+
+
+class Replica(models.Model):
+    """No table: the admin's entry for the replicas page (links/admin.py, ReplicaAdmin).
+
+    The replicas' state is read from the <user>-replicas topic when the page is shown
+    (links/replicas.py); this model only gives the page its place, name and permission.
+    """
+
+    class Meta:
+        managed = False
+        verbose_name = "replica"
+        verbose_name_plural = "replicas"
+        default_permissions = ("view",)

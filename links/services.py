@@ -10,6 +10,7 @@ import enum
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -88,25 +89,34 @@ class LinkCreated:
     created: bool
 
 
-def link_create(*, longurl: str) -> LinkCreated:
+def link_create(*, longurl: str, expires_at: datetime | None = None) -> LinkCreated:
     """The link for `longurl`, created if new, and published to the links topic.
 
     Returns only once Kafka has acknowledged the link (now or earlier), so a tinyurl handed out
     always reaches the replicas. Raises LinkPublishError if Kafka does not answer in time: the
     link is then committed but unpublished, the outbox re-sends it, and a retried /create for
     the same longurl returns the same tinyurl.
+
+    expires_at (aware datetime, checked by expires_at_parse) applies to a link created now. An
+    existing link is returned as it is, expiry included: its tinyurl is shared by everyone who
+    shortened that longurl, so one caller must not end, or prolong, the others' link. Raises
+    LinkDisabled if the existing link was taken down, LinkExpired if it has expired.
     """
+    if expires_at is not None and timezone.is_naive(expires_at):
+        raise ValueError("expires_at must be timezone-aware")
     link = selectors.link_get_by_longurl(longurl=longurl)
     if link is not None:
         if link.disabled_at is not None:
             raise LinkDisabled(link)
+        if link.expires_at is not None and link.expires_at <= timezone.now():
+            raise LinkExpired(link)
         if link.published_at is None:
             link_publish(link=link)  # committed earlier, not acknowledged yet: try again now
         return LinkCreated(link=link, created=False)
     # durable: this must be the outermost transaction, so that "after commit" below really means
     # committed, not merely released into an enclosing transaction that could still roll back.
     with transaction.atomic(durable=True):
-        link, created = _link_insert(longurl=longurl)
+        link, created = _link_insert(longurl=longurl, expires_at=expires_at)
         # Publish only once the row is committed: a replica must never serve a link that the
         # master could still lose. An exception here (no ack) propagates out of this block
         # after the commit, and the row keeps its unpublished mark for the outbox.
@@ -114,7 +124,7 @@ def link_create(*, longurl: str) -> LinkCreated:
     return LinkCreated(link=link, created=created)
 
 
-def _link_insert(*, longurl: str) -> tuple[Link, bool]:
+def _link_insert(*, longurl: str, expires_at: datetime | None = None) -> tuple[Link, bool]:
     digest = selectors.longurl_digest(longurl)
     for _ in range(TINYURL_ATTEMPTS):
         tinyurl = tinyurl_generate()
@@ -122,7 +132,8 @@ def _link_insert(*, longurl: str) -> tuple[Link, bool]:
         # tinyurl that is already taken, ends as "no row inserted" instead of an error, with no
         # aborted transaction. Which of the two it was, the read below tells.
         Link.objects.bulk_create(
-            [Link(tinyurl=tinyurl, longurl=longurl, longurl_sha256=digest)],
+            [Link(tinyurl=tinyurl, longurl=longurl, longurl_sha256=digest,
+                  expires_at=expires_at)],
             ignore_conflicts=True,
         )
         link = Link.objects.filter(longurl_sha256=digest).first()
@@ -199,6 +210,47 @@ class LinkDisabled(Exception):
     def __init__(self, link: Link) -> None:
         super().__init__(link.tinyurl)
         self.link = link
+
+
+class LinkExpired(Exception):
+    """The longurl's link has expired; /create does not hand it out again."""
+
+    def __init__(self, link: Link) -> None:
+        super().__init__(link.tinyurl)
+        self.link = link
+
+
+# The latest expiry accepted: far enough for any campaign, and well inside what every part
+# stores (PostgreSQL timestamptz, milliseconds in the link record, Redis' TTL).
+EXPIRES_AT_MAX_YEARS = 100
+
+
+def expires_at_parse(value: object, *, now: datetime | None = None) -> datetime | None:
+    """An expiry from the API: an ISO 8601 date and time WITH its UTC offset ("Z" or "+02:00"),
+    strictly in the future, at most EXPIRES_AT_MAX_YEARS ahead; None (JSON null) for none.
+
+    A time without an offset is refused rather than guessed: a client that sends its local
+    time would otherwise see its links end hours early or late. Returns an aware datetime in
+    UTC. Raises ValidationError saying what is wrong.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"expires_at must be an ISO 8601 string, not {type(value).__name__}", code="expires_at")
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValidationError("expires_at is not an ISO 8601 date and time "
+                              "(e.g. 2030-01-31T18:00:00Z)", code="expires_at") from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise ValidationError("expires_at needs a UTC offset, e.g. 2030-01-31T18:00:00Z or "
+                              "2030-01-31T19:00:00+01:00", code="expires_at")
+    now = now or timezone.now()
+    if parsed <= now:
+        raise ValidationError("expires_at must be in the future", code="expires_at")
+    if parsed > now + timedelta(days=365 * EXPIRES_AT_MAX_YEARS):
+        raise ValidationError(f"expires_at is more than {EXPIRES_AT_MAX_YEARS} years ahead", code="expires_at")
+    return parsed.astimezone(dt_timezone.utc)
 
 
 class _Keep(enum.Enum):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
+from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -55,17 +57,17 @@ def _refuse(status: int, reason: str, message: str, **headers: str) -> JsonRespo
     return _error(status, message, **headers)
 
 
-def _link_create_retrying(longurl: str) -> services.LinkCreated:
+def _link_create_retrying(longurl: str, expires_at: datetime | None) -> services.LinkCreated:
     """link_create, tried once more on a fresh connection if the kept one died (PostgreSQL
     restarted since: connections are not health-checked before each request, to save a round
     trip). link_create is idempotent, so the second try cannot make a second link."""
     try:
-        return services.link_create(longurl=longurl)
+        return services.link_create(longurl=longurl, expires_at=expires_at)
     except DatabaseError:
         if connection.in_atomic_block or connection.is_usable():
             raise  # the database itself refused: no point retrying
         connection.close()
-        return services.link_create(longurl=longurl)
+        return services.link_create(longurl=longurl, expires_at=expires_at)
 
 
 # A JSON API with no cookie authentication: CSRF protection guards cookie-authenticated forms
@@ -117,6 +119,8 @@ def create(request: HttpRequest) -> JsonResponse:
         return _refuse(400, "json", "longurl is missing")
     try:
         longurl = services.longurl_validate(payload["longurl"])
+        # Optional; without it the answer is exactly the homework's.
+        expires_at = services.expires_at_parse(payload.get("expires_at"))
     except ValidationError as exc:
         return _refuse(400, exc.error_list[0].code or "invalid", exc.messages[0])
     blocked = protection.host_blocked(longurls.host_of(longurl))
@@ -126,11 +130,15 @@ def create(request: HttpRequest) -> JsonResponse:
                        "here (blocked by the operators)")
 
     try:
-        result = _link_create_retrying(longurl)
+        result = _link_create_retrying(longurl, expires_at)
     except services.LinkDisabled:
         # The same longurl asked for again after a takedown: not re-issued (under the old
         # tinyurl or a new one); an admin can put the link back.
         return _refuse(410, "taken_down", "this URL's link was taken down by an administrator")
+    except services.LinkExpired as exc:
+        # Its link is shared by everyone who shortened this URL, and it has ended; an admin can
+        # give it a new expiry.
+        return _refuse(410, "expired", f"this URL's link expired at {exc.link.expires_at.isoformat()}")
     except services.LinkPublishError:
         # The link is stored but Kafka has not acknowledged it, so the replicas may not know it.
         # Handing out its tinyurl now could give the user a link that 404s; instead ask for a
@@ -146,7 +154,8 @@ def create(request: HttpRequest) -> JsonResponse:
         logger.error("database unavailable during /create: %s", exc)
         return _error(503, "the database is unavailable; retry shortly", **{"Retry-After": "5"})
     # The longurl in the form it was stored and is sent in (IDNA host, percent-encoded).
-    return JsonResponse(
-        {"longurl": result.link.longurl, "tinyurl": result.link.tinyurl},
-        status=200,
-    )
+    body = {"longurl": result.link.longurl, "tinyurl": result.link.tinyurl}
+    if result.link.expires_at is not None:
+        # The link's own expiry, which for an existing link may differ from the one asked for.
+        body["expires_at"] = result.link.expires_at.astimezone(dt_timezone.utc).isoformat()
+    return JsonResponse(body, status=200)

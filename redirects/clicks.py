@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 REPORT_EVERY = 100
 
-# KEYS: link, incarnation, due, dirty.
+# KEYS: link, incarnation, due, dirty, served (hash: incarnation -> redirects counted).
 # ARGV: REPORT_EVERY, tinyurl, counter key prefix, this process' token (click_keys_args).
 # Returns nil: unknown or disabled link (a value in another format too), nothing counted;
 #         410: the link expired, nothing counted (TIME is called only for a link with an expiry);
@@ -80,6 +80,7 @@ if not inc then
 end
 local member = inc .. ':' .. ARGV[2]
 local n = redis.call('INCR', ARGV[3] .. member)
+redis.call('HINCRBY', KEYS[5], inc, 1)
 redis.call('SADD', KEYS[4], member)
 if n % tonumber(ARGV[1]) == 0 then redis.call('SADD', KEYS[3], member) end
 return string.sub(v, b + 1)
@@ -164,7 +165,7 @@ def process_token() -> str:
 def click_keys_args(tinyurl: str) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV of CLICK_SCRIPT for one click of `tinyurl` (EVALSHA CLICK_SHA)."""
     return ([keys.link_key(tinyurl), keys.clicks_incarnation_key(), keys.clicks_due_key(),
-             keys.clicks_dirty_key()],
+             keys.clicks_dirty_key(), keys.clicks_served_key()],
             [REPORT_EVERY, tinyurl, keys.clicks_counter_prefix(), process_token()])
 
 

@@ -171,3 +171,8 @@ def clicks_dirty_key() -> str:
 def clicks_inflight_key() -> str:
     """Set of counters whose report was sent but not yet acknowledged by Kafka."""
     return f"{settings.SHORTENER_USER}:clicks:inflight"
+
+
+def clicks_served_key() -> str:
+    """Hash: incarnation -> redirects served (counted GETs) in it; the replica's status."""
+    return f"{settings.SHORTENER_USER}:clicks:served"

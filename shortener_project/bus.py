@@ -34,6 +34,7 @@ Clicks topic, <user>-clicks: AT-LEAST-ONCE of absolute counts into a max() apply
     duplicate or an old report adds nothing and a lost report is healed by the next one;
   * the topic is compacted: it keeps the newest report of every counter, which is exactly what
     the master needs, so its totals survive consume_clicks being down for any length of time.
+Replicas topic, <user>-replicas: AT MOST ONCE, snapshots (see the block "replicas topic" below).
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def topic_specs() -> list[TopicSpec]:
                 **_durability(),
             },
         ),
+        replicas_topic_spec(),
     ]
 
 
@@ -486,4 +488,110 @@ def clicks_consumer_make() -> KafkaConsumer:
         # broker holds a fetch that has no data, not how soon a report arrives.)
         # -- Operational: as for the links consumer, resume within seconds once Kafka is back.
         reconnect_backoff_max_ms=5_000,
+    )
+
+
+# --- replicas topic: every replica's status, for the master's admin ------------------------
+#
+# Each replica's report_clicks publishes a small status (shortener_project.messages,
+# ReplicaStatus) every SHORTENER_STATUS_SECONDS, keyed by its node id; the admin's replicas page
+# reads the whole topic when it is shown (links/replicas.py). No new network path: the
+# replicas already produce to Kafka, and the master already reads from it.
+#
+# Delivery: AT MOST ONCE, on purpose. A status is a snapshot that the next one replaces within
+# seconds, and nothing is added up from it, so it is not worth a retry or an outbox: a send that
+# fails is logged and dropped (the producer makes no retries). What that loses: a replica whose
+# statuses fail for longer than SHORTENER_REPLICA_MISSING_SECONDS is shown missing, which is
+# then the truth as far as the master can see. Duplicates are harmless (the newest wins).
+
+
+def replicas_topic() -> str:
+    return f"{settings.SHORTENER_USER}-replicas"
+
+
+def replicas_topic_spec() -> TopicSpec:
+    return TopicSpec(
+        name=replicas_topic(),
+        # ONE partition: a few hundred bytes per replica every few seconds, and one reader that
+        # reads all of it on each page view; one partition is one fetch and one end offset.
+        partitions=1,
+        # The configured factor like the other topics, but none of their durability settings:
+        # statuses are acks=1 snapshots, and an unclean leader election that loses a few of
+        # them costs nothing (the next ones follow in seconds).
+        replication_factor=settings.KAFKA_REPLICATION_FACTOR,
+        configs={
+            # Compaction keeps the newest status of every node, so the topic holds one record
+            # per replica however long they run; deletion after seven days also drops that
+            # record once a replica stopped reporting a week ago, so a decommissioned replica
+            # leaves the page by itself (a live one wrote its newest status seconds ago).
+            "cleanup.policy": "compact,delete",
+            "retention.ms": str(7 * 24 * 3600 * 1000),
+            # Compaction never touches the open segment: rolling it every ten minutes bounds
+            # the uncompacted tail that the page reads to ten minutes of statuses (120 per
+            # replica at 5 s), instead of a week's worth under the default segment.ms.
+            "segment.ms": str(10 * 60 * 1000),
+            # Compact as soon as half the log is superseded statuses (the default), which is
+            # right after every roll here: each key has ~120 dirty records for one clean.
+            "min.cleanable.dirty.ratio": "0.5",
+            # "Last seen" is the broker's time of append: one clock for every replica, so a
+            # replica whose own clock is off is neither shown missing nor kept alive by it.
+            "message.timestamp.type": "LogAppendTime",
+        },
+    )
+
+
+def status_producer_make() -> KafkaProducer:
+    """The replica's status producer (report_clicks; redirects/status.py)."""
+    return KafkaProducer(
+        bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+        client_id=f"{settings.SHORTENER_USER}-status-{settings.SHORTENER_NODE_ID}",
+        # The leader's ack is enough for a snapshot replaced within seconds (at most once, see
+        # above); all in-sync replicas' would only add latency.
+        acks=1,
+        # No retries, hence no idempotence (which needs acks=all): a failed status is dropped
+        # and the next one follows after SHORTENER_STATUS_SECONDS.
+        retries=0,
+        enable_idempotence=False,
+        # Bounded waits, shorter than the status interval's order of magnitude, so a Kafka
+        # outage never piles up statuses or blocks report_clicks' shutdown for long.
+        bootstrap_timeout_ms=5_000,
+        max_block_ms=5_000,
+        request_timeout_ms=5_000,
+        delivery_timeout_ms=5_000,
+        # Reconnect within seconds once Kafka is reachable again (default backoff: up to 30 s).
+        reconnect_backoff_max_ms=5_000,
+    )
+
+
+def links_end_reader_make() -> KafkaConsumer:
+    """A group-less consumer that only asks for the links topic's end offsets (the status)."""
+    return KafkaConsumer(
+        bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+        client_id=f"{settings.SHORTENER_USER}-status-{settings.SHORTENER_NODE_ID}",
+        # No group: it never consumes, so it must not appear as a member of this replica's
+        # links group (whose offsets show consume_links' progress).
+        group_id=None,
+        enable_auto_commit=False,
+        # end_offsets() waits at most this long; the status then says "unknown".
+        request_timeout_ms=5_000,
+        bootstrap_timeout_ms=5_000,
+        allow_auto_create_topics=False,
+        reconnect_backoff_max_ms=5_000,
+    )
+
+
+def replicas_reader_make() -> KafkaConsumer:
+    """The admin's reader of the replicas topic: group-less, assigned and read from the start."""
+    return KafkaConsumer(
+        bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+        client_id=f"{settings.SHORTENER_USER}-replicas-admin-{settings.SHORTENER_NODE_ID}",
+        # No group and no commits: every page view reads the whole (compacted, small) topic.
+        group_id=None,
+        enable_auto_commit=False,
+        # A page view must not hang on Kafka: connecting, metadata and each fetch are bounded,
+        # and the reader gives up after SHORTENER_REPLICAS_READ_SECONDS in all.
+        bootstrap_timeout_ms=3_000,
+        request_timeout_ms=3_000,
+        fetch_max_wait_ms=100,
+        allow_auto_create_topics=False,
     )

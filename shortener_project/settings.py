@@ -199,6 +199,16 @@ SHORTENER_CLICKS_FLUSH_SECONDS = env.float("SHORTENER_CLICKS_FLUSH_SECONDS", def
 # Most click reports the master applies in one PostgreSQL transaction.
 SHORTENER_CLICKS_BATCH = env.int("SHORTENER_CLICKS_BATCH", default=5000)
 
+# Replicas' status (redirects/status.py, links/replicas.py): each replica's report_clicks
+# publishes one this often (seconds); the admin shows a replica not heard from for
+# SHORTENER_REPLICA_MISSING_SECONDS as missing, and waits at most
+# SHORTENER_REPLICAS_READ_SECONDS for Kafka when it reads them.
+SHORTENER_STATUS_SECONDS = env.float("SHORTENER_STATUS_SECONDS", default=5.0)
+SHORTENER_REPLICA_MISSING_SECONDS = env.float("SHORTENER_REPLICA_MISSING_SECONDS", default=60.0)
+SHORTENER_REPLICAS_READ_SECONDS = env.float("SHORTENER_REPLICAS_READ_SECONDS", default=3.0)
+# The code version a replica's status names; by default the checkout's git commit.
+SHORTENER_VERSION = env.str("SHORTENER_VERSION", default="")
+
 # --- Django plumbing ------------------------------------------------------------------------
 
 if ROLE is Role.MASTER:
