@@ -37,7 +37,8 @@ else:
     threads = int(os.environ.get("GUNICORN_THREADS") or 16)
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 # A worker stuck for this long is restarted; far above any request's normal time (/create waits
-# at most SHORTENER_PUBLISH_TIMEOUT for Kafka).
+# for Kafka at most 3 x SHORTENER_PUBLISH_TIMEOUT + 1 s: on a fresh producer, connecting and the
+# topic's metadata, then the delivery, each bounded by it).
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 # On SIGTERM, requests in progress get this long to finish.
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "10"))

@@ -43,7 +43,7 @@ def fill(n: int) -> float:
     started = time.perf_counter()
     future = None
     for i in range(n):
-        key, value = link_record_encode(tinyurl=tinyurl_generate(),
+        key, value = link_record_encode(tinyurl=tinyurl_generate(), version=1,
                                         longurl=f"https://example.com/bench/{i}?utm=x", created_at=now)
         future = producer.send(bus.links_topic(), key=key, value=value)
     producer.flush()

@@ -1,23 +1,39 @@
-"""Benchmark: how many click reports per second the master's consume_clicks applies.
+"""Benchmark: how many click reports per second the master's consume_clicks applies from a backlog.
 
 Usage (with the embedded services running: `bash stack/services.sh start`):
-    .local/venv/bin/python bench/clicks.py [--reports 200000] [--links 10000]
+    .local/venv/bin/python bench/clicks.py [--reports 200000] [--links 100000] [--zipf 0.6]
+                                           [--replicas 4] [--runs 1] [--profile out.txt]
 
-Fills a clicks topic of its own with reports (absolute counts from 4 replicas over --links links,
-as real replicas send them), then measures, in one run:
-  baseline: a bare kafka-python read of the topic (no decode, no database);
-  consume_clicks: from process start until its position in PostgreSQL reaches the end.
+The workload is the long tail (issue "a clicks path that keeps pace"): in the worst case every
+click is a different link and a flush reports each one. Each report picks its link from a
+Zipf-like distribution (rank r has weight 1/r**zipf) over --links links and one of --replicas
+replicas (each its own counter incarnation), and carries the counter's absolute count, raised by
+1-100 clicks since its previous report, encoded exactly as report_clicks sends it. With the
+defaults most reports of a 5,000-report batch name a link no other report of the batch names.
+
+Then, in one run and against the same topic:
+  baseline:       a bare kafka-python read of the topic (no decode, no database), with
+                  consume_clicks' fetch settings;
+  consume_clicks: the command as deployed, from a backlog, until its position in PostgreSQL
+                  reaches the end: from process start (includes Django's start-up) and from its
+                  first committed batch (the steady rate). Then every link's total is checked
+                  against the sum of its counters' last counts.
+--runs N measures N times on the same topic (database counters reset in between).
+--profile FILE runs py-spy (if installed) on consume_clicks during the first run.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
+import random
+import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 from datetime import datetime, timezone
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, cleanup, database_create, setup
@@ -25,7 +41,8 @@ from bench.common import ROOT, cleanup, database_create, setup
 setup("benchk")
 
 from django.conf import settings  # noqa: E402
-from kafka import KafkaConsumer, TopicPartition  # noqa: E402
+from django.db import connection  # noqa: E402
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
 from links.models import ConsumerPosition, Link  # noqa: E402
 from links.selectors import longurl_digest  # noqa: E402
@@ -34,65 +51,184 @@ from shortener_project import bus  # noqa: E402
 from shortener_project.messages import click_report_encode  # noqa: E402
 
 
+def workload(*, reports: int, links: int, zipf: float, replicas: int,
+             seed: int = 1) -> tuple[list[tuple[int, int, int]], dict[int, int], dict[str, int]]:
+    """The reports as (link index, replica index, absolute count), the expected total per link,
+    and a description of the workload's shape."""
+    rng = random.Random(seed)
+    cum = list(itertools.accumulate(1 / (rank + 1) ** zipf for rank in range(links)))
+    picks = rng.choices(range(links), cum_weights=cum, k=reports)
+    counters: dict[tuple[int, int], int] = {}
+    out = []
+    for link in picks:
+        replica = rng.randrange(replicas)
+        count = counters.get((link, replica), 0) + rng.randint(1, 100)
+        counters[link, replica] = count
+        out.append((link, replica, count))
+    expected: dict[int, int] = {}
+    for (link, _), count in counters.items():
+        expected[link] = expected.get(link, 0) + count
+    batch = settings.SHORTENER_CLICKS_BATCH
+    shape = {
+        "distinct links": len(expected),
+        "distinct counters": len(counters),
+        "distinct links per batch (mean)": round(
+            sum(len({link for link, _, _ in out[i:i + batch]}) for i in range(0, reports, batch))
+            / -(-reports // batch)),
+        "reports of the top link": picks.count(0),
+    }
+    return out, expected, shape
+
+
+def fill(reports: list[tuple[int, int, int]], tinyurls: list[str], replicas: int) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS, acks="all",
+                             linger_ms=20, batch_size=256 * 1024)
+    nodes = [f"10.0.0.{2 + r}" for r in range(replicas)]
+    incarnations = [f"{1764000000123456 + r}" for r in range(replicas)]
+    now = datetime.now(timezone.utc)
+    for link, replica, count in reports:
+        key, value = click_report_encode(tinyurl=tinyurls[link], node=nodes[replica],
+                                         incarnation=incarnations[replica], count=count,
+                                         reported_at=now)
+        producer.send(bus.clicks_topic(), key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+def bare_read(tp: TopicPartition, n: int) -> float:
+    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+                             enable_auto_commit=False,
+                             max_poll_records=settings.SHORTENER_CLICKS_BATCH,
+                             max_partition_fetch_bytes=8 << 20)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    started, seen = time.perf_counter(), 0
+    while seen < n:
+        seen += sum(len(r) for r in consumer.poll(timeout_ms=1000).values())
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return elapsed
+
+
+def position() -> int:
+    row = ConsumerPosition.objects.filter(topic=bus.clicks_topic()).first()
+    return row.next_offset if row else 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def backends() -> list[int]:
+    """The PostgreSQL sessions of this database other than the bench's own."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND pid <> pg_backend_pid()")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def consume(end: int, profile: str | None) -> tuple[float, float, int, float, float]:
+    """Run consume_clicks until its position reaches `end`. Returns the seconds from process
+    start, the seconds from its first committed batch, that batch's end offset, and the CPU
+    seconds of the process and of its PostgreSQL sessions (the machine is shared: CPU per report
+    says what the work costs whatever else runs)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "manage.py", "consume_clicks", "--metrics-port", "0"],
+                            cwd=ROOT, env={**os.environ, "SHORTENER_LOG_LEVEL": "WARNING"})
+    spy = None
+    try:
+        spy_bin = shutil.which("py-spy") or shutil.which("py-spy", path=Path(sys.executable).parent)
+        if profile and spy_bin:
+            spy = subprocess.Popen([spy_bin, "record", "--pid", str(proc.pid), "--format", "raw",
+                                    "--rate", "100", "--idle", "--threads", "--nonblocking",
+                                    "-o", profile], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        first_at, first = None, 0
+        while True:
+            now_pos = position()
+            if first_at is None and now_pos > 0:
+                first_at, first = time.perf_counter(), now_pos
+            if now_pos >= end:
+                break
+            if proc.poll() is not None:
+                raise SystemExit(f"consume_clicks exited with {proc.returncode}")
+            time.sleep(0.01)
+        done = time.perf_counter()
+        try:
+            cpu_own = cpu_seconds(proc.pid)
+            cpu_db = sum(cpu_seconds(pid) for pid in backends())
+        except OSError:  # not Linux, or PostgreSQL on another host
+            cpu_own = cpu_db = float("nan")
+    finally:
+        proc.terminate()
+        proc.wait()
+        if spy is not None:
+            spy.wait()
+    return done - started, done - first_at, first, cpu_own, cpu_db
+
+
+def reset_totals() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE links_clickcounter, links_consumerposition")
+        cursor.execute("UPDATE links_link SET clicks = 0")
+        cursor.execute("VACUUM ANALYZE links_link")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reports", type=int, default=200_000)
-    parser.add_argument("--links", type=int, default=10_000)
+    parser.add_argument("--links", type=int, default=100_000)
+    parser.add_argument("--zipf", type=float, default=0.6)
+    parser.add_argument("--replicas", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--profile", help="py-spy raw output file (first run)")
     args = parser.parse_args()
     database_create()
     try:
         bus.topics_ensure()
-        links = [Link(tinyurl=tinyurl_generate(), longurl=f"https://bench.example/{i}",
-                      longurl_sha256=longurl_digest(f"https://bench.example/{i}"))
-                 for i in range(args.links)]
-        Link.objects.bulk_create(links, batch_size=5000)
-        producer = bus.producer_get()
-        now = datetime.now(timezone.utc)
-        nodes = ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"]
-        counts: dict[tuple[int, int], int] = {}
-        for i in range(args.reports):
-            link, node = i % args.links, (i // args.links) % len(nodes)
-            counts[link, node] = counts.get((link, node), 0) + 100
-            key, value = click_report_encode(tinyurl=links[link].tinyurl, node=nodes[node],
-                                             incarnation="a1", count=counts[link, node],
-                                             reported_at=now)
-            producer.send(bus.clicks_topic(), key=key, value=value)
-        producer.flush()
+        tinyurls = [tinyurl_generate() for _ in range(args.links)]
+        Link.objects.bulk_create(
+            [Link(tinyurl=t, longurl=f"https://bench.example/{i}",
+                  longurl_sha256=longurl_digest(f"https://bench.example/{i}"))
+             for i, t in enumerate(tinyurls)], batch_size=5000)
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE links_link")
+        reports, expected, shape = workload(reports=args.reports, links=args.links,
+                                            zipf=args.zipf, replicas=args.replicas)
+        fill(reports, tinyurls, args.replicas)
         tp = TopicPartition(bus.clicks_topic(), 0)
         probe = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS)
-        in_topic = probe.end_offsets([tp])[tp]
+        end = probe.end_offsets([tp])[tp]
         probe.close()
-        if in_topic != args.reports:
-            raise SystemExit(f"only {in_topic} of {args.reports} reports reached the topic")
+        if end != args.reports:
+            raise SystemExit(f"only {end} of {args.reports} reports reached the topic")
+        size = sum(len(click_report_encode(tinyurl=tinyurls[0], node="10.0.0.2",
+                                           incarnation="1764000000123456", count=c,
+                                           reported_at=datetime.now(timezone.utc))[1])
+                   for c in (1, 100, 10_000)) // 3
         print(f"consume_clicks benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} "
-              f"cores: {args.reports} reports over {args.links} links x {len(nodes)} replicas")
-
-        consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
-                                 max_poll_records=5000, max_partition_fetch_bytes=8 << 20)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        started, seen = time.perf_counter(), 0
-        while seen < args.reports:
-            seen += sum(len(r) for r in consumer.poll(timeout_ms=1000).values())
-        bare = time.perf_counter() - started
-        consumer.close()
-        print(f"  baseline, bare kafka-python read : {bare:6.2f}s {args.reports / bare:9.0f} /s")
-
-        started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "manage.py", "consume_clicks", "--metrics-port",
-                                 "0"], cwd=ROOT, env={**os.environ, "SHORTENER_LOG_LEVEL": "WARNING"})
-        try:
-            while not ConsumerPosition.objects.filter(topic=bus.clicks_topic(),
-                                                      next_offset__gte=args.reports).exists():
-                time.sleep(0.02)
-            elapsed = time.perf_counter() - started
-        finally:
-            proc.terminate()
-            proc.wait()
-        total = sum(Link.objects.values_list("clicks", flat=True))
-        assert total == sum(counts.values()), (total, sum(counts.values()))
-        print(f"  consume_clicks (from start)       : {elapsed:6.2f}s "
-              f"{args.reports / elapsed:9.0f} /s   (totals: {total} clicks)")
+              f"cores: {args.reports} reports over {args.links} links (Zipf {args.zipf}) x "
+              f"{args.replicas} replicas, batch {settings.SHORTENER_CLICKS_BATCH}, "
+              f"~{size} B a report value")
+        print("  workload: " + ", ".join(f"{k} {v}" for k, v in shape.items()))
+        want = sum(expected.values())
+        for run in range(args.runs):
+            if run:
+                reset_totals()
+            bare = bare_read(tp, args.reports)
+            whole, steady, first, cpu_own, cpu_db = consume(end, args.profile if run == 0
+                                                            else None)
+            totals = dict(Link.objects.filter(clicks__gt=0).values_list("tinyurl", "clicks"))
+            wrong = sum(1 for i, c in expected.items() if totals.get(tinyurls[i]) != c)
+            assert not wrong and sum(totals.values()) == want, (wrong, sum(totals.values()), want)
+            print(f"  run {run + 1}: baseline, bare kafka-python read: {bare:5.2f}s "
+                  f"{args.reports / bare:8.0f} /s | consume_clicks from process start: "
+                  f"{whole:5.2f}s {args.reports / whole:7.0f} /s, from its first batch: "
+                  f"{(end - first) / steady:7.0f} /s | CPU a report: consume_clicks "
+                  f"{cpu_own / args.reports * 1e6:4.1f} us, PostgreSQL "
+                  f"{cpu_db / args.reports * 1e6:4.1f} us | totals exact ({want} clicks)")
     finally:
         cleanup()
 

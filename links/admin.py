@@ -1,13 +1,41 @@
-"""The Django admin on the master: links with their clicks, read-only.
+"""The Django admin on the master: links with their clicks; every replica's state; the host
+blocklist and the API keys of /create.
 
-Links are made through PUT /create and totals by consume_clicks; the admin only shows them.
+Links are made through PUT /create and totals by consume_clicks. An admin can change a link's
+target and expiry (through services.link_update, so the change reaches every replica as a new
+version of its record; each change is kept in Django's admin log, old and new values), and take
+it down or put it back; everything else is read-only. Each link's page shows its clicks over
+time (a chart per hour and per day, by replica; CSV per day).
 """
 
-from django.contrib import admin, messages
-from django.db.models import Sum
+import csv
 
-from links import services
-from links.models import ClickCounter, ConsumerPosition, Link
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import Sum
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils import timezone
+
+from django.template.response import TemplateResponse
+
+from links import protection, replicas, selectors, services
+from links.models import (
+    ApiKey,
+    BlockedHost,
+    ClickCounter,
+    ConsumerPosition,
+    Link,
+    Replica,
+)
+from shortener_project import longurls
+
+# The link page's charts: per hour over the last 7 days, per day over the last 90.
+CHART_HOURS = 7 * 24
+CHART_DAYS = 90
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -24,8 +52,10 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 class ClickCounterInline(admin.TabularInline):
     model = ClickCounter
     verbose_name = "counter"
-    verbose_name_plural = "clicks by replica and counter incarnation"
-    fields = ("node", "incarnation", "count", "updated_at")
+    # A counter is one life (incarnation) of one replica's Redis; node is the replica that
+    # last raised it (a label: a renamed node or two hosts on one Redis share the counter).
+    verbose_name_plural = "clicks by counter incarnation (node: the replica that last reported it)"
+    fields = ("incarnation", "node", "count", "updated_at")
     readonly_fields = fields
     ordering = ("node", "-updated_at")
     extra = 0
@@ -38,20 +68,99 @@ class ClickCounterInline(admin.TabularInline):
         return False
 
 
+class LinkForm(forms.ModelForm):
+    """What an admin may change of a link: its target and its expiry."""
+
+    # Not stripped: a longurl is validated exactly as /create receives it.
+    longurl = forms.CharField(strip=False, widget=forms.TextInput(attrs={"size": 100}),
+                              help_text="Validated like PUT /create; every replica redirects "
+                                        "to the new target within about a second.")
+
+    class Meta:
+        model = Link
+        fields = ("longurl", "expires_at")
+        help_texts = {"expires_at": "UTC. After it every replica answers 410 Gone; a time "
+                                    "already past ends the link at once. Empty: never."}
+
+    def clean_longurl(self) -> str:
+        value = self.cleaned_data["longurl"]
+        try:
+            value = services.longurl_validate(value)
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.messages[0]) from None
+        other = selectors.link_get_by_longurl(longurl=value)
+        if other is not None and other.pk != self.instance.pk:
+            raise forms.ValidationError(f"link {other.tinyurl} already has this longurl "
+                                        "(a longurl has one tinyurl)")
+        return value
+
+
 @admin.register(Link)
 class LinkAdmin(ReadOnlyAdmin):
-    list_display = ("tinyurl", "longurl_short", "created_at", "clicks", "published", "enabled")
+    list_display = ("tinyurl", "longurl_short", "created_at", "clicks", "clicks_recent",
+                    "published", "enabled")
     list_filter = (("published_at", admin.EmptyFieldListFilter),
                    ("disabled_at", admin.EmptyFieldListFilter), "created_at")
     actions = ["take_down", "put_back"]
     search_fields = ("=tinyurl", "longurl")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
-    fields = ("tinyurl", "longurl", "created_at", "published_at", "disabled_at", "clicks",
-              "clicks_by_replica")
-    readonly_fields = fields
+    form = LinkForm
+    fields = ("tinyurl", "longurl", "expires_at", "created_at", "published_at", "disabled_at",
+              "state_version", "clicks", "clicks_by_replica")
+    readonly_fields = ("tinyurl", "created_at", "published_at", "disabled_at", "state_version",
+                       "clicks", "clicks_by_replica")
     inlines = [ClickCounterInline]
     show_full_result_count = False  # COUNT(*) over millions of links on every page is slow
+    change_form_template = "admin/links/link/change_form.html"
+
+    def get_queryset(self, request):
+        return selectors.links_with_recent_clicks(
+            super().get_queryset(request), since=selectors.clicks_recent_since())
+
+    @admin.display(description="clicks, last 24 h", ordering="clicks_recent")
+    def clicks_recent(self, obj: Link) -> int:
+        return obj.clicks_recent
+
+    def get_urls(self):
+        csv_view = self.admin_site.admin_view(self.clicks_csv_view)
+        return [path("<path:object_id>/clicks.csv", csv_view, name="links_link_clicks_csv"),
+                *super().get_urls()]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = dict(extra_context or {})
+        link = self.get_object(request, object_id)
+        if link is not None:
+            now = timezone.now()
+            hourly = selectors.link_clicks_series(link_id=link.pk, unit="hour",
+                                                  slots=CHART_HOURS, now=now)
+            daily = selectors.link_clicks_series(link_id=link.pk, unit="day",
+                                                 slots=CHART_DAYS, now=now)
+            extra_context["clicks_charts"] = {
+                "hourly": hourly.as_chart(label_format="%a %d %H:00"),
+                "daily": daily.as_chart(label_format="%Y-%m-%d"),
+            }
+            extra_context["clicks_csv_url"] = reverse("admin:links_link_clicks_csv",
+                                                      args=[link.pk])
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def clicks_csv_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The link's clicks per day (UTC), one row a day with clicks: day, total, then one
+        column per replica."""
+        if not self.has_view_permission(request):
+            return HttpResponse(status=403)
+        link = get_object_or_404(Link, pk=object_id)
+        series = selectors.link_clicks_daily_all(link_id=link.pk)
+        response = HttpResponse(content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="clicks-{link.tinyurl}.csv"'
+        writer = csv.writer(response)
+        nodes = list(series.by_node)
+        # A node label may start with "-", which a spreadsheet would read as a formula.
+        writer.writerow(["day", "clicks", *(f"'{n}" if n[:1] in "=+-@" else n for n in nodes)])
+        for i, day in enumerate(series.slots):
+            row = [series.by_node[n][i] for n in nodes]
+            writer.writerow([day.date().isoformat(), sum(row), *row])
+        return response
 
     @admin.display(description="long URL")
     def longurl_short(self, obj: Link) -> str:
@@ -64,6 +173,39 @@ class LinkAdmin(ReadOnlyAdmin):
     @admin.display(boolean=True, description="enabled", ordering="disabled_at")
     def enabled(self, obj: Link) -> bool:
         return obj.disabled_at is None
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Superusers, or staff given "links | link | Can change link": the target and expiry
+        # (the form's two fields), and the takedown actions. Nothing else is ever editable.
+        return request.user.has_perm("links.change_link")
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        # Django wraps a POST in a transaction; link_update must be the outermost one (it
+        # publishes after its own commit), so the form is handled without that wrapper. The
+        # admin log entry is written after link_update has committed.
+        return self._changeform_view(request, object_id, form_url, extra_context)
+
+    def save_model(self, request, obj: Link, form, change: bool) -> None:
+        """Through services.link_update: a new state version, published to every replica."""
+        changes = {name: form.cleaned_data[name] for name in form.changed_data}
+        if not changes:
+            return
+        try:
+            services.link_update(link=obj, **changes)
+        except services.LinkPublishError:
+            self.message_user(request, "Changed here; Kafka is unavailable, so the replicas "
+                              "will follow when it is back (outbox).", messages.WARNING)
+        except ValidationError as exc:  # another link took this longurl since the form's check
+            self.message_user(request, f"Not changed: {exc.messages[0]}", messages.ERROR)
+        obj.refresh_from_db()
+
+    def construct_change_message(self, request, form, formsets, add=False) -> str:
+        """The admin log's entry: every changed field with its old and new value."""
+        if not form.changed_data:
+            return "No fields changed."
+        parts = [f"{name}: {form.initial.get(name)!s} -> {form.cleaned_data.get(name)!s}"
+                 for name in form.changed_data]
+        return f"Changed {'; '.join(parts)} (published as version {form.instance.state_version})."
 
     def has_takedown_permission(self, request) -> bool:
         # The admin edits nothing else, so taking down and putting back is its own right:
@@ -88,6 +230,7 @@ class LinkAdmin(ReadOnlyAdmin):
                 done += 1
             except services.LinkPublishError:
                 pending += 1
+            self.log_change(request, link, "Taken down." if disabled else "Put back.")
         verb = "taken down" if disabled else "put back"
         if done:
             self.message_user(request, f"{done} link(s) {verb} on every replica.")
@@ -98,6 +241,7 @@ class LinkAdmin(ReadOnlyAdmin):
 
     @admin.display(description="clicks by replica")
     def clicks_by_replica(self, obj: Link) -> str:
+        # By the node label: each counter under the replica that last reported it.
         rows = (obj.click_counters.values("node").annotate(total=Sum("count")).order_by("node"))
         return ", ".join(f"{r['node']}: {r['total']}" for r in rows) or "none yet"
 
@@ -106,3 +250,139 @@ class LinkAdmin(ReadOnlyAdmin):
 class ConsumerPositionAdmin(ReadOnlyAdmin):
     list_display = ("topic", "partition", "next_offset", "applied", "skipped_malformed",
                     "skipped_unknown", "updated_at")
+
+
+# --- /create's protection: the host blocklist and API keys ------------------------------------
+
+
+class BlockedHostForm(forms.ModelForm):
+    host = forms.CharField(
+        max_length=2000,
+        help_text="A host in any spelling (Unicode or punycode, any case, with or without a "
+                  "port), or a URL to take the host from. Its subdomains are blocked too.")
+
+    class Meta:
+        model = BlockedHost
+        fields = ("host", "reason")
+
+    def clean_host(self) -> str:
+        try:
+            return longurls.host_normalize(self.cleaned_data["host"])
+        except longurls.LongurlError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+@admin.register(BlockedHost)
+class BlockedHostAdmin(admin.ModelAdmin):
+    """/create refuses longurls on these hosts and their subdomains. Blocking does not touch
+    links made before: the action "Take down every link to the selected hosts" does."""
+
+    form = BlockedHostForm
+    list_display = ("host", "unicode", "reason", "created_at")
+    search_fields = ("host", "reason")
+    actions = ["take_down_links"]
+    readonly_fields = ("created_at",)
+
+    @admin.display(description="as people read it")
+    def unicode(self, obj: BlockedHost) -> str:
+        return longurls.host_display(obj.host)
+
+    def get_readonly_fields(self, request, obj=None):
+        # A row is one host: to block another, add it (the unique, normalized host is the key).
+        return ("host", "created_at") if obj is not None else ("created_at",)
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        protection.blocklist_cache_clear()
+
+    def delete_model(self, request, obj) -> None:
+        super().delete_model(request, obj)
+        protection.blocklist_cache_clear()
+
+    def delete_queryset(self, request, queryset) -> None:
+        super().delete_queryset(request, queryset)
+        protection.blocklist_cache_clear()
+
+    def has_takedown_permission(self, request) -> bool:
+        return request.user.has_perm("links.change_link")
+
+    @admin.action(description="Take down every link to the selected hosts and their subdomains",
+                  permissions=["takedown"])
+    def take_down_links(self, request, queryset) -> None:
+        result = protection.links_take_down_blocked(blocked=queryset)
+        if result.done or not result.pending:
+            self.message_user(request, f"{result.done} link(s) taken down on every replica.")
+        if result.pending:
+            self.message_user(request, f"{result.pending} link(s) taken down here; Kafka is "
+                              "unavailable, so the replicas will follow when it is back "
+                              "(outbox).", messages.WARNING)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys for PUT /create (needed with SHORTENER_CREATE_AUTH=key). Adding one shows its token
+    once; only its hash is kept. Revoking is immediate."""
+
+    list_display = ("name", "prefix", "created_at", "active")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    search_fields = ("name", "prefix")
+    actions = ["revoke"]
+    fields = ("name", "prefix", "created_at", "revoked_at")
+
+    @admin.display(boolean=True, description="active", ordering="revoked_at")
+    def active(self, obj: ApiKey) -> bool:
+        return obj.revoked_at is None
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("prefix", "created_at", "revoked_at") + (("name",) if obj is not None else ())
+
+    def get_fields(self, request, obj=None):
+        return ("name",) if obj is None else self.fields
+
+    def save_model(self, request, obj, form, change) -> None:
+        if change:
+            return  # nothing of a key can change; revoke it and make another
+        key, token = protection.api_key_create(name=obj.name)
+        obj.pk, obj.prefix, obj.digest, obj.created_at = (key.pk, key.prefix, key.digest,
+                                                          key.created_at)
+        obj._state.adding = False
+        request._api_key_token = token  # for response_add, on this request only
+
+    def response_add(self, request, obj, post_url_continue=None):
+        # The token goes into this page only: not into a message, which would travel in a
+        # cookie or the session until displayed.
+        context = {**self.admin_site.each_context(request), "opts": self.opts, "key": obj,
+                   "token": request._api_key_token, "title": "API key created"}
+        return TemplateResponse(request, "admin/links/apikey/created.html", context)
+
+    @admin.action(description="Revoke: /create refuses the selected keys (403)")
+    def revoke(self, request, queryset) -> None:
+        n = 0
+        for key in queryset.filter(revoked_at__isnull=True):
+            protection.api_key_revoke(key=key)
+            n += 1
+        self.message_user(request, f"{n} key(s) revoked.")
+
+
+@admin.register(Replica)
+class ReplicaAdmin(ReadOnlyAdmin):
+    """Every replica's state, from the statuses they publish (links/replicas.py)."""
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.is_active and request.user.is_staff and (
+            request.user.has_perm("links.view_replica") or request.user.is_superuser)
+
+    def changelist_view(self, request, extra_context=None):
+        if not self.has_view_permission(request):
+            return HttpResponse(status=403)
+        view = replicas.replicas_view()
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Replicas",
+            "opts": self.model._meta,
+            "view": view,
+            "missing_seconds": int(settings.SHORTENER_REPLICA_MISSING_SECONDS),
+            "status_seconds": settings.SHORTENER_STATUS_SECONDS,
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/links/replica/change_list.html", context)

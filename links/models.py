@@ -18,16 +18,24 @@ class Link(models.Model):
     # The outbox mark: NULL until Kafka acknowledged the link's record. Rows still NULL are
     # re-sent by `manage.py republish_links --pending` (which runs continuously with --follow).
     published_at = models.DateTimeField(null=True, blank=True)
-    # Set when an admin took the link down: the replicas then remove it (a tombstone on the
-    # links topic) and answer 404. published_at then tracks the tombstone's acknowledgement.
+    # Set when an admin took the link down: the link's record then says "disabled" and the
+    # replicas answer 404 for it. published_at then tracks that record's acknowledgement.
     disabled_at = models.DateTimeField(null=True, blank=True, db_index=True)
-    # Bumped by every change of what the replicas must hold (take down, put back). A send marks
-    # the link published only if it carried the current version, so a slow send of an older
-    # state can never be taken for the newest one; the outbox then sends the newest again.
+    # When the link stops redirecting (replicas answer 410 Gone after it); NULL: never. Published
+    # in the link's record; changed only through links.services.link_update.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Bumped by every change of what the replicas must hold (take down, put back, a new target or
+    # expiry; links.services.link_update). Every record carries it, and a replica applies a
+    # record only if its version is newer than the one it holds. A send marks the link
+    # published only if it carried the current version, so a slow send of an older state can
+    # never be taken for the newest one; the outbox then sends the newest again.
     state_version = models.PositiveIntegerField(default=1)
     # Sum of this link's ClickCounter rows, kept in the same transaction as they change, so the
-    # admin can list and sort by clicks without summing millions of rows.
-    clicks = models.BigIntegerField(default=0, db_index=True)
+    # admin can list and sort by clicks without summing millions of rows. Not indexed: with an
+    # index, every change of a total rewrites an entry in each of the table's indexes (no HOT
+    # update), which was half of consume_clicks' PostgreSQL time (docs/performance.md); sorting
+    # the admin's list by clicks scans the table instead.
+    clicks = models.BigIntegerField(default=0)
 
     class Meta:
         indexes = [
@@ -45,25 +53,31 @@ class Link(models.Model):
 
 
 class ClickCounter(models.Model):
-    """The largest count reported by one counter: one link, on one replica, in one incarnation of
-    that replica's Redis. max() makes every report idempotent: a duplicate or an out-of-date
-    report changes nothing, a lost one is covered by the next."""
+    """The largest count reported by one counter: one link in one incarnation (one life) of one
+    replica's Redis. The incarnation alone is the counter's identity: a replica whose node id
+    changes, or two hosts sharing one Redis, report the same counter, and max() counts its clicks
+    once. max() makes every report idempotent: a duplicate or an out-of-date report changes
+    nothing, a lost one is covered by the next."""
 
-    link = models.ForeignKey(Link, on_delete=models.CASCADE, related_name="click_counters")
-    node = models.CharField(max_length=100)
+    # No index of its own: the unique (link, incarnation) index serves lookups by link, and one
+    # index fewer is one insert fewer per new counter in consume_clicks' hot path.
+    link = models.ForeignKey(Link, on_delete=models.CASCADE, related_name="click_counters",
+                             db_index=False)
     incarnation = models.CharField(max_length=64)
+    # A label for the admin, not part of the identity: the node that last raised the count.
+    node = models.CharField(max_length=100)
     count = models.BigIntegerField()
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["link", "node", "incarnation"], name="links_clickcounter_unique"
+                fields=["link", "incarnation"], name="links_clickcounter_link_incarnation"
             ),
         ]
 
     def __str__(self) -> str:
-        return f"{self.link_id} on {self.node}/{self.incarnation}: {self.count}"
+        return f"{self.link_id} in {self.incarnation} (last from {self.node}): {self.count}"
 
 
 class ConsumerPosition(models.Model):
@@ -87,3 +101,100 @@ class ConsumerPosition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.topic}[{self.partition}] @ {self.next_offset}"
+
+
+# --- /create's protection (links/protection.py) ----------------------------------------------
+
+
+class BlockedHost(models.Model):
+    """A host whose links /create refuses, with all its subdomains: blocking "evil.example"
+    also blocks "www.evil.example". Stored in the form used for comparisons
+    (longurls.host_normalize: lower case, A-labels, no final dot, no port), so every spelling of
+    it matches one row; /create looks up the host and each domain above it."""
+
+    host = models.CharField(max_length=253, unique=True)
+    reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "blocked host"
+        ordering = ("host",)
+
+    def __str__(self) -> str:
+        return self.host
+
+
+class ApiKey(models.Model):
+    """A key for PUT /create (`Authorization: Bearer <token>`). Only the token's sha256 is kept:
+    the token is 256 random bits, so a fast hash is enough (nothing to guess from), and a
+    database dump gives no usable key. The token is shown once, when the key is made."""
+
+    name = models.CharField(max_length=100, help_text="who or what uses this key")
+    # The first characters of the token, to recognise a key in the admin and in logs.
+    prefix = models.CharField(max_length=12, editable=False)
+    digest = models.BinaryField(max_length=32, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class RateLimitCounter(models.Model):
+    """One fixed-window counter of the rate limiter (links/ratelimit.py), keyed by client and
+    limit. The table is UNLOGGED (migration 0006): its writes skip the write-ahead log, so a
+    /create pays no disk flush for it; a PostgreSQL crash empties it, which only resets limits."""
+
+    key = models.CharField(max_length=255, primary_key=True)
+    count = models.BigIntegerField()
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.count} until {self.expires_at}"
+
+
+class ClickBucket(models.Model):
+    """Clicks of one link on one replica (node label) within one hour (UTC), for the charts.
+
+    Filled by consume_clicks in the same transaction as the counters (links/clicks.py): when a
+    counter rises from a to b, the b - a clicks land in the hour of the report that raised it,
+    so a duplicate or a replayed report, which raises nothing, adds nothing. A row exists only
+    for an hour in which the link was clicked on that replica. Days are sums of hours.
+    """
+
+    link = models.ForeignKey(Link, on_delete=models.CASCADE, related_name="click_buckets")
+    node = models.CharField(max_length=100)
+    hour = models.DateTimeField()  # the hour's start, UTC
+    clicks = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            # (link, hour, node): the upsert's conflict target, and the index behind every
+            # per-link read, which asks for one link over a range of hours.
+            models.UniqueConstraint(fields=["link", "hour", "node"],
+                                    name="links_clickbucket_unique"),
+        ]
+        indexes = [
+            # The replicas page sums the last hour of every node: a range over all links.
+            models.Index(fields=["hour"], name="links_clickbucket_hour"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.link_id} on {self.node} at {self.hour:%Y-%m-%d %H}:00: {self.clicks}"
+
+
+class Replica(models.Model):
+    """No table: the admin's entry for the replicas page (links/admin.py, ReplicaAdmin).
+
+    The replicas' state is read from the <user>-replicas topic when the page is shown
+    (links/replicas.py); this model only gives the page its place, name and permission.
+    """
+
+    class Meta:
+        managed = False
+        verbose_name = "replica"
+        verbose_name_plural = "replicas"
+        default_permissions = ("view",)

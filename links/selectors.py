@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
-from links.models import Link
+from django.db.models import BigIntegerField, OuterRef, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce, Trunc
+from django.utils import timezone as django_timezone
+
+from links.models import ClickBucket, Link
 
 
 def longurl_digest(longurl: str) -> bytes:
@@ -26,3 +31,97 @@ def links_unpublished(*, created_before: datetime | None = None) -> Iterator[Lin
 
 def links_all() -> Iterator[Link]:
     return Link.objects.order_by("id").iterator(chunk_size=2000)
+
+
+# --- clicks over time (links_clickbucket; see ClickBucket) -----------------------------------
+
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+
+
+def hour_start(when: datetime) -> datetime:
+    """The start of `when`'s hour, in UTC (the buckets' unit)."""
+    return when.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def clicks_recent_since(*, now: datetime | None = None) -> datetime:
+    """Start of the "last 24 hours" window: the current hour and the 23 before it (buckets are
+    whole hours, so the window is between 23 and 24 hours long)."""
+    return hour_start(now or django_timezone.now()) - 23 * HOUR
+
+
+def links_with_recent_clicks(queryset: QuerySet[Link], *, since: datetime) -> QuerySet[Link]:
+    """`queryset` annotated with `clicks_recent`: clicks since `since` (an hour start).
+
+    A correlated subquery per link: an equality on link and a range on hour, the two leading
+    columns of the buckets' (link, hour, node) unique index, so each is a short index range of
+    that link's recent rows. A page of the list evaluates it for the links shown; sorting by
+    it evaluates it for every link (one index probe each).
+    """
+    recent = (ClickBucket.objects.filter(link=OuterRef("pk"), hour__gte=since)
+              .order_by().values("link").annotate(total=Sum("clicks")).values("total"))
+    return queryset.annotate(
+        clicks_recent=Coalesce(Subquery(recent, output_field=BigIntegerField()), 0))
+
+
+@dataclass(frozen=True)
+class ClickSeries:
+    """Clicks per time slot and replica, for a chart or a CSV.
+
+    slots: the slots' starts (UTC), oldest first, every slot of the range (empty ones too);
+    by_node: node label -> clicks per slot, aligned with `slots`.
+    """
+
+    slots: list[datetime]
+    by_node: dict[str, list[int]]
+
+    def as_chart(self, *, label_format: str) -> dict:
+        return {"labels": [s.strftime(label_format) for s in self.slots],
+                "series": [{"node": n, "clicks": c} for n, c in self.by_node.items()]}
+
+
+def link_clicks_series(*, link_id: int, unit: str, slots: int,
+                       now: datetime | None = None) -> ClickSeries:
+    """The link's clicks per `unit` ("hour" or "day", UTC) over the last `slots` of them,
+    the current one included, split by replica. Days are sums of the hourly buckets."""
+    if unit not in ("hour", "day"):
+        raise ValueError(f"unit must be 'hour' or 'day', not {unit!r}")
+    step = HOUR if unit == "hour" else DAY
+    last = hour_start(now or django_timezone.now())
+    if unit == "day":
+        last = last.replace(hour=0)
+    first = last - (slots - 1) * step
+    rows = (ClickBucket.objects.filter(link_id=link_id, hour__gte=first)
+            .annotate(slot=Trunc("hour", unit, tzinfo=timezone.utc))
+            .values("slot", "node").annotate(total=Sum("clicks")).order_by("node", "slot"))
+    starts = [first + i * step for i in range(slots)]
+    index = {s: i for i, s in enumerate(starts)}
+    by_node: dict[str, list[int]] = {}
+    for row in rows:
+        i = index.get(row["slot"])
+        if i is not None:
+            by_node.setdefault(row["node"], [0] * slots)[i] = row["total"]
+    return ClickSeries(slots=starts, by_node=by_node)
+
+
+def link_clicks_daily_all(*, link_id: int) -> ClickSeries:
+    """Every day with clicks of the link (UTC), oldest first, split by replica (the CSV)."""
+    rows = (ClickBucket.objects.filter(link_id=link_id)
+            .annotate(slot=Trunc("hour", "day", tzinfo=timezone.utc))
+            .values("slot", "node").annotate(total=Sum("clicks")).order_by("slot", "node"))
+    days: list[datetime] = []
+    cells: dict[tuple[datetime, str], int] = {}
+    for row in rows:
+        if not days or days[-1] != row["slot"]:
+            days.append(row["slot"])
+        cells[(row["slot"], row["node"])] = row["total"]
+    nodes = sorted({n for _, n in cells})
+    return ClickSeries(slots=days, by_node={n: [cells.get((d, n), 0) for d in days]
+                                            for n in nodes})
+
+
+def clicks_by_node_since(*, since: datetime) -> dict[str, int]:
+    """Clicks charted since `since` (an hour start), per node label, over all links."""
+    rows = (ClickBucket.objects.filter(hour__gte=since).order_by().values("node")
+            .annotate(total=Sum("clicks")))
+    return {r["node"]: r["total"] for r in rows}

@@ -1,25 +1,27 @@
-"""Writes of the master: creating links and publishing them to the links topic."""
+"""Writes of the master: creating links, changing their state, and publishing them to the links
+topic (every record the link's whole current state with its version, schema 2)."""
 
 from __future__ import annotations
 
 import logging
 import secrets
 from collections.abc import Iterable
+import enum
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import URLValidator
 from django.db import connection, transaction
-from django.db.models import F
 from django.utils import timezone
+from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from links import selectors
+from links import protection, selectors
 from links.models import Link
-from shortener_project import bus
+from shortener_project import bus, longurls
 from shortener_project.messages import (
     RESERVED_TINYURLS,
     TINYURL_ALPHABET,
@@ -39,33 +41,38 @@ class LinkPublishError(Exception):
     """Kafka did not acknowledge a link in time; the link stays marked unpublished."""
 
 
-class _HttpUrlValidator(URLValidator):
-    # Django's URL validation, with the project's length limit instead of its 2,048.
-    max_length = settings.SHORTENER_MAX_URL_LENGTH
-
-
-_url_validator = _HttpUrlValidator(schemes=["http", "https"])
-
-
 def longurl_validate(value: object) -> str:
-    """The longurl if it is acceptable; ValidationError saying what is wrong otherwise."""
+    """The stored form of an acceptable longurl (shortener_project/longurls.py: IDNA host,
+    percent-encoded as it is sent); ValidationError otherwise, its message saying what is wrong
+    and its code naming the rule (a metric label: shortener_create_refused_total{reason}).
+
+    On top of what every replica serves (longurls.longurl_normalize), the master refuses: a
+    stored form longer than SHORTENER_MAX_URL_LENGTH, the service's own public hosts
+    (SHORTENER_PUBLIC_HOSTS), and, unless SHORTENER_ALLOW_PRIVATE_TARGETS, hosts that lead each
+    clicker to their own machine or network. The host blocklist is links.protection's.
+    """
     if not isinstance(value, str):
-        raise ValidationError(f"longurl must be a string, not {type(value).__name__}")
-    if not value:
-        raise ValidationError("longurl is empty")
-    limit = settings.SHORTENER_MAX_URL_LENGTH
-    if len(value) > limit:
-        raise ValidationError(f"longurl is longer than {limit} characters")
-    if any(c.isspace() or ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
-        raise ValidationError("longurl contains whitespace or control characters")
-    scheme = value.split(":", 1)[0].lower() if ":" in value else ""
-    if scheme not in ("http", "https"):
-        raise ValidationError("longurl must be an absolute http:// or https:// URL")
+        raise ValidationError(f"longurl must be a string, not {type(value).__name__}",
+                              code="type")
     try:
-        _url_validator(value)
-    except ValidationError:
-        raise ValidationError("longurl is not a valid URL") from None
-    return value
+        stored, host = longurls.longurl_split(value)
+    except longurls.LongurlError as exc:
+        raise ValidationError(str(exc), code=exc.code) from None
+    limit = settings.SHORTENER_MAX_URL_LENGTH
+    if len(stored) > limit:
+        raise ValidationError(
+            f"longurl is longer than {limit} characters as sent ({len(stored)} after IDNA and "
+            "percent-encoding of non-ASCII characters)", code="too_long")
+    if protection.host_is_own(host):
+        raise ValidationError(
+            f"longurl points at this service itself ({longurls.host_display(host)}): a short "
+            "link to a short link", code="own_host")
+    if not settings.SHORTENER_ALLOW_PRIVATE_TARGETS and protection.host_is_private(host):
+        raise ValidationError(
+            f"longurl points at {longurls.host_display(host)}, a local or private address: "
+            "every clicker would reach their own machine or network, not yours",
+            code="private_host")
+    return stored
 
 
 def tinyurl_generate() -> str:
@@ -82,25 +89,34 @@ class LinkCreated:
     created: bool
 
 
-def link_create(*, longurl: str) -> LinkCreated:
+def link_create(*, longurl: str, expires_at: datetime | None = None) -> LinkCreated:
     """The link for `longurl`, created if new, and published to the links topic.
 
     Returns only once Kafka has acknowledged the link (now or earlier), so a tinyurl handed out
     always reaches the replicas. Raises LinkPublishError if Kafka does not answer in time: the
     link is then committed but unpublished, the outbox re-sends it, and a retried /create for
     the same longurl returns the same tinyurl.
+
+    expires_at (aware datetime, checked by expires_at_parse) applies to a link created now. An
+    existing link is returned as it is, expiry included: its tinyurl is shared by everyone who
+    shortened that longurl, so one caller must not end, or prolong, the others' link. Raises
+    LinkDisabled if the existing link was taken down, LinkExpired if it has expired.
     """
+    if expires_at is not None and timezone.is_naive(expires_at):
+        raise ValueError("expires_at must be timezone-aware")
     link = selectors.link_get_by_longurl(longurl=longurl)
     if link is not None:
         if link.disabled_at is not None:
             raise LinkDisabled(link)
+        if link.expires_at is not None and link.expires_at <= timezone.now():
+            raise LinkExpired(link)
         if link.published_at is None:
             link_publish(link=link)  # committed earlier, not acknowledged yet: try again now
         return LinkCreated(link=link, created=False)
     # durable: this must be the outermost transaction, so that "after commit" below really means
     # committed, not merely released into an enclosing transaction that could still roll back.
     with transaction.atomic(durable=True):
-        link, created = _link_insert(longurl=longurl)
+        link, created = _link_insert(longurl=longurl, expires_at=expires_at)
         # Publish only once the row is committed: a replica must never serve a link that the
         # master could still lose. An exception here (no ack) propagates out of this block
         # after the commit, and the row keeps its unpublished mark for the outbox.
@@ -108,7 +124,7 @@ def link_create(*, longurl: str) -> LinkCreated:
     return LinkCreated(link=link, created=created)
 
 
-def _link_insert(*, longurl: str) -> tuple[Link, bool]:
+def _link_insert(*, longurl: str, expires_at: datetime | None = None) -> tuple[Link, bool]:
     digest = selectors.longurl_digest(longurl)
     for _ in range(TINYURL_ATTEMPTS):
         tinyurl = tinyurl_generate()
@@ -116,7 +132,8 @@ def _link_insert(*, longurl: str) -> tuple[Link, bool]:
         # tinyurl that is already taken, ends as "no row inserted" instead of an error, with no
         # aborted transaction. Which of the two it was, the read below tells.
         Link.objects.bulk_create(
-            [Link(tinyurl=tinyurl, longurl=longurl, longurl_sha256=digest)],
+            [Link(tinyurl=tinyurl, longurl=longurl, longurl_sha256=digest,
+                  expires_at=expires_at)],
             ignore_conflicts=True,
         )
         link = Link.objects.filter(longurl_sha256=digest).first()
@@ -125,34 +142,65 @@ def _link_insert(*, longurl: str) -> tuple[Link, bool]:
     raise RuntimeError(f"no free tinyurl after {TINYURL_ATTEMPTS} attempts")
 
 
-def _send(link: Link) -> Future:
-    """Send the link's current state: its record, or a tombstone (value None) if disabled."""
-    if link.disabled_at is not None:
-        # A tombstone: replicas delete the key; compaction keeps it for delete.retention.ms
-        # (a day by default) and then drops both, so a replica started later never learns of
-        # the link at all. Either way the answer is 404.
-        key, value = link.tinyurl.encode(), None
-    else:
-        key, value = link_record_encode(
-            tinyurl=link.tinyurl, longurl=link.longurl, created_at=link.created_at
-        )
-    return bus.producer_get().send(bus.links_topic(), key=key, value=value)
+def _record(link: Link) -> tuple[bytes, bytes]:
+    """The (key, value) of the link's current state, schema 2 (shortener_project/messages.py)."""
+    return link_record_encode(
+        tinyurl=link.tinyurl,
+        version=link.state_version,
+        longurl=link.longurl,
+        created_at=link.created_at,
+        disabled=link.disabled_at is not None,
+        expires_at=link.expires_at,
+    )
+
+
+def _send(link: Link) -> tuple[KafkaProducer, Future]:
+    """Send the link's current state as a record (a takedown too: "disabled", never a
+    tombstone). Returns the producer used and the record's future. Raises KafkaError if Kafka
+    cannot be reached or the topic's metadata is not found within the publish timeout."""
+    key, value = _record(link)
+    producer = bus.producer_get()
+    return producer, producer.send(bus.links_topic(), key=key, value=value)
+
+
+def _delivery_wait(producer: KafkaProducer, future: Future, *, timeout: float) -> None:
+    """Wait up to `timeout` seconds for a record's acknowledgement.
+
+    Raises KafkaError if it did not come. If the producer itself failed the record (its
+    delivery timeout, or an error it does not retry), the producer is discarded: one whose
+    records expired during an outage does not always recover when Kafka comes back
+    (kafka-python 3.0.12, idempotent producer; seen in the namespace fault tests, scenario 3).
+    If only this wait ran out, the record is still in flight and the producer is kept: closing
+    it would fail every other request's records in flight with it.
+    """
+    try:
+        future.get(timeout=timeout)
+    except KafkaError:
+        if future.is_done:
+            bus.producer_reset(producer)
+        raise
 
 
 def link_publish(*, link: Link) -> None:
-    """Send one link to the links topic, wait for the acknowledgement, mark it published."""
+    """Send the link's current state, wait for the acknowledgement, mark it published.
+
+    Waits at most the producer's delivery timeout (SHORTENER_PUBLISH_TIMEOUT) plus a second
+    (bus.publish_wait_seconds); on a fresh producer, reaching Kafka and then the topic's
+    metadata come first, each bounded by the same timeout. Raises LinkPublishError if Kafka did
+    not acknowledge: the link then stays marked unpublished and the outbox relay sends it. The
+    mark is set only if the version sent is still the link's current one.
+    """
+    version = link.state_version
     try:
-        _send(link).get(timeout=settings.SHORTENER_PUBLISH_TIMEOUT)
-    except (KafkaError, TimeoutError) as exc:
+        producer, future = _send(link)
+        _delivery_wait(producer, future, timeout=bus.publish_wait_seconds())
+    except KafkaError as exc:
         LINKS_PUBLISHED.labels("failed").inc()
-        logger.warning("link %s not acknowledged by Kafka: %r", link.tinyurl, exc)
-        # A producer whose records expired during an outage does not always recover when Kafka
-        # comes back (kafka-python 3.0.12, idempotent producer: seen in the namespace fault
-        # tests, scenario 3). Discard it; the next request makes a new one.
-        bus.producer_reset()
+        logger.warning("link %s (version %s) not acknowledged by Kafka: %r", link.tinyurl,
+                       version, exc)
         raise LinkPublishError(str(exc) or type(exc).__name__) from exc
     LINKS_PUBLISHED.labels("acked").inc()
-    _links_mark_published([(link.pk, link.state_version)])
+    _links_mark_published([(link.pk, version)])
     link.published_at = timezone.now()
 
 
@@ -164,19 +212,113 @@ class LinkDisabled(Exception):
         self.link = link
 
 
-def link_set_disabled(*, link: Link, disabled: bool) -> None:
-    """Take a link down (disabled=True) or put it back, on every replica.
+class LinkExpired(Exception):
+    """The longurl's link has expired; /create does not hand it out again."""
 
-    The new state and a cleared outbox mark commit together; then the state is published
-    (tombstone or record). If Kafka does not acknowledge now, the outbox relay sends it later,
-    so the change always reaches the replicas. Raises LinkPublishError in that case.
+    def __init__(self, link: Link) -> None:
+        super().__init__(link.tinyurl)
+        self.link = link
+
+
+# The latest expiry accepted: far enough for any campaign, and well inside what every part
+# stores (PostgreSQL timestamptz, milliseconds in the link record, Redis' TTL).
+EXPIRES_AT_MAX_YEARS = 100
+
+
+def expires_at_parse(value: object, *, now: datetime | None = None) -> datetime | None:
+    """An expiry from the API: an ISO 8601 date and time WITH its UTC offset ("Z" or "+02:00"),
+    strictly in the future, at most EXPIRES_AT_MAX_YEARS ahead; None (JSON null) for none.
+
+    A time without an offset is refused rather than guessed: a client that sends its local
+    time would otherwise see its links end hours early or late. Returns an aware datetime in
+    UTC. Raises ValidationError saying what is wrong.
     """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"expires_at must be an ISO 8601 string, not {type(value).__name__}", code="expires_at")
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValidationError("expires_at is not an ISO 8601 date and time "
+                              "(e.g. 2030-01-31T18:00:00Z)", code="expires_at") from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise ValidationError("expires_at needs a UTC offset, e.g. 2030-01-31T18:00:00Z or "
+                              "2030-01-31T19:00:00+01:00", code="expires_at")
+    now = now or timezone.now()
+    if parsed <= now:
+        raise ValidationError("expires_at must be in the future", code="expires_at")
+    if parsed > now + timedelta(days=365 * EXPIRES_AT_MAX_YEARS):
+        raise ValidationError(f"expires_at is more than {EXPIRES_AT_MAX_YEARS} years ahead", code="expires_at")
+    return parsed.astimezone(dt_timezone.utc)
+
+
+class _Keep(enum.Enum):
+    KEEP = "keep"
+
+
+# link_update's "leave this as it is" (None means something for expires_at: never expires).
+KEEP = _Keep.KEEP
+
+
+def link_update(
+    *,
+    link: Link,
+    disabled: bool | _Keep = KEEP,
+    longurl: str | _Keep = KEEP,
+    expires_at: datetime | None | _Keep = KEEP,
+) -> Link:
+    """Change what replicas must hold for a link, and publish the new state to every replica.
+
+    The one path for every state change of an existing link (take down, put back, a new target,
+    an expiry): the changes, a bumped state_version and a cleared outbox mark commit together
+    (the row locked meanwhile); then the new state is published and the call waits for it as
+    link_publish does. Nothing that equals the current value counts as a change; with no change
+    nothing is bumped, and a link still unpublished is sent again.
+
+    disabled: True takes the link down (replicas answer 404), False puts it back.
+    longurl: a new target, checked by longurl_validate; ValidationError if it is not acceptable
+        or another link already has it (a longurl has one tinyurl).
+    expires_at: an aware datetime after which replicas answer 410 Gone; None: never.
+    Returns the link as committed (`link` is refreshed too). Raises LinkPublishError if Kafka
+    did not acknowledge: the change is committed, and the outbox relay sends it later, so it
+    always reaches the replicas.
+    """
+    if isinstance(expires_at, datetime) and timezone.is_naive(expires_at):
+        raise ValueError("expires_at must be timezone-aware")
+    if longurl is not KEEP:
+        longurl = longurl_validate(longurl)
     with transaction.atomic(durable=True):
-        Link.objects.filter(pk=link.pk).update(
-            disabled_at=timezone.now() if disabled else None, published_at=None,
-            state_version=F("state_version") + 1)
-        link.refresh_from_db()
-        transaction.on_commit(lambda: link_publish(link=link))
+        row = Link.objects.select_for_update().get(pk=link.pk)
+        changed = []
+        if disabled is not KEEP and (row.disabled_at is not None) != disabled:
+            row.disabled_at = timezone.now() if disabled else None
+            changed.append("disabled_at")
+        if longurl is not KEEP and longurl != row.longurl:
+            digest = selectors.longurl_digest(longurl)
+            if Link.objects.filter(longurl_sha256=digest).exclude(pk=row.pk).exists():
+                raise ValidationError("another link already has this longurl")
+            row.longurl, row.longurl_sha256 = longurl, digest
+            changed += ["longurl", "longurl_sha256"]
+        if expires_at is not KEEP and expires_at != row.expires_at:
+            row.expires_at = expires_at
+            changed.append("expires_at")
+        if changed:
+            row.state_version += 1
+            row.published_at = None
+            row.save(update_fields=[*changed, "state_version", "published_at"])
+    # Committed (durable: this is the outermost transaction). Publish only now, so a replica
+    # never holds a state the master could still roll back.
+    link.refresh_from_db()
+    if changed or row.published_at is None:
+        link_publish(link=row)
+        link.published_at = row.published_at
+    return row
+
+
+def link_set_disabled(*, link: Link, disabled: bool) -> None:
+    """Take a link down (disabled=True) or put it back, on every replica: link_update."""
+    link_update(link=link, disabled=disabled)
 
 
 def _links_mark_published(sent: list[tuple[int, int]]) -> None:
@@ -192,7 +334,7 @@ def _links_mark_published(sent: list[tuple[int, int]]) -> None:
     with transaction.atomic(), connection.cursor() as cursor:
         for version, pks in by_version.items():
             # The mark need not wait for its own fsync: should PostgreSQL crash and lose it, the
-            # outbox re-sends the link, which is harmless (a record is an idempotent upsert).
+            # outbox re-sends the link, which is harmless (replicas ignore a version they have).
             # That takes a disk flush off every /create; the link's row was committed durably.
             # One round trip for both statements (the ORM would send them apart).
             cursor.execute(
@@ -204,18 +346,23 @@ def _links_mark_published(sent: list[tuple[int, int]]) -> None:
 
 
 def links_publish(*, links: Iterable[Link], batch: int = 2000) -> tuple[int, int]:
-    """Send many links, pipelined; mark the acknowledged ones. Returns (sent, failed)."""
+    """Send many links' current states, pipelined; mark the acknowledged ones published.
+
+    Returns (sent, failed). A link counts as sent once Kafka acknowledged it; it is marked
+    published only if the version sent is still current (see _links_mark_published).
+    """
     sent = failed = 0
-    chunk: list[tuple[Link, Future]] = []
+    chunk: list[tuple[Link, int, KafkaProducer, Future]] = []
 
     def drain() -> None:
         nonlocal sent, failed
         acked = []
-        for link, future in chunk:
+        for link, version, producer, future in chunk:
             try:
-                future.get(timeout=settings.SHORTENER_PUBLISH_TIMEOUT * 4)
-                acked.append((link.pk, link.state_version))
-            except (KafkaError, TimeoutError) as exc:
+                # All of the chunk is in flight at once: the first wait covers most of the rest.
+                _delivery_wait(producer, future, timeout=bus.publish_wait_seconds())
+                acked.append((link.pk, version))
+            except KafkaError as exc:
                 failed += 1
                 logger.warning("link %s not acknowledged by Kafka: %r", link.tinyurl, exc)
         if acked:
@@ -227,15 +374,13 @@ def links_publish(*, links: Iterable[Link], batch: int = 2000) -> tuple[int, int
 
     for link in links:
         try:
-            chunk.append((link, _send(link)))
+            chunk.append((link, link.state_version, *_send(link)))
         except KafkaError as exc:
             failed += 1
             logger.warning("link %s could not be sent: %r", link.tinyurl, exc)
         if len(chunk) >= batch:
             drain()
     drain()
-    if failed:
-        bus.producer_reset()  # see link_publish: a producer that failed is not reused
     return sent, failed
 
 

@@ -1,9 +1,12 @@
-"""The master's HTTP API: PUT /create."""
+"""The master's HTTP API: PUT /create (the order of its checks: method, API key, rate limit,
+body, longurl, blocklist; each refusal is counted by reason)."""
 
 from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
+from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -11,14 +14,20 @@ from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from links import services
-from shortener_project.metrics import instrumented
+from links import protection, ratelimit, services
+from shortener_project import longurls
+from shortener_project.metrics import CREATE_REFUSED, instrumented
 
 logger = logging.getLogger(__name__)
 
-# Room for the longest accepted longurl, escaped in JSON (up to 6 bytes a character for \\uXXXX),
-# plus the object around it.
-MAX_BODY_BYTES = settings.SHORTENER_MAX_URL_LENGTH * 6 + 1024
+
+def max_body_bytes() -> int:
+    """The largest request body /create reads: room for a longurl of SHORTENER_MAX_URL_LENGTH
+    characters in any JSON escaping (at most 12 bytes a character: a character outside the BMP
+    written as two \\uXXXX escapes), plus the object around it. So every longurl of up to that
+    many characters is read and judged on its form as sent, whatever its escaping: 8,192 emoji
+    get the same answer raw (4 bytes each) or escaped (12 bytes each)."""
+    return settings.SHORTENER_MAX_URL_LENGTH * 12 + 4096
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -42,17 +51,23 @@ def _error(status: int, message: str, **headers: str) -> JsonResponse:
     return JsonResponse({"error": message}, status=status, headers=headers or None)
 
 
-def _link_create_retrying(longurl: str) -> services.LinkCreated:
+def _refuse(status: int, reason: str, message: str, **headers: str) -> JsonResponse:
+    """A refusal: counted by reason (shortener_create_refused_total), answered with a message."""
+    CREATE_REFUSED.labels(reason).inc()
+    return _error(status, message, **headers)
+
+
+def _link_create_retrying(longurl: str, expires_at: datetime | None) -> services.LinkCreated:
     """link_create, tried once more on a fresh connection if the kept one died (PostgreSQL
     restarted since: connections are not health-checked before each request, to save a round
     trip). link_create is idempotent, so the second try cannot make a second link."""
     try:
-        return services.link_create(longurl=longurl)
+        return services.link_create(longurl=longurl, expires_at=expires_at)
     except DatabaseError:
         if connection.in_atomic_block or connection.is_usable():
             raise  # the database itself refused: no point retrying
         connection.close()
-        return services.link_create(longurl=longurl)
+        return services.link_create(longurl=longurl, expires_at=expires_at)
 
 
 # A JSON API with no cookie authentication: CSRF protection guards cookie-authenticated forms
@@ -61,39 +76,69 @@ def _link_create_retrying(longurl: str) -> services.LinkCreated:
 @instrumented("create")
 def create(request: HttpRequest) -> JsonResponse:
     if request.method != "PUT":
-        return _error(405, f"method {request.method} is not allowed; use PUT", Allow="PUT")
+        return _refuse(405, "method", f"method {request.method} is not allowed; use PUT",
+                       Allow="PUT")
+    try:
+        key = protection.create_authenticate(authorization=request.headers.get("Authorization"))
+    except protection.AuthMissing as exc:
+        # RFC 6750 §3: a 401 names the scheme the client should use.
+        return _refuse(401, "auth_missing", str(exc),
+                       **{"WWW-Authenticate": 'Bearer realm="create"'})
+    except protection.AuthRefused as exc:
+        return _refuse(403, "auth_refused", str(exc))
+    retry_after = ratelimit.create_rate_limit_hit(
+        client=protection.client_identity(request=request, key=key))
+    if retry_after is not None:
+        return _refuse(429, "rate_limited", "too many /create requests from this client; retry "
+                       f"in {retry_after:.0f} s", **{"Retry-After": f"{retry_after:.0f}"})
+
+    limit = max_body_bytes()
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
-        return _error(400, "invalid Content-Length")
-    if length > MAX_BODY_BYTES:
-        return _error(400, f"request body is larger than {MAX_BODY_BYTES} bytes")
+        return _refuse(400, "body", "invalid Content-Length")
+    too_large = (f"request body is larger than {limit} bytes, more than a longurl of "
+                 f"{settings.SHORTENER_MAX_URL_LENGTH} characters needs in any JSON escaping")
+    if length > limit:
+        return _refuse(400, "body", too_large)
     body = request.body
-    if len(body) > MAX_BODY_BYTES:  # chunked bodies carry no Content-Length
-        return _error(400, f"request body is larger than {MAX_BODY_BYTES} bytes")
+    if len(body) > limit:  # chunked bodies carry no Content-Length
+        return _refuse(400, "body", too_large)
     if not body.strip():
-        return _error(400, 'request body is empty; send JSON {"longurl": "https://..."}')
+        return _refuse(400, "body", 'request body is empty; send JSON {"longurl": "https://..."}')
     try:
         payload = json.loads(body)
     except UnicodeDecodeError:
-        return _error(400, "request body is not UTF-8")
+        return _refuse(400, "json", "request body is not UTF-8")
     except json.JSONDecodeError as exc:
-        return _error(400, f"request body is not valid JSON: {exc.msg}")
+        return _refuse(400, "json", f"request body is not valid JSON: {exc.msg}")
     if not isinstance(payload, dict):
-        return _error(400, 'request body must be a JSON object: {"longurl": "https://..."}')
+        return _refuse(400, "json",
+                       'request body must be a JSON object: {"longurl": "https://..."}')
     if "longurl" not in payload:
-        return _error(400, "longurl is missing")
+        return _refuse(400, "json", "longurl is missing")
     try:
         longurl = services.longurl_validate(payload["longurl"])
+        # Optional; without it the answer is exactly the homework's.
+        expires_at = services.expires_at_parse(payload.get("expires_at"))
     except ValidationError as exc:
-        return _error(400, exc.messages[0])
+        return _refuse(400, exc.error_list[0].code or "invalid", exc.messages[0])
+    blocked = protection.host_blocked(longurls.host_of(longurl))
+    if blocked is not None:
+        return _refuse(400, "blocked_host", "links to "
+                       f"{longurls.host_display(blocked)} and its subdomains are not accepted "
+                       "here (blocked by the operators)")
 
     try:
-        result = _link_create_retrying(longurl)
+        result = _link_create_retrying(longurl, expires_at)
     except services.LinkDisabled:
         # The same longurl asked for again after a takedown: not re-issued (under the old
         # tinyurl or a new one); an admin can put the link back.
-        return _error(410, "this URL's link was taken down by an administrator")
+        return _refuse(410, "taken_down", "this URL's link was taken down by an administrator")
+    except services.LinkExpired as exc:
+        # Its link is shared by everyone who shortened this URL, and it has ended; an admin can
+        # give it a new expiry.
+        return _refuse(410, "expired", f"this URL's link expired at {exc.link.expires_at.isoformat()}")
     except services.LinkPublishError:
         # The link is stored but Kafka has not acknowledged it, so the replicas may not know it.
         # Handing out its tinyurl now could give the user a link that 404s; instead ask for a
@@ -108,7 +153,9 @@ def create(request: HttpRequest) -> JsonResponse:
     except DatabaseError as exc:
         logger.error("database unavailable during /create: %s", exc)
         return _error(503, "the database is unavailable; retry shortly", **{"Retry-After": "5"})
-    return JsonResponse(
-        {"longurl": result.link.longurl, "tinyurl": result.link.tinyurl},
-        status=200,
-    )
+    # The longurl in the form it was stored and is sent in (IDNA host, percent-encoded).
+    body = {"longurl": result.link.longurl, "tinyurl": result.link.tinyurl}
+    if result.link.expires_at is not None:
+        # The link's own expiry, which for an existing link may differ from the one asked for.
+        body["expires_at"] = result.link.expires_at.astimezone(dt_timezone.utc).isoformat()
+    return JsonResponse(body, status=200)

@@ -52,7 +52,9 @@ def _json(status: int, payload: dict, *extra: tuple[bytes, bytes]) -> Answer:
 
 
 NOT_FOUND = _json(404, {"error": "no such link"})
-EXPIRED = _json(410, {"error": "this link has expired"})
+# A 410 is cacheable by default (RFC 9110, 15.5.11: "heuristically cacheable"); like the
+# redirect, it must come from the replica's current state each time, not from a cache.
+EXPIRED = _json(410, {"error": "this link has expired"}, (b"cache-control", b"no-store"))
 # Redis is away: the client may retry in a second (a restart, a failover).
 UNAVAILABLE = _json(503, {"error": "temporarily unavailable"}, (b"retry-after", b"1"))
 

@@ -6,8 +6,10 @@ request and response objects) cost most of its time per redirect (docs/performan
 redirect is a path check, one Redis command sent together with those of the other requests in
 flight (redirects/pipelining.py), and a response of constant headers. What is answered, and how,
 is exactly what the Django view answered (redirects/answers.py, shared with it): 302 with
-Location and Cache-Control: no-store; HEAD answered and not counted; 404 JSON for an unknown
-code; 405 for other methods; 503 with Retry-After while Redis is away, recovering by itself.
+Location and Cache-Control: no-store; HEAD answered and not counted; 404 JSON for an unknown or
+disabled code; 410 JSON with Cache-Control: no-store for an expired one; 405 for other methods;
+503 with Retry-After while Redis is away, recovering by itself (after a Redis restart, through
+the counter incarnation check: clicks.click_script_reload_async).
 Malformed codes, /metrics, /healthz, /readyz and anything else go to Django, which answers them
 as before (a malformed code is a 404 from its resolver, without a Redis round trip).
 
@@ -76,7 +78,8 @@ class RedirectApp:
             redis = self.redis or self._redis_make()
             try:
                 if method == "GET":
-                    # Looked up and counted in one command; an unknown link counts nothing.
+                    # Looked up and counted in one command; a link not answered with 302
+                    # counts nothing.
                     outcome = await clicks.link_click_async(redis=redis, tinyurl=tinyurl)
                     answer = answers.redirect_answer(outcome)
                 elif method == "HEAD":

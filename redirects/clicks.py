@@ -1,11 +1,31 @@
-"""Click counting on a replica: the Redis scripts behind a counted redirect and the reporter.
+"""Click counting on a replica: the Redis scripts behind a counted redirect, the counter
+incarnation, and the reporter.
 
-A redirect is one Redis round trip (CLICK_SCRIPT): look the link up and, if it exists, count the
-click, mark the link dirty, and mark it due for a report when the count reaches a hundred.
-The web process never talks to Kafka; `manage.py report_clicks` turns the marks into reports.
+A redirect is one Redis round trip (one EVALSHA of CLICK_SCRIPT): look the link up and, if it is
+active and not expired, count the click, mark the counter dirty, and mark it due for a report
+when the count reaches a hundred. The web process never talks to Kafka; `manage.py
+report_clicks` turns the marks into reports.
+
+Counters and incarnations. A counter is named by the incarnation, `<incarnation>:<tinyurl>`,
+never by the node id: a node whose SHORTENER_NODE_ID changes, or two hosts sharing one Redis,
+count and report the same counters, and the master's max() per counter counts each click once.
+An incarnation is one life of this Redis' data. A new one starts
+  * when the data may have gone back in time: after every redis-server restart (it may have
+    loaded an older RDB/AOF, or a restored backup). The stored <user>:clicks:runid differs from
+    the server's run_id (INFO server), which changes with every start. Redis never persists
+    scripts, so the first EVALSHA after a restart fails with NOSCRIPT; only then is the script
+    loaded, and only after INCARNATION_SCRIPT has started the new incarnation
+    (click_script_reload, and click_script_reload_async on the served replica's path). So
+    no click after a restart is counted in a counter whose older, higher value the master may
+    already hold (its max() would absorb the new clicks). report_clicks runs the same check
+    every round, so this does not wait for a click;
+  * when the incarnation key is missing (FLUSHALL without a restart): CLICK_SCRIPT makes one.
+A counter of an earlier incarnation is final (nothing increments it any more): its marks are
+still reported, and once a report of it is acknowledged its key is deleted (ACK_SCRIPT).
 
 Lua scripts run atomically in Redis, which is what makes the marks exact: a click after a claim
-re-marks the link, and a claim never splits a click from its mark.
+re-marks the counter, and a claim never splits a click from its mark. The scripts reach the
+counter keys they name from their arguments, which a single Redis (never a cluster) allows.
 """
 
 from __future__ import annotations
@@ -13,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -33,41 +55,72 @@ logger = logging.getLogger(__name__)
 
 REPORT_EVERY = 100
 
-# KEYS: link, counter, incarnation, due, dirty. ARGV: REPORT_EVERY, the tinyurl.
-# Returns nil for an unknown link (nothing counted), else the longurl (a bulk string).
-# (The reply contract, which click_outcome() reads: nil -> no such link, the integer 410 -> the
-# link expired (not counted), a bulk string -> its target, counted.)
-# The first click after Redis started empty names the new incarnation after Redis' clock
-# (seconds and microseconds): a later life of this Redis gets a later name, and the name is
-# made once per life here rather than proposed by every request.
+# KEYS: link, incarnation, due, dirty, served (hash: incarnation -> redirects counted).
+# ARGV: REPORT_EVERY, tinyurl, counter key prefix, this process' token (click_keys_args).
+# Returns nil: unknown or disabled link (a value in another format too), nothing counted;
+#         410 (GONE): the link expired, nothing counted (TIME is called only for a link with an
+#         expiry);
+#         the longurl: counted (302).
+# The link value is keys.LinkValue: `<version>|<expires_at ms or empty>|<longurl or empty>`.
+# Without an incarnation (FLUSHALL), the first click names one after Redis' clock plus the
+# process' random token: a later life of this Redis gets another name.
 CLICK_SCRIPT = """
-local target = redis.call('GET', KEYS[1])
-if not target then return nil end
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  local now = redis.call('TIME')
-  redis.call('SET', KEYS[3], now[1] .. string.format('%06d', tonumber(now[2])))
+local v = redis.call('GET', KEYS[1])
+if not v then return nil end
+local a = string.find(v, '|', 1, true)
+if not a then return nil end
+local b = string.find(v, '|', a + 1, true)
+if not b or b == #v then return nil end
+if b > a + 1 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if now >= tonumber(string.sub(v, a + 1, b - 1)) then return 410 end
 end
-local n = redis.call('INCR', KEYS[2])
-redis.call('SADD', KEYS[5], ARGV[2])
-if n % tonumber(ARGV[1]) == 0 then redis.call('SADD', KEYS[4], ARGV[2]) end
-return target
+local inc = redis.call('GET', KEYS[2])
+if not inc then
+  local t = redis.call('TIME')
+  inc = t[1] .. string.format('%06d', tonumber(t[2])) .. ARGV[4]
+  redis.call('SET', KEYS[2], inc)
+end
+local member = inc .. ':' .. ARGV[2]
+local n = redis.call('INCR', ARGV[3] .. member)
+redis.call('HINCRBY', KEYS[5], inc, 1)
+redis.call('SADD', KEYS[4], member)
+if n % tonumber(ARGV[1]) == 0 then redis.call('SADD', KEYS[3], member) end
+return string.sub(v, b + 1)
 """
 # EVALSHA's name for the script, computed here as Redis computes it (SHA-1 of the source), so a
 # server never needs a round trip to learn it; SCRIPT LOAD only after a NOSCRIPT reply.
-CLICK_SCRIPT_SHA = hashlib.sha1(CLICK_SCRIPT.encode()).hexdigest()
+CLICK_SHA = hashlib.sha1(CLICK_SCRIPT.encode()).hexdigest()
 
-# Move up to ARGV[1] tinyurls from KEYS[1] to KEYS[3] (in flight), also dropping them from
-# KEYS[2], and read their counts and the incarnation in the same atomic step.
-# Returns {incarnation, t1, c1, t2, c2, ...}.
+# The reply of the click script, and the outcome, that means "this link expired": answered 410,
+# not counted (selectors.link_target_parse gives the same for HEAD).
+GONE = 410
+
+# KEYS: incarnation, runid. ARGV: the server's run_id (INFO server), a random token.
+# Starts a new incarnation unless the stored run id is this server's: the data may be older
+# than what was reported (see the module's docstring). Returns 1 if it started one, else 0.
+# Concurrent callers race harmlessly: the second finds the run id already stored.
+INCARNATION_SCRIPT = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 0 end
+local t = redis.call('TIME')
+redis.call('SET', KEYS[1], t[1] .. string.format('%06d', tonumber(t[2])) .. ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"""
+
+# Move up to ARGV[1] counters from KEYS[1] to KEYS[3] (in flight), also dropping them from
+# KEYS[2], and read their counts in the same atomic step. Returns {m1, c1, m2, c2, ...}, members
+# `<incarnation>:<tinyurl>` (ARGV[2] is the counter key prefix).
 # A flush claims from `dirty` and also clears `due`: its exact count covers the hundred.
 # A milestone claims from `due` and passes `due` again as KEYS[2] (clearing nothing more): it
-# reports only the hundred, so the link must stay dirty for the exact count to follow.
+# reports only the hundred, so the counter must stay dirty for the exact count to follow.
 CLAIM_SCRIPT = """
 local members = redis.call('SPOP', KEYS[1], tonumber(ARGV[1]))
 if #members == 0 then return {} end
 redis.call('SREM', KEYS[2], unpack(members))
 redis.call('SADD', KEYS[3], unpack(members))
-local out = {redis.call('GET', KEYS[4]) or ''}
+local out = {}
 for _, m in ipairs(members) do
   out[#out + 1] = m
   out[#out + 1] = redis.call('GET', ARGV[2] .. m) or '0'
@@ -75,9 +128,28 @@ end
 return out
 """
 
-# Put in-flight tinyurls (ARGV) back: their report was not acknowledged, or the reporter died
+# Acknowledged reports (ARGV[2..], members): clear their in-flight marks (KEYS[1]). A counter of
+# an earlier incarnation than KEYS[2]'s is final; once reported and marked nowhere else (dirty
+# KEYS[3], due KEYS[4], in flight), its key (prefix ARGV[1]) is deleted. Returns how many were.
+ACK_SCRIPT = """
+local current = (redis.call('GET', KEYS[2]) or '') .. ':'
+local deleted = 0
+for i = 2, #ARGV do
+  local m = ARGV[i]
+  redis.call('SREM', KEYS[1], m)
+  if string.sub(m, 1, #current) ~= current
+      and redis.call('SISMEMBER', KEYS[1], m) == 0
+      and redis.call('SISMEMBER', KEYS[3], m) == 0
+      and redis.call('SISMEMBER', KEYS[4], m) == 0 then
+    deleted = deleted + redis.call('DEL', ARGV[1] .. m)
+  end
+end
+return deleted
+"""
+
+# Put in-flight counters (ARGV) back: their report was not acknowledged, or the reporter died
 # holding them. With no ARGV, everything in flight. Whether a report was a milestone or a flush
-# is not known here, so the links go back to both: `due` sends the hundred promptly (nothing if
+# is not known here, so they go back to both: `due` sends the hundred promptly (nothing if
 # below one), `dirty` the exact count at the next flush. Duplicates are harmless under max().
 REQUEUE_SCRIPT = """
 local members = ARGV
@@ -88,58 +160,116 @@ redis.call('SADD', KEYS[3], unpack(members))
 return redis.call('SADD', KEYS[2], unpack(members))
 """
 
-
-# The reply of the click script that means "this link expired": answered 410, not counted.
-GONE = 410
+_token: tuple[int, str] = (0, "")
 
 
-def click_keys_args(tinyurl: str) -> tuple[list[str], list]:
-    """KEYS and ARGV of CLICK_SCRIPT for one click on `tinyurl`, in the script's order."""
-    return (
-        [keys.link_key(tinyurl), keys.clicks_counter_key(tinyurl), keys.clicks_incarnation_key(),
-         keys.clicks_due_key(), keys.clicks_dirty_key()],
-        [REPORT_EVERY, tinyurl],
-    )
+def process_token() -> str:
+    """16 random hex characters, made once per process (after a fork, anew): part of an
+    incarnation's name, so that two processes never name one alike."""
+    global _token
+    if _token[0] != os.getpid():
+        _token = (os.getpid(), secrets.token_hex(8))
+    return _token[1]
 
 
-def click_outcome(raw: object) -> str | int | None:
-    """What CLICK_SCRIPT's reply means: the longurl to redirect to (the click was counted), GONE
-    (410: the link expired; not counted) or None (no such link, or taken down; not counted).
+def click_keys_args(tinyurl: str) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of CLICK_SCRIPT for one click of `tinyurl` (EVALSHA CLICK_SHA)."""
+    return ([keys.link_key(tinyurl), keys.clicks_incarnation_key(), keys.clicks_due_key(),
+             keys.clicks_dirty_key(), keys.clicks_served_key()],
+            [REPORT_EVERY, tinyurl, keys.clicks_counter_prefix(), process_token()])
 
-    Raises RedisError for a reply the script never gives (it is treated like Redis being away).
+
+def click_outcome(raw: bytes | str | int | None) -> str | int | None:
+    """CLICK_SCRIPT's reply as the answer: the longurl (302, counted), GONE (410: expired, not
+    counted), None (404: unknown or disabled, not counted).
+
+    Raises RedisError for a reply the script never gives (answered like Redis being away, 503,
+    rather than as a redirect to something that is not a longurl).
     """
-    if raw is None:
-        return None
+    if raw is None or isinstance(raw, str):
+        return raw
     if isinstance(raw, bytes):
         return raw.decode()
-    if raw == GONE and isinstance(raw, int):
+    if raw == GONE and type(raw) is int:
         return GONE
     raise RedisError(f"unexpected reply from the click script: {raw!r}")
 
 
+def incarnation_check_args(run_id: str) -> tuple[str | int, ...]:
+    """The arguments of EVAL for INCARNATION_SCRIPT, given the server's run_id (INFO server):
+    `redis.eval(*incarnation_check_args(run_id))`, synchronous or asynchronous client alike.
+
+    After a NOSCRIPT reply to EVALSHA CLICK_SHA: INFO server, this EVAL, then SCRIPT LOAD
+    CLICK_SCRIPT, then the EVALSHA again (click_script_reload and click_script_reload_async do
+    exactly this). Never load the click script any other way (redis-py's auto-reloading Script
+    would skip the check).
+    """
+    return (INCARNATION_SCRIPT, 2, keys.clicks_incarnation_key(), keys.clicks_runid_key(),
+            run_id, process_token())
+
+
+def incarnation_ensure(*, redis: Redis) -> bool:
+    """Start a new counter incarnation if redis-server restarted since the current one began;
+    True if it did. Two round trips (INFO server, EVAL). Raises redis.RedisError."""
+    run_id = redis.info("server")["run_id"]
+    return _incarnation_checked(run_id, redis.eval(*incarnation_check_args(run_id)))
+
+
+def _incarnation_checked(run_id: str, started: object) -> bool:
+    if started:
+        logger.warning("Redis restarted (run_id %s): clicks are counted in a new incarnation "
+                       "from now on", run_id)
+    return bool(started)
+
+
+def info_run_id(info: bytes | str) -> str:
+    """The run_id in the text of INFO server (lines `field:value`, as
+    https://redis.io/docs/latest/commands/info/ describes them). Raises RedisError without one."""
+    text = info.decode() if isinstance(info, bytes) else info
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line[len("run_id:"):].strip()
+    raise RedisError("INFO server gave no run_id")
+
+
+async def incarnation_ensure_async(*, redis: PipelinedRedis) -> bool:
+    """incarnation_ensure through the pipelined client (INFO server, then the EVAL)."""
+    run_id = info_run_id(await redis.execute("INFO", "server"))
+    return _incarnation_checked(
+        run_id, await redis.execute("EVAL", *incarnation_check_args(run_id)))
+
+
 def click_script_reload(redis: Redis) -> str:
-    """Load CLICK_SCRIPT into Redis after a NOSCRIPT reply (Redis restarted: its script cache is
-    empty); returns the sha. Every NOSCRIPT recovery of the sync path goes through here."""
+    """After a NOSCRIPT reply (Redis restarted: its script cache is empty, and its data may be
+    older than what was reported): start a new incarnation if due (incarnation_ensure), then
+    SCRIPT LOAD CLICK_SCRIPT; returns the sha. Every NOSCRIPT recovery of the sync path goes
+    through here. Raises redis.RedisError."""
+    incarnation_ensure(redis=redis)
     return redis.script_load(CLICK_SCRIPT)
 
 
-def link_click(*, redis: Redis, tinyurl: str) -> str | int | None:
-    """One counted click on `tinyurl`, in one round trip: click_outcome() of the script's reply.
-    The sync path (manage.py runserver); a served replica uses link_click_async.
-    Raises RedisError when Redis is away."""
-    keys_, args = click_keys_args(tinyurl)
+def click_call(*, redis: Redis, tinyurl: str) -> str | int | None:
+    """Count one click of `tinyurl`; returns its longurl (302), GONE (410: expired) or None (404).
+    The sync path (the Django view, manage.py runserver); a served replica uses link_click_async.
+
+    One EVALSHA; after a Redis restart (NOSCRIPT) click_script_reload (the incarnation check,
+    SCRIPT LOAD) and the EVALSHA again. Raises redis.RedisError if Redis fails.
+    """
+    link_keys, args = click_keys_args(tinyurl)
     try:
-        raw = redis.evalsha(CLICK_SCRIPT_SHA, len(keys_), *keys_, *args)
+        raw = redis.evalsha(CLICK_SHA, len(link_keys), *link_keys, *args)
     except NoScriptError:
-        sha = click_script_reload(redis)
-        raw = redis.evalsha(sha, len(keys_), *keys_, *args)
+        click_script_reload(redis)
+        raw = redis.evalsha(CLICK_SHA, len(link_keys), *link_keys, *args)
     return click_outcome(raw)
 
 
 async def click_script_reload_async(redis: PipelinedRedis) -> str:
-    """The async twin of click_script_reload: SCRIPT LOAD through the pipelined client; returns
-    the sha. Every NOSCRIPT recovery of the async path comes here, once per restart of Redis
-    (see _click_script_recover)."""
+    """The async twin of click_script_reload through the pipelined client: the incarnation
+    check (incarnation_ensure_async), then SCRIPT LOAD; returns the sha. Every NOSCRIPT recovery
+    of the async path comes here, once per restart of Redis (see _click_script_recover).
+    Raises redis.RedisError."""
+    await incarnation_ensure_async(redis=redis)
     sha = await redis.execute("SCRIPT", "LOAD", CLICK_SCRIPT)
     return sha.decode() if isinstance(sha, bytes) else sha
 
@@ -164,15 +294,16 @@ async def _click_script_recover(redis: PipelinedRedis, seen: int) -> None:
 
 
 async def link_click_async(*, redis: PipelinedRedis, tinyurl: str) -> str | int | None:
-    """One counted click on `tinyurl` through the pipelined client: click_outcome() of the
-    script's reply. A NOSCRIPT reply (nothing ran, nothing was counted) reloads the script and
-    sends the click again. Raises RedisError when Redis is away (if the connection broke after
-    the click was sent, it may or may not have been counted)."""
-    keys_, args = click_keys_args(tinyurl)
+    """click_call through the pipelined client (the served replica's GET, redirects/asgi.py):
+    click_outcome() of the script's reply. A NOSCRIPT reply (nothing ran, nothing was counted)
+    goes through click_script_reload_async (the incarnation check, SCRIPT LOAD) and the click is
+    sent again. Raises RedisError when Redis is away (if the connection broke after the click
+    was sent, it may or may not have been counted)."""
+    link_keys, args = click_keys_args(tinyurl)
     for attempt in range(3):
         seen = _reloads
         try:
-            raw = await redis.execute("EVALSHA", CLICK_SCRIPT_SHA, len(keys_), *keys_, *args)
+            raw = await redis.execute("EVALSHA", CLICK_SHA, len(link_keys), *link_keys, *args)
             break
         except NoScriptError:
             if attempt == 2:
@@ -181,16 +312,14 @@ async def link_click_async(*, redis: PipelinedRedis, tinyurl: str) -> str | int 
     return click_outcome(raw)
 
 
-def clicks_count_get(*, redis: Redis, tinyurl: str) -> int:
-    return int(redis.get(keys.clicks_counter_key(tinyurl)) or 0)
-
-
 class ClickReporter:
     """Turns due and dirty marks into click reports on the clicks topic.
 
-    Every `due_seconds` it reports the links whose counter crossed a hundred; every
-    `flush_seconds`, and when it stops, every link clicked since its last report. A mark is
-    cleared only when Kafka acknowledged the report; otherwise the link goes back to `due`.
+    Every `due_seconds` it checks the counter incarnation (incarnation_ensure) and reports the
+    counters that crossed a hundred; every `flush_seconds`, and when it stops, every counter
+    clicked since its last report. A mark is cleared only when Kafka acknowledged the report;
+    otherwise the counter goes back to `due` and `dirty`. A report names its counter's own
+    incarnation, so counters of an earlier incarnation are still reported correctly.
     """
 
     CLAIM_BATCH = 1000
@@ -212,7 +341,9 @@ class ClickReporter:
         self.due_seconds = due_seconds
         self.producer_factory = producer_factory
         self.producer: KafkaProducer | None = None
+        # Auto-reloading Scripts are fine here: unlike the click script, these count nothing.
         self.claim = redis.register_script(CLAIM_SCRIPT)
+        self.ack = redis.register_script(ACK_SCRIPT)
         self.requeue = redis.register_script(REQUEUE_SCRIPT)
         self._requeue_keys = [keys.clicks_inflight_key(), keys.clicks_due_key(),
                               keys.clicks_dirty_key()]
@@ -221,11 +352,15 @@ class ClickReporter:
 
     def run(self) -> None:
         next_flush = time.monotonic() + self.flush_seconds
+        requeued = False
         try:
-            # Reports that were in flight when the previous run died go out again.
-            self.requeue(keys=self._requeue_keys, args=[])
             while not self.stop.is_set():
                 try:
+                    if not requeued:
+                        # Reports in flight when the previous run died go out again.
+                        self.requeue(keys=self._requeue_keys, args=[])
+                        requeued = True
+                    incarnation_ensure(redis=self.redis)
                     self.report(keys.clicks_due_key(), keys.clicks_due_key(), milestone=True)
                     if time.monotonic() >= next_flush:
                         self.report(keys.clicks_dirty_key(), keys.clicks_due_key())
@@ -257,61 +392,80 @@ class ClickReporter:
         total = 0
         while True:
             claimed = self.claim(
-                keys=[source, other, keys.clicks_inflight_key(), keys.clicks_incarnation_key()],
+                keys=[source, other, keys.clicks_inflight_key()],
                 args=[self.CLAIM_BATCH, keys.clicks_counter_prefix()],
             )
             if not claimed:
                 return total
             total += self._send(claimed, milestone=milestone)
-            if len(claimed) < 1 + 2 * self.CLAIM_BATCH:
+            if len(claimed) < 2 * self.CLAIM_BATCH:
                 return total
 
     def _send(self, claimed: list[bytes], *, milestone: bool) -> int:
-        incarnation = claimed[0].decode()
-        pairs = [(claimed[i].decode(), int(claimed[i + 1])) for i in range(1, len(claimed), 2)]
-        if milestone:
-            pairs = [(t, c - c % REPORT_EVERY) for t, c in pairs]
+        counters: list[tuple[str, str, str, int]] = []  # (member, incarnation, tinyurl, count)
         done: list[str] = []  # acknowledged, or nothing to report
+        for i in range(0, len(claimed), 2):
+            member, count = claimed[i].decode(), int(claimed[i + 1])
+            incarnation, _, tinyurl = member.partition(":")
+            if not tinyurl:
+                # A mark left by a version that named counters by tinyurl alone: its counter's
+                # incarnation is unknown, so it cannot be reported. (report_clicks reports every
+                # mark when it stops, so a clean upgrade leaves none.)
+                logger.warning("dropping click mark %r of an older format (%d clicks)",
+                               member, count)
+                self.redis.delete(keys.clicks_counter_prefix() + member)
+                done.append(member)
+                continue
+            if milestone:
+                count -= count % REPORT_EVERY
+            if count <= 0:  # Redis was wiped since the click, or below a hundred: nothing
+                done.append(member)
+                continue
+            counters.append((member, incarnation, tinyurl, count))
         retry: list[str] = []
-        if self.producer is None:
+        if counters and self.producer is None:
             try:
                 self.producer = self.producer_factory()
             except KafkaError:
-                self.requeue(keys=self._requeue_keys,
-                             args=[t for t, _ in pairs])
+                self.requeue(keys=self._requeue_keys, args=[m for m, *_ in counters])
+                self._ack(done)
                 raise
         now = datetime.now(timezone.utc)
         futures = []
-        for tinyurl, count in pairs:
-            if count <= 0 or not incarnation:  # Redis was wiped since the click: nothing left
-                done.append(tinyurl)
-                continue
+        for member, incarnation, tinyurl, count in counters:
             key, value = click_report_encode(tinyurl=tinyurl, node=self.node,
                                              incarnation=incarnation, count=count, reported_at=now)
             try:
-                futures.append((tinyurl, self.producer.send(bus.clicks_topic(), key=key, value=value)))
+                futures.append((member, self.producer.send(bus.clicks_topic(), key=key,
+                                                           value=value)))
             except KafkaError as exc:
-                logger.warning("click report for %s not sent: %r", tinyurl, exc)
-                retry.append(tinyurl)
-        for tinyurl, future in futures:
+                logger.warning("click report for %s not sent: %r", member, exc)
+                retry.append(member)
+        for member, future in futures:
             try:
                 future.get(timeout=60)
-                done.append(tinyurl)
+                done.append(member)
             except KafkaError as exc:
-                logger.warning("click report for %s not acknowledged: %r", tinyurl, exc)
-                retry.append(tinyurl)
-        if done:
-            self.redis.srem(keys.clicks_inflight_key(), *done)
+                logger.warning("click report for %s not acknowledged: %r", member, exc)
+                retry.append(member)
+        self._ack(done)
         if retry:
             self.requeue(keys=self._requeue_keys, args=retry)
             # A producer whose records expired during an outage does not always recover when
             # Kafka returns (kafka-python 3.0.12, idempotent): make a new one next round.
             self._producer_reset()
-        self.sent += len(futures) - len(retry)
+        sent = len(futures) - len(retry)
+        self.sent += sent
         self.failed += len(retry)
-        CLICK_REPORTS.labels("sent").inc(len(futures) - len(retry))
+        CLICK_REPORTS.labels("sent").inc(sent)
         CLICK_REPORTS.labels("failed").inc(len(retry))
-        return len(futures) - len(retry)
+        return sent
+
+    def _ack(self, members: list[str]) -> None:
+        if members:
+            self.ack(keys=[keys.clicks_inflight_key(), keys.clicks_incarnation_key(),
+                           keys.clicks_dirty_key(), keys.clicks_due_key()],
+                     args=[keys.clicks_counter_prefix(), *members])
 
     def _producer_reset(self) -> None:
         if self.producer is not None:

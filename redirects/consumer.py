@@ -1,13 +1,26 @@
 """The replica's links consumer: reads <user>-links into this replica's Redis.
 
 The loop is shortener_project.consuming.PositionedConsumer; here is what is particular to the
-replica. The position lives in Redis, in the same transaction as the links
+replica. The position lives in Redis, in the same atomic step as the links
 (services.links_apply_batch), so:
   * first start (nothing stored): read the whole topic from the beginning;
   * restart, or SIGKILL at any moment: resume exactly after the last batch that reached Redis;
   * Redis wiped or restarted empty: the stored position is gone, so the topic is read again from
     the beginning, although the group's offsets in Kafka are at the end. This is also noticed
-    while running: by the position check in every batch, and every second when idle.
+    while running: by the position check in every batch, and every second when idle;
+  * link values in an older format (an upgraded replica): wiped, and the topic read again
+    (services.links_format_ensure).
+
+Readiness (what /readyz reports, redirects/selectors.readiness_get):
+  * every round (each poll, <= 0.5 s, and each retry while Kafka is unreachable) writes a
+    heartbeat; /readyz is 503 once it is older than SHORTENER_READY_STALE_SECONDS, i.e. when this
+    process is stopped, dead or stuck;
+  * "ready" is granted when the consumer reaches the topic's end offsets as read when it
+    positioned itself, and revoked on every positioning and whenever the heartbeat had a gap
+    longer than the threshold (a SIGSTOP, a restart after a long stop): what Redis holds may be
+    that old, so it catches up again first;
+  * Kafka unreachable alone does not revoke it: a running replica keeps serving what it holds,
+    and /readyz carries a note (every replica would otherwise leave service at once).
 """
 
 from __future__ import annotations
@@ -18,10 +31,12 @@ import time
 from collections.abc import Callable, Sequence
 
 import redis as redis_lib
+from django.conf import settings
 from kafka import KafkaConsumer
+from kafka.errors import KafkaError
 from redis import Redis
 
-from redirects import keys, selectors, services
+from redirects import selectors, services
 from shortener_project import bus
 from shortener_project.consuming import PositionedConsumer, PositionMismatch, Record
 from shortener_project.metrics import CONSUMER_CAUGHT_UP, CONSUMER_RECORDS
@@ -32,6 +47,10 @@ logger = logging.getLogger(__name__)
 class LinksConsumer(PositionedConsumer):
     name = "links consumer"
     store_errors = (redis_lib.RedisError,)
+    # With Kafka unreachable, making a consumer fails after bus' bootstrap timeout (3 s); with
+    # this back-off the heartbeat still beats at least every ~8 s, well inside the 15 s default
+    # of SHORTENER_READY_STALE_SECONDS.
+    backoff_max_seconds = 5.0
 
     def __init__(
         self,
@@ -40,54 +59,120 @@ class LinksConsumer(PositionedConsumer):
         stop: threading.Event,
         consumer_factory: Callable[[], KafkaConsumer] = bus.links_consumer_make,
         idle_check_seconds: float = 1.0,
+        kafka_check_seconds: float = 5.0,
+        stale_seconds: float | None = None,
     ) -> None:
         super().__init__(topic=bus.links_topic(), stop=stop, consumer_factory=consumer_factory)
         self.redis = redis
         self.idle_check_seconds = idle_check_seconds
+        self.kafka_check_seconds = kafka_check_seconds
+        self.stale_seconds = (settings.SHORTENER_READY_STALE_SECONDS if stale_seconds is None
+                              else stale_seconds)
         self._last_idle_check = 0.0
-        # The topic's end when (re)positioned; reaching it means caught up.
+        self._last_kafka_check = time.monotonic()
+        self._consumer: KafkaConsumer | None = None
+        # The topic's end when (re)positioned or resumed; reaching it means caught up.
         self.catchup_target: dict[int, int] = {}
         self.catchup_started = 0.0
         self.caught_up = False
+        self._retarget = False  # the heartbeat had a gap: read the end offsets again
+        self._kafka_down_since: int | None = None  # ms, while Kafka is unreachable
+        # Whether <user>:links:kafka_error may be set (an earlier run may have left it).
+        self._kafka_error_shown = True
+
+    # --- positions and batches ----------------------------------------------------------
 
     def positions_load(self) -> dict[int, int]:
+        services.links_format_ensure(redis=self.redis)
         return selectors.links_positions_get(redis=self.redis)
 
     def apply_batch(self, partition: int, records: Sequence[Record], expected: int | None) -> int:
         result = services.links_apply_batch(redis=self.redis, partition=partition,
                                             records=records, expected_position=expected)
-        CONSUMER_RECORDS.labels(self.topic, "applied").inc(len(records) - result.skipped)
-        CONSUMER_RECORDS.labels(self.topic, "skipped").inc(result.skipped)
+        CONSUMER_RECORDS.labels(self.topic, "applied").inc(result.applied + result.disabled)
+        CONSUMER_RECORDS.labels(self.topic, "stale").inc(result.stale)
+        CONSUMER_RECORDS.labels(self.topic, "ignored").inc(result.ignored)
+        # "skipped" is what the clicks consumer calls a record it cannot apply, too.
+        CONSUMER_RECORDS.labels(self.topic, "skipped").inc(result.rejected)
+        self._kafka_reachable()
         return result.next_offset
 
     def on_batch_applied(self) -> None:
         self._check_caught_up()
 
+    # --- readiness ----------------------------------------------------------------------
+
+    def on_round(self) -> None:
+        if services.links_heartbeat(redis=self.redis, stale_seconds=self.stale_seconds):
+            # Stopped, stalled or restarted after longer than the threshold (or Redis lost the
+            # heartbeat): the ready mark is gone; catch up with the topic as it is now.
+            self.caught_up = False
+            CONSUMER_CAUGHT_UP.labels(self.topic).set(0)
+            self._retarget = self._consumer is not None  # else positioning will do it
+        if self._retarget and self._consumer is not None:
+            self._catchup_retarget(self._consumer)
+
     def on_positioned(self, consumer: KafkaConsumer, stored: dict[int, int]) -> None:
-        ends = consumer.end_offsets(self.partitions)
-        self.catchup_target = {tp.partition: ends[tp] for tp in self.partitions}
-        self.catchup_started = time.monotonic()
+        self._consumer = consumer
+        # Not ready until caught up again: a load balancer keeps this replica out meanwhile.
+        services.links_ready_set(redis=self.redis, ready=False)
+        self._catchup_retarget(consumer)
+        self._last_idle_check = time.monotonic()
+
+    def _catchup_retarget(self, consumer: KafkaConsumer) -> None:
         self.caught_up = False
         CONSUMER_CAUGHT_UP.labels(self.topic).set(0)
-        # Not ready until caught up again: a load balancer keeps this replica out meanwhile.
-        self.redis.delete(keys.links_ready_key())
-        self._last_idle_check = time.monotonic()
+        self._retarget = True
+        ends = consumer.end_offsets(self.partitions, timeout_ms=self._kafka_timeout_ms())
+        self._retarget = False
+        self.catchup_target = {tp.partition: ends[tp] for tp in self.partitions}
+        self.catchup_started = time.monotonic()
+        self._kafka_reachable()
         self._check_caught_up()
 
     def on_idle(self) -> None:
-        """When nothing arrives, make sure Redis still holds what we think (not wiped)."""
+        """When nothing arrives, make sure Redis still holds what we think (not wiped), and
+        every few seconds that Kafka answers (an idle poll says nothing either way)."""
         now = time.monotonic()
-        if now - self._last_idle_check < self.idle_check_seconds:
-            return
-        self._last_idle_check = now
-        stored = self.positions_load()
-        for partition, expected in self.expected.items():
-            if stored.get(partition) != expected:
-                raise PositionMismatch(partition, expected, stored.get(partition))
-        self._check_caught_up()
+        if now - self._last_idle_check >= self.idle_check_seconds:
+            self._last_idle_check = now
+            stored = selectors.links_positions_get(redis=self.redis)
+            for partition, expected in self.expected.items():
+                if stored.get(partition) != expected:
+                    raise PositionMismatch(partition, expected, stored.get(partition))
+            self._check_caught_up()
+        if self._consumer is not None and now - self._last_kafka_check >= self.kafka_check_seconds:
+            self._last_kafka_check = now
+            try:
+                self._consumer.end_offsets(self.partitions, timeout_ms=self._kafka_timeout_ms())
+            except KafkaError as exc:
+                self.on_kafka_error(exc)
+                return
+            self._kafka_reachable()
+
+    def on_kafka_error(self, exc: Exception) -> None:
+        if self._kafka_down_since is None:
+            self._kafka_down_since = int(time.time() * 1000)
+            logger.error("%s: Kafka unreachable (%r): serving the links held; /readyz says so",
+                         self.name, exc)
+        self._kafka_error_shown = True
+        services.links_kafka_error_set(redis=self.redis, error=repr(exc),
+                                       since_ms=self._kafka_down_since)
+
+    def _kafka_reachable(self) -> None:
+        if self._kafka_error_shown:
+            services.links_kafka_error_set(redis=self.redis, error=None)
+            self._kafka_error_shown = False
+        if self._kafka_down_since is not None:
+            logger.info("%s: Kafka reachable again", self.name)
+            self._kafka_down_since = None
+
+    def _kafka_timeout_ms(self) -> int:
+        # Short enough that a round (and its heartbeat) is never held up for long by Kafka.
+        return 2_000
 
     def _check_caught_up(self) -> None:
-        if self.caught_up:
+        if self.caught_up or self._retarget or not self.catchup_target:
             return
         for partition, target in self.catchup_target.items():
             position = self.expected.get(partition)
@@ -95,6 +180,6 @@ class LinksConsumer(PositionedConsumer):
                 return
         self.caught_up = True
         CONSUMER_CAUGHT_UP.labels(self.topic).set(1)
-        self.redis.set(keys.links_ready_key(), "1")
+        services.links_ready_set(redis=self.redis, ready=True)
         logger.info("caught up with %s (end offsets %s) in %.2fs", self.topic,
                     self.catchup_target, time.monotonic() - self.catchup_started)

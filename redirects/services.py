@@ -1,94 +1,247 @@
-"""Writes of a replica: applying a batch of links-topic records to Redis, atomically."""
+"""Writes of a replica: applying links-topic records to Redis, only forward, atomically; the
+link-value format upgrade; consume_links' heartbeat and readiness marks.
+
+The Redis layout is described in redirects/keys.py.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from redis import Redis, WatchError
+from django.conf import settings
+from redis import Redis
+from redis.commands.core import Script
 
 from redirects import keys
 from shortener_project.consuming import PositionMismatch, Record
 from shortener_project.messages import MessageError, link_record_decode
+from shortener_project.metrics import LINKS_REJECTED
 
 logger = logging.getLogger(__name__)
+
+# One batch of one partition, as ONE atomic step (a Lua script runs alone in Redis):
+#   1. the stored position must be the expected one, else nothing is written;
+#   2. each record is written only if its version is newer than the one held: a late copy of
+#      an older state, in any order, changes nothing;
+#   3. the consumer's counters and the new position go with the data.
+# KEYS: positions hash, stats hash.
+# ARGV: partition, expected position ('' = none stored), next offset, link key prefix,
+#       counts decided in Python (stale, ignored, rejected), rejected_last ('' = none);
+#       then 4 per record: tinyurl, version, value (keys.LinkValue), pexpireat in ms (0 = none).
+# Returns {applied, disabled, stale, ignored}, or {'MISMATCH', stored position or ''}.
+# Versions are compared as digit strings (no leading zeros: longer is larger), because Lua's
+# numbers are doubles and the contract allows versions up to 2^62. A held value without a
+# version (format 1) counts as version 0. SET clears any earlier expiry (no PERSIST needed).
+# A record whose keep time (pexpireat) has passed deletes the older state it supersedes and is
+# not written: expired links leave Redis by themselves.
+APPLY_SCRIPT = """
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+if (stored or '') ~= ARGV[2] then return {'MISMATCH', stored or ''} end
+local function newer(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local applied, disabled = 0, 0
+local stale, ignored = tonumber(ARGV[5]), tonumber(ARGV[6])
+for i = 9, #ARGV, 4 do
+  local key = ARGV[4] .. ARGV[i]
+  local held = redis.call('GET', key)
+  local held_version = held and string.match(held, '^(%d+)|') or '0'
+  if not newer(ARGV[i + 1], held_version) then
+    stale = stale + 1
+  else
+    local pexpireat = tonumber(ARGV[i + 3])
+    if pexpireat > 0 and pexpireat <= now then
+      redis.call('DEL', key)
+      ignored = ignored + 1
+    else
+      redis.call('SET', key, ARGV[i + 2])
+      if pexpireat > 0 then redis.call('PEXPIREAT', key, ARGV[i + 3]) end
+      if string.sub(ARGV[i + 2], -1) == '|' then disabled = disabled + 1
+      else applied = applied + 1 end
+    end
+  end
+end
+local counts = {applied = applied, disabled = disabled, stale = stale, ignored = ignored,
+                rejected = tonumber(ARGV[7])}
+for field, n in pairs(counts) do
+  if n > 0 then redis.call('HINCRBY', KEYS[2], field, n) end
+end
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[2], 'rejected_last', ARGV[8]) end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return {applied, disabled, stale, ignored}
+"""
+
+# consume_links' heartbeat: Redis' clock in ms into KEYS[1]. If the previous beat is missing or
+# older than ARGV[1] ms (the consumer was stopped, killed or stalled that long, or Redis lost
+# it), the ready mark KEYS[2] goes too, atomically: what the replica holds may be that old, so it
+# must catch up again before it is ready. Returns 1 then, else 0.
+HEARTBEAT_SCRIPT = """
+local t = redis.call('TIME')
+local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+local previous = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], now)
+if (not previous) or tonumber(now) - tonumber(previous) > tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"""
 
 
 @dataclass(frozen=True)
 class BatchResult:
-    applied: int  # links stored
-    removed: int  # tombstones applied
-    skipped: int  # malformed records, logged and counted
+    applied: int  # active links written
+    disabled: int  # disabled links written (their version only: no longurl)
+    stale: int  # records not newer than what was held or than another in the batch
+    ignored: int  # tombstones (no version), and records past their keep time
+    rejected: int  # records the replica cannot apply (MessageError): logged and counted
     next_offset: int  # the partition's stored position after this batch
+
+
+def _reject_reason(exc: MessageError) -> str:
+    """A small, fixed set of labels for shortener_links_rejected_total (the message is logged)."""
+    text = str(exc)
+    for reason, marker in (("schema", "schema"), ("json", "JSON"), ("key", "key"),
+                           ("longurl", "longurl"), ("version", "version")):
+        if marker in text:
+            return reason
+    return "invalid"
 
 
 def links_apply_batch(
     *, redis: Redis, partition: int, records: Sequence[Record], expected_position: int | None
 ) -> BatchResult:
-    """Apply records of one links-topic partition, in offset order, as one Redis transaction.
+    """Apply records of one links-topic partition (offset order) as one atomic Redis step.
 
-    The links, the consumer's counters and the partition's new position are written together
-    (MULTI/EXEC), so after a crash at any moment Redis holds either all of the batch or none of
-    it, and the stored position says exactly where to resume: nothing skipped, nothing half-done.
-    Re-applying a record is harmless (each is a full upsert), which is what makes the topic's
-    at-least-once delivery enough.
+    Each record is kept only if its version is newer than the one Redis holds for the link (and
+    than the batch's other records for it), so replaying any older record, in any order, changes
+    nothing; a disabled record is kept as its version alone. With `expires_at`, the key carries
+    PEXPIREAT = expires_at + SHORTENER_GONE_KEEP_SECONDS (the redirect answers 410 meanwhile);
+    a record already past that is not written. Tombstones carry no version and are ignored.
+    A record that fails link_record_decode is logged with its offset, counted in the stats hash
+    and in shortener_links_rejected_total{reason}, and skipped; the position moves past it.
 
     `expected_position` is where this consumer believes the partition stands in Redis (None:
-    nothing stored yet). WATCH makes the check and the write one atomic step; a difference
-    raises PositionMismatch and writes nothing.
+    nothing stored). If Redis holds another position, nothing is written and PositionMismatch
+    is raised. Raises ValueError for an empty batch, redis.RedisError if Redis fails.
     """
     if not records:
         raise ValueError("empty batch")
-    sets: dict[str, str] = {}
-    deletes: set[str] = set()
-    skipped = 0
+    keep_ms = int(settings.SHORTENER_GONE_KEEP_SECONDS * 1000)
+    newest: dict[str, tuple[int, str, int]] = {}  # tinyurl -> (version, value, pexpireat)
+    stale = ignored = 0
+    rejected: list[tuple[Record, str]] = []
     for rec in records:
         try:
             record = link_record_decode(rec.key, rec.value)
         except MessageError as exc:
-            skipped += 1
-            logger.warning(
-                "skipping malformed record topic=%s partition=%s offset=%s: %s",
+            rejected.append((rec, _reject_reason(exc)))
+            logger.error(
+                "rejected links record topic=%s partition=%s offset=%s: %s",
                 rec.topic, rec.partition, rec.offset, exc,
             )
             continue
-        key = keys.link_key(rec.key.decode())  # type: ignore[union-attr]  # checked by decode
-        if record is None:  # tombstone: the link was removed
-            sets.pop(key, None)
-            deletes.add(key)
-        else:
-            deletes.discard(key)
-            sets[key] = record["longurl"]
-    next_offset = records[-1].offset + 1
-    positions_key = keys.links_positions_key()
-    stats_key = keys.links_stats_key()
+        if record is None:  # a tombstone: no version, so nothing it could safely replace
+            ignored += 1
+            continue
+        version = record["version"]
+        held = newest.get(record["tinyurl"])
+        if held is not None:
+            stale += 1  # one of the two copies is dropped here
+            if held[0] > version:
+                continue
+        expires_at = record["expires_at"]
+        value = keys.link_value_encode(keys.LinkValue(
+            version=version, expires_at=expires_at,
+            longurl=record["longurl"] if record["state"] == "active" else None))
+        newest[record["tinyurl"]] = (
+            version, value, expires_at + keep_ms if expires_at is not None else 0)
 
-    with redis.pipeline(transaction=True) as pipe:
-        try:
-            pipe.watch(positions_key)
-            raw = pipe.hget(positions_key, partition)
-            stored = int(raw) if raw is not None else None
-            if stored != expected_position:
-                raise PositionMismatch(partition, expected_position, stored)
-            pipe.multi()
-            if sets:
-                pipe.mset(sets)
-            if deletes:
-                pipe.delete(*deletes)
-            if sets:
-                pipe.hincrby(stats_key, "applied", len(sets))
-            if deletes:
-                pipe.hincrby(stats_key, "removed", len(deletes))
-            if skipped:
-                pipe.hincrby(stats_key, "skipped", skipped)
-            pipe.hset(positions_key, partition, next_offset)
-            pipe.execute()
-        except WatchError:
-            raw = redis.hget(positions_key, partition)
-            raise PositionMismatch(
-                partition, expected_position, int(raw) if raw is not None else None
-            ) from None
-    return BatchResult(
-        applied=len(sets), removed=len(deletes), skipped=skipped, next_offset=next_offset
-    )
+    next_offset = records[-1].offset + 1
+    args: list[str | int] = [
+        partition, "" if expected_position is None else expected_position, next_offset,
+        keys.link_prefix(), stale, ignored, len(rejected),
+        f"{rejected[-1][0].partition}:{rejected[-1][0].offset}" if rejected else "",
+    ]
+    for tinyurl, (version, value, pexpireat) in newest.items():
+        args += [tinyurl, str(version), value, pexpireat]
+    result = _script(redis, APPLY_SCRIPT)(
+        keys=[keys.links_positions_key(), keys.links_stats_key()], args=args, client=redis)
+    if result[0] == b"MISMATCH":
+        stored = int(result[1]) if result[1] else None
+        raise PositionMismatch(partition, expected_position, stored)
+    for _, reason in rejected:
+        LINKS_REJECTED.labels(reason).inc()
+    applied, disabled, stale, ignored = (int(n) for n in result)
+    return BatchResult(applied=applied, disabled=disabled, stale=stale, ignored=ignored,
+                       rejected=len(rejected), next_offset=next_offset)
+
+
+_scripts: dict[str, Script] = {}
+
+
+def _script(redis: Redis, text: str) -> Script:
+    """redis-py's Script for `text`: EVALSHA, loaded again after a Redis restart (NOSCRIPT).
+    Made once per process; callers pass their client on each call."""
+    script = _scripts.get(text)
+    if script is None:
+        script = _scripts[text] = redis.register_script(text)
+    return script
+
+
+def links_format_ensure(*, redis: Redis, scan_batch: int = 1000) -> int:
+    """Make sure every link value in Redis has keys.LINK_FORMAT; returns how many keys it wiped.
+
+    A replica upgraded from format 1 (bare longurls, no versions) cannot compare versions with
+    what it holds, so it drops its links and its position and reads the topic again from the
+    start (it answers 503 on /readyz meanwhile: the ready mark goes first). The marker is set
+    last, so a crash half-way wipes again on the next start. Called by consume_links whenever
+    it positions itself; one GET when nothing is to be done.
+    """
+    if redis.get(keys.links_format_key()) == keys.LINK_FORMAT.encode():
+        return 0
+    redis.delete(keys.links_ready_key(), keys.links_positions_key())
+    wiped = 0
+    batch: list[bytes] = []
+    for key in redis.scan_iter(match=keys.link_prefix() + "*", count=scan_batch):
+        batch.append(key)
+        if len(batch) >= scan_batch:
+            wiped += redis.unlink(*batch)
+            batch = []
+    if batch:
+        wiped += redis.unlink(*batch)
+    redis.set(keys.links_format_key(), keys.LINK_FORMAT)
+    if wiped:
+        logger.warning("link values were in an older format: deleted %d links and the stored "
+                       "position; reading the links topic again from the start", wiped)
+    return wiped
+
+
+def links_heartbeat(*, redis: Redis, stale_seconds: float) -> bool:
+    """Record a round of consume_links. True if the previous one was missing or older than
+    `stale_seconds` (the ready mark was then removed in the same step: catch up again)."""
+    return _script(redis, HEARTBEAT_SCRIPT)(
+        keys=[keys.links_heartbeat_key(), keys.links_ready_key()],
+        args=[int(stale_seconds * 1000)], client=redis) == 1
+
+
+def links_ready_set(*, redis: Redis, ready: bool) -> None:
+    if ready:
+        redis.set(keys.links_ready_key(), "1")
+    else:
+        redis.delete(keys.links_ready_key())
+
+
+def links_kafka_error_set(*, redis: Redis, error: str | None, since_ms: int | None = None) -> None:
+    """Say on /readyz that consume_links cannot reach Kafka (error), or that it can (None)."""
+    if error is None:
+        redis.delete(keys.links_kafka_error_key())
+    else:
+        since = since_ms if since_ms is not None else int(time.time() * 1000)
+        redis.set(keys.links_kafka_error_key(), f"{since}|{error[:300]}")

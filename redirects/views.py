@@ -7,9 +7,10 @@ from __future__ import annotations
 import logging
 
 import redis as redis_lib
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from redirects import answers, clicks, keys, selectors
+from redirects import answers, clicks, selectors
 from shortener_project.metrics import instrumented
 
 logger = logging.getLogger(__name__)
@@ -21,18 +22,26 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
 
 def readyz(request: HttpRequest) -> HttpResponse:
-    """Ready to serve: Redis answers and consume_links has caught up with the links topic as it
-    stood when it (re)started. A load balancer keeps the replica out while this is 503."""
+    """Ready to serve: Redis answers, consume_links runs (its heartbeat is at most
+    SHORTENER_READY_STALE_SECONDS old) and has caught up with the links topic. A load balancer
+    keeps the replica out while this is 503. Records consume_links could not apply are shown
+    (`rejected`, `rejected_last`); Kafka being unreachable is a `note`, not a reason: every
+    replica would otherwise leave service at once while each still serves what it holds."""
     try:
-        ready = selectors.redis_get().get(keys.links_ready_key()) == b"1"
+        state = selectors.readiness_get(redis=selectors.redis_get(),
+                                        stale_seconds=settings.SHORTENER_READY_STALE_SECONDS)
     except redis_lib.RedisError as exc:
         return JsonResponse({"status": "not ready", "reason": f"Redis unavailable: {exc}"},
                             status=503)
-    if not ready:
-        return JsonResponse({"status": "not ready",
-                             "reason": "consume_links has not caught up with the links topic"},
-                            status=503)
-    return JsonResponse({"status": "ready"})
+    body: dict[str, object] = {"status": "ready" if state.ready else "not ready"}
+    if state.reason:
+        body["reason"] = state.reason
+    if state.notes:
+        body["note"] = "; ".join(state.notes)
+    if state.rejected:
+        body["rejected"] = state.rejected
+        body["rejected_last"] = state.rejected_last
+    return JsonResponse(body, status=200 if state.ready else 503)
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
@@ -48,7 +57,9 @@ def redirect(request: HttpRequest, tinyurl: str) -> HttpResponse:
     else:
         try:
             if request.method == "GET":
-                outcome = clicks.link_click(redis=selectors.redis_get(), tinyurl=tinyurl)
+                # Lookup and count in one round trip; a link not answered with 302 counts
+                # nothing.
+                outcome = clicks.click_call(redis=selectors.redis_get(), tinyurl=tinyurl)
             else:  # HEAD: answered, not counted (see redirects/asgi.py)
                 outcome = selectors.link_target_get(tinyurl=tinyurl)
             answer = answers.redirect_answer(outcome)

@@ -61,6 +61,8 @@ class PositionedConsumer:
 
     name = "consumer"
     store_errors: tuple[type[Exception], ...] = ()
+    # Longest wait between retries while Kafka or the store is unavailable.
+    backoff_max_seconds = 10.0
 
     def __init__(
         self,
@@ -100,6 +102,13 @@ class PositionedConsumer:
     def on_store_error(self) -> None:
         """Called after a store error, before waiting to retry."""
 
+    def on_round(self) -> None:
+        """Called at the start of every round of the loop: each poll (<= poll_timeout_ms), and
+        each retry after an error. Its store errors are handled like the loop's."""
+
+    def on_kafka_error(self, exc: Exception) -> None:
+        """Called after a Kafka error, before waiting to retry."""
+
     # --- the loop -----------------------------------------------------------------------
 
     def run(self) -> None:
@@ -108,6 +117,7 @@ class PositionedConsumer:
         try:
             while not self.stop.is_set():
                 try:
+                    self.on_round()
                     if consumer is None:
                         consumer = self.consumer_factory()
                         if not self._assign(consumer):
@@ -125,9 +135,13 @@ class PositionedConsumer:
                 except KafkaError as exc:
                     CONSUMER_RETRIES.labels(self.topic, "kafka").inc()
                     logger.error("%s: Kafka error: %r; retrying in %.1fs", self.name, exc, backoff)
+                    try:
+                        self.on_kafka_error(exc)
+                    except self.store_errors as store_exc:
+                        logger.error("%s: store unavailable: %r", self.name, store_exc)
                     if self.stop.wait(backoff):
                         break
-                    backoff = min(backoff * 2, 10.0)
+                    backoff = min(backoff * 2, self.backoff_max_seconds)
                 except self.store_errors as exc:
                     # Once the store is back its content may differ (restarted empty), and the
                     # failed batch was not written: re-seek from what the store then holds.
@@ -137,7 +151,7 @@ class PositionedConsumer:
                     self.on_store_error()
                     if self.stop.wait(backoff):
                         break
-                    backoff = min(backoff * 2, 10.0)
+                    backoff = min(backoff * 2, self.backoff_max_seconds)
                     if consumer is not None:
                         try:
                             self.reposition(consumer)
@@ -164,6 +178,7 @@ class PositionedConsumer:
                                "creates it: manage.py kafka_topics)", self.name, self.topic)
                 waited = True
             self.stop.wait(1.0)
+            self.on_round()  # waiting is a round too (alive, not stuck)
         return False
 
     def reposition(self, consumer: KafkaConsumer) -> None:

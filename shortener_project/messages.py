@@ -19,6 +19,8 @@ import re
 from datetime import datetime
 from typing import TypedDict
 
+import orjson
+
 from shortener_project import longurls
 
 TINYURL_LENGTH = 7
@@ -34,6 +36,10 @@ RESERVED_TINYURLS = frozenset({"metrics", "healthz"})
 # what it holds, and a takedown is a record that compaction keeps (never a tombstone).
 LINK_SCHEMA = 2
 LINK_STATES = ("active", "disabled")
+
+
+class MessageError(ValueError):
+    """A message that cannot be applied: logged, counted and skipped by the consumer."""
 
 
 class LinkRecord(TypedDict):
@@ -176,8 +182,11 @@ def click_report_decode(key: bytes | None, value: bytes | None) -> ClickReport:
     if value is None:
         raise MessageError("empty value")
     try:
-        report = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # orjson, not json: the master decodes every report of every replica, and json.loads
+        # was most of consume_clicks' per-report Python time (docs/performance.md). orjson
+        # rejects invalid UTF-8, as json does.
+        report = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
         raise MessageError(f"value is not JSON: {exc}") from None
     if not isinstance(report, dict):
         raise MessageError("value is not a JSON object")
@@ -196,3 +205,95 @@ def click_report_decode(key: bytes | None, value: bytes | None) -> ClickReport:
     if not _positive_int(report.get("count")):
         raise MessageError("count is missing or not a positive integer")
     return report  # type: ignore[return-value]
+
+
+# --- Replicas topic (<user>-replicas): each replica's status, for the master's admin ----------
+# Key = node (UTF-8), the compaction key: the topic keeps the newest status of every replica.
+# `report_clicks` on each replica publishes one every SHORTENER_STATUS_SECONDS; the admin's
+# replicas page reads the topic when it is shown (links/replicas.py). A status is a snapshot
+# that the next one replaces: nothing is applied from it, so a lost or repeated one is harmless.
+REPLICA_STATUS_SCHEMA = 1
+
+
+class ReplicaStatus(TypedDict):
+    schema: int
+    node: str  # SHORTENER_NODE_ID of the replica
+    # The links topic: the next offset this replica's Redis will apply, and the topic's end as
+    # the replica last saw it, each summed over the topic's partitions; end - position is its
+    # lag in records. None: unknown (Redis or Kafka did not answer; nothing applied yet).
+    links_position: int | None
+    links_end: int | None
+    ready: bool  # what the replica's /readyz answers
+    reason: str  # why it is not ready; "" when ready
+    incarnation: str | None  # its click counters' incarnation; None before its first click
+    redirects: int | None  # redirects served (counted GETs) in this incarnation; None: unknown
+    version: str  # the code it runs (git commit, or SHORTENER_VERSION)
+    reported_at: str  # ISO 8601, UTC, the replica's clock (the page uses the broker's)
+
+
+def replica_status_encode(
+    *,
+    node: str,
+    links_position: int | None,
+    links_end: int | None,
+    ready: bool,
+    reason: str,
+    incarnation: str | None,
+    redirects: int | None,
+    version: str,
+    reported_at: datetime,
+) -> tuple[bytes, bytes]:
+    """The (key, value) of one replica status: key = node (UTF-8), value = JSON ReplicaStatus.
+    Raises ValueError for a node that NODE_RE does not accept."""
+    if not NODE_RE.fullmatch(node):
+        raise ValueError(f"node {node!r} is not a node id")
+    status: ReplicaStatus = {
+        "schema": REPLICA_STATUS_SCHEMA,
+        "node": node,
+        "links_position": links_position,
+        "links_end": links_end,
+        "ready": ready,
+        "reason": reason[:500],
+        "incarnation": incarnation,
+        "redirects": redirects,
+        "version": version[:100],
+        "reported_at": reported_at.isoformat(),
+    }
+    return node.encode(), json.dumps(status, separators=(",", ":")).encode()
+
+
+def _count_or_none(value: object) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool)
+                             and 0 <= value < 2**62)
+
+
+def replica_status_decode(key: bytes | None, value: bytes | None) -> ReplicaStatus:
+    """Parse and check one replicas-topic message; MessageError for anything not showable."""
+    if value is None:
+        raise MessageError("empty value")
+    try:
+        status = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageError(f"value is not JSON: {exc}") from None
+    if not isinstance(status, dict):
+        raise MessageError("value is not a JSON object")
+    if status.get("schema") != REPLICA_STATUS_SCHEMA:
+        raise MessageError(f"unknown schema {status.get('schema')!r}")
+    node = status.get("node")
+    if not isinstance(node, str) or not NODE_RE.fullmatch(node):
+        raise MessageError("node is missing or malformed")
+    if key is not None and key != node.encode():
+        raise MessageError("key differs from the status' node")
+    for field in ("links_position", "links_end", "redirects"):
+        if not _count_or_none(status.get(field)):
+            raise MessageError(f"{field} is not a non-negative integer or null")
+    if not isinstance(status.get("ready"), bool):
+        raise MessageError("ready is not a boolean")
+    incarnation = status.get("incarnation")
+    if incarnation is not None and (not isinstance(incarnation, str)
+                                    or not INCARNATION_RE.fullmatch(incarnation)):
+        raise MessageError("incarnation is malformed")
+    for field in ("reason", "version", "reported_at"):
+        if not isinstance(status.get(field), str):
+            raise MessageError(f"{field} is not a string")
+    return status  # type: ignore[return-value]

@@ -45,7 +45,8 @@ REQUESTS = Histogram(
 CONSUMER_RECORDS = Counter(
     "shortener_consumer_records_total",
     "Records a consumer handled, by outcome: applied, skipped (malformed), unknown (clicks for "
-    "a link the master does not have).",
+    "a link the master does not have); links only: stale (not newer than the version held), "
+    "ignored (tombstones, links past their keep time).",
     ["topic", "outcome"],
 )
 CONSUMER_RETRIES = Counter(
@@ -65,6 +66,24 @@ CONSUMER_LAG = Gauge(
     "Records in the partition after the consumer's position (end offset - position).",
     ["topic", "partition"],
 )
+LINKS_REJECTED = Counter(
+    "shortener_links_rejected_total",
+    "Links-topic records a replica could not apply (a bug, or a newer schema): each is logged "
+    "with its offset and shown on /readyz. reason: schema, json, key, longurl, version, invalid.",
+    ["reason"],
+)
+CONSUMER_OUT_OF_RANGE = Counter(
+    "shortener_consumer_out_of_range_total",
+    "Times a consumer found its stored position outside the partition's retained range "
+    "(records deleted before it read them, or the topic recreated); each is also an ERROR log.",
+    ["topic"],
+)
+CONSUMER_RECORDS_LOST = Counter(
+    "shortener_consumer_records_lost_total",
+    "Records deleted from a topic before its consumer read them (the partition's first retained "
+    "offset minus the consumer's stored position, when it found its position out of range).",
+    ["topic"],
+)
 CONSUMER_CAUGHT_UP = Gauge(
     "shortener_consumer_caught_up",
     "1 once the consumer has reached the end of the topic as it stood when it (re)positioned.",
@@ -83,6 +102,25 @@ LINKS_PUBLISHED = Counter(
     "Links sent to the links topic by the master, by outcome (acked, failed: left for the "
     "outbox relay).",
     ["outcome"],
+)
+
+LINKS_AUDITED = Counter(
+    "shortener_links_audited_total",
+    "Links whose newest record in the links topic the master's audit checked, by outcome "
+    "(current; resend: older or unreadable, sent again; rebased: newer than the database, "
+    "version raised; unknown: no such link).",
+    ["outcome"],
+)
+
+# --- /create's refusals (links/views.py) ------------------------------------------------------
+
+CREATE_REFUSED = Counter(
+    "shortener_create_refused_total",
+    "PUT /create requests refused, by reason: the rule of the longurl definition that failed "
+    "(scheme, userinfo, host, idna, port, too_long, own_host, private_host, blocked_host, ...), "
+    "or the request's fault (method, body, json, auth_missing, auth_refused, rate_limited, "
+    "taken_down). docs/metrics.md lists them.",
+    ["reason"],
 )
 
 

@@ -14,7 +14,9 @@ import subprocess
 from pathlib import Path
 
 import environ
+import limits
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.http import MAX_URL_REDIRECT_LENGTH
 
 from shortener_project.roles import Role
 
@@ -122,21 +124,90 @@ CACHES = {
 
 # --- the product's own settings -------------------------------------------------------------
 
-# Longest longurl accepted. Django's URLValidator stops at 2,048; real links with long query
-# strings go past that, and 8 KiB is what common servers accept in a request line.
+# Longest longurl accepted, in characters of its stored form: as it is sent in Location, after
+# IDNA and percent-encoding (shortener_project/longurls.py). Real links with long query strings
+# go past 2,048, and 8 KiB is what common servers accept in a request line. At most Django's
+# MAX_URL_REDIRECT_LENGTH (16,384): HttpResponseRedirect refuses longer targets.
 SHORTENER_MAX_URL_LENGTH = env.int("SHORTENER_MAX_URL_LENGTH", default=8192)
-# How long /create waits for Kafka to acknowledge a new link before answering 503.
+if not 20 <= SHORTENER_MAX_URL_LENGTH <= MAX_URL_REDIRECT_LENGTH:
+    raise ImproperlyConfigured(
+        f"SHORTENER_MAX_URL_LENGTH={SHORTENER_MAX_URL_LENGTH}: use 20 to {MAX_URL_REDIRECT_LENGTH} "
+        "(replicas cannot redirect to longer URLs)"
+    )
+# The one bound on publishing a link, in seconds: the master producer's delivery_timeout_ms, and
+# what /create waits for (plus a second) before answering 503 (shortener_project/bus.py).
 SHORTENER_PUBLISH_TIMEOUT = env.float("SHORTENER_PUBLISH_TIMEOUT", default=5.0)
+
+# --- /create's protection (links/protection.py; README "The API") ---------------------------
+
+# The service's own public hosts: /create refuses longurls on them (short links to short links
+# make chains without end). Django's ALLOWED_HOSTS syntax: "sho.rt" is that host, ".sho.rt" it
+# and its subdomains; any port. Default: the hosts this server answers to (DJANGO_ALLOWED_HOSTS,
+# less "*"). On the master, list the replicas' public names too: the master cannot know them.
+SHORTENER_PUBLIC_HOSTS = env.list(
+    "SHORTENER_PUBLIC_HOSTS", default=[h for h in ALLOWED_HOSTS if h != "*"])
+# Longurls whose host is a loopback, private, link-local or otherwise non-global address, or
+# "localhost", lead every clicker to their own machine or network, not the creator's: refused
+# unless this is true (a shortener for an intranet).
+SHORTENER_ALLOW_PRIVATE_TARGETS = env.bool("SHORTENER_ALLOW_PRIVATE_TARGETS", default=False)
+# "open": anyone may PUT /create (the homework's contract). "key": only with
+# "Authorization: Bearer <key>", keys being made and revoked in the admin.
+SHORTENER_CREATE_AUTH = env.str("SHORTENER_CREATE_AUTH", default="open").lower()
+if SHORTENER_CREATE_AUTH not in ("open", "key"):
+    raise ImproperlyConfigured(
+        f"SHORTENER_CREATE_AUTH={SHORTENER_CREATE_AUTH!r}: use open or key")
+# Limits of /create per client (its API key, else its address; an IPv6 address by its /64), in
+# the `limits` library's notation, several separated by ";". Empty: no limit. The default lets
+# the homework's load generator (10,000 creates, sequential at ~80/s) run five times an hour
+# from one address, and keeps a single client from flooding the links table.
+SHORTENER_CREATE_RATE_LIMIT = env.str("SHORTENER_CREATE_RATE_LIMIT",
+                                      default="200/second;50000/hour")
+# Where the counters live, shared by every gunicorn worker: "database" (an UNLOGGED table in
+# the master's PostgreSQL), or a `limits` storage URI such as redis://127.0.0.1:26379/0
+# ("memory://" counts per process: tests only).
+SHORTENER_RATE_LIMIT_STORAGE = env.str("SHORTENER_RATE_LIMIT_STORAGE", default="database")
+if SHORTENER_CREATE_RATE_LIMIT.strip():
+    try:
+        limits.parse_many(SHORTENER_CREATE_RATE_LIMIT)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"SHORTENER_CREATE_RATE_LIMIT: {exc}") from None
+if SHORTENER_RATE_LIMIT_STORAGE != "database" and "://" not in SHORTENER_RATE_LIMIT_STORAGE:
+    raise ImproperlyConfigured(
+        f"SHORTENER_RATE_LIMIT_STORAGE={SHORTENER_RATE_LIMIT_STORAGE!r}: use database or a "
+        "storage URI of the limits library (redis://host:port/db)")
+# Proxies in front of the master that append the client's address to X-Forwarded-For. 0: the
+# address is the connection's peer (REMOTE_ADDR), and X-Forwarded-For is ignored (a client can
+# write anything there).
+SHORTENER_TRUSTED_PROXIES = env.int("SHORTENER_TRUSTED_PROXIES", default=0)
+# Each gunicorn worker keeps the host blocklist in memory this many seconds; an admin's change
+# reaches every worker within it (at once in the worker that served the admin).
+SHORTENER_BLOCKLIST_CACHE_SECONDS = env.float("SHORTENER_BLOCKLIST_CACHE_SECONDS", default=5.0)
 
 # Most links-topic records a replica applies in one Redis transaction. Large batches make a
 # fresh replica's catch-up fast; tests lower it to interrupt a catch-up half-way.
 SHORTENER_LINKS_BATCH = env.int("SHORTENER_LINKS_BATCH", default=5000)
+# How long a replica keeps an expired link (answering 410 Gone) before the key leaves its Redis
+# by itself (PEXPIREAT = expires_at + this). After that the link answers 404.
+SHORTENER_GONE_KEEP_SECONDS = env.int("SHORTENER_GONE_KEEP_SECONDS", default=30 * 24 * 3600)
+# A replica's /readyz answers 503 once consume_links' heartbeat (written every round, <= 0.5 s,
+# and every <= ~8 s while Kafka is unreachable) is older than this: stopped, dead or stuck.
+SHORTENER_READY_STALE_SECONDS = env.float("SHORTENER_READY_STALE_SECONDS", default=15.0)
 
 # Clicks below the next hundred are reported by `report_clicks` at least this often (and when it
 # stops gracefully). It bounds how far the master's totals lag, and what a wiped Redis can lose.
 SHORTENER_CLICKS_FLUSH_SECONDS = env.float("SHORTENER_CLICKS_FLUSH_SECONDS", default=10.0)
 # Most click reports the master applies in one PostgreSQL transaction.
 SHORTENER_CLICKS_BATCH = env.int("SHORTENER_CLICKS_BATCH", default=5000)
+
+# Replicas' status (redirects/status.py, links/replicas.py): each replica's report_clicks
+# publishes one this often (seconds); the admin shows a replica not heard from for
+# SHORTENER_REPLICA_MISSING_SECONDS as missing, and waits at most
+# SHORTENER_REPLICAS_READ_SECONDS for Kafka when it reads them.
+SHORTENER_STATUS_SECONDS = env.float("SHORTENER_STATUS_SECONDS", default=5.0)
+SHORTENER_REPLICA_MISSING_SECONDS = env.float("SHORTENER_REPLICA_MISSING_SECONDS", default=60.0)
+SHORTENER_REPLICAS_READ_SECONDS = env.float("SHORTENER_REPLICAS_READ_SECONDS", default=3.0)
+# The code version a replica's status names; by default the checkout's git commit.
+SHORTENER_VERSION = env.str("SHORTENER_VERSION", default="")
 
 # --- Django plumbing ------------------------------------------------------------------------
 

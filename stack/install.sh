@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the product and its tests need, and nothing twice:
-#  - Debian packages (PostgreSQL, Redis, a Java runtime and Maven for Kafka) when missing and root;
+#  - Debian packages (PostgreSQL, Redis, a Java runtime and Maven for Kafka; Chromium and its
+#    WebDriver for the admin's browser test) when missing and root;
 #  - a virtualenv with the pinned Python requirements (redone only when a requirements file changes);
 #  - Apache Kafka's jars from Maven Central (fetched once into the data folder).
 source "$(dirname "$0")/lib.sh"
@@ -11,6 +12,11 @@ ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/n
 command -v java >/dev/null || need_pkgs+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need_pkgs+=(maven)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
+# The admin's browser test (tests/links/test_admin_browser.py) drives Debian's Chromium through
+# Debian's chromedriver, which match each other's version; selenium (requirements-test.txt)
+# talks to it. Nothing downloads a browser build of its own.
+command -v chromium >/dev/null || need_pkgs+=(chromium)
+command -v chromedriver >/dev/null || need_pkgs+=(chromium-driver)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if is_root; then
     log "installing Debian packages: ${need_pkgs[*]}"

@@ -39,13 +39,16 @@ def test_data_dir() -> Path:
 
 @pytest.fixture
 def replica_factory(test_data_dir):
-    """Make replicas: `replica_factory()` returns a Replica with its Redis running."""
+    """Make replicas: `replica_factory()` returns a Replica with its Redis running;
+    `replica_factory(redis_of=other)` one that shares `other`'s Redis (two hosts, one Redis)."""
     made: list[Replica] = []
 
-    def make(*, start: bool = True, reporter: bool = False) -> Replica:
-        replica = Replica(f"r{uuid.uuid4().hex[:8]}", test_data_dir)
+    def make(*, start: bool = True, reporter: bool = False,
+             redis_of: Replica | None = None) -> Replica:
+        replica = Replica(f"r{uuid.uuid4().hex[:8]}", test_data_dir, redis_of=redis_of)
         made.append(replica)
-        replica.start_redis()
+        if redis_of is None:
+            replica.start_redis()
         if start:
             replica.start_consumer()
             replica.start_web()

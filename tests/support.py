@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
@@ -55,15 +58,25 @@ def port_open(port: int) -> bool:
         return False
 
 
+def link_value_split(raw: bytes | None) -> tuple[int, int | None, str | None] | None:
+    """A replica's Redis value of a link, `<version>|<expires_at ms>|<longurl>` (written by the
+    replica's code; parsed here independently of it), as (version, expires_at, longurl)."""
+    if raw is None:
+        return None
+    version, expires_at, longurl = raw.decode().split("|", 2)
+    return int(version), int(expires_at) if expires_at else None, longurl or None
+
+
 class Replica:
     """One replica as on its own host: its own redis-server, `consume_links` and its web server
     (gunicorn + uvicorn's worker)."""
 
-    def __init__(self, name: str, data_dir: Path) -> None:
+    def __init__(self, name: str, data_dir: Path, redis_of: Replica | None = None) -> None:
+        """redis_of: share that replica's Redis (two hosts on one Redis) instead of running one."""
         self.name = name
         self.dir = data_dir / name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.redis_port = free_port()
+        self.redis_port = redis_of.redis_port if redis_of is not None else free_port()
         self.http_port = free_port()
         self.consumer_metrics_port = free_port()
         self.reporter_metrics_port = free_port()
@@ -97,6 +110,20 @@ class Replica:
 
     def restart_redis_empty(self) -> None:
         self._stop(self.redis_proc, signal.SIGKILL)
+        (self.dir / "dump.rdb").unlink(missing_ok=True)
+        self.start_redis()
+
+    def snapshot_redis(self) -> Path:
+        """SAVE, and keep a copy of the snapshot (a backup)."""
+        self.redis.save()
+        backup = self.dir / f"backup-{time.monotonic_ns()}.rdb"
+        shutil.copyfile(self.dir / "dump.rdb", backup)
+        return backup
+
+    def restore_redis(self, backup: Path) -> None:
+        """Kill redis-server and start it again on the same port and dir from `backup`."""
+        self._stop(self.redis_proc, signal.SIGKILL)
+        shutil.copyfile(backup, self.dir / "dump.rdb")
         self.start_redis()
 
     # --- consume_links --------------------------------------------------------------------
@@ -134,17 +161,50 @@ class Replica:
             cwd=ROOT, env={**self.env, "SHORTENER_CLICKS_FLUSH_SECONDS": str(flush_seconds)},
             stdout=open(self.reporter_log, "ab"), stderr=subprocess.STDOUT,
         )
+        # Its metrics port opens just before its signal handlers are installed: from then on a
+        # SIGTERM is a graceful stop (with the final flush), not the default death.
+        wait_until(lambda: port_open(self.reporter_metrics_port), timeout=20,
+                   what=f"{self.name} report_clicks")
 
     def stop_reporter(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         return self._stop(self.reporter, sig, timeout)
+
+    def start_web_again(self, **extra_env: str) -> None:
+        """Stop the web server and start it again (e.g. with another SHORTENER_NODE_ID)."""
+        self._stop(self.web)
+        self.env.update(extra_env)
+        self.start_web()
 
     def click(self, tinyurl: str, times: int) -> None:
         for _ in range(times):
             response = self.get(tinyurl)
             assert response.status_code == 302, response.status_code
 
+    def click_through(self, tinyurl: str, times: int, timeout: float = 30) -> None:
+        """`times` counted clicks, riding out 503s (Redis just restarted: nothing counted)."""
+        deadline = time.monotonic() + timeout
+        done = 0
+        while done < times:
+            assert time.monotonic() < deadline, f"only {done} of {times} clicks answered 302"
+            status = self.get(tinyurl).status_code
+            assert status in (302, 503), status
+            done += status == 302
+
+    def incarnation(self) -> str | None:
+        raw = self.redis.get(f"{settings.SHORTENER_USER}:clicks:incarnation")
+        return raw.decode() if raw is not None else None
+
     def clicks_count(self, tinyurl: str) -> int:
-        return int(self.redis.get(f"{settings.SHORTENER_USER}:clicks:count:{tinyurl}") or 0)
+        """The link's clicks counted in the current incarnation."""
+        incarnation = self.incarnation()
+        key = f"{settings.SHORTENER_USER}:clicks:count:{incarnation}:{tinyurl}"
+        return int(self.redis.get(key) or 0) if incarnation else 0
+
+    def clicks_counts(self, tinyurl: str) -> dict[str, int]:
+        """Every counter of the link in this Redis: incarnation -> count."""
+        prefix = f"{settings.SHORTENER_USER}:clicks:count:"
+        return {k.decode()[len(prefix):].rpartition(":")[0]: int(self.redis.get(k) or 0)
+                for k in self.redis.scan_iter(match=f"{prefix}*:{tinyurl}")}
 
     # --- web ------------------------------------------------------------------------------
 
@@ -168,13 +228,19 @@ class Replica:
 
     # --- state ----------------------------------------------------------------------------
 
+    def link(self, tinyurl: str) -> tuple[int, int | None, str | None] | None:
+        """(version, expires_at ms, longurl or None if disabled) as this replica holds it."""
+        return link_value_split(self.redis.get(f"{settings.SHORTENER_USER}:link:{tinyurl}"))
+
     def target(self, tinyurl: str) -> str | None:
-        value = self.redis.get(f"{settings.SHORTENER_USER}:link:{tinyurl}")
-        return value.decode() if value is not None else None
+        """The longurl this replica redirects to; None if it holds no active link."""
+        link = self.link(tinyurl)
+        return link[2] if link is not None else None
 
     def targets(self, tinyurls: list[str]) -> list[str | None]:
         keys = [f"{settings.SHORTENER_USER}:link:{t}" for t in tinyurls]
-        return [v.decode() if v is not None else None for v in self.redis.mget(keys)]
+        return [link[2] if (link := link_value_split(v)) is not None else None
+                for v in self.redis.mget(keys)]
 
     def has_all(self, links: dict[str, str]) -> bool:
         return self.targets(list(links)) == list(links.values())
@@ -184,8 +250,13 @@ class Replica:
         return int(raw) if raw is not None else None
 
     def stats(self) -> dict[str, int]:
+        """The links consumer's counters (rejected_last left out: it is not a count)."""
         raw = self.redis.hgetall(f"{settings.SHORTENER_USER}:links:stats")
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {k.decode(): int(v) for k, v in raw.items() if k != b"rejected_last"}
+
+    def readyz(self) -> tuple[int, dict]:
+        response = self.get("readyz")
+        return response.status_code, response.json()
 
     # --- teardown -------------------------------------------------------------------------
 
@@ -255,7 +326,8 @@ class ClicksConsumerProcess:
         from django.db import connection
 
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                           "AND datname = current_database()",
                            [self.APP_NAME])
             return cursor.fetchone()[0]
 
@@ -327,3 +399,65 @@ def topic_end(topic: str, partition: int = 0) -> int:
         return consumer.end_offsets([tp])[tp]
     finally:
         consumer.close()
+
+
+# --- the topics, read and written directly ----------------------------------------------------
+
+
+def tinyurl_new() -> str:
+    import secrets
+    import string
+
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(7))
+
+
+def link_produce(tinyurl: str, version: int, longurl: str | None = None, *,
+                 disabled: bool = False, expires_at: datetime | None = None) -> int:
+    """Produce one schema-2 link record straight to the links topic; returns its offset."""
+    from shortener_project import bus
+    from shortener_project.messages import link_record_encode
+
+    key, value = link_record_encode(tinyurl=tinyurl, version=version, longurl=longurl,
+                                    disabled=disabled, expires_at=expires_at,
+                                    created_at=datetime.now(timezone.utc))
+    return bus.producer_get().send(bus.links_topic(), key=key, value=value).get(timeout=10).offset
+
+
+def topic_read(topic: str, partition: int = 0) -> list:
+    """Every record the partition holds now, from its first offset to its end."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+                             enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        records = []
+        deadline = time.monotonic() + 30
+        while consumer.position(tp) < end:
+            assert time.monotonic() < deadline, f"reading {topic} timed out"
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def click_reports(tinyurl: str) -> list[dict]:
+    """Every click report of `tinyurl` in the clicks topic, in order (decoded JSON)."""
+    from shortener_project import bus
+
+    reports = [json.loads(r.value) for r in topic_read(bus.clicks_topic()) if r.value]
+    return [r for r in reports if r.get("tinyurl") == tinyurl]
+
+
+def master_counts(tinyurl: str) -> dict[str, int]:
+    """What the master's max() per counter makes of the reports of `tinyurl`:
+    `<incarnation>:<tinyurl>` -> the largest count reported."""
+    best: dict[str, int] = {}
+    for r in click_reports(tinyurl):
+        key = f"{r['incarnation']}:{r['tinyurl']}"
+        best[key] = max(best.get(key, 0), r["count"])
+    return best

@@ -17,7 +17,7 @@ from shortener_project.messages import (
 
 @pytest.mark.parametrize("url", [
     "http://example.com", "https://example.com/a/b?c=d&e=f#g", "https://sub.example.co.uk:8443/",
-    "http://127.0.0.1:8000/x", "https://[2001:db8::1]/", "HTTPS://EXAMPLE.COM/UPPER",
+    "http://93.184.215.14:8000/x", "https://[2606:4700:4700::1111]/", "HTTPS://EXAMPLE.COM/UPPER",
 ])
 def test_good_urls_pass(url):
     assert longurl_validate(url) == url
@@ -39,29 +39,60 @@ def test_tinyurl_alphabet_and_length():
 
 
 def test_link_record_round_trip():
-    key, value = link_record_encode(tinyurl="abcDEF1", longurl="https://пример.рф/",
-                                    created_at=datetime(2026, 1, 2, tzinfo=timezone.utc))
+    key, value = link_record_encode(tinyurl="abcDEF1", version=3,
+                                    longurl="https://xn--e1afmkfd.xn--p1ai/",
+                                    created_at=datetime(2026, 1, 2, tzinfo=timezone.utc),
+                                    expires_at=datetime(2027, 1, 1, tzinfo=timezone.utc))
     record = link_record_decode(key, value)
-    assert record == {"schema": 1, "tinyurl": "abcDEF1", "longurl": "https://пример.рф/",
+    assert record == {"schema": 2, "tinyurl": "abcDEF1", "version": 3, "state": "active",
+                      "longurl": "https://xn--e1afmkfd.xn--p1ai/", "expires_at": 1798761600000,
                       "created_at": "2026-01-02T00:00:00+00:00"}
+
+
+def test_disabled_record_carries_no_longurl():
+    key, value = link_record_encode(tinyurl="abcDEF1", version=2, longurl="https://x.com/",
+                                    created_at=datetime(2026, 1, 2, tzinfo=timezone.utc),
+                                    disabled=True)
+    record = link_record_decode(key, value)
+    assert (record["state"], record["longurl"], record["version"]) == ("disabled", None, 2)
 
 
 def test_tombstone_decodes_to_none():
     assert link_record_decode(b"abcDEF1", None) is None
 
 
+V2 = '"schema":2,"tinyurl":"abcDEF1","version":1,"state":"active","expires_at":null'
+
+
 @pytest.mark.parametrize("key,value", [
     (None, b'{}'),
-    (b"short", b'{"schema":1,"tinyurl":"short","longurl":"https://x.com"}'),
+    (b"short", b'{"schema":2,"tinyurl":"short","version":1,"state":"active",'
+               b'"longurl":"https://x.com"}'),
     (b"\xff\xfe\xfd\xfc\xfb\xfa\xf9", b'{}'),
     (b"abcDEF1", b"not json"),
     (b"abcDEF1", b"[1,2]"),
+    # schema 1 (before versions): skipped by a schema-2 replica; republish_links replaces it
+    (b"abcDEF1", b'{"schema":1,"tinyurl":"abcDEF1","longurl":"https://x.com"}'),
     (b"abcDEF1", b'{"schema":99,"tinyurl":"abcDEF1","longurl":"https://x.com"}'),
-    (b"abcDEF1", b'{"schema":1,"tinyurl":"zzzzzzz","longurl":"https://x.com"}'),
-    (b"abcDEF1", b'{"schema":1,"tinyurl":"abcDEF1","longurl":"javascript:alert(1)"}'),
-    (b"abcDEF1", b'{"schema":1,"tinyurl":"abcDEF1","longurl":"https://x.com/\\r\\nX: y"}'),
-    (b"abcDEF1", b'{"schema":1,"tinyurl":"abcDEF1"}'),
+    (b"abcDEF1", ('{' + V2.replace('abcDEF1', 'zzzzzzz') + ',"longurl":"https://x.com"}').encode()),
+    (b"abcDEF1", ('{' + V2 + ',"longurl":"javascript:alert(1)"}').encode()),
+    (b"abcDEF1", ('{' + V2 + ',"longurl":"https://x.com/\\r\\nX: y"}').encode()),
+    (b"abcDEF1", ('{' + V2 + '}').encode()),
+    (b"abcDEF1", ('{' + V2.replace('"version":1', '"version":0') + ',"longurl":"https://x.com"}')
+     .encode()),
+    (b"abcDEF1", ('{' + V2.replace('"version":1', '"version":true') +
+                  ',"longurl":"https://x.com"}').encode()),
+    (b"abcDEF1", ('{' + V2.replace('"active"', '"deleted"') + ',"longurl":"https://x.com"}')
+     .encode()),
+    (b"abcDEF1", ('{' + V2.replace('"active"', '"disabled"') + ',"longurl":"https://x.com"}')
+     .encode()),
 ])
 def test_malformed_records_are_rejected(key, value):
     with pytest.raises(MessageError):
         link_record_decode(key, value)
+
+
+def test_a_good_v2_record_passes():
+    # The template the malformed cases above change one thing of.
+    record = link_record_decode(b"abcDEF1", ('{' + V2 + ',"longurl":"https://x.com"}').encode())
+    assert record["version"] == 1

@@ -1,12 +1,13 @@
 """The replica's redirect path as it is deployed: gunicorn with uvicorn's worker serving
 shortener_project.asgi (tests.support.Replica.start_web), real redis-server. Links are written
-straight into the replica's Redis, as consume_links writes them."""
+straight into the replica's Redis in the form consume_links writes (keys.LinkValue)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -20,8 +21,17 @@ HIST = "shortener_request_duration_seconds"
 NOT_FOUND = {"error": "no such link"}
 
 
-def store(replica, links: dict[str, str]) -> None:
-    replica.redis.mset({keys.link_key(t): longurl for t, longurl in links.items()})
+def store(replica, links: dict[str, str | None], *, expires_at: int | None = None) -> None:
+    """Active links (longurl None: disabled), version 1, with the given expiry (ms) or none."""
+    replica.redis.mset({
+        keys.link_key(t): keys.link_value_encode(
+            keys.LinkValue(version=1, expires_at=expires_at, longurl=longurl))
+        for t, longurl in links.items()})
+
+
+def member(replica, tinyurl: str) -> bytes:
+    """The counter's name in the due/dirty sets: `<incarnation>:<tinyurl>`."""
+    return keys.clicks_member(incarnation=replica.incarnation(), tinyurl=tinyurl).encode()
 
 
 def commands_run(replica) -> dict[str, int]:
@@ -52,9 +62,9 @@ def test_get_redirects_and_counts_head_redirects_without_counting(replica):
         assert head.headers["Location"] == "https://example.com/landing"
         assert head.headers["Cache-Control"] == "no-store"
     assert replica.clicks_count("Abc1234") == 3  # HEAD is not a click
-    # The click left its marks for the reporter: dirty, and an incarnation named.
-    assert replica.redis.smembers(keys.clicks_dirty_key()) == {b"Abc1234"}
-    assert replica.redis.exists(keys.clicks_incarnation_key())
+    # The click left its marks for the reporter: an incarnation named, its counter dirty.
+    assert replica.incarnation() is not None
+    assert replica.redis.smembers(keys.clicks_dirty_key()) == {member(replica, "Abc1234")}
 
 
 def test_unknown_codes_are_404_json_and_count_nothing(replica):
@@ -90,12 +100,23 @@ def test_other_methods_are_405_with_allow_and_count_nothing(replica):
 
 def test_everything_else_is_answered_by_django_as_before(replica):
     assert replica.get("healthz").json() == {"status": "ok"}
+    # /readyz from consume_links' heartbeat and ready mark (what it writes while it runs).
+    not_ready = replica.get("readyz")
+    assert not_ready.status_code == 503
+    assert not_ready.json()["reason"] == "consume_links is not running (no heartbeat)"
+    seconds, micros = replica.redis.time()
+    replica.redis.set(keys.links_heartbeat_key(), seconds * 1000 + micros // 1000)
     not_ready = replica.get("readyz")
     assert not_ready.status_code == 503
     assert "not caught up" in not_ready.json()["reason"]
     replica.redis.set(keys.links_ready_key(), "1")  # what consume_links sets once caught up
     assert (replica.get("readyz").status_code, replica.get("readyz").json()) == (
         200, {"status": "ready"})
+    # A heartbeat older than SHORTENER_READY_STALE_SECONDS (15 s): out of service again.
+    replica.redis.set(keys.links_heartbeat_key(), seconds * 1000 + micros // 1000 - 60_000)
+    stale = replica.get("readyz")
+    assert stale.status_code == 503
+    assert "consume_links is stopped or stuck" in stale.json()["reason"]
     metrics = replica.get("metrics")
     assert metrics.status_code == 200 and metrics.headers["Content-Type"].startswith("text/plain")
     for path in ("no/such/thing", "static/x.css", "admin/"):
@@ -195,12 +216,99 @@ def test_64_clients_200_clicks_each_over_50_links_every_count_exact(replica_fact
     wrong = [(t, status, location) for answers in results for t, status, location in answers
              if status != 302 or location != links[t]]
     assert wrong == []
-    stored = dict(zip(tinyurls, replica.redis.mget([keys.clicks_counter_key(t)
-                                                    for t in tinyurls])))
+    incarnation = replica.incarnation()
+    stored = dict(zip(tinyurls, replica.redis.mget([
+        keys.clicks_counter_key(incarnation=incarnation, tinyurl=t) for t in tinyurls])))
     assert {t: int(v or 0) for t, v in stored.items()} == counts
     assert replica.redis.smembers(keys.clicks_due_key()) == {
-        t.encode() for t, n in counts.items() if n >= 100}
-    assert replica.redis.smembers(keys.clicks_dirty_key()) == {t.encode() for t in tinyurls}
+        member(replica, t) for t, n in counts.items() if n >= 100}
+    assert replica.redis.smembers(keys.clicks_dirty_key()) == {
+        member(replica, t) for t in tinyurls}
+    # Every click in one incarnation, the one Redis' counter of redirects served names.
+    assert replica.redis.hgetall(keys.clicks_served_key()) == {
+        incarnation.encode(): str(64 * 200).encode()}
+
+
+def test_expired_disabled_and_unreadable_links_through_the_asgi_path(replica):
+    """410 JSON with Cache-Control: no-store once a link expired, 404 JSON for a disabled link
+    and a value the replica does not read (a format-1 value): for GET and HEAD, nothing
+    counted; an expiry still ahead redirects and counts."""
+    now_ms = int(time.time() * 1000)
+    store(replica, {"Gone123": "https://example.com/gone"}, expires_at=now_ms - 1000)
+    store(replica, {"Later12": "https://example.com/later"}, expires_at=now_ms + 3_600_000)
+    store(replica, {"Down123": None})
+    replica.redis.set(keys.link_key("Fmt1abc"), "https://example.com/format-1")
+    for method in ("GET", "HEAD"):
+        gone = replica.get("Gone123", method=method)
+        assert gone.status_code == 410, method
+        assert gone.headers["Cache-Control"] == "no-store"
+        assert gone.headers["Content-Type"] == "application/json"
+        if method == "GET":
+            assert gone.json() == {"error": "this link has expired"}
+        for tinyurl in ("Down123", "Fmt1abc"):
+            response = replica.get(tinyurl, method=method)
+            assert response.status_code == 404, (tinyurl, method)
+            assert response.headers["Content-Type"] == "application/json"
+            if method == "GET":
+                assert response.json() == NOT_FOUND
+        later = replica.get("Later12", method=method)
+        assert (later.status_code, later.headers["Location"]) == (302,
+                                                                  "https://example.com/later")
+    assert replica.clicks_counts("Gone123") == {}
+    assert replica.clicks_counts("Down123") == {}
+    assert replica.clicks_counts("Fmt1abc") == {}
+    assert replica.clicks_count("Later12") == 1
+
+
+def test_clicks_after_a_redis_restore_go_to_a_new_incarnation_through_the_asgi_path(
+        replica_factory):
+    """Redis restarted from an older snapshot while two workers serve many concurrent clicks:
+    every click after the restore is counted in a new incarnation, none in the old counter
+    (whose value the master may already hold higher). No reporter runs: the check is the
+    redirect path's own (clicks.click_script_reload_async)."""
+    replica = replica_factory(start=False)
+    replica.start_web(workers=2)
+    store(replica, {"Abc1234": "https://example.com/landing"})
+
+    def click(_: int) -> int:
+        # New connections: both workers serve.
+        return requests.get(f"{replica.url}/Abc1234", allow_redirects=False,
+                            timeout=10).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        assert set(pool.map(click, range(30))) == {302}
+    old = replica.incarnation()
+    backup = replica.snapshot_redis()  # 30 clicks
+    with ThreadPoolExecutor(16) as pool:
+        assert set(pool.map(click, range(50))) == {302}
+    assert replica.clicks_counts("Abc1234") == {old: 80}
+    replica.restore_redis(backup)
+    assert replica.clicks_counts("Abc1234") == {old: 30} and replica.incarnation() == old
+    # Each worker's Redis connection broke with the restart: its next command fails (503) and
+    # it connects again. HEADs (a GET command, no script) until twenty in a row, on new
+    # connections, were answered: both workers are connected again, and nothing was counted.
+    in_a_row = [0]
+
+    def twenty_heads_in_a_row() -> bool:
+        status = requests.head(f"{replica.url}/Abc1234", timeout=10).status_code
+        assert status in (302, 503), status
+        in_a_row[0] = in_a_row[0] + 1 if status == 302 else 0
+        return in_a_row[0] >= 20
+
+    wait_until(twenty_heads_in_a_row, timeout=30, interval=0, what="both workers reconnected")
+    assert replica.clicks_counts("Abc1234") == {old: 30} and replica.incarnation() == old
+    replica.redis.config_resetstat()
+    # Now the clicks in flight together all meet NOSCRIPT in each worker.
+    with ThreadPoolExecutor(32) as pool:
+        assert set(pool.map(click, range(200))) == {302}
+    new = replica.incarnation()
+    assert new not in (None, old)
+    assert replica.clicks_counts("Abc1234") == {old: 30, new: 200}
+    assert replica.redis.get(keys.clicks_runid_key()).decode() == \
+        replica.redis.info("server")["run_id"]
+    # One recovery per worker at most (the clicks in flight share it), each with its check.
+    ran = commands_run(replica)
+    assert 1 <= ran.get("script|load", 0) <= 2 and ran.get("eval", 0) == ran["script|load"], ran
 
 
 def test_the_redirect_path_is_in_the_metrics_summed_over_two_workers(replica_factory):

@@ -6,12 +6,19 @@ from __future__ import annotations
 import signal
 import threading
 
+from django.conf import settings
 from django.db.models import Sum
 
 from links.models import ClickCounter, Link
 from redirects import keys
 from redirects.clicks import CLAIM_SCRIPT
-from tests.support import wait_until
+from tests.support import (
+    click_reports,
+    link_produce,
+    master_counts,
+    tinyurl_new,
+    wait_until,
+)
 
 
 def total(tinyurl: str) -> int:
@@ -145,12 +152,12 @@ def test_reports_claimed_by_a_reporter_that_died_are_sent_by_the_next(
     tinyurl = master.create("https://example.com/clicks/inflight")
     serving(replica, tinyurl)
     replica.click(tinyurl, 142)
-    # A reporter claimed the link (moved it in flight) and died before Kafka acknowledged.
+    # A reporter claimed the counter (moved it in flight) and died before Kafka acknowledged.
     claim = replica.redis.register_script(CLAIM_SCRIPT)
     claimed = claim(keys=[keys.clicks_dirty_key(), keys.clicks_due_key(),
-                          keys.clicks_inflight_key(), keys.clicks_incarnation_key()],
+                          keys.clicks_inflight_key()],
                     args=[1000, keys.clicks_counter_prefix()])
-    assert claimed[1:] == [tinyurl.encode(), b"142"]
+    assert claimed == [f"{replica.incarnation()}:{tinyurl}".encode(), b"142"]
     assert replica.redis.smembers(keys.clicks_dirty_key()) == set()
     assert replica.redis.smembers(keys.clicks_due_key()) == set()
     # The next reporter sends it again: the hundred at once, the exact count when it flushes.
@@ -159,3 +166,127 @@ def test_reports_claimed_by_a_reporter_that_died_are_sent_by_the_next(
     assert replica.stop_reporter(signal.SIGTERM) == 0
     wait_until(lambda: total(tinyurl) == 142, timeout=20, what="the re-sent exact count")
     assert replica.redis.smembers(keys.clicks_inflight_key()) == set()
+
+
+# --- counter identity: the incarnation, never the node ---------------------------------------
+# Checked at the record level: what the master's max() per counter makes of the reports in the
+# clicks topic (tests.support.master_counts), whatever the master's code.
+
+
+def test_a_node_renamed_over_the_same_redis_reports_the_same_counters(replica_factory):
+    replica = replica_factory(reporter=True)
+    tinyurl = tinyurl_new()
+    link_produce(tinyurl, 1, "https://example.com/clicks/renamed")
+    serving(replica, tinyurl)
+    replica.click(tinyurl, 130)
+    assert replica.stop_reporter() == 0
+    incarnation = replica.incarnation()
+    # SHORTENER_NODE_ID changes (its default, the host's first IPv4, is not stable).
+    replica.start_web_again(SHORTENER_NODE_ID="renamed-node")
+    replica.start_reporter()
+    replica.click(tinyurl, 20)
+    assert replica.stop_reporter() == 0
+    assert master_counts(tinyurl) == {f"{incarnation}:{tinyurl}": 150}
+    assert {r["node"] for r in click_reports(tinyurl)} == {replica.name, "renamed-node"}
+
+
+def test_two_hosts_sharing_one_redis_report_the_same_counters(replica_factory):
+    r1 = replica_factory(reporter=True)
+    r2 = replica_factory(start=False, redis_of=r1)  # a second host: web and reporter only
+    r2.start_web()
+    r2.start_reporter()
+    tinyurl = tinyurl_new()
+    link_produce(tinyurl, 1, "https://example.com/clicks/shared-redis")
+    serving(r1, tinyurl)
+    for _ in range(7):  # interleaved, across a hundred: either reporter may send it
+        r1.click(tinyurl, 20)
+        r2.click(tinyurl, 10)
+    wait_until(lambda: master_counts(tinyurl) == {f"{r1.incarnation()}:{tinyurl}": 200},
+               timeout=20, what="the two hundreds")
+    assert r1.stop_reporter() == 0 and r2.stop_reporter() == 0
+    assert master_counts(tinyurl) == {f"{r1.incarnation()}:{tinyurl}": 210}
+    assert r1.clicks_count(tinyurl) == 210
+
+
+def test_clicks_after_a_redis_rollback_go_to_a_new_incarnation(replica_factory):
+    replica = replica_factory(reporter=True)
+    tinyurl = tinyurl_new()
+    link_produce(tinyurl, 1, "https://example.com/clicks/rollback")
+    serving(replica, tinyurl)
+    replica.click(tinyurl, 30)
+    old = replica.incarnation()
+    backup = replica.snapshot_redis()  # a backup with 30 clicks
+    replica.click(tinyurl, 50)
+    assert replica.stop_reporter() == 0  # 80 reported
+    assert master_counts(tinyurl) == {f"{old}:{tinyurl}": 80}
+    # Redis comes back from the backup: the counter says 30 again, and the master holds 80.
+    replica.restore_redis(backup)
+    assert replica.clicks_count(tinyurl) == 30 and replica.incarnation() == old
+    # The first click after the restart starts a new incarnation (no reporter runs yet).
+    replica.click_through(tinyurl, 40)
+    new = replica.incarnation()
+    assert new != old
+    assert replica.clicks_counts(tinyurl) == {old: 30, new: 40}
+    replica.start_reporter()
+    assert replica.stop_reporter() == 0
+    counts = master_counts(tinyurl)
+    assert counts == {f"{old}:{tinyurl}": 80, f"{new}:{tinyurl}": 40}
+    assert sum(counts.values()) == 30 + 50 + 40  # every click once, none absorbed by max()
+    # The old incarnation's counter was final and reported: it is gone from Redis.
+    assert replica.clicks_counts(tinyurl) == {new: 40}
+
+
+def test_the_reporter_alone_notices_a_redis_restart(replica_factory):
+    replica = replica_factory(reporter=True)
+    tinyurl = tinyurl_new()
+    link_produce(tinyurl, 1, "https://example.com/clicks/restart")
+    serving(replica, tinyurl)
+    replica.click(tinyurl, 5)
+    old = replica.incarnation()
+    backup = replica.snapshot_redis()
+    replica.restore_redis(backup)  # no click follows
+    wait_until(lambda: replica.incarnation() not in (None, old), timeout=20,
+               what="a new incarnation from the reporter")
+    assert replica.stop_reporter() == 0
+    assert master_counts(tinyurl) == {f"{old}:{tinyurl}": 5}
+    assert replica.clicks_counts(tinyurl) == {}  # reported, final, deleted
+
+
+def test_the_incarnation_check_against_a_real_redis(replica_factory):
+    from redirects import clicks
+
+    redis = replica_factory(start=False).redis
+    run_id = redis.info("server")["run_id"]
+    assert redis.eval(*clicks.incarnation_check_args(run_id)) == 1  # none yet: start one
+    first = redis.get(keys.clicks_incarnation_key())
+    assert redis.eval(*clicks.incarnation_check_args(run_id)) == 0  # same server life
+    assert redis.get(keys.clicks_incarnation_key()) == first
+    assert redis.eval(*clicks.incarnation_check_args("f" * 40)) == 1  # another life
+    assert redis.get(keys.clicks_incarnation_key()) != first
+    # FLUSHALL (no restart): the click script names an incarnation itself.
+    redis.flushall()
+    redis.set(keys.link_key("Flushed"), "1||https://example.com/flushed")
+    assert clicks.click_call(redis=redis, tinyurl="Flushed") == "https://example.com/flushed"
+    assert redis.get(keys.clicks_incarnation_key()) is not None
+    assert clicks.click_call(redis=redis, tinyurl="Unknown") is None
+    redis.set(keys.link_key("Disabld"), "2||")
+    assert clicks.click_call(redis=redis, tinyurl="Disabld") is None
+    redis.set(keys.link_key("Expired"), "1|1000|https://example.com/expired")
+    assert clicks.click_call(redis=redis, tinyurl="Expired") == 410
+    redis.set(keys.link_key("Legacy1"), "https://example.com/format-1")
+    assert clicks.click_call(redis=redis, tinyurl="Legacy1") is None
+    assert [k.decode().rpartition(":")[2] for k in
+            redis.keys(keys.clicks_counter_prefix() + "*")] == ["Flushed"]
+
+
+def test_marks_of_the_older_format_are_dropped(replica_factory):
+    replica = replica_factory()
+    user = settings.SHORTENER_USER
+    replica.redis.set(f"{user}:clicks:count:Oldfmt1", 42)
+    replica.redis.sadd(f"{user}:clicks:dirty", "Oldfmt1")
+    replica.start_reporter()
+    assert replica.stop_reporter() == 0
+    assert replica.redis.get(f"{user}:clicks:count:Oldfmt1") is None
+    assert replica.redis.smembers(f"{user}:clicks:dirty") == set()
+    assert "dropping click mark 'Oldfmt1' of an older format" in \
+        replica.reporter_log.read_text()

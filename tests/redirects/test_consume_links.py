@@ -5,16 +5,19 @@ gunicorn, as on a separate host."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from django.conf import settings
+from kafka.admin import AlterConfigOp, ConfigResource, ConfigResourceType
 
 from shortener_project import bus
 from tests.conftest import links_topic_end
-from tests.support import ROOT, wait_until
+from tests.support import ROOT, link_produce, scrape, tinyurl_new, topic_read, wait_until
 
 
 def assert_serves(replica, links: dict[str, str]) -> None:
@@ -131,40 +134,197 @@ def test_kill_9_during_catch_up_loses_nothing(make_links, replica_factory):
     assert_serves(replica, dict(list(links.items())[-50:]))
 
 
-def test_poison_messages_are_skipped_counted_and_the_links_after_them_arrive(
-    master, replica_factory
-):
+def test_records_a_replica_cannot_apply_are_logged_counted_and_shown(master, replica_factory):
     replica = replica_factory()
     wait_until(lambda: "caught up" in replica.consumer_output(), timeout=30, what="catch-up")
-    skipped_before = replica.stats().get("skipped", 0)
+    rejected_before = replica.stats().get("rejected", 0)
     poison = [
         (b"abcDEF1", b"this is not json"),
         (b"abcDEF2", b"[1, 2, 3]"),
         (b"abcDEF3", b'{"schema": 99, "tinyurl": "abcDEF3", "longurl": "https://x.com"}'),
-        (b"bad key!", b'{"schema": 1, "tinyurl": "bad key!", "longurl": "https://x.com"}'),
+        (b"bad key!", b'{"schema": 2, "tinyurl": "bad key!", "longurl": "https://x.com"}'),
         # (A record with no key never gets this far: a compacted topic refuses it.)
-        (b"abcDEF4", b'{"schema": 1, "tinyurl": "abcDEF4", "longurl": "javascript:alert(1)"}'),
+        (b"abcDEF4", json.dumps({"schema": 2, "tinyurl": "abcDEF4", "version": 1,
+                                 "state": "active", "longurl": "javascript:alert(1)",
+                                 "expires_at": None, "created_at": "2026-01-01T00:00:00"}
+                                ).encode()),
+        # A schema-1 record (no version) cannot be ordered against versioned state.
+        (b"abcDEF5", b'{"schema": 1, "tinyurl": "abcDEF5", "longurl": "https://x.com/5"}'),
     ]
     producer = bus.producer_get()
-    for key, value in poison:
-        producer.send(bus.links_topic(), key=key, value=value).get(timeout=10)
+    offsets = [producer.send(bus.links_topic(), key=key, value=value).get(timeout=10).offset
+               for key, value in poison]
     longurl = "https://example.com/after-the-poison"
     tinyurl = master.create(longurl)
     wait_until(lambda: replica.target(tinyurl) == longurl, timeout=20, what="the link after")
-    assert replica.stats()["skipped"] == skipped_before + len(poison)
+    assert replica.stats()["rejected"] == rejected_before + len(poison)
     assert replica.consumer_alive()
     assert replica.get("abcDEF1").status_code == 404
     assert replica.get("abcDEF4").status_code == 404
-    assert "skipping malformed record" in replica.consumer_output()
+    # Logged with its offset...
+    assert f"rejected links record topic={bus.links_topic()} partition=0 offset={offsets[-1]}" \
+        in replica.consumer_output()
+    # ...counted in a metric, by reason...
+    metrics = scrape(f"http://127.0.0.1:{replica.consumer_metrics_port}/metrics")
+    rejected = {dict(labels)["reason"]: value for (name, labels), value in metrics.items()
+                if name == "shortener_links_rejected_total"}
+    # (This process read the whole topic: earlier tests' poison is in these counts too.)
+    assert sum(rejected.values()) == replica.stats()["rejected"]
+    assert all(rejected.get(reason, 0) >= n for reason, n in
+               {"json": 2, "schema": 2, "key": 1, "longurl": 1}.items()), rejected
+    # ...and shown on /readyz, which stays ready: the other links are served.
+    status, body = replica.readyz()
+    assert status == 200
+    assert body["rejected"] == rejected_before + len(poison)
+    assert body["rejected_last"] == f"0:{offsets[-1]}"
 
 
-def test_a_tombstone_removes_the_link(master, replica_factory):
+def test_a_tombstone_is_ignored_a_takedown_is_a_versioned_record(replica_factory):
     replica = replica_factory()
-    tinyurl = master.create("https://example.com/to-be-removed")
+    tinyurl = tinyurl_new()
+    link_produce(tinyurl, 1, "https://example.com/to-be-taken-down")
     wait_until(lambda: replica.get(tinyurl).status_code == 302, timeout=20, what="the link")
+    ignored = replica.stats().get("ignored", 0)
+    # A tombstone carries no version: it could be older than what the replica holds.
     bus.producer_get().send(bus.links_topic(), key=tinyurl.encode(), value=None).get(timeout=10)
-    wait_until(lambda: replica.get(tinyurl).status_code == 404, timeout=20, what="removal")
-    assert replica.stats()["removed"] >= 1
+    end = links_topic_end()
+    wait_until(lambda: replica.position() == end, timeout=20, what="the tombstone read")
+    assert replica.stats()["ignored"] == ignored + 1
+    assert replica.get(tinyurl).status_code == 302
+    link_produce(tinyurl, 2, disabled=True)
+    wait_until(lambda: replica.get(tinyurl).status_code == 404, timeout=20, what="the takedown")
+    assert replica.link(tinyurl) == (2, None, None)  # its version only
+
+
+def caught_up(*replicas) -> None:
+    end = links_topic_end()
+    for replica in replicas:
+        wait_until(lambda r=replica: r.position() == end, timeout=20,
+                   what=f"{replica.name} at the end of the topic")
+
+
+def test_a_stale_copy_after_a_takedown_or_a_put_back_changes_nothing(replica_factory):
+    r1, r2 = replica_factory(), replica_factory()
+    tinyurl = tinyurl_new()
+    v1 = link_produce(tinyurl, 1, "https://example.com/stale/1")
+    link_produce(tinyurl, 2, disabled=True)
+    caught_up(r1, r2)
+    # A late copy of the active record (a slow republish, a retried /create that read the row
+    # before the takedown) lands after the takedown.
+    link_produce(tinyurl, 1, "https://example.com/stale/1")
+    caught_up(r1, r2)
+    for replica in (r1, r2):
+        assert replica.get(tinyurl).status_code == 404
+        assert replica.link(tinyurl) == (2, None, None)
+    # Put back (v3), then a late copy of the takedown (v2): still redirected.
+    link_produce(tinyurl, 3, "https://example.com/stale/back")
+    link_produce(tinyurl, 2, disabled=True)
+    caught_up(r1, r2)
+    for replica in (r1, r2):
+        response = replica.get(tinyurl)
+        assert (response.status_code, response.headers["Location"]) == (
+            302, "https://example.com/stale/back")
+        assert replica.stats()["stale"] >= 2
+    # A replica started now reads the whole history, in the topic's order: the same end.
+    r3 = replica_factory()
+    caught_up(r3)
+    assert r3.target(tinyurl) == "https://example.com/stale/back"
+    assert v1 < links_topic_end()
+
+
+@pytest.mark.timeout(240)
+def test_a_replica_paused_while_a_link_is_taken_down_and_the_topic_compacts(replica_factory):
+    replica = replica_factory()
+    tinyurl = tinyurl_new()
+    v1 = link_produce(tinyurl, 1, "https://example.com/compacted")
+    wait_until(lambda: replica.get(tinyurl).status_code == 302, timeout=20, what="the link")
+    caught_up(replica)
+    replica.consumer.send_signal(signal.SIGSTOP)
+    paused_at = replica.position()
+    assert paused_at > v1  # it holds the active record
+    topic = bus.links_topic()
+    resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+    # Small segments, cleaned at once: whatever the ratio of new to already-cleaned bytes
+    # (earlier tests filled this topic), max.compaction.lag.ms makes a rolled segment due.
+    fast = {"segment.ms": "100", "delete.retention.ms": "100", "min.compaction.lag.ms": "0",
+            "max.compaction.lag.ms": "500", "min.cleanable.dirty.ratio": "0.0"}
+    admin = bus.admin_client()
+    try:
+        resource.configs = fast
+        admin.alter_configs([resource])
+        v2 = link_produce(tinyurl, 2, disabled=True)
+
+        def compacted() -> bool:
+            link_produce(tinyurl_new(), 1, "https://example.com/filler")  # rolls the segment
+            mine = [r.offset for r in topic_read(topic) if r.key == tinyurl.encode()]
+            return mine == [v2]
+
+        wait_until(compacted, timeout=180, interval=1, what="compaction to drop the active copy")
+        # What is left of the link in the topic is its disabled record, which compaction keeps
+        # (a tombstone would have gone after delete.retention.ms, taking the takedown with it).
+        records = [r for r in topic_read(topic) if r.key == tinyurl.encode()]
+        assert [json.loads(r.value)["state"] for r in records] == ["disabled"]
+        # The paused replica's position is past the active copy (gone now) and before the
+        # takedown (kept): resuming, it reads the takedown whatever was removed before it.
+        assert v1 < paused_at <= v2
+        replica.consumer.send_signal(signal.SIGCONT)
+        caught_up(replica)
+        assert replica.get(tinyurl).status_code == 404
+        # And a replica that reads the compacted topic from the start never serves the link.
+        fresh = replica_factory()
+        caught_up(fresh)
+        assert fresh.get(tinyurl).status_code == 404
+        assert fresh.link(tinyurl) == (2, None, None)
+    finally:
+        if replica.consumer_alive():
+            replica.consumer.send_signal(signal.SIGCONT)
+        resource.configs = {name: (AlterConfigOp.DELETE, None) for name in fast}
+        admin.alter_configs([resource])
+        admin.close()
+
+
+def test_expired_links_answer_410_and_leave_redis_by_themselves(replica_factory):
+    replica = replica_factory()
+    now = datetime.now(timezone.utc)
+    expired, expiring, forever = tinyurl_new(), tinyurl_new(), tinyurl_new()
+    link_produce(expired, 1, "https://example.com/expired", expires_at=now - timedelta(minutes=1))
+    link_produce(expiring, 1, "https://example.com/expiring",
+                 expires_at=now + timedelta(seconds=12))
+    link_produce(forever, 1, "https://example.com/forever")
+    caught_up(replica)
+    response = replica.get(expired)
+    assert (response.status_code, response.json()) == (410, {"error": "this link has expired"})
+    assert replica.get(expired, method="HEAD").status_code == 410
+    answers = []
+    wait_until(lambda: answers.append(replica.get(expiring).status_code) or answers[-1] == 410,
+               timeout=30, interval=0.2, what="the link to expire")
+    assert answers[0] == 302 and set(answers) == {302, 410}
+    assert replica.get(forever).status_code == 302
+    # A 410 counts nothing: only the 302s were counted.
+    assert replica.clicks_count(expired) == 0
+    assert replica.clicks_count(expiring) == answers.count(302)
+    keep = settings.SHORTENER_GONE_KEEP_SECONDS
+    user = settings.SHORTENER_USER
+    for tinyurl in (expired, expiring):
+        assert keep - 120 < replica.redis.ttl(f"{user}:link:{tinyurl}") <= keep
+    assert replica.redis.ttl(f"{user}:link:{forever}") == -1
+
+
+def test_a_full_redis_under_noeviction_answers_503_rather_than_dropping_keys(replica_factory):
+    replica = replica_factory()
+    tinyurl = tinyurl_new()
+    link_produce(tinyurl, 1, "https://example.com/full")
+    wait_until(lambda: replica.get(tinyurl).status_code == 302, timeout=20, what="the link")
+    replica.redis.config_set("maxmemory", 1)  # full; noeviction is Redis' default policy
+    try:
+        assert replica.redis.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        response = replica.get(tinyurl)
+        assert response.status_code == 503  # the click script writes: refused
+        assert replica.get(tinyurl, method="HEAD").status_code == 302  # reads still work
+        assert replica.target(tinyurl) == "https://example.com/full"  # nothing was dropped
+    finally:
+        replica.redis.config_set("maxmemory", 0)
+    assert replica.get(tinyurl).status_code == 302
 
 
 def test_sigterm_stops_the_consumer_cleanly(replica_factory):

@@ -151,17 +151,21 @@ def test_an_argument_redis_cannot_take_is_refused_before_anything_is_sent(bad):
 
 
 def test_the_click_script_through_both_clients_and_after_its_cache_was_emptied(redis_server):
-    """clicks.link_click (sync, the runserver view's) and link_click_async (the ASGI path's)
+    """clicks.click_call (sync, the runserver view's) and link_click_async (the ASGI path's)
     count on the same keys, and both load the script again after a NOSCRIPT (Redis restarted:
-    its script cache is empty)."""
+    its script cache is empty), each time after the incarnation check (INFO server, EVAL)."""
     from redirects import clicks, keys, selectors
 
     redis = redis_server.redis
-    redis.set(keys.link_key("Abc1234"), "https://example.com/x")
+    redis.set(keys.link_key("Abc1234"), "1||https://example.com/x")
     redis.script_flush()
-    assert clicks.link_click(redis=redis, tinyurl="Abc1234") == "https://example.com/x"
-    assert clicks.link_click(redis=redis, tinyurl="Nope123") is None
+    assert clicks.click_call(redis=redis, tinyurl="Abc1234") == "https://example.com/x"
+    assert clicks.click_call(redis=redis, tinyurl="Nope123") is None
     assert selectors.link_target_get(tinyurl="Abc1234", redis=redis) == "https://example.com/x"
+    # The check ran before the load: this server's run id is stored with an incarnation.
+    assert redis.get(keys.clicks_runid_key()).decode() == redis.info("server")["run_id"]
+    incarnation = redis_server.incarnation()
+    assert incarnation is not None
     redis.script_flush()
 
     async def run() -> list:
@@ -176,7 +180,11 @@ def test_the_click_script_through_both_clients_and_after_its_cache_was_emptied(r
 
     results = asyncio.run(run())
     assert results == ["https://example.com/x"] * 20 + [None, "https://example.com/x"]
+    # The same server life (only its script cache was emptied): the same incarnation.
+    assert redis_server.incarnation() == incarnation
     assert redis_server.clicks_count("Abc1234") == 21
     assert redis_server.clicks_count("Nope123") == 0
-    # Twenty clicks refused together, one SCRIPT LOAD for all of them.
-    assert redis.info("commandstats").get("cmdstat_script|load", {}).get("calls") == 2
+    # Twenty clicks refused together, one recovery for all of them: one check, one SCRIPT LOAD.
+    stats = redis.info("commandstats")
+    assert stats.get("cmdstat_script|load", {}).get("calls") == 2
+    assert stats.get("cmdstat_eval", {}).get("calls") == 2

@@ -1,8 +1,12 @@
-"""`manage.py republish_links`: send links to the links topic again.
+"""`manage.py republish_links`: send links' current states to the links topic again.
 
-Without options: every link (re-sending is harmless: a record is a full upsert by tinyurl).
+Without options: every link's current state (schema 2, with its version). Re-sending is harmless
+(a replica ignores a version it already holds); it is also the upgrade path from schema-1
+records, and what heals a links topic whose broker lost acknowledged records.
 --pending: only links that Kafka has not acknowledged yet (the outbox relay).
---follow: keep doing that every --interval seconds until SIGTERM; run it as a service.
+--follow: keep doing that every --interval seconds until SIGTERM; run it as a service. With
+--pending it also audits the links topic (links/audit.py): a link whose newest record there is
+not its current state is sent again.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ import logging
 import threading
 from datetime import timedelta
 
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 from kafka.errors import KafkaError
 
 from links import selectors, services
+from links.audit import LinksAuditor
 from shortener_project import bus
 from shortener_project.commands import LongRunningCommand
 
@@ -27,18 +32,24 @@ class Command(LongRunningCommand):
     def add_arguments(self, parser) -> None:
         super().add_arguments(parser)  # --metrics-port (off by default; useful with --follow)
         parser.add_argument("--pending", action="store_true", help="only unacknowledged links")
-        parser.add_argument("--follow", action="store_true", help="repeat until stopped")
+        parser.add_argument("--follow", action="store_true",
+                            help="repeat until stopped (with --pending: also audit the topic)")
         parser.add_argument("--interval", type=float, default=2.0, help="seconds between rounds")
 
     def run(self, stop: threading.Event, *, pending: bool, follow: bool, interval: float,
             **options) -> None:
+        auditor = None
+        if pending and follow:
+            auditor = threading.Thread(target=self._audit, args=(stop,), name="links-audit")
+            auditor.start()
+        # Links whose own /create (or takedown) may still be waiting for its ack are left to it:
+        # the delivery (and a fresh producer's connect) each take up to the publish timeout.
+        min_age = timedelta(seconds=2 * bus.publish_wait_seconds())
         try:
             while True:
                 try:
                     if pending:
-                        # Links younger than the publish timeout are still being waited for
-                        # by their own /create; leave them to it.
-                        sent, failed = services.links_publish_pending(min_age=timedelta(seconds=10))
+                        sent, failed = services.links_publish_pending(min_age=min_age)
                     else:
                         sent, failed = services.links_publish(links=selectors.links_all())
                     if sent or failed or not follow:
@@ -47,11 +58,20 @@ class Command(LongRunningCommand):
                             self.stdout.write(f"{sent} sent, {failed} failed")
                 except (KafkaError, DatabaseError) as exc:
                     logger.warning("republish round failed: %r", exc)
-                    bus.producer_reset()
                     close_old_connections()
                     if not follow:
                         raise
                 if not follow or stop.wait(interval):
                     break
         finally:
+            stop.set()
+            if auditor is not None:
+                auditor.join()
             bus.producer_reset()  # flushes what is still buffered
+
+    @staticmethod
+    def _audit(stop: threading.Event) -> None:
+        try:
+            LinksAuditor(stop=stop).run()
+        finally:
+            connection.close()  # this thread's own database connection

@@ -1,7 +1,7 @@
-"""`manage.py report_clicks`: report this replica's click counters to the master.
+"""`manage.py report_clicks`: report this replica's click counters, and its status, to the master.
 
 Runs until SIGTERM or SIGINT; then it reports every click counted so far and exits.
-See redirects/clicks.py.
+See redirects/clicks.py, and redirects/status.py for the status (every SHORTENER_STATUS_SECONDS).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from django.conf import settings
 
 from redirects.clicks import ClickReporter
 from redirects.selectors import redis_get
+from redirects.status import status_thread_start
 from shortener_project.commands import LongRunningCommand
 
 
@@ -20,9 +21,11 @@ class Command(LongRunningCommand):
     default_metrics_port = 9102
 
     def run(self, stop: threading.Event, **options) -> None:
+        status = status_thread_start(redis=redis_get(), stop=stop)
         ClickReporter(
             redis=redis_get(),
             stop=stop,
             node=settings.SHORTENER_NODE_ID,
             flush_seconds=settings.SHORTENER_CLICKS_FLUSH_SECONDS,
         ).run()
+        status.join(timeout=10)

@@ -1,0 +1,156 @@
+"""The master reads its own links topic and makes the newest record of every link its current state.
+
+Versions make replicas that hold a newer state ignore an older record. But compaction keeps the
+record with the highest *offset* of each key, not the highest version: if an older state lands
+after the newest one (a slow republish, a /create that read the row before a takedown, a record
+re-produced by hand), the topic ends up holding the older state, and a replica that reads the
+topic from the start later (a new one, or one whose Redis was wiped) would apply it. So the
+outbox relay (`republish_links --pending --follow`) also reads the topic, and for the newest
+record of each link in a batch:
+  * the link's current version, same state: nothing to do;
+  * an older version, a tombstone, or a record it cannot read (schema 1 from before the
+    upgrade, garbage): the link is marked unpublished, so the relay sends its current state
+    again, which lands after it;
+  * a newer version than PostgreSQL holds, or the same version with another state (the
+    database was restored from an older backup): the link's version is raised above the
+    topic's and it is marked unpublished, so replicas, which ignore versions they have already
+    passed, take the master's state again.
+The position and these marks commit in one PostgreSQL transaction, as consume_clicks does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from django.db import DatabaseError, connection, transaction
+from kafka import KafkaConsumer
+
+from links.models import ConsumerPosition, Link
+from links.services import _record  # the encoding the master publishes
+from shortener_project import bus
+from shortener_project.consuming import PositionedConsumer, PositionMismatch, Record
+from shortener_project.messages import TINYURL_RE, MessageError, link_record_decode
+from shortener_project.metrics import LINKS_AUDITED
+
+logger = logging.getLogger(__name__)
+
+# What a record must agree on with the link's row to be its current state.
+_STATE_FIELDS = ("version", "state", "longurl", "expires_at")
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    current: int  # links whose newest record in the batch is their current state
+    resend: int  # links marked for the outbox: the record was older or unreadable
+    rebased: int  # links whose version was raised above the topic's (database restored)
+    unknown: int  # keys that are no link of this master (skipped)
+    next_offset: int
+
+
+def _current_state(link: Link) -> dict:
+    record = json.loads(_record(link)[1])
+    return {k: record[k] for k in _STATE_FIELDS}
+
+
+def links_audit_batch(
+    *, topic: str, partition: int, records: Sequence[Record], expected_position: int | None
+) -> AuditResult:
+    """Audit one partition's batch of links-topic records (offset order); see the module's
+    docstring. Raises PositionMismatch (and changes nothing) if the stored position is not
+    `expected_position`."""
+    if not records:
+        raise ValueError("empty batch")
+    newest: dict[str, dict | None] = {}  # tinyurl -> its newest record here (None: unreadable)
+    for rec in records:
+        try:
+            tinyurl = rec.key.decode() if rec.key is not None else ""
+        except UnicodeDecodeError:
+            tinyurl = ""
+        if not TINYURL_RE.fullmatch(tinyurl):
+            continue  # not a link's key: nothing a replica could serve
+        try:
+            newest[tinyurl] = link_record_decode(rec.key, rec.value)
+        except MessageError as exc:
+            logger.info("links audit: unreadable record for %s topic=%s partition=%s offset=%s: "
+                        "%s; its current state will be sent again", tinyurl, rec.topic,
+                        rec.partition, rec.offset, exc)
+            newest[tinyurl] = None
+    next_offset = records[-1].offset + 1
+    current = resend = rebased = 0
+
+    with transaction.atomic(durable=True):
+        position = (ConsumerPosition.objects.select_for_update()
+                    .filter(topic=topic, partition=partition).first())
+        stored = position.next_offset if position else None
+        if stored != expected_position:
+            raise PositionMismatch(partition, expected_position, stored)
+        if position is None:
+            position = ConsumerPosition(topic=topic, partition=partition, next_offset=0)
+        # Rows read after the batch was fetched: a record is only ever sent after its version
+        # committed, so a row here is at least as new as any record the master sent for it.
+        links = Link.objects.filter(tinyurl__in=list(newest)).order_by("pk").select_for_update()
+        resend_ids: list[int] = []
+        for link in links:
+            record = newest[link.tinyurl]
+            state = _current_state(link)
+            if record is not None and {k: record[k] for k in _STATE_FIELDS} == state:
+                current += 1
+            elif record is None or record["version"] < link.state_version:
+                resend_ids.append(link.pk)
+                resend += 1
+            else:
+                logger.warning(
+                    "links audit: the topic holds version %s of %s, the database version %s with "
+                    "another state (was the database restored from a backup?); raising the "
+                    "version above the topic's so that replicas take the database's state",
+                    record["version"], link.tinyurl, link.state_version)
+                Link.objects.filter(pk=link.pk).update(
+                    state_version=record["version"] + 1, published_at=None)
+                rebased += 1
+        if resend_ids:
+            Link.objects.filter(pk__in=resend_ids, published_at__isnull=False).update(
+                published_at=None)
+        unknown = len(newest) - current - resend - rebased
+        position.next_offset = next_offset
+        position.applied += len(records)
+        position.skipped_unknown += unknown
+        position.save()
+    if resend or rebased:
+        logger.warning("links audit: offsets up to %s: %d link(s) to send again, %d rebased",
+                       next_offset - 1, resend, rebased)
+    return AuditResult(current=current, resend=resend, rebased=rebased, unknown=unknown,
+                       next_offset=next_offset)
+
+
+class LinksAuditor(PositionedConsumer):
+    """The audit loop (shortener_project.consuming): positions in PostgreSQL."""
+
+    name = "links audit"
+    store_errors = (DatabaseError,)
+
+    def __init__(
+        self,
+        *,
+        stop: threading.Event,
+        consumer_factory: Callable[[], KafkaConsumer] = bus.links_audit_consumer_make,
+    ) -> None:
+        super().__init__(topic=bus.links_topic(), stop=stop, consumer_factory=consumer_factory)
+
+    def positions_load(self) -> dict[int, int]:
+        return dict(ConsumerPosition.objects.filter(topic=self.topic)
+                    .values_list("partition", "next_offset"))
+
+    def apply_batch(self, partition: int, records: Sequence[Record], expected: int | None) -> int:
+        result = links_audit_batch(topic=self.topic, partition=partition, records=records,
+                                   expected_position=expected)
+        for outcome in ("current", "resend", "rebased", "unknown"):
+            LINKS_AUDITED.labels(outcome).inc(getattr(result, outcome))
+        return result.next_offset
+
+    def on_store_error(self) -> None:
+        # Drop the broken connection; Django opens a new one on the next query.
+        connection.close()

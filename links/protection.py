@@ -1,0 +1,272 @@
+"""Abuse protection of PUT /create: the service's own hosts, private addresses, the host
+blocklist, API keys and the rate limit's client identity. (The limiter itself is
+links/ratelimit.py; what a longurl is, shortener_project/longurls.py.)"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.http import HttpRequest
+from django.utils import timezone
+
+from links.models import ApiKey, BlockedHost, Link
+from shortener_project import longurls
+
+logger = logging.getLogger(__name__)
+
+# --- the service's own hosts, private addresses ----------------------------------------------
+
+_own_cache: tuple[tuple[str, ...], frozenset[str], tuple[str, ...]] | None = None
+
+
+def _own_hosts() -> tuple[frozenset[str], tuple[str, ...]]:
+    """(exact hosts, domains whose subdomains count too), from SHORTENER_PUBLIC_HOSTS in
+    ALLOWED_HOSTS syntax; cached per value of the setting."""
+    global _own_cache
+    entries = tuple(settings.SHORTENER_PUBLIC_HOSTS)
+    cached = _own_cache
+    if cached is None or cached[0] != entries:
+        exact: set[str] = set()
+        domains: list[str] = []
+        for entry in entries:
+            if not entry or entry == "*":
+                continue
+            try:
+                host = longurls.host_normalize(entry.lstrip("."))
+            except longurls.LongurlError:
+                logger.warning("SHORTENER_PUBLIC_HOSTS: %r is not a host; ignored", entry)
+                continue
+            exact.add(host)
+            if entry.startswith("."):
+                domains.append(host)
+        cached = _own_cache = (entries, frozenset(exact), tuple(domains))
+    return cached[1], cached[2]
+
+
+def host_is_own(host: str) -> bool:
+    """Whether `host` (comparable form, longurls.host_of) is one of the service's own public
+    hosts (SHORTENER_PUBLIC_HOSTS)."""
+    exact, domains = _own_hosts()
+    return host in exact or any(host.endswith(f".{d}") for d in domains)
+
+
+def host_is_private(host: str) -> bool:
+    """Whether `host` (comparable form) leads to the clicker's own machine or network: an IP
+    address that is not globally reachable (Python's ipaddress `is_global`: loopback, private,
+    link-local, shared, documentation and reserved ranges, after the IANA registries) or a
+    "localhost" name (RFC 6761 §6.3: always the loopback)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost" or host.endswith(".localhost")
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not address.is_global
+
+
+# --- the host blocklist -----------------------------------------------------------------------
+
+_blocklist_lock = threading.Lock()
+_blocklist: tuple[float, frozenset[str]] | None = None
+
+
+def blocklist_cache_clear() -> None:
+    """Forget this process's copy of the blocklist (the admin calls it after a change; other
+    processes see the change within SHORTENER_BLOCKLIST_CACHE_SECONDS)."""
+    global _blocklist
+    _blocklist = None
+
+
+def _blocked_hosts() -> frozenset[str]:
+    # The whole blocklist in memory, reloaded every SHORTENER_BLOCKLIST_CACHE_SECONDS: a
+    # /create then costs no query for it, and a check is a set lookup per label of the host.
+    # An operator's list is small (hosts typed into the admin); a huge feed would want a
+    # query per /create on the unique index instead.
+    global _blocklist
+    now = time.monotonic()
+    cached = _blocklist
+    if cached is None or now - cached[0] >= settings.SHORTENER_BLOCKLIST_CACHE_SECONDS:
+        with _blocklist_lock:
+            cached = (now, frozenset(BlockedHost.objects.values_list("host", flat=True)))
+            _blocklist = cached
+    return cached[1]
+
+
+def host_blocked(host: str) -> str | None:
+    """The blocklist entry that covers `host` (comparable form): the host itself or a domain
+    it is under; None if it is not blocked."""
+    blocked = _blocked_hosts()
+    if not blocked:
+        return None
+    for candidate in longurls.host_suffixes(host):
+        if candidate in blocked:
+            return candidate
+    return None
+
+
+def blocked_host_add(*, host: str, reason: str = "") -> BlockedHost:
+    """Block `host` (any spelling: longurls.host_normalize) and its subdomains. Idempotent.
+    Raises longurls.LongurlError if `host` is not a host."""
+    normalized = longurls.host_normalize(host)
+    blocked, _ = BlockedHost.objects.get_or_create(host=normalized, defaults={"reason": reason})
+    blocklist_cache_clear()
+    return blocked
+
+
+def _legacy_host(longurl: str) -> str | None:
+    """The comparable host of a stored longurl, also for links stored before longurls had one
+    definition (a Unicode host, say); None if there is none to find."""
+    try:
+        return longurls.host_of(longurl)
+    except longurls.LongurlError:
+        pass
+    try:
+        return longurls.host_normalize(longurl)
+    except (longurls.LongurlError, ValueError):
+        return None
+
+
+def links_to_hosts(*, hosts: Iterable[str]) -> Iterator[Link]:
+    """Enabled links whose host is one of `hosts` (comparable form) or under one of them.
+
+    Links keep no host column, so this reads every link whose text contains one of the hosts
+    (in A-labels or Unicode) and checks each one's host exactly: a scan of the links table, for
+    an operator's action, not for requests.
+    """
+    hosts = list(hosts)
+    if not hosts:
+        return
+    needles = Q()
+    for host in hosts:
+        needles |= Q(longurl__icontains=host)
+        display = longurls.host_display(host)
+        if display != host:
+            needles |= Q(longurl__icontains=display)
+    wanted = set(hosts)
+    for link in Link.objects.filter(needles, disabled_at__isnull=True).iterator(chunk_size=2000):
+        host = _legacy_host(link.longurl)
+        if host is not None and wanted.intersection(longurls.host_suffixes(host)):
+            yield link
+
+
+@dataclass(frozen=True)
+class TakedownResult:
+    done: int  # taken down, and every replica told (Kafka acknowledged)
+    pending: int  # taken down here; the outbox tells the replicas when Kafka is back
+
+
+def links_take_down_blocked(*, blocked: Iterable[BlockedHost]) -> TakedownResult:
+    """Take down every enabled link to a host of `blocked` or its subdomains, through the same
+    versioned takedown as the admin's "Take down" (services.link_set_disabled)."""
+    # Imported here: links.services imports this module (longurl_validate uses the checks above).
+    from links import services
+
+    done = pending = 0
+    for link in list(links_to_hosts(hosts=[b.host for b in blocked])):
+        try:
+            services.link_set_disabled(link=link, disabled=True)
+            done += 1
+        except services.LinkPublishError:
+            pending += 1
+    logger.info("took down %s link(s) to blocked hosts (%s left for the outbox)", done + pending,
+                pending)
+    return TakedownResult(done=done, pending=pending)
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+TOKEN_PREFIX = "sk_"
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def api_key_create(*, name: str) -> tuple[ApiKey, str]:
+    """A new key and its token ("sk_" + 43 URL-safe characters: 256 bits from the OS's
+    CSPRNG). Only the token's sha256 is stored: show the token now, it cannot be shown again."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey.objects.create(name=name, prefix=token[:10], digest=_digest(token))
+    return key, token
+
+
+def api_key_revoke(*, key: ApiKey) -> None:
+    """Revoke `key`: /create answers 403 to it from the next request on. Idempotent."""
+    with transaction.atomic():
+        ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    key.refresh_from_db()
+
+
+class AuthMissing(Exception):
+    """No usable credentials (answer 401 with WWW-Authenticate)."""
+
+
+class AuthRefused(Exception):
+    """Credentials that are not a valid key: unknown or revoked (answer 403)."""
+
+
+def create_authenticate(*, authorization: str | None) -> ApiKey | None:
+    """The API key of a /create request, from its Authorization header.
+
+    With SHORTENER_CREATE_AUTH=key a key is required: AuthMissing without a Bearer token. In
+    both modes a key that is sent is checked (a client that sends one expects it to count):
+    AuthRefused if it is unknown or revoked. Returns None in open mode without a header.
+    The lookup is by the token's sha256 on a unique index: its timing says nothing about the
+    token (the hash's preimage).
+    """
+    if not authorization:
+        if settings.SHORTENER_CREATE_AUTH == "key":
+            raise AuthMissing("an API key is required: send 'Authorization: Bearer <key>'")
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    # Authentication schemes are case-insensitive (RFC 9110 §11.1); Bearer is RFC 6750's.
+    if scheme.lower() != "bearer" or not token:
+        raise AuthMissing("the Authorization header must be 'Bearer <key>'")
+    key = ApiKey.objects.filter(digest=_digest(token)).first()
+    if key is None:
+        raise AuthRefused("unknown API key")
+    if key.revoked_at is not None:
+        raise AuthRefused("this API key was revoked")
+    return key
+
+
+# --- the rate limit's client ------------------------------------------------------------------
+
+
+def client_identity(*, request: HttpRequest, key: ApiKey | None) -> str:
+    """Who a /create counts against: its API key, else its address. An IPv6 address counts by
+    its /64, the smallest block a single subscriber is usually given (RFC 6177), so a client
+    cannot escape the limit by changing its interface identifier.
+
+    The address is REMOTE_ADDR, or with SHORTENER_TRUSTED_PROXIES=n the n-th entry of
+    X-Forwarded-For from the right (the one the outermost trusted proxy saw).
+    """
+    if key is not None:
+        return f"key:{key.pk}"
+    address = request.META.get("REMOTE_ADDR", "")
+    proxies = settings.SHORTENER_TRUSTED_PROXIES
+    if proxies > 0:
+        forwarded = [a.strip() for a in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")
+                     if a.strip()]
+        if len(forwarded) >= proxies:
+            address = forwarded[-proxies]
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"addr:{address[:64]}"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is None:
+            return f"net:{ipaddress.IPv6Network((ip, 64), strict=False)}"
+        ip = ip.ipv4_mapped
+    return f"addr:{ip}"

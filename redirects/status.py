@@ -1,0 +1,180 @@
+"""The replica's status for the master's admin: published by report_clicks every few seconds.
+
+A status (shortener_project.messages.ReplicaStatus) says what an operator asks of a replica:
+is it ready and if not why, how far it is behind the links topic, which counter incarnation it
+counts in and how many redirects it served, and which code it runs. It goes to the
+<user>-replicas topic keyed by node (shortener_project.bus: compacted, at most once); the
+admin's replicas page reads it (links/replicas.py). The replica serves nothing new for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import subprocess
+import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import redis as redis_lib
+from django.conf import settings
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+from redis import Redis
+
+from redirects import keys, selectors
+from shortener_project import bus
+from shortener_project.messages import replica_status_encode
+
+logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def code_version() -> str:
+    """The code this process runs: SHORTENER_VERSION if set, else the checkout's git commit
+    (12 hex digits, "-dirty" with uncommitted changes), else "unknown"."""
+    if settings.SHORTENER_VERSION:
+        return settings.SHORTENER_VERSION
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12", "--exclude", "*"],
+            cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def replica_readiness(*, redis: Redis) -> tuple[bool, str]:
+    """(ready, why not): the same answer as the replica's /readyz (redirects/views.py), with
+    its notes (e.g. Kafka unreachable) appended to the reason."""
+    try:
+        state = selectors.readiness_get(redis=redis,
+                                        stale_seconds=settings.SHORTENER_READY_STALE_SECONDS)
+    except redis_lib.RedisError as exc:
+        return False, f"Redis unavailable: {exc}"
+    return state.ready, "; ".join([*([state.reason] if state.reason else []), *state.notes])
+
+
+class StatusPublisher:
+    """Publishes this replica's status every `interval` seconds until `stop` is set.
+
+    Never raises out of run(): Redis or Kafka being away makes the status say so ("unknown"
+    fields, not ready), or makes one status be dropped (at most once; see bus.py).
+    """
+
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        stop: threading.Event,
+        node: str,
+        interval: float,
+        producer_factory: Callable[[], KafkaProducer] = bus.status_producer_make,
+        reader_factory: Callable[[], KafkaConsumer] = bus.links_end_reader_make,
+    ) -> None:
+        self.redis = redis
+        self.stop = stop
+        self.node = node
+        self.interval = interval
+        self.producer_factory = producer_factory
+        self.reader_factory = reader_factory
+        self.producer: KafkaProducer | None = None
+        self.reader: KafkaConsumer | None = None
+        self.sent = 0
+        self.failed = 0
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                self.publish_once()
+                self.stop.wait(self.interval)
+        finally:
+            self._close_producer()
+            self._close_reader()
+            logger.info("status publisher stopped: %d sent, %d failed", self.sent, self.failed)
+
+    def collect(self) -> dict:
+        """This replica's status fields now (see ReplicaStatus)."""
+        ready, reason = replica_readiness(redis=self.redis)
+        try:
+            positions = selectors.links_positions_get(redis=self.redis)
+            raw = self.redis.get(keys.clicks_incarnation_key())
+            incarnation = raw.decode() if raw else None
+            served = (self.redis.hget(keys.clicks_served_key(), incarnation)
+                      if incarnation else None)
+            position = sum(positions.values()) if positions else None
+            redirects = int(served or 0)
+        except redis_lib.RedisError:
+            position = incarnation = redirects = None
+        return {
+            "node": self.node,
+            "links_position": position,
+            "links_end": self._links_end(),
+            "ready": ready,
+            "reason": reason,
+            "incarnation": incarnation,
+            "redirects": redirects,
+            "version": code_version(),
+            "reported_at": datetime.now(timezone.utc),
+        }
+
+    def _links_end(self) -> int | None:
+        """The links topic's end offset (summed over partitions), or None if Kafka is away."""
+        try:
+            if self.reader is None:
+                self.reader = self.reader_factory()
+            partitions = self.reader.partitions_for_topic(bus.links_topic())
+            if not partitions:
+                return None
+            tps = [TopicPartition(bus.links_topic(), p) for p in partitions]
+            return sum(self.reader.end_offsets(tps).values())
+        except KafkaError as exc:
+            logger.warning("links topic's end offset unknown for the status: %r", exc)
+            self._close_reader()
+            return None
+
+    def _close_producer(self) -> None:
+        if self.producer is not None:
+            try:
+                self.producer.close(timeout=1)
+            except Exception:  # noqa: BLE001 - closing a broken producer must not raise
+                logger.exception("closing the status producer failed")
+            self.producer = None
+
+    def _close_reader(self) -> None:
+        if self.reader is not None:
+            try:
+                self.reader.close()
+            except Exception:  # noqa: BLE001
+                logger.exception("closing the status reader failed")
+            self.reader = None
+
+    def publish_once(self) -> bool:
+        """Collect and send one status, waiting (bounded) for the ack; True if acknowledged."""
+        try:
+            key, value = replica_status_encode(**self.collect())
+            if self.producer is None:
+                self.producer = self.producer_factory()
+            self.producer.send(bus.replicas_topic(), key=key, value=value).get(
+                timeout=max(self.interval, 5.0))
+        except KafkaError as exc:
+            self.failed += 1
+            logger.warning("replica status not sent (the next follows in %.0fs): %r",
+                           self.interval, exc)
+            # A producer whose send failed is not reused (as for click reports: kafka-python
+            # 3.0.12 does not always recover one after an outage).
+            self._close_producer()
+            return False
+        self.sent += 1
+        return True
+
+
+def status_thread_start(*, redis: Redis, stop: threading.Event) -> threading.Thread:
+    """Start this replica's StatusPublisher in a daemon thread (report_clicks)."""
+    publisher = StatusPublisher(redis=redis, stop=stop, node=settings.SHORTENER_NODE_ID,
+                                interval=settings.SHORTENER_STATUS_SECONDS)
+    thread = threading.Thread(target=publisher.run, name="replica-status", daemon=True)
+    thread.start()
+    return thread
+
+

@@ -1,0 +1,41 @@
+"""Reading a topic back in tests: what the master really wrote, from the broker."""
+
+from __future__ import annotations
+
+import json
+
+from django.conf import settings
+from kafka import KafkaConsumer, TopicPartition
+
+
+def topic_records(topic: str, partition: int = 0) -> list:
+    """Every record of the partition, from its start to its current end (ConsumerRecords)."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+                             enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        records = []
+        while consumer.position(tp) < end:
+            for batch in consumer.poll(timeout_ms=1000).values():
+                records.extend(batch)
+        return [r for r in records if r.offset < end]
+    finally:
+        consumer.close()
+
+
+def _decoded(value: bytes | None) -> dict | bytes | None:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def link_records(topic: str, tinyurl: str) -> list[dict | bytes | None]:
+    """One link's record values in offset order: JSON decoded, None for a tombstone, the raw
+    bytes for anything that is not JSON."""
+    return [_decoded(r.value) for r in topic_records(topic) if r.key == tinyurl.encode()]

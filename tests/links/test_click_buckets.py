@@ -1,0 +1,142 @@
+"""Clicks over time: hourly buckets filled by the click apply, exactly and idempotently."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from links import services
+from links.clicks import clicks_apply_batch, report_hour
+from links.models import ClickBucket, ConsumerPosition, Link
+from shortener_project import bus
+from shortener_project.messages import click_report_encode
+from tests.conftest import clicks_topic_end
+from tests.support import FakeRecord as Rec
+from tests.support import wait_until
+
+HOUR = timedelta(hours=1)
+NOW = datetime.now(timezone.utc)
+START = NOW.replace(minute=0, second=0, microsecond=0) - 5 * HOUR
+
+
+def made_clicks(links: list[Link], seed: int) -> tuple[list[tuple[bytes, bytes]], Counter]:
+    """Reports of two replicas over six hours, and the clicks made per (tinyurl, node, hour).
+
+    Each replica clicks each link some times every hour and reports its counter's absolute count
+    during the hour (milestones, duplicates, a late out-of-date copy) and at its end (the
+    flush), as report_clicks does; a report never comes from a later hour than its clicks.
+    """
+    rng = random.Random(seed)
+    messages: list[tuple[datetime, bytes, bytes]] = []
+    made: Counter = Counter()
+    for node, incarnation in (("replica-a", "1700000000000001"), ("replica-b", "1700000000000002")):
+        for link in links:
+            count = 0
+            for h in range(6):
+                hour = START + h * HOUR
+                clicks = rng.choice([0, 1, 7, 100, 250])
+                if not clicks:
+                    continue
+                made[(link.tinyurl, node, hour)] += clicks
+                old = count
+                count += clicks
+                at = [hour + timedelta(minutes=m) for m in sorted(rng.sample(range(1, 59), 3))]
+                # Part-way through the hour, the final count of the hour at its end, a duplicate
+                # of it, and an old count that arrives late.
+                for when, value in ((at[0], old + clicks // 2), (at[1], count), (at[2], count),
+                                    (at[2], old)):
+                    if value > 0:
+                        key, body = click_report_encode(tinyurl=link.tinyurl, node=node,
+                                                        incarnation=incarnation, count=value,
+                                                        reported_at=when)
+                        messages.append((when, key, body))
+    messages.sort(key=lambda m: m[0])  # the topic's order: as the reports were sent
+    return [(k, v) for _, k, v in messages], made
+
+
+def buckets() -> Counter:
+    return Counter({(t, n, h): c for t, n, h, c in ClickBucket.objects.values_list(
+        "link__tinyurl", "node", "hour", "clicks")})
+
+
+def apply_in_batches(records: list[Rec], rng: random.Random, topic: str) -> None:
+    i = 0
+    while i < len(records):
+        size = rng.randint(1, 40)
+        position = ConsumerPosition.objects.filter(topic=topic).first()
+        clicks_apply_batch(topic=topic, partition=0, records=records[i:i + size],
+                           expected_position=position.next_offset if position else None)
+        i += size
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_buckets_equal_the_clicks_made_and_a_replay_changes_nothing(transactional_db, seed):
+    links = [services.link_create(longurl=f"https://example.com/buckets/{seed}/{i}").link
+             for i in range(3)]
+    messages, made = made_clicks(links, seed)
+    records = [Rec(offset, key, value) for offset, (key, value) in enumerate(messages)]
+    rng = random.Random(seed)
+
+    apply_in_batches(records, rng, "clicks-a")
+    assert buckets() == made
+    for link in links:
+        link.refresh_from_db()
+        assert link.clicks == sum(c for (t, _, _), c in made.items() if t == link.tinyurl)
+
+    # Every record again, in other batches, as a consumer replaying from offset 0 would.
+    apply_in_batches(records, rng, "clicks-b")
+    assert buckets() == made
+    # And all of it in one batch (one batch spanning all six hours).
+    clicks_apply_batch(topic="clicks-c", partition=0, records=records, expected_position=None)
+    assert buckets() == made
+    assert sum(made.values()) == sum(Link.objects.values_list("clicks", flat=True))
+
+
+def test_one_batch_spanning_hours_charts_each_report_in_its_own_hour(transactional_db):
+    link = services.link_create(longurl="https://example.com/buckets/span").link
+    messages, made = made_clicks([link], seed=9)
+    clicks_apply_batch(topic="clicks-span", partition=0, expected_position=None,
+                       records=[Rec(o, k, v) for o, (k, v) in enumerate(messages)])
+    assert buckets() == made
+    assert len({h for (_, _, h) in made}) > 1
+
+
+def test_replaying_the_clicks_topic_from_offset_0_changes_no_bucket(transactional_db,
+                                                                     clicks_consumer):
+    links = [services.link_create(longurl=f"https://example.com/buckets/topic/{i}").link
+             for i in range(3)]
+    messages, made = made_clicks(links, seed=4)
+    producer = bus.producer_get()
+    for key, value in messages:
+        producer.send(bus.clicks_topic(), key=key, value=value)
+    producer.flush()
+    end = clicks_topic_end()
+
+    def position() -> int:
+        row = ConsumerPosition.objects.filter(topic=bus.clicks_topic()).first()
+        return row.next_offset if row else 0
+
+    wait_until(lambda: position() == end, timeout=30, what="consume_clicks to reach the end")
+    assert buckets() == made
+    # Forget the position: the consumer reads the whole topic again from offset 0.
+    assert clicks_consumer.stop() == 0
+    ConsumerPosition.objects.filter(topic=bus.clicks_topic()).delete()
+    clicks_consumer.start()
+    wait_until(lambda: position() == end, timeout=30, what="the replay from offset 0")
+    assert buckets() == made
+
+
+def test_report_hour():
+    now = datetime(2026, 5, 1, 12, 30, tzinfo=timezone.utc)
+    assert report_hour("2026-05-01T10:59:59.999+00:00", now=now) == datetime(
+        2026, 5, 1, 10, tzinfo=timezone.utc)
+    assert report_hour("2026-05-01T12:10:00+02:00", now=now) == datetime(
+        2026, 5, 1, 10, tzinfo=timezone.utc)
+    assert report_hour("2026-05-01T09:10:00", now=now) == datetime(  # no offset: UTC
+        2026, 5, 1, 9, tzinfo=timezone.utc)
+    # The future (a replica's clock running ahead), garbage, or nothing: the master's hour.
+    for bad in ("2026-05-01T15:00:00+00:00", "yesterday", None, 17):
+        assert report_hour(bad, now=now) == datetime(2026, 5, 1, 12, tzinfo=timezone.utc)

@@ -1,0 +1,361 @@
+"""The one longurl definition (shortener_project/longurls.py) and the master's longurl_validate,
+as pure functions: each rule with inputs that break it, and properties over generated URLs:
+whatever /create accepts, every replica serves as it is, a browser's URL parser (ada, the WHATWG
+parser of Node.js) and Python's urllib go to the same host and port as the user meant."""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import os
+import string
+import subprocess
+import sys
+import urllib.request
+from urllib.parse import unquote, urlsplit
+
+import ada_url
+import pytest
+from django.core.exceptions import ValidationError
+from django.test import override_settings
+from django.utils.encoding import iri_to_uri
+from hypothesis import HealthCheck, assume, example, given, settings as hsettings
+from hypothesis import strategies as st
+
+from links.services import longurl_validate
+from shortener_project import longurls
+from tests.support import ROOT
+from shortener_project.longurls import (
+    LongurlError,
+    host_normalize,
+    host_suffixes,
+    longurl_normalize,
+    longurl_problem,
+)
+
+# (what it is, the input, its stored form: what /create returns and replicas send)
+ACCEPTED = [
+    ("idn host", "https://bücher.example/x", "https://xn--bcher-kva.example/x"),
+    ("idn host, unicode path, query and fragment", "https://пример.рф/путь?q=значение#раздел",
+     "https://xn--e1afmkfd.xn--p1ai/%D0%BF%D1%83%D1%82%D1%8C?q=%D0%B7%D0%BD%D0%B0%D1%87%D0%B5"
+     "%D0%BD%D0%B8%D0%B5#%D1%80%D0%B0%D0%B7%D0%B4%D0%B5%D0%BB"),
+    ("idn host in upper case", "https://BÜCHER.example/X", "https://xn--bcher-kva.example/X"),
+    ("an A-label as given", "https://xn--bcher-kva.example/x", None),
+    ("upper-case scheme and host stay", "HTTPS://EXAMPLE.ORG/Path", None),
+    ("full-width letters (UTS #46 mapping)", "https://ｅｘａｍｐｌｅ.org/", "https://example.org/"),
+    ("ideographic full stop (UTS #46 mapping)", "https://bücher。example/",
+     "https://xn--bcher-kva.example/"),
+    ("sharp s, non-transitional like browsers", "https://faß.example/",
+     "https://xn--fa-hia.example/"),
+    ("characters RFC 3986 does not allow", 'https://example.org/a|b^c{d}e`f"g<h>i',
+     "https://example.org/a%7Cb%5Ec%7Bd%7De%60f%22g%3Ch%3Ei"),
+    ("brackets in the query stay", "https://example.org/?a[]=1&a[]=2", None),
+    ("percent-encodings stay", "https://example.org/%7Euser/%e2%9c%93?q=%2F#%20", None),
+    ("emoji in the path", "https://example.org/😀", "https://example.org/%F0%9F%98%80"),
+    ("IPv6 literal with a port", "http://[2606:4700:4700::1111]:8080/x", None),
+    ("IPv6 literal in upper case", "http://[2606:4700:4700::ABCD]/", None),
+    ("IPv4 address", "http://93.184.215.14/x", None),
+    ("a port", "https://example.org:8443/x", None),
+    ("the default port", "https://example.org:443/x", None),
+    ("an empty port (RFC 3986 §3.2.3)", "https://example.org:/x", None),
+    ("a final dot", "https://example.org./x", None),
+    ("an underscore in a label", "https://my_host.example.org/", None),
+    ("hyphens in the 3rd and 4th place", "https://r3---sn-abc.googlevideo.com/v", None),
+    ("a query and no path", "https://example.org?q=1", None),
+    ("no path at all", "https://example.org", None),
+    ("@ and : in the path", "https://example.org/@user:name", None),
+    ("dot segments stay", "https://example.org/a/../b/./c", None),
+]
+
+# (what it is, the input, the rule's code, a fragment of the message)
+REFUSED = [
+    ("userinfo", "https://user:secret@example.org/", "userinfo", "RFC 9110"),
+    ("userinfo that looks like a host", "https://bank.example@evil.example/", "userinfo",
+     "RFC 9110"),
+    ("empty userinfo", "https://@example.org/", "userinfo", "user name"),
+    ("percent-encoded host", "https://%65vil.example/", "host", "percent-encoded"),
+    ("backslash before @", "https://example.org\\@evil.example/", "backslash", "backslash"),
+    ("backslash in the path", "https://example.org/a\\b", "backslash", "backslash"),
+    ("one slash", "https:/example.org/", "form", "https://host"),
+    ("three slashes", "https:///example.org/", "form", "https://host"),
+    ("no slashes", "https:example.org", "form", "https://host"),
+    ("no host", "https://", "host", "no host"),
+    ("no host, a port", "https://:80/", "host", "no host"),
+    ("hexadecimal IPv4", "http://0x7f.1/", "host", "IPv4"),
+    ("integer IPv4", "http://2130706433/", "host", "IPv4"),
+    ("short IPv4", "http://127.1/", "host", "IPv4"),
+    ("octal IPv4", "http://0177.0.0.1/", "host", "IPv4"),
+    ("IPv4 with a final dot", "http://93.184.215.14./", "host", "IPv4"),
+    ("a name ending in a number", "https://example.123/", "host", "ends in a number"),
+    ("empty label", "https://a..example/", "host", "not a valid host name"),
+    ("leading dot", "https://.example.org/", "host", "not a valid host name"),
+    ("label of 64 characters", f"https://{'a' * 64}.example/", "host", "not a valid host name"),
+    ("host of 254 characters", f"https://{'a.' * 126}ab/", "host", "not a valid host name"),
+    ("forbidden character in the host", "https://exa!mple.org/", "host", "not a valid host name"),
+    ("emoji host (not IDNA 2008)", "https://💩.la/", "idna", "IDNA 2008"),
+    ("symbol in the host", "https://a☃b.example/", "idna", "IDNA 2008"),
+    ("invalid A-label", "https://xn--zz.example/", "idna", "A-label"),
+    ("A-label of a disallowed character", "https://xn--ls8h.la/", "idna", "A-label"),
+    ("IPvFuture literal", "http://[v1.fe]/", "host", "IPvFuture"),
+    ("IPv6 zone id", "http://[fe80::1%25eth0]/", "host", "zone id"),
+    ("not an IPv6 address", "http://[1:2:3]/", "invalid", "not a valid URL"),
+    ("a bad port (SMTP)", "https://example.org:25/", "port", "refuse"),
+    ("a bad port (IRC)", "http://example.org:6667/", "port", "refuse"),
+    ("port 0", "http://example.org:0/", "port", "refuse"),
+    ("port out of range", "http://example.org:65536/", "port", "65535"),
+    ("a port that is not a number", "http://example.org:8o/", "port", "65535"),
+    ("a lone %", "https://example.org/100%", "percent", "%25"),
+    ("% and one hex digit", "https://example.org/?q=%A", "percent", "%25"),
+    ("% in the fragment", "https://example.org/#%zz", "percent", "%25"),
+    ("space", "https://example.org/a b", "whitespace", "whitespace"),
+    ("tab", "https://example.org/a\tb", "whitespace", "whitespace"),
+    ("no-break space", "https://example.org/a\u00a0b", "whitespace", "whitespace"),
+    ("C1 control", "https://example.org/\u0085", "whitespace", "control"),
+    ("CR LF (header splitting)", "https://example.org/\r\nSet-Cookie: a=b", "whitespace",
+     "control"),
+    ("lone surrogate", "https://example.org/\ud800", "encoding", "surrogate"),
+    ("ftp", "ftp://example.org/", "scheme", "http"),
+    ("javascript", "javascript:alert(1)", "scheme", "http"),
+    ("relative", "/just/a/path", "scheme", "http"),
+    ("empty", "", "empty", "empty"),
+]
+
+PRIVATE = [
+    "http://127.0.0.1/", "http://10.1.2.3/", "http://192.168.1.1/admin", "http://172.16.0.1/",
+    "http://169.254.169.254/latest/meta-data/", "http://0.0.0.0/", "http://100.64.0.1/",
+    "http://[::1]/", "http://[fe80::1]/", "http://[fd00::1]/", "http://[::ffff:127.0.0.1]/",
+    "http://[2001:db8::1]/", "http://192.0.2.1/", "http://localhost:8000/", "http://LOCALHOST./",
+    "http://api.localhost/",
+]
+
+
+@pytest.mark.parametrize("name,given,stored", ACCEPTED, ids=[a[0] for a in ACCEPTED])
+def test_accepted_longurls_are_stored_in_the_form_they_are_sent(name, given, stored):
+    stored = stored or given
+    assert longurl_validate(given) == stored
+    assert longurl_problem(stored) is None
+    assert longurl_validate(stored) == stored  # a fixed point
+    assert iri_to_uri(stored) == stored  # what Django's HttpResponseRedirect puts in Location
+
+
+@pytest.mark.parametrize("name,given,code,fragment", REFUSED, ids=[r[0] for r in REFUSED])
+def test_refused_longurls_say_why(name, given, code, fragment):
+    with pytest.raises(ValidationError) as caught:
+        longurl_validate(given)
+    assert caught.value.error_list[0].code == code
+    assert fragment in caught.value.messages[0]
+    # ... and a replica would not serve it either.
+    assert longurl_problem(given) is not None
+
+
+@pytest.mark.parametrize("given", PRIVATE)
+def test_hosts_that_lead_each_clicker_to_their_own_network_are_refused(given):
+    with pytest.raises(ValidationError) as caught:
+        longurl_validate(given)
+    assert caught.value.error_list[0].code in ("private_host", "own_host")
+    # Servable, though: only the master's policy refuses them.
+    assert longurl_problem(longurl_normalize(given)) is None
+
+
+def test_private_hosts_are_allowed_when_the_setting_says_so():
+    with override_settings(SHORTENER_ALLOW_PRIVATE_TARGETS=True, SHORTENER_PUBLIC_HOSTS=[]):
+        assert longurl_validate("http://10.1.2.3:8080/wiki") == "http://10.1.2.3:8080/wiki"
+        assert longurl_validate("http://[fd00::1]/") == "http://[fd00::1]/"
+
+
+@pytest.mark.parametrize("public,given,own", [
+    (["sho.rt"], "https://sho.rt/abcDEF1", True),
+    (["sho.rt"], "https://SHO.RT.:8443/abcDEF1", True),
+    (["sho.rt"], "https://www.sho.rt/abcDEF1", False),  # "sho.rt": that host only
+    ([".sho.rt"], "https://www.sho.rt/abcDEF1", True),  # ".sho.rt": and its subdomains
+    ([".sho.rt"], "https://sho.rt/abcDEF1", True),
+    (["bücher.example"], "https://xn--bcher-kva.example/x", True),
+    (["*", "sho.rt"], "https://example.org/", False),
+    (["203.0.113.7"], "http://203.0.113.7:8001/abcDEF1", True),
+])
+def test_the_services_own_hosts_are_refused(public, given, own):
+    with override_settings(SHORTENER_PUBLIC_HOSTS=public, SHORTENER_ALLOW_PRIVATE_TARGETS=True):
+        if own:
+            with pytest.raises(ValidationError) as caught:
+                longurl_validate(given)
+            assert caught.value.error_list[0].code == "own_host"
+        else:
+            longurl_validate(given)
+
+
+def test_public_hosts_default_to_the_hosts_the_server_answers_to():
+    def public_hosts(**env: str) -> str:
+        code = "from django.conf import settings; print(settings.SHORTENER_PUBLIC_HOSTS)"
+        return subprocess.run(
+            [sys.executable, "-c", f"import django; django.setup(); {code}"], cwd=ROOT,
+            env={**os.environ, "DJANGO_SETTINGS_MODULE": "shortener_project.settings", **env},
+            capture_output=True, text=True, check=True).stdout.strip()
+
+    assert public_hosts(DJANGO_ALLOWED_HOSTS="sho.rt,.go.example,*") == "['sho.rt', '.go.example']"
+    explicit = public_hosts(DJANGO_ALLOWED_HOSTS="sho.rt",
+                            SHORTENER_PUBLIC_HOSTS="a.example,b.example")
+    assert explicit == "['a.example', 'b.example']"
+
+
+def test_length_is_measured_on_the_form_as_sent():
+    from django.conf import settings
+
+    limit = settings.SHORTENER_MAX_URL_LENGTH
+    base = "https://example.org/"
+    assert len(longurl_validate(base + "a" * (limit - len(base)))) == limit
+    with pytest.raises(ValidationError, match=f"longer than {limit} characters as sent"):
+        longurl_validate(base + "a" * (limit - len(base) + 1))
+    # 700 characters given, 8,400 as sent: each emoji is 12 characters percent-encoded.
+    with pytest.raises(ValidationError, match=f"longer than {limit} characters as sent"):
+        longurl_validate(base + "😀" * 700)
+    assert longurl_problem("https://example.org/" + "a" * longurls.SERVABLE_MAX_LENGTH) \
+        == f"longer than {longurls.SERVABLE_MAX_LENGTH} characters"
+
+
+def test_a_replica_refuses_what_is_not_in_its_stored_form():
+    # A record written by hand or by an older master: Unicode where it is sent encoded.
+    assert "not in the form it is sent in" in longurl_problem("https://bücher.example/x")
+    assert "not in the form it is sent in" in longurl_problem("https://example.org/ü")
+    assert longurl_problem(None) == "not a string"
+
+
+@pytest.mark.parametrize("spelling", [
+    "evil.example", "EVIL.Example", "evil.example.", "evil.example:443", "https://evil.example/",
+    "http://EVIL.EXAMPLE.:80/path?q", " evil.example ",
+])
+def test_host_normalize_gives_one_form_for_every_spelling(spelling):
+    assert host_normalize(spelling) == "evil.example"
+
+
+def test_host_normalize_idn_and_addresses():
+    assert host_normalize("Bücher.Example.") == "xn--bcher-kva.example"
+    assert host_normalize("XN--BCHER-KVA.example") == "xn--bcher-kva.example"
+    assert host_normalize("2001:DB8:0::1") == "2001:db8::1"
+    assert host_normalize("[2001:db8::1]:443") == "2001:db8::1"
+    with pytest.raises(LongurlError):
+        host_normalize("not a host")
+    assert host_suffixes("a.b.evil.example") == ["a.b.evil.example", "b.evil.example",
+                                                 "evil.example", "example"]
+    assert host_suffixes("2001:db8::1") == ["2001:db8::1"]
+
+
+# --- properties over generated URLs -----------------------------------------------------------
+
+def _mixed_case(text: str) -> st.SearchStrategy[str]:
+    return st.tuples(*[st.sampled_from(sorted({c, c.upper()})) for c in text]).map("".join)
+
+
+_schemes = st.sampled_from(["http", "https"]).flatmap(_mixed_case)
+_ascii_label = st.from_regex(r"[a-zA-Z0-9][a-zA-Z0-9_-]{0,20}", fullmatch=True)
+_letters = "abcdefghijklmnopqrstuvwxyz" "äöüßéñçøåæ" "абвгдежзийклмнопрстуфхцчшщыэюя" \
+           "αβγδεζηθικλμνξοπρστυφχψω" "日本語中文한국어" "ÄÖÜÉ"
+_idn_label = st.text(alphabet=_letters, min_size=1, max_size=12)
+_tld = st.from_regex(r"[a-zA-Z]{2,6}", fullmatch=True)
+_domain = st.builds(
+    lambda labels, tld, dot: ".".join(labels + [tld]) + ("." if dot else ""),
+    st.lists(st.one_of(_ascii_label, _idn_label), min_size=1, max_size=4), _tld, st.booleans())
+_global_v4 = st.ip_addresses(v=4).filter(lambda a: a.is_global).map(str)
+_v6 = st.ip_addresses(v=6).map(lambda a: f"[{a}]").flatmap(_mixed_case)
+_hosts = st.one_of(_domain, _domain, _domain, _global_v4, _v6)
+_ports = st.one_of(st.none(), st.integers(1, 65535).map(str), st.just(""))
+_pct = st.from_regex(r"%[0-9A-Fa-f]{2}", fullmatch=True)
+_safe_ascii = st.text(alphabet=string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@[]",
+                      max_size=30)
+_unicode = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)),
+                   max_size=20)
+_piece = st.one_of(_safe_ascii, _safe_ascii, _pct, _unicode, st.sampled_from('"<>^`{|}%#?'))
+_tail = st.lists(st.lists(_piece, max_size=6).map("".join), max_size=8).map("/".join).map(
+    lambda path: "/" + path)
+_long_tail = st.integers(0, 9000).map(lambda n: "/" + "x" * n)
+
+
+@st.composite
+def urls(draw) -> str:
+    scheme, host, port = draw(_schemes), draw(_hosts), draw(_ports)
+    tail = draw(st.one_of(_tail, _tail, _tail, _long_tail, st.just("")))
+    return f"{scheme}://{host}" + (f":{port}" if port is not None else "") + tail
+
+
+def _same_host(a: str, b: str) -> bool:
+    a, b = (h.strip("[]").rstrip(".").lower() for h in (a, b))
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return a == b
+
+
+def _accepted(url: str) -> str | None:
+    try:
+        return longurl_validate(url)
+    except ValidationError:
+        return None
+
+
+PROPERTY = hsettings(max_examples=400, deadline=None,
+                     suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(urls())
+@example("https://bücher.example/x")
+@example("HTTPS://EXAMPLE.ORG:443/%7e?a[]=1#x")
+@example("http://[2606:4700:4700::ABCD]:8080/ü")
+def test_whatever_is_accepted_is_servable_as_it_is_and_a_fixed_point(url):
+    stored = _accepted(url)
+    if stored is None:
+        return
+    assert stored.isascii()
+    assert longurl_problem(stored) is None
+    assert longurl_validate(stored) == stored
+    assert iri_to_uri(stored) == stored
+
+
+@PROPERTY
+@given(urls())
+@example("https://faß.example/ß")
+@example("https://ｅｘａｍｐｌｅ.org/a|b")
+def test_browsers_and_python_go_where_the_user_meant(url):
+    stored = _accepted(url)
+    assume(stored is not None)
+    host = longurls.host_of(stored)
+    scheme = stored.split(":", 1)[0].lower()
+    default = {"http": 80, "https": 443}[scheme]
+    port = urlsplit(stored).port or default
+
+    # A browser (the WHATWG URL Standard, as Node.js implements it) reads the stored form with
+    # the same host and port, and reads it as the same URL as what the user typed.
+    browser = ada_url.parse_url(stored)
+    assert _same_host(browser["hostname"], host)
+    assert (int(browser["port"]) if browser["port"] else default) == port
+    assert unquote(ada_url.parse_url(url)["href"]) == unquote(browser["href"])
+
+    # Python's urllib and http.client: the same host, and a request line they will send.
+    request = urllib.request.Request(stored)
+    assert _same_host(urlsplit(stored).hostname, host)
+    connection_class = {"http": http.client.HTTPConnection,
+                        "https": http.client.HTTPSConnection}[scheme]
+    connection = connection_class(request.host)
+    assert connection.port == port
+    connection.putrequest("GET", request.selector or "/")  # validates; sends nothing
+
+
+_anything = st.one_of(urls(), st.text(max_size=200), urls().map(lambda u: _accepted(u) or u))
+
+
+@hsettings(max_examples=600, deadline=None)
+@given(_anything)
+def test_the_fast_path_agrees_with_the_full_definition(value):
+    full = longurls._problem_of_form(value) if len(value) <= longurls.SERVABLE_MAX_LENGTH \
+        else "too long"
+    assert (longurl_problem(value) is None) == (full is None)
+
+
+@hsettings(max_examples=600, deadline=None)
+@given(st.text(max_size=300))
+def test_any_text_is_either_a_stored_form_or_a_longurl_error(value):
+    try:
+        stored = longurl_normalize(value)
+    except LongurlError as exc:
+        assert exc.code and str(exc)
+        return
+    assert longurl_normalize(stored) == stored
