@@ -20,8 +20,10 @@ What it guarantees (tests/redirects/test_pipelining.py):
 - nothing lost, merged or repeated: each execute() is one command, written once, never retried;
 - failure: a connection error or a timeout fails every command of the batch with a RedisError
   (ConnectionError or TimeoutError) and drops the connection; the next batch connects afresh, so
-  the client recovers by itself when Redis returns. A command's own error reply (NOSCRIPT, say)
-  fails only that command.
+  the client recovers by itself when Redis returns. A connection Redis closed while it was idle
+  (a restart between two batches) is replaced before the next batch is written: nothing of that
+  batch was sent, so none of its commands fails for it. A command's own error reply (NOSCRIPT,
+  say) fails only that command.
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ class PipelinedRedis:
         connection = self._connection
         try:
             async with asyncio.timeout(self._timeout):
+                if connection.is_connected and _closed_by_peer(connection):
+                    await connection.disconnect(nowait=True)
                 if not connection.is_connected:
                     await connection.connect()
                 await connection.send_packed_command(b"".join([packed for packed, _ in batch]),
@@ -159,6 +163,16 @@ def encode(command: tuple) -> bytes:
                             "or int")
         parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
     return b"".join(parts)
+
+
+def _closed_by_peer(connection: Connection) -> bool:
+    """Whether Redis closed this idle connection (its end of the stream, or a reset, was read
+    in the background by the event loop's transport). Between batches every reply has been
+    read, so anything the reader holds is the close. Looks at redis-py's StreamReader (the
+    `_reader` of redis.asyncio.connection.AbstractConnection, redis 8.1): its public
+    can_read() would cost a read with a timeout for every batch."""
+    reader = connection._reader
+    return reader is not None and (reader.at_eof() or reader.exception() is not None)
 
 
 def _fail(batch: list[tuple[bytes, asyncio.Future]], error: BaseException) -> None:

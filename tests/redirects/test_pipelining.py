@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from redirects.pipelining import PipelinedRedis, encode
+from redirects.pipelining import PipelinedRedis, _closed_by_peer, encode
 
 
 @pytest.fixture
@@ -95,6 +95,29 @@ def test_redis_gone_fails_every_waiting_command_then_recovers_when_it_returns(re
     first, second, after = asyncio.run(run())
     assert all(isinstance(e, RedisConnectionError) for e in first + second), first + second
     assert after == b"back"
+
+
+def test_a_connection_redis_closed_while_idle_is_replaced_before_the_next_batch(redis_server):
+    """Redis restarted between two batches (the first click after a restart): nothing of the next
+    batch was sent on the dead connection, so it goes out on a new one and none of it fails."""
+    async def run() -> list:
+        client = PipelinedRedis(url(redis_server), connect_timeout=1, timeout=2)
+        try:
+            assert await client.execute("SET", "k", "v") == b"OK"  # connected, then idle
+            redis_server.restart_redis_empty()  # SIGKILL, then the same port, empty
+            redis_server.redis.set("k", "back")
+            # A server's event loop runs all the while; this test's was blocked above: give it
+            # turns until it has read Redis' close, as it would have by itself.
+            for _ in range(500):
+                if _closed_by_peer(client._connection):
+                    break
+                await asyncio.sleep(0.01)
+            return await asyncio.gather(*(client.execute("GET", "k") for _ in range(20)),
+                                        return_exceptions=True)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == [b"back"] * 20
 
 
 def test_a_redis_that_stops_answering_times_out_the_batch_and_the_next_batch_reconnects(
