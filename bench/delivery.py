@@ -57,7 +57,7 @@ from links import services  # noqa: E402
 from links.models import ConsumerPosition, Link  # noqa: E402
 from shortener_project import bus  # noqa: E402
 from shortener_project.messages import link_record_encode  # noqa: E402
-from tests.support import ClicksConsumerProcess, Replica, wait_until  # noqa: E402
+from tests.support import ClicksConsumerProcess, Replica, topic_read, wait_until  # noqa: E402
 
 CASES = ("kills", "wipe", "node", "rollback", "links")
 FLUSH = 2
@@ -315,7 +315,7 @@ class Experiment:
         def compacted() -> bool:
             services.links_publish(links=Link.objects.filter(tinyurl=filler))
             left.clear()
-            for rec in read_topic(topic):
+            for rec in topic_read(topic):
                 if rec.key.decode() in everyone:
                     left.setdefault(rec.key.decode(), []).append(json.loads(rec.value))
             return all(len(left.get(t, ())) == 1 for t in everyone)
@@ -351,23 +351,6 @@ class Experiment:
                     f"answers other than 404 of {2 * k}: " +
                     ", ".join(f"{name} {n}" + ("" if caught[name] else " (never caught up)")
                               for name, n in wrong.items()))
-
-
-def read_topic(topic: str) -> list:
-    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
-                             enable_auto_commit=False)
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        records = []
-        while consumer.position(tp) < end:
-            for batch in consumer.poll(timeout_ms=1000).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from links.models import ConsumerPosition, Link
 from links.services import _record  # the encoding the master publishes
 from shortener_project import bus
 from shortener_project.consuming import PositionedConsumer, PositionMismatch, Record
-from shortener_project.messages import TINYURL_RE, MessageError, link_record_decode
+from shortener_project.messages import TINYURL_RE, VERSION_MAX, MessageError, link_record_decode
 from shortener_project.metrics import LINKS_AUDITED
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,14 @@ def links_audit_batch(
             elif record is None or record["version"] < link.state_version:
                 resend_ids.append(link.pk)
                 resend += 1
+            elif record["version"] >= VERSION_MAX:
+                # Only a forged record gets here (a state changed 2**53 times): no version can
+                # follow it. Producing to the links topic must be kept to the master (Kafka ACLs).
+                logger.error(
+                    "links audit: the topic holds version %s of %s, the largest a record may "
+                    "carry: no later state can override it; if it was not the master's, restrict "
+                    "who may write to the links topic and take the link down by hand",
+                    record["version"], link.tinyurl)
             else:
                 logger.warning(
                     "links audit: the topic holds version %s of %s, the database version %s with "

@@ -29,7 +29,9 @@ class Link(models.Model):
     # record only if its version is newer than the one it holds. A send marks the link
     # published only if it carried the current version, so a slow send of an older state can
     # never be taken for the newest one; the outbox then sends the newest again.
-    state_version = models.PositiveIntegerField(default=1)
+    # 64-bit: a record may carry any version up to messages.VERSION_MAX (2**53 - 1), and the
+    # links audit must always be able to raise this one above what the topic holds.
+    state_version = models.PositiveBigIntegerField(default=1)
     # Sum of this link's ClickCounter rows, kept in the same transaction as they change, so the
     # admin can list and sort by clicks without summing millions of rows. Not indexed: with an
     # index, every change of a total rewrites an entry in each of the table's indexes (no HOT

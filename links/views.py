@@ -112,6 +112,10 @@ def create(request: HttpRequest) -> JsonResponse:
         return _refuse(400, "json", "request body is not UTF-8")
     except json.JSONDecodeError as exc:
         return _refuse(400, "json", f"request body is not valid JSON: {exc.msg}")
+    except (ValueError, RecursionError) as exc:
+        # Python's own limits on what it parses: integers of more than 4,300 digits
+        # (ValueError, CVE-2020-10735) and nesting deeper than the recursion limit.
+        return _refuse(400, "json", f"request body is not JSON this service accepts: {exc}"[:200])
     if not isinstance(payload, dict):
         return _refuse(400, "json",
                        'request body must be a JSON object: {"longurl": "https://..."}')

@@ -410,6 +410,10 @@ def links_consumer_make() -> KafkaConsumer:
         # (default: backing off to 30 s), so a replica resumes within seconds of the network's
         # return.
         reconnect_backoff_max_ms=5_000,
+        # Give up making the consumer after 3 s (default 30 s) while Kafka is unreachable: the
+        # loop retries, and each round writes the heartbeat that /readyz checks (a 30 s wait
+        # would read as a dead consumer).
+        bootstrap_timeout_ms=3_000,
     )
 
 
@@ -429,10 +433,6 @@ def links_audit_consumer_make() -> KafkaConsumer:
         allow_auto_create_topics=False,
         # -- Operational: resume within seconds once Kafka is reachable again.
         reconnect_backoff_max_ms=5_000,
-        # Give up making the consumer after 3 s (default 30 s) while Kafka is unreachable: the
-        # loop retries, and each round writes the heartbeat that /readyz checks (a 30 s wait
-        # would read as a dead consumer).
-        bootstrap_timeout_ms=3_000,
     )
 
 

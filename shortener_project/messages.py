@@ -85,9 +85,15 @@ def link_record_encode(
     return tinyurl.encode(), value
 
 
-def _positive_int(value: object) -> bool:
+# The largest link state version a record may carry: below 2**53, so that it is exact in any
+# JSON reader and in Lua's doubles, and far inside Link.state_version's 64-bit column, so the
+# master can always raise its own version above any it finds in the topic (links/audit.py).
+VERSION_MAX = 2**53 - 1
+
+
+def _positive_int(value: object, limit: int = 2**62) -> bool:
     # bool is an int in Python; True is not a version.
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**62
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < limit
 
 
 def link_record_decode(key: bytes | None, value: bytes | None) -> LinkRecord | None:
@@ -109,7 +115,7 @@ def link_record_decode(key: bytes | None, value: bytes | None) -> LinkRecord | N
         return None
     try:
         record = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, huge ints, deep nesting
         raise MessageError(f"value is not JSON: {exc}") from None
     if not isinstance(record, dict):
         raise MessageError("value is not a JSON object")
@@ -117,7 +123,7 @@ def link_record_decode(key: bytes | None, value: bytes | None) -> LinkRecord | N
         raise MessageError(f"unknown schema {record.get('schema')!r}")
     if record.get("tinyurl") != tinyurl:
         raise MessageError("value's tinyurl differs from the key")
-    if not _positive_int(record.get("version")):
+    if not _positive_int(record.get("version"), VERSION_MAX + 1):
         raise MessageError("version is missing or not a positive integer")
     state = record.get("state")
     if state not in LINK_STATES:
@@ -186,7 +192,7 @@ def click_report_decode(key: bytes | None, value: bytes | None) -> ClickReport:
         # was most of consume_clicks' per-report Python time (docs/performance.md). orjson
         # rejects invalid UTF-8, as json does.
         report = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # orjson's JSONDecodeError is a ValueError
         raise MessageError(f"value is not JSON: {exc}") from None
     if not isinstance(report, dict):
         raise MessageError("value is not a JSON object")
@@ -273,7 +279,7 @@ def replica_status_decode(key: bytes | None, value: bytes | None) -> ReplicaStat
         raise MessageError("empty value")
     try:
         status = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, huge ints, deep nesting
         raise MessageError(f"value is not JSON: {exc}") from None
     if not isinstance(status, dict):
         raise MessageError("value is not a JSON object")

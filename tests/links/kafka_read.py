@@ -4,26 +4,12 @@ from __future__ import annotations
 
 import json
 
-from django.conf import settings
-from kafka import KafkaConsumer, TopicPartition
+from tests.support import topic_read
 
 
 def topic_records(topic: str, partition: int = 0) -> list:
     """Every record of the partition, from its start to its current end (ConsumerRecords)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
-                             enable_auto_commit=False)
-    try:
-        tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        records = []
-        while consumer.position(tp) < end:
-            for batch in consumer.poll(timeout_ms=1000).values():
-                records.extend(batch)
-        return [r for r in records if r.offset < end]
-    finally:
-        consumer.close()
+    return topic_read(topic, partition)
 
 
 def _decoded(value: bytes | None) -> dict | bytes | None:
