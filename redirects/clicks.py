@@ -14,7 +14,8 @@ An incarnation is one life of this Redis' data. A new one starts
     loaded an older RDB/AOF, or a restored backup). The stored <user>:clicks:runid differs from
     the server's run_id (INFO server), which changes with every start. Redis never persists
     scripts, so the first EVALSHA after a restart fails with NOSCRIPT; only then is the script
-    loaded, and only after INCARNATION_SCRIPT has started the new incarnation (click_call). So
+    loaded, and only after INCARNATION_SCRIPT has started the new incarnation
+    (click_script_reload, and click_script_reload_async on the served replica's path). So
     no click after a restart is counted in a counter whose older, higher value the master may
     already hold (its max() would absorb the new clicks). report_clicks runs the same check
     every round, so this does not wait for a click;
@@ -29,6 +30,7 @@ counter keys they name from their arguments, which a single Redis (never a clust
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -41,9 +43,10 @@ from datetime import datetime, timezone
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from redis import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from redirects import keys
+from redirects.pipelining import PipelinedRedis
 from shortener_project import bus
 from shortener_project.messages import click_report_encode
 from shortener_project.metrics import CLICK_REPORTS
@@ -55,7 +58,8 @@ REPORT_EVERY = 100
 # KEYS: link, incarnation, due, dirty, served (hash: incarnation -> redirects counted).
 # ARGV: REPORT_EVERY, tinyurl, counter key prefix, this process' token (click_keys_args).
 # Returns nil: unknown or disabled link (a value in another format too), nothing counted;
-#         410: the link expired, nothing counted (TIME is called only for a link with an expiry);
+#         410 (GONE): the link expired, nothing counted (TIME is called only for a link with an
+#         expiry);
 #         the longurl: counted (302).
 # The link value is keys.LinkValue: `<version>|<expires_at ms or empty>|<longurl or empty>`.
 # Without an incarnation (FLUSHALL), the first click names one after Redis' clock plus the
@@ -85,7 +89,13 @@ redis.call('SADD', KEYS[4], member)
 if n % tonumber(ARGV[1]) == 0 then redis.call('SADD', KEYS[3], member) end
 return string.sub(v, b + 1)
 """
+# EVALSHA's name for the script, computed here as Redis computes it (SHA-1 of the source), so a
+# server never needs a round trip to learn it; SCRIPT LOAD only after a NOSCRIPT reply.
 CLICK_SHA = hashlib.sha1(CLICK_SCRIPT.encode()).hexdigest()
+
+# The reply of the click script, and the outcome, that means "this link expired": answered 410,
+# not counted (selectors.link_target_parse gives the same for HEAD).
+GONE = 410
 
 # KEYS: incarnation, runid. ARGV: the server's run_id (INFO server), a random token.
 # Starts a new incarnation unless the stored run id is this server's: the data may be older
@@ -170,10 +180,19 @@ def click_keys_args(tinyurl: str) -> tuple[list[str], list[str | int]]:
 
 
 def click_outcome(raw: bytes | str | int | None) -> str | int | None:
-    """CLICK_SCRIPT's reply as the answer: the longurl (302, counted), 410 (expired), None (404)."""
-    if raw is None or isinstance(raw, int):
+    """CLICK_SCRIPT's reply as the answer: the longurl (302, counted), GONE (410: expired, not
+    counted), None (404: unknown or disabled, not counted).
+
+    Raises RedisError for a reply the script never gives (answered like Redis being away, 503,
+    rather than as a redirect to something that is not a longurl).
+    """
+    if raw is None or isinstance(raw, str):
         return raw
-    return raw.decode() if isinstance(raw, bytes) else raw
+    if isinstance(raw, bytes):
+        return raw.decode()
+    if raw == GONE and type(raw) is int:
+        return GONE
+    raise RedisError(f"unexpected reply from the click script: {raw!r}")
 
 
 def incarnation_check_args(run_id: str) -> tuple[str | int, ...]:
@@ -181,8 +200,9 @@ def incarnation_check_args(run_id: str) -> tuple[str | int, ...]:
     `redis.eval(*incarnation_check_args(run_id))`, synchronous or asynchronous client alike.
 
     After a NOSCRIPT reply to EVALSHA CLICK_SHA: INFO server, this EVAL, then SCRIPT LOAD
-    CLICK_SCRIPT, then the EVALSHA again (click_call does exactly this). Never load the click
-    script any other way (redis-py's auto-reloading Script would skip the check).
+    CLICK_SCRIPT, then the EVALSHA again (click_script_reload and click_script_reload_async do
+    exactly this). Never load the click script any other way (redis-py's auto-reloading Script
+    would skip the check).
     """
     return (INCARNATION_SCRIPT, 2, keys.clicks_incarnation_key(), keys.clicks_runid_key(),
             run_id, process_token())
@@ -192,26 +212,103 @@ def incarnation_ensure(*, redis: Redis) -> bool:
     """Start a new counter incarnation if redis-server restarted since the current one began;
     True if it did. Two round trips (INFO server, EVAL). Raises redis.RedisError."""
     run_id = redis.info("server")["run_id"]
-    started = bool(redis.eval(*incarnation_check_args(run_id)))
+    return _incarnation_checked(run_id, redis.eval(*incarnation_check_args(run_id)))
+
+
+def _incarnation_checked(run_id: str, started: object) -> bool:
     if started:
         logger.warning("Redis restarted (run_id %s): clicks are counted in a new incarnation "
                        "from now on", run_id)
-    return started
+    return bool(started)
+
+
+def info_run_id(info: bytes | str) -> str:
+    """The run_id in the text of INFO server (lines `field:value`, as
+    https://redis.io/docs/latest/commands/info/ describes them). Raises RedisError without one."""
+    text = info.decode() if isinstance(info, bytes) else info
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line[len("run_id:"):].strip()
+    raise RedisError("INFO server gave no run_id")
+
+
+async def incarnation_ensure_async(*, redis: PipelinedRedis) -> bool:
+    """incarnation_ensure through the pipelined client (INFO server, then the EVAL)."""
+    run_id = info_run_id(await redis.execute("INFO", "server"))
+    return _incarnation_checked(
+        run_id, await redis.execute("EVAL", *incarnation_check_args(run_id)))
+
+
+def click_script_reload(redis: Redis) -> str:
+    """After a NOSCRIPT reply (Redis restarted: its script cache is empty, and its data may be
+    older than what was reported): start a new incarnation if due (incarnation_ensure), then
+    SCRIPT LOAD CLICK_SCRIPT; returns the sha. Every NOSCRIPT recovery of the sync path goes
+    through here. Raises redis.RedisError."""
+    incarnation_ensure(redis=redis)
+    return redis.script_load(CLICK_SCRIPT)
 
 
 def click_call(*, redis: Redis, tinyurl: str) -> str | int | None:
-    """Count one click of `tinyurl`; returns its longurl (302), 410 (expired) or None (404).
+    """Count one click of `tinyurl`; returns its longurl (302), GONE (410: expired) or None (404).
+    The sync path (the Django view, manage.py runserver); a served replica uses link_click_async.
 
-    One EVALSHA; after a Redis restart (NOSCRIPT) the incarnation check, SCRIPT LOAD and the
-    EVALSHA again. Raises redis.RedisError if Redis fails.
+    One EVALSHA; after a Redis restart (NOSCRIPT) click_script_reload (the incarnation check,
+    SCRIPT LOAD) and the EVALSHA again. Raises redis.RedisError if Redis fails.
     """
     link_keys, args = click_keys_args(tinyurl)
     try:
         raw = redis.evalsha(CLICK_SHA, len(link_keys), *link_keys, *args)
     except NoScriptError:
-        incarnation_ensure(redis=redis)
-        redis.script_load(CLICK_SCRIPT)
+        click_script_reload(redis)
         raw = redis.evalsha(CLICK_SHA, len(link_keys), *link_keys, *args)
+    return click_outcome(raw)
+
+
+async def click_script_reload_async(redis: PipelinedRedis) -> str:
+    """The async twin of click_script_reload through the pipelined client: the incarnation
+    check (incarnation_ensure_async), then SCRIPT LOAD; returns the sha. Every NOSCRIPT recovery
+    of the async path comes here, once per restart of Redis (see _click_script_recover).
+    Raises redis.RedisError."""
+    await incarnation_ensure_async(redis=redis)
+    sha = await redis.execute("SCRIPT", "LOAD", CLICK_SCRIPT)
+    return sha.decode() if isinstance(sha, bytes) else sha
+
+
+# One recovery at a time per process: the clicks in flight when Redis restarted all get NOSCRIPT
+# at once, and one reload serves them all. `_reloads` counts the reloads done, so that a request
+# whose EVALSHA was sent before someone else's reload does not reload again.
+_reloads = 0
+_reload_lock: asyncio.Lock | None = None
+_reload_loop: asyncio.AbstractEventLoop | None = None
+
+
+async def _click_script_recover(redis: PipelinedRedis, seen: int) -> None:
+    global _reloads, _reload_lock, _reload_loop
+    loop = asyncio.get_running_loop()
+    if _reload_loop is not loop:  # a lock belongs to one event loop
+        _reload_lock, _reload_loop = asyncio.Lock(), loop
+    async with _reload_lock:
+        if _reloads == seen:
+            await click_script_reload_async(redis)
+            _reloads += 1
+
+
+async def link_click_async(*, redis: PipelinedRedis, tinyurl: str) -> str | int | None:
+    """click_call through the pipelined client (the served replica's GET, redirects/asgi.py):
+    click_outcome() of the script's reply. A NOSCRIPT reply (nothing ran, nothing was counted)
+    goes through click_script_reload_async (the incarnation check, SCRIPT LOAD) and the click is
+    sent again. Raises RedisError when Redis is away (if the connection broke after the click
+    was sent, it may or may not have been counted)."""
+    link_keys, args = click_keys_args(tinyurl)
+    for attempt in range(3):
+        seen = _reloads
+        try:
+            raw = await redis.execute("EVALSHA", CLICK_SHA, len(link_keys), *link_keys, *args)
+            break
+        except NoScriptError:
+            if attempt == 2:
+                raise
+            await _click_script_recover(redis, seen)
     return click_outcome(raw)
 
 

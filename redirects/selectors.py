@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from django_redis import get_redis_connection
 from redis import Redis
 
-from redirects import keys
+from redirects import clicks, keys
+from redirects.pipelining import PipelinedRedis
 
 
 def redis_get() -> Redis:
@@ -16,22 +17,36 @@ def redis_get() -> Redis:
     return get_redis_connection("default")
 
 
-def link_get(*, tinyurl: str, redis: Redis | None = None) -> keys.LinkValue | None:
-    """The link as this replica holds it; None if unknown (or left in an older format)."""
-    raw = (redis or redis_get()).get(keys.link_key(tinyurl))
-    return keys.link_value_parse(raw) if raw is not None else None
+def link_target_parse(raw: bytes | str | None, *, now_ms: int | None = None) -> str | int | None:
+    """What a link key's value means for a HEAD request, in clicks.click_outcome()'s terms (the
+    same answer a GET gives, without counting): the longurl (302), clicks.GONE (410: expired) or
+    None (404: unknown, disabled, or a value in another format).
 
-
-def link_outcome_get(*, tinyurl: str, redis: Redis | None = None) -> str | int | None:
-    """What a redirect of `tinyurl` answers, without counting it (HEAD): the longurl (302), 410
-    (expired, by this host's clock) or None (404: unknown or disabled). The same shape as
-    clicks.click_outcome."""
-    link = link_get(tinyurl=tinyurl, redis=redis)
+    raw: the value of keys.link_key(tinyurl) (keys.LinkValue's encoding, parsed by
+    keys.link_value_parse), or None when the key is absent. now_ms: ms since the Unix epoch to
+    judge the expiry by; by default this host's clock (CLICK_SCRIPT uses Redis' clock: the two
+    may differ by the hosts' clock skew at the very moment of expiry).
+    """
+    if raw is None:
+        return None
+    link = keys.link_value_parse(raw)
     if link is None or link.disabled:
         return None
-    if link.expired(int(time.time() * 1000)):
-        return 410
+    if link.expired(int(time.time() * 1000) if now_ms is None else now_ms):
+        return clicks.GONE
     return link.longurl
+
+
+def link_target_get(*, tinyurl: str, redis: Redis | None = None) -> str | int | None:
+    """The link's outcome without counting a click (HEAD, the Django view's):
+    link_target_parse() of its value. Raises RedisError when Redis is away."""
+    return link_target_parse((redis or redis_get()).get(keys.link_key(tinyurl)))
+
+
+async def link_target_get_async(*, redis: PipelinedRedis, tinyurl: str) -> str | int | None:
+    """link_target_get through the pipelined client (the served replica's HEAD,
+    redirects/asgi.py)."""
+    return link_target_parse(await redis.execute("GET", keys.link_key(tinyurl)))
 
 
 def links_positions_get(*, redis: Redis) -> dict[int, int]:

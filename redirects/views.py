@@ -1,4 +1,6 @@
-"""The replica's HTTP API: GET/HEAD /<tinyurl> -> 302 to the longurl, from Redis only."""
+"""The replica's Django views: /healthz, /readyz, and GET/HEAD /<tinyurl> for `manage.py
+runserver` (a served replica answers redirects in redirects/asgi.py, outside Django, with the
+same functions and answers)."""
 
 from __future__ import annotations
 
@@ -6,9 +8,9 @@ import logging
 
 import redis as redis_lib
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from redirects import clicks, selectors
+from redirects import answers, clicks, selectors
 from shortener_project.metrics import instrumented
 
 logger = logging.getLogger(__name__)
@@ -51,29 +53,19 @@ def redirect(request: HttpRequest, tinyurl: str) -> HttpResponse:
     # The URL pattern admits only 7 characters of [a-zA-Z0-9]; anything else is a 404 from the
     # resolver without a Redis round trip.
     if request.method not in ("GET", "HEAD"):
-        return JsonResponse(
-            {"error": f"method {request.method} is not allowed; use GET"},
-            status=405, headers={"Allow": "GET, HEAD"},
-        )
-    try:
-        if request.method == "GET":
-            # Lookup and count in one round trip; a link not answered with 302 counts nothing.
-            outcome = clicks.click_call(redis=selectors.redis_get(), tinyurl=tinyurl)
-        else:
-            # HEAD is answered but not counted: link-preview bots and crawlers send HEAD to
-            # see where a link goes, and they are not clicks.
-            outcome = selectors.link_outcome_get(tinyurl=tinyurl)
-    except redis_lib.RedisError as exc:
-        logger.error("Redis unavailable: %r", exc)
-        return JsonResponse({"error": "temporarily unavailable"}, status=503,
-                            headers={"Retry-After": "1"})
-    if outcome is None:
-        return not_found(request)
-    if outcome == 410:
-        return JsonResponse({"error": "this link has expired"}, status=410,
-                            headers={"Cache-Control": "no-store"})
-    response = HttpResponseRedirect(outcome)
-    # Every click must reach us to be counted, and a disabled link must stop working at once:
-    # browsers and proxies must not keep the redirect.
-    response["Cache-Control"] = "no-store"
-    return response
+        answer = answers.method_not_allowed(request.method)
+    else:
+        try:
+            if request.method == "GET":
+                # Lookup and count in one round trip; a link not answered with 302 counts
+                # nothing.
+                outcome = clicks.click_call(redis=selectors.redis_get(), tinyurl=tinyurl)
+            else:  # HEAD: answered, not counted (see redirects/asgi.py)
+                outcome = selectors.link_target_get(tinyurl=tinyurl)
+            answer = answers.redirect_answer(outcome)
+        except redis_lib.RedisError as exc:
+            logger.error("Redis unavailable: %r", exc)
+            answer = answers.UNAVAILABLE
+    status, headers, body = answer
+    return HttpResponse(body, status=status,
+                        headers={name.decode(): value.decode() for name, value in headers})

@@ -68,7 +68,8 @@ def link_value_split(raw: bytes | None) -> tuple[int, int | None, str | None] | 
 
 
 class Replica:
-    """One replica as on its own host: its own redis-server, `consume_links` and gunicorn."""
+    """One replica as on its own host: its own redis-server, `consume_links` and its web server
+    (gunicorn + uvicorn's worker)."""
 
     def __init__(self, name: str, data_dir: Path, redis_of: Replica | None = None) -> None:
         """redis_of: share that replica's Redis (two hosts on one Redis) instead of running one."""
@@ -208,9 +209,11 @@ class Replica:
     # --- web ------------------------------------------------------------------------------
 
     def start_web(self, workers: int = 1) -> None:
+        """The replica's web server as deployed: gunicorn with the project's gunicorn.conf.py
+        (uvicorn's worker for the replica role) serving shortener_project.asgi."""
         self.web = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--workers", str(workers),
-             "-b", f"127.0.0.1:{self.http_port}", "shortener_project.wsgi"],
+             "-b", f"127.0.0.1:{self.http_port}", "shortener_project.asgi"],
             cwd=ROOT, env=self.env,
             stdout=open(self.dir / "web.log", "ab"), stderr=subprocess.STDOUT,
         )

@@ -167,7 +167,7 @@ class NetnsCluster:
         self.start_redis(host)
         host.start("links", [sys.executable, "manage.py", "consume_links"], env)
         host.start("report", [sys.executable, "manage.py", "report_clicks"], env)
-        host.start("web", [sys.executable, "-m", "gunicorn", "shortener_project.wsgi"], env)
+        host.start("web", [sys.executable, "-m", "gunicorn", "shortener_project.asgi"], env)
 
     def restart(self, host: Host, what: str, sig: int = signal.SIGKILL) -> None:
         host.stop(what, sig)

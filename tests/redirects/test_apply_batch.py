@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from redirects import keys, services
 from shortener_project.consuming import PositionMismatch
-from shortener_project.messages import link_record_encode
+from shortener_project.messages import VERSION_MAX, link_record_encode
 from tests.support import FakeRecord as Rec
 
 NOW = datetime.now(timezone.utc)
@@ -94,10 +94,11 @@ def test_only_a_newer_version_replaces_what_is_held(redis):
     apply(redis, [rec(2, "dddddd1", 3, "https://d.example/back"),
                   rec(3, "dddddd1", 2, disabled=True)], expected=2)
     assert held(redis, "dddddd1") == b"3||https://d.example/back"
-    # Versions beyond a double's exact range compare exactly (digit strings in Lua).
-    apply(redis, [rec(4, "dddddd2", 2**61 + 1, "https://d.example/big")], expected=4)
-    apply(redis, [rec(5, "dddddd2", 2**61, disabled=True)], expected=5)
-    assert held(redis, "dddddd2") == f"{2**61 + 1}||https://d.example/big".encode()
+    # The largest version a record may carry (VERSION_MAX, below 2**53) compares exactly
+    # against the one below it.
+    apply(redis, [rec(4, "dddddd2", VERSION_MAX, "https://d.example/big")], expected=4)
+    apply(redis, [rec(5, "dddddd2", VERSION_MAX - 1, disabled=True)], expected=5)
+    assert held(redis, "dddddd2") == f"{VERSION_MAX}||https://d.example/big".encode()
 
 
 def test_a_value_of_the_older_format_is_replaced_by_any_version(redis):

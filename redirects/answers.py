@@ -1,0 +1,79 @@
+"""The answers of GET/HEAD /<tinyurl>, defined once: the ASGI path (redirects/asgi.py, what a
+replica serves) sends them as they are, and the Django view (manage.py runserver) wraps them.
+
+An answer is (status, headers, body): headers as ASGI wants them (lower-case byte names), body
+bytes. The headers are the ones Django's response and SecurityMiddleware gave this endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.conf import settings
+from django.utils.encoding import iri_to_uri
+
+from redirects.clicks import GONE
+
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+def _security_headers() -> list[tuple[bytes, bytes]]:
+    # What django.middleware.security.SecurityMiddleware adds to every response of a replica.
+    headers = []
+    if settings.SECURE_CONTENT_TYPE_NOSNIFF:
+        headers.append((b"x-content-type-options", b"nosniff"))
+    if settings.SECURE_REFERRER_POLICY:
+        policy = settings.SECURE_REFERRER_POLICY
+        if not isinstance(policy, str):
+            policy = ",".join(policy)
+        headers.append((b"referrer-policy", policy.encode()))
+    if settings.SECURE_CROSS_ORIGIN_OPENER_POLICY:
+        headers.append((b"cross-origin-opener-policy",
+                        settings.SECURE_CROSS_ORIGIN_OPENER_POLICY.encode()))
+    return headers
+
+
+_SECURITY = _security_headers()
+_REDIRECT_HEADERS = [
+    (b"content-type", b"text/html; charset=utf-8"),
+    (b"content-length", b"0"),
+    # Every click must reach us to be counted, and a disabled link must stop working at once:
+    # browsers and proxies must not keep the redirect.
+    (b"cache-control", b"no-store"),
+    *_SECURITY,
+]
+
+
+def _json(status: int, payload: dict, *extra: tuple[bytes, bytes]) -> Answer:
+    # json.dumps' default separators, as Django's JsonResponse writes them.
+    body = json.dumps(payload).encode()
+    return status, [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()), *extra, *_SECURITY], body
+
+
+NOT_FOUND = _json(404, {"error": "no such link"})
+# A 410 is cacheable by default (RFC 9110, 15.5.11: "heuristically cacheable"); like the
+# redirect, it must come from the replica's current state each time, not from a cache.
+EXPIRED = _json(410, {"error": "this link has expired"}, (b"cache-control", b"no-store"))
+# Redis is away: the client may retry in a second (a restart, a failover).
+UNAVAILABLE = _json(503, {"error": "temporarily unavailable"}, (b"retry-after", b"1"))
+
+
+def redirect_answer(outcome: str | int | None) -> Answer:
+    """The answer for a lookup's outcome (clicks.click_outcome / selectors.link_target_parse):
+    302 to the longurl, 410 for GONE, 404 for None.
+
+    Location is the longurl as stored, passed through Django's iri_to_uri as HttpResponseRedirect
+    does: an ASCII URL (percent-encodings, query, fragment) goes out byte for byte; characters
+    that cannot appear in a header are percent-encoded.
+    """
+    if outcome is None:
+        return NOT_FOUND
+    if outcome == GONE and isinstance(outcome, int):
+        return EXPIRED
+    return 302, [(b"location", iri_to_uri(outcome).encode("ascii")), *_REDIRECT_HEADERS], b""
+
+
+def method_not_allowed(method: str) -> Answer:
+    return _json(405, {"error": f"method {method} is not allowed; use GET"},
+                 (b"allow", b"GET, HEAD"))

@@ -1,0 +1,143 @@
+"""The replica's web application: GET/HEAD /<tinyurl> answered here, before and outside Django's
+request cycle; every other request handed to Django's ASGI application.
+
+A redirect is what a replica exists for, and Django's request cycle (middleware, URL resolver,
+request and response objects) cost most of its time per redirect (docs/performance.md). Here a
+redirect is a path check, one Redis command sent together with those of the other requests in
+flight (redirects/pipelining.py), and a response of constant headers. What is answered, and how,
+is exactly what the Django view answered (redirects/answers.py, shared with it): 302 with
+Location and Cache-Control: no-store; HEAD answered and not counted; 404 JSON for an unknown or
+disabled code; 410 JSON with Cache-Control: no-store for an expired one; 405 for other methods;
+503 with Retry-After while Redis is away, recovering by itself (after a Redis restart, through
+the counter incarnation check: clicks.click_script_reload_async).
+Malformed codes, /metrics, /healthz, /readyz and anything else go to Django, which answers them
+as before (a malformed code is a 404 from its resolver, without a Redis round trip).
+
+Served by gunicorn with uvicorn's worker (gunicorn.conf.py); `shortener_project/asgi.py` builds
+it around Django's application.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from redirects import answers, clicks, selectors
+from redirects.pipelining import PipelinedRedis
+from shortener_project.messages import RESERVED_TINYURLS
+from shortener_project.metrics import REQUESTS
+
+logger = logging.getLogger(__name__)
+
+ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]],
+                   Awaitable[None]]
+
+# The path of a tinyurl: a slash and 7 characters of [a-zA-Z0-9] (messages.TINYURL_RE).
+_TINYURL_PATH = re.compile(r"/[a-zA-Z0-9]{7}")
+
+
+class RedirectApp:
+    """ASGI application: the redirect path, and `fallback` (Django's ASGI application) for the
+    rest. One PipelinedRedis per process, made on the first redirect (in the worker, after the
+    fork) and closed at the lifespan's shutdown."""
+
+    def __init__(self, fallback: ASGIApp, *, redis_url: str | None = None) -> None:
+        self.fallback = fallback
+        self.redis_url = redis_url or settings.REDIS_URL
+        self.redis: PipelinedRedis | None = None
+        # prometheus_client's labels() validates and looks up on every call; a redirect needs
+        # only a handful of (method, status) children, kept here.
+        self._histograms: dict[tuple[str, int], Any] = {}
+        self._error_logged_at = float("-inf")
+        self._errors_unlogged = 0
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if (len(path) == 8 and _TINYURL_PATH.fullmatch(path)
+                    and path[1:] not in RESERVED_TINYURLS):
+                await self.redirect(scope["method"], path[1:], send)
+                return
+        elif scope["type"] == "lifespan":
+            # Django's application does not speak the lifespan protocol; it is ours alone.
+            await self.lifespan(receive, send)
+            return
+        await self.fallback(scope, receive, send)
+
+    async def redirect(self, method: str, tinyurl: str, send: Callable) -> None:
+        started = time.perf_counter()
+        status = 500
+        try:
+            redis = self.redis or self._redis_make()
+            try:
+                if method == "GET":
+                    # Looked up and counted in one command; a link not answered with 302
+                    # counts nothing.
+                    outcome = await clicks.link_click_async(redis=redis, tinyurl=tinyurl)
+                    answer = answers.redirect_answer(outcome)
+                elif method == "HEAD":
+                    # Answered, not counted: link-preview bots and crawlers send HEAD to see
+                    # where a link goes, and they are not clicks.
+                    outcome = await selectors.link_target_get_async(redis=redis, tinyurl=tinyurl)
+                    answer = answers.redirect_answer(outcome)
+                else:
+                    answer = answers.method_not_allowed(method)
+            except RedisError as exc:
+                self._redis_error_log(exc)
+                answer = answers.UNAVAILABLE
+            status, headers, body = answer
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            self._observe(method, status, time.perf_counter() - started)
+
+    def _redis_error_log(self, exc: RedisError) -> None:
+        # At most a line a second: with Redis away, every redirect fails the same way, and a
+        # line per redirect would bury the log (the metrics count each 503).
+        now = time.monotonic()
+        if now - self._error_logged_at >= 1.0:
+            logger.error("Redis unavailable: %r (%d more 503s since the last line)",
+                         exc, self._errors_unlogged)
+            self._error_logged_at, self._errors_unlogged = now, 0
+        else:
+            self._errors_unlogged += 1
+
+    def _observe(self, method: str, status: int, seconds: float) -> None:
+        child = self._histograms.get((method, status))
+        if child is None:
+            child = self._histograms[(method, status)] = REQUESTS.labels(
+                "redirect", method, str(status))
+        child.observe(seconds)
+
+    def _redis_make(self) -> PipelinedRedis:
+        options = settings.CACHES["default"]["OPTIONS"]
+        # The same limits as the Django side's connection (settings.CACHES): fail fast when
+        # Redis is down, so a redirect answers 503 instead of hanging.
+        self.redis = PipelinedRedis(self.redis_url,
+                                    connect_timeout=options["SOCKET_CONNECT_TIMEOUT"],
+                                    timeout=options["SOCKET_TIMEOUT"])
+        return self.redis
+
+    async def lifespan(self, receive: Callable, send: Callable) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                # Everything loaded so far (Django, settings, modules: about 70,000 objects)
+                # lives as long as the process: keep it out of the garbage collector's full
+                # collections, which would otherwise walk all of it every so many requests, a
+                # pause of milliseconds for the requests in flight.
+                gc.collect()
+                gc.freeze()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.redis is not None:
+                    await self.redis.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
