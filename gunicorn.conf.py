@@ -87,3 +87,8 @@ def post_fork(server, worker):
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
     if os.getppid() != server.pid:  # the master died before the line above
         os.kill(os.getpid(), signal.SIGTERM)
+
+# gunicorn's control socket (gunicornc) defaults to one path per user ($HOME/.gunicorn/
+# gunicorn.ctl), which every server of the user shares and overwrites: `make up` alone runs three.
+# Nothing here uses it; signals (systemd's reload and stop) do the same job.
+control_socket_disable = True

@@ -99,13 +99,16 @@ GONE = 410
 
 # KEYS: incarnation, runid. ARGV: the server's run_id (INFO server), a random token.
 # Starts a new incarnation unless the stored run id is this server's: the data may be older
-# than what was reported (see the module's docstring). Returns 1 if it started one, else 0.
+# than what was reported (see the module's docstring). Returns 1 if it started one after a
+# restart, 2 if it started the first one (no run id stored: a new Redis or prefix), else 0.
 # Concurrent callers race harmlessly: the second finds the run id already stored.
 INCARNATION_SCRIPT = """
-if redis.call('GET', KEYS[2]) == ARGV[1] then return 0 end
+local previous = redis.call('GET', KEYS[2])
+if previous == ARGV[1] then return 0 end
 local t = redis.call('TIME')
 redis.call('SET', KEYS[1], t[1] .. string.format('%06d', tonumber(t[2])) .. ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1])
+if not previous then return 2 end
 return 1
 """
 
@@ -216,9 +219,11 @@ def incarnation_ensure(*, redis: Redis) -> bool:
 
 
 def _incarnation_checked(run_id: str, started: object) -> bool:
-    if started:
+    if started == 1:
         logger.warning("Redis restarted (run_id %s): clicks are counted in a new incarnation "
                        "from now on", run_id)
+    elif started == 2:
+        logger.info("first counter incarnation in this Redis (run_id %s)", run_id)
     return bool(started)
 
 

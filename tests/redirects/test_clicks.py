@@ -257,7 +257,7 @@ def test_the_incarnation_check_against_a_real_redis(replica_factory):
 
     redis = replica_factory(start=False).redis
     run_id = redis.info("server")["run_id"]
-    assert redis.eval(*clicks.incarnation_check_args(run_id)) == 1  # none yet: start one
+    assert redis.eval(*clicks.incarnation_check_args(run_id)) == 2  # none yet: the first
     first = redis.get(keys.clicks_incarnation_key())
     assert redis.eval(*clicks.incarnation_check_args(run_id)) == 0  # same server life
     assert redis.get(keys.clicks_incarnation_key()) == first
