@@ -145,5 +145,11 @@ def create_rate_limit_hit(*, client: str) -> float | None:
                 return max(1.0, math.ceil(reset_at - time.time()))
     except Exception as exc:  # noqa: BLE001 - any store failure: let the request through
         logger.warning("rate limit store failed, not limiting: %r", exc)
+        # A connection that PostgreSQL dropped stays half-open in Django until the request
+        # ends: close it, so that the request's own queries reconnect (or fail as "database
+        # unavailable", 503) instead of meeting "connection already closed".
+        if connection.connection is not None and not connection.in_atomic_block \
+                and not connection.is_usable():
+            connection.close()
     return None
 

@@ -10,7 +10,7 @@ from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, InterfaceError, connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -41,7 +41,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-    except DatabaseError as exc:
+    except (DatabaseError, InterfaceError) as exc:
         return JsonResponse({"status": "not ready", "reason": f"database unavailable: {exc}"},
                             status=503)
     return JsonResponse({"status": "ready"})
@@ -63,7 +63,10 @@ def _link_create_retrying(longurl: str, expires_at: datetime | None) -> services
     trip). link_create is idempotent, so the second try cannot make a second link."""
     try:
         return services.link_create(longurl=longurl, expires_at=expires_at)
-    except DatabaseError:
+    except (DatabaseError, InterfaceError):
+        # InterfaceError ("connection already closed") is not a DatabaseError in Django: a
+        # connection that PostgreSQL closed and that an earlier query of this request (the rate
+        # limiter's) already found broken.
         if connection.in_atomic_block or connection.is_usable():
             raise  # the database itself refused: no point retrying
         connection.close()
@@ -154,7 +157,7 @@ def create(request: HttpRequest) -> JsonResponse:
             "unavailable); retry shortly: you will get the same tinyurl",
             **{"Retry-After": "5"},
         )
-    except DatabaseError as exc:
+    except (DatabaseError, InterfaceError) as exc:
         logger.error("database unavailable during /create: %s", exc)
         return _error(503, "the database is unavailable; retry shortly", **{"Retry-After": "5"})
     # The longurl in the form it was stored and is sent in (IDNA host, percent-encoded).
