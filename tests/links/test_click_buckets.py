@@ -186,9 +186,9 @@ def report_streams(draw):
     (a renamed node, two hosts on one Redis) and in any of four hours, with any counts (rises,
     duplicates, late old copies), in offset order; and where the stream is cut into batches."""
     n = draw(st.integers(1, 40))
-    reports = draw(st.lists(st.tuples(st.sampled_from(PROPERTY_LINKS), st.sampled_from(["i1", "i2"]),
-                                      st.sampled_from(["n1", "n2"]), st.integers(0, 3),
-                                      st.integers(1, 30)), min_size=n, max_size=n))
+    report = st.tuples(st.sampled_from(PROPERTY_LINKS), st.sampled_from(["i1", "i2"]),
+                       st.sampled_from(["n1", "n2"]), st.integers(0, 3), st.integers(1, 30))
+    reports = draw(st.lists(report, min_size=n, max_size=n))
     cuts = draw(st.lists(st.integers(1, max(1, n - 1)), max_size=5, unique=True))
     again = draw(st.lists(st.integers(1, max(1, n - 1)), max_size=5, unique=True))
     return reports, sorted(cuts), sorted(again)
