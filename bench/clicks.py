@@ -146,6 +146,15 @@ execute_from_command_line(["manage.py", *sys.argv[1:]])
 """
 
 
+def checkpoints() -> int:
+    """Checkpoints of the whole PostgreSQL server so far. After each, the first change of every
+    page writes the whole page to the WAL: other work on a shared server (a dropped database
+    forces a checkpoint) makes the same apply cost more."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")
+        return cursor.fetchone()[0]
+
+
 def consume(end: int, profile: str | None,
             buckets: bool = True) -> tuple[float, float, int, float, float]:
     """Run consume_clicks (buckets: as deployed; else without its bucket statement) until its
@@ -194,6 +203,9 @@ def reset_totals() -> None:
         cursor.execute("TRUNCATE links_clickcounter, links_clickbucket, links_consumerposition")
         cursor.execute("UPDATE links_link SET clicks = 0")
         cursor.execute("VACUUM ANALYZE links_link")
+        # Every run starts just after a checkpoint (see checkpoints()), whatever else the server
+        # did before it.
+        cursor.execute("CHECKPOINT")
 
 
 def main() -> None:
@@ -241,8 +253,10 @@ def main() -> None:
             # Alternating which goes first, so that neither always follows the bare read.
             for buckets in ((True, False) if run % 2 == 0 else (False, True)):
                 reset_totals()
+                before = checkpoints()
                 whole, steady, first, cpu_own, cpu_db = consume(
                     end, args.profile if run == 0 and buckets else None, buckets=buckets)
+                during = checkpoints() - before
                 totals = dict(Link.objects.filter(clicks__gt=0).values_list("tinyurl", "clicks"))
                 wrong = sum(1 for i, c in expected.items() if totals.get(tinyurls[i]) != c)
                 assert not wrong and sum(totals.values()) == want, (wrong, sum(totals.values()),
@@ -255,7 +269,7 @@ def main() -> None:
                          f"{args.reports / whole:6.0f} /s ({whole:4.2f}s), from the first batch "
                          f"{(end - first) / steady:6.0f} /s, CPU a report: command "
                          f"{cpu_own / args.reports * 1e6:4.1f} us, PostgreSQL "
-                         f"{cpu_db / args.reports * 1e6:4.1f} us")
+                         f"{cpu_db / args.reports * 1e6:4.1f} us, {during} checkpoint(s)")
             print(line + f" | totals and buckets exact ({want} clicks); load average "
                   + " ".join(f"{x:.1f}" for x in os.getloadavg()), flush=True)
     finally:
