@@ -14,11 +14,15 @@ defaults most reports of a 5,000-report batch name a link no other report of the
 Then, in one run and against the same topic:
   baseline:       a bare kafka-python read of the topic (no decode, no database), with
                   consume_clicks' fetch settings;
-  consume_clicks: the command as deployed, from a backlog, until its position in PostgreSQL
-                  reaches the end: from process start (includes Django's start-up) and from its
-                  first committed batch (the steady rate). Then every link's total is checked
-                  against the sum of its counters' last counts.
---runs N measures N times on the same topic (database counters reset in between).
+  consume_clicks: the command as deployed (hourly buckets included), from a backlog, until its
+                  position in PostgreSQL reaches the end: from process start (includes Django's
+                  start-up) and from its first committed batch (the steady rate). Then every
+                  link's total is checked against the sum of its counters' last counts, and the
+                  buckets against the totals;
+  no buckets:     the same command with the statement of the apply without its bucket part
+                  (links.clicks._COUNTERS_SQL without _BUCKETS_CTE): what the buckets cost.
+The reports are all stamped in the current hour, as a backlog of minutes is.
+--runs N measures N times on the same topic (database counters and buckets reset in between).
 --profile FILE runs py-spy (if installed) on consume_clicks during the first run.
 """
 
@@ -32,11 +36,11 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, cleanup, database_create, setup
+from bench.common import ROOT, cleanup, cpu_seconds, database_create, setup
 
 setup("benchk")
 
@@ -44,11 +48,16 @@ from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
-from links.models import ConsumerPosition, Link  # noqa: E402
+from django.db.models import Sum  # noqa: E402
+
+from links.models import ClickBucket, ConsumerPosition, Link  # noqa: E402
 from links.selectors import longurl_digest  # noqa: E402
 from links.services import tinyurl_generate  # noqa: E402
 from shortener_project import bus  # noqa: E402
 from shortener_project.messages import click_report_encode  # noqa: E402
+
+
+HOUR = timedelta(hours=1)
 
 
 def workload(*, reports: int, links: int, zipf: float, replicas: int,
@@ -115,12 +124,6 @@ def position() -> int:
     return row.next_offset if row else 0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def backends() -> list[int]:
     """The PostgreSQL sessions of this database other than the bench's own."""
     with connection.cursor() as cursor:
@@ -129,13 +132,39 @@ def backends() -> list[int]:
         return [row[0] for row in cursor.fetchall()]
 
 
-def consume(end: int, profile: str | None) -> tuple[float, float, int, float, float]:
-    """Run consume_clicks until its position reaches `end`. Returns the seconds from process
-    start, the seconds from its first committed batch, that batch's end offset, and the CPU
-    seconds of the process and of its PostgreSQL sessions (the machine is shared: CPU per report
-    says what the work costs whatever else runs)."""
+# consume_clicks with the apply's statement lacking its bucket part (the baseline of the
+# buckets' cost); otherwise exactly manage.py's start.
+WITHOUT_BUCKETS = """
+import os, sys
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shortener_project.settings")
+import django
+django.setup()
+import links.clicks
+links.clicks._APPLY_SQL = links.clicks._COUNTERS_SQL.format(buckets="")
+from django.core.management import execute_from_command_line
+execute_from_command_line(["manage.py", *sys.argv[1:]])
+"""
+
+
+def checkpoints() -> int:
+    """Checkpoints of the whole PostgreSQL server so far. After each, the first change of every
+    page writes the whole page to the WAL: other work on a shared server (a dropped database
+    forces a checkpoint) makes the same apply cost more."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")
+        return cursor.fetchone()[0]
+
+
+def consume(end: int, profile: str | None,
+            buckets: bool = True) -> tuple[float, float, int, float, float]:
+    """Run consume_clicks (buckets: as deployed; else without its bucket statement) until its
+    position reaches `end`. Returns the seconds from process start, the seconds from its first
+    committed batch, that batch's end offset, and the CPU seconds of the process and of its
+    PostgreSQL sessions (the machine is shared: CPU per report says what the work costs whatever
+    else runs)."""
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "manage.py", "consume_clicks", "--metrics-port", "0"],
+    start = ["manage.py"] if buckets else ["-c", WITHOUT_BUCKETS]
+    proc = subprocess.Popen([sys.executable, *start, "consume_clicks", "--metrics-port", "0"],
                             cwd=ROOT, env={**os.environ, "SHORTENER_LOG_LEVEL": "WARNING"})
     spy = None
     try:
@@ -171,9 +200,12 @@ def consume(end: int, profile: str | None) -> tuple[float, float, int, float, fl
 
 def reset_totals() -> None:
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE links_clickcounter, links_consumerposition")
+        cursor.execute("TRUNCATE links_clickcounter, links_clickbucket, links_consumerposition")
         cursor.execute("UPDATE links_link SET clicks = 0")
         cursor.execute("VACUUM ANALYZE links_link")
+        # Every run starts just after a checkpoint (see checkpoints()), whatever else the server
+        # did before it.
+        cursor.execute("CHECKPOINT")
 
 
 def main() -> None:
@@ -214,21 +246,32 @@ def main() -> None:
               f"~{size} B a report value")
         print("  workload: " + ", ".join(f"{k} {v}" for k, v in shape.items()))
         want = sum(expected.values())
+        hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
         for run in range(args.runs):
-            if run:
-                reset_totals()
             bare = bare_read(tp, args.reports)
-            whole, steady, first, cpu_own, cpu_db = consume(end, args.profile if run == 0
-                                                            else None)
-            totals = dict(Link.objects.filter(clicks__gt=0).values_list("tinyurl", "clicks"))
-            wrong = sum(1 for i, c in expected.items() if totals.get(tinyurls[i]) != c)
-            assert not wrong and sum(totals.values()) == want, (wrong, sum(totals.values()), want)
-            print(f"  run {run + 1}: baseline, bare kafka-python read: {bare:5.2f}s "
-                  f"{args.reports / bare:8.0f} /s | consume_clicks from process start: "
-                  f"{whole:5.2f}s {args.reports / whole:7.0f} /s, from its first batch: "
-                  f"{(end - first) / steady:7.0f} /s | CPU a report: consume_clicks "
-                  f"{cpu_own / args.reports * 1e6:4.1f} us, PostgreSQL "
-                  f"{cpu_db / args.reports * 1e6:4.1f} us | totals exact ({want} clicks)")
+            line = f"  run {run + 1}: bare kafka-python read {args.reports / bare:7.0f} /s"
+            # Alternating which goes first, so that neither always follows the bare read.
+            for buckets in ((True, False) if run % 2 == 0 else (False, True)):
+                reset_totals()
+                before = checkpoints()
+                whole, steady, first, cpu_own, cpu_db = consume(
+                    end, args.profile if run == 0 and buckets else None, buckets=buckets)
+                during = checkpoints() - before
+                totals = dict(Link.objects.filter(clicks__gt=0).values_list("tinyurl", "clicks"))
+                wrong = sum(1 for i, c in expected.items() if totals.get(tinyurls[i]) != c)
+                assert not wrong and sum(totals.values()) == want, (wrong, sum(totals.values()),
+                                                                    want)
+                charted = dict(ClickBucket.objects.values_list("hour").annotate(Sum("clicks")))
+                # Reports stamped just before an hour turned may go to the hour before.
+                assert (sum(charted.values()) == want and set(charted) <= {hour, hour - HOUR}
+                        if buckets else not charted), charted
+                line += (f" | {'with buckets' if buckets else 'no buckets'}: from start "
+                         f"{args.reports / whole:6.0f} /s ({whole:4.2f}s), from the first batch "
+                         f"{(end - first) / steady:6.0f} /s, CPU a report: command "
+                         f"{cpu_own / args.reports * 1e6:4.1f} us, PostgreSQL "
+                         f"{cpu_db / args.reports * 1e6:4.1f} us, {during} checkpoint(s)")
+            print(line + f" | totals and buckets exact ({want} clicks); load average "
+                  + " ".join(f"{x:.1f}" for x in os.getloadavg()), flush=True)
     finally:
         cleanup()
 

@@ -24,6 +24,12 @@ def setup(kind: str, **env: str) -> str:
     return prefix
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def admin_sql(sql: str) -> None:
     """Run SQL on the server's `postgres` database (CREATE/DROP DATABASE)."""
     import psycopg2

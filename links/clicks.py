@@ -6,12 +6,16 @@ ONE PostgreSQL transaction that
   1. locks the partition's position row and checks it is where this consumer expects,
   2. raises each (link, incarnation) counter to the largest count reported (never lowers), and
      labels it with the node whose report raised it,
-  3. adds the increases to the links' totals,
+  3. adds the increases to the links' totals, and each increase to the hourly bucket
+     (ClickBucket: link, node, hour) of the report that raised the counter: when a counter rises
+     from a to b, the b - a clicks land in the hour of the report's `reported_at` (report_hour),
+     split across the hours of the reports that raised it when a batch spans hours,
   4. moves the position past the batch, with the counts of applied and skipped reports.
 A crash at any point leaves all or none of it. Replaying the topic from offset 0 re-applies
-reports whose counts are already reached: max() leaves every total unchanged. Since the node is
-not part of the identity, reports of one counter from two nodes (a node id that changed, two
-hosts sharing one Redis) are counted once.
+reports whose counts are already reached: max() leaves every total and every bucket unchanged.
+Since the node is not part of the identity, reports of one counter from two nodes (a node id
+that changed, two hosts sharing one Redis) are counted once; the node is the label of the
+counter and of its buckets.
 
 The clicks topic is compacted (the newest report of every counter is the counter's value), so a
 master that was down for any length of time still finds every counter's latest count. If the
@@ -27,6 +31,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from django.db import DatabaseError, connection, transaction
 from kafka import KafkaConsumer, TopicPartition
@@ -56,26 +61,70 @@ class ClicksBatchResult:
 
 @dataclass(frozen=True)
 class ClicksBatch:
-    """One partition's batch of reports, decoded and reduced to one entry per counter."""
+    """One partition's batch of reports, decoded and reduced to one entry per counter, plus what
+    the hourly buckets need of the reports that raised a counter before its last one.
 
-    # (tinyurl, incarnation) -> (the largest count reported in the batch, the node reporting it)
-    best: dict[tuple[str, str], tuple[int, str]]
+    The buckets need each report's increase over the running maximum of its counter, in offset
+    order; only reports that raise that maximum have one. Consecutive raising reports of one
+    counter with the same hour and node form a run, whose increases add up to (its last count -
+    the maximum before it), so a run is all the statement needs. The counter's entry carries its
+    LAST run (in the common case, one report per counter per batch, its only one); `earlier`
+    carries the others, which only counters reported from several hours or nodes have.
+    """
+
+    # (tinyurl, incarnation) -> [largest count in the batch, label node (the node of the
+    # latest report with that count), last run's hour (index into `hours`, from 1), last run's
+    # node, the largest count before the last run (0 if none), the counter's ordinal (from 1)]
+    counters: dict[tuple[str, str], list]
+    # The earlier runs: (counter ordinal, node, hour index, largest count before it, its end)
+    earlier: list[tuple[int, str, int, int, int]]
+    hours: list[datetime]  # the distinct hours of the batch (UTC, truncated)
     tinyurls: list[str]  # of every valid report, to count those for unknown links
     malformed: int
     next_offset: int  # the offset after the batch's last record
 
 
-def clicks_batch_decode(*, records: Sequence[Record]) -> ClicksBatch:
-    """Decode one partition's records (in offset order) and keep the largest count per counter.
+def report_hour(reported_at: object, *, now: datetime) -> datetime:
+    """The start (UTC) of the hour a report's clicks are charted in.
+
+    reported_at: the report's ISO 8601 time (the replica's clock; UTC assumed if it has no
+    offset). A time after `now` (the master's clock), or one that is missing or cannot be read,
+    counts as `now`: a replica whose clock runs ahead must not fill hours that have not come yet,
+    and a report whose count is valid must not lose its clicks from the chart over its time.
+    """
+    when = now
+    if isinstance(reported_at, str):
+        try:
+            parsed = datetime.fromisoformat(reported_at)
+        except ValueError:
+            parsed = None
+        if parsed is not None:
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            when = min(parsed, now)
+    return when.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def clicks_batch_decode(*, records: Sequence[Record], now: datetime | None = None) -> ClicksBatch:
+    """Decode one partition's records (in offset order): the largest count per counter, and the
+    runs of raising reports per counter and hour (ClicksBatch).
 
     records: kafka-python ConsumerRecords or anything with topic, partition, offset, key and
-    value. Malformed reports are logged with their offset and counted, never raised.
-    Raises ValueError for an empty batch.
+    value. now: the master's time for report_hour (default: the current time). Malformed reports
+    are logged with their offset and counted, never raised. Raises ValueError for an empty batch.
     """
     if not records:
         raise ValueError("empty batch")
+    if now is None:
+        now = datetime.now(timezone.utc)
     # Deduplicated before SQL: a backlog holds many reports of a hot link's counter.
-    best: dict[tuple[str, str], tuple[int, str]] = {}
+    counters: dict[tuple[str, str], list] = {}
+    earlier: list[tuple[int, str, int, int, int]] = []
+    relabelled: list[list] = []  # counters whose label moved to a node that raised nothing
+    hours: list[datetime] = []
+    hour_index: dict[datetime, int] = {}
+    # A replica stamps every report of one flush with the same time: one parse per flush.
+    hour_of_text: dict[str, int] = {}
     tinyurls: list[str] = []
     malformed = 0
     for rec in records:
@@ -88,14 +137,40 @@ def clicks_batch_decode(*, records: Sequence[Record]) -> ClicksBatch:
             continue
         tinyurl = report["tinyurl"]
         tinyurls.append(tinyurl)
+        at = report.get("reported_at")
+        hour = hour_of_text.get(at) if at.__class__ is str else None
+        if hour is None:
+            when = report_hour(at, now=now)
+            hour = hour_index.get(when)
+            if hour is None:
+                hours.append(when)
+                hour = hour_index[when] = len(hours)
+            if at.__class__ is str:
+                hour_of_text[at] = hour
         counter = (tinyurl, report["incarnation"])
-        count = report["count"]
-        held = best.get(counter)
-        # >=: of equal counts, the later report's node is the label.
-        if held is None or count >= held[0]:
-            best[counter] = (count, report["node"])
-    return ClicksBatch(best=best, tinyurls=tinyurls, malformed=malformed,
-                       next_offset=records[-1].offset + 1)
+        count, node = report["count"], report["node"]
+        held = counters.get(counter)
+        if held is None:
+            counters[counter] = [count, node, hour, node, 0, len(counters) + 1]
+        elif count > held[0]:
+            if held[2] != hour or held[3] != node:
+                # A new run: the previous one ends at the count reached so far.
+                earlier.append((held[5], held[3], held[2], held[4], held[0]))
+                held[2], held[3], held[4] = hour, node, held[0]
+            held[0], held[1] = count, node
+        elif count == held[0] and node != held[1]:
+            # Of equal counts, the later report's node is the counter's label (it raised
+            # nothing, so the clicks stay with the node whose report raised them).
+            held[1] = node
+            relabelled.append(held)
+    for held in relabelled:
+        if held[1] != held[3]:
+            # The statement takes the counter's last run under its label's node; when those
+            # differ the run goes with the earlier ones and the counter's own share is empty.
+            earlier.append((held[5], held[3], held[2], held[4], held[0]))
+            held[3], held[4] = held[1], held[0]
+    return ClicksBatch(counters=counters, earlier=earlier, hours=hours, tinyurls=tinyurls,
+                       malformed=malformed, next_offset=records[-1].offset + 1)
 
 
 def clicks_batch_apply(
@@ -118,7 +193,7 @@ def clicks_batch_apply(
         if position is None:
             position = ConsumerPosition(topic=topic, partition=partition, next_offset=0)
 
-        raised, unknown_tinyurls = (_counters_raise(batch.best) if batch.best
+        raised, unknown_tinyurls = (_counters_raise(batch) if batch.counters
                                     else (0, frozenset()))
         unknown = 0
         if unknown_tinyurls:
@@ -149,37 +224,51 @@ def clicks_apply_batch(
 
 
 # One statement, one round trip:
-#   found:  each counter's link, by its tinyurl (NULL: no such link);
-#   known:  the counters of known links, with the count each holds now (NULL: a new counter);
-#   up:     insert or raise the counters whose reported count is larger (replays stop here:
-#           nothing to write), labelled with the reporting node;
-#   delta:  each link's increase, from the counters actually raised;
-#   totals: added to the links' totals;
+#   found:   each counter's link, by its tinyurl (NULL: no such link);
+#   known:   the counters of known links, with the count each holds now (NULL: a new counter);
+#   up:      insert or raise the counters whose reported count is larger (replays stop here:
+#            nothing to write), labelled with the reporting node;
+#   raised:  the counters actually raised, with the count they held (`old`);
+#   delta:   each link's increase, from the counters raised;
+#   totals:  added to the links' totals;
+#   shares:  each run's part of its counter's increase (ClicksBatch): a run from p to e (p: the
+#            largest count before it in the batch) raises the counter by e - max(old, p) if that
+#            is positive. The runs of a counter end at successive counts up to its new count, so
+#            their shares add up to exactly (new - old), the increase added to the total: buckets
+#            and totals always agree, and a counter not raised (a duplicate, a replay) has no
+#            share. The counter's last run travels with it (p = 0 and one run: the whole
+#            increase); the earlier runs, rare, in arrays of their own joined by ordinal;
+#   buckets: the shares summed per (link, node, hour), as one ON CONFLICT may not touch a row
+#            twice (two incarnations of a link on one node in a batch), added to the buckets;
 # and the tinyurls that match no link. Both lookups are scalar subqueries, so each is one index
 # probe per counter whatever the tables' sizes (as joins, the planner hashed the whole links and
 # counters tables on every batch). All parts of a WITH statement see one snapshot, and the
 # position row lock makes this transaction the only writer of its partition's counters (all
 # reports of a counter share its key, hence its partition), so `old` is the value the upsert
-# replaces; the upsert's WHERE checks it again. The batch travels as four PostgreSQL array
-# literals (text parameters parsed by array_in), not as thousands of parameters or ARRAY[...]
-# expressions: planning the statement took 14 ms a batch with those, 0.4 ms with literals.
+# replaces; the upsert's WHERE checks it again. The batch travels as PostgreSQL array literals
+# (text parameters parsed by array_in), not as thousands of parameters or ARRAY[...]
+# expressions: planning the statement took 14 ms a batch with those, 0.4 ms with literals; hours
+# travel once each, counters name theirs by index.
 # The ORM cannot say "ON CONFLICT ... WHERE stored < new RETURNING", hence SQL.
 # synchronous_commit is off for this transaction only: its commit returns without waiting for
 # the WAL flush ("asynchronous commit" in PostgreSQL's documentation: a crash of the server may
 # forget transactions of up to three times wal_writer_delay before it, never half of one).
-# What it forgets is the last batches' totals together with their position: consume_clicks
-# re-reads those reports from Kafka and max() applies them again, so nothing is lost or doubled.
-_RAISE_SQL = """
+# What it forgets is the last batches' totals and buckets together with their position:
+# consume_clicks re-reads those reports from Kafka and max() applies them again, so nothing is
+# lost or doubled.
+_COUNTERS_SQL = """
 SET LOCAL synchronous_commit TO off;
-WITH input(tinyurl, incarnation, node, count) AS (
-    SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::bigint[])
+WITH input(tinyurl, incarnation, node, count, hour, prev, ord) AS (
+    SELECT * FROM unnest(%(tinyurls)s::varchar[], %(incarnations)s::varchar[],
+                         %(nodes)s::varchar[], %(counts)s::bigint[], %(hour_of)s::int[],
+                         %(prevs)s::bigint[]) WITH ORDINALITY
 ),
 found AS (
     SELECT i.*, (SELECT l.id FROM links_link l WHERE l.tinyurl = i.tinyurl) AS link_id
     FROM input i
 ),
 known AS (
-    SELECT f.link_id, f.incarnation, f.node, f.count,
+    SELECT f.link_id, f.incarnation, f.node, f.count, f.hour, f.prev, f.ord,
            (SELECT c.count FROM links_clickcounter c
             WHERE c.link_id = f.link_id AND c.incarnation = f.incarnation) AS old
     FROM found f WHERE f.link_id IS NOT NULL
@@ -193,36 +282,76 @@ up AS (
         WHERE links_clickcounter.count < EXCLUDED.count
     RETURNING link_id, incarnation
 ),
-delta AS (
-    SELECT k.link_id, SUM(k.count - COALESCE(k.old, 0)) AS d
+raised AS (
+    SELECT k.link_id, k.node, k.count, k.hour, k.prev, k.ord, COALESCE(k.old, 0) AS old
     FROM up JOIN known k ON k.link_id = up.link_id AND k.incarnation = up.incarnation
-    GROUP BY k.link_id
+),
+delta AS (
+    SELECT link_id, SUM(count - old) AS d FROM raised GROUP BY link_id
 ),
 totals AS (
     UPDATE links_link l SET clicks = l.clicks + delta.d FROM delta WHERE l.id = delta.link_id
     RETURNING 1
-)
+){buckets}
 SELECT (SELECT count(*) FROM up),
        (SELECT array_agg(DISTINCT tinyurl) FROM found WHERE link_id IS NULL)
 """
+_BUCKETS_CTE = """,
+shares(link_id, node, hour, clicks) AS (
+    SELECT link_id, node, hour, count - GREATEST(old, prev) FROM raised
+    UNION ALL
+    SELECT r.link_id, e.node, e.hour, e.last - GREATEST(r.old, e.prev)
+    FROM unnest(%(e_ords)s::bigint[], %(e_nodes)s::varchar[], %(e_hours)s::int[],
+                %(e_prevs)s::bigint[], %(e_lasts)s::bigint[]) AS e(ord, node, hour, prev, last)
+    JOIN raised r ON r.ord = e.ord
+),
+buckets AS (
+    INSERT INTO links_clickbucket (link_id, node, hour, clicks)
+    SELECT link_id, node, (%(hours)s::timestamptz[])[hour], SUM(clicks) FROM shares
+    WHERE clicks > 0
+    GROUP BY link_id, node, hour
+    ON CONFLICT (link_id, hour, node) DO UPDATE
+        SET clicks = links_clickbucket.clicks + EXCLUDED.clicks
+    RETURNING 1
+)"""
+# The statement consume_clicks runs. (bench/buckets.py and bench/clicks.py measure the apply
+# without the buckets, as a baseline, by putting _COUNTERS_SQL.format(buckets="") here.)
+_APPLY_SQL = _COUNTERS_SQL.format(buckets=_BUCKETS_CTE)
 
 
-def _array_literal(values: Sequence[object]) -> str:
-    # Safe without quoting: tinyurls and incarnations are [A-Za-z0-9], nodes [A-Za-z0-9._-],
-    # counts integers (the decoder checked them): none holds a separator, quote or brace.
+def _text_array(values: Sequence[object]) -> str:
+    # Each element double-quoted, so that none is read as NULL (a node or an incarnation may be
+    # "null"). Safe without escaping: tinyurls and incarnations are [A-Za-z0-9], nodes
+    # [A-Za-z0-9._-] (the decoder checked them), hours ISO times: none holds a quote or a
+    # backslash.
+    return '{"' + '","'.join(map(str, values)) + '"}' if values else "{}"
+
+
+def _int_array(values: Sequence[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
-def _counters_raise(best: dict[tuple[str, str], tuple[int, str]]) -> tuple[int, frozenset[str]]:
-    """Apply the largest count per (tinyurl, incarnation) with its node label; returns the
-    number of counters raised and the tinyurls that match no link."""
-    tinyurls = [t for t, _ in best]
-    incarnations = [i for _, i in best]
-    counts = [c for c, _ in best.values()]
-    nodes = [n for _, n in best.values()]
+def _counters_raise(batch: ClicksBatch) -> tuple[int, frozenset[str]]:
+    """Apply the largest count per (tinyurl, incarnation) with its node label, and the buckets
+    (_APPLY_SQL); returns the number of counters raised and the tinyurls that match no link."""
+    entries = batch.counters.values()
+    earlier = batch.earlier
+    params = {
+        "tinyurls": _text_array([t for t, _ in batch.counters]),
+        "incarnations": _text_array([i for _, i in batch.counters]),
+        "nodes": _text_array([e[1] for e in entries]),
+        "counts": _int_array([e[0] for e in entries]),
+        "hour_of": _int_array([e[2] for e in entries]),
+        "prevs": _int_array([e[4] for e in entries]),
+        "e_ords": _int_array([e[0] for e in earlier]),
+        "e_nodes": _text_array([e[1] for e in earlier]),
+        "e_hours": _int_array([e[2] for e in earlier]),
+        "e_prevs": _int_array([e[3] for e in earlier]),
+        "e_lasts": _int_array([e[4] for e in earlier]),
+        "hours": _text_array([h.isoformat() for h in batch.hours]),
+    }
     with connection.cursor() as cursor:
-        cursor.execute(_RAISE_SQL, [_array_literal(tinyurls), _array_literal(incarnations),
-                                    _array_literal(nodes), _array_literal(counts)])
+        cursor.execute(_APPLY_SQL, params)
         raised, unknown = cursor.fetchone()
     return raised, frozenset(unknown or ())
 

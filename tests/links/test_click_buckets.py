@@ -7,10 +7,14 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from links import services
-from links.clicks import clicks_apply_batch, report_hour
-from links.models import ClickBucket, ConsumerPosition, Link
+from links.clicks import clicks_apply_batch, clicks_batch_decode, report_hour
+from links.models import ClickBucket, ClickCounter, ConsumerPosition, Link
+from links.selectors import longurl_digest
 from shortener_project import bus
 from shortener_project.messages import click_report_encode
 from tests.conftest import clicks_topic_end
@@ -140,3 +144,93 @@ def test_report_hour():
     # The future (a replica's clock running ahead), garbage, or nothing: the master's hour.
     for bad in ("2026-05-01T15:00:00+00:00", "yesterday", None, 17):
         assert report_hour(bad, now=now) == datetime(2026, 5, 1, 12, tzinfo=timezone.utc)
+
+
+def test_decode_charts_a_future_or_unreadable_time_in_the_masters_hour():
+    now = datetime(2026, 5, 1, 12, 30, tzinfo=timezone.utc)
+    t = "aBcDeF1"
+    key, value = click_report_encode(tinyurl=t, node="n", incarnation="i1", count=1,
+                                     reported_at=datetime(2026, 5, 1, 9, 59, tzinfo=timezone.utc))
+    records = [Rec(0, key, value)]
+    for offset, (incarnation, at) in enumerate(
+            [("i2", '"2026-05-01T18:00:00+00:00"'), ("i3", '"soon"'), ("i4", None)], start=1):
+        body = (f'{{"schema":2,"tinyurl":"{t}","node":"n","incarnation":"{incarnation}",'
+                f'"count":1' + (f',"reported_at":{at}}}' if at else "}"))
+        records.append(Rec(offset, f"{incarnation}:{t}".encode(), body.encode()))
+    batch = clicks_batch_decode(records=records, now=now)
+    assert batch.hours == [datetime(2026, 5, 1, 9, tzinfo=timezone.utc),
+                           datetime(2026, 5, 1, 12, tzinfo=timezone.utc)]
+    assert [batch.hours[e[2] - 1].hour for e in batch.counters.values()] == [9, 12, 12, 12]
+
+
+def test_nodes_and_incarnations_spelled_null_are_names_not_nulls(transactional_db):
+    link = services.link_create(longurl="https://example.com/buckets/null").link
+    records = [Rec(o, *click_report_encode(tinyurl=link.tinyurl, node=node, incarnation=inc,
+                                           count=5, reported_at=NOW))
+               for o, (node, inc) in enumerate([("null", "NULL"), ("NULL", "null")])]
+    clicks_apply_batch(topic="clicks-null", partition=0, records=records, expected_position=None)
+    assert sorted(ClickCounter.objects.values_list("node", "incarnation", "count")) == [
+        ("NULL", "null", 5), ("null", "NULL", 5)]
+    hour = NOW.replace(minute=0, second=0, microsecond=0)
+    assert buckets() == {(link.tinyurl, "null", hour): 5, (link.tinyurl, "NULL", hour): 5}
+
+
+# --- any reports, in any batches: as if applied one at a time -------------------------------
+
+PROPERTY_LINKS = ["pRoPer1", "pRoPer2"]
+
+
+@st.composite
+def report_streams(draw):
+    """Reports of a few counters (two links, two incarnations), each from either of two nodes
+    (a renamed node, two hosts on one Redis) and in any of four hours, with any counts (rises,
+    duplicates, late old copies), in offset order; and where the stream is cut into batches."""
+    n = draw(st.integers(1, 40))
+    report = st.tuples(st.sampled_from(PROPERTY_LINKS), st.sampled_from(["i1", "i2"]),
+                       st.sampled_from(["n1", "n2"]), st.integers(0, 3), st.integers(1, 30))
+    reports = draw(st.lists(report, min_size=n, max_size=n))
+    cuts = draw(st.lists(st.integers(1, max(1, n - 1)), max_size=5, unique=True))
+    again = draw(st.lists(st.integers(1, max(1, n - 1)), max_size=5, unique=True))
+    return reports, sorted(cuts), sorted(again)
+
+
+def apply_cut(records: list[Rec], cuts: list[int], topic: str) -> None:
+    position = None
+    for start, end in zip([0, *cuts], [*cuts, len(records)]):
+        if start < end:
+            position = clicks_apply_batch(topic=topic, partition=0, records=records[start:end],
+                                          expected_position=position).next_offset
+
+
+@hsettings(max_examples=80, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(report_streams())
+def test_any_batches_chart_what_one_report_at_a_time_would(transactional_db, stream):
+    """The definition, report by report: a report that raises its counter from a to b puts
+    b - a clicks in its own hour under its own node. Any cut into batches gives exactly that,
+    and every record applied again (a replay from offset 0, cut otherwise) adds nothing."""
+    reports, cuts, again = stream
+    ClickBucket.objects.all().delete()
+    ClickCounter.objects.all().delete()
+    ConsumerPosition.objects.all().delete()
+    for t in PROPERTY_LINKS:
+        Link.objects.update_or_create(tinyurl=t, defaults={
+            "longurl": f"https://example.com/{t}", "clicks": 0,
+            "longurl_sha256": longurl_digest(f"https://example.com/{t}")})
+    records, expected, held = [], Counter(), {}
+    for offset, (t, incarnation, node, h, count) in enumerate(reports):
+        hour = START + h * HOUR
+        key, value = click_report_encode(tinyurl=t, node=node, incarnation=incarnation,
+                                         count=count, reported_at=hour + timedelta(minutes=7))
+        records.append(Rec(offset, key, value))
+        before = held.get((t, incarnation), 0)
+        if count > before:
+            expected[(t, node, hour)] += count - before
+            held[(t, incarnation)] = count
+
+    apply_cut(records, cuts, "clicks-p")
+    assert buckets() == expected
+    totals = dict(Link.objects.values_list("tinyurl", "clicks"))
+    assert totals == {t: sum(c for (u, _), c in held.items() if u == t) for t in PROPERTY_LINKS}
+    apply_cut(records, again, "clicks-q")
+    assert buckets() == expected
