@@ -249,8 +249,9 @@ def test_5_consumers_killed_mid_batch_repeatedly(cluster, report):
 
 
 def test_6_malformed_messages_in_both_topics(cluster, report):
+    # A replica counts the records it cannot apply as "rejected" (and shows them on /readyz).
     skipped_before = int(cluster.redis_cli(cluster.r1, "HGET", f"{cluster.user}:links:stats",
-                                           "skipped") or 0)
+                                           "rejected") or 0)
     (bad_before,) = cluster.sql("SELECT skipped_malformed FROM links_consumerposition "
                                 "WHERE topic = %s", f"{cluster.user}-clicks")[0]
     producer = KafkaProducer(bootstrap_servers=f"{BRIDGE_IP}:{KAFKA_PORT}")
@@ -266,7 +267,7 @@ def test_6_malformed_messages_in_both_topics(cluster, report):
     made = click(cluster.r1, tinyurl, 100)
     recorded = cluster.settle_clicks() - before
     skipped = int(cluster.redis_cli(cluster.r1, "HGET", f"{cluster.user}:links:stats",
-                                    "skipped")) - skipped_before
+                                    "rejected") or 0) - skipped_before
     (bad,) = cluster.sql("SELECT skipped_malformed FROM links_consumerposition WHERE topic = %s",
                          f"{cluster.user}-clicks")[0]
     report(f"scenario 6 (malformed messages): 5 in each topic; skipped by r1's consume_links "
