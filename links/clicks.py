@@ -339,6 +339,7 @@ def _counters_raise(batch: ClicksBatch) -> tuple[int, frozenset[str]]:
     params = {
         "tinyurls": _text_array([t for t, _ in batch.counters]),
         "incarnations": _text_array([i for _, i in batch.counters]),
+        # The label, which the decoder also made the node of the counter's last run.
         "nodes": _text_array([e[1] for e in entries]),
         "counts": _int_array([e[0] for e in entries]),
         "hour_of": _int_array([e[2] for e in entries]),
