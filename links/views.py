@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
+from collections.abc import Callable
+from typing import TypeVar
 from datetime import timezone as dt_timezone
 
 from django.conf import settings
@@ -19,6 +20,7 @@ from shortener_project import longurls
 from shortener_project.metrics import CREATE_REFUSED, instrumented
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def max_body_bytes() -> int:
@@ -57,12 +59,13 @@ def _refuse(status: int, reason: str, message: str, **headers: str) -> JsonRespo
     return _error(status, message, **headers)
 
 
-def _link_create_retrying(longurl: str, expires_at: datetime | None) -> services.LinkCreated:
-    """link_create, tried once more on a fresh connection if the kept one died (PostgreSQL
-    restarted since: connections are not health-checked before each request, to save a round
-    trip). link_create is idempotent, so the second try cannot make a second link."""
+def _db_retrying(fn: Callable[[], T]) -> T:
+    """fn(), tried once more on a fresh connection if the kept one died (PostgreSQL restarted
+    or dropped it since: connections are not health-checked before each request, to save a
+    round trip). fn must be idempotent (a lookup, or link_create, which cannot make a second
+    link). Raises what the second try raises (DatabaseError, InterfaceError: 503)."""
     try:
-        return services.link_create(longurl=longurl, expires_at=expires_at)
+        return fn()
     except (DatabaseError, InterfaceError):
         # InterfaceError ("connection already closed") is not a DatabaseError in Django: a
         # connection that PostgreSQL closed and that an earlier query of this request (the rate
@@ -70,7 +73,7 @@ def _link_create_retrying(longurl: str, expires_at: datetime | None) -> services
         if connection.in_atomic_block or connection.is_usable():
             raise  # the database itself refused: no point retrying
         connection.close()
-        return services.link_create(longurl=longurl, expires_at=expires_at)
+        return fn()
 
 
 # A JSON API with no cookie authentication: CSRF protection guards cookie-authenticated forms
@@ -78,11 +81,22 @@ def _link_create_retrying(longurl: str, expires_at: datetime | None) -> services
 @csrf_exempt
 @instrumented("create")
 def create(request: HttpRequest) -> JsonResponse:
+    try:
+        return _create(request)
+    except (DatabaseError, InterfaceError) as exc:
+        # Any step that reads the database (an API key, the blocklist, the link) while
+        # PostgreSQL is unreachable: the same answer as for the link itself.
+        logger.error("database unavailable during /create: %s", exc)
+        return _error(503, "the database is unavailable; retry shortly", **{"Retry-After": "5"})
+
+
+def _create(request: HttpRequest) -> JsonResponse:
     if request.method != "PUT":
         return _refuse(405, "method", f"method {request.method} is not allowed; use PUT",
                        Allow="PUT")
     try:
-        key = protection.create_authenticate(authorization=request.headers.get("Authorization"))
+        key = _db_retrying(lambda: protection.create_authenticate(
+            authorization=request.headers.get("Authorization")))
     except protection.AuthMissing as exc:
         # RFC 6750 §3: a 401 names the scheme the client should use.
         return _refuse(401, "auth_missing", str(exc),
@@ -130,14 +144,15 @@ def create(request: HttpRequest) -> JsonResponse:
         expires_at = services.expires_at_parse(payload.get("expires_at"))
     except ValidationError as exc:
         return _refuse(400, exc.error_list[0].code or "invalid", exc.messages[0])
-    blocked = protection.host_blocked(longurls.host_of(longurl))
+    blocked = _db_retrying(lambda: protection.host_blocked(longurls.host_of(longurl)))
     if blocked is not None:
         return _refuse(400, "blocked_host", "links to "
                        f"{longurls.host_display(blocked)} and its subdomains are not accepted "
                        "here (blocked by the operators)")
 
     try:
-        result = _link_create_retrying(longurl, expires_at)
+        result = _db_retrying(lambda: services.link_create(longurl=longurl,
+                                                            expires_at=expires_at))
     except services.LinkDisabled:
         # The same longurl asked for again after a takedown: not re-issued (under the old
         # tinyurl or a new one); an admin can put the link back.
