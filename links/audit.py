@@ -26,13 +26,14 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from django.db import DatabaseError, connection, transaction
+from django.db import transaction
 from kafka import KafkaConsumer
 
-from links.models import ConsumerPosition, Link
+from links.models import Link
+from links.positions import PostgresPositionedConsumer, position_lock
 from links.services import _record  # the encoding the master publishes
 from shortener_project import bus
-from shortener_project.consuming import PositionedConsumer, PositionMismatch, Record
+from shortener_project.consuming import Record
 from shortener_project.messages import TINYURL_RE, VERSION_MAX, MessageError, link_record_decode
 from shortener_project.metrics import LINKS_AUDITED
 
@@ -83,13 +84,7 @@ def links_audit_batch(
     current = resend = rebased = 0
 
     with transaction.atomic(durable=True):
-        position = (ConsumerPosition.objects.select_for_update()
-                    .filter(topic=topic, partition=partition).first())
-        stored = position.next_offset if position else None
-        if stored != expected_position:
-            raise PositionMismatch(partition, expected_position, stored)
-        if position is None:
-            position = ConsumerPosition(topic=topic, partition=partition, next_offset=0)
+        position = position_lock(topic=topic, partition=partition, expected=expected_position)
         # Rows read after the batch was fetched: a record is only ever sent after its version
         # committed, so a row here is at least as new as any record the master sent for it.
         links = Link.objects.filter(tinyurl__in=list(newest)).order_by("pk").select_for_update()
@@ -134,12 +129,10 @@ def links_audit_batch(
                        next_offset=next_offset)
 
 
-class LinksAuditor(PositionedConsumer):
+class LinksAuditor(PostgresPositionedConsumer):
     """The audit loop (shortener_project.consuming): positions in PostgreSQL."""
 
     name = "links audit"
-    store_errors = (DatabaseError,)
-
     def __init__(
         self,
         *,
@@ -148,17 +141,9 @@ class LinksAuditor(PositionedConsumer):
     ) -> None:
         super().__init__(topic=bus.links_topic(), stop=stop, consumer_factory=consumer_factory)
 
-    def positions_load(self) -> dict[int, int]:
-        return dict(ConsumerPosition.objects.filter(topic=self.topic)
-                    .values_list("partition", "next_offset"))
-
     def apply_batch(self, partition: int, records: Sequence[Record], expected: int | None) -> int:
         result = links_audit_batch(topic=self.topic, partition=partition, records=records,
                                    expected_position=expected)
         for outcome in ("current", "resend", "rebased", "unknown"):
             LINKS_AUDITED.labels(outcome).inc(getattr(result, outcome))
         return result.next_offset
-
-    def on_store_error(self) -> None:
-        # Drop the broken connection; Django opens a new one on the next query.
-        connection.close()

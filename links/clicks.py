@@ -37,9 +37,9 @@ from django.db import DatabaseError, connection, transaction
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import OffsetOutOfRangeError
 
-from links.models import ConsumerPosition
+from links.positions import PostgresPositionedConsumer, position_lock
 from shortener_project import bus
-from shortener_project.consuming import PositionedConsumer, PositionMismatch, Record
+from shortener_project.consuming import PositionMismatch, Record
 from shortener_project.messages import MessageError, click_report_decode
 from shortener_project.metrics import (
     CONSUMER_OUT_OF_RANGE,
@@ -183,15 +183,7 @@ def clicks_batch_apply(
     position differs, DatabaseError when PostgreSQL fails (nothing applied).
     """
     with transaction.atomic(durable=True):
-        # The row lock serialises every writer of this partition's totals: a second
-        # consume_clicks started by mistake waits here, then finds the position moved.
-        position = (ConsumerPosition.objects.select_for_update()
-                    .filter(topic=topic, partition=partition).first())
-        stored = position.next_offset if position else None
-        if stored != expected_position:
-            raise PositionMismatch(partition, expected_position, stored)
-        if position is None:
-            position = ConsumerPosition(topic=topic, partition=partition, next_offset=0)
+        position = position_lock(topic=topic, partition=partition, expected=expected_position)
 
         raised, unknown_tinyurls = (_counters_raise(batch) if batch.counters
                                     else (0, frozenset()))
@@ -357,7 +349,7 @@ def _counters_raise(batch: ClicksBatch) -> tuple[int, frozenset[str]]:
     return raised, frozenset(unknown or ())
 
 
-class ClicksConsumer(PositionedConsumer):
+class ClicksConsumer(PostgresPositionedConsumer):
     """consume_clicks' loop (shortener_project.consuming): positions in PostgreSQL, and a
     position outside the topic's retained range reported as a loss, never passed over silently.
 
@@ -372,8 +364,6 @@ class ClicksConsumer(PositionedConsumer):
     """
 
     name = "clicks consumer"
-    store_errors = (DatabaseError,)
-
     def __init__(
         self,
         *,
@@ -401,10 +391,6 @@ class ClicksConsumer(PositionedConsumer):
         # The worker's own connection (Django's are per thread), closed in its thread.
         self._worker.submit(lambda: connection.close()).result()
         self._worker.shutdown()
-
-    def positions_load(self) -> dict[int, int]:
-        return dict(ConsumerPosition.objects.filter(topic=self.topic)
-                    .values_list("partition", "next_offset"))
 
     def apply_batch(self, partition: int, records: Sequence[Record], expected: int | None) -> int:
         # Decoding runs while the previous batch's transaction is in PostgreSQL.
@@ -443,11 +429,6 @@ class ClicksConsumer(PositionedConsumer):
         except (PositionMismatch, *self.store_errors) as exc:
             logger.warning("%s: a batch failed before repositioning: %r", self.name, exc)
         super().reposition(consumer)
-
-    def on_store_error(self) -> None:
-        # Drop the main thread's connection too (positions are read on it); Django opens a new
-        # one on the next query.
-        connection.close()
 
     def on_positioned(self, consumer: KafkaConsumer, stored: dict[int, int]) -> None:
         """Check every stored position against the partition's retained range before reading.
