@@ -43,13 +43,19 @@ from datetime import datetime, timezone
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from redis import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import (
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 
 from redirects import keys
 from redirects.pipelining import PipelinedRedis
 from shortener_project import bus
 from shortener_project.messages import click_report_encode
-from shortener_project.metrics import CLICK_REPORTS
+from shortener_project.metrics import CLICK_REPORTS, CLICKS_UNCOUNTED
 
 logger = logging.getLogger(__name__)
 
@@ -315,6 +321,84 @@ async def link_click_async(*, redis: PipelinedRedis, tinyurl: str) -> str | int 
                 raise
             await _click_script_recover(redis, seen)
     return click_outcome(raw)
+
+
+# --- a Redis that refuses writes ------------------------------------------------------------
+#
+# Redis refuses every command that writes, and still answers reads, when
+#   * its memory is full: maxmemory reached under the noeviction policy (`OOM command not allowed
+#     when used memory > 'maxmemory'`; redis-py's OutOfMemoryError);
+#   * it cannot persist: an RDB snapshot or an AOF write failed while stop-writes-on-bgsave-error
+#     is on (`MISCONF ...`; redis-py 8.1 maps no class to it: a plain ResponseError);
+#   * it is a read-only replica (`READONLY You can't write against a read only replica`;
+#     ReadOnlyError).
+# (Source: redis.conf's comments on maxmemory-policy, stop-writes-on-bgsave-error and
+# replica-read-only.) The click script's first write is then refused and nothing of the click
+# is written. A redirect does not need that write: the link is read as HEAD reads it, answered
+# as the script would have answered it, and the click is counted as lost instead
+# (shortener_clicks_uncounted_total); /readyz says so (selectors.readiness_get). Only this error
+# leads here: the normal path is one EVALSHA, as before.
+
+_uncounted_logged_at = float("-inf")
+_uncounted_unlogged = 0
+
+
+def writes_refused(exc: BaseException) -> str | None:
+    """The reason label when `exc` is Redis refusing a write while it still answers reads:
+    "oom", "misconf" or "readonly" (see above); None for any other error."""
+    if isinstance(exc, OutOfMemoryError):
+        return "oom"
+    if isinstance(exc, ReadOnlyError):
+        return "readonly"
+    if isinstance(exc, ResponseError) and str(exc).startswith("MISCONF"):
+        return "misconf"
+    return None
+
+
+def click_uncounted(*, reason: str, outcome: str | int | None, error: RedisError) -> None:
+    """Record that a GET was answered without counting its click because Redis refused writes
+    (`reason`: writes_refused's label). A 302 (`outcome` a longurl) is a lost click, counted in
+    shortener_clicks_uncounted_total{reason}; a 404 or 410 would have counted nothing. Logged at
+    most once a second per process, with the number of refusals since the last line."""
+    global _uncounted_logged_at, _uncounted_unlogged
+    if isinstance(outcome, str):
+        CLICKS_UNCOUNTED.labels(reason).inc()
+    now = time.monotonic()
+    if now - _uncounted_logged_at >= 1.0:
+        logger.error("Redis refuses writes (%s: %s): redirects answered, clicks not counted "
+                     "(%d more since the last line)", reason, error, _uncounted_unlogged)
+        _uncounted_logged_at, _uncounted_unlogged = now, 0
+    else:
+        _uncounted_unlogged += 1
+
+
+def link_read_uncounted(*, redis: Redis, tinyurl: str, error: RedisError) -> str | int | None:
+    """After click_call raised `error`: if it is Redis refusing writes (writes_refused), the
+    link's outcome read without counting (selectors.link_target_get, as for HEAD) and the lost
+    click recorded (click_uncounted); any other error is raised again. Raises RedisError."""
+    # selectors imports this module (GONE): imported here, on this path only.
+    from redirects import selectors
+
+    reason = writes_refused(error)
+    if reason is None:
+        raise error
+    outcome = selectors.link_target_get(tinyurl=tinyurl, redis=redis)
+    click_uncounted(reason=reason, outcome=outcome, error=error)
+    return outcome
+
+
+async def link_read_uncounted_async(*, redis: PipelinedRedis, tinyurl: str,
+                                    error: RedisError) -> str | int | None:
+    """link_read_uncounted through the pipelined client (the served replica's GET after
+    link_click_async raised `error`)."""
+    from redirects import selectors
+
+    reason = writes_refused(error)
+    if reason is None:
+        raise error
+    outcome = await selectors.link_target_get_async(redis=redis, tinyurl=tinyurl)
+    click_uncounted(reason=reason, outcome=outcome, error=error)
+    return outcome
 
 
 class ClickReporter:
