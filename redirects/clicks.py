@@ -462,6 +462,8 @@ class ClickReporter:
     def run(self) -> None:
         next_flush = time.monotonic() + self.flush_seconds
         requeued = False
+        logger.info("click reporter running (node %s, flush every %gs)", self.node,
+                    self.flush_seconds)
         try:
             while not self.stop.is_set():
                 try:
