@@ -43,13 +43,19 @@ from datetime import datetime, timezone
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from redis import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import (
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 
 from redirects import keys
 from redirects.pipelining import PipelinedRedis
 from shortener_project import bus
 from shortener_project.messages import click_report_encode
-from shortener_project.metrics import CLICK_REPORTS
+from shortener_project.metrics import CLICK_REPORTS, CLICKS_UNCOUNTED
 
 logger = logging.getLogger(__name__)
 
@@ -317,14 +323,109 @@ async def link_click_async(*, redis: PipelinedRedis, tinyurl: str) -> str | int 
     return click_outcome(raw)
 
 
+# --- a Redis that refuses writes ------------------------------------------------------------
+#
+# Redis refuses every command that writes, and still answers reads, when
+#   * its memory is full: maxmemory reached under the noeviction policy (`OOM command not allowed
+#     when used memory > 'maxmemory'`; redis-py's OutOfMemoryError);
+#   * it cannot persist: an RDB snapshot or an AOF write failed while stop-writes-on-bgsave-error
+#     is on (`MISCONF ...`; redis-py 8.1 maps no class to it: a plain ResponseError);
+#   * it is a read-only replica (`READONLY You can't write against a read only replica`;
+#     ReadOnlyError).
+# (Source: redis.conf's comments on maxmemory-policy, stop-writes-on-bgsave-error and
+# replica-read-only.) The click script's first write is then refused and nothing of the click
+# is written. A redirect does not need that write: the link is read as HEAD reads it, answered
+# as the script would have answered it, and the click is counted as lost instead
+# (shortener_clicks_uncounted_total); /readyz says so (selectors.readiness_get). Only this error
+# leads here: the normal path is one EVALSHA, as before.
+
+_uncounted_logged_at = float("-inf")
+_uncounted_unlogged = 0
+
+
+def writes_refused(exc: BaseException) -> str | None:
+    """The reason label when `exc` is Redis refusing a write while it still answers reads:
+    "oom", "misconf" or "readonly" (see above); None for any other error."""
+    if isinstance(exc, OutOfMemoryError):
+        return "oom"
+    if isinstance(exc, ReadOnlyError):
+        return "readonly"
+    if isinstance(exc, ResponseError) and str(exc).startswith("MISCONF"):
+        return "misconf"
+    return None
+
+
+def click_uncounted(*, reason: str, outcome: str | int | None, error: RedisError) -> None:
+    """Record that a GET was answered without counting its click because Redis refused writes
+    (`reason`: writes_refused's label). A 302 (`outcome` a longurl) is a lost click, counted in
+    shortener_clicks_uncounted_total{reason}; a 404 or 410 would have counted nothing. Logged at
+    most once a second per process, with the number of refusals since the last line."""
+    global _uncounted_logged_at, _uncounted_unlogged
+    if isinstance(outcome, str):
+        CLICKS_UNCOUNTED.labels(reason).inc()
+    now = time.monotonic()
+    if now - _uncounted_logged_at >= 1.0:
+        logger.error("Redis refuses writes (%s: %s): redirects answered, clicks not counted "
+                     "(%d more since the last line)", reason, error, _uncounted_unlogged)
+        _uncounted_logged_at, _uncounted_unlogged = now, 0
+    else:
+        _uncounted_unlogged += 1
+
+
+def link_read_uncounted(*, redis: Redis, tinyurl: str, error: RedisError) -> str | int | None:
+    """After click_call raised `error`: if it is Redis refusing writes (writes_refused), the
+    link's outcome read without counting (selectors.link_target_get, as for HEAD) and the lost
+    click recorded (click_uncounted); any other error is raised again. Raises RedisError."""
+    # selectors imports this module (GONE): imported here, on this path only.
+    from redirects import selectors
+
+    reason = writes_refused(error)
+    if reason is None:
+        raise error
+    outcome = selectors.link_target_get(tinyurl=tinyurl, redis=redis)
+    click_uncounted(reason=reason, outcome=outcome, error=error)
+    return outcome
+
+
+async def link_read_uncounted_async(*, redis: PipelinedRedis, tinyurl: str,
+                                    error: RedisError) -> str | int | None:
+    """link_read_uncounted through the pipelined client (the served replica's GET after
+    link_click_async raised `error`)."""
+    from redirects import selectors
+
+    reason = writes_refused(error)
+    if reason is None:
+        raise error
+    outcome = await selectors.link_target_get_async(redis=redis, tinyurl=tinyurl)
+    click_uncounted(reason=reason, outcome=outcome, error=error)
+    return outcome
+
+
+class Abandoned(Exception):
+    """A Kafka call of the reporter still running when its shutdown deadline passed: left to
+    its daemon thread, its reports put back in Redis for the next run."""
+
+
 class ClickReporter:
     """Turns due and dirty marks into click reports on the clicks topic.
 
     Every `due_seconds` it checks the counter incarnation (incarnation_ensure) and reports the
     counters that crossed a hundred; every `flush_seconds`, and when it stops, every counter
     clicked since its last report. A mark is cleared only when Kafka acknowledged the report;
-    otherwise the counter goes back to `due` and `dirty`. A report names its counter's own
-    incarnation, so counters of an earlier incarnation are still reported correctly.
+    otherwise the counter goes back to `due` and `dirty` for the next round (the master keeps
+    the largest count per counter, so a report sent twice counts once). A report names its
+    counter's own incarnation, so counters of an earlier incarnation are still reported
+    correctly.
+
+    Kafka never holds the reporter up (Redis work stays on the calling thread; every
+    kafka-python call runs in a daemon thread, _kafka):
+      * while running, a call lasts as long as kafka-python's own bounds (the producer's
+        bootstrap, metadata and delivery timeouts, shortener_project/bus.py); a send that
+        found no metadata for the topic (topic missing, broker away) ends its batch: the rest
+        is put back at once instead of each report waiting as long again;
+      * once `stop` is set, the final flush and any call in flight get `shutdown_seconds` from
+        the moment the stop was seen; what is still unacknowledged then is put back in Redis
+        and the reporter returns, so SIGTERM stops report_clicks within 10 s whatever Kafka does.
     """
 
     CLAIM_BATCH = 1000
@@ -337,6 +438,7 @@ class ClickReporter:
         node: str,
         flush_seconds: float,
         due_seconds: float = 0.1,
+        shutdown_seconds: float = 4.0,
         producer_factory: Callable[[], KafkaProducer] = bus.clicks_producer_make,
     ) -> None:
         self.redis = redis
@@ -344,6 +446,7 @@ class ClickReporter:
         self.node = node
         self.flush_seconds = flush_seconds
         self.due_seconds = due_seconds
+        self.shutdown_seconds = shutdown_seconds
         self.producer_factory = producer_factory
         self.producer: KafkaProducer | None = None
         # Auto-reloading Scripts are fine here: unlike the click script, these count nothing.
@@ -354,10 +457,13 @@ class ClickReporter:
                               keys.clicks_dirty_key()]
         self.sent = 0
         self.failed = 0
+        self._stop_seen: float | None = None  # time.monotonic() when `stop` was first seen set
 
     def run(self) -> None:
         next_flush = time.monotonic() + self.flush_seconds
         requeued = False
+        logger.info("click reporter running (node %s, flush every %gs)", self.node,
+                    self.flush_seconds)
         try:
             while not self.stop.is_set():
                 try:
@@ -370,22 +476,30 @@ class ClickReporter:
                     if time.monotonic() >= next_flush:
                         self.report(keys.clicks_dirty_key(), keys.clicks_due_key())
                         next_flush = time.monotonic() + self.flush_seconds
+                except Abandoned:
+                    break
                 except KafkaError as exc:
-                    logger.error("Kafka error while reporting clicks: %r", exc)
+                    logger.error("Kafka error while reporting clicks (the counts stay in Redis "
+                                 "for the next round): %r", exc)
                     self._producer_reset()
                     self.stop.wait(1.0)
                 except Exception as exc:  # noqa: BLE001 - Redis down, etc.: retry, never die
                     logger.error("reporting clicks failed: %r", exc)
                     self.stop.wait(1.0)
                 self.stop.wait(self.due_seconds)
-            # Graceful stop: report everything counted so far, so the master's totals are exact.
-            try:
-                self.report(keys.clicks_dirty_key(), keys.clicks_due_key())
-            except Exception as exc:  # noqa: BLE001
-                logger.error("final click flush failed (the marks stay for the next run): %r", exc)
+            # Graceful stop: report everything counted so far, so the master's totals are exact,
+            # unless the shutdown deadline has passed already.
+            deadline = self._deadline()
+            if deadline is not None and time.monotonic() < deadline:
+                try:
+                    self.report(keys.clicks_dirty_key(), keys.clicks_due_key())
+                except Exception as exc:  # noqa: BLE001 - Abandoned, Kafka or Redis away
+                    logger.error("final click flush not done (the counts stay in Redis for the "
+                                 "next run): %r", exc)
         finally:
             self._producer_reset()
-            logger.info("click reporter stopped: %d reports sent, %d failed", self.sent, self.failed)
+            logger.info("click reporter stopped: %d reports sent, %d failed", self.sent,
+                        self.failed)
 
     def report(self, source: str, other: str, *, milestone: bool = False) -> int:
         """Claim up to everything in `source` and report it; returns how many were sent.
@@ -393,6 +507,8 @@ class ClickReporter:
         milestone: report the last hundred the counter completed rather than its current value
         ("each time it completes another hundred"); the flush reports the exact count. Both are
         absolute counts of the same counter, so the master's max() takes whichever is newer.
+        Raises KafkaError when a report could not be sent or was not acknowledged (its counter
+        is back in Redis), Abandoned past the shutdown deadline, RedisError.
         """
         total = 0
         while True:
@@ -427,44 +543,106 @@ class ClickReporter:
                 done.append(member)
                 continue
             counters.append((member, incarnation, tinyurl, count))
-        retry: list[str] = []
-        if counters and self.producer is None:
-            try:
-                self.producer = self.producer_factory()
-            except KafkaError:
-                self.requeue(keys=self._requeue_keys, args=[m for m, *_ in counters])
-                self._ack(done)
-                raise
+        acked: list[str] = []
+        unsent: list[str] = []
+        error: KafkaError | None = None
+        try:
+            if counters:
+                acked, unsent, error = self._kafka(self._produce, counters)
+        except BaseException:
+            # Nothing of the batch is known to be acknowledged: all of it goes back (a report
+            # Kafka did take is sent again, which the master's max() absorbs).
+            unsent = [member for member, *_ in counters]
+            raise
+        finally:
+            self._ack(done + acked)
+            if unsent:
+                self.requeue(keys=self._requeue_keys, args=unsent)
+            # Each report counted once, as sent or failed: never a negative count.
+            self.sent += len(acked)
+            self.failed += len(unsent)
+            CLICK_REPORTS.labels("sent").inc(len(acked))
+            CLICK_REPORTS.labels("failed").inc(len(unsent))
+        if error is not None:
+            raise error
+        return len(acked)
+
+    def _produce(self, counters: list[tuple[str, str, str, int]]
+                 ) -> tuple[list[str], list[str], KafkaError | None]:
+        """Send one batch and wait for its acks (in a _kafka thread). Returns (acknowledged
+        members, members not sent or not acknowledged, the first Kafka error or None)."""
+        if self.producer is None:
+            self.producer = self.producer_factory()
+        producer = self.producer
         now = datetime.now(timezone.utc)
         futures = []
-        for member, incarnation, tinyurl, count in counters:
+        unsent: list[str] = []
+        error: KafkaError | None = None
+        for i, (member, incarnation, tinyurl, count) in enumerate(counters):
             key, value = click_report_encode(tinyurl=tinyurl, node=self.node,
                                              incarnation=incarnation, count=count, reported_at=now)
             try:
-                futures.append((member, self.producer.send(bus.clicks_topic(), key=key,
-                                                           value=value)))
+                futures.append((member, producer.send(bus.clicks_topic(), key=key, value=value)))
             except KafkaError as exc:
-                logger.warning("click report for %s not sent: %r", member, exc)
-                retry.append(member)
+                # send() waited its max_block_ms for the topic's metadata (the topic missing,
+                # the broker away) or for buffer space: every later send of this batch would
+                # wait as long again. The rest goes back to Redis for the next round.
+                logger.warning("%d click reports not sent: %r", len(counters) - i, exc)
+                unsent.extend(m for m, *_ in counters[i:])
+                error = exc
+                break
+        acked: list[str] = []
         for member, future in futures:
             try:
                 future.get(timeout=60)
-                done.append(member)
+                acked.append(member)
             except KafkaError as exc:
-                logger.warning("click report for %s not acknowledged: %r", member, exc)
-                retry.append(member)
-        self._ack(done)
-        if retry:
-            self.requeue(keys=self._requeue_keys, args=retry)
+                unsent.append(member)
+                if error is None:
+                    logger.warning("click reports not acknowledged: %r", exc)
+                    error = exc
+        if error is not None:
             # A producer whose records expired during an outage does not always recover when
             # Kafka returns (kafka-python 3.0.12, idempotent): make a new one next round.
             self._producer_reset()
-        sent = len(futures) - len(retry)
-        self.sent += sent
-        self.failed += len(retry)
-        CLICK_REPORTS.labels("sent").inc(sent)
-        CLICK_REPORTS.labels("failed").inc(len(retry))
-        return sent
+        return acked, unsent, error
+
+    def _deadline(self) -> float | None:
+        """time.monotonic() by which the reporter must have given up on Kafka: shutdown_seconds
+        after `stop` was first seen set; None while it is not."""
+        if self._stop_seen is None and self.stop.is_set():
+            self._stop_seen = time.monotonic()
+        return None if self._stop_seen is None else self._stop_seen + self.shutdown_seconds
+
+    def _kafka(self, call: Callable, *args: object):
+        """call(*args) in a daemon thread; its result, or its exception raised here.
+
+        kafka-python's calls block (making a producer waits for a broker, send() for the
+        topic's metadata, an ack for the delivery) and a signal cannot interrupt them, so they
+        never run on the reporter's own thread: it waits here, as long as the call takes while
+        running, and until the shutdown deadline once `stop` is set. Raises Abandoned when the
+        deadline passes first (the thread is left to finish or die with the process).
+        """
+        done = threading.Event()
+        outcome: dict[str, object] = {}
+
+        def target() -> None:
+            try:
+                outcome["result"] = call(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=target, name="click-reports-kafka", daemon=True).start()
+        while not done.wait(0.05):
+            deadline = self._deadline()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Abandoned(f"Kafka did not answer within {self.shutdown_seconds:g} s of "
+                                "the stop")
+        if "error" in outcome:
+            raise outcome["error"]  # type: ignore[misc]
+        return outcome["result"]
 
     def _ack(self, members: list[str]) -> None:
         if members:
@@ -473,9 +651,10 @@ class ClickReporter:
                      args=[keys.clicks_counter_prefix(), *members])
 
     def _producer_reset(self) -> None:
-        if self.producer is not None:
-            try:
-                self.producer.close(timeout=5)
-            except Exception:  # noqa: BLE001
-                logger.exception("closing the clicks producer failed")
-            self.producer = None
+        """Forget the producer and close it in the background: closing flushes what it holds
+        first, which with the broker away lasts its whole timeout (bus.producer_close bounds
+        it and force-closes the rest)."""
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            threading.Thread(target=bus.producer_close, args=(producer, 5.0),
+                             name="click-reports-close", daemon=True).start()

@@ -12,6 +12,9 @@ Links (written by consume_links only):
   <user>:links:heartbeat    string, Redis' clock (ms) at consume_links' latest round
   <user>:links:kafka_error  string "<since ms>|<error>" while consume_links cannot reach Kafka
 
+Readiness:
+  <user>:writes:probe       never created: /readyz's write check (selectors.readiness_get)
+
 Clicks (counted by the redirect script, reported by report_clicks):
   <user>:clicks:incarnation             string, the current counter incarnation (one life of
                                         this Redis' data)
@@ -126,6 +129,15 @@ def links_stats_key() -> str:
     rejected (records the replica cannot apply: logged), and rejected_last, the latest
     rejected record's "<partition>:<offset>"."""
     return f"{settings.SHORTENER_USER}:links:stats"
+
+
+def writes_probe_key() -> str:
+    """Never created. /readyz sends `SETRANGE <this> 0 ""` to learn whether Redis accepts
+    writes: a write command that Redis refuses as it refuses the click script's writes, and that
+    changes nothing when accepted (an empty value on a missing key creates no key; source: the
+    SETRANGE page, https://redis.io/docs/latest/commands/setrange/, and
+    tests/redirects/test_writes_refused.py)."""
+    return f"{settings.SHORTENER_USER}:writes:probe"
 
 
 # --- clicks ---------------------------------------------------------------------------------

@@ -69,13 +69,25 @@ class Readiness:
     notes: list[str]  # things worth knowing while ready (or not)
     rejected: int  # records consume_links could not apply, ever (stats hash)
     rejected_last: str | None  # "<partition>:<offset>" of the latest
+    # clicks.writes_refused's label while Redis refuses writes (oom, misconf, readonly), else None
+    writes_refused: str | None = None
 
 
 def readiness_get(*, redis: Redis, stale_seconds: float) -> Readiness:
     """Whether this replica should receive traffic, from one Redis round trip.
 
-    Ready when consume_links has caught up (the ready mark) and its heartbeat is at most
-    `stale_seconds` old by Redis' own clock (so no clock of another host is involved).
+    Ready when Redis accepts writes, consume_links has caught up (the ready mark) and its
+    heartbeat is at most `stale_seconds` old by Redis' own clock (so no clock of another host is
+    involved).
+
+    A Redis that refuses writes (clicks.writes_refused: memory or disk full, a read-only
+    replica) makes the replica not ready, whatever else holds: it still answers every redirect
+    that reaches it, but counts none of their clicks, and consume_links can apply no link
+    published since (a takedown included), as when consume_links is stuck. Out of service, the
+    load balancer sends those redirects to a replica that counts them; any that still reach it
+    are answered as before (302/404/410), never 503 (docs/delivery-guarantees.md, "A Redis that
+    refuses writes", weighs this).
+    The write check is a SETRANGE that changes nothing (keys.writes_probe_key).
     Raises redis.RedisError if Redis does not answer.
     """
     with redis.pipeline(transaction=False) as pipe:
@@ -83,8 +95,14 @@ def readiness_get(*, redis: Redis, stale_seconds: float) -> Readiness:
         pipe.mget(keys.links_ready_key(), keys.links_heartbeat_key(),
                   keys.links_kafka_error_key())
         pipe.hmget(keys.links_stats_key(), "rejected", "rejected_last")
-        (seconds, micros), (ready, heartbeat, kafka_error), (rejected, rejected_last) = \
-            pipe.execute()
+        pipe.setrange(keys.writes_probe_key(), 0, "")
+        # Error replies come back in place (a refused write is an answer, not an outage).
+        replies = pipe.execute(raise_on_error=False)
+    for reply in replies[:3]:
+        if isinstance(reply, Exception):
+            raise reply
+    (seconds, micros), (ready, heartbeat, kafka_error), (rejected, rejected_last), probe = replies
+    refused = clicks.writes_refused(probe) if isinstance(probe, Exception) else None
     now_ms = seconds * 1000 + micros // 1000
     notes = []
     if kafka_error is not None:
@@ -92,7 +110,14 @@ def readiness_get(*, redis: Redis, stale_seconds: float) -> Readiness:
         notes.append(f"consume_links cannot reach Kafka (for {(now_ms - int(since)) // 1000} s: "
                      f"{error}); serving the links this replica holds")
     reason = None
-    if heartbeat is None:
+    if refused is not None:
+        # Redis' own words, first sentence (a MISCONF reply runs to several).
+        said = str(probe).split(". ")[0].rstrip(".")
+        reason = (f"Redis refuses writes ({refused}: {said}): redirects are answered from the "
+                  "links held, but their clicks are not counted "
+                  "(shortener_clicks_uncounted_total) and consume_links cannot apply links "
+                  "published since")
+    elif heartbeat is None:
         reason = "consume_links is not running (no heartbeat)"
     elif now_ms - int(heartbeat) > stale_seconds * 1000:
         reason = (f"consume_links is stopped or stuck: its last heartbeat is "
@@ -101,4 +126,5 @@ def readiness_get(*, redis: Redis, stale_seconds: float) -> Readiness:
         reason = "consume_links has not caught up with the links topic"
     return Readiness(ready=reason is None, reason=reason, notes=notes,
                      rejected=int(rejected or 0),
-                     rejected_last=rejected_last.decode() if rejected_last else None)
+                     rejected_last=rejected_last.decode() if rejected_last else None,
+                     writes_refused=refused)

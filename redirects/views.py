@@ -22,9 +22,10 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
 
 def readyz(request: HttpRequest) -> HttpResponse:
-    """Ready to serve: Redis answers, consume_links runs (its heartbeat is at most
-    SHORTENER_READY_STALE_SECONDS old) and has caught up with the links topic. A load balancer
-    keeps the replica out while this is 503. Records consume_links could not apply are shown
+    """Ready to serve: Redis answers and accepts writes, consume_links runs (its heartbeat is
+    at most SHORTENER_READY_STALE_SECONDS old) and has caught up with the links topic. A load
+    balancer keeps the replica out while this is 503 (a Redis that refuses writes: see
+    selectors.readiness_get; its redirects are still answered). Records consume_links could not apply are shown
     (`rejected`, `rejected_last`); Kafka being unreachable is a `note`, not a reason: every
     replica would otherwise leave service at once while each still serves what it holds."""
     try:
@@ -59,7 +60,13 @@ def redirect(request: HttpRequest, tinyurl: str) -> HttpResponse:
             if request.method == "GET":
                 # Lookup and count in one round trip; a link not answered with 302 counts
                 # nothing.
-                outcome = clicks.click_call(redis=selectors.redis_get(), tinyurl=tinyurl)
+                redis = selectors.redis_get()
+                try:
+                    outcome = clicks.click_call(redis=redis, tinyurl=tinyurl)
+                except redis_lib.ResponseError as exc:
+                    # Redis refuses writes but reads: answered, the click counted as lost
+                    # (see redirects/asgi.py).
+                    outcome = clicks.link_read_uncounted(redis=redis, tinyurl=tinyurl, error=exc)
             else:  # HEAD: answered, not counted (see redirects/asgi.py)
                 outcome = selectors.link_target_get(tinyurl=tinyurl)
             answer = answers.redirect_answer(outcome)

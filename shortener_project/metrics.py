@@ -97,6 +97,13 @@ CLICK_REPORTS = Counter(
     "Click reports sent to the clicks topic, by outcome (sent, failed: requeued for a retry).",
     ["outcome"],
 )
+CLICKS_UNCOUNTED = Counter(
+    "shortener_clicks_uncounted_total",
+    "Redirects answered (302) whose click was not counted because the replica's Redis refused "
+    "writes while it still answered reads. reason: oom (maxmemory reached under noeviction), "
+    "misconf (an RDB snapshot or AOF write failed), readonly (a read-only Redis replica).",
+    ["reason"],
+)
 LINKS_PUBLISHED = Counter(
     "shortener_links_published_total",
     "Links sent to the links topic by the master, by outcome (acked, failed: left for the "

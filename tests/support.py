@@ -150,7 +150,7 @@ class Replica:
 
     # --- report_clicks --------------------------------------------------------------------
 
-    def start_reporter(self, flush_seconds: float = 3600) -> None:
+    def start_reporter(self, flush_seconds: float = 3600, **extra_env: str) -> None:
         """By default the flush timer never fires within a test: clicks below a hundred are
         reported when the reporter stops (SIGTERM), which the tests do on purpose."""
         assert self.reporter is None or self.reporter.poll() is not None, "already running"
@@ -158,7 +158,8 @@ class Replica:
         self.reporter = subprocess.Popen(
             [sys.executable, "manage.py", "report_clicks",
              "--metrics-port", str(self.reporter_metrics_port)],
-            cwd=ROOT, env={**self.env, "SHORTENER_CLICKS_FLUSH_SECONDS": str(flush_seconds)},
+            cwd=ROOT, env={**self.env, "SHORTENER_CLICKS_FLUSH_SECONDS": str(flush_seconds),
+                           **extra_env},
             stdout=open(self.reporter_log, "ab"), stderr=subprocess.STDOUT,
         )
         # Its metrics port opens just before its signal handlers are installed: from then on a
