@@ -453,5 +453,7 @@ def json_schemas() -> dict[str, dict]:
     schemas = {}
     for stem, kind in kinds.items():
         schema = msgspec.json.schema(kind)
+        for definition in schema["$defs"].values():  # docstrings, without their line breaks
+            definition["description"] = " ".join(definition["description"].split())
         schemas[stem] = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
     return schemas
