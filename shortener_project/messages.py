@@ -329,8 +329,9 @@ def click_report_decode(key: bytes | None, value: bytes | None) -> ClickReport |
     master must not apply, including a key that is not the value's `<incarnation>:<tinyurl>`.
 
     The master decodes every report of every replica (bench/clicks.py): msgspec checks types,
-    ranges and patterns in one C pass, faster than the orjson reader and the Python checks it
-    replaced (docs/records.md gives the figures).
+    ranges and lengths in one C pass, the character sets are three str-method calls; together
+    faster than the orjson reader and the Python checks they replaced (docs/records.md gives
+    the figures).
     """
     if value is None:
         # A tombstone ends a counter's key: the key must still be one (whose counter it ends).
