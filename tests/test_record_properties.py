@@ -317,7 +317,7 @@ def test_replicas_reader_survives_any_record():
     check()
 
 
-def test_settings_unchanged():
+def test_the_largest_expiry_plus_the_keep_time_is_exact_in_lua():
     # The handlers above read SHORTENER_GONE_KEEP_SECONDS: its sum with the largest expires_at
     # stays exact in Lua's doubles (shortener_project/messages.py, EXPIRES_AT_MAX).
     assert messages.EXPIRES_AT_MAX + settings.SHORTENER_GONE_KEEP_SECONDS * 1000 < 2**53
