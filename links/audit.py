@@ -20,12 +20,12 @@ The position and these marks commit in one PostgreSQL transaction, as consume_cl
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import msgspec
 from django.db import transaction
 from kafka import KafkaConsumer
 
@@ -34,8 +34,15 @@ from links.positions import PostgresPositionedConsumer, position_lock
 from links.services import _record  # the encoding the master publishes
 from shortener_project import bus
 from shortener_project.consuming import Record
-from shortener_project.messages import TINYURL_RE, VERSION_MAX, MessageError, link_record_decode
-from shortener_project.metrics import LINKS_AUDITED
+from shortener_project.messages import (
+    TINYURL_RE,
+    VERSION_MAX,
+    LinkRecord,
+    MessageError,
+    Rejected,
+    link_record_decode,
+)
+from shortener_project.metrics import LINKS_AUDITED, records_rejected_report
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +59,20 @@ class AuditResult:
     next_offset: int
 
 
-def _current_state(link: Link) -> dict:
-    record = json.loads(_record(link)[1])
-    return {k: record[k] for k in _STATE_FIELDS}
+def _state(record: LinkRecord) -> tuple:
+    return tuple(getattr(record, name) for name in _STATE_FIELDS)
+
+
+def _current_state(link: Link) -> tuple | None:
+    """The state fields of the record the master would publish for `link` now, as the same
+    type as the topic's records, so that the two compare field by field. None if the master's
+    own record would not pass the type (then no record in the topic can be its current state)."""
+    try:
+        return _state(msgspec.json.decode(_record(link)[1], type=LinkRecord))
+    except msgspec.ValidationError as exc:
+        logger.error("links audit: the current state of %s does not pass the links record "
+                     "type: %s", link.tinyurl, exc)
+        return None
 
 
 def links_audit_batch(
@@ -65,20 +83,24 @@ def links_audit_batch(
     `expected_position`."""
     if not records:
         raise ValueError("empty batch")
-    newest: dict[str, dict | None] = {}  # tinyurl -> its newest record here (None: unreadable)
+    newest: dict[str, LinkRecord | None] = {}  # tinyurl -> its newest record here (None:
+    # unreadable or a tombstone: either way the link's current state is sent again)
+    rejected: list[Rejected] = []
     for rec in records:
         try:
             tinyurl = rec.key.decode() if rec.key is not None else ""
         except UnicodeDecodeError:
             tinyurl = ""
         if not TINYURL_RE.fullmatch(tinyurl):
-            continue  # not a link's key: nothing a replica could serve
+            # Not a link's key: nothing a replica could serve, no link to send again.
+            rejected.append(Rejected(topic=rec.topic, partition=rec.partition, offset=rec.offset,
+                                     reason="key", error="key is not a tinyurl"))
+            continue
         try:
             newest[tinyurl] = link_record_decode(rec.key, rec.value)
         except MessageError as exc:
-            logger.info("links audit: unreadable record for %s topic=%s partition=%s offset=%s: "
-                        "%s; its current state will be sent again", tinyurl, rec.topic,
-                        rec.partition, rec.offset, exc)
+            # Logged and counted after the commit below; the link's state is sent again.
+            rejected.append(Rejected.of(rec, exc))
             newest[tinyurl] = None
     next_offset = records[-1].offset + 1
     current = resend = rebased = 0
@@ -92,27 +114,27 @@ def links_audit_batch(
         for link in links:
             record = newest[link.tinyurl]
             state = _current_state(link)
-            if record is not None and {k: record[k] for k in _STATE_FIELDS} == state:
+            if record is not None and state is not None and _state(record) == state:
                 current += 1
-            elif record is None or record["version"] < link.state_version:
+            elif record is None or record.version < link.state_version:
                 resend_ids.append(link.pk)
                 resend += 1
-            elif record["version"] >= VERSION_MAX:
+            elif record.version >= VERSION_MAX:
                 # Only a forged record gets here (a state changed 2**53 times): no version can
                 # follow it. Producing to the links topic must be kept to the master (Kafka ACLs).
                 logger.error(
                     "links audit: the topic holds version %s of %s, the largest a record may "
                     "carry: no later state can override it; if it was not the master's, restrict "
                     "who may write to the links topic and take the link down by hand",
-                    record["version"], link.tinyurl)
+                    record.version, link.tinyurl)
             else:
                 logger.warning(
                     "links audit: the topic holds version %s of %s, the database version %s with "
                     "another state (was the database restored from a backup?); raising the "
                     "version above the topic's so that replicas take the database's state",
-                    record["version"], link.tinyurl, link.state_version)
+                    record.version, link.tinyurl, link.state_version)
                 Link.objects.filter(pk=link.pk).update(
-                    state_version=record["version"] + 1, published_at=None)
+                    state_version=record.version + 1, published_at=None)
                 rebased += 1
         if resend_ids:
             Link.objects.filter(pk__in=resend_ids, published_at__isnull=False).update(
@@ -122,6 +144,7 @@ def links_audit_batch(
         position.applied += len(records)
         position.skipped_unknown += unknown
         position.save()
+    records_rejected_report(rejected, log=logger)
     if resend or rebased:
         logger.warning("links audit: offsets up to %s: %d link(s) to send again, %d rebased",
                        next_offset - 1, resend, rebased)

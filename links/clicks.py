@@ -30,7 +30,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from django.db import DatabaseError, connection, transaction
@@ -40,11 +40,12 @@ from kafka.errors import OffsetOutOfRangeError
 from links.positions import PostgresPositionedConsumer, position_lock
 from shortener_project import bus
 from shortener_project.consuming import PositionMismatch, Record
-from shortener_project.messages import MessageError, click_report_decode
+from shortener_project.messages import MessageError, Rejected, click_report_decode
 from shortener_project.metrics import (
     CONSUMER_OUT_OF_RANGE,
     CONSUMER_RECORDS,
     CONSUMER_RECORDS_LOST,
+    records_rejected_report,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,29 +81,33 @@ class ClicksBatch:
     earlier: list[tuple[int, str, int, int, int]]
     hours: list[datetime]  # the distinct hours of the batch (UTC, truncated)
     tinyurls: list[str]  # of every valid report, to count those for unknown links
-    malformed: int
+    malformed: int  # len(rejected)
     next_offset: int  # the offset after the batch's last record
+    # The reports that could not be used, logged and counted when the batch is applied.
+    rejected: list[Rejected] = field(default_factory=list)
+    tombstones: int = 0  # null values: ended counters' keys, ignored
 
 
-def report_hour(reported_at: object, *, now: datetime) -> datetime:
+def report_hour(reported_at: datetime, *, now: datetime) -> datetime:
     """The start (UTC) of the hour a report's clicks are charted in.
 
-    reported_at: the report's ISO 8601 time (the replica's clock; UTC assumed if it has no
-    offset). A time after `now` (the master's clock), or one that is missing or cannot be read,
-    counts as `now`: a replica whose clock runs ahead must not fill hours that have not come yet,
-    and a report whose count is valid must not lose its clicks from the chart over its time.
+    reported_at: the report's time (the replica's clock; timezone-aware as the record type
+    requires, UTC assumed if not). now: the master's clock, timezone-aware.
+
+    A time after `now`, or one that has no UTC equivalent, counts as `now`. Clamped, not
+    rejected: the time only places the clicks in the chart, while the count, which the record
+    is for, is valid; a report rejected over its time would lose its clicks if it were its
+    counter's last. A replica whose clock runs ahead must not fill hours that have not come yet,
+    and a time such as 0001-01-01T00:00:00+01:00, valid RFC 3339, lies before the first UTC
+    time Python's datetime (and so this code) can hold: converting it raises OverflowError.
     """
-    when = now
-    if isinstance(reported_at, str):
-        try:
-            parsed = datetime.fromisoformat(reported_at)
-        except ValueError:
-            parsed = None
-        if parsed is not None:
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=timezone.utc)
-            when = min(parsed, now)
-    return when.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    if reported_at.tzinfo is None:
+        reported_at = reported_at.replace(tzinfo=timezone.utc)
+    try:
+        when = reported_at.astimezone(timezone.utc)
+    except OverflowError:
+        when = now
+    return min(when, now).astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
 
 
 def clicks_batch_decode(*, records: Sequence[Record], now: datetime | None = None) -> ClicksBatch:
@@ -110,8 +115,10 @@ def clicks_batch_decode(*, records: Sequence[Record], now: datetime | None = Non
     runs of raising reports per counter and hour (ClicksBatch).
 
     records: kafka-python ConsumerRecords or anything with topic, partition, offset, key and
-    value. now: the master's time for report_hour (default: the current time). Malformed reports
-    are logged with their offset and counted, never raised. Raises ValueError for an empty batch.
+    value. now: the master's time for report_hour (default: the current time). A report that
+    click_report_decode rejects is kept in `rejected` (logged and counted by clicks_batch_apply
+    once its transaction commits, so a retried batch reports it once); a tombstone is ignored.
+    Nothing a record holds makes this raise; ValueError for an empty batch.
     """
     if not records:
         raise ValueError("empty batch")
@@ -123,32 +130,33 @@ def clicks_batch_decode(*, records: Sequence[Record], now: datetime | None = Non
     relabelled: list[list] = []  # counters whose label moved to a node that raised nothing
     hours: list[datetime] = []
     hour_index: dict[datetime, int] = {}
-    # A replica stamps every report of one flush with the same time: one parse per flush.
-    hour_of_text: dict[str, int] = {}
+    # A replica stamps every report of one flush with the same time: one bucketing per flush.
+    hour_of_time: dict[datetime, int] = {}
     tinyurls: list[str] = []
-    malformed = 0
+    rejected: list[Rejected] = []
+    tombstones = 0
     for rec in records:
         try:
             report = click_report_decode(rec.key, rec.value)
         except MessageError as exc:
-            malformed += 1
-            logger.warning("skipping malformed click report topic=%s partition=%s offset=%s: %s",
-                           rec.topic, rec.partition, rec.offset, exc)
+            rejected.append(Rejected.of(rec, exc))  # logged and counted once it is applied
             continue
-        tinyurl = report["tinyurl"]
+        if report is None:  # a tombstone: an ended counter's key (nothing to apply)
+            tombstones += 1
+            continue
+        tinyurl = report.tinyurl
         tinyurls.append(tinyurl)
-        at = report.get("reported_at")
-        hour = hour_of_text.get(at) if at.__class__ is str else None
+        at = report.reported_at
+        hour = hour_of_time.get(at)
         if hour is None:
             when = report_hour(at, now=now)
             hour = hour_index.get(when)
             if hour is None:
                 hours.append(when)
                 hour = hour_index[when] = len(hours)
-            if at.__class__ is str:
-                hour_of_text[at] = hour
-        counter = (tinyurl, report["incarnation"])
-        count, node = report["count"], report["node"]
+            hour_of_time[at] = hour
+        counter = (tinyurl, report.incarnation)
+        count, node = report.count, report.node
         held = counters.get(counter)
         if held is None:
             counters[counter] = [count, node, hour, node, 0, len(counters) + 1]
@@ -170,7 +178,8 @@ def clicks_batch_decode(*, records: Sequence[Record], now: datetime | None = Non
             earlier.append((held[5], held[3], held[2], held[4], held[0]))
             held[3], held[4] = held[1], held[0]
     return ClicksBatch(counters=counters, earlier=earlier, hours=hours, tinyurls=tinyurls,
-                       malformed=malformed, next_offset=records[-1].offset + 1)
+                       malformed=len(rejected), next_offset=records[-1].offset + 1,
+                       rejected=rejected, tombstones=tombstones)
 
 
 def clicks_batch_apply(
@@ -201,6 +210,7 @@ def clicks_batch_apply(
         position.skipped_malformed += batch.malformed
         position.skipped_unknown += unknown
         position.save()
+    records_rejected_report(batch.rejected, log=logger)
     return ClicksBatchResult(applied=applied, raised=raised, skipped_malformed=batch.malformed,
                              skipped_unknown=unknown, next_offset=batch.next_offset)
 

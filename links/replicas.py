@@ -6,7 +6,9 @@ ten minutes of newer ones (shortener_project/bus.py). The admin's replicas page 
 from the start on every view, within SHORTENER_REPLICAS_READ_SECONDS, rather than having a
 consumer fold it into PostgreSQL: nothing more to run, deploy or keep in step, and the page
 shows what Kafka holds at that moment. A replica not heard from for
-SHORTENER_REPLICA_MISSING_SECONDS, by the broker's clock, is shown missing.
+SHORTENER_REPLICA_MISSING_SECONDS, by the broker's clock, is shown missing. A record that is no
+status this code can show is skipped (logged and counted once per process) and the page says how
+many there are.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Protocol
 
 from django.conf import settings
 from kafka import KafkaConsumer, TopicPartition
@@ -23,7 +26,14 @@ from kafka.errors import KafkaError
 
 from links import selectors
 from shortener_project import bus
-from shortener_project.messages import MessageError, ReplicaStatus, replica_status_decode
+from shortener_project.consuming import Record
+from shortener_project.messages import (
+    MessageError,
+    Rejected,
+    ReplicaStatus,
+    replica_status_decode,
+)
+from shortener_project.metrics import records_rejected_report
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +52,7 @@ class ReplicaState:
     @property
     def lag(self) -> int | None:
         """Links-topic records the replica has not applied yet (None: unknown)."""
-        position, end = self.status["links_position"], self.status["links_end"]
+        position, end = self.status.links_position, self.status.links_end
         if end is None:
             return None
         return max(0, end - (position or 0))
@@ -51,7 +61,7 @@ class ReplicaState:
     def state(self) -> str:
         if self.missing:
             return "missing"
-        return "ready" if self.status["ready"] else "not ready"
+        return "ready" if self.status.ready else "not ready"
 
 
 @dataclass(frozen=True)
@@ -59,45 +69,96 @@ class ReplicasView:
     replicas: list[ReplicaState]
     clicks_since: datetime
     error: str | None  # why the statuses could not be read (then `replicas` is empty)
+    rejected: int = 0  # records of the topic that are no status this code can show (skipped)
+
+
+class StatusRecord(Record, Protocol):
+    timestamp: int  # ms since the epoch: the broker's LogAppendTime on the replicas topic
+
+
+@dataclass(frozen=True)
+class Statuses:
+    """What the replicas topic holds: each node's newest status with its broker timestamp, and
+    the records that could not be shown (MessageError), in offset order."""
+
+    newest: dict[str, tuple[ReplicaStatus, datetime]]
+    rejected: list[Rejected]
 
 
 def replica_statuses_read(
     *, timeout: float, reader_factory: Callable[[], KafkaConsumer] = bus.replicas_reader_make
-) -> dict[str, tuple[ReplicaStatus, datetime]]:
+) -> Statuses:
     """The newest status of every node in the replicas topic, with its broker timestamp.
 
-    Reads from the start of every partition to the end offsets taken when it began. Raises
-    KafkaError if Kafka does not answer, TimeoutError if the end is not reached in `timeout`
-    seconds. Malformed records are logged (with their offset) and skipped.
+    Reads from the start of every partition to the end offsets taken when it began. A tombstone
+    (null value) removes its node: the replica is gone. A record that replica_status_decode
+    rejects is skipped and listed in `rejected`. Raises KafkaError if Kafka does not answer,
+    TimeoutError if the end is not reached in `timeout` seconds.
     """
     deadline = time.monotonic() + timeout
     consumer = reader_factory()
+    newest: dict[str, tuple[ReplicaStatus, datetime]] = {}
+    rejected: list[Rejected] = []
     try:
         partitions = consumer.partitions_for_topic(bus.replicas_topic())
         if not partitions:
-            return {}
+            return Statuses(newest=newest, rejected=rejected)
         tps = [TopicPartition(bus.replicas_topic(), p) for p in sorted(partitions)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         ends = consumer.end_offsets(tps)
-        newest: dict[str, tuple[ReplicaStatus, datetime]] = {}
         while any(consumer.position(tp) < ends[tp] for tp in tps):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"the replicas topic was not read within {timeout}s")
             for records in consumer.poll(timeout_ms=int(min(left, 0.5) * 1000)).values():
                 for rec in records:
-                    try:
-                        status = replica_status_decode(rec.key, rec.value)
-                    except MessageError as exc:
-                        logger.warning("skipping malformed replica status topic=%s partition=%s "
-                                       "offset=%s: %s", rec.topic, rec.partition, rec.offset, exc)
-                        continue
-                    seen = datetime.fromtimestamp(rec.timestamp / 1000, tz=timezone.utc)
-                    newest[status["node"]] = (status, seen)
-        return newest
+                    statuses_fold(newest=newest, rejected=rejected, record=rec)
+        return Statuses(newest=newest, rejected=rejected)
     finally:
         consumer.close()
+
+
+def statuses_fold(*, newest: dict[str, tuple[ReplicaStatus, datetime]],
+                  rejected: list[Rejected], record: StatusRecord) -> None:
+    """Fold one replicas-topic record (a kafka-python ConsumerRecord: key, value, and timestamp
+    in ms since the epoch, the broker's LogAppendTime) into `newest` (node -> newest status,
+    broker time), or append it to `rejected`. Raises nothing because of the record's content."""
+    try:
+        status = replica_status_decode(record.key, record.value)
+    except MessageError as exc:
+        rejected.append(Rejected.of(record, exc))
+        return
+    if status is None:  # a tombstone: its key is a node (checked), which is gone
+        newest.pop(record.key.decode(), None)
+        return
+    try:
+        seen = datetime.fromtimestamp(record.timestamp / 1000, tz=timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        # The broker sets it (LogAppendTime); a client-set CreateTime could be anything.
+        rejected.append(Rejected(topic=record.topic, partition=record.partition,
+                                 offset=record.offset, reason="range",
+                                 error=f"record timestamp {record.timestamp!r} is not a time"))
+        return
+    newest[status.node] = (status, seen)
+
+
+# Each view reads the whole topic again: a bad record is logged and counted the first time this
+# process reads it, not on every view (a bounded memory of (topic, partition, offset)).
+_REPORTED_MAX = 10_000
+_reported: dict[tuple[str, int, int], None] = {}
+
+
+def _rejected_report(rejected: list[Rejected]) -> None:
+    new = []
+    for r in rejected:
+        where = (r.topic, r.partition, r.offset)
+        if where not in _reported:
+            _reported[where] = None
+            new.append(r)
+    while len(_reported) > _REPORTED_MAX:
+        del _reported[next(iter(_reported))]
+    records_rejected_report(new, log=logger)
 
 
 def replicas_view(*, now: datetime | None = None, reader_factory: Callable[[], KafkaConsumer]
@@ -112,12 +173,14 @@ def replicas_view(*, now: datetime | None = None, reader_factory: Callable[[], K
         logger.warning("replica statuses could not be read: %r", exc)
         return ReplicasView(replicas=[], clicks_since=clicks_since,
                             error=f"Kafka did not answer: {exc!r}")
+    _rejected_report(statuses.rejected)
     clicks = selectors.clicks_by_node_since(since=clicks_since)
     replicas = []
-    for node, (status, seen) in sorted(statuses.items()):
+    for node, (status, seen) in sorted(statuses.newest.items()):
         ago = max(0.0, (now - seen).total_seconds())
         replicas.append(ReplicaState(
             node=node, status=status, last_seen=seen, seen_seconds_ago=ago,
             missing=ago > settings.SHORTENER_REPLICA_MISSING_SECONDS,
             clicks_recent=clicks.get(node, 0)))
-    return ReplicasView(replicas=replicas, clicks_since=clicks_since, error=None)
+    return ReplicasView(replicas=replicas, clicks_since=clicks_since, error=None,
+                        rejected=len(statuses.rejected))

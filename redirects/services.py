@@ -17,8 +17,8 @@ from redis.commands.core import Script
 
 from redirects import keys
 from shortener_project.consuming import PositionMismatch, Record
-from shortener_project.messages import MessageError, link_record_decode
-from shortener_project.metrics import LINKS_REJECTED
+from shortener_project.messages import MessageError, Rejected, link_record_decode
+from shortener_project.metrics import records_rejected_report
 
 logger = logging.getLogger(__name__)
 
@@ -104,16 +104,6 @@ class BatchResult:
     next_offset: int  # the partition's stored position after this batch
 
 
-def _reject_reason(exc: MessageError) -> str:
-    """A small, fixed set of labels for shortener_links_rejected_total (the message is logged)."""
-    text = str(exc)
-    for reason, marker in (("schema", "schema"), ("json", "JSON"), ("key", "key"),
-                           ("longurl", "longurl"), ("version", "version")):
-        if marker in text:
-            return reason
-    return "invalid"
-
-
 def links_apply_batch(
     *, redis: Redis, partition: int, records: Sequence[Record], expected_position: int | None
 ) -> BatchResult:
@@ -124,8 +114,10 @@ def links_apply_batch(
     nothing; a disabled record is kept as its version alone. With `expires_at`, the key carries
     PEXPIREAT = expires_at + SHORTENER_GONE_KEEP_SECONDS (the redirect answers 410 meanwhile);
     a record already past that is not written. Tombstones carry no version and are ignored.
-    A record that fails link_record_decode is logged with its offset, counted in the stats hash
-    and in shortener_links_rejected_total{reason}, and skipped; the position moves past it.
+    A record that fails link_record_decode is counted in the stats hash in the same Lua step
+    that moves the position past it, then logged once (topic, partition, offset, reason) and
+    counted in shortener_records_rejected_total{topic,reason}. Nothing a record holds makes this
+    raise.
 
     `expected_position` is where this consumer believes the partition stands in Redis (None:
     nothing stored). If Redis holds another position, nothing is written and PositionMismatch
@@ -136,38 +128,35 @@ def links_apply_batch(
     keep_ms = int(settings.SHORTENER_GONE_KEEP_SECONDS * 1000)
     newest: dict[str, tuple[int, str, int]] = {}  # tinyurl -> (version, value, pexpireat)
     stale = ignored = 0
-    rejected: list[tuple[Record, str]] = []
+    rejected: list[Rejected] = []
     for rec in records:
         try:
             record = link_record_decode(rec.key, rec.value)
         except MessageError as exc:
-            rejected.append((rec, _reject_reason(exc)))
-            logger.error(
-                "rejected links record topic=%s partition=%s offset=%s: %s",
-                rec.topic, rec.partition, rec.offset, exc,
-            )
+            rejected.append(Rejected.of(rec, exc))
             continue
         if record is None:  # a tombstone: no version, so nothing it could safely replace
             ignored += 1
             continue
-        version = record["version"]
-        held = newest.get(record["tinyurl"])
+        version = record.version
+        held = newest.get(record.tinyurl)
         if held is not None:
             stale += 1  # one of the two copies is dropped here
             if held[0] > version:
                 continue
-        expires_at = record["expires_at"]
+        expires_at = record.expires_at
         value = keys.link_value_encode(keys.LinkValue(
             version=version, expires_at=expires_at,
-            longurl=record["longurl"] if record["state"] == "active" else None))
-        newest[record["tinyurl"]] = (
+            longurl=record.longurl if record.state == "active" else None))
+        # expires_at <= EXPIRES_AT_MAX (messages.py): plus the keep time, still exact in Lua.
+        newest[record.tinyurl] = (
             version, value, expires_at + keep_ms if expires_at is not None else 0)
 
     next_offset = records[-1].offset + 1
     args: list[str | int] = [
         partition, "" if expected_position is None else expected_position, next_offset,
         keys.link_prefix(), stale, ignored, len(rejected),
-        f"{rejected[-1][0].partition}:{rejected[-1][0].offset}" if rejected else "",
+        f"{rejected[-1].partition}:{rejected[-1].offset}" if rejected else "",
     ]
     for tinyurl, (version, value, pexpireat) in newest.items():
         args += [tinyurl, str(version), value, pexpireat]
@@ -176,8 +165,7 @@ def links_apply_batch(
     if result[0] == b"MISMATCH":
         stored = int(result[1]) if result[1] else None
         raise PositionMismatch(partition, expected_position, stored)
-    for _, reason in rejected:
-        LINKS_REJECTED.labels(reason).inc()
+    records_rejected_report(rejected, log=logger)
     applied, disabled, stale, ignored = (int(n) for n in result)
     return BatchResult(applied=applied, disabled=disabled, stale=stale, ignored=ignored,
                        rejected=len(rejected), next_offset=next_offset)

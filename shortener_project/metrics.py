@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import wraps
+from typing import TYPE_CHECKING
 
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import (
@@ -26,6 +27,9 @@ from prometheus_client import (
     multiprocess,
     start_http_server,
 )
+
+if TYPE_CHECKING:
+    from shortener_project.messages import Rejected
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +70,26 @@ CONSUMER_LAG = Gauge(
     "Records in the partition after the consumer's position (end offset - position).",
     ["topic", "partition"],
 )
-LINKS_REJECTED = Counter(
-    "shortener_links_rejected_total",
-    "Links-topic records a replica could not apply (a bug, or a newer schema): each is logged "
-    "with its offset and shown on /readyz. reason: schema, json, key, longurl, version, invalid.",
-    ["reason"],
+RECORDS_REJECTED = Counter(
+    "shortener_records_rejected_total",
+    "Records a consumer could not use (consume_links, consume_clicks, the master's links audit, "
+    "the admin's replicas page): each is logged once with topic, partition, offset and reason, "
+    "and skipped. reason: shortener_project.messages.REJECT_REASONS (json, schema, key, "
+    "missing, type, range, longurl, state, invalid).",
+    ["topic", "reason"],
 )
+
+
+def records_rejected_report(rejected: Iterable[Rejected], *, log: logging.Logger) -> None:
+    """Log each rejected record once (WARNING: topic, partition, offset, reason, what is wrong)
+    and count it in shortener_records_rejected_total{topic,reason}. Called once the position
+    has moved past the records, so a batch that is retried reports them once."""
+    for r in rejected:
+        log.warning("rejected record topic=%s partition=%s offset=%s reason=%s: %s",
+                    r.topic, r.partition, r.offset, r.reason, r.error)
+        RECORDS_REJECTED.labels(r.topic, r.reason).inc()
+
+
 CONSUMER_OUT_OF_RANGE = Counter(
     "shortener_consumer_out_of_range_total",
     "Times a consumer found its stored position outside the partition's retained range "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -446,18 +445,19 @@ def topic_read(topic: str, partition: int = 0) -> list:
         consumer.close()
 
 
-def click_reports(tinyurl: str) -> list[dict]:
-    """Every click report of `tinyurl` in the clicks topic, in order (decoded JSON)."""
+def click_reports(tinyurl: str) -> list:
+    """Every click report of `tinyurl` in the clicks topic, in order (ClickReports)."""
     from shortener_project import bus
+    from shortener_project.messages import MessageError, click_report_decode
 
     reports = []
     for record in topic_read(bus.clicks_topic()):
         # The session's topic also holds other tests' deliberately malformed reports.
         try:
-            report = json.loads(record.value)
-        except (TypeError, ValueError):
+            report = click_report_decode(record.key, record.value)
+        except MessageError:
             continue
-        if isinstance(report, dict) and report.get("tinyurl") == tinyurl:
+        if report is not None and report.tinyurl == tinyurl:
             reports.append(report)
     return reports
 
@@ -467,6 +467,6 @@ def master_counts(tinyurl: str) -> dict[str, int]:
     `<incarnation>:<tinyurl>` -> the largest count reported."""
     best: dict[str, int] = {}
     for r in click_reports(tinyurl):
-        key = f"{r['incarnation']}:{r['tinyurl']}"
-        best[key] = max(best.get(key, 0), r["count"])
+        key = f"{r.incarnation}:{r.tinyurl}"
+        best[key] = max(best.get(key, 0), r.count)
     return best

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
+from shortener_project.messages import LinkRecord, MessageError, link_record_decode
 from tests.support import topic_read
 
 
@@ -12,16 +11,14 @@ def topic_records(topic: str, partition: int = 0) -> list:
     return topic_read(topic, partition)
 
 
-def _decoded(value: bytes | None) -> dict | bytes | None:
-    if value is None:
-        return None
+def _decoded(key: bytes | None, value: bytes | None) -> LinkRecord | bytes | None:
     try:
-        return json.loads(value)
-    except ValueError:
+        return link_record_decode(key, value)
+    except MessageError:
         return value
 
 
-def link_records(topic: str, tinyurl: str) -> list[dict | bytes | None]:
-    """One link's record values in offset order: JSON decoded, None for a tombstone, the raw
-    bytes for anything that is not JSON."""
-    return [_decoded(r.value) for r in topic_records(topic) if r.key == tinyurl.encode()]
+def link_records(topic: str, tinyurl: str) -> list[LinkRecord | bytes | None]:
+    """One link's records in offset order: the LinkRecord (link_record_decode), None for a
+    tombstone, the raw value for anything the decoder rejects (tests produce such records)."""
+    return [_decoded(r.key, r.value) for r in topic_records(topic) if r.key == tinyurl.encode()]

@@ -16,7 +16,7 @@ from links import services
 from links.audit import LinksAuditor
 from links.models import ConsumerPosition, Link
 from shortener_project import bus
-from shortener_project.messages import link_record_encode
+from shortener_project.messages import LinkRecord, link_record_encode
 from tests.links.kafka_read import link_records
 from tests.support import topic_end, wait_until
 
@@ -54,7 +54,7 @@ def audit_and_resend() -> None:
     services.links_publish_pending()
 
 
-def newest(tinyurl: str) -> dict:
+def newest(tinyurl: str) -> LinkRecord | bytes | None:
     return link_records(bus.links_topic(), tinyurl)[-1]
 
 
@@ -64,11 +64,11 @@ def test_a_stale_copy_after_a_takedown_is_followed_by_the_current_state(relay):
                             created_at=link.created_at)
     services.link_update(link=link, disabled=True)
     produce(*v1)  # the link's earlier record, re-produced verbatim after the takedown
-    assert newest(link.tinyurl)["state"] == "active"
+    assert newest(link.tinyurl).state == "active"
 
     audit_and_resend()
     record = newest(link.tinyurl)
-    assert (record["version"], record["state"]) == (2, "disabled")
+    assert (record.version, record.state) == (2, "disabled")
     assert Link.objects.get(pk=link.pk).published_at is not None
 
 
@@ -83,7 +83,7 @@ def test_a_record_that_is_not_a_current_state_is_followed_by_it(relay, value):
             else value)
     audit_and_resend()
     record = newest(link.tinyurl)
-    assert (record["schema"], record["version"], record["state"]) == (2, 1, "active")
+    assert (record.schema, record.version, record.state) == (2, 1, "active")
 
 
 def test_a_version_from_before_a_database_restore_is_overtaken(relay):
@@ -97,7 +97,7 @@ def test_a_version_from_before_a_database_restore_is_overtaken(relay):
     link.refresh_from_db()
     assert link.state_version == 6
     record = newest(link.tinyurl)
-    assert (record["version"], record["state"], record["longurl"]) == (6, "active", link.longurl)
+    assert (record.version, record.state, record.longurl) == (6, "active", link.longurl)
 
 
 def test_current_records_change_nothing(relay):
@@ -108,8 +108,7 @@ def test_current_records_change_nothing(relay):
     wait_until(audited_to_end, timeout=30, what="the audit to reach the end of the topic")
     assert not Link.objects.filter(published_at__isnull=True).exists()
     assert Link.objects.get(pk=links[0].pk).state_version == 2
-    assert json.dumps(newest(links[0].tinyurl)["expires_at"]) == str(
-        int(expires.timestamp() * 1000))
+    assert newest(links[0].tinyurl).expires_at == int(expires.timestamp() * 1000)
 
 
 def test_republish_links_replaces_schema_1_records_with_current_states(transactional_db):
@@ -128,8 +127,8 @@ def test_republish_links_replaces_schema_1_records_with_current_states(transacti
     out = StringIO()
     call_command("republish_links", stdout=out)
     assert out.getvalue().strip() == "5 sent, 0 failed"
-    assert [(newest(l.tinyurl)["schema"], newest(l.tinyurl)["version"],
-             newest(l.tinyurl)["state"]) for l in links] == [
+    assert [(newest(l.tinyurl).schema, newest(l.tinyurl).version,
+             newest(l.tinyurl).state) for l in links] == [
         (2, 2, "disabled")] + [(2, 1, "active")] * 4
 
 
@@ -156,10 +155,10 @@ def test_the_outbox_relay_service_audits_the_topic(transactional_db, test_data_d
         stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     try:
         produce(*v1)
-        wait_until(lambda: newest(link.tinyurl)["version"] == 2 and
+        wait_until(lambda: newest(link.tinyurl).version == 2 and
                    Link.objects.get(pk=link.pk).published_at is not None, timeout=60,
                    what="the relay to send the current state after the stale copy")
-        assert newest(link.tinyurl)["state"] == "disabled"
+        assert newest(link.tinyurl).state == "disabled"
     finally:
         relay.send_signal(signal.SIGTERM)
         assert relay.wait(30) == 0, log.read_text()

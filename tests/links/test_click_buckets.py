@@ -135,32 +135,39 @@ def test_replaying_the_clicks_topic_from_offset_0_changes_no_bucket(transactiona
 
 def test_report_hour():
     now = datetime(2026, 5, 1, 12, 30, tzinfo=timezone.utc)
-    assert report_hour("2026-05-01T10:59:59.999+00:00", now=now) == datetime(
+    at = datetime.fromisoformat
+    assert report_hour(at("2026-05-01T10:59:59.999+00:00"), now=now) == datetime(
         2026, 5, 1, 10, tzinfo=timezone.utc)
-    assert report_hour("2026-05-01T12:10:00+02:00", now=now) == datetime(
+    assert report_hour(at("2026-05-01T12:10:00+02:00"), now=now) == datetime(
         2026, 5, 1, 10, tzinfo=timezone.utc)
-    assert report_hour("2026-05-01T09:10:00", now=now) == datetime(  # no offset: UTC
+    assert report_hour(at("2026-05-01T09:10:00"), now=now) == datetime(  # no offset: UTC
         2026, 5, 1, 9, tzinfo=timezone.utc)
-    # The future (a replica's clock running ahead), garbage, or nothing: the master's hour.
-    for bad in ("2026-05-01T15:00:00+00:00", "yesterday", None, 17):
-        assert report_hour(bad, now=now) == datetime(2026, 5, 1, 12, tzinfo=timezone.utc)
+    # The future (a replica's clock running ahead), or a time before the first UTC time a
+    # datetime holds (issue 16, example 2: OverflowError before): the master's hour.
+    for bad in ("2026-05-01T15:00:00+00:00", "0001-01-01T00:00:00+01:00"):
+        assert report_hour(at(bad), now=now) == datetime(2026, 5, 1, 12, tzinfo=timezone.utc)
+    assert report_hour(at("0001-01-01T01:00:00+01:00"), now=now) == datetime(
+        1, 1, 1, tzinfo=timezone.utc)
 
 
-def test_decode_charts_a_future_or_unreadable_time_in_the_masters_hour():
+def test_decode_charts_a_future_or_unplaceable_time_in_the_masters_hour_and_rejects_no_time():
     now = datetime(2026, 5, 1, 12, 30, tzinfo=timezone.utc)
     t = "aBcDeF1"
     key, value = click_report_encode(tinyurl=t, node="n", incarnation="i1", count=1,
                                      reported_at=datetime(2026, 5, 1, 9, 59, tzinfo=timezone.utc))
     records = [Rec(0, key, value)]
     for offset, (incarnation, at) in enumerate(
-            [("i2", '"2026-05-01T18:00:00+00:00"'), ("i3", '"soon"'), ("i4", None)], start=1):
+            [("i2", '"2026-05-01T18:00:00+00:00"'), ("i3", '"0001-01-01T00:00:00+01:00"'),
+             ("i4", '"soon"'), ("i5", None)], start=1):
         body = (f'{{"schema":2,"tinyurl":"{t}","node":"n","incarnation":"{incarnation}",'
                 f'"count":1' + (f',"reported_at":{at}}}' if at else "}"))
         records.append(Rec(offset, f"{incarnation}:{t}".encode(), body.encode()))
     batch = clicks_batch_decode(records=records, now=now)
     assert batch.hours == [datetime(2026, 5, 1, 9, tzinfo=timezone.utc),
                            datetime(2026, 5, 1, 12, tzinfo=timezone.utc)]
-    assert [batch.hours[e[2] - 1].hour for e in batch.counters.values()] == [9, 12, 12, 12]
+    assert [batch.hours[e[2] - 1].hour for e in batch.counters.values()] == [9, 12, 12]
+    # A time that is no RFC 3339 time, or none: the record does not match its type.
+    assert [(r.offset, r.reason) for r in batch.rejected] == [(3, "range"), (4, "missing")]
 
 
 def test_nodes_and_incarnations_spelled_null_are_names_not_nulls(transactional_db):

@@ -163,8 +163,8 @@ def test_consume_clicks_skips_poison_and_unknown_reports_and_keeps_running(
     assert (after[0] - before[0], after[1] - before[1]) == (2, 1)
     assert clicks_consumer.alive()
     output = clicks_consumer.output()
-    assert "skipping malformed click report" in output
-    assert "unknown schema 1" in output
+    assert f"rejected record topic={bus.clicks_topic()} partition=0" in output
+    assert "reason=schema" in output
     wait_until(lambda: sample(scrape(f"http://127.0.0.1:{clicks_consumer.metrics_port}/metrics"),
                               "shortener_consumer_records_total", topic=bus.clicks_topic(),
                               outcome="skipped") == 2, timeout=10, what="the skipped metric")

@@ -126,4 +126,4 @@ def test_a_wait_that_ends_first_keeps_the_producer_and_its_records_in_flight(
     assert bus._producer is producer
     topic_create(bus.links_topic())
     future.get(timeout=25)
-    assert link_records(bus.links_topic(), link.tinyurl)[-1]["version"] == 1
+    assert link_records(bus.links_topic(), link.tinyurl)[-1].version == 1

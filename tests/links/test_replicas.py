@@ -26,8 +26,8 @@ def test_status_round_trip_and_bad_statuses():
     key, value = replica_status_encode(**STATUS)
     assert key == b"10.0.0.7"
     status = replica_status_decode(key, value)
-    assert {k: status[k] for k in ("node", "links_position", "links_end", "ready", "reason",
-                                   "incarnation", "redirects", "version")} == {
+    assert {k: getattr(status, k) for k in ("node", "links_position", "links_end", "ready",
+                                            "reason", "incarnation", "redirects", "version")} == {
         k: v for k, v in STATUS.items() if k != "reported_at"}
     good = json.loads(value)
     for change in ({"schema": 2}, {"node": "a b"}, {"links_end": -1}, {"redirects": True},
@@ -36,7 +36,8 @@ def test_status_round_trip_and_bad_statuses():
             replica_status_decode(key, json.dumps({**good, **change}).encode())
     with pytest.raises(MessageError):
         replica_status_decode(b"another", value)
-    for raw in (None, b"not json", b"[]"):
+    assert replica_status_decode(key, None) is None  # a tombstone: the replica is gone
+    for raw in (b"not json", b"[]"):
         with pytest.raises(MessageError):
             replica_status_decode(key, raw)
     with pytest.raises(ValueError):

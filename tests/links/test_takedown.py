@@ -57,9 +57,9 @@ def test_takedown_and_put_back_publish_versioned_records(transactional_db, admin
 
     records = link_records(bus.links_topic(), link.tinyurl)
     assert None not in records, "no tombstones"
-    assert [(r["version"], r["state"], r["longurl"]) for r in records] == [
+    assert [(r.version, r.state, r.longurl) for r in records] == [
         (1, "active", longurl), (2, "disabled", None), (3, "active", longurl)]
-    assert all(r["schema"] == 2 and r["expires_at"] is None for r in records)
+    assert all(r.schema == 2 and r.expires_at is None for r in records)
     link.refresh_from_db()
     assert (link.state_version, link.disabled_at) == (3, None)
     assert link.published_at is not None
@@ -78,12 +78,12 @@ def test_a_slow_send_of_an_older_state_never_marks_published(transactional_db):
 
     services.link_publish(link=stale)  # really sent and acknowledged, but an older state
     assert Link.objects.get(pk=link.pk).published_at is None
-    assert link_records(bus.links_topic(), link.tinyurl)[-1]["version"] == 1
+    assert link_records(bus.links_topic(), link.tinyurl)[-1].version == 1
 
     assert services.links_publish_pending() == (1, 0)  # the outbox sends the current state
     assert Link.objects.get(pk=link.pk).published_at is not None
     newest = link_records(bus.links_topic(), link.tinyurl)[-1]
-    assert (newest["version"], newest["state"]) == (2, "disabled")
+    assert (newest.version, newest.state) == (2, "disabled")
 
 
 def test_link_update_publishes_a_new_target_and_expiry(transactional_db):
@@ -94,7 +94,7 @@ def test_link_update_publishes_a_new_target_and_expiry(transactional_db):
     services.link_update(link=link, longurl="https://example.com/after", expires_at=expires)
     assert (link.state_version, link.longurl) == (2, "https://example.com/after")
     newest = link_records(bus.links_topic(), link.tinyurl)[-1]
-    assert (newest["version"], newest["longurl"], newest["expires_at"]) == (
+    assert (newest.version, newest.longurl, newest.expires_at) == (
         2, "https://example.com/after", int(expires.timestamp() * 1000))
     # The same values again are no change: nothing bumped, nothing sent.
     end = len(link_records(bus.links_topic(), link.tinyurl))

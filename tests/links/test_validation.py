@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 
 from links.services import longurl_validate, tinyurl_generate
 from shortener_project.messages import (
+    LinkRecord,
     MessageError,
     link_record_decode,
     link_record_encode,
@@ -44,9 +45,10 @@ def test_link_record_round_trip():
                                     created_at=datetime(2026, 1, 2, tzinfo=timezone.utc),
                                     expires_at=datetime(2027, 1, 1, tzinfo=timezone.utc))
     record = link_record_decode(key, value)
-    assert record == {"schema": 2, "tinyurl": "abcDEF1", "version": 3, "state": "active",
-                      "longurl": "https://xn--e1afmkfd.xn--p1ai/", "expires_at": 1798761600000,
-                      "created_at": "2026-01-02T00:00:00+00:00"}
+    assert record == LinkRecord(schema=2, tinyurl="abcDEF1", version=3, state="active",
+                                longurl="https://xn--e1afmkfd.xn--p1ai/",
+                                expires_at=1798761600000,
+                                created_at=datetime(2026, 1, 2, tzinfo=timezone.utc))
 
 
 def test_disabled_record_carries_no_longurl():
@@ -54,14 +56,15 @@ def test_disabled_record_carries_no_longurl():
                                     created_at=datetime(2026, 1, 2, tzinfo=timezone.utc),
                                     disabled=True)
     record = link_record_decode(key, value)
-    assert (record["state"], record["longurl"], record["version"]) == ("disabled", None, 2)
+    assert (record.state, record.longurl, record.version) == ("disabled", None, 2)
 
 
 def test_tombstone_decodes_to_none():
     assert link_record_decode(b"abcDEF1", None) is None
 
 
-V2 = '"schema":2,"tinyurl":"abcDEF1","version":1,"state":"active","expires_at":null'
+V2 = ('"schema":2,"tinyurl":"abcDEF1","version":1,"state":"active","expires_at":null,'
+      '"created_at":"2026-01-01T00:00:00+00:00"')
 
 
 @pytest.mark.parametrize("key,value", [
@@ -95,4 +98,4 @@ def test_malformed_records_are_rejected(key, value):
 def test_a_good_v2_record_passes():
     # The template the malformed cases above change one thing of.
     record = link_record_decode(b"abcDEF1", ('{' + V2 + ',"longurl":"https://x.com"}').encode())
-    assert record["version"] == 1
+    assert record.version == 1

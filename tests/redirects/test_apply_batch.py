@@ -41,8 +41,8 @@ def redis(replica_factory):
 
 def test_batch_writes_links_position_and_counters_together(redis):
     def rejected(reason: str) -> float:
-        return REGISTRY.get_sample_value("shortener_links_rejected_total",
-                                         {"reason": reason}) or 0.0
+        return REGISTRY.get_sample_value("shortener_records_rejected_total",
+                                         {"topic": "test", "reason": reason}) or 0.0
 
     before = rejected("json")
     batch = [rec(0, "aaaaaa1", 1, "https://a.example/1"), Rec(1, b"aaaaaa2", b"junk"),

@@ -187,7 +187,7 @@ def test_a_node_renamed_over_the_same_redis_reports_the_same_counters(replica_fa
     replica.click(tinyurl, 20)
     assert replica.stop_reporter() == 0
     assert master_counts(tinyurl) == {f"{incarnation}:{tinyurl}": 150}
-    assert {r["node"] for r in click_reports(tinyurl)} == {replica.name, "renamed-node"}
+    assert {r.node for r in click_reports(tinyurl)} == {replica.name, "renamed-node"}
 
 
 def test_two_hosts_sharing_one_redis_report_the_same_counters(replica_factory):

@@ -146,7 +146,7 @@ def test_records_a_replica_cannot_apply_are_logged_counted_and_shown(master, rep
         # (A record with no key never gets this far: a compacted topic refuses it.)
         (b"abcDEF4", json.dumps({"schema": 2, "tinyurl": "abcDEF4", "version": 1,
                                  "state": "active", "longurl": "javascript:alert(1)",
-                                 "expires_at": None, "created_at": "2026-01-01T00:00:00"}
+                                 "expires_at": None, "created_at": "2026-01-01T00:00:00Z"}
                                 ).encode()),
         # A schema-1 record (no version) cannot be ordered against versioned state.
         (b"abcDEF5", b'{"schema": 1, "tinyurl": "abcDEF5", "longurl": "https://x.com/5"}'),
@@ -162,16 +162,17 @@ def test_records_a_replica_cannot_apply_are_logged_counted_and_shown(master, rep
     assert replica.get("abcDEF1").status_code == 404
     assert replica.get("abcDEF4").status_code == 404
     # Logged with its offset...
-    assert f"rejected links record topic={bus.links_topic()} partition=0 offset={offsets[-1]}" \
-        in replica.consumer_output()
+    assert (f"rejected record topic={bus.links_topic()} partition=0 offset={offsets[-1]} "
+            "reason=schema") in replica.consumer_output()
     # ...counted in a metric, by reason...
     metrics = scrape(f"http://127.0.0.1:{replica.consumer_metrics_port}/metrics")
     rejected = {dict(labels)["reason"]: value for (name, labels), value in metrics.items()
-                if name == "shortener_links_rejected_total"}
+                if name == "shortener_records_rejected_total"
+                and dict(labels)["topic"] == bus.links_topic()}
     # (This process read the whole topic: earlier tests' poison is in these counts too.)
     assert sum(rejected.values()) == replica.stats()["rejected"]
     assert all(rejected.get(reason, 0) >= n for reason, n in
-               {"json": 2, "schema": 2, "key": 1, "longurl": 1}.items()), rejected
+               {"json": 1, "type": 1, "schema": 2, "key": 1, "longurl": 1}.items()), rejected
     # ...and shown on /readyz, which stays ready: the other links are served.
     status, body = replica.readyz()
     assert status == 200
