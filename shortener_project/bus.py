@@ -198,12 +198,12 @@ def topic_specs() -> list[TopicSpec]:
                 # down to its hundred) before the exact count of the next flush; a reporter
                 # restart sends its unacknowledged reports again the same way; two reporters on
                 # one Redis claim the same counter in turn and their sends can land in either
-                # order. tests/links/test_clicks.py shows compaction keeping a lower count
-                # that landed last. What holds: the master applies every report it reads with
-                # max(), so its totals never go down (test: an older report after a newer one);
-                # only a reader that starts from the compacted topic's beginning (the master
-                # with its stored position lost) can take the lower count, until the counter's
-                # next report, which carries its current count.
+                # order. What holds (tests/links/test_clicks_order.py): the master applies every
+                # report it reads with max() over the counts it keeps in PostgreSQL, so its
+                # totals never go down, whatever the order, replays from offset 0 included;
+                # compaction keeps a lower count that landed last, so only a master that starts
+                # over from the compacted topic alone (its counters lost) takes that lower
+                # count, until the counter's next report, which carries its current count.
                 "cleanup.policy": "compact",
                 **durability,
             },
