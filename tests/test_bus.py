@@ -69,8 +69,9 @@ def test_no_setting_restates_a_default():
     for key, value in bus.CONSUMER_BASE.items():
         assert KafkaConsumer.DEFAULT_CONFIG[key] != value, key
     for topic, clients in bus.topic_client_settings().items():
-        for kind, defaults, base in (("producers", KafkaProducer.DEFAULT_CONFIG, bus.PRODUCER_BASE),
-                                     ("consumers", KafkaConsumer.DEFAULT_CONFIG, bus.CONSUMER_BASE)):
+        for kind, defaults, base in (
+                ("producers", KafkaProducer.DEFAULT_CONFIG, bus.PRODUCER_BASE),
+                ("consumers", KafkaConsumer.DEFAULT_CONFIG, bus.CONSUMER_BASE)):
             for own in clients[kind]:
                 assert not set(own) & IDENTITY
                 for key, value in own.items():
@@ -103,7 +104,8 @@ FACTORIES = {
     "links audit consumer": (bus.links_audit_consumer_make, bus.CONSUMER_BASE,
                              bus.links_audit_consumer_settings),
     "clicks consumer": (bus.clicks_consumer_make, bus.CONSUMER_BASE, bus.clicks_consumer_settings),
-    "links end reader": (bus.links_end_reader_make, bus.CONSUMER_BASE, bus.links_end_reader_settings),
+    "links end reader": (bus.links_end_reader_make, bus.CONSUMER_BASE,
+                         bus.links_end_reader_settings),
     "replicas reader": (bus.replicas_reader_make, bus.CONSUMER_BASE, bus.replicas_reader_settings),
 }
 
