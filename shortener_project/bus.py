@@ -153,8 +153,10 @@ def topic_specs() -> list[TopicSpec]:
             # ONE partition. Every replica is its own consumer group and reads every partition with
             # a single consumer, so more partitions would add no read parallelism, only more
             # positions to track per replica. One partition carries far more than the master
-            # produces (a partition takes tens of MB/s; a link record is ~150 bytes), and it gives
-            # all links one order, so "caught up" is one offset comparison.
+            # produces: a bare kafka-python consumer read one at 107,000-145,000 link records/s
+            # on this project's 2-core machine (records of ~200 bytes; docs/performance.md,
+            # bench/catchup.py), against /create's at most 414 a second measured there. It gives all
+            # links one order, so "caught up" is one offset comparison.
             partitions=1,
             replication_factor=rf,
             configs={
@@ -176,8 +178,8 @@ def topic_specs() -> list[TopicSpec]:
             # interval) / (flush interval), a milestone being a counter passing a multiple of 100;
             # so at most redirects/s / 100 + min(redirects/s, distinct links / flush interval).
             # E.g. 2,000 redirects/s over 5,000 links with the 10 s flush: 20 + 500 reports/s of
-            # ~200 bytes. One partition takes tens of MB/s; the one consumer is the limit (its
-            # rate is measured in docs/performance.md).
+            # ~200 bytes. The one consumer is the limit, not the partition: a bare read of the
+            # topic is faster than consume_clicks' apply (both measured in docs/performance.md).
             # The partition count must never grow: the producer's default partitioner picks
             # murmur2(key) modulo the partition count (kafka-python 3.0.12,
             # kafka/partitioner/default.py), so adding partitions sends a counter's later
