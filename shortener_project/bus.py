@@ -154,9 +154,9 @@ def topic_specs() -> list[TopicSpec]:
             # a single consumer, so more partitions would add no read parallelism, only more
             # positions to track per replica. One partition carries far more than the master
             # produces: a bare kafka-python consumer read one at 107,000-145,000 link records/s
-            # on this project's 2-core machine (records of ~200 bytes; docs/performance.md,
-            # bench/catchup.py), against /create's at most 414 a second measured there. It gives all
-            # links one order, so "caught up" is one offset comparison.
+            # on a 2-core machine (records of ~200 bytes; docs/performance.md, bench/catchup.py),
+            # against /create's at most 414 a second measured there. It gives all links one
+            # order, so "caught up" is one offset comparison.
             partitions=1,
             replication_factor=rf,
             configs={
