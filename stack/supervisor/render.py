@@ -25,7 +25,8 @@ LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
 # A process that exits is restarted. One that exits within STARTSECS of its start counts as a
 # failed start: supervisord waits 1 s, 2 s, 3 s ... before the next try (its back-off, one
 # second more per failure) and gives up when its STARTRETRIES-th retry in a row fails too (the
-# program is then FATAL and stays down, the rest keeps running). One that ran longer is restarted at once.
+# program is then FATAL and stays down, the rest keeps running). One that ran longer is
+# restarted at once.
 # Source: supervisor 4.3.0, supervisor/process.py (Subprocess.transition and change_state:
 # backoff += 1, delay = now + backoff; FATAL once backoff > startretries).
 STARTSECS = 5
