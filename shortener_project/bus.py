@@ -7,8 +7,12 @@ count, a conscious delivery guarantee per topic, and fewer than ten settings per
     client's own), which holds the settings that every client of that kind shares, once;
   * per topic, only the settings that differ from the defaults are written: the topic's
     configs (TopicSpec.configs) and its clients' settings beyond their base
-    (`topic_client_settings`). tests/test_bus.py counts them (fewer than ten per topic) and
-    checks that none restates a default;
+    (`topic_client_settings`). tests/test_bus.py counts them, fewer than ten per topic: its
+    configs, plus the distinct settings of its producer(s), plus those of its consumer(s)
+    (links 8, clicks 7, replicas 9; with replication factor >= 2, links 9 and clicks 8). The
+    bases, three producer and four consumer settings, are counted once on their own; a
+    client's address and names (bootstrap_servers, client_id, group_id) are not settings of
+    how it behaves. The test also checks that none restates a default;
   * the defaults relied on come from Kafka 4.1's documentation ("Topic-Level Configs"; the
     broker that `make up` and the tests run is Kafka 4.1.1, and tests/test_bus.py compares
     KAFKA_TOPIC_DEFAULTS with what it reports for a topic made without configs) and from
@@ -18,7 +22,8 @@ count, a conscious delivery guarantee per topic, and fewer than ten settings per
 docs/delivery-guarantees.md tells the whole story with measured figures.
 
 Durability, links and clicks topics. A producer's ack (acks=all, kafka-python's default) means
-"every in-sync replica has the record" in its page cache; Kafka does not fsync each record. With
+"every in-sync replica has the record" in its page cache; Kafka does not fsync each record
+(flush.messages and flush.ms default to never: KAFKA_TOPIC_DEFAULTS). With
 the assignment's single broker (replication factor 1) that is one copy: losing that broker's
 disk, or its operating system crashing before the cache reaches the disk, loses acknowledged
 records. What heals it: for links, the master's PostgreSQL is the truth and `manage.py
@@ -103,6 +108,9 @@ KAFKA_TOPIC_DEFAULTS = {
     "retention.ms": "604800000",  # 7 days
     "segment.ms": "604800000",  # 7 days
     "message.timestamp.type": "CreateTime",
+    # Not set here; quoted for the durability note above: no fsync per record or per interval.
+    "flush.messages": "9223372036854775807",
+    "flush.ms": "9223372036854775807",
 }
 
 
