@@ -1,18 +1,37 @@
 """Kafka for this project: topic names, topic and client settings, and the clients built from them.
 
 The assignment asks for a reason beside every Kafka setting, an explicit and justified partition
-count, and a conscious delivery guarantee per topic: they are here, where they are set, and
+count, a conscious delivery guarantee per topic, and fewer than ten settings per topic. So:
+
+  * every client is built from one base per kind (PRODUCER_BASE, CONSUMER_BASE; the admin
+    client's own), which holds the settings that every client of that kind shares, once;
+  * per topic, only the settings that differ from the defaults are written: the topic's
+    configs (TopicSpec.configs) and its clients' settings beyond their base
+    (`topic_client_settings`). tests/test_bus.py counts them, fewer than ten per topic: its
+    configs, plus the distinct settings of its producer(s), plus those of its consumer(s)
+    (links 8, clicks 7, replicas 9; with replication factor >= 2, links 9 and clicks 8). The
+    bases, three producer and four consumer settings, are counted once on their own; a
+    client's address and names (bootstrap_servers, client_id, group_id) are not settings of
+    how it behaves. The test also checks that none restates a default;
+  * the defaults relied on come from Kafka 4.1's documentation ("Topic-Level Configs"; the
+    broker that `make up` and the tests run is Kafka 4.1.1, and tests/test_bus.py compares
+    KAFKA_TOPIC_DEFAULTS with what it reports for a topic made without configs) and from
+    kafka-python 3.0.12's source (KafkaProducer.DEFAULT_CONFIG in kafka/producer/kafka.py,
+    KafkaConsumer.DEFAULT_CONFIG in kafka/consumer/group.py; the test reads them there).
+
 docs/delivery-guarantees.md tells the whole story with measured figures.
 
-Durability, both topics. A producer's ack (acks=all) means "every in-sync replica has the record"
-in its page cache; Kafka does not fsync each record. With the assignment's single broker
-(replication factor 1) that is one copy: losing that broker's disk, or its operating system
-crashing before the cache reaches the disk, loses acknowledged records. What heals it: for links,
-the master's PostgreSQL is the truth and `manage.py republish_links` re-sends every link's
-current state; for clicks, the totals the master already applied are in PostgreSQL, and a lost
-report is replaced by its counter's next one (see the delivery document for what that leaves).
-With replication factor >= 2 the topics require min.insync.replicas=2, so an ack means at least
-two brokers have the record, and unclean leader election is off, so a replica that missed
+Durability, links and clicks topics. A producer's ack (acks=all, kafka-python's default) means
+"every in-sync replica has the record" in its page cache; Kafka does not fsync each record
+(flush.messages and flush.ms default to never: KAFKA_TOPIC_DEFAULTS). With
+the assignment's single broker (replication factor 1) that is one copy: losing that broker's
+disk, or its operating system crashing before the cache reaches the disk, loses acknowledged
+records. What heals it: for links, the master's PostgreSQL is the truth and `manage.py
+republish_links` re-sends every link's current state; for clicks, the totals the master already
+applied are in PostgreSQL, and a lost report is replaced by its counter's next one (see the
+delivery document for what that leaves). With replication factor >= 2 the topics require
+min.insync.replicas=2, so an ack means at least two brokers have the record; unclean leader
+election is off (Kafka's default, checked by `manage.py kafka_topics`), so a replica that missed
 acknowledged records never becomes the leader.
 
 Links topic, <user>-links: AT-LEAST-ONCE into a versioned apply (a replica ends in the state the
@@ -25,15 +44,19 @@ master holds, whatever it missed, replayed or received late):
     compaction drops after delete.retention.ms);
   * the master publishes after its commit and waits for the ack; until then the link stays
     marked unpublished and the outbox relay sends it again;
-  * compaction keeps each key's newest *offset*, not its newest version: the relay also reads
-    the topic and sends a link's current state again whenever an older one lands after it
-    (links/audit.py), so a replica reading the topic from the start later gets it too.
+  * compaction keeps the record with the highest *offset* of each key, not the highest version
+    (Kafka documentation, Design, "Log Compaction": "Kafka will always retain at least the last
+    known value for each message key"): the relay also reads the topic and sends a link's
+    current state again whenever an older one lands after it (links/audit.py), so a replica
+    reading the topic from the start later gets it too.
 Clicks topic, <user>-clicks: AT-LEAST-ONCE of absolute counts into a max() apply:
   * a report is a counter's absolute value, keyed by the counter (`<incarnation>:<tinyurl>`,
     one life of one replica's Redis); the master keeps the largest value per counter, so a
-    duplicate or an old report adds nothing and a lost report is healed by the next one;
-  * the topic is compacted: it keeps the newest report of every counter, which is exactly what
-    the master needs, so its totals survive consume_clicks being down for any length of time.
+    duplicate or an out-of-date report, in any order, never lowers a total and a lost report is
+    healed by the next one;
+  * the topic is compacted: it keeps the report with the highest offset of every counter, so the
+    master's totals survive consume_clicks being down for any length of time. That report is
+    not always the counter's largest count: see the topic's block below for what holds.
 Replicas topic, <user>-replicas: AT MOST ONCE, snapshots (see the block "replicas topic" below).
 """
 
@@ -42,6 +65,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 from kafka import KafkaConsumer, KafkaProducer
@@ -74,57 +98,86 @@ def links_group() -> str:
 
 # --- topics ---------------------------------------------------------------------------------
 
+# Kafka's defaults of the topic configs this module sets or relies on: Kafka 4.1 documentation,
+# "Topic-Level Configs" (each entry's "Default"). tests/test_bus.py checks them against the
+# broker (a topic created without configs) and that no TopicSpec.configs entry restates one.
+KAFKA_TOPIC_DEFAULTS = {
+    "cleanup.policy": "delete",
+    "min.insync.replicas": "1",
+    "unclean.leader.election.enable": "false",
+    "retention.ms": "604800000",  # 7 days
+    "segment.ms": "604800000",  # 7 days
+    "message.timestamp.type": "CreateTime",
+    # Not set here; quoted for the durability note above: no fsync per record or per interval.
+    "flush.messages": "9223372036854775807",
+    "flush.ms": "9223372036854775807",
+}
+
 
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
     partitions: int
     replication_factor: int
-    # Topic-level configs; `manage.py kafka_topics` checks and repairs exactly these.
+    # Topic-level configs set on the topic (each differs from KAFKA_TOPIC_DEFAULTS).
     configs: dict[str, str] = field(default_factory=dict)
+    # Kafka defaults the design relies on. Not set on the topic (that would restate a default);
+    # `manage.py kafka_topics` checks the effective value, which a broker-wide override could
+    # change, and sets it on the topic only then.
+    relied: dict[str, str] = field(default_factory=dict)
+
+    def expected(self) -> dict[str, str]:
+        """Every config `kafka_topics` checks: the relied-on defaults and the configs set."""
+        return {**self.relied, **self.configs}
 
 
-def _durability() -> dict[str, str]:
-    """The settings both topics share, for the configured replication factor."""
+def _durability() -> tuple[dict[str, str], dict[str, str]]:
+    """(configs, relied) that the links and clicks topics share, for the replication factor."""
     rf = settings.KAFKA_REPLICATION_FACTOR
-    return {
-        # An acks=all write succeeds only once this many replicas have it. 2 for any replication
-        # factor >= 2: an acknowledged record then survives the loss of any one broker. The price,
-        # with exactly 2 replicas, is that one broker down stops all writes (/create answers 503,
-        # reports wait in Redis) rather than acknowledging records held by one copy. With one
-        # broker (the assignment's cluster) it must be 1, stated so that a broker-wide default of
-        # 2 cannot make the topic unwritable.
-        "min.insync.replicas": str(min(2, rf)),
+    relied = {
         # A replica that fell out of sync must never become the leader: it would lack records
         # that were acknowledged, and the log would be truncated to its copy (acknowledged links
-        # and reports silently gone). Without a leader the partition is unavailable instead, until
-        # an in-sync replica returns. (Kafka's default is false; stated so that a broker-wide
-        # override does not apply. With one replica there is no other to elect.)
+        # and reports silently gone). Without a leader the partition is unavailable instead,
+        # until an in-sync replica returns. With one replica there is no other to elect.
         "unclean.leader.election.enable": "false",
     }
+    # An acks=all write succeeds only once this many replicas have it. 2 for any replication
+    # factor >= 2: an acknowledged record then survives the loss of any one broker. The price,
+    # with exactly 2 replicas, is that one broker down stops all writes (/create answers 503,
+    # reports wait in Redis) rather than acknowledging records held by one copy. With one broker
+    # (the assignment's cluster) it must be 1, the default: relied on, so that a broker-wide
+    # default of 2 is noticed rather than making the topic unwritable.
+    if rf >= 2:
+        return {"min.insync.replicas": "2"}, relied
+    return {}, {**relied, "min.insync.replicas": "1"}
 
 
 def topic_specs() -> list[TopicSpec]:
     rf = settings.KAFKA_REPLICATION_FACTOR
+    durability, relied = _durability()
     return [
         TopicSpec(
             name=links_topic(),
             # ONE partition. Every replica is its own consumer group and reads every partition with
             # a single consumer, so more partitions would add no read parallelism, only more
             # positions to track per replica. One partition carries far more than the master
-            # produces (a partition takes tens of MB/s; a link record is ~150 bytes), and it gives
-            # all links one order, so "caught up" is one offset comparison.
+            # produces: a bare kafka-python consumer read one at 107,000-145,000 link records/s
+            # on a 2-core machine (records of ~200 bytes; docs/performance.md, bench/catchup.py),
+            # against /create's at most 414 a second measured there. It gives all links one
+            # order, so "caught up" is one offset comparison.
             partitions=1,
             replication_factor=rf,
             configs={
-                # Compaction keeps the newest record of every key (tinyurl) forever and drops
-                # older ones: the topic *is* every link's current state, as the assignment
-                # assumes, and stays so past any time-based retention. A new replica reads it
-                # from the start. A takedown is a record too ("disabled"), so it is kept like any
-                # other state: a taken-down link costs one small record, however long ago.
+                # Compaction keeps, for every key (tinyurl), at least its record with the highest
+                # offset, forever (Kafka documentation, Design, "Log Compaction"), and drops
+                # older ones: the topic is every link's last published state, as the assignment
+                # assumes, and stays so past any time-based retention (the default "delete"
+                # removes segments after retention.ms). A new replica reads it from the start.
+                # A takedown is a record too ("disabled"), so it is kept like any other state.
                 "cleanup.policy": "compact",
-                **_durability(),
+                **durability,
             },
+            relied=relied,
         ),
         TopicSpec(
             name=clicks_topic(),
@@ -133,21 +186,38 @@ def topic_specs() -> list[TopicSpec]:
             # interval) / (flush interval), a milestone being a counter passing a multiple of 100;
             # so at most redirects/s / 100 + min(redirects/s, distinct links / flush interval).
             # E.g. 2,000 redirects/s over 5,000 links with the 10 s flush: 20 + 500 reports/s of
-            # ~200 bytes. One partition takes tens of MB/s; the one consumer is the limit (its
-            # rate is measured in docs/performance.md). Keyed by counter, so should partitions
-            # ever be added for a second consumer, a counter's reports stay in one partition.
+            # ~200 bytes. The one consumer is the limit, not the partition: a bare read of the
+            # topic is faster than consume_clicks' apply (both measured in docs/performance.md).
+            # The partition count must never grow: the producer's default partitioner picks
+            # murmur2(key) modulo the partition count (kafka-python 3.0.12,
+            # kafka/partitioner/default.py), so adding partitions sends a counter's later
+            # reports to another partition than its earlier ones. `manage.py kafka_topics`
+            # refuses to change a partition count (tests/links/test_kafka_topics.py;
+            # tests/test_bus.py shows the remapping).
             partitions=1,
             replication_factor=rf,
             configs={
-                # A changelog of absolute counts keyed by counter (`<incarnation>:<tinyurl>`): the
-                # newest report of a key is exactly the counter's latest value, which is all the
-                # master needs. Compaction keeps it forever, so the master's totals survive
-                # consume_clicks being down longer than any time-based retention; older reports
-                # of the same counter are dropped. Cost: one record per counter ever reported
-                # (per Redis life and link clicked).
+                # A changelog of absolute counts keyed by counter (`<incarnation>:<tinyurl>`).
+                # Compaction keeps each counter's report with the highest offset forever (Kafka
+                # documentation, Design, "Log Compaction"), so the master's totals survive
+                # consume_clicks being down longer than any time-based retention (the default
+                # "delete" removes segments after retention.ms); older reports of the counter
+                # are dropped. Cost: one record per counter ever reported.
+                # What the kept report is: one count the counter had, not always its largest.
+                # A report whose acknowledgement was lost is sent again as a milestone (rounded
+                # down to its hundred) before the exact count of the next flush; a reporter
+                # restart sends its unacknowledged reports again the same way; two reporters on
+                # one Redis claim the same counter in turn and their sends can land in either
+                # order. What holds (tests/links/test_clicks_order.py): the master applies every
+                # report it reads with max() over the counts it keeps in PostgreSQL, so its
+                # totals never go down, whatever the order, replays from offset 0 included;
+                # compaction keeps a lower count that landed last, so only a master that starts
+                # over from the compacted topic alone (its counters lost) takes that lower
+                # count, until the counter's next report, which carries its current count.
                 "cleanup.policy": "compact",
-                **_durability(),
+                **durability,
             },
+            relied=relied,
         ),
         replicas_topic_spec(),
     ]
@@ -157,7 +227,8 @@ def admin_client() -> KafkaAdminClient:
     return KafkaAdminClient(
         bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
         client_id=f"{settings.SHORTENER_USER}-admin-{settings.SHORTENER_NODE_ID}",
-        # A deploy script runs this; fail within seconds, not the default 30, if Kafka is away.
+        # A deploy script runs this; fail within seconds, not the default 30 (kafka-python
+        # 3.0.12, KafkaAdminClient.DEFAULT_CONFIG), if Kafka is away.
         bootstrap_timeout_ms=10_000,
     )
 
@@ -184,12 +255,14 @@ def _normalised(key: str, value: str | None) -> str | None:
 def topics_ensure(*, repair: bool = True) -> list[TopicReport]:
     """Create the project's topics if missing, and check the existing ones against topic_specs().
 
-    For an existing topic, each config in its spec is compared with the broker's value (whatever
-    its source: topic, broker default or Kafka default); a difference is repaired with
-    alter_configs (incremental where the broker supports it, Kafka >= 2.3) when `repair`, and
-    reported. Partition count and replication factor cannot be changed by a config (fewer
-    partitions is impossible, more would move keys; replication needs a reassignment): a
-    difference is reported in `errors`, and nothing is changed for it.
+    A topic is created with its spec's `configs` only (its `relied` values are Kafka's
+    defaults). For an existing topic, each config of `spec.expected()` is compared with the
+    broker's value (whatever its source: topic, broker default or Kafka default); a difference
+    is repaired with alter_configs (incremental on Kafka >= 2.3: kafka-python 3.0.12,
+    kafka/admin/_configs.py) when `repair`, and reported. Partition count and replication
+    factor are never changed (fewer partitions is impossible; more would send keys to other
+    partitions, see the clicks topic; replication needs a reassignment): a difference is
+    reported in `errors`, and nothing is changed for it.
     Returns one TopicReport per topic. Raises KafkaError if Kafka cannot be reached.
     """
     admin = admin_client()
@@ -233,8 +306,9 @@ def _topic_check(admin: KafkaAdminClient, spec: TopicSpec, report: TopicReport, 
             f"has replication factor {sorted(replicas)}, KAFKA_REPLICATION_FACTOR is "
             f"{spec.replication_factor}; change it with a partition reassignment "
             "(kafka-reassign-partitions.sh) or set KAFKA_REPLICATION_FACTOR to match")
-    found = _topic_configs(admin, spec.name, list(spec.configs))
-    wrong = {key: value for key, value in spec.configs.items()
+    expected = spec.expected()
+    found = _topic_configs(admin, spec.name, list(expected))
+    wrong = {key: value for key, value in expected.items()
              if _normalised(key, found.get(key)) != _normalised(key, value)}
     if not wrong:
         return
@@ -262,7 +336,97 @@ def _topic_configs(admin: KafkaAdminClient, topic: str, keys: list[str]) -> dict
     return {key: (configs[key]["value"] if key in configs else None) for key in keys}
 
 
-# --- producer (master) ----------------------------------------------------------------------
+# --- clients: one base per kind -------------------------------------------------------------
+#
+# A factory below passes its client's address and names (bootstrap_servers, client_id,
+# group_id: where and who, not how), its kind's base, and the settings of its own that differ
+# from kafka-python 3.0.12's defaults (KafkaProducer.DEFAULT_CONFIG, KafkaConsumer.DEFAULT_CONFIG;
+# the defaults quoted in the comments are theirs). `topic_client_settings` lists those
+# own settings per topic for tests/test_bus.py, which counts them and checks that none restates a
+# default and that every client is built with its base.
+
+# Every producer's settings.
+PRODUCER_BASE: dict[str, Any] = {
+    # No producer ever creates a topic by sending to it (default True: the producer asks for
+    # the topic to be created, and a broker with auto.create.topics.enable, Kafka's default,
+    # creates it with the broker's defaults: "delete" after 7 days instead of compaction, and
+    # for the replicas topic the broker's clock not being the one the page uses). Only
+    # `manage.py kafka_topics` creates topics, with topic_specs().
+    "allow_auto_create_topics": False,
+    # After Kafka was unreachable, try again at least every 5 s (default: backing off up to
+    # 30 s), so clients recover within seconds of Kafka's return.
+    "reconnect_backoff_max_ms": 5_000,
+    # Give up making a producer after 5 s (default 30 s) while Kafka is unreachable: the
+    # reporters requeue and try again on their next round, and a /create answers 503 within
+    # its publish bound (the links producer sets that bound here instead).
+    "bootstrap_timeout_ms": 5_000,
+}
+
+# Every consumer's settings.
+CONSUMER_BASE: dict[str, Any] = {
+    # As for producers: reading a topic never creates it.
+    "allow_auto_create_topics": False,
+    "reconnect_backoff_max_ms": 5_000,
+    # No automatic commits (default True). The positioned consumers keep their position in
+    # Redis or PostgreSQL, written with what they applied, and commit the group's offset by
+    # hand after each batch, only to show progress (lag tooling); the group-less readers have
+    # nothing to commit (kafka-python turns auto-commit off for them with a warning).
+    "enable_auto_commit": False,
+    # Give up making a consumer after 3 s (default 30 s) while Kafka is unreachable: the
+    # consuming loops retry, and each round writes the heartbeat that /readyz checks (a 30 s
+    # wait would read as a dead consumer); a status or a page view is not held up for long.
+    "bootstrap_timeout_ms": 3_000,
+}
+
+
+def _auto_create_apply(cluster: Any, config: dict[str, Any]) -> None:
+    """Make the client's metadata requests carry its allow_auto_create_topics.
+
+    kafka-python 3.0.12 drops the setting: its connection manager builds the client's
+    ClusterMetadata from bootstrap_servers, metadata_max_age_ms and client_dns_lookup only
+    (kafka/net/manager.py), and ClusterMetadata's metadata requests then ask the broker to
+    create a missing topic (its own default, True; kafka/cluster.py, metadata_request). So a
+    producer made with allow_auto_create_topics=False still creates the topic it sends to on a
+    broker that allows it. The client's first request for a topic's metadata comes after it is
+    made (bootstrapping asks for no topic), so setting the value here is in time.
+    tests/test_bus.py shows it against a broker that creates topics.
+    """
+    cluster.config["allow_auto_create_topics"] = config["allow_auto_create_topics"]
+
+
+def _producer_make(*, client_id: str, own: dict[str, Any]) -> KafkaProducer:
+    producer = KafkaProducer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+                             client_id=client_id, **{**PRODUCER_BASE, **own})
+    _auto_create_apply(producer._metadata, producer.config)
+    return producer
+
+
+def _consumer_make(*, client_id: str, group_id: str | None, own: dict[str, Any]) -> KafkaConsumer:
+    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+                             client_id=client_id, group_id=group_id, **{**CONSUMER_BASE, **own})
+    _auto_create_apply(consumer._cluster, consumer.config)
+    return consumer
+
+
+def topic_client_settings() -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """{topic: {"producers": [own settings, ...], "consumers": [own settings, ...]}}: the
+    settings each client of a topic sets beyond its kind's base (for tests/test_bus.py).
+
+    The links end reader asks only for the links topic's end offset, for the status that goes
+    to the replicas topic: it is listed with the replicas topic's clients, whose feature it is.
+    """
+    return {
+        links_topic(): {"producers": [links_producer_settings()],
+                        "consumers": [links_consumer_settings(), links_audit_consumer_settings()]},
+        clicks_topic(): {"producers": [clicks_producer_settings()],
+                         "consumers": [clicks_consumer_settings()]},
+        replicas_topic(): {"producers": [status_producer_settings()],
+                           "consumers": [replicas_reader_settings(),
+                                         links_end_reader_settings()]},
+    }
+
+
+# --- links producer (master) ----------------------------------------------------------------
 
 _producer: KafkaProducer | None = None
 _producer_lock = threading.Lock()
@@ -284,8 +448,40 @@ def publish_wait_seconds() -> float:
 
 
 # Wait up to 2 ms for other requests' records to share a batch: one network round trip then
-# serves many concurrent /create calls, for at most 2 ms of latency.
+# serves many concurrent /create calls, for at most 2 ms of latency (default 0).
 LINKS_LINGER_MS = 2
+
+
+def links_producer_settings() -> dict[str, Any]:
+    """The master's links producer's own settings.
+
+    acks and idempotence are kafka-python 3.0.12's defaults (acks=-1, i.e. "all", and
+    enable_idempotence=True: "Since KIP-679 (Kafka 3.0), idempotence is enabled by default and
+    `acks` defaults to 'all'", KafkaProducer's docstring): /create answers only once every
+    in-sync replica has the record, and a retried batch is not written twice. The producer
+    turns idempotence off, with a warning, only when acks, retries or in-flight requests
+    conflict; none is set here, and tests/test_bus.py checks the producer's effective values.
+    """
+    bound = publish_timeout_ms()
+    return {
+        "linger_ms": LINKS_LINGER_MS,
+        # -- ONE bound, SHORTENER_PUBLISH_TIMEOUT (default 5 s), so that /create answers 503
+        # -- within seconds while Kafka is down, instead of after the 30-120 s defaults, and
+        # -- never gives up before the producer does.
+        # The whole delivery of a record, retries included (default 120 s): the producer fails
+        # it after this long, and /create waits for exactly that answer. The record then stays
+        # unpublished in PostgreSQL and the outbox re-sends it.
+        "delivery_timeout_ms": bound,
+        # One produce request (default 30 s): kafka-python 3.0.12 requires delivery_timeout_ms
+        # >= linger_ms + request_timeout_ms (RecordAccumulator raises otherwise).
+        "request_timeout_ms": bound - LINKS_LINGER_MS,
+        # Reaching a broker when the producer is made (PRODUCER_BASE's 5 s, made this bound),
+        # and send() blocking for the topic's metadata (default 60 s): only on a fresh
+        # producer (the process's first /create, or the first after a failed delivery). When
+        # Kafka does not answer, the request fails after this, with no delivery wait after it.
+        "bootstrap_timeout_ms": bound,
+        "max_block_ms": bound,
+    }
 
 
 def producer_get() -> KafkaProducer:
@@ -298,42 +494,9 @@ def producer_get() -> KafkaProducer:
     global _producer
     with _producer_lock:
         if _producer is None:
-            bound = publish_timeout_ms()
-            _producer = KafkaProducer(
-                bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+            _producer = _producer_make(
                 client_id=f"{settings.SHORTENER_USER}-master-{settings.SHORTENER_NODE_ID}",
-                # Wait for every in-sync replica to have the record before /create answers (with
-                # min.insync.replicas, at least two brokers when there are two or more).
-                acks="all",
-                # Idempotence: the broker drops a batch that a retry sent twice and keeps the
-                # order of records under retries. (kafka-python 3 turns it on by default and
-                # silently off when acks, retries or in-flight conflict; stating it makes such a
-                # conflict an error instead.)
-                enable_idempotence=True,
-                # The master never creates a topic by sending to it: a topic made that way gets
-                # the broker's defaults (deletion after 7 days instead of compaction). Only
-                # `manage.py kafka_topics` creates them, with topic_specs().
-                allow_auto_create_topics=False,
-                linger_ms=LINKS_LINGER_MS,
-                # -- Operational timeouts: ONE bound, SHORTENER_PUBLISH_TIMEOUT (default 5 s), so
-                # -- that /create answers 503 within seconds while Kafka is down, instead of
-                # -- after the 30-120 s defaults, and never gives up before the producer does.
-                # The whole delivery of a record, retries included: the producer fails it after
-                # this long, and /create waits for exactly that answer. The record then stays
-                # unpublished in PostgreSQL and the outbox re-sends it.
-                delivery_timeout_ms=bound,
-                # One produce request (Kafka requires delivery >= linger + request).
-                request_timeout_ms=bound - LINKS_LINGER_MS,
-                # Reaching a broker when the producer is made, and send() blocking for the
-                # topic's metadata: only on a fresh producer (the process's first /create, or
-                # the first after a failed delivery). When Kafka does not answer, the request
-                # fails after this, with no delivery wait after it.
-                bootstrap_timeout_ms=bound,
-                max_block_ms=bound,
-                # After Kafka was unreachable, try again at least every 5 s (default: backing
-                # off to 30 s), so /create recovers within seconds of Kafka's return.
-                reconnect_backoff_max_ms=5_000,
-            )
+                own=links_producer_settings())
         return _producer
 
 
@@ -378,117 +541,112 @@ def producer_close(producer: KafkaProducer, timeout: float = 1.0) -> None:
         logger.exception("force-closing the Kafka producer failed")
 
 
-# --- consumer (replica) ---------------------------------------------------------------------
+# --- links consumers: the replica's, and the master's audit ---------------------------------
+
+
+def links_consumer_settings() -> dict[str, Any]:
+    """The replica's links consumer's own settings (consume_links)."""
+    return {
+        # Only used if a stored position is out of range (the topic was recreated): start over
+        # (default "latest" would skip every record). Re-reading is harmless: records older
+        # than what Redis holds are not applied.
+        "auto_offset_reset": "earliest",
+        # Large batches make catch-up fast: one Redis transaction per up to this many links
+        # (5,000 by default; SHORTENER_LINKS_BATCH; kafka-python's default 500).
+        # (max_partition_fetch_bytes stays at its default, 1 MiB per partition per fetch: on
+        # 100,000 link records of ~250 bytes it gave polls of ~3,800 records against ~4,300
+        # with 8 MiB, in the same read time within noise; docs/delivery-guarantees.md.
+        # fetch_max_wait_ms stays at its default too: it is how long the broker holds a fetch
+        # when less than fetch_min_bytes, 1 byte, is available, so a new record is answered at
+        # once. Source: Kafka's consumer configs, fetch.max.wait.ms and fetch.min.bytes.)
+        "max_poll_records": settings.SHORTENER_LINKS_BATCH,
+    }
 
 
 def links_consumer_make() -> KafkaConsumer:
-    """A consumer for the links topic. The caller assigns partitions and seeks (no subscribe)."""
-    return KafkaConsumer(
-        bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+    """A consumer for the links topic. The caller assigns partitions and seeks (no subscribe).
+
+    Its group is where this replica's progress is *shown* (kafka-consumer-groups.sh
+    --describe, lag alerts), not where it is *kept*: the position lives in Redis, written
+    atomically with the links (see redirects/consumer.py), so that a wiped Redis is rebuilt from
+    the start even though the group's offsets are at the end."""
+    return _consumer_make(
         client_id=f"{settings.SHORTENER_USER}-links-{settings.SHORTENER_NODE_ID}",
-        # The group is where this replica's progress is *shown* (kafka-consumer-groups.sh
-        # --describe, lag alerts). It is not where progress is *kept*: the position lives in
-        # Redis, written atomically with the links (see redirects/consumer.py), so that a wiped
-        # Redis is rebuilt from the start even though the group's offsets are at the end.
-        group_id=links_group(),
-        # Committed by hand after each batch is in Redis, for the reason above.
-        enable_auto_commit=False,
-        # Only used if a stored position is out of range (the topic was recreated): start over.
-        # Re-reading is harmless: records older than what Redis holds are not applied.
-        auto_offset_reset="earliest",
-        # Large batches make catch-up fast: one Redis transaction per up to this many links
-        # (5,000 by default; SHORTENER_LINKS_BATCH).
-        max_poll_records=settings.SHORTENER_LINKS_BATCH,
-        # Bring more data per fetch during catch-up (default 1 MiB per partition).
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        # The links topic is never created by reading it; the master creates it with its settings.
-        allow_auto_create_topics=False,
-        # (fetch_max_wait_ms stays at its default: it is how long the broker holds a fetch when
-        # less than fetch_min_bytes, 1 byte, is available, so a new record is answered at once
-        # and a lower value only adds empty round trips. Source: Kafka's consumer configs.)
-        # -- Operational: after a network cut or a broker restart, try again at least every 5 s
-        # (default: backing off to 30 s), so a replica resumes within seconds of the network's
-        # return.
-        reconnect_backoff_max_ms=5_000,
-        # Give up making the consumer after 3 s (default 30 s) while Kafka is unreachable: the
-        # loop retries, and each round writes the heartbeat that /readyz checks (a 30 s wait
-        # would read as a dead consumer).
-        bootstrap_timeout_ms=3_000,
-    )
+        group_id=links_group(), own=links_consumer_settings())
+
+
+def links_audit_consumer_settings() -> dict[str, Any]:
+    """The master's links audit consumer's own settings."""
+    return {
+        # Only if the stored position is out of range (the topic was recreated): audit it all.
+        "auto_offset_reset": "earliest",
+        # One PostgreSQL transaction per batch: the whole topic is read at the first start.
+        "max_poll_records": settings.SHORTENER_LINKS_BATCH,
+    }
 
 
 def links_audit_consumer_make() -> KafkaConsumer:
     """The master's reader of its own links topic (links/audit.py): it checks that the newest
-    record of every link there is the link's current state. The caller assigns and seeks."""
-    return KafkaConsumer(
-        bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+    record of every link there is the link's current state. The caller assigns and seeks.
+    Progress is shown under the assignment's group naming and kept in PostgreSQL."""
+    return _consumer_make(
         client_id=f"{settings.SHORTENER_USER}-links-audit-{settings.SHORTENER_NODE_ID}",
-        # Progress shown under the assignment's naming; kept in PostgreSQL with what it changed.
-        group_id=f"{settings.SHORTENER_USER}-links-audit",
-        enable_auto_commit=False,
-        # Only if the stored position is out of range (the topic was recreated): audit it all.
-        auto_offset_reset="earliest",
-        # One PostgreSQL transaction per batch: the whole topic is read at the first start.
-        max_poll_records=settings.SHORTENER_LINKS_BATCH,
-        allow_auto_create_topics=False,
-        # -- Operational: resume within seconds once Kafka is reachable again.
-        reconnect_backoff_max_ms=5_000,
-    )
+        group_id=f"{settings.SHORTENER_USER}-links-audit", own=links_audit_consumer_settings())
+
+
+# --- clicks producer (replicas) and consumer (master) ---------------------------------------
+
+
+def clicks_producer_settings() -> dict[str, Any]:
+    """The replicas' click-report producer's own settings.
+
+    acks=all and idempotence are kafka-python 3.0.12's defaults (see links_producer_settings):
+    a report's mark is cleared only after an ack that means "every in-sync replica has it", and
+    the producer's own retries neither duplicate a report nor reorder a counter's reports
+    within one producer (harmless anyway under the master's max())."""
+    return {
+        # Reports are not urgent: wait up to 50 ms to send many in one request (default 0).
+        "linger_ms": 50,
+        # -- Operational timeouts, bounded while Kafka is down: the reporter requeues what was
+        # -- not acknowledged and tries again on its next round, rather than blocking for the
+        # -- 60-120 s defaults. Delivery (retries included) must exceed linger + one request
+        # -- (kafka-python 3.0.12 refuses otherwise: RecordAccumulator, "Must set
+        # -- delivery_timeout_ms higher than linger_ms + request_timeout_ms").
+        "max_block_ms": 10_000,
+        "request_timeout_ms": 10_000,
+        "delivery_timeout_ms": 30_000,
+    }
 
 
 def clicks_producer_make() -> KafkaProducer:
     """The replica's click-report producer (used by `report_clicks`, never by a redirect)."""
-    return KafkaProducer(
-        bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+    return _producer_make(
         client_id=f"{settings.SHORTENER_USER}-clicks-{settings.SHORTENER_NODE_ID}",
-        # A report's mark is cleared only after this ack; acks=all makes "acknowledged" mean
-        # "every in-sync replica has it", so a cleared mark is not a report lost with a leader.
-        acks="all",
-        # No duplicates from the producer's own retries, and per-key order is kept (a later,
-        # larger count never lands before an earlier one; harmless anyway under max()).
-        enable_idempotence=True,
-        # Reports never create the clicks topic (it would be made with the broker's defaults,
-        # deleting reports after 7 days instead of compacting them).
-        allow_auto_create_topics=False,
-        # Reports are not urgent: wait up to 50 ms to send many in one request.
-        linger_ms=50,
-        # -- Operational timeouts, bounded while Kafka is down: the reporter requeues what was not
-        # -- acknowledged and tries again on its next round, rather than blocking for the 60-120 s
-        # -- defaults. Delivery (retries included) must exceed linger + one request.
-        bootstrap_timeout_ms=10_000,
-        max_block_ms=10_000,
-        request_timeout_ms=10_000,
-        delivery_timeout_ms=30_000,
-        # Reconnect within seconds once Kafka is reachable again (default backoff: up to 30 s).
-        reconnect_backoff_max_ms=5_000,
-    )
+        own=clicks_producer_settings())
+
+
+def clicks_consumer_settings() -> dict[str, Any]:
+    """The master's clicks consumer's own settings (consume_clicks)."""
+    return {
+        # Never move a position silently: kafka-python's reset of an out-of-range position is
+        # an INFO line. With "none" a position outside the retained range raises instead, and
+        # links/clicks.py reports the records skipped (an ERROR and
+        # shortener_consumer_records_lost_total) before reading on from the start.
+        "auto_offset_reset": "none",
+        # One PostgreSQL transaction per batch: larger batches, fewer commits
+        # (SHORTENER_CLICKS_BATCH, 5,000 by default). (max_partition_fetch_bytes and
+        # fetch_max_wait_ms stay at their defaults, as for the links consumer.)
+        "max_poll_records": settings.SHORTENER_CLICKS_BATCH,
+    }
 
 
 def clicks_consumer_make() -> KafkaConsumer:
-    """The master's consumer of the clicks topic. The caller assigns and seeks (no subscribe)."""
-    return KafkaConsumer(
-        bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+    """The master's consumer of the clicks topic. The caller assigns and seeks (no subscribe).
+    Its group is for monitoring only (lag tooling); the position that counts is in PostgreSQL,
+    written in the same transaction as the totals (links/clicks.py)."""
+    return _consumer_make(
         client_id=f"{settings.SHORTENER_USER}-clicks-master-{settings.SHORTENER_NODE_ID}",
-        # For monitoring only (lag tooling); the position that counts is in PostgreSQL, written
-        # in the same transaction as the totals (links/clicks.py).
-        group_id=clicks_group(),
-        enable_auto_commit=False,
-        # Never move a position silently: kafka-python's reset of an out-of-range position is
-        # an INFO line (under a logger set to ERROR). With "none" a position outside the
-        # retained range raises instead, and links/clicks.py reports the records skipped (an
-        # ERROR and shortener_consumer_records_lost_total) before reading on from the start.
-        auto_offset_reset="none",
-        # One PostgreSQL transaction per batch: larger batches, fewer commits.
-        max_poll_records=settings.SHORTENER_CLICKS_BATCH,
-        # Bring more per fetch when far behind (default 1 MiB per partition), as the links
-        # consumer does; fewer fetch round trips after a long master outage.
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        allow_auto_create_topics=False,
-        # (fetch_max_wait_ms at its default, as for the links consumer: it bounds how long the
-        # broker holds a fetch that has no data, not how soon a report arrives.)
-        # -- Operational: as for the links consumer, resume within seconds once Kafka is back.
-        reconnect_backoff_max_ms=5_000,
-    )
+        group_id=clicks_group(), own=clicks_consumer_settings())
 
 
 # --- replicas topic: every replica's status, for the master's admin ------------------------
@@ -516,82 +674,100 @@ def replicas_topic_spec() -> TopicSpec:
         # reads all of it on each page view; one partition is one fetch and one end offset.
         partitions=1,
         # The configured factor like the other topics, but none of their durability settings:
-        # statuses are acks=1 snapshots, and an unclean leader election that loses a few of
-        # them costs nothing (the next ones follow in seconds).
+        # a status lost with a broker costs nothing (the next ones follow in seconds).
         replication_factor=settings.KAFKA_REPLICATION_FACTOR,
         configs={
-            # Compaction keeps the newest status of every node, so the topic holds one record
-            # per replica however long they run; deletion after seven days also drops that
-            # record once a replica stopped reporting a week ago, so a decommissioned replica
-            # leaves the page by itself (a live one wrote its newest status seconds ago).
+            # Compaction keeps at least the newest status of every node (Kafka documentation,
+            # Design, "Log Compaction"), so the topic holds about one record per replica
+            # however long they run. "delete" as well removes whole segments once the newest
+            # record in them is older than retention.ms (7 days, the default; Kafka
+            # documentation, Implementation, "Deletes": "the largest timestamp in a segment
+            # file ... defining the retention time for the entire segment"). That removes a
+            # stopped replica's last status no sooner than seven days after it was written,
+            # and possibly much later: the cleaner copies it into cleaned segments together
+            # with other nodes' newer statuses, and such a segment is kept until its newest
+            # record is seven days old. Deletion by age is therefore no way to remove a
+            # replica from the page; a tombstone is.
             "cleanup.policy": "compact,delete",
-            "retention.ms": str(7 * 24 * 3600 * 1000),
-            # Compaction never touches the open segment: rolling it every ten minutes bounds
-            # the uncompacted tail that the page reads to ten minutes of statuses (120 per
-            # replica at 5 s), instead of a week's worth under the default segment.ms.
+            # Compaction never touches the active segment (Kafka documentation, Design, "Log
+            # Compaction": "The active segment will not be compacted even if all of its
+            # messages are older than the minimum compaction time lag"): rolling it every ten
+            # minutes (default 7 days) bounds the uncompacted part that the page reads to about
+            # ten minutes of statuses (120 per replica at 5 s), instead of a week's worth.
+            # (min.cleanable.dirty.ratio stays at its default 0.5: right after each roll, each
+            # key has ~120 superseded statuses for one kept.)
             "segment.ms": str(10 * 60 * 1000),
-            # Compact as soon as half the log is superseded statuses (the default), which is
-            # right after every roll here: each key has ~120 dirty records for one clean.
-            "min.cleanable.dirty.ratio": "0.5",
-            # "Last seen" is the broker's time of append: one clock for every replica, so a
-            # replica whose own clock is off is neither shown missing nor kept alive by it.
+            # "Last seen" is the broker's time of append (default CreateTime, the producer's):
+            # one clock for every replica, so a replica whose own clock is off is neither shown
+            # missing nor kept alive by it.
             "message.timestamp.type": "LogAppendTime",
         },
     )
 
 
+def status_producer_settings() -> dict[str, Any]:
+    """The replicas' status producer's own settings. Like every producer (PRODUCER_BASE) it
+    cannot create a topic (allow_auto_create_topics=False; tests/test_bus.py)."""
+    return {
+        # No retries (default: unbounded within delivery_timeout_ms): a failed status is
+        # dropped and the next one follows after SHORTENER_STATUS_SECONDS (at most once).
+        "retries": 0,
+        # Idempotence needs retries; with retries=0 and idempotence left at its default,
+        # kafka-python 3.0.12 turns it off with a warning at every producer made. Off, said.
+        # (acks stays at its default, all: with no retries it only decides when the one
+        # attempt counts as done.)
+        "enable_idempotence": False,
+        # -- Bounded waits (connecting: PRODUCER_BASE), shorter than the status interval's
+        # -- order of magnitude, so a Kafka outage never piles up statuses or blocks
+        # -- report_clicks' shutdown for long (defaults: 60 s blocking in send(), 30 s per
+        # -- request, 120 s per delivery). kafka-python 3.0.12 requires delivery_timeout_ms >=
+        # -- linger_ms + request_timeout_ms (RecordAccumulator), hence both.
+        "max_block_ms": 5_000,
+        "request_timeout_ms": 5_000,
+        "delivery_timeout_ms": 5_000,
+    }
+
+
 def status_producer_make() -> KafkaProducer:
     """The replica's status producer (report_clicks; redirects/status.py)."""
-    return KafkaProducer(
-        bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+    return _producer_make(
         client_id=f"{settings.SHORTENER_USER}-status-{settings.SHORTENER_NODE_ID}",
-        # The leader's ack is enough for a snapshot replaced within seconds (at most once, see
-        # above); all in-sync replicas' would only add latency.
-        acks=1,
-        # No retries, hence no idempotence (which needs acks=all): a failed status is dropped
-        # and the next one follows after SHORTENER_STATUS_SECONDS.
-        retries=0,
-        enable_idempotence=False,
-        # Bounded waits, shorter than the status interval's order of magnitude, so a Kafka
-        # outage never piles up statuses or blocks report_clicks' shutdown for long.
-        bootstrap_timeout_ms=5_000,
-        max_block_ms=5_000,
-        request_timeout_ms=5_000,
-        delivery_timeout_ms=5_000,
-        # Reconnect within seconds once Kafka is reachable again (default backoff: up to 30 s).
-        reconnect_backoff_max_ms=5_000,
-    )
+        own=status_producer_settings())
+
+
+def links_end_reader_settings() -> dict[str, Any]:
+    """The status's reader of the links topic's end offset: its own settings."""
+    return {
+        # end_offsets() and metadata wait at most this long (default 30 s); the status then
+        # says "unknown".
+        "request_timeout_ms": 5_000,
+    }
 
 
 def links_end_reader_make() -> KafkaConsumer:
-    """A group-less consumer that only asks for the links topic's end offsets (the status)."""
-    return KafkaConsumer(
-        bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+    """A group-less consumer that only asks for the links topic's end offsets (the status). No
+    group: it never consumes, so it must not appear as a member of this replica's links group
+    (whose offsets show consume_links' progress)."""
+    return _consumer_make(
         client_id=f"{settings.SHORTENER_USER}-status-{settings.SHORTENER_NODE_ID}",
-        # No group: it never consumes, so it must not appear as a member of this replica's
-        # links group (whose offsets show consume_links' progress).
-        group_id=None,
-        enable_auto_commit=False,
-        # end_offsets() waits at most this long; the status then says "unknown".
-        request_timeout_ms=5_000,
-        bootstrap_timeout_ms=5_000,
-        allow_auto_create_topics=False,
-        reconnect_backoff_max_ms=5_000,
-    )
+        group_id=None, own=links_end_reader_settings())
+
+
+def replicas_reader_settings() -> dict[str, Any]:
+    """The admin's replicas reader's own settings."""
+    return {
+        # A page view must not hang on Kafka: connecting (CONSUMER_BASE), metadata and each
+        # request are bounded (default 30 s), and links/replicas.py gives up after
+        # SHORTENER_REPLICAS_READ_SECONDS in all. (fetch_max_wait_ms stays at its default: the
+        # reader fetches only below the end offset it took, where records are available, and
+        # the broker answers a fetch as soon as fetch_min_bytes, 1 byte, is.)
+        "request_timeout_ms": 3_000,
+    }
 
 
 def replicas_reader_make() -> KafkaConsumer:
-    """The admin's reader of the replicas topic: group-less, assigned and read from the start."""
-    return KafkaConsumer(
-        bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+    """The admin's reader of the replicas topic: group-less (no commits), assigned and read from
+    the start on every page view (the topic is compacted and small)."""
+    return _consumer_make(
         client_id=f"{settings.SHORTENER_USER}-replicas-admin-{settings.SHORTENER_NODE_ID}",
-        # No group and no commits: every page view reads the whole (compacted, small) topic.
-        group_id=None,
-        enable_auto_commit=False,
-        # A page view must not hang on Kafka: connecting, metadata and each fetch are bounded,
-        # and the reader gives up after SHORTENER_REPLICAS_READ_SECONDS in all.
-        bootstrap_timeout_ms=3_000,
-        request_timeout_ms=3_000,
-        fetch_max_wait_ms=100,
-        allow_auto_create_topics=False,
-    )
+        group_id=None, own=replicas_reader_settings())

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # `make up`: install what is missing, start the embedded services, prepare the database and the
-# topics, then run the local cluster in the foreground. Ctrl-C stops all of it.
+# topics, then run the local cluster (stack/Procfile) in the foreground under supervisord: a
+# process that exits is restarted (with back-off) and its exit status printed, the others keep
+# running. Ctrl-C stops all of it, then the services.
 source "$(dirname "$0")/lib.sh"
 here="$(cd "$(dirname "$0")" && pwd)"
+# supervisord's configuration (rendered from the Procfile), socket, pid file and log.
+RUN="$DATA/supervisor"
+pid_alive "$RUN/supervisord.pid" \
+  && die "a local cluster is already running (supervisord pid $(cat "$RUN/supervisord.pid")); stop it with Ctrl-C in its terminal, or make down"
 
 "$here/install.sh"
 "$here/services.sh" start
@@ -36,7 +42,14 @@ cat <<MSG
 
   Admin user: SHORTENER_ROLE=master DJANGO_SECRET_KEY=\$(cat $DATA/secret_key) \\
               $PY manage.py createsuperuser
+  A process that exits is restarted; see them all, or restart one:
+    $VENV/bin/supervisorctl -c $RUN/supervisord.conf status
   Ctrl-C stops the cluster.
 
 MSG
-"$VENV/bin/honcho" -f "$here/Procfile" -d "$ROOT" start
+mkdir -p "$RUN"
+"$PY" "$here/supervisor/render.py" "$here/Procfile" "$ROOT" "$RUN" > "$RUN/supervisord.conf"
+# In the foreground: Ctrl-C reaches supervisord alone (it starts each program in a process group
+# of its own: supervisor 4.3.0, supervisor/process.py, os.setpgrp), which stops every program
+# and exits (tests/stack/test_supervisor.py); the EXIT trap then stops the services.
+"$VENV/bin/supervisord" -c "$RUN/supervisord.conf"

@@ -106,3 +106,32 @@ def test_a_wrong_partition_count_is_a_clear_error_and_a_non_zero_exit(fresh_pref
     # What could be done was done: the other topic was created.
     assert f"{bus.clicks_topic()}: created" in result.stdout
     wait_until(lambda: describe(bus.clicks_topic())["cleanup.policy"] == "compact", timeout=10)
+
+
+def partition_count(topic: str) -> int:
+    admin = bus.admin_client()
+    try:
+        return len(admin.describe_topics([topic])[0]["partitions"])
+    finally:
+        admin.close()
+
+
+def test_kafka_topics_never_changes_a_partition_count(fresh_prefix):
+    """A clicks topic with more partitions than the project's one is reported, not changed:
+    adding or removing partitions would move keys between partitions (tests/test_bus.py)."""
+    create(bus.clicks_topic(), 2, {"cleanup.policy": "compact"})
+    err = StringIO()
+    with pytest.raises(CommandError):
+        call_command("kafka_topics", stdout=StringIO(), stderr=err)
+    assert f"{bus.clicks_topic()}: has 2 partitions, the project expects 1" in err.getvalue()
+    assert partition_count(bus.clicks_topic()) == 2
+
+
+def test_a_relied_on_default_that_was_overridden_is_repaired(fresh_prefix):
+    """min.insync.replicas=1 is not set on a one-broker topic (it is Kafka's default), but a
+    topic or broker override of 2 would make it unwritable: kafka_topics sets it back."""
+    create(bus.links_topic(), 1, {"cleanup.policy": "compact", "min.insync.replicas": "2"})
+    out = StringIO()
+    call_command("kafka_topics", stdout=out)
+    assert f"{bus.links_topic()}: repaired min.insync.replicas: was 2, now 1" in out.getvalue()
+    assert describe(bus.links_topic())["min.insync.replicas"] == "1"
