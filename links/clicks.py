@@ -42,6 +42,7 @@ from shortener_project import bus
 from shortener_project.consuming import PositionMismatch, Record
 from shortener_project.messages import MessageError, click_report_decode
 from shortener_project.metrics import (
+    CLICKS_REFUSED_ENDED,
     CONSUMER_OUT_OF_RANGE,
     CONSUMER_RECORDS,
     CONSUMER_RECORDS_LOST,
@@ -57,6 +58,7 @@ class ClicksBatchResult:
     skipped_malformed: int
     skipped_unknown: int
     next_offset: int
+    refused_ended: int = 0  # counters of ended (folded) incarnations, not applied
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,8 @@ def clicks_batch_decode(*, records: Sequence[Record], now: datetime | None = Non
             logger.warning("skipping malformed click report topic=%s partition=%s offset=%s: %s",
                            rec.topic, rec.partition, rec.offset, exc)
             continue
+        if report is None:
+            continue  # a tombstone of a folded counter (links/pruning.py): nothing to apply
         tinyurl = report["tinyurl"]
         tinyurls.append(tinyurl)
         at = report.get("reported_at")
@@ -185,8 +189,12 @@ def clicks_batch_apply(
     with transaction.atomic(durable=True):
         position = position_lock(topic=topic, partition=partition, expected=expected_position)
 
-        raised, unknown_tinyurls = (_counters_raise(batch) if batch.counters
-                                    else (0, frozenset()))
+        raised, unknown_tinyurls, refused, ended = (_counters_raise(batch) if batch.counters
+                                                    else (0, frozenset(), 0, []))
+        if refused:
+            # Late or replayed reports of folded counters (links/pruning.py): nothing applied.
+            logger.warning("refusing %d counter(s) of ended incarnations topic=%s partition=%s: "
+                           "%s", refused, topic, partition, ", ".join(ended[:5]))
         unknown = 0
         if unknown_tinyurls:
             unknown = sum(1 for t in batch.tinyurls if t in unknown_tinyurls)
@@ -201,8 +209,11 @@ def clicks_batch_apply(
         position.skipped_malformed += batch.malformed
         position.skipped_unknown += unknown
         position.save()
+    if refused:
+        CLICKS_REFUSED_ENDED.inc(refused)
     return ClicksBatchResult(applied=applied, raised=raised, skipped_malformed=batch.malformed,
-                             skipped_unknown=unknown, next_offset=batch.next_offset)
+                             skipped_unknown=unknown, next_offset=batch.next_offset,
+                             refused_ended=refused)
 
 
 def clicks_apply_batch(
@@ -216,8 +227,12 @@ def clicks_apply_batch(
 
 
 # One statement, one round trip:
-#   found:   each counter's link, by its tinyurl (NULL: no such link);
-#   known:   the counters of known links, with the count each holds now (NULL: a new counter);
+#   found:   each counter's link, by its tinyurl (NULL: no such link), and whether its
+#            incarnation ended (EndedIncarnation: folded by links/pruning.py);
+#   known:   the counters of known links in incarnations that have not ended, with the count
+#            each holds now (NULL: a new counter). A counter of an ended incarnation is refused:
+#            its count was folded away, so max() has nothing to compare a late or replayed
+#            report with, and applying it would count its clicks again;
 #   up:      insert or raise the counters whose reported count is larger (replays stop here:
 #            nothing to write), labelled with the reporting node;
 #   raised:  the counters actually raised, with the count they held (`old`);
@@ -232,7 +247,7 @@ def clicks_apply_batch(
 #            increase); the earlier runs, rare, in arrays of their own joined by ordinal;
 #   buckets: the shares summed per (link, node, hour), as one ON CONFLICT may not touch a row
 #            twice (two incarnations of a link on one node in a batch), added to the buckets;
-# and the tinyurls that match no link. Both lookups are scalar subqueries, so each is one index
+# and the tinyurls that match no link, and the counters refused (ended incarnations). Both lookups are scalar subqueries, so each is one index
 # probe per counter whatever the tables' sizes (as joins, the planner hashed the whole links and
 # counters tables on every batch). All parts of a WITH statement see one snapshot, and the
 # position row lock makes this transaction the only writer of its partition's counters (all
@@ -256,14 +271,16 @@ WITH input(tinyurl, incarnation, node, count, hour, prev, ord) AS (
                          %(prevs)s::bigint[]) WITH ORDINALITY
 ),
 found AS (
-    SELECT i.*, (SELECT l.id FROM links_link l WHERE l.tinyurl = i.tinyurl) AS link_id
+    SELECT i.*, (SELECT l.id FROM links_link l WHERE l.tinyurl = i.tinyurl) AS link_id,
+           EXISTS (SELECT 1 FROM links_endedincarnation e
+                   WHERE e.incarnation = i.incarnation) AS ended
     FROM input i
 ),
 known AS (
     SELECT f.link_id, f.incarnation, f.node, f.count, f.hour, f.prev, f.ord,
            (SELECT c.count FROM links_clickcounter c
             WHERE c.link_id = f.link_id AND c.incarnation = f.incarnation) AS old
-    FROM found f WHERE f.link_id IS NOT NULL
+    FROM found f WHERE f.link_id IS NOT NULL AND NOT f.ended
 ),
 up AS (
     INSERT INTO links_clickcounter (link_id, incarnation, node, count, updated_at)
@@ -286,7 +303,9 @@ totals AS (
     RETURNING 1
 ){buckets}
 SELECT (SELECT count(*) FROM up),
-       (SELECT array_agg(DISTINCT tinyurl) FROM found WHERE link_id IS NULL)
+       (SELECT array_agg(DISTINCT tinyurl) FROM found WHERE link_id IS NULL),
+       (SELECT count(*) FROM found WHERE link_id IS NOT NULL AND ended),
+       (SELECT array_agg(DISTINCT incarnation) FROM found WHERE link_id IS NOT NULL AND ended)
 """
 _BUCKETS_CTE = """,
 shares(link_id, node, hour, clicks) AS (
@@ -323,9 +342,10 @@ def _int_array(values: Sequence[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
-def _counters_raise(batch: ClicksBatch) -> tuple[int, frozenset[str]]:
+def _counters_raise(batch: ClicksBatch) -> tuple[int, frozenset[str], int, list[str]]:
     """Apply the largest count per (tinyurl, incarnation) with its node label, and the buckets
-    (_APPLY_SQL); returns the number of counters raised and the tinyurls that match no link."""
+    (_APPLY_SQL); returns the number of counters raised, the tinyurls that match no link, and
+    the number of counters refused because their incarnation ended, with those incarnations."""
     entries = batch.counters.values()
     earlier = batch.earlier
     params = {
@@ -345,8 +365,8 @@ def _counters_raise(batch: ClicksBatch) -> tuple[int, frozenset[str]]:
     }
     with connection.cursor() as cursor:
         cursor.execute(_APPLY_SQL, params)
-        raised, unknown = cursor.fetchone()
-    return raised, frozenset(unknown or ())
+        raised, unknown, refused, ended = cursor.fetchone()
+    return raised, frozenset(unknown or ()), refused, sorted(ended or ())
 
 
 class ClicksConsumer(PostgresPositionedConsumer):

@@ -6,7 +6,9 @@ ten minutes of newer ones (shortener_project/bus.py). The admin's replicas page 
 from the start on every view, within SHORTENER_REPLICAS_READ_SECONDS, rather than having a
 consumer fold it into PostgreSQL: nothing more to run, deploy or keep in step, and the page
 shows what Kafka holds at that moment. A replica not heard from for
-SHORTENER_REPLICA_MISSING_SECONDS, by the broker's clock, is shown missing.
+SHORTENER_REPLICA_MISSING_SECONDS, by the broker's clock, is shown missing; one not heard from
+for SHORTENER_REPLICA_GONE_SECONDS is gone: not shown, and `manage.py prune` writes a tombstone
+for its key (links/pruning.py), after which the reader drops what precedes it.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def replica_statuses_read(
 
     Reads from the start of every partition to the end offsets taken when it began. Raises
     KafkaError if Kafka does not answer, TimeoutError if the end is not reached in `timeout`
-    seconds. Malformed records are logged (with their offset) and skipped.
+    seconds. Malformed records are logged (with their offset) and skipped; a tombstone (null
+    value) removes its node.
     """
     deadline = time.monotonic() + timeout
     consumer = reader_factory()
@@ -87,6 +90,11 @@ def replica_statuses_read(
                 raise TimeoutError(f"the replicas topic was not read within {timeout}s")
             for records in consumer.poll(timeout_ms=int(min(left, 0.5) * 1000)).values():
                 for rec in records:
+                    if rec.value is None and rec.key is not None:
+                        # A tombstone (links/pruning.py): the replica is gone; compaction
+                        # removes its key, and until then the tombstone hides what precedes it.
+                        newest.pop(rec.key.decode(errors="replace"), None)
+                        continue
                     try:
                         status = replica_status_decode(rec.key, rec.value)
                     except MessageError as exc:
@@ -116,6 +124,8 @@ def replicas_view(*, now: datetime | None = None, reader_factory: Callable[[], K
     replicas = []
     for node, (status, seen) in sorted(statuses.items()):
         ago = max(0.0, (now - seen).total_seconds())
+        if ago > settings.SHORTENER_REPLICA_GONE_SECONDS:
+            continue  # gone: `manage.py prune` tombstones it (links/pruning.py)
         replicas.append(ReplicaState(
             node=node, status=status, last_seen=seen, seen_seconds_ago=ago,
             missing=ago > settings.SHORTENER_REPLICA_MISSING_SECONDS,

@@ -183,10 +183,14 @@ def click_report_encode(
     return key, json.dumps(report, separators=(",", ":")).encode()
 
 
-def click_report_decode(key: bytes | None, value: bytes | None) -> ClickReport:
-    """Parse and check one clicks-topic message; MessageError for anything not applicable."""
+def click_report_decode(key: bytes | None, value: bytes | None) -> ClickReport | None:
+    """Parse and check one clicks-topic message; MessageError for anything not applicable.
+
+    Returns None for a tombstone (value null): the master writes one for every counter of an
+    ended incarnation it folded (links/pruning.py), so that compaction removes the key; it
+    carries nothing to apply."""
     if value is None:
-        raise MessageError("empty value")
+        return None
     try:
         # orjson, not json: the master decodes every report of every replica, and json.loads
         # was most of consume_clicks' per-report Python time (docs/performance.md). orjson

@@ -165,3 +165,16 @@ def serve(port: int) -> None:
     except OSError as exc:
         # The data path matters more than its metrics: keep running, say so loudly.
         logger.error("cannot serve metrics on port %s: %s; running without them", port, exc)
+
+
+CLICKS_REFUSED_ENDED = Counter(
+    "shortener_clicks_refused_ended_total",
+    "Counters in click reports refused because their incarnation ended and was folded "
+    "(a replay or a late retry; links/pruning.py)",
+)
+PRUNED = Counter(
+    "shortener_pruned_total",
+    "What manage.py prune removed or folded, by kind (bucket_rows_rolled, bucket_rows_dropped, "
+    "counters_folded, incarnations_ended, clicks_tombstones, replicas_gone)",
+    ["kind"],
+)
