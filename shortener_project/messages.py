@@ -188,8 +188,10 @@ def click_report_decode(key: bytes | None, value: bytes | None) -> ClickReport |
 
     Returns None for a tombstone (value null): the master writes one for every counter of an
     ended incarnation it folded (links/pruning.py), so that compaction removes the key; it
-    carries nothing to apply."""
+    carries nothing to apply. A record without key or value is malformed (MessageError)."""
     if value is None:
+        if key is None:
+            raise MessageError("no key and no value")
         return None
     try:
         # orjson, not json: the master decodes every report of every replica, and json.loads
