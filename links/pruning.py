@@ -56,7 +56,6 @@ from links import replicas, selectors
 from links.models import ConsumerPosition, EndedIncarnation
 from shortener_project import bus
 from shortener_project.messages import ReplicaStatus, click_report_key
-from shortener_project.metrics import PRUNED
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +81,10 @@ def buckets_roll_up_before(*, now: datetime) -> datetime:
 # order after the keyset (%(after_hour)s, %(after_id)s), and add each day's sum to its 00:00 row.
 # Under READ COMMITTED a row that consume_clicks changed meanwhile is deleted in its newest
 # version and RETURNING gives that version's clicks; a row it inserts after the statement began
-# is not seen and waits for the next run; the upsert adds to the 00:00 row atomically. So no
-# click is lost or counted twice. date_trunc with 'UTC' does not depend on the session's zone.
+# is not seen and waits for the next run; the upsert adds to the 00:00 row atomically (PostgreSQL
+# 15 documentation: "Read Committed Isolation Level", and INSERT's "ON CONFLICT DO UPDATE
+# guarantees an atomic INSERT or UPDATE outcome"). So no click is lost or counted twice.
+# date_trunc with 'UTC' does not depend on the session's time zone.
 _ROLL_UP_SQL = """
 WITH picked AS (
     SELECT id, hour FROM links_clickbucket
@@ -128,7 +129,6 @@ def buckets_roll_up(*, now: datetime | None = None, chunk: int = BUCKET_CHUNK) -
             break
         after_hour, after_id = last_hour, last_id
     if removed:
-        PRUNED.labels("bucket_rows_rolled").inc(removed)
         logger.info("rolled %d hourly click bucket row(s) before %s into daily rows", removed,
                     before.isoformat())
     return removed
@@ -157,7 +157,6 @@ def buckets_drop_old(*, now: datetime | None = None, keep_days: int | None = Non
         if n < chunk:
             break
     if dropped:
-        PRUNED.labels("bucket_rows_dropped").inc(dropped)
         logger.info("dropped %d click bucket row(s) before %s (SHORTENER_CLICKS_DAYS_KEEP=%d)",
                     dropped, cutoff.date().isoformat(), keep_days)
     return dropped
@@ -222,7 +221,6 @@ def incarnations_end(*, current: Iterable[str], now: datetime | None = None,
         EndedIncarnation.objects.bulk_create(
             [EndedIncarnation(incarnation=i) for i in ended], ignore_conflicts=True)
     if ended:
-        PRUNED.labels("incarnations_ended").inc(len(ended))
         logger.info("incarnation(s) ended (no status names them, counters quiet since %s): %s",
                     params["quiet_before"].isoformat(), ", ".join(ended))
     return ended
@@ -281,8 +279,6 @@ def incarnations_fold(*, producer_factory: Callable[[], KafkaProducer] = bus.pro
         result.counters += counters
         result.clicks += clicks
         result.tombstones += tombstones
-    PRUNED.labels("counters_folded").inc(result.counters)
-    PRUNED.labels("clicks_tombstones").inc(result.tombstones)
     return result
 
 
@@ -307,7 +303,6 @@ def replicas_tombstone(nodes: list[str], *, producer: KafkaProducer) -> None:
     for future in futures:
         future.get(timeout=settings.SHORTENER_PUBLISH_TIMEOUT + 5)
     if nodes:
-        PRUNED.labels("replicas_gone").inc(len(nodes))
         logger.info("replica(s) gone for over %.0fs, tombstoned on %s: %s",
                     settings.SHORTENER_REPLICA_GONE_SECONDS, bus.replicas_topic(),
                     ", ".join(nodes))

@@ -172,9 +172,3 @@ CLICKS_REFUSED_ENDED = Counter(
     "Counters in click reports refused because their incarnation ended and was folded "
     "(a replay or a late retry; links/pruning.py)",
 )
-PRUNED = Counter(
-    "shortener_pruned_total",
-    "What manage.py prune removed or folded, by kind (bucket_rows_rolled, bucket_rows_dropped, "
-    "counters_folded, incarnations_ended, clicks_tombstones, replicas_gone)",
-    ["kind"],
-)

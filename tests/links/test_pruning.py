@@ -185,7 +185,7 @@ def status(node: str, incarnation: str | None) -> tuple[bytes, bytes]:
 
 @pytest.mark.slow
 def test_an_ended_incarnation_is_folded_tombstoned_and_never_counted_again(
-    admin_client, clicks_consumer, settings
+    admin_client, clicks_consumer, settings, caplog
 ):
     one = services.link_create(longurl="https://example.com/prune/fold/1").link
     two = services.link_create(longurl="https://example.com/prune/fold/2").link
@@ -259,6 +259,14 @@ def test_an_ended_incarnation_is_folded_tombstoned_and_never_counted_again(
     again = pruning.prune(now=datetime.now(timezone.utc) + HOUR)
     assert (again.incarnations_ended, again.fold.incarnations, again.errors) == ([], [], [])
 
+    # A replica whose status names the ended incarnation (its reports of it are refused) is an
+    # ERROR at every prune.
+    send([status(f"n3{tag}", a)], bus.replicas_topic())
+    caplog.clear()
+    pruning.prune(now=datetime.now(timezone.utc) + HOUR)
+    assert any(r.levelname == "ERROR" and f"n3{tag}" in r.getMessage() and a in r.getMessage()
+               for r in caplog.records)
+
 
 def test_a_fold_interrupted_before_kafka_acknowledged_is_finished_by_the_next_run(
     transactional_db,
@@ -284,6 +292,15 @@ def test_a_fold_interrupted_before_kafka_acknowledged_is_finished_by_the_next_ru
     assert (folded.incarnations, folded.counters, folded.clicks) == (["gone1"], 1, 9)
     link.refresh_from_db()
     assert link.clicks == 9 and selectors.link_clicks_by_node(link_id=link.pk) == {"n": 9}
+
+    # A later life of the same replica's Redis folds into the same (link, node) row.
+    clicks_apply_batch(topic=bus.clicks_topic(), partition=0, expected_position=2,
+                       records=[Rec(2, *report(link.tinyurl, "n", "gone2", 4))])
+    assert pruning.incarnations_end(current=set(), now=NOW + HOUR, quiet_seconds=60) == ["gone2"]
+    assert pruning.incarnations_fold().clicks == 4
+    assert list(FoldedClicks.objects.values_list("node", "clicks")) == [("n", 13)]
+    link.refresh_from_db()
+    assert link.clicks == 13 and not ClickCounter.objects.exists()
 
 
 # --- 3. replicas gone -------------------------------------------------------------------------
