@@ -18,7 +18,9 @@ consume_clicks; docs/storage.md gives the sizes it keeps bounded.
      b. none of its counters rose for SHORTENER_INCARNATION_QUIET_SECONDS: after a Redis
         restart the replica's reporter sends what it still held of the earlier incarnation
         within one flush, then deletes those keys (redirects/clicks.py, ACK_SCRIPT); the quiet
-        time covers a reporter or Kafka being away that long.
+        time covers a reporter or Kafka being away that long;
+     c. consume_clicks has applied the clicks topic up to where it ended when the statuses
+        were read: a backlog (consume_clicks down or behind) is applied before, never refused.
    Its counters are then folded (incarnations_fold): the incarnation is recorded in
    EndedIncarnation first, under the clicks topic's position row locks, so consume_clicks (which
    holds its partition's row lock for each batch) refuses every later report of it, a replay or
@@ -42,6 +44,7 @@ consume_clicks; docs/storage.md gives the sizes it keeps bounded.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -49,7 +52,7 @@ from datetime import datetime, timedelta, timezone
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone as django_timezone
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from links import replicas, selectors
@@ -198,11 +201,21 @@ def incarnations_current(statuses: dict[str, tuple[ReplicaStatus, datetime]]) ->
     return {status["incarnation"] for status, _ in statuses.values() if status["incarnation"]}
 
 
+class ClicksBehind(Exception):
+    """consume_clicks has not applied the clicks topic up to the offsets required."""
+
+
 def incarnations_end(*, current: Iterable[str], now: datetime | None = None,
-                     quiet_seconds: float | None = None) -> list[str]:
+                     quiet_seconds: float | None = None,
+                     applied_to: dict[int, int] | None = None) -> list[str]:
     """Record as ended (EndedIncarnation) every incarnation that has counters, is not in
     `current` and none of whose counters rose for `quiet_seconds` (default
     SHORTENER_INCARNATION_QUIET_SECONDS); returns them, sorted.
+
+    applied_to: partition -> offset that consume_clicks' stored position must have reached (the
+    clicks topic's end when the prune began): a report sent before then is applied before its
+    incarnation can end, so a backlog (consume_clicks down or behind) never has its clicks
+    refused. Raises ClicksBehind (nothing recorded) if a position is short of it.
 
     Under the row locks of every clicks-topic position, the same lock each consume_clicks batch
     takes on its partition: no batch is in flight while the condition is checked and the rows
@@ -213,8 +226,15 @@ def incarnations_end(*, current: Iterable[str], now: datetime | None = None,
     params = {"current": "{" + ",".join(f'"{i}"' for i in sorted(current)) + "}",
               "quiet_before": now - timedelta(seconds=quiet)}
     with transaction.atomic():
-        list(ConsumerPosition.objects.select_for_update().filter(topic=bus.clicks_topic())
-             .values_list("pk", flat=True))
+        positions = dict(ConsumerPosition.objects.select_for_update()
+                         .filter(topic=bus.clicks_topic())
+                         .values_list("partition", "next_offset"))
+        behind = {p: (positions.get(p, 0), end) for p, end in (applied_to or {}).items()
+                  if positions.get(p, 0) < end}
+        if behind:
+            raise ClicksBehind(f"consume_clicks has not applied {bus.clicks_topic()} up to "
+                               f"where it ended when the prune began (partition: (position, "
+                               f"end)): {behind}; no incarnation ends until it has")
         with connection.cursor() as cursor:
             cursor.execute(_ENDED_SQL, params)
             ended = [row[0] for row in cursor.fetchall()]
@@ -224,6 +244,35 @@ def incarnations_end(*, current: Iterable[str], now: datetime | None = None,
         logger.info("incarnation(s) ended (no status names them, counters quiet since %s): %s",
                     params["quiet_before"].isoformat(), ", ".join(ended))
     return ended
+
+
+def clicks_topic_ends(*, reader_factory: Callable[[], KafkaConsumer] = bus.replicas_reader_make
+                      ) -> dict[int, int]:
+    """partition -> end offset of the clicks topic now, through a group-less reader. Raises
+    KafkaError."""
+    reader = reader_factory()
+    try:
+        partitions = reader.partitions_for_topic(bus.clicks_topic()) or set()
+        tps = [TopicPartition(bus.clicks_topic(), p) for p in sorted(partitions)]
+        return {tp.partition: end for tp, end in reader.end_offsets(tps).items()} if tps else {}
+    finally:
+        reader.close()
+
+
+def clicks_applied_wait(ends: dict[int, int], *, timeout: float) -> dict[int, int]:
+    """Wait up to `timeout` seconds for consume_clicks' stored positions to reach `ends`
+    (partition -> offset); returns `ends`. Raises ClicksBehind when they do not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        positions = dict(ConsumerPosition.objects.filter(topic=bus.clicks_topic())
+                         .values_list("partition", "next_offset"))
+        behind = {p: (positions.get(p, 0), e) for p, e in ends.items() if positions.get(p, 0) < e}
+        if not behind:
+            return ends
+        if time.monotonic() >= deadline:
+            raise ClicksBehind(f"consume_clicks is behind on {bus.clicks_topic()} (partition: "
+                               f"(position, end)): {behind}; no incarnation ends this run")
+        time.sleep(0.5)
 
 
 @dataclass
@@ -323,12 +372,16 @@ class PruneReport:
 
 def prune(*, now: datetime | None = None,
           producer_factory: Callable[[], KafkaProducer] = bus.producer_get,
-          reader_factory: Callable[[], KafkaConsumer] = bus.replicas_reader_make) -> PruneReport:
+          reader_factory: Callable[[], KafkaConsumer] = bus.replicas_reader_make,
+          catch_up_seconds: float = 60.0) -> PruneReport:
     """Every step of the module's docstring, in order; a step that fails is logged and listed
     in the report's `errors`, and the others still run. Incarnations are ended and replicas
     tombstoned only when the replicas topic could be read whole (what it says decides both);
     the statuses are read before any tombstone is written, so an incarnation is ended at the
-    earliest one prune after the last node naming it was tombstoned."""
+    earliest one prune after the last node naming it was tombstoned. Incarnations are ended
+    only once consume_clicks has applied the clicks topic up to its end as it was when the
+    statuses were read (waiting up to `catch_up_seconds`), so no report already sent is
+    refused."""
     now = now or django_timezone.now()
     report = PruneReport()
 
@@ -345,7 +398,9 @@ def prune(*, now: datetime | None = None,
     statuses = step("reading the replicas topic", lambda: replicas.replica_statuses_read(
         timeout=max(settings.SHORTENER_REPLICAS_READ_SECONDS, 10.0),
         reader_factory=reader_factory))
-    if statuses is not None:
+    ends = step("reading the clicks topic's end", lambda: clicks_topic_ends(
+        reader_factory=reader_factory))
+    if statuses is not None and ends is not None:
         current = incarnations_current(statuses)
         for ended in EndedIncarnation.objects.filter(incarnation__in=current):
             nodes = sorted(n for n, (s, _) in statuses.items()
@@ -354,8 +409,9 @@ def prune(*, now: datetime | None = None,
                          "their reports of it are refused. Restart their Redis to start a new "
                          "incarnation.", ", ".join(nodes), ended.incarnation,
                          ended.ended_at.isoformat())
-        report.incarnations_ended = step(
-            "ending incarnations", lambda: incarnations_end(current=current, now=now)) or []
+        report.incarnations_ended = step("ending incarnations", lambda: incarnations_end(
+            current=current, now=now,
+            applied_to=clicks_applied_wait(ends, timeout=catch_up_seconds))) or []
     report.fold = step("folding ended incarnations",
                        lambda: incarnations_fold(producer_factory=producer_factory)) or FoldResult()
     if statuses is not None:

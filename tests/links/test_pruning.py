@@ -10,7 +10,7 @@ import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from kafka import KafkaConsumer, TopicPartition
 
 from links import pruning, replicas, selectors, services
@@ -145,6 +145,26 @@ def test_an_incarnation_named_by_any_status_or_recently_raised_does_not_end(tran
     assert pruning.incarnations_end(current={"shared"}, now=NOW + 2 * HOUR,
                                     quiet_seconds=3600) == ["old"]
     assert set(EndedIncarnation.objects.values_list("incarnation", flat=True)) == {"quiet", "old"}
+
+
+def test_no_incarnation_ends_before_consume_clicks_applied_what_was_sent(transactional_db,
+                                                                        settings):
+    """Reports still unapplied in the clicks topic (consume_clicks down) hold every ending
+    back: they would be refused once their incarnation ended."""
+    link = services.link_create(longurl="https://example.com/prune/behind").link
+    clicks_apply_batch(topic=bus.clicks_topic(), partition=0, expected_position=None,
+                       records=[Rec(0, *report(link.tinyurl, "n", "behind1", 2))])
+    # Later reports of it, sent but not applied (no consume_clicks runs in this test).
+    send([report(link.tinyurl, "n", "behind1", 3), report(link.tinyurl, "n", "behind1", 5)],
+         bus.clicks_topic())
+    settings.SHORTENER_INCARNATION_QUIET_SECONDS = 60
+    result = pruning.prune(now=NOW + HOUR, catch_up_seconds=0.5)
+    assert result.incarnations_ended == [] and "consume_clicks is behind" in result.errors[-1]
+    assert not EndedIncarnation.objects.exists()
+    # Once applied (here: the position moved to the end by hand), it ends.
+    ConsumerPosition.objects.filter(topic=bus.clicks_topic()).update(
+        next_offset=clicks_topic_end())
+    assert pruning.prune(now=NOW + HOUR).incarnations_ended == ["behind1"]
 
 
 def clicks_topic_records(keys: set[bytes]) -> list[tuple[int, bytes, bytes | None]]:
@@ -356,7 +376,15 @@ def test_a_gone_replica_is_tombstoned_and_leaves_the_page(admin_client, settings
     assert old in replicas_page_nodes(admin_client)
 
 
-def test_manage_py_prune_prints_what_it_did(transactional_db, capsys):
+def test_manage_py_prune_prints_what_it_did_and_fails_while_clicks_are_behind(
+    transactional_db, capsys
+):
+    end = clicks_topic_end()
+    send([report("aBcDeF1", "n", "cmd1", 1)], bus.clicks_topic())  # nobody applies it
+    ConsumerPosition.objects.create(topic=bus.clicks_topic(), partition=0, next_offset=end)
+    with pytest.raises(CommandError, match="consume_clicks is behind"):
+        call_command("prune", "--catch-up-seconds", "0.1")
+    ConsumerPosition.objects.update(next_offset=end + 1)  # as if consume_clicks applied it
     call_command("prune")
     out = capsys.readouterr().out
     assert out.startswith("buckets: 0 hourly row(s) rolled into days, 0 dropped; incarnations:")

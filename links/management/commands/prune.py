@@ -18,9 +18,15 @@ from shortener_project import bus
 class Command(BaseCommand):
     help = "Roll up old click buckets, fold ended incarnations, forget gone replicas."
 
-    def handle(self, *args, **options) -> None:
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--catch-up-seconds", type=float, default=60.0,
+            help="how long to wait for consume_clicks to apply what the clicks topic held when "
+                 "the run began, before ending incarnations (default 60)")
+
+    def handle(self, *args, catch_up_seconds: float, **options) -> None:
         try:
-            report = pruning.prune()
+            report = pruning.prune(catch_up_seconds=catch_up_seconds)
         finally:
             bus.producer_reset()  # send what is pending, close the connections
         self.stdout.write(
