@@ -13,9 +13,10 @@ ONE PostgreSQL transaction that
   4. moves the position past the batch, with the counts of applied and skipped reports.
 A crash at any point leaves all or none of it. Replaying the topic from offset 0 re-applies
 reports whose counts are already reached: max() leaves every total and every bucket unchanged.
-Since the node is not part of the identity, reports of one counter from two nodes (a node id
-that changed, two hosts sharing one Redis) are counted once; the node is the label of the
-counter and of its buckets.
+A report of an incarnation that ended (its counters folded by `manage.py prune`,
+links/pruning.py) is refused, replayed or not: see _APPLY_SQL. Since the node is not part of the
+identity, reports of one counter from two nodes (a node id that changed, two hosts sharing one
+Redis) are counted once; the node is the label of the counter and of its buckets.
 
 The clicks topic is compacted (the newest report of every counter is the counter's value), so a
 master that was down for any length of time still finds every counter's latest count. If the
@@ -247,9 +248,10 @@ def clicks_apply_batch(
 #            increase); the earlier runs, rare, in arrays of their own joined by ordinal;
 #   buckets: the shares summed per (link, node, hour), as one ON CONFLICT may not touch a row
 #            twice (two incarnations of a link on one node in a batch), added to the buckets;
-# and the tinyurls that match no link, and the counters refused (ended incarnations). Both lookups are scalar subqueries, so each is one index
-# probe per counter whatever the tables' sizes (as joins, the planner hashed the whole links and
-# counters tables on every batch). All parts of a WITH statement see one snapshot, and the
+# and the tinyurls that match no link, and the counters refused (ended incarnations). The
+# lookups are scalar subqueries, so each is one index probe per counter whatever the tables'
+# sizes (as joins, the planner hashed the whole links and counters tables on every batch). All
+# parts of a WITH statement see one snapshot, and the
 # position row lock makes this transaction the only writer of its partition's counters (all
 # reports of a counter share its key, hence its partition), so `old` is the value the upsert
 # replaces; the upsert's WHERE checks it again. The batch travels as PostgreSQL array literals
