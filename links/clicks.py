@@ -229,7 +229,8 @@ def clicks_apply_batch(
 
 # One statement, one round trip:
 #   found:   each counter's link, by its tinyurl (NULL: no such link), and whether its
-#            incarnation ended (EndedIncarnation: folded by links/pruning.py);
+#            incarnation ended (EndedIncarnation: folded by links/pruning.py; an uncorrelated
+#            subquery, run once a statement for the batch's incarnations, not once a counter);
 #   known:   the counters of known links in incarnations that have not ended, with the count
 #            each holds now (NULL: a new counter). A counter of an ended incarnation is refused:
 #            its count was folded away, so max() has nothing to compare a late or replayed
@@ -274,8 +275,8 @@ WITH input(tinyurl, incarnation, node, count, hour, prev, ord) AS (
 ),
 found AS (
     SELECT i.*, (SELECT l.id FROM links_link l WHERE l.tinyurl = i.tinyurl) AS link_id,
-           EXISTS (SELECT 1 FROM links_endedincarnation e
-                   WHERE e.incarnation = i.incarnation) AS ended
+           i.incarnation IN (SELECT e.incarnation FROM links_endedincarnation e
+                             WHERE e.incarnation = ANY(%(incarnations)s::varchar[])) AS ended
     FROM input i
 ),
 known AS (
