@@ -21,11 +21,20 @@ for unit in $units; do
     > "$dest/$unit.service"
 done
 cp "$root/deploy/systemd/shortener-$role.target" "$dest/"
+# The master's hourly pruning: a oneshot service started by its timer (not by the target).
+timers=""
+if [ "$role" = master ]; then
+  timers="shortener-prune"
+  sed -e "s|@ROOT@|$root|g" -e "s|@USER@|$user|g" "$root/deploy/systemd/shortener-prune.service" \
+    > "$dest/shortener-prune.service"
+  cp "$root/deploy/systemd/shortener-prune.timer" "$dest/"
+fi
 if [ -z "${DESTDIR:-}" ]; then
   id "$user" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$user"
   [ -f "/etc/shortener/$role.env" ] || echo "warning: /etc/shortener/$role.env is missing" >&2
   systemctl daemon-reload
   systemctl enable "shortener-$role.target"
   for unit in $units; do systemctl enable "$unit.service"; done
+  for timer in $timers; do systemctl enable "$timer.timer"; done
   echo "installed; start with: systemctl start shortener-$role.target"
 fi

@@ -14,7 +14,6 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
@@ -34,8 +33,8 @@ from links.models import (
 from shortener_project import longurls
 
 # The link page's charts: per hour over the last 7 days, per day over the last 90.
-CHART_HOURS = 7 * 24
-CHART_DAYS = 90
+CHART_HOURS = selectors.CHART_HOURS
+CHART_DAYS = selectors.CHART_DAYS
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -241,9 +240,10 @@ class LinkAdmin(ReadOnlyAdmin):
 
     @admin.display(description="clicks by replica")
     def clicks_by_replica(self, obj: Link) -> str:
-        # By the node label: each counter under the replica that last reported it.
-        rows = (obj.click_counters.values("node").annotate(total=Sum("count")).order_by("node"))
-        return ", ".join(f"{r['node']}: {r['total']}" for r in rows) or "none yet"
+        # By the node label: each counter under the replica that last reported it, plus the
+        # folded counters of ended incarnations (links/pruning.py) under theirs.
+        totals = selectors.link_clicks_by_node(link_id=obj.pk)
+        return ", ".join(f"{node}: {total}" for node, total in totals.items()) or "none yet"
 
 
 @admin.register(ConsumerPosition)

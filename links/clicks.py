@@ -13,9 +13,10 @@ ONE PostgreSQL transaction that
   4. moves the position past the batch, with the counts of applied and skipped reports.
 A crash at any point leaves all or none of it. Replaying the topic from offset 0 re-applies
 reports whose counts are already reached: max() leaves every total and every bucket unchanged.
-Since the node is not part of the identity, reports of one counter from two nodes (a node id
-that changed, two hosts sharing one Redis) are counted once; the node is the label of the
-counter and of its buckets.
+A report of an incarnation that ended (its counters folded by `manage.py prune`,
+links/pruning.py) is refused, replayed or not: see _APPLY_SQL. Since the node is not part of the
+identity, reports of one counter from two nodes (a node id that changed, two hosts sharing one
+Redis) are counted once; the node is the label of the counter and of its buckets.
 
 The clicks topic is compacted (the newest report of every counter is the counter's value), so a
 master that was down for any length of time still finds every counter's latest count. If the
@@ -42,6 +43,7 @@ from shortener_project import bus
 from shortener_project.consuming import PositionMismatch, Record
 from shortener_project.messages import MessageError, Rejected, click_report_decode
 from shortener_project.metrics import (
+    CLICKS_REFUSED_ENDED,
     CONSUMER_OUT_OF_RANGE,
     CONSUMER_RECORDS,
     CONSUMER_RECORDS_LOST,
@@ -58,6 +60,7 @@ class ClicksBatchResult:
     skipped_malformed: int
     skipped_unknown: int
     next_offset: int
+    refused_ended: int = 0  # counters of ended (folded) incarnations, not applied
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ def clicks_batch_decode(*, records: Sequence[Record], now: datetime | None = Non
         except MessageError as exc:
             rejected.append(Rejected.of(rec, exc))  # logged and counted once it is applied
             continue
-        if report is None:  # a tombstone: an ended counter's key (nothing to apply)
+        if report is None:  # a tombstone of a folded counter (links/pruning.py): nothing to apply
             tombstones += 1
             continue
         tinyurl = report.tinyurl
@@ -194,8 +197,12 @@ def clicks_batch_apply(
     with transaction.atomic(durable=True):
         position = position_lock(topic=topic, partition=partition, expected=expected_position)
 
-        raised, unknown_tinyurls = (_counters_raise(batch) if batch.counters
-                                    else (0, frozenset()))
+        raised, unknown_tinyurls, refused, ended = (_counters_raise(batch) if batch.counters
+                                                    else (0, frozenset(), 0, []))
+        if refused:
+            # Late or replayed reports of folded counters (links/pruning.py): nothing applied.
+            logger.warning("refusing %d counter(s) of ended incarnations topic=%s partition=%s: "
+                           "%s", refused, topic, partition, ", ".join(ended[:5]))
         unknown = 0
         if unknown_tinyurls:
             unknown = sum(1 for t in batch.tinyurls if t in unknown_tinyurls)
@@ -211,8 +218,11 @@ def clicks_batch_apply(
         position.skipped_unknown += unknown
         position.save()
     records_rejected_report(batch.rejected, log=logger)
+    if refused:
+        CLICKS_REFUSED_ENDED.inc(refused)
     return ClicksBatchResult(applied=applied, raised=raised, skipped_malformed=batch.malformed,
-                             skipped_unknown=unknown, next_offset=batch.next_offset)
+                             skipped_unknown=unknown, next_offset=batch.next_offset,
+                             refused_ended=refused)
 
 
 def clicks_apply_batch(
@@ -226,8 +236,13 @@ def clicks_apply_batch(
 
 
 # One statement, one round trip:
-#   found:   each counter's link, by its tinyurl (NULL: no such link);
-#   known:   the counters of known links, with the count each holds now (NULL: a new counter);
+#   found:   each counter's link, by its tinyurl (NULL: no such link), and whether its
+#            incarnation ended (EndedIncarnation: folded by links/pruning.py; an uncorrelated
+#            subquery, run once a statement for the batch's incarnations, not once a counter);
+#   known:   the counters of known links in incarnations that have not ended, with the count
+#            each holds now (NULL: a new counter). A counter of an ended incarnation is refused:
+#            its count was folded away, so max() has nothing to compare a late or replayed
+#            report with, and applying it would count its clicks again;
 #   up:      insert or raise the counters whose reported count is larger (replays stop here:
 #            nothing to write), labelled with the reporting node;
 #   raised:  the counters actually raised, with the count they held (`old`);
@@ -242,9 +257,10 @@ def clicks_apply_batch(
 #            increase); the earlier runs, rare, in arrays of their own joined by ordinal;
 #   buckets: the shares summed per (link, node, hour), as one ON CONFLICT may not touch a row
 #            twice (two incarnations of a link on one node in a batch), added to the buckets;
-# and the tinyurls that match no link. Both lookups are scalar subqueries, so each is one index
-# probe per counter whatever the tables' sizes (as joins, the planner hashed the whole links and
-# counters tables on every batch). All parts of a WITH statement see one snapshot, and the
+# and the tinyurls that match no link, and the counters refused (ended incarnations). The
+# lookups are scalar subqueries, so each is one index probe per counter whatever the tables'
+# sizes (as joins, the planner hashed the whole links and counters tables on every batch). All
+# parts of a WITH statement see one snapshot, and the
 # position row lock makes this transaction the only writer of its partition's counters (all
 # reports of a counter share its key, hence its partition), so `old` is the value the upsert
 # replaces; the upsert's WHERE checks it again. The batch travels as PostgreSQL array literals
@@ -266,14 +282,16 @@ WITH input(tinyurl, incarnation, node, count, hour, prev, ord) AS (
                          %(prevs)s::bigint[]) WITH ORDINALITY
 ),
 found AS (
-    SELECT i.*, (SELECT l.id FROM links_link l WHERE l.tinyurl = i.tinyurl) AS link_id
+    SELECT i.*, (SELECT l.id FROM links_link l WHERE l.tinyurl = i.tinyurl) AS link_id,
+           i.incarnation IN (SELECT e.incarnation FROM links_endedincarnation e
+                             WHERE e.incarnation = ANY(%(incarnations)s::varchar[])) AS ended
     FROM input i
 ),
 known AS (
     SELECT f.link_id, f.incarnation, f.node, f.count, f.hour, f.prev, f.ord,
            (SELECT c.count FROM links_clickcounter c
             WHERE c.link_id = f.link_id AND c.incarnation = f.incarnation) AS old
-    FROM found f WHERE f.link_id IS NOT NULL
+    FROM found f WHERE f.link_id IS NOT NULL AND NOT f.ended
 ),
 up AS (
     INSERT INTO links_clickcounter (link_id, incarnation, node, count, updated_at)
@@ -296,7 +314,9 @@ totals AS (
     RETURNING 1
 ){buckets}
 SELECT (SELECT count(*) FROM up),
-       (SELECT array_agg(DISTINCT tinyurl) FROM found WHERE link_id IS NULL)
+       (SELECT array_agg(DISTINCT tinyurl) FROM found WHERE link_id IS NULL),
+       (SELECT count(*) FROM found WHERE link_id IS NOT NULL AND ended),
+       (SELECT array_agg(DISTINCT incarnation) FROM found WHERE link_id IS NOT NULL AND ended)
 """
 _BUCKETS_CTE = """,
 shares(link_id, node, hour, clicks) AS (
@@ -333,9 +353,10 @@ def _int_array(values: Sequence[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
-def _counters_raise(batch: ClicksBatch) -> tuple[int, frozenset[str]]:
+def _counters_raise(batch: ClicksBatch) -> tuple[int, frozenset[str], int, list[str]]:
     """Apply the largest count per (tinyurl, incarnation) with its node label, and the buckets
-    (_APPLY_SQL); returns the number of counters raised and the tinyurls that match no link."""
+    (_APPLY_SQL); returns the number of counters raised, the tinyurls that match no link, and
+    the number of counters refused because their incarnation ended, with those incarnations."""
     entries = batch.counters.values()
     earlier = batch.earlier
     params = {
@@ -355,8 +376,8 @@ def _counters_raise(batch: ClicksBatch) -> tuple[int, frozenset[str]]:
     }
     with connection.cursor() as cursor:
         cursor.execute(_APPLY_SQL, params)
-        raised, unknown = cursor.fetchone()
-    return raised, frozenset(unknown or ())
+        raised, unknown, refused, ended = cursor.fetchone()
+    return raised, frozenset(unknown or ()), refused, sorted(ended or ())
 
 
 class ClicksConsumer(PostgresPositionedConsumer):

@@ -32,7 +32,8 @@ class Link(models.Model):
     # 64-bit: a record may carry any version up to messages.VERSION_MAX (2**53 - 1), and the
     # links audit must always be able to raise this one above what the topic holds.
     state_version = models.PositiveBigIntegerField(default=1)
-    # Sum of this link's ClickCounter rows, kept in the same transaction as they change, so the
+    # Sum of this link's ClickCounter rows and FoldedClicks rows (counters of ended incarnations,
+    # links/pruning.py), kept in the same transaction as they change, so the
     # admin can list and sort by clicks without summing millions of rows. Not indexed: with an
     # index, every change of a total rewrites an entry in each of the table's indexes (no HOT
     # update), which was half of consume_clicks' PostgreSQL time (docs/performance.md); sorting
@@ -80,6 +81,46 @@ class ClickCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.link_id} in {self.incarnation} (last from {self.node}): {self.count}"
+
+
+class EndedIncarnation(models.Model):
+    """An incarnation (one life of one replica's Redis) whose counters were folded into
+    FoldedClicks and whose clicks-topic keys were tombstoned (links/pruning.py).
+
+    One row per incarnation, whatever the number of links it counted: consume_clicks refuses
+    every report of an incarnation listed here (a replay from offset 0, a reporter's retry),
+    because the per-link counts that max() would compare it with are gone. `folded_at` is NULL
+    while the fold is under way (the incarnation is already refused then; a crashed prune
+    finishes it on its next run)."""
+
+    incarnation = models.CharField(max_length=64, primary_key=True)
+    ended_at = models.DateTimeField(auto_now_add=True)
+    folded_at = models.DateTimeField(null=True, blank=True)
+    counters = models.BigIntegerField(default=0)  # ClickCounter rows folded
+    clicks = models.BigIntegerField(default=0)  # their clicks, now in FoldedClicks
+
+    def __str__(self) -> str:
+        return f"{self.incarnation}: {self.counters} counters, {self.clicks} clicks folded"
+
+
+class FoldedClicks(models.Model):
+    """The clicks of one link counted in ended incarnations, under the node label their counters
+    had (ClickCounter.node): what stays of those counters once they are folded, so that the
+    link's total and its per-replica breakdown are unchanged. At most one row per (link, node),
+    however many Redis lives the replicas go through."""
+
+    link = models.ForeignKey(Link, on_delete=models.CASCADE, related_name="folded_clicks",
+                             db_index=False)
+    node = models.CharField(max_length=100)
+    clicks = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["link", "node"], name="links_foldedclicks_link_node"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.link_id} on {self.node}: {self.clicks} (ended incarnations)"
 
 
 class ConsumerPosition(models.Model):
@@ -165,6 +206,11 @@ class ClickBucket(models.Model):
     counter rises from a to b, the b - a clicks land in the hour of the report that raised it,
     so a duplicate or a replayed report, which raises nothing, adds nothing. A row exists only
     for an hour in which the link was clicked on that replica. Days are sums of hours.
+
+    Roll-up (links/pruning.py, buckets_roll_up): the rows of a day that lies wholly before the
+    hourly chart's window are summed into one row at that day's 00:00 (UTC), so an old day costs
+    one row per (link, node) instead of up to 24. A day's sum is the same before and after, and
+    every reader of rows that old sums them per day (the daily chart, the CSV).
     """
 
     link = models.ForeignKey(Link, on_delete=models.CASCADE, related_name="click_buckets")

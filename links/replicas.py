@@ -6,9 +6,11 @@ ten minutes of newer ones (shortener_project/bus.py). The admin's replicas page 
 from the start on every view, within SHORTENER_REPLICAS_READ_SECONDS, rather than having a
 consumer fold it into PostgreSQL: nothing more to run, deploy or keep in step, and the page
 shows what Kafka holds at that moment. A replica not heard from for
-SHORTENER_REPLICA_MISSING_SECONDS, by the broker's clock, is shown missing. A record that is no
-status this code can show is skipped (logged and counted once per process) and the page says how
-many there are.
+SHORTENER_REPLICA_MISSING_SECONDS, by the broker's clock, is shown missing; one not heard from
+for SHORTENER_REPLICA_GONE_SECONDS is gone: not shown, and `manage.py prune` writes a tombstone
+for its key (links/pruning.py), after which the reader drops what precedes it. A record that
+is no status this code can show is skipped (logged and counted once per process) and the page
+says how many there are.
 """
 
 from __future__ import annotations
@@ -178,6 +180,8 @@ def replicas_view(*, now: datetime | None = None, reader_factory: Callable[[], K
     replicas = []
     for node, (status, seen) in sorted(statuses.newest.items()):
         ago = max(0.0, (now - seen).total_seconds())
+        if ago > settings.SHORTENER_REPLICA_GONE_SECONDS:
+            continue  # gone: `manage.py prune` tombstones it (links/pruning.py)
         replicas.append(ReplicaState(
             node=node, status=status, last_seen=seen, seen_seconds_ago=ago,
             missing=ago > settings.SHORTENER_REPLICA_MISSING_SECONDS,

@@ -11,7 +11,7 @@ from django.db.models import BigIntegerField, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce, Trunc
 from django.utils import timezone as django_timezone
 
-from links.models import ClickBucket, Link
+from links.models import ClickBucket, ClickCounter, FoldedClicks, Link
 
 
 def longurl_digest(longurl: str) -> bytes:
@@ -37,6 +37,11 @@ def links_all() -> Iterator[Link]:
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
+# The admin link page's charts: per hour over the last 7 days (the current hour included), per
+# day over the last 90. Hourly rows older than the hourly chart's window are rolled into daily
+# rows (links/pruning.py, buckets_roll_up_before).
+CHART_HOURS = 7 * 24
+CHART_DAYS = 90
 
 
 def hour_start(when: datetime) -> datetime:
@@ -125,3 +130,16 @@ def clicks_by_node_since(*, since: datetime) -> dict[str, int]:
     rows = (ClickBucket.objects.filter(hour__gte=since).order_by().values("node")
             .annotate(total=Sum("clicks")))
     return {r["node"]: r["total"] for r in rows}
+
+
+def link_clicks_by_node(*, link_id: int) -> dict[str, int]:
+    """The link's clicks per node label (sorted by node): its counters (ClickCounter, each under
+    the node that last raised it) plus what was folded of ended incarnations (FoldedClicks,
+    under the same labels). The values add up to Link.clicks."""
+    totals: dict[str, int] = {}
+    for model, field in ((ClickCounter, "count"), (FoldedClicks, "clicks")):
+        rows = (model.objects.filter(link_id=link_id).order_by().values("node")
+                .annotate(total=Sum(field)))
+        for row in rows:
+            totals[row["node"]] = totals.get(row["node"], 0) + row["total"]
+    return dict(sorted(totals.items()))

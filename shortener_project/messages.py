@@ -325,7 +325,8 @@ def click_report_encode(
 
 def click_report_decode(key: bytes | None, value: bytes | None) -> ClickReport | None:
     """Decode and check one clicks-topic record: the ClickReport, or None for a tombstone (value
-    null: the counter's key was ended). Raises MessageError (with its reason) for anything the
+    null: the master writes one for every counter of an ended incarnation it folded,
+    links/pruning.py, so that compaction removes the key). Raises MessageError (with its reason) for anything the
     master must not apply, including a key that is not the value's `<incarnation>:<tinyurl>`.
 
     The master decodes every report of every replica (bench/clicks.py): msgspec checks types,

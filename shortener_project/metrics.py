@@ -190,3 +190,10 @@ def serve(port: int) -> None:
     except OSError as exc:
         # The data path matters more than its metrics: keep running, say so loudly.
         logger.error("cannot serve metrics on port %s: %s; running without them", port, exc)
+
+
+CLICKS_REFUSED_ENDED = Counter(
+    "shortener_clicks_refused_ended_total",
+    "Counters in click reports refused because their incarnation ended and was folded "
+    "(a replay or a late retry; links/pruning.py)",
+)

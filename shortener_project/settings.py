@@ -206,6 +206,26 @@ SHORTENER_CLICKS_BATCH = env.int("SHORTENER_CLICKS_BATCH", default=5000)
 SHORTENER_STATUS_SECONDS = env.float("SHORTENER_STATUS_SECONDS", default=5.0)
 SHORTENER_REPLICA_MISSING_SECONDS = env.float("SHORTENER_REPLICA_MISSING_SECONDS", default=60.0)
 SHORTENER_REPLICAS_READ_SECONDS = env.float("SHORTENER_REPLICAS_READ_SECONDS", default=3.0)
+# Bounded growth (links/pruning.py, run by `manage.py prune`; docs/storage.md).
+# A replica whose newest status is older than this (seconds; default 7 days) is gone: the prune
+# writes a tombstone for its key on the replicas topic, and the admin's replicas page no longer
+# shows it.
+SHORTENER_REPLICA_GONE_SECONDS = env.float("SHORTENER_REPLICA_GONE_SECONDS",
+                                           default=7 * 24 * 3600.0)
+# An incarnation that no replica status names as current and none of whose counters rose for
+# this long (seconds; default 7 days) has ended: its counters are folded and their clicks-topic
+# keys tombstoned, and later reports of it are refused. It is the time a replica's leftover
+# reports of an earlier incarnation (sent within one flush after its Redis restarted) may still
+# take to arrive: a reporter or a Kafka outage longer than this loses them.
+SHORTENER_INCARNATION_QUIET_SECONDS = env.float("SHORTENER_INCARNATION_QUIET_SECONDS",
+                                                default=7 * 24 * 3600.0)
+# Days of daily click rows kept (0, the default: every day, as the per-day CSV shows them all).
+# Otherwise at least the daily chart's 90 days (links.selectors.CHART_DAYS).
+SHORTENER_CLICKS_DAYS_KEEP = env.int("SHORTENER_CLICKS_DAYS_KEEP", default=0)
+if SHORTENER_CLICKS_DAYS_KEEP != 0 and SHORTENER_CLICKS_DAYS_KEEP < 90:
+    raise ImproperlyConfigured(
+        f"SHORTENER_CLICKS_DAYS_KEEP={SHORTENER_CLICKS_DAYS_KEEP}: use 0 (keep every day) or "
+        "at least 90 (the admin's daily chart shows 90 days)")
 # The code version a replica's status names; by default the checkout's git commit.
 SHORTENER_VERSION = env.str("SHORTENER_VERSION", default="")
 

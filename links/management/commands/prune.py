@@ -1,0 +1,40 @@
+"""`manage.py prune`: bounded growth on the master (links/pruning.py), once, then exit.
+
+Run hourly by deploy/systemd's shortener-prune.timer. Rolls old hourly click buckets into daily
+rows, drops daily rows past SHORTENER_CLICKS_DAYS_KEEP (if set), folds the counters of ended
+incarnations (tombstoning their clicks-topic keys), and tombstones replicas gone for
+SHORTENER_REPLICA_GONE_SECONDS. Prints one line of what it did; exits 1 if a step failed (the
+other steps still ran; the next run retries).
+"""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+
+from links import pruning
+from shortener_project import bus
+
+
+class Command(BaseCommand):
+    help = "Roll up old click buckets, fold ended incarnations, forget gone replicas."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--catch-up-seconds", type=float, default=60.0,
+            help="how long to wait for consume_clicks to apply what the clicks topic held when "
+                 "the run began, before ending incarnations (default 60)")
+
+    def handle(self, *args, catch_up_seconds: float, **options) -> None:
+        try:
+            report = pruning.prune(catch_up_seconds=catch_up_seconds)
+        finally:
+            bus.producer_reset()  # send what is pending, close the connections
+        self.stdout.write(
+            f"buckets: {report.bucket_rows_rolled} hourly row(s) rolled into days, "
+            f"{report.bucket_rows_dropped} dropped; incarnations: "
+            f"{len(report.incarnations_ended)} ended, {len(report.fold.incarnations)} folded "
+            f"({report.fold.counters} counter(s), {report.fold.clicks} click(s), "
+            f"{report.fold.tombstones} tombstone(s)); replicas gone: "
+            f"{', '.join(report.replicas_gone) or 'none'}")
+        if report.errors:
+            raise CommandError("; ".join(report.errors))
