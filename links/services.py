@@ -18,6 +18,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from kafka.producer.future import RecordMetadata
 
 from links import protection, selectors
 from links.models import Link
@@ -163,8 +164,9 @@ def _send(link: Link) -> tuple[KafkaProducer, Future]:
     return producer, producer.send(bus.links_topic(), key=key, value=value)
 
 
-def _delivery_wait(producer: KafkaProducer, future: Future, *, timeout: float) -> None:
-    """Wait up to `timeout` seconds for a record's acknowledgement.
+def _delivery_wait(producer: KafkaProducer, future: Future, *, timeout: float) -> RecordMetadata:
+    """Wait up to `timeout` seconds for a record's acknowledgement; returns it (kafka-python's
+    RecordMetadata: the partition and offset Kafka gave the record).
 
     Raises KafkaError if it did not come. If the producer itself failed the record (its
     delivery timeout, or an error it does not retry), the producer is discarded: one whose
@@ -174,7 +176,7 @@ def _delivery_wait(producer: KafkaProducer, future: Future, *, timeout: float) -
     it would fail every other request's records in flight with it.
     """
     try:
-        future.get(timeout=timeout)
+        return future.get(timeout=timeout)
     except KafkaError:
         if future.is_done:
             bus.producer_reset(producer)
@@ -193,14 +195,14 @@ def link_publish(*, link: Link) -> None:
     version = link.state_version
     try:
         producer, future = _send(link)
-        _delivery_wait(producer, future, timeout=bus.publish_wait_seconds())
+        acked = _delivery_wait(producer, future, timeout=bus.publish_wait_seconds())
     except KafkaError as exc:
         LINKS_PUBLISHED.labels("failed").inc()
         logger.warning("link %s (version %s) not acknowledged by Kafka: %r", link.tinyurl,
                        version, exc)
         raise LinkPublishError(str(exc) or type(exc).__name__) from exc
     LINKS_PUBLISHED.labels("acked").inc()
-    _links_mark_published([(link.pk, version)])
+    _links_mark_published([(link.pk, version, acked.partition, acked.offset)])
     link.published_at = timezone.now()
 
 
@@ -321,28 +323,34 @@ def link_set_disabled(*, link: Link, disabled: bool) -> None:
     link_update(link=link, disabled=disabled)
 
 
-def _links_mark_published(sent: list[tuple[int, int]]) -> None:
-    """Mark links published: (pk, state_version that was sent) pairs.
+def _links_mark_published(sent: list[tuple[int, int, int, int]]) -> None:
+    """Mark links published: (pk, state_version that was sent, partition, offset of the
+    acknowledged record) tuples. The partition and offset are kept with the mark for the links
+    audit (Link.published_offset).
 
     Committed on its own: the mark must only ever follow the acknowledgement, never precede it.
-    A link whose state changed since (another version) stays unpublished for the outbox.
+    A link whose state changed since (another version) stays unpublished for the outbox. Of two
+    acknowledged copies of one version, the first mark stays (published_at IS NULL): either is
+    that version's record, and the audit needs only some offset at which the current state is.
     """
-    by_version: dict[int, list[int]] = {}
-    for pk, version in sent:
-        by_version.setdefault(version, []).append(pk)
-    now = timezone.now()
+    if not sent:
+        return
+    pks, versions, partitions, offsets = (list(column) for column in zip(*sent))
     with transaction.atomic(), connection.cursor() as cursor:
-        for version, pks in by_version.items():
-            # The mark need not wait for its own fsync: should PostgreSQL crash and lose it, the
-            # outbox re-sends the link, which is harmless (replicas ignore a version they have).
-            # That takes a disk flush off every /create; the link's row was committed durably.
-            # One round trip for both statements (the ORM would send them apart).
-            cursor.execute(
-                "SET LOCAL synchronous_commit = off; "
-                "UPDATE links_link SET published_at = %s WHERE id = ANY(%s) "
-                "AND state_version = %s AND published_at IS NULL",
-                [now, pks, version],
-            )
+        # The mark need not wait for its own fsync: should PostgreSQL crash and lose it, the
+        # outbox re-sends the link, which is harmless (replicas ignore a version they have).
+        # That takes a disk flush off every /create; the link's row was committed durably.
+        # One round trip for both statements (the ORM would send them apart), one UPDATE for
+        # the whole chunk (unnest pairs the arrays row by row).
+        cursor.execute(
+            "SET LOCAL synchronous_commit = off; "
+            "UPDATE links_link AS l SET published_at = %s, published_partition = s.partition, "
+            "published_offset = s.record_offset "
+            "FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::bigint[]) "
+            "AS s(id, version, partition, record_offset) "
+            "WHERE l.id = s.id AND l.state_version = s.version AND l.published_at IS NULL",
+            [timezone.now(), pks, versions, partitions, offsets],
+        )
 
 
 def links_publish(*, links: Iterable[Link], batch: int = 2000) -> tuple[int, int]:
@@ -360,8 +368,8 @@ def links_publish(*, links: Iterable[Link], batch: int = 2000) -> tuple[int, int
         for link, version, producer, future in chunk:
             try:
                 # All of the chunk is in flight at once: the first wait covers most of the rest.
-                _delivery_wait(producer, future, timeout=bus.publish_wait_seconds())
-                acked.append((link.pk, version))
+                metadata = _delivery_wait(producer, future, timeout=bus.publish_wait_seconds())
+                acked.append((link.pk, version, metadata.partition, metadata.offset))
             except KafkaError as exc:
                 failed += 1
                 logger.warning("link %s not acknowledged by Kafka: %r", link.tinyurl, exc)
