@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
@@ -20,9 +19,9 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from kafka.producer.future import RecordMetadata
 
-from links import protection, selectors
-from links.models import Link
-from shortener_project import bus, longurls
+from links import selectors, validation
+from links.models import BlockedHost, Link
+from shortener_project import bus
 from shortener_project.messages import (
     RESERVED_TINYURLS,
     TINYURL_ALPHABET,
@@ -42,40 +41,6 @@ class LinkPublishError(Exception):
     """Kafka did not acknowledge a link in time; the link stays marked unpublished."""
 
 
-def longurl_validate(value: object) -> str:
-    """The stored form of an acceptable longurl (shortener_project/longurls.py: IDNA host,
-    percent-encoded as it is sent); ValidationError otherwise, its message saying what is wrong
-    and its code naming the rule (a metric label: shortener_create_refused_total{reason}).
-
-    On top of what every replica serves (longurls.longurl_normalize), the master refuses: a
-    stored form longer than SHORTENER_MAX_URL_LENGTH, the service's own public hosts
-    (SHORTENER_PUBLIC_HOSTS), and, unless SHORTENER_ALLOW_PRIVATE_TARGETS, hosts that lead each
-    clicker to their own machine or network. The host blocklist is links.protection's.
-    """
-    if not isinstance(value, str):
-        raise ValidationError(f"longurl must be a string, not {type(value).__name__}",
-                              code="type")
-    try:
-        stored, host = longurls.longurl_split(value)
-    except longurls.LongurlError as exc:
-        raise ValidationError(str(exc), code=exc.code) from None
-    limit = settings.SHORTENER_MAX_URL_LENGTH
-    if len(stored) > limit:
-        raise ValidationError(
-            f"longurl is longer than {limit} characters as sent ({len(stored)} after IDNA and "
-            "percent-encoding of non-ASCII characters)", code="too_long")
-    if protection.host_is_own(host):
-        raise ValidationError(
-            f"longurl points at this service itself ({longurls.host_display(host)}): a short "
-            "link to a short link", code="own_host")
-    if not settings.SHORTENER_ALLOW_PRIVATE_TARGETS and protection.host_is_private(host):
-        raise ValidationError(
-            f"longurl points at {longurls.host_display(host)}, a local or private address: "
-            "every clicker would reach their own machine or network, not yours",
-            code="private_host")
-    return stored
-
-
 def tinyurl_generate() -> str:
     # Random, from the OS's CSPRNG: a code says nothing about the ones issued before it.
     while True:
@@ -93,6 +58,9 @@ class LinkCreated:
 def link_create(*, longurl: str, expires_at: datetime | None = None) -> LinkCreated:
     """The link for `longurl`, created if new, and published to the links topic.
 
+    `longurl` is checked first (links.validation.longurl_check, the stored form is what is kept
+    and compared): LongurlRefused if it is not acceptable, and nothing is written.
+
     Returns only once Kafka has acknowledged the link (now or earlier), so a tinyurl handed out
     always reaches the replicas. Raises LinkPublishError if Kafka does not answer in time: the
     link is then committed but unpublished, the outbox re-sends it, and a retried /create for
@@ -105,6 +73,7 @@ def link_create(*, longurl: str, expires_at: datetime | None = None) -> LinkCrea
     """
     if expires_at is not None and timezone.is_naive(expires_at):
         raise ValueError("expires_at must be timezone-aware")
+    longurl = validation.longurl_check(longurl)
     link = selectors.link_get_by_longurl(longurl=longurl)
     if link is not None:
         if link.disabled_at is not None:
@@ -279,8 +248,9 @@ def link_update(
     nothing is bumped, and a link still unpublished is sent again.
 
     disabled: True takes the link down (replicas answer 404), False puts it back.
-    longurl: a new target, checked by longurl_validate; ValidationError if it is not acceptable
-        or another link already has it (a longurl has one tinyurl).
+    longurl: a new target, checked by links.validation.longurl_check (LongurlRefused if it is not
+        acceptable); ValidationError if another link already has it (a longurl has one
+        tinyurl). Either way nothing is changed or published.
     expires_at: an aware datetime after which replicas answer 410 Gone; None: never.
     Returns the link as committed (`link` is refreshed too). Raises LinkPublishError if Kafka
     did not acknowledge: the change is committed, and the outbox relay sends it later, so it
@@ -289,7 +259,7 @@ def link_update(
     if isinstance(expires_at, datetime) and timezone.is_naive(expires_at):
         raise ValueError("expires_at must be timezone-aware")
     if longurl is not KEEP:
-        longurl = longurl_validate(longurl)
+        longurl = validation.longurl_check(longurl)
     with transaction.atomic(durable=True):
         row = Link.objects.select_for_update().get(pk=link.pk)
         changed = []
@@ -400,3 +370,24 @@ def links_publish_pending(*, min_age: timedelta = timedelta(seconds=0)) -> tuple
     """
     created_before = timezone.now() - min_age if min_age else None
     return links_publish(links=selectors.links_unpublished(created_before=created_before))
+
+
+@dataclass(frozen=True)
+class TakedownResult:
+    done: int  # taken down, and every replica told (Kafka acknowledged)
+    pending: int  # taken down here; the outbox tells the replicas when Kafka is back
+
+
+def links_take_down_blocked(*, blocked: Iterable[BlockedHost]) -> TakedownResult:
+    """Take down every enabled link to a host of `blocked` or its subdomains, through the same
+    versioned takedown as the admin's "Take down" (link_set_disabled)."""
+    done = pending = 0
+    for link in list(selectors.links_to_hosts(hosts=[b.host for b in blocked])):
+        try:
+            link_set_disabled(link=link, disabled=True)
+            done += 1
+        except LinkPublishError:
+            pending += 1
+    logger.info("took down %s link(s) to blocked hosts (%s left for the outbox)", done + pending,
+                pending)
+    return TakedownResult(done=done, pending=pending)
