@@ -299,9 +299,10 @@ def _links_mark_published(sent: list[tuple[int, int, int, int]]) -> None:
     audit (Link.published_offset).
 
     Committed on its own: the mark must only ever follow the acknowledgement, never precede it.
-    A link whose state changed since (another version) stays unpublished for the outbox. Of two
-    acknowledged copies of one version, the first mark stays (published_at IS NULL): either is
-    that version's record, and the audit needs only some offset at which the current state is.
+    A link whose state changed since (another version) stays unpublished for the outbox. A
+    link already marked keeps its published_at, and takes the newest acknowledged offset: after
+    the topic is recreated and every link sent again (republish_links), the offsets must be
+    the new topic's, not the old one's.
     """
     if not sent:
         return
@@ -314,11 +315,11 @@ def _links_mark_published(sent: list[tuple[int, int, int, int]]) -> None:
         # the whole chunk (unnest pairs the arrays row by row).
         cursor.execute(
             "SET LOCAL synchronous_commit = off; "
-            "UPDATE links_link AS l SET published_at = %s, published_partition = s.partition, "
-            "published_offset = s.record_offset "
+            "UPDATE links_link AS l SET published_at = COALESCE(l.published_at, %s), "
+            "published_partition = s.partition, published_offset = s.record_offset "
             "FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::bigint[]) "
             "AS s(id, version, partition, record_offset) "
-            "WHERE l.id = s.id AND l.state_version = s.version AND l.published_at IS NULL",
+            "WHERE l.id = s.id AND l.state_version = s.version",
             [timezone.now(), pks, versions, partitions, offsets],
         )
 

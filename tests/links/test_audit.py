@@ -261,3 +261,16 @@ def test_an_older_record_is_sent_again_when_where_the_current_state_is_is_unknow
     Link.objects.filter(pk=link.pk).update(published_partition=None, published_offset=None)
     assert _audit(fetched).resend == 1
     assert Link.objects.get(pk=link.pk).published_at is None
+
+
+def test_sending_the_current_state_again_moves_the_kept_offset(transactional_db):
+    """republish_links sends every link again (after a topic was recreated, its offsets start
+    over): the kept offset is the newest acknowledged one, so the audit compares with where the
+    current state now is."""
+    link = services.link_create(longurl="https://example.com/audit-offset-moves").link
+    first = Link.objects.get(pk=link.pk)
+    assert services.links_publish(links=[first]) == (1, 0)
+    row = Link.objects.get(pk=link.pk)
+    last = _records_of(link.tinyurl)[-1]
+    assert row.published_offset == last.offset > first.published_offset
+    assert row.published_at == first.published_at  # still the first acknowledgement's time
