@@ -84,7 +84,7 @@ def per_call(n: int = 3000) -> None:
     from django.db import connection
     from django.test import override_settings
 
-    from links import ratelimit, services
+    from links import ratelimit, validation
     from shortener_project import longurls
 
     _, token = protection.api_key_create(name="bench-per-call")
@@ -104,9 +104,9 @@ def per_call(n: int = 3000) -> None:
     with override_settings(SHORTENER_CREATE_RATE_LIMIT="1000000/second;1000000000/hour"):
         rows = [
             ("baseline: SELECT 1 round trip", select_1),
-            ("longurl_validate, ASCII", lambda: services.longurl_validate(
+            ("longurl_check, ASCII", lambda: validation.longurl_check(
                 "https://bench.example/some/path?q=1")),
-            ("longurl_validate, IDN + Unicode path", lambda: services.longurl_validate(
+            ("longurl_check, IDN + Unicode path", lambda: validation.longurl_check(
                 "https://bücher.example/straße?q=ä")),
             ("longurl_problem (replica), ASCII", lambda: longurls.longurl_problem(
                 "https://bench.example/some/path?q=1")),

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from django.template.response import TemplateResponse
 
-from links import protection, replicas, selectors, services
+from links import protection, replicas, selectors, services, validation
 from links.models import (
     ApiKey,
     BlockedHost,
@@ -82,11 +82,9 @@ class LinkForm(forms.ModelForm):
                                     "already past ends the link at once. Empty: never."}
 
     def clean_longurl(self) -> str:
-        value = self.cleaned_data["longurl"]
-        try:
-            value = services.longurl_validate(value)
-        except ValidationError as exc:
-            raise forms.ValidationError(exc.messages[0]) from None
+        # The one check of every target (link_update calls it again, as the guard of every
+        # path; here it puts the reason on the field before anything is saved).
+        value = validation.longurl_check(self.cleaned_data["longurl"])
         other = selectors.link_get_by_longurl(longurl=value)
         if other is not None and other.pk != self.instance.pk:
             raise forms.ValidationError(f"link {other.tinyurl} already has this longurl "
@@ -309,7 +307,7 @@ class BlockedHostAdmin(admin.ModelAdmin):
     @admin.action(description="Take down every link to the selected hosts and their subdomains",
                   permissions=["takedown"])
     def take_down_links(self, request, queryset) -> None:
-        result = protection.links_take_down_blocked(blocked=queryset)
+        result = services.links_take_down_blocked(blocked=queryset)
         if result.done or not result.pending:
             self.message_user(request, f"{result.done} link(s) taken down on every replica.")
         if result.pending:

@@ -8,9 +8,17 @@ topic from the start later (a new one, or one whose Redis was wiped) would apply
 outbox relay (`republish_links --pending --follow`) also reads the topic, and for the newest
 record of each link in a batch:
   * the link's current version, same state: nothing to do;
-  * an older version, a tombstone, or a record it cannot read (schema 1 from before the
-    upgrade, garbage): the link is marked unpublished, so the relay sends its current state
-    again, which lands after it;
+  * an older version, a tombstone or a record it cannot read, at an offset before the one where
+    Kafka put the current state's record (Link.published_offset): nothing to do either. The
+    link changed after this record was sent; its current state already follows it in the
+    topic, and the audit will read it. (The audit fetches a batch and reads the rows a moment
+    later: a change committed and published in between is no fault of the topic.) Likewise
+    while the current state is not yet acknowledged: the relay sends it anyway, after every
+    record already in the topic;
+  * the same at a later offset (a stale copy that landed after the current state; a schema-1
+    record from before the upgrade; garbage), or where the current state's offset is not
+    known: the link is marked unpublished, so the relay sends its current state again, which
+    lands after it;
   * a newer version than PostgreSQL holds, or the same version with another state (the
     database was restored from an older backup): the link's version is raised above the
     topic's and it is marked unpublished, so replicas, which ignore versions they have already
@@ -52,8 +60,10 @@ _STATE_FIELDS = ("version", "state", "longurl", "expires_at")
 
 @dataclass(frozen=True)
 class AuditResult:
-    current: int  # links whose newest record in the batch is their current state
-    resend: int  # links marked for the outbox: the record was older or unreadable
+    current: int  # links whose newest record in the batch is their current state, or one that
+    # their current state's record follows in the topic
+    resend: int  # links whose current state is (or was already) to be sent: the record was
+    # older and after the current state's, or unreadable, or the current state is pending
     rebased: int  # links whose version was raised above the topic's (database restored)
     unknown: int  # keys that are no link of this master (skipped)
     next_offset: int
@@ -75,6 +85,16 @@ def _current_state(link: Link) -> tuple | None:
         return None
 
 
+def _current_state_follows(link: Link, where: tuple[int, int]) -> bool:
+    """Whether Kafka acknowledged the link's current state at an offset after `where`
+    (partition, offset) in the same partition, so the topic's newest record of the link is
+    already its current state. False if the current state is unacknowledged or its offset is not
+    known (published_at is cleared on every change, so published_offset then belongs to an
+    older state) or in another partition (offsets of two partitions do not compare)."""
+    return (link.published_at is not None and link.published_offset is not None
+            and link.published_partition == where[0] and link.published_offset > where[1])
+
+
 def links_audit_batch(
     *, topic: str, partition: int, records: Sequence[Record], expected_position: int | None
 ) -> AuditResult:
@@ -86,6 +106,7 @@ def links_audit_batch(
     newest: dict[str, LinkRecord | None] = {}  # tinyurl -> its newest record here (None:
     # unreadable or a tombstone: either way the link's current state is sent again)
     rejected: list[Rejected] = []
+    where: dict[str, tuple[int, int]] = {}  # tinyurl -> (partition, offset) of that record
     for rec in records:
         try:
             tinyurl = rec.key.decode() if rec.key is not None else ""
@@ -102,6 +123,7 @@ def links_audit_batch(
             # Logged and counted after the commit below; the link's state is sent again.
             rejected.append(Rejected.of(rec, exc))
             newest[tinyurl] = None
+        where[tinyurl] = (rec.partition, rec.offset)
     next_offset = records[-1].offset + 1
     current = resend = rebased = 0
 
@@ -117,6 +139,10 @@ def links_audit_batch(
             if record is not None and state is not None and _state(record) == state:
                 current += 1
             elif record is None or record.version < link.state_version:
+                if _current_state_follows(link, where[link.tinyurl]):
+                    current += 1  # the audit reads the current state's record further on
+                    continue
+                # A link still unpublished keeps its mark: the relay sends it after this record.
                 resend_ids.append(link.pk)
                 resend += 1
             elif record.version >= VERSION_MAX:

@@ -18,6 +18,14 @@ class Link(models.Model):
     # The outbox mark: NULL until Kafka acknowledged the link's record. Rows still NULL are
     # re-sent by `manage.py republish_links --pending` (which runs continuously with --follow).
     published_at = models.DateTimeField(null=True, blank=True)
+    # Where Kafka put the acknowledged record of the current state (set with published_at, from
+    # the producer's acknowledgement). The links audit (links/audit.py) compares an older
+    # record's offset with it: a record before it is followed in the topic by the current
+    # state (a change that raced the audit, nothing to do); one after it is a stale copy that
+    # landed later (send the current state again). NULL: not known (published before these
+    # columns existed), so the audit sends the current state again, as it always did.
+    published_partition = models.IntegerField(null=True, blank=True, editable=False)
+    published_offset = models.BigIntegerField(null=True, blank=True, editable=False)
     # Set when an admin took the link down: the link's record then says "disabled" and the
     # replicas answer 404 for it. published_at then tracks that record's acknowledgement.
     disabled_at = models.DateTimeField(null=True, blank=True, db_index=True)

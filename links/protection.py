@@ -1,6 +1,8 @@
-"""Abuse protection of PUT /create: the service's own hosts, private addresses, the host
-blocklist, API keys and the rate limit's client identity. (The limiter itself is
-links/ratelimit.py; what a longurl is, shortener_project/longurls.py.)"""
+"""Abuse protection of PUT /create: the host blocklist (its rows and this process's copy), API
+keys and the rate limit's client identity. (The limiter itself is links/ratelimit.py; what a
+longurl is, shortener_project/longurls.py; what the master accepts as a target, with the
+blocklist among its checks, links/validation.py; taking down the links to blocked hosts,
+links/services.py.)"""
 
 from __future__ import annotations
 
@@ -10,69 +12,16 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
 
-from links.models import ApiKey, BlockedHost, Link
+from links.models import ApiKey, BlockedHost
 from shortener_project import longurls
 
 logger = logging.getLogger(__name__)
-
-# --- the service's own hosts, private addresses ----------------------------------------------
-
-_own_cache: tuple[tuple[str, ...], frozenset[str], tuple[str, ...]] | None = None
-
-
-def _own_hosts() -> tuple[frozenset[str], tuple[str, ...]]:
-    """(exact hosts, domains whose subdomains count too), from SHORTENER_PUBLIC_HOSTS in
-    ALLOWED_HOSTS syntax; cached per value of the setting."""
-    global _own_cache
-    entries = tuple(settings.SHORTENER_PUBLIC_HOSTS)
-    cached = _own_cache
-    if cached is None or cached[0] != entries:
-        exact: set[str] = set()
-        domains: list[str] = []
-        for entry in entries:
-            if not entry or entry == "*":
-                continue
-            try:
-                host = longurls.host_normalize(entry.lstrip("."))
-            except longurls.LongurlError:
-                logger.warning("SHORTENER_PUBLIC_HOSTS: %r is not a host; ignored", entry)
-                continue
-            exact.add(host)
-            if entry.startswith("."):
-                domains.append(host)
-        cached = _own_cache = (entries, frozenset(exact), tuple(domains))
-    return cached[1], cached[2]
-
-
-def host_is_own(host: str) -> bool:
-    """Whether `host` (comparable form, longurls.host_of) is one of the service's own public
-    hosts (SHORTENER_PUBLIC_HOSTS)."""
-    exact, domains = _own_hosts()
-    return host in exact or any(host.endswith(f".{d}") for d in domains)
-
-
-def host_is_private(host: str) -> bool:
-    """Whether `host` (comparable form) leads to the clicker's own machine or network: an IP
-    address that is not globally reachable (Python's ipaddress `is_global`: loopback, private,
-    link-local, shared, documentation and reserved ranges, after the IANA registries) or a
-    "localhost" name (RFC 6761 §6.3: always the loopback)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host == "localhost" or host.endswith(".localhost")
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return not address.is_global
-
 
 # --- the host blocklist -----------------------------------------------------------------------
 
@@ -121,66 +70,6 @@ def blocked_host_add(*, host: str, reason: str = "") -> BlockedHost:
     blocked, _ = BlockedHost.objects.get_or_create(host=normalized, defaults={"reason": reason})
     blocklist_cache_clear()
     return blocked
-
-
-def _legacy_host(longurl: str) -> str | None:
-    """The comparable host of a stored longurl, also for links stored before longurls had one
-    definition (a Unicode host, say); None if there is none to find."""
-    try:
-        return longurls.host_of(longurl)
-    except longurls.LongurlError:
-        pass
-    try:
-        return longurls.host_normalize(longurl)
-    except (longurls.LongurlError, ValueError):
-        return None
-
-
-def links_to_hosts(*, hosts: Iterable[str]) -> Iterator[Link]:
-    """Enabled links whose host is one of `hosts` (comparable form) or under one of them.
-
-    Links keep no host column, so this reads every link whose text contains one of the hosts
-    (in A-labels or Unicode) and checks each one's host exactly: a scan of the links table, for
-    an operator's action, not for requests.
-    """
-    hosts = list(hosts)
-    if not hosts:
-        return
-    needles = Q()
-    for host in hosts:
-        needles |= Q(longurl__icontains=host)
-        display = longurls.host_display(host)
-        if display != host:
-            needles |= Q(longurl__icontains=display)
-    wanted = set(hosts)
-    for link in Link.objects.filter(needles, disabled_at__isnull=True).iterator(chunk_size=2000):
-        host = _legacy_host(link.longurl)
-        if host is not None and wanted.intersection(longurls.host_suffixes(host)):
-            yield link
-
-
-@dataclass(frozen=True)
-class TakedownResult:
-    done: int  # taken down, and every replica told (Kafka acknowledged)
-    pending: int  # taken down here; the outbox tells the replicas when Kafka is back
-
-
-def links_take_down_blocked(*, blocked: Iterable[BlockedHost]) -> TakedownResult:
-    """Take down every enabled link to a host of `blocked` or its subdomains, through the same
-    versioned takedown as the admin's "Take down" (services.link_set_disabled)."""
-    # Imported here: links.services imports this module (longurl_validate uses the checks above).
-    from links import services
-
-    done = pending = 0
-    for link in list(links_to_hosts(hosts=[b.host for b in blocked])):
-        try:
-            services.link_set_disabled(link=link, disabled=True)
-            done += 1
-        except services.LinkPublishError:
-            pending += 1
-    logger.info("took down %s link(s) to blocked hosts (%s left for the outbox)", done + pending,
-                pending)
-    return TakedownResult(done=done, pending=pending)
 
 
 # --- API keys ---------------------------------------------------------------------------------

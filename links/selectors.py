@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from django.db.models import BigIntegerField, OuterRef, QuerySet, Subquery, Sum
+from django.db.models import BigIntegerField, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce, Trunc
 from django.utils import timezone as django_timezone
 
 from links.models import ClickBucket, ClickCounter, FoldedClicks, Link
+from shortener_project import longurls
 
 
 def longurl_digest(longurl: str) -> bytes:
@@ -143,3 +144,39 @@ def link_clicks_by_node(*, link_id: int) -> dict[str, int]:
         for row in rows:
             totals[row["node"]] = totals.get(row["node"], 0) + row["total"]
     return dict(sorted(totals.items()))
+
+
+def _legacy_host(longurl: str) -> str | None:
+    """The comparable host of a stored longurl, also for links stored before longurls had one
+    definition (a Unicode host, say); None if there is none to find."""
+    try:
+        return longurls.host_of(longurl)
+    except longurls.LongurlError:
+        pass
+    try:
+        return longurls.host_normalize(longurl)
+    except (longurls.LongurlError, ValueError):
+        return None
+
+
+def links_to_hosts(*, hosts: Iterable[str]) -> Iterator[Link]:
+    """Enabled links whose host is one of `hosts` (comparable form) or under one of them.
+
+    Links keep no host column, so this reads every link whose text contains one of the hosts
+    (in A-labels or Unicode) and checks each one's host exactly: a scan of the links table, for
+    an operator's action, not for requests.
+    """
+    hosts = list(hosts)
+    if not hosts:
+        return
+    needles = Q()
+    for host in hosts:
+        needles |= Q(longurl__icontains=host)
+        display = longurls.host_display(host)
+        if display != host:
+            needles |= Q(longurl__icontains=display)
+    wanted = set(hosts)
+    for link in Link.objects.filter(needles, disabled_at__isnull=True).iterator(chunk_size=2000):
+        host = _legacy_host(link.longurl)
+        if host is not None and wanted.intersection(longurls.host_suffixes(host)):
+            yield link

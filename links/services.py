@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from kafka.producer.future import RecordMetadata
 
-from links import protection, selectors
-from links.models import Link
-from shortener_project import bus, longurls
+from links import selectors, validation
+from links.models import BlockedHost, Link
+from shortener_project import bus
 from shortener_project.messages import (
     RESERVED_TINYURLS,
     TINYURL_ALPHABET,
@@ -41,40 +41,6 @@ class LinkPublishError(Exception):
     """Kafka did not acknowledge a link in time; the link stays marked unpublished."""
 
 
-def longurl_validate(value: object) -> str:
-    """The stored form of an acceptable longurl (shortener_project/longurls.py: IDNA host,
-    percent-encoded as it is sent); ValidationError otherwise, its message saying what is wrong
-    and its code naming the rule (a metric label: shortener_create_refused_total{reason}).
-
-    On top of what every replica serves (longurls.longurl_normalize), the master refuses: a
-    stored form longer than SHORTENER_MAX_URL_LENGTH, the service's own public hosts
-    (SHORTENER_PUBLIC_HOSTS), and, unless SHORTENER_ALLOW_PRIVATE_TARGETS, hosts that lead each
-    clicker to their own machine or network. The host blocklist is links.protection's.
-    """
-    if not isinstance(value, str):
-        raise ValidationError(f"longurl must be a string, not {type(value).__name__}",
-                              code="type")
-    try:
-        stored, host = longurls.longurl_split(value)
-    except longurls.LongurlError as exc:
-        raise ValidationError(str(exc), code=exc.code) from None
-    limit = settings.SHORTENER_MAX_URL_LENGTH
-    if len(stored) > limit:
-        raise ValidationError(
-            f"longurl is longer than {limit} characters as sent ({len(stored)} after IDNA and "
-            "percent-encoding of non-ASCII characters)", code="too_long")
-    if protection.host_is_own(host):
-        raise ValidationError(
-            f"longurl points at this service itself ({longurls.host_display(host)}): a short "
-            "link to a short link", code="own_host")
-    if not settings.SHORTENER_ALLOW_PRIVATE_TARGETS and protection.host_is_private(host):
-        raise ValidationError(
-            f"longurl points at {longurls.host_display(host)}, a local or private address: "
-            "every clicker would reach their own machine or network, not yours",
-            code="private_host")
-    return stored
-
-
 def tinyurl_generate() -> str:
     # Random, from the OS's CSPRNG: a code says nothing about the ones issued before it.
     while True:
@@ -92,6 +58,9 @@ class LinkCreated:
 def link_create(*, longurl: str, expires_at: datetime | None = None) -> LinkCreated:
     """The link for `longurl`, created if new, and published to the links topic.
 
+    `longurl` is checked first (links.validation.longurl_check, the stored form is what is kept
+    and compared): LongurlRefused if it is not acceptable, and nothing is written.
+
     Returns only once Kafka has acknowledged the link (now or earlier), so a tinyurl handed out
     always reaches the replicas. Raises LinkPublishError if Kafka does not answer in time: the
     link is then committed but unpublished, the outbox re-sends it, and a retried /create for
@@ -104,6 +73,7 @@ def link_create(*, longurl: str, expires_at: datetime | None = None) -> LinkCrea
     """
     if expires_at is not None and timezone.is_naive(expires_at):
         raise ValueError("expires_at must be timezone-aware")
+    longurl = validation.longurl_check(longurl)
     link = selectors.link_get_by_longurl(longurl=longurl)
     if link is not None:
         if link.disabled_at is not None:
@@ -163,8 +133,9 @@ def _send(link: Link) -> tuple[KafkaProducer, Future]:
     return producer, producer.send(bus.links_topic(), key=key, value=value)
 
 
-def _delivery_wait(producer: KafkaProducer, future: Future, *, timeout: float) -> None:
-    """Wait up to `timeout` seconds for a record's acknowledgement.
+def _delivery_wait(producer: KafkaProducer, future: Future, *, timeout: float) -> RecordMetadata:
+    """Wait up to `timeout` seconds for a record's acknowledgement; returns it (kafka-python's
+    RecordMetadata: the partition and offset Kafka gave the record).
 
     Raises KafkaError if it did not come. If the producer itself failed the record (its
     delivery timeout, or an error it does not retry), the producer is discarded: one whose
@@ -174,7 +145,7 @@ def _delivery_wait(producer: KafkaProducer, future: Future, *, timeout: float) -
     it would fail every other request's records in flight with it.
     """
     try:
-        future.get(timeout=timeout)
+        return future.get(timeout=timeout)
     except KafkaError:
         if future.is_done:
             bus.producer_reset(producer)
@@ -193,14 +164,14 @@ def link_publish(*, link: Link) -> None:
     version = link.state_version
     try:
         producer, future = _send(link)
-        _delivery_wait(producer, future, timeout=bus.publish_wait_seconds())
+        acked = _delivery_wait(producer, future, timeout=bus.publish_wait_seconds())
     except KafkaError as exc:
         LINKS_PUBLISHED.labels("failed").inc()
         logger.warning("link %s (version %s) not acknowledged by Kafka: %r", link.tinyurl,
                        version, exc)
         raise LinkPublishError(str(exc) or type(exc).__name__) from exc
     LINKS_PUBLISHED.labels("acked").inc()
-    _links_mark_published([(link.pk, version)])
+    _links_mark_published([(link.pk, version, acked.partition, acked.offset)])
     link.published_at = timezone.now()
 
 
@@ -277,8 +248,9 @@ def link_update(
     nothing is bumped, and a link still unpublished is sent again.
 
     disabled: True takes the link down (replicas answer 404), False puts it back.
-    longurl: a new target, checked by longurl_validate; ValidationError if it is not acceptable
-        or another link already has it (a longurl has one tinyurl).
+    longurl: a new target, checked by links.validation.longurl_check (LongurlRefused if it is not
+        acceptable); ValidationError if another link already has it (a longurl has one
+        tinyurl). Either way nothing is changed or published.
     expires_at: an aware datetime after which replicas answer 410 Gone; None: never.
     Returns the link as committed (`link` is refreshed too). Raises LinkPublishError if Kafka
     did not acknowledge: the change is committed, and the outbox relay sends it later, so it
@@ -287,7 +259,7 @@ def link_update(
     if isinstance(expires_at, datetime) and timezone.is_naive(expires_at):
         raise ValueError("expires_at must be timezone-aware")
     if longurl is not KEEP:
-        longurl = longurl_validate(longurl)
+        longurl = validation.longurl_check(longurl)
     with transaction.atomic(durable=True):
         row = Link.objects.select_for_update().get(pk=link.pk)
         changed = []
@@ -321,28 +293,35 @@ def link_set_disabled(*, link: Link, disabled: bool) -> None:
     link_update(link=link, disabled=disabled)
 
 
-def _links_mark_published(sent: list[tuple[int, int]]) -> None:
-    """Mark links published: (pk, state_version that was sent) pairs.
+def _links_mark_published(sent: list[tuple[int, int, int, int]]) -> None:
+    """Mark links published: (pk, state_version that was sent, partition, offset of the
+    acknowledged record) tuples. The partition and offset are kept with the mark for the links
+    audit (Link.published_offset).
 
     Committed on its own: the mark must only ever follow the acknowledgement, never precede it.
-    A link whose state changed since (another version) stays unpublished for the outbox.
+    A link whose state changed since (another version) stays unpublished for the outbox. A
+    link already marked keeps its published_at, and takes the newest acknowledged offset: after
+    the topic is recreated and every link sent again (republish_links), the offsets must be
+    the new topic's, not the old one's.
     """
-    by_version: dict[int, list[int]] = {}
-    for pk, version in sent:
-        by_version.setdefault(version, []).append(pk)
-    now = timezone.now()
+    if not sent:
+        return
+    pks, versions, partitions, offsets = (list(column) for column in zip(*sent))
     with transaction.atomic(), connection.cursor() as cursor:
-        for version, pks in by_version.items():
-            # The mark need not wait for its own fsync: should PostgreSQL crash and lose it, the
-            # outbox re-sends the link, which is harmless (replicas ignore a version they have).
-            # That takes a disk flush off every /create; the link's row was committed durably.
-            # One round trip for both statements (the ORM would send them apart).
-            cursor.execute(
-                "SET LOCAL synchronous_commit = off; "
-                "UPDATE links_link SET published_at = %s WHERE id = ANY(%s) "
-                "AND state_version = %s AND published_at IS NULL",
-                [now, pks, version],
-            )
+        # The mark need not wait for its own fsync: should PostgreSQL crash and lose it, the
+        # outbox re-sends the link, which is harmless (replicas ignore a version they have).
+        # That takes a disk flush off every /create; the link's row was committed durably.
+        # One round trip for both statements (the ORM would send them apart), one UPDATE for
+        # the whole chunk (unnest pairs the arrays row by row).
+        cursor.execute(
+            "SET LOCAL synchronous_commit = off; "
+            "UPDATE links_link AS l SET published_at = COALESCE(l.published_at, %s), "
+            "published_partition = s.partition, published_offset = s.record_offset "
+            "FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::bigint[]) "
+            "AS s(id, version, partition, record_offset) "
+            "WHERE l.id = s.id AND l.state_version = s.version",
+            [timezone.now(), pks, versions, partitions, offsets],
+        )
 
 
 def links_publish(*, links: Iterable[Link], batch: int = 2000) -> tuple[int, int]:
@@ -360,8 +339,8 @@ def links_publish(*, links: Iterable[Link], batch: int = 2000) -> tuple[int, int
         for link, version, producer, future in chunk:
             try:
                 # All of the chunk is in flight at once: the first wait covers most of the rest.
-                _delivery_wait(producer, future, timeout=bus.publish_wait_seconds())
-                acked.append((link.pk, version))
+                metadata = _delivery_wait(producer, future, timeout=bus.publish_wait_seconds())
+                acked.append((link.pk, version, metadata.partition, metadata.offset))
             except KafkaError as exc:
                 failed += 1
                 logger.warning("link %s not acknowledged by Kafka: %r", link.tinyurl, exc)
@@ -392,3 +371,24 @@ def links_publish_pending(*, min_age: timedelta = timedelta(seconds=0)) -> tuple
     """
     created_before = timezone.now() - min_age if min_age else None
     return links_publish(links=selectors.links_unpublished(created_before=created_before))
+
+
+@dataclass(frozen=True)
+class TakedownResult:
+    done: int  # taken down, and every replica told (Kafka acknowledged)
+    pending: int  # taken down here; the outbox tells the replicas when Kafka is back
+
+
+def links_take_down_blocked(*, blocked: Iterable[BlockedHost]) -> TakedownResult:
+    """Take down every enabled link to a host of `blocked` or its subdomains, through the same
+    versioned takedown as the admin's "Take down" (link_set_disabled)."""
+    done = pending = 0
+    for link in list(selectors.links_to_hosts(hosts=[b.host for b in blocked])):
+        try:
+            link_set_disabled(link=link, disabled=True)
+            done += 1
+        except LinkPublishError:
+            pending += 1
+    logger.info("took down %s link(s) to blocked hosts (%s left for the outbox)", done + pending,
+                pending)
+    return TakedownResult(done=done, pending=pending)

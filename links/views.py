@@ -1,5 +1,6 @@
 """The master's HTTP API: PUT /create (the order of its checks: method, API key, rate limit,
-body, longurl, blocklist; each refusal is counted by reason)."""
+body, expiry, longurl (links.validation, the blocklist included); each refusal is counted by
+reason)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,7 @@ from django.db import DatabaseError, InterfaceError, connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from links import protection, ratelimit, services
-from shortener_project import longurls
+from links import protection, ratelimit, services, validation
 from shortener_project.metrics import CREATE_REFUSED, instrumented
 
 logger = logging.getLogger(__name__)
@@ -139,20 +139,17 @@ def _create(request: HttpRequest) -> JsonResponse:
     if "longurl" not in payload:
         return _refuse(400, "json", "longurl is missing")
     try:
-        longurl = services.longurl_validate(payload["longurl"])
         # Optional; without it the answer is exactly the homework's.
         expires_at = services.expires_at_parse(payload.get("expires_at"))
     except ValidationError as exc:
         return _refuse(400, exc.error_list[0].code or "invalid", exc.messages[0])
-    blocked = _db_retrying(lambda: protection.host_blocked(longurls.host_of(longurl)))
-    if blocked is not None:
-        return _refuse(400, "blocked_host", "links to "
-                       f"{longurls.host_display(blocked)} and its subdomains are not accepted "
-                       "here (blocked by the operators)")
 
     try:
-        result = _db_retrying(lambda: services.link_create(longurl=longurl,
+        # link_create checks the longurl (links.validation.longurl_check) before anything else.
+        result = _db_retrying(lambda: services.link_create(longurl=payload["longurl"],
                                                             expires_at=expires_at))
+    except validation.LongurlRefused as exc:
+        return _refuse(400, exc.code, exc.message)
     except services.LinkDisabled:
         # The same longurl asked for again after a takedown: not re-issued (under the old
         # tinyurl or a new one); an admin can put the link back.

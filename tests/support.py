@@ -29,10 +29,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# How much longer than its `timeout` a wait_until waits before it fails. A wait's timeout is
+# when to give up, never a claim about the product (a test that claims a bound measures it and
+# asserts it on its own); on success the wait ends as soon as the condition holds, so a longer
+# limit costs nothing. The suite runs whole on shared machines (2 cores, other runs at the same
+# time), where starting a Django process or a Kafka consumer group took over 20 s.
+WAIT_SCALE = float(os.environ.get("SHORTENER_TEST_WAIT_SCALE", "3"))
+
+
 def wait_until(
     condition: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
 ) -> T:
-    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    """Poll `condition` every `interval` seconds until it returns something truthy, and return
+    that; fail (AssertionError naming `what` and the last exception the condition raised) after
+    `timeout` x WAIT_SCALE seconds."""
+    timeout *= WAIT_SCALE
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
     while time.monotonic() < deadline:
@@ -99,13 +110,39 @@ class Replica:
     # --- Redis ----------------------------------------------------------------------------
 
     def start_redis(self) -> None:
-        # No persistence: these tests want a Redis that can lose everything.
-        self.redis_proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
-            stdout=open(self.dir / "redis.log", "ab"), stderr=subprocess.STDOUT,
-        )
-        wait_until(self.redis.ping, timeout=10, what=f"redis on {self.redis_port}")
+        # free_port() only found a port free a moment ago: another run on this machine may have
+        # bound it since. A ping would then be answered by that other Redis, so wait for OUR
+        # process to answer (INFO's process_id); if it exited (port taken) on a first start,
+        # take another port. A restart must keep its port (the replica's processes use it).
+        first = self.redis_proc is None
+        for _ in range(5 if first else 1):
+            proc = subprocess.Popen(
+                # No persistence: these tests want a Redis that can lose everything.
+                ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+                stdout=open(self.dir / "redis.log", "ab"), stderr=subprocess.STDOUT,
+            )
+            self.redis_proc = proc
+
+            def answered() -> str | bool:
+                if proc.poll() is not None:
+                    return "exited"
+                try:
+                    return self.redis.info("server")["process_id"] == proc.pid and "ours"
+                except redis.ConnectionError:
+                    return False
+
+            if wait_until(answered, timeout=10, what=f"redis on {self.redis_port}") == "ours":
+                return
+            if first:
+                self._redis_port_set(free_port())
+        raise AssertionError(f"redis-server could not listen on {self.redis_port} "
+                             f"(see {self.dir / 'redis.log'})")
+
+    def _redis_port_set(self, port: int) -> None:
+        self.redis_port = port
+        self.env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        self.redis = redis.Redis(port=port)
 
     def restart_redis_empty(self) -> None:
         self._stop(self.redis_proc, signal.SIGKILL)
@@ -211,13 +248,34 @@ class Replica:
     def start_web(self, workers: int = 1) -> None:
         """The replica's web server as deployed: gunicorn with the project's gunicorn.conf.py
         (uvicorn's worker for the replica role) serving shortener_project.asgi."""
-        self.web = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--workers", str(workers),
-             "-b", f"127.0.0.1:{self.http_port}", "shortener_project.asgi"],
-            cwd=ROOT, env=self.env,
-            stdout=open(self.dir / "web.log", "ab"), stderr=subprocess.STDOUT,
-        )
-        wait_until(lambda: port_open(self.http_port), timeout=20, what=f"{self.name} web")
+        # As for Redis: the port may have been taken since free_port() found it, and then
+        # port_open() would see another server. gunicorn's arbiter logs "Listening at: ...
+        # (<its pid>)" once it holds the socket, and exits if it cannot bind; a first start
+        # then takes another port (gunicorn retries a bind 5 times, a second apart).
+        first = self.web is None
+        log = self.dir / "web.log"
+        for _ in range(3 if first else 1):
+            proc = self.web = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "--workers", str(workers),
+                 "-b", f"127.0.0.1:{self.http_port}", "shortener_project.asgi"],
+                cwd=ROOT, env=self.env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+            )
+            listening = "Listening at: "
+
+            def bound() -> str | bool:
+                if proc.poll() is not None:
+                    return "exited"
+                return any(listening in line and line.endswith(f"({proc.pid})")
+                           for line in log.read_text(errors="replace").splitlines()) and "ours"
+
+            if wait_until(bound, timeout=30, what=f"{self.name} web") == "ours":
+                wait_until(lambda: port_open(self.http_port), timeout=20,
+                           what=f"{self.name} web")
+                return
+            if first:
+                self.http_port = free_port()
+        raise AssertionError(f"{self.name}'s web server could not listen on {self.http_port} "
+                             f"(see {log})")
 
     @property
     def url(self) -> str:

@@ -162,3 +162,114 @@ def test_the_outbox_relay_service_audits_the_topic(transactional_db, test_data_d
     finally:
         relay.send_signal(signal.SIGTERM)
         assert relay.wait(30) == 0, log.read_text()
+
+
+# --- the race between a change and the audit, made deterministic ------------------------------
+# The audit thread fetches a batch, then reads the rows. A change of the link committed and
+# published between the two is no fault of the topic: its record lands after the one audited.
+# These tests call the audit's batch function with a batch fetched before the change.
+
+
+def _records_of(tinyurl: str) -> list:
+    from tests.links.kafka_read import topic_records
+
+    return [r for r in topic_records(bus.links_topic()) if r.key == tinyurl.encode()]
+
+
+def _audit(records: list):
+    from links.audit import links_audit_batch
+
+    partition = records[0].partition
+    position = ConsumerPosition.objects.filter(topic=bus.links_topic(),
+                                               partition=partition).first()
+    return links_audit_batch(topic=bus.links_topic(), partition=partition, records=records,
+                             expected_position=position.next_offset if position else None)
+
+
+def test_a_change_between_the_send_and_the_audit_is_no_fault(transactional_db):
+    """The race behind test_current_records_change_nothing's rare failure: the audit holds the
+    link's version-1 record, then the link changes (version 2, published after it), then the
+    audit reads the row. The topic's newest record of the link is version 2: nothing is marked."""
+    link = services.link_create(longurl="https://example.com/audit-race").link
+    fetched = _records_of(link.tinyurl)  # the batch, as the audit thread fetched it
+    assert [r.offset for r in fetched] and json.loads(fetched[-1].value)["version"] == 1
+    services.link_update(link=link, expires_at=datetime(2030, 1, 1, tzinfo=dt_timezone.utc))
+    assert Link.objects.get(pk=link.pk).published_at is not None
+
+    result = _audit(fetched)  # the audit reads the row only now
+    assert (result.current, result.resend, result.rebased) == (1, 0, 0)
+    row = Link.objects.get(pk=link.pk)
+    assert row.published_at is not None and row.state_version == 2
+
+
+def test_a_stale_copy_after_the_newest_state_is_still_found(transactional_db):
+    """The audit's job stays: the same older record, landing after the newest state's."""
+    link = services.link_create(longurl="https://example.com/audit-race-stale").link
+    v1 = link_record_encode(tinyurl=link.tinyurl, version=1, longurl=link.longurl,
+                            created_at=link.created_at)
+    services.link_update(link=link, expires_at=datetime(2030, 1, 1, tzinfo=dt_timezone.utc))
+    produce(*v1)
+    fetched = _records_of(link.tinyurl)
+    assert json.loads(fetched[-1].value)["version"] == 1
+
+    result = _audit(fetched)
+    assert (result.current, result.resend, result.rebased) == (0, 1, 0)
+    assert Link.objects.get(pk=link.pk).published_at is None
+    services.links_publish_pending()
+    assert newest(link.tinyurl)["version"] == 2
+
+
+def test_an_older_record_while_the_newest_is_pending_changes_nothing(transactional_db):
+    """The link changed and its new state is not acknowledged yet (the outbox will send it, after
+    every record already in the topic): the older record needs no mark of its own."""
+    link = services.link_create(longurl="https://example.com/audit-race-pending").link
+    fetched = _records_of(link.tinyurl)
+    Link.objects.filter(pk=link.pk).update(state_version=2, published_at=None,
+                                           expires_at=datetime(2030, 1, 1, tzinfo=dt_timezone.utc))
+    result = _audit(fetched)
+    assert (result.current, result.resend, result.rebased) == (0, 1, 0)
+    row = Link.objects.get(pk=link.pk)
+    assert (row.state_version, row.published_at) == (2, None)
+
+
+def test_the_mark_keeps_where_kafka_put_the_current_state(transactional_db):
+    link = services.link_create(longurl="https://example.com/audit-offset").link
+    services.link_update(link=link, disabled=True)
+    row = Link.objects.get(pk=link.pk)
+    last = _records_of(link.tinyurl)[-1]
+    assert (row.published_partition, row.published_offset) == (last.partition, last.offset)
+    assert json.loads(last.value)["version"] == row.state_version == 2
+
+
+def test_a_tombstone_the_current_state_follows_changes_nothing(transactional_db):
+    link = services.link_create(longurl="https://example.com/audit-tombstone-before").link
+    produce(link.tinyurl.encode(), None)
+    fetched = _records_of(link.tinyurl)  # version 1, then the tombstone
+    services.link_update(link=link, disabled=True)  # version 2, after the tombstone
+    assert _audit(fetched).current == 1
+    assert Link.objects.get(pk=link.pk).published_at is not None
+
+
+def test_an_older_record_is_sent_again_when_where_the_current_state_is_is_unknown(
+        transactional_db):
+    """Links published before the offset was kept: the audit sends their current state again,
+    as it always did (a duplicate at worst)."""
+    link = services.link_create(longurl="https://example.com/audit-offset-unknown").link
+    fetched = _records_of(link.tinyurl)
+    services.link_update(link=link, disabled=True)
+    Link.objects.filter(pk=link.pk).update(published_partition=None, published_offset=None)
+    assert _audit(fetched).resend == 1
+    assert Link.objects.get(pk=link.pk).published_at is None
+
+
+def test_sending_the_current_state_again_moves_the_kept_offset(transactional_db):
+    """republish_links sends every link again (after a topic was recreated, its offsets start
+    over): the kept offset is the newest acknowledged one, so the audit compares with where the
+    current state now is."""
+    link = services.link_create(longurl="https://example.com/audit-offset-moves").link
+    first = Link.objects.get(pk=link.pk)
+    assert services.links_publish(links=[first]) == (1, 0)
+    row = Link.objects.get(pk=link.pk)
+    last = _records_of(link.tinyurl)[-1]
+    assert row.published_offset == last.offset > first.published_offset
+    assert row.published_at == first.published_at  # still the first acknowledgement's time

@@ -1,7 +1,8 @@
-"""The one longurl definition (shortener_project/longurls.py) and the master's longurl_validate,
-as pure functions: each rule with inputs that break it, and properties over generated URLs:
-whatever /create accepts, every replica serves as it is, a browser's URL parser (ada, the WHATWG
-parser of Node.js) and Python's urllib go to the same host and port as the user meant."""
+"""The one longurl definition (shortener_project/longurls.py) and the master's rules of
+links.validation that need no database, as pure functions: each rule with inputs that break it,
+and properties over generated URLs: whatever /create accepts, every replica serves as it is, a
+browser's URL parser (ada, the WHATWG parser of Node.js) and Python's urllib go to the same host
+and port as the user meant."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from django.utils.encoding import iri_to_uri
 from hypothesis import HealthCheck, assume, example, given, settings as hsettings
 from hypothesis import strategies as st
 
-from links.services import longurl_validate
+from links.validation import longurl_rules_check
 from shortener_project import longurls
 from tests.support import ROOT
 from shortener_project.longurls import (
@@ -359,3 +360,8 @@ def test_any_text_is_either_a_stored_form_or_a_longurl_error(value):
         assert exc.code and str(exc)
         return
     assert longurl_normalize(stored) == stored
+
+
+def longurl_validate(value: object) -> str:
+    """The stored form by the master's rules that need no database (links.validation)."""
+    return longurl_rules_check(value)[0]
