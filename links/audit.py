@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -58,13 +58,20 @@ def _current_state(link: Link) -> dict:
 
 
 def links_audit_batch(
-    *, topic: str, partition: int, records: Sequence[Record], expected_position: int | None
+    *, topic: str, partition: int, records: Sequence[Record], expected_position: int | None,
+    topic_id: str | None = None, rejected: Collection[int] = (),
 ) -> AuditResult:
     """Audit one partition's batch of links-topic records (offset order); see the module's
     docstring. Raises PositionMismatch (and changes nothing) if the stored position is not
-    `expected_position`."""
+    `expected_position`. topic_id: the topic's id, stored with the position (None: unknown).
+    rejected: offsets of records to step over (LinksAuditor found that they cannot be
+    audited); counted as skipped_malformed."""
     if not records:
         raise ValueError("empty batch")
+    next_offset = records[-1].offset + 1
+    stepped_over = len(records)
+    records = [rec for rec in records if rec.offset not in rejected]
+    stepped_over -= len(records)
     newest: dict[str, dict | None] = {}  # tinyurl -> its newest record here (None: unreadable)
     for rec in records:
         try:
@@ -80,11 +87,11 @@ def links_audit_batch(
                         "%s; its current state will be sent again", tinyurl, rec.topic,
                         rec.partition, rec.offset, exc)
             newest[tinyurl] = None
-    next_offset = records[-1].offset + 1
     current = resend = rebased = 0
 
     with transaction.atomic(durable=True):
-        position = position_lock(topic=topic, partition=partition, expected=expected_position)
+        position = position_lock(topic=topic, partition=partition, expected=expected_position,
+                                 topic_id=topic_id)
         # Rows read after the batch was fetched: a record is only ever sent after its version
         # committed, so a row here is at least as new as any record the master sent for it.
         links = Link.objects.filter(tinyurl__in=list(newest)).order_by("pk").select_for_update()
@@ -121,6 +128,7 @@ def links_audit_batch(
         position.next_offset = next_offset
         position.applied += len(records)
         position.skipped_unknown += unknown
+        position.skipped_malformed += stepped_over
         position.save()
     if resend or rebased:
         logger.warning("links audit: offsets up to %s: %d link(s) to send again, %d rebased",
@@ -130,7 +138,9 @@ def links_audit_batch(
 
 
 class LinksAuditor(PostgresPositionedConsumer):
-    """The audit loop (shortener_project.consuming): positions in PostgreSQL."""
+    """The audit loop (shortener_project.consuming): positions in PostgreSQL. A record it
+    cannot audit is rejected and stepped over (PositionedConsumer.batch_isolate); a recreated
+    links topic is an ERROR, counted, and audited again from its start."""
 
     name = "links audit"
     def __init__(
@@ -141,9 +151,11 @@ class LinksAuditor(PostgresPositionedConsumer):
     ) -> None:
         super().__init__(topic=bus.links_topic(), stop=stop, consumer_factory=consumer_factory)
 
-    def apply_batch(self, partition: int, records: Sequence[Record], expected: int | None) -> int:
+    def batch_write(self, partition: int, records: Sequence[Record], expected: int | None,
+                    rejected: Mapping[int, str]) -> int:
         result = links_audit_batch(topic=self.topic, partition=partition, records=records,
-                                   expected_position=expected)
+                                   expected_position=expected, topic_id=self.topic_id,
+                                   rejected=rejected.keys())
         for outcome in ("current", "resend", "rebased", "unknown"):
             LINKS_AUDITED.labels(outcome).inc(getattr(result, outcome))
         return result.next_offset
