@@ -16,6 +16,11 @@ record of each link in a batch:
     topic's and it is marked unpublished, so replicas, which ignore versions they have already
     passed, take the master's state again.
 The position and these marks commit in one PostgreSQL transaction, as consume_clicks does.
+
+If the links topic was deleted and created again (shortener_project/consuming.py notices it), it
+holds none of the links' records: the audit says so (ERROR, shortener_consumer_topic_recreated_
+total), marks every link unpublished, so that the relay sends every current state to the new
+topic, and audits the new topic from its start.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from django.db import transaction
 from kafka import KafkaConsumer
 
 from links.models import Link
-from links.positions import PostgresPositionedConsumer, position_lock
+from links.positions import PostgresPositionedConsumer, position_lock, positions_restart
 from links.services import _record  # the encoding the master publishes
 from shortener_project import bus
 from shortener_project.consuming import Record
@@ -150,6 +155,14 @@ class LinksAuditor(PostgresPositionedConsumer):
         consumer_factory: Callable[[], KafkaConsumer] = bus.links_audit_consumer_make,
     ) -> None:
         super().__init__(topic=bus.links_topic(), stop=stop, consumer_factory=consumer_factory)
+
+    def on_topic_recreated(self) -> None:
+        with transaction.atomic():
+            positions_restart(topic=self.topic)
+            marked = Link.objects.filter(published_at__isnull=False).update(published_at=None)
+        logger.error("links audit: the recreated links topic holds no record of the %d "
+                     "published link(s): all are marked for the outbox relay to send again",
+                     marked)
 
     def batch_write(self, partition: int, records: Sequence[Record], expected: int | None,
                     rejected: Mapping[int, str]) -> int:
