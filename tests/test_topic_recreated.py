@@ -85,14 +85,13 @@ def topics_recreate(*names: str) -> None:
 
 
 def topic_id(topic: str) -> str:
+    """The topic's id (KIP-516) as the broker's metadata gives it to kafka-python."""
     from kafka import KafkaConsumer
-
-    from shortener_project.consuming import topic_id_get
 
     consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS)
     try:
         consumer.partitions_for_topic(topic)
-        return topic_id_get(consumer, topic)
+        return str(consumer._cluster.topic_id(topic))
     finally:
         consumer.close()
 
