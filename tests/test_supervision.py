@@ -38,6 +38,7 @@ def test_the_outbox_exits_non_zero_when_its_audit_thread_dies(transactional_db, 
     output = log.read_text(errors="replace")
     assert code == 1, output[-2000:]
     assert "CRITICAL" in output and "thread links-audit died: ValueError" in output
+    assert "Traceback" in output
     assert "the links audit thread died" in output  # the command's own error line
 
 

@@ -208,3 +208,52 @@ def test_a_replica_restarted_after_the_topic_was_recreated_reads_it_from_the_sta
     assert replica.targets(list(old)) == [None] * len(old)  # the old topic's links are gone
     wait_until(lambda: replica.readyz()[0] == 200, timeout=30, what="ready")
     assert "is not the one this replica read" in replica.consumer_output()
+
+
+def test_a_replica_whose_position_is_before_the_topics_start_reads_what_is_left(
+    replica_factory,
+):
+    """Records deleted before the replica read them (DeleteRecords, which is what a time
+    retention does): what it holds may be out of date, so it drops it and reads what the topic
+    still holds. A topic of its own (prefix), so that deleting records touches no other test."""
+    from kafka import TopicPartition
+    from kafka.admin import NewTopic
+
+    from shortener_project.messages import link_record_encode
+
+    prefix = f"{settings.SHORTENER_USER}x{uuid.uuid4().hex[:6]}"
+    topic = f"{prefix}-links"
+    admin = bus.admin_client()
+    admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"cleanup.policy": "delete"})])
+    try:
+        replica = replica_factory(start=False)
+        replica.env["SHORTENER_USER"] = prefix
+
+        def produce(tinyurl: str) -> int:
+            key, value = link_record_encode(tinyurl=tinyurl, version=1, disabled=False,
+                                            longurl=f"https://example.com/{tinyurl}",
+                                            expires_at=None, created_at=NOW)
+            return bus.producer_get().send(topic, key=key, value=value).get(timeout=10).offset
+
+        def held(tinyurl: str) -> bool:
+            return replica.redis.exists(f"{prefix}:link:{tinyurl}") == 1
+
+        first = [tinyurl_new() for _ in range(3)]
+        for tinyurl in first:
+            produce(tinyurl)
+        replica.start_consumer()
+        wait_until(lambda: all(held(t) for t in first), timeout=60, what="the first records")
+        assert replica.stop_consumer() == 0
+        unread, kept = tinyurl_new(), tinyurl_new()
+        produce(unread)
+        assert produce(kept) == 4
+        admin.delete_records({TopicPartition(topic, 0): 4})  # offsets 0-3 gone, 3 unread
+
+        replica.start_consumer()
+        wait_until(lambda: held(kept), timeout=60, what="the record still retained")
+        assert not any(held(t) for t in [*first, unread])
+        assert ("the stored position 3 of partition 0 is before its first retained offset 4"
+                in replica.consumer_output())
+    finally:
+        admin.delete_topics([topic])
+        admin.close()
