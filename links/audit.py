@@ -24,13 +24,18 @@ record of each link in a batch:
     topic's and it is marked unpublished, so replicas, which ignore versions they have already
     passed, take the master's state again.
 The position and these marks commit in one PostgreSQL transaction, as consume_clicks does.
+
+If the links topic was deleted and created again (shortener_project/consuming.py notices it), it
+holds none of the links' records: the audit says so (ERROR, shortener_consumer_topic_recreated_
+total), marks every link unpublished, so that the relay sends every current state to the new
+topic, and audits the new topic from its start.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -38,7 +43,7 @@ from django.db import transaction
 from kafka import KafkaConsumer
 
 from links.models import Link
-from links.positions import PostgresPositionedConsumer, position_lock
+from links.positions import PostgresPositionedConsumer, position_lock, positions_restart
 from links.services import _record  # the encoding the master publishes
 from shortener_project import bus
 from shortener_project.consuming import Record
@@ -96,16 +101,23 @@ def _current_state_follows(link: Link, where: tuple[int, int]) -> bool:
 
 
 def links_audit_batch(
-    *, topic: str, partition: int, records: Sequence[Record], expected_position: int | None
+    *, topic: str, partition: int, records: Sequence[Record], expected_position: int | None,
+    topic_id: str | None = None, rejected: Collection[int] = (),
 ) -> AuditResult:
     """Audit one partition's batch of links-topic records (offset order); see the module's
     docstring. Raises PositionMismatch (and changes nothing) if the stored position is not
-    `expected_position`."""
+    `expected_position`. topic_id: the topic's id, stored with the position (None: unknown).
+    rejected: offsets of records to step over (LinksAuditor found that they cannot be
+    audited); counted as skipped_malformed."""
     if not records:
         raise ValueError("empty batch")
+    next_offset = records[-1].offset + 1
+    stepped_over = len(records)
+    records = [rec for rec in records if rec.offset not in rejected]
+    stepped_over -= len(records)
     newest: dict[str, LinkRecord | None] = {}  # tinyurl -> its newest record here (None:
     # unreadable or a tombstone: either way the link's current state is sent again)
-    rejected: list[Rejected] = []
+    refused: list[Rejected] = []
     where: dict[str, tuple[int, int]] = {}  # tinyurl -> (partition, offset) of that record
     for rec in records:
         try:
@@ -114,21 +126,21 @@ def links_audit_batch(
             tinyurl = ""
         if not TINYURL_RE.fullmatch(tinyurl):
             # Not a link's key: nothing a replica could serve, no link to send again.
-            rejected.append(Rejected(topic=rec.topic, partition=rec.partition, offset=rec.offset,
-                                     reason="key", error="key is not a tinyurl"))
+            refused.append(Rejected(topic=rec.topic, partition=rec.partition, offset=rec.offset,
+                                    reason="key", error="key is not a tinyurl"))
             continue
         try:
             newest[tinyurl] = link_record_decode(rec.key, rec.value)
         except MessageError as exc:
             # Logged and counted after the commit below; the link's state is sent again.
-            rejected.append(Rejected.of(rec, exc))
+            refused.append(Rejected.of(rec, exc))
             newest[tinyurl] = None
         where[tinyurl] = (rec.partition, rec.offset)
-    next_offset = records[-1].offset + 1
     current = resend = rebased = 0
 
     with transaction.atomic(durable=True):
-        position = position_lock(topic=topic, partition=partition, expected=expected_position)
+        position = position_lock(topic=topic, partition=partition, expected=expected_position,
+                                 topic_id=topic_id)
         # Rows read after the batch was fetched: a record is only ever sent after its version
         # committed, so a row here is at least as new as any record the master sent for it.
         links = Link.objects.filter(tinyurl__in=list(newest)).order_by("pk").select_for_update()
@@ -169,8 +181,9 @@ def links_audit_batch(
         position.next_offset = next_offset
         position.applied += len(records)
         position.skipped_unknown += unknown
+        position.skipped_malformed += stepped_over
         position.save()
-    records_rejected_report(rejected, log=logger)
+    records_rejected_report(refused, log=logger)
     if resend or rebased:
         logger.warning("links audit: offsets up to %s: %d link(s) to send again, %d rebased",
                        next_offset - 1, resend, rebased)
@@ -179,7 +192,9 @@ def links_audit_batch(
 
 
 class LinksAuditor(PostgresPositionedConsumer):
-    """The audit loop (shortener_project.consuming): positions in PostgreSQL."""
+    """The audit loop (shortener_project.consuming): positions in PostgreSQL. A record it
+    cannot audit is rejected and stepped over (PositionedConsumer.batch_isolate); a recreated
+    links topic is an ERROR, counted, and audited again from its start."""
 
     name = "links audit"
     def __init__(
@@ -190,9 +205,19 @@ class LinksAuditor(PostgresPositionedConsumer):
     ) -> None:
         super().__init__(topic=bus.links_topic(), stop=stop, consumer_factory=consumer_factory)
 
-    def apply_batch(self, partition: int, records: Sequence[Record], expected: int | None) -> int:
+    def on_topic_recreated(self) -> None:
+        with transaction.atomic():
+            positions_restart(topic=self.topic)
+            marked = Link.objects.filter(published_at__isnull=False).update(published_at=None)
+        logger.error("links audit: the recreated links topic holds no record of the %d "
+                     "published link(s): all are marked for the outbox relay to send again",
+                     marked)
+
+    def batch_write(self, partition: int, records: Sequence[Record], expected: int | None,
+                    rejected: Mapping[int, str]) -> int:
         result = links_audit_batch(topic=self.topic, partition=partition, records=records,
-                                   expected_position=expected)
+                                   expected_position=expected, topic_id=self.topic_id,
+                                   rejected=rejected.keys())
         for outcome in ("current", "resend", "rebased", "unknown"):
             LINKS_AUDITED.labels(outcome).inc(getattr(result, outcome))
         return result.next_offset

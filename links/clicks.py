@@ -20,22 +20,30 @@ Redis) are counted once; the node is the label of the counter and of its buckets
 
 The clicks topic is compacted (the newest report of every counter is the counter's value), so a
 master that was down for any length of time still finds every counter's latest count. If the
-stored position has nevertheless fallen out of the topic's retained range (records deleted, the
-topic recreated), the consumer says so as an ERROR with the number of records skipped and counts
-them in shortener_consumer_records_lost_total, then reads on from the start of what is left.
+stored position has nevertheless fallen before the topic's retained range (records deleted), the
+consumer says so as an ERROR with the number of records skipped and counts them in
+shortener_consumer_records_lost_total, then reads on from the start of what is left. If the topic
+was deleted and created again (another topic id, or a position beyond its end), it says so as an
+ERROR, counts it in shortener_consumer_topic_recreated_total and reads the new topic from its
+start (shortener_project/consuming.py); max() makes re-reading harmless.
+
+Reports valid one by one can still be refused together: three counters of one link near the
+largest count make a total beyond PostgreSQL's bigint. Such a batch is split until the report at
+fault is found, which is rejected (shortener_records_rejected_total{reason=
+"numeric_value_out_of_range"}) while the others are applied; nothing is retried forever.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from django.db import DatabaseError, connection, transaction
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 from kafka.errors import OffsetOutOfRangeError
 
 from links.positions import PostgresPositionedConsumer, position_lock
@@ -44,9 +52,7 @@ from shortener_project.consuming import PositionMismatch, Record
 from shortener_project.messages import MessageError, Rejected, click_report_decode
 from shortener_project.metrics import (
     CLICKS_REFUSED_ENDED,
-    CONSUMER_OUT_OF_RANGE,
     CONSUMER_RECORDS,
-    CONSUMER_RECORDS_LOST,
     records_rejected_report,
 )
 
@@ -186,16 +192,20 @@ def clicks_batch_decode(*, records: Sequence[Record], now: datetime | None = Non
 
 
 def clicks_batch_apply(
-    *, topic: str, partition: int, batch: ClicksBatch, expected_position: int | None
+    *, topic: str, partition: int, batch: ClicksBatch, expected_position: int | None,
+    topic_id: str | None = None,
 ) -> ClicksBatchResult:
     """Apply one decoded batch in one transaction; see the module's docstring.
 
     expected_position: the next offset this consumer believes PostgreSQL holds for the
-    partition (None: no row yet). Raises PositionMismatch (nothing applied) if the stored
-    position differs, DatabaseError when PostgreSQL fails (nothing applied).
+    partition (None: no row yet). topic_id: the topic's id, stored with the position (None:
+    unknown). Raises PositionMismatch (nothing applied) if the stored position differs,
+    DatabaseError when PostgreSQL fails (nothing applied): DataError when it refuses a value
+    the batch carries (a total beyond bigint), which ClicksConsumer isolates.
     """
     with transaction.atomic(durable=True):
-        position = position_lock(topic=topic, partition=partition, expected=expected_position)
+        position = position_lock(topic=topic, partition=partition, expected=expected_position,
+                                 topic_id=topic_id)
 
         raised, unknown_tinyurls, refused, ended = (_counters_raise(batch) if batch.counters
                                                     else (0, frozenset(), 0, []))
@@ -380,6 +390,18 @@ def _counters_raise(batch: ClicksBatch) -> tuple[int, frozenset[str], int, list[
     return raised, frozenset(unknown or ()), refused, sorted(ended or ())
 
 
+def clicks_batch_decode_stepping_over(*, records: Sequence[Record],
+                                      rejected: Mapping[int, str]) -> ClicksBatch:
+    """clicks_batch_decode of the records whose offsets are not in `rejected`; those count as
+    malformed (skipped) and the batch still ends after the last record."""
+    kept = [r for r in records if r.offset not in rejected]
+    batch = (clicks_batch_decode(records=kept) if kept else
+             ClicksBatch(counters={}, earlier=[], hours=[], tinyurls=[], malformed=0,
+                         next_offset=0))
+    return replace(batch, malformed=batch.malformed + len(records) - len(kept),
+                   next_offset=records[-1].offset + 1)
+
+
 class ClicksConsumer(PostgresPositionedConsumer):
     """consume_clicks' loop (shortener_project.consuming): positions in PostgreSQL, and a
     position outside the topic's retained range reported as a loss, never passed over silently.
@@ -389,12 +411,16 @@ class ClicksConsumer(PostgresPositionedConsumer):
     the Python and the PostgreSQL halves of the work run on two cores at once. Batches are still
     applied one at a time and in order, each in its own transaction checked against the stored
     position. A batch's failure surfaces when the next batch (or an idle poll, a repositioning,
-    the stop) waits for it, and is handled as before: the loop re-reads from the position that
-    PostgreSQL holds, which the failed transaction did not move. The group offset (monitoring
-    only) may therefore run one batch ahead of PostgreSQL.
+    the stop) waits for it: a content error (PostgreSQL refused a value of the batch) is isolated
+    there and then (batch_isolate, in the worker thread), so the batch still ends where the next
+    one expects; any other failure is handled by the loop, which re-reads from the position
+    that PostgreSQL holds, which the failed transaction did not move. The group offset
+    (monitoring only) may therefore run one batch ahead of PostgreSQL.
     """
 
     name = "clicks consumer"
+    pipelined = True
+
     def __init__(
         self,
         *,
@@ -403,7 +429,8 @@ class ClicksConsumer(PostgresPositionedConsumer):
     ) -> None:
         super().__init__(topic=bus.clicks_topic(), stop=stop, consumer_factory=consumer_factory)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clicks-apply")
-        self._inflight: Future[ClicksBatchResult] | None = None
+        # The batch in PostgreSQL: its future, and what isolating its records would need.
+        self._inflight: tuple[Future[int], int, Sequence[Record], int | None] | None = None
 
     def run(self) -> None:
         try:
@@ -425,16 +452,34 @@ class ClicksConsumer(PostgresPositionedConsumer):
 
     def apply_batch(self, partition: int, records: Sequence[Record], expected: int | None) -> int:
         # Decoding runs while the previous batch's transaction is in PostgreSQL.
-        batch = clicks_batch_decode(records=records)
+        try:
+            batch = clicks_batch_decode(records=records)
+        except self.content_errors as exc:
+            # A report the decoder could not handle: found and stepped over (in the worker
+            # thread, which holds the consumer's connection), after the batch in flight.
+            self._inflight_wait()
+            position = self._worker.submit(self.batch_isolate, partition, records, expected,
+                                           failed=exc).result()
+            self.committed()
+            return position
         self._inflight_wait()
-        self._inflight = self._worker.submit(self._apply, partition, batch, expected)
+        self._inflight = (self._worker.submit(self._apply, partition, batch, expected),
+                          partition, records, expected)
         return batch.next_offset
 
-    def _apply(self, partition: int, batch: ClicksBatch, expected: int | None) -> ClicksBatchResult:
+    def batch_write(self, partition: int, records: Sequence[Record], expected: int | None,
+                    rejected: Mapping[int, str]) -> int:
+        """In the worker thread (batch_isolate's writes)."""
+        batch = clicks_batch_decode_stepping_over(records=records, rejected=rejected)
+        return self._apply(partition, batch, expected)
+
+    def _apply(self, partition: int, batch: ClicksBatch, expected: int | None) -> int:
         """In the worker thread."""
         try:
             result = clicks_batch_apply(topic=self.topic, partition=partition, batch=batch,
-                                        expected_position=expected)
+                                        expected_position=expected, topic_id=self.topic_id)
+        except self.content_errors:
+            raise  # the transaction was rolled back; the connection is sound
         except DatabaseError:
             # Drop this thread's broken connection; Django opens a new one on the next query.
             connection.close()
@@ -442,13 +487,21 @@ class ClicksConsumer(PostgresPositionedConsumer):
         CONSUMER_RECORDS.labels(self.topic, "applied").inc(result.applied)
         CONSUMER_RECORDS.labels(self.topic, "skipped").inc(result.skipped_malformed)
         CONSUMER_RECORDS.labels(self.topic, "unknown").inc(result.skipped_unknown)
-        return result
+        return result.next_offset
 
     def _inflight_wait(self) -> None:
-        """Wait for the batch in PostgreSQL; raise what it raised."""
+        """Wait for the batch in PostgreSQL; isolate what PostgreSQL refused of it; raise any
+        other failure."""
         inflight, self._inflight = self._inflight, None
-        if inflight is not None:
-            inflight.result()
+        if inflight is None:
+            return
+        future, partition, records, expected = inflight
+        try:
+            future.result()
+        except self.content_errors as exc:
+            self._worker.submit(self.batch_isolate, partition, records, expected,
+                                failed=exc).result()
+        self.committed()
 
     def on_idle(self) -> None:
         self._inflight_wait()
@@ -461,52 +514,19 @@ class ClicksConsumer(PostgresPositionedConsumer):
             logger.warning("%s: a batch failed before repositioning: %r", self.name, exc)
         super().reposition(consumer)
 
-    def on_positioned(self, consumer: KafkaConsumer, stored: dict[int, int]) -> None:
-        """Check every stored position against the partition's retained range before reading.
-
-        The consumer is made with auto_offset_reset="none" (shortener_project/bus.py), so
-        kafka-python never moves a position by itself; this is where an out-of-range one is
-        reported (ERROR, metrics) and moved to the start of what the partition still holds.
-        """
-        held = [tp for tp in self.partitions if tp.partition in stored]
-        if not held:
-            return
-        starts = consumer.beginning_offsets(held)
-        ends = consumer.end_offsets(held)
-        for tp in held:
-            self._position_check(consumer, tp, stored[tp.partition], starts[tp], ends[tp])
-
-    def _position_check(self, consumer: KafkaConsumer, tp: TopicPartition, position: int,
-                        start: int, end: int) -> None:
-        if start <= position <= end:
-            return
-        CONSUMER_OUT_OF_RANGE.labels(self.topic).inc()
-        if position < start:
-            # The records [position, start) were deleted before this consumer read them.
-            lost = start - position
-            CONSUMER_RECORDS_LOST.labels(self.topic).inc(lost)
-            logger.error("%s: stored position %d of %s[%d] is before the partition's first "
-                         "retained offset %d: %d record(s) were deleted unread and are LOST "
-                         "(the topic is meant to be compacted, not time-limited: see "
-                         "manage.py kafka_topics); reading on from offset %d", self.name,
-                         position, tp.topic, tp.partition, start, lost, start)
-        else:
-            # The partition ends before our position: the topic was deleted and recreated (or
-            # truncated). What it held after our position is gone, and how much is unknown.
-            logger.error("%s: stored position %d of %s[%d] is beyond the partition's end %d: "
-                         "the topic was recreated or truncated, and whatever it held from "
-                         "offset %d on is LOST (how many records is unknown); reading the "
-                         "partition from its start, offset %d", self.name, position, tp.topic,
-                         tp.partition, end, position, start)
-        # The stored position stays what it is until the next batch commits past it, so the
-        # expected position is unchanged: only where Kafka reads from moves.
-        consumer.seek(tp, start)
+    def on_topic_recreated(self) -> None:
+        try:
+            self._inflight_wait()
+        except (PositionMismatch, *self.store_errors) as exc:
+            logger.warning("%s: a batch of the old topic failed: %r", self.name, exc)
+        super().on_topic_recreated()
 
     def _poll_once(self, consumer: KafkaConsumer) -> None:
         try:
             super()._poll_once(consumer)
         except OffsetOutOfRangeError as exc:
-            # Records were deleted under a running consumer (it lagged more than the retention
-            # of a time-limited topic). Re-read the stored positions and check them as at start.
+            # The fetch position left the partition's range under a running consumer: records
+            # were deleted (it lagged more than the retention of a time-limited topic), or the
+            # topic was recreated. Re-read the stored positions and check them as at start.
             logger.debug("%s: fetch out of range: %r", self.name, exc)
             self.reposition(consumer)

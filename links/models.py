@@ -143,6 +143,10 @@ class ConsumerPosition(models.Model):
     applied = models.BigIntegerField(default=0)
     skipped_malformed = models.BigIntegerField(default=0)
     skipped_unknown = models.BigIntegerField(default=0)
+    # The id Kafka gave the topic when it was created (KIP-516), as of the batch that stored
+    # this position; "" if unknown. A topic deleted and created again has another id, and the
+    # position then means nothing in it (shortener_project/consuming.py).
+    topic_id = models.CharField(max_length=36, blank=True, default="")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

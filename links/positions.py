@@ -8,20 +8,27 @@ not depend on what they apply are here, once.
 
 from __future__ import annotations
 
-from django.db import DatabaseError, connection
+import logging
+
+import psycopg2.errorcodes
+from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
 
 from links.models import ConsumerPosition
 from shortener_project.consuming import PositionedConsumer, PositionMismatch
 
+logger = logging.getLogger(__name__)
 
-def position_lock(*, topic: str, partition: int, expected: int | None) -> ConsumerPosition:
+
+def position_lock(*, topic: str, partition: int, expected: int | None,
+                  topic_id: str | None = None) -> ConsumerPosition:
     """Lock the partition's position row and check it is where the caller expects.
 
     Call inside the batch's transaction. Returns the row (unsaved, at offset 0, if the partition
     has none yet); the caller moves it and saves it with the batch. The row lock serialises
     every writer of the partition: a second process started by mistake waits here, then finds
     the position moved. Raises PositionMismatch (nothing written) if the stored position is not
-    `expected` (None: no row).
+    `expected` (None: no row). topic_id: the id of the topic the batch was read from (Kafka's
+    metadata; None: unknown), stored with the position so that a recreated topic is noticed.
     """
     position = (ConsumerPosition.objects.select_for_update()
                 .filter(topic=topic, partition=partition).first())
@@ -30,17 +37,49 @@ def position_lock(*, topic: str, partition: int, expected: int | None) -> Consum
         raise PositionMismatch(partition, expected, stored)
     if position is None:
         position = ConsumerPosition(topic=topic, partition=partition, next_offset=0)
+    if topic_id is not None:
+        position.topic_id = topic_id
     return position
+
+
+def positions_restart(*, topic: str) -> int:
+    """Move every stored position of `topic` back to offset 0 and forget its topic id (the
+    topic was recreated: read the new one from its start). Returns the rows changed."""
+    with transaction.atomic():
+        return ConsumerPosition.objects.filter(topic=topic).update(next_offset=0, topic_id="")
 
 
 class PostgresPositionedConsumer(PositionedConsumer):
     """A PositionedConsumer whose store is the master's PostgreSQL (ConsumerPosition rows)."""
 
     store_errors = (DatabaseError,)
+    # PostgreSQL's refusals of a value (class 22, data exception: a number out of range, a
+    # string too long or with a NUL, a date out of range) and of a row (class 23, integrity
+    # constraint violation: a CHECK such as a positive version). They come from what the batch
+    # carries; connection and server failures are OperationalError/InterfaceError instead.
+    # Source: PostgreSQL's "Appendix A. PostgreSQL Error Codes".
+    content_errors = (*PositionedConsumer.content_errors, DataError, IntegrityError)
 
     def positions_load(self) -> dict[int, int]:
         return dict(ConsumerPosition.objects.filter(topic=self.topic)
                     .values_list("partition", "next_offset"))
+
+    def topic_id_load(self) -> str | None:
+        ids = set(ConsumerPosition.objects.filter(topic=self.topic).exclude(topic_id="")
+                  .values_list("topic_id", flat=True))
+        if len(ids) > 1:  # partitions written under two topics: not this one's for sure
+            return ",".join(sorted(ids))
+        return ids.pop() if ids else None
+
+    def content_error_reason(self, exc: Exception) -> str:
+        # PostgreSQL's condition name (e.g. numeric_value_out_of_range): a fixed set.
+        code = getattr(exc.__cause__, "pgcode", None) or getattr(exc, "pgcode", None)
+        if code:
+            return (psycopg2.errorcodes.lookup(code) or code).lower()
+        return super().content_error_reason(exc)
+
+    def on_topic_recreated(self) -> None:
+        positions_restart(topic=self.topic)
 
     def on_store_error(self) -> None:
         # Drop the broken connection; Django opens a new one on the next query.

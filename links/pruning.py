@@ -53,7 +53,6 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone as django_timezone
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
 
 from links import replicas, selectors
 from links.models import ConsumerPosition, EndedIncarnation

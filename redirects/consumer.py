@@ -9,7 +9,12 @@ replica. The position lives in Redis, in the same atomic step as the links
     the beginning, although the group's offsets in Kafka are at the end. This is also noticed
     while running: by the position check in every batch, and every second when idle;
   * link values in an older format (an upgraded replica): wiped, and the topic read again
-    (services.links_format_ensure).
+    (services.links_format_ensure);
+  * the links topic deleted and created again (its id differs from the one stored beside the
+    position, a stored position is beyond its end or before its start, or records arrive below
+    the stored position): the links are dropped and the new topic read from its start, not
+    ready until caught up (versions in a new topic may start again below the ones held, so
+    nothing held can be trusted).
 
 Readiness (what /readyz reports, redirects/selectors.readiness_get):
   * every round (each poll, <= 0.5 s, and each retry while Kafka is unreachable) writes a
@@ -28,17 +33,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import redis as redis_lib
 from django.conf import settings
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from redis import Redis
 
 from redirects import selectors, services
 from shortener_project import bus
-from shortener_project.consuming import PositionedConsumer, PositionMismatch, Record
+from shortener_project.consuming import (
+    PositionedConsumer,
+    PositionMismatch,
+    Record,
+    TopicRecreated,
+)
 from shortener_project.metrics import CONSUMER_CAUGHT_UP, CONSUMER_RECORDS
 
 logger = logging.getLogger(__name__)
@@ -86,9 +96,14 @@ class LinksConsumer(PositionedConsumer):
         services.links_format_ensure(redis=self.redis)
         return selectors.links_positions_get(redis=self.redis)
 
-    def apply_batch(self, partition: int, records: Sequence[Record], expected: int | None) -> int:
+    def topic_id_load(self) -> str | None:
+        return selectors.links_topic_id_get(redis=self.redis)
+
+    def batch_write(self, partition: int, records: Sequence[Record], expected: int | None,
+                    rejected: Mapping[int, str]) -> int:
         result = services.links_apply_batch(redis=self.redis, partition=partition,
-                                            records=records, expected_position=expected)
+                                            records=records, expected_position=expected,
+                                            topic_id=self.topic_id, rejected=rejected.keys())
         CONSUMER_RECORDS.labels(self.topic, "applied").inc(result.applied + result.disabled)
         CONSUMER_RECORDS.labels(self.topic, "stale").inc(result.stale)
         CONSUMER_RECORDS.labels(self.topic, "ignored").inc(result.ignored)
@@ -99,6 +114,26 @@ class LinksConsumer(PositionedConsumer):
 
     def on_batch_applied(self) -> None:
         self._check_caught_up()
+
+    # --- a recreated topic --------------------------------------------------------------
+
+    def position_before_start(self, tp: TopicPartition, position: int, start: int) -> None:
+        # Records deleted unread may have changed links this replica holds: it cannot go on
+        # from here, only read what the topic holds from its start again.
+        raise TopicRecreated(f"the stored position {position} of partition {tp.partition} is "
+                             f"before its first retained offset {start}")
+
+    def recreated_log(self, reason: str) -> None:
+        logger.warning("%s: the links topic %s is not the one this replica read (%s): "
+                       "dropping every link held and reading the topic from its start; not "
+                       "ready until caught up", self.name, self.topic, reason)
+
+    def on_topic_recreated(self) -> None:
+        self.caught_up = False
+        CONSUMER_CAUGHT_UP.labels(self.topic).set(0)
+        self._consumer = None
+        dropped = services.links_drop(redis=self.redis)
+        logger.warning("%s: dropped %d links of the old topic", self.name, dropped)
 
     # --- readiness ----------------------------------------------------------------------
 

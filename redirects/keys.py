@@ -4,7 +4,8 @@ Every key starts with the user prefix `<user>:`, since the Redis may be shared.
 
 Links (written by consume_links only):
   <user>:link:<tinyurl>     string, the link's state (LinkValue below): one GET per redirect
-  <user>:links:positions    hash, partition -> offset of the next record to apply
+  <user>:links:positions    hash, partition -> offset of the next record to apply, and
+                            topic_id -> the id of the links topic those offsets are in
   <user>:links:stats        hash, the consumer's counters (applied, disabled, stale, skipped,
                             rejected) and rejected_last ("<partition>:<offset>")
   <user>:links:format       string, the layout version of the link values ("2")
@@ -94,7 +95,9 @@ def links_positions_key() -> str:
 
     Written in the same atomic step as the links it follows (services.APPLY_SCRIPT), so it is
     never ahead of or behind the data. Its absence means "nothing applied yet": read the topic
-    from the start.
+    from the start. Its field `topic_id` holds the id Kafka gave the links topic (KIP-516): a
+    topic deleted and created again has another, and consume_links then drops its links and
+    reads the new topic from the start.
     """
     return f"{settings.SHORTENER_USER}:links:positions"
 

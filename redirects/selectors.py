@@ -50,7 +50,15 @@ async def link_target_get_async(*, redis: PipelinedRedis, tinyurl: str) -> str |
 
 
 def links_positions_get(*, redis: Redis) -> dict[int, int]:
-    return {int(p): int(o) for p, o in redis.hgetall(keys.links_positions_key()).items()}
+    """Partition -> stored position (the hash's other field, topic_id, left out)."""
+    return {int(p): int(o) for p, o in redis.hgetall(keys.links_positions_key()).items()
+            if p.isdigit()}
+
+
+def links_topic_id_get(*, redis: Redis) -> str | None:
+    """The id of the links topic the stored positions belong to; None if none is stored."""
+    raw = redis.hget(keys.links_positions_key(), "topic_id")
+    return raw.decode() if raw else None
 
 
 def links_stats_get(*, redis: Redis) -> dict[str, int | str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -26,11 +26,15 @@ logger = logging.getLogger(__name__)
 #   1. the stored position must be the expected one, else nothing is written;
 #   2. each record is written only if its version is newer than the one held: a late copy of
 #      an older state, in any order, changes nothing;
-#   3. the consumer's counters and the new position go with the data.
+#   3. the consumer's counters and the new position go with the data, and the topic's id
+#      beside the position (a batch read from a topic with another id than the stored one is
+#      refused like a stale position: the consumer then repositions and finds the topic
+#      recreated).
 # KEYS: positions hash, stats hash.
 # ARGV: partition, expected position ('' = none stored), next offset, link key prefix,
-#       counts decided in Python (stale, ignored, rejected), rejected_last ('' = none);
-#       then 4 per record: tinyurl, version, value (keys.LinkValue), pexpireat in ms (0 = none).
+#       counts decided in Python (stale, ignored, rejected), rejected_last ('' = none),
+#       topic id ('' = unknown); then 4 per record: tinyurl, version, value (keys.LinkValue),
+#       pexpireat in ms (0 = none).
 # Returns {applied, disabled, stale, ignored}, or {'MISMATCH', stored position or ''}.
 # Versions are compared as digit strings (no leading zeros: longer is larger), because Lua's
 # numbers are doubles and the contract allows versions up to 2^62. A held value without a
@@ -40,6 +44,10 @@ logger = logging.getLogger(__name__)
 APPLY_SCRIPT = """
 local stored = redis.call('HGET', KEYS[1], ARGV[1])
 if (stored or '') ~= ARGV[2] then return {'MISMATCH', stored or ''} end
+local stored_id = redis.call('HGET', KEYS[1], 'topic_id')
+if ARGV[9] ~= '' and stored_id and stored_id ~= ARGV[9] then
+  return {'MISMATCH', stored or ''}
+end
 local function newer(a, b)
   if #a ~= #b then return #a > #b end
   return a > b
@@ -48,7 +56,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local applied, disabled = 0, 0
 local stale, ignored = tonumber(ARGV[5]), tonumber(ARGV[6])
-for i = 9, #ARGV, 4 do
+for i = 10, #ARGV, 4 do
   local key = ARGV[4] .. ARGV[i]
   local held = redis.call('GET', key)
   local held_version = held and string.match(held, '^(%d+)|') or '0'
@@ -74,6 +82,7 @@ for field, n in pairs(counts) do
 end
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[2], 'rejected_last', ARGV[8]) end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'topic_id', ARGV[9]) end
 return {applied, disabled, stale, ignored}
 """
 
@@ -105,7 +114,8 @@ class BatchResult:
 
 
 def links_apply_batch(
-    *, redis: Redis, partition: int, records: Sequence[Record], expected_position: int | None
+    *, redis: Redis, partition: int, records: Sequence[Record], expected_position: int | None,
+    topic_id: str | None = None, rejected: Collection[int] = (),
 ) -> BatchResult:
     """Apply records of one links-topic partition (offset order) as one atomic Redis step.
 
@@ -121,19 +131,27 @@ def links_apply_batch(
 
     `expected_position` is where this consumer believes the partition stands in Redis (None:
     nothing stored). If Redis holds another position, nothing is written and PositionMismatch
-    is raised. Raises ValueError for an empty batch, redis.RedisError if Redis fails.
+    is raised. topic_id: the id of the topic the records come from (None: unknown), stored
+    beside the position; a stored id that differs also raises PositionMismatch. rejected:
+    offsets of records to step over (the consumer found that they cannot be applied), counted
+    as rejected. Raises ValueError for an empty batch, redis.RedisError if Redis fails.
     """
     if not records:
         raise ValueError("empty batch")
+    rejected_offsets = frozenset(rejected)
     keep_ms = int(settings.SHORTENER_GONE_KEEP_SECONDS * 1000)
     newest: dict[str, tuple[int, str, int]] = {}  # tinyurl -> (version, value, pexpireat)
     stale = ignored = 0
-    rejected: list[Rejected] = []
+    refused: list[Rejected] = []  # records link_record_decode refuses
+    stepped_over: Record | None = None  # the last record the consumer rejected
     for rec in records:
+        if rec.offset in rejected_offsets:
+            stepped_over = rec
+            continue
         try:
             record = link_record_decode(rec.key, rec.value)
         except MessageError as exc:
-            rejected.append(Rejected.of(rec, exc))
+            refused.append(Rejected.of(rec, exc))
             continue
         if record is None:  # a tombstone: no version, so nothing it could safely replace
             ignored += 1
@@ -153,10 +171,13 @@ def links_apply_batch(
             version, value, expires_at + keep_ms if expires_at is not None else 0)
 
     next_offset = records[-1].offset + 1
+    last_rejected = max(refused[-1:] + ([stepped_over] if stepped_over else []),
+                        key=lambda r: r.offset, default=None)
     args: list[str | int] = [
         partition, "" if expected_position is None else expected_position, next_offset,
-        keys.link_prefix(), stale, ignored, len(rejected),
-        f"{rejected[-1].partition}:{rejected[-1].offset}" if rejected else "",
+        keys.link_prefix(), stale, ignored, len(refused) + len(rejected_offsets),
+        f"{last_rejected.partition}:{last_rejected.offset}" if last_rejected else "",
+        topic_id or "",
     ]
     for tinyurl, (version, value, pexpireat) in newest.items():
         args += [tinyurl, str(version), value, pexpireat]
@@ -165,10 +186,10 @@ def links_apply_batch(
     if result[0] == b"MISMATCH":
         stored = int(result[1]) if result[1] else None
         raise PositionMismatch(partition, expected_position, stored)
-    records_rejected_report(rejected, log=logger)
+    records_rejected_report(refused, log=logger)
     applied, disabled, stale, ignored = (int(n) for n in result)
     return BatchResult(applied=applied, disabled=disabled, stale=stale, ignored=ignored,
-                       rejected=len(rejected), next_offset=next_offset)
+                       rejected=len(refused) + len(rejected_offsets), next_offset=next_offset)
 
 
 _scripts: dict[str, Script] = {}
@@ -194,6 +215,19 @@ def links_format_ensure(*, redis: Redis, scan_batch: int = 1000) -> int:
     """
     if redis.get(keys.links_format_key()) == keys.LINK_FORMAT.encode():
         return 0
+    wiped = links_drop(redis=redis, scan_batch=scan_batch)
+    redis.set(keys.links_format_key(), keys.LINK_FORMAT)
+    if wiped:
+        logger.warning("link values were in an older format: deleted %d links and the stored "
+                       "position; reading the links topic again from the start", wiped)
+    return wiped
+
+
+def links_drop(*, redis: Redis, scan_batch: int = 1000) -> int:
+    """Delete the ready mark, the stored positions (and the topic id beside them), then every
+    link key; returns how many link keys went. The links topic is then read from its start.
+    Used when what Redis holds no longer follows the topic: an older value format
+    (links_format_ensure), a links topic deleted and created again (consume_links)."""
     redis.delete(keys.links_ready_key(), keys.links_positions_key())
     wiped = 0
     batch: list[bytes] = []
@@ -204,10 +238,6 @@ def links_format_ensure(*, redis: Redis, scan_batch: int = 1000) -> int:
             batch = []
     if batch:
         wiped += redis.unlink(*batch)
-    redis.set(keys.links_format_key(), keys.LINK_FORMAT)
-    if wiped:
-        logger.warning("link values were in an older format: deleted %d links and the stored "
-                       "position; reading the links topic again from the start", wiped)
     return wiped
 
 

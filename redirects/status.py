@@ -25,6 +25,7 @@ from redis import Redis
 from redirects import keys, selectors
 from shortener_project import bus
 from shortener_project.messages import replica_status_encode
+from shortener_project.supervision import SupervisedThread
 
 logger = logging.getLogger(__name__)
 
@@ -169,12 +170,17 @@ class StatusPublisher:
         return True
 
 
-def status_thread_start(*, redis: Redis, stop: threading.Event) -> threading.Thread:
-    """Start this replica's StatusPublisher in a daemon thread (report_clicks)."""
-    publisher = StatusPublisher(redis=redis, stop=stop, node=settings.SHORTENER_NODE_ID,
-                                interval=settings.SHORTENER_STATUS_SECONDS)
-    thread = threading.Thread(target=publisher.run, name="replica-status", daemon=True)
-    thread.start()
-    return thread
+def status_thread_start(*, redis: Redis, stop: threading.Event) -> SupervisedThread:
+    """Start this replica's StatusPublisher in a supervised daemon thread (report_clicks): if
+    it dies, it is logged (CRITICAL), counted (shortener_thread_deaths_total{thread=
+    "replica-status"}) and started again with a fresh publisher after a back-off, while the
+    click reports go on (shortener_project/supervision.py)."""
+
+    def publish() -> None:
+        StatusPublisher(redis=redis, stop=stop, node=settings.SHORTENER_NODE_ID,
+                        interval=settings.SHORTENER_STATUS_SECONDS).run()
+
+    return SupervisedThread(name="replica-status", target=publish, stop=stop, restart=True,
+                            daemon=True).start()
 
 

@@ -102,6 +102,30 @@ CONSUMER_RECORDS_LOST = Counter(
     "offset minus the consumer's stored position, when it found its position out of range).",
     ["topic"],
 )
+CONSUMER_BACKOFF_SECONDS = Gauge(
+    "shortener_consumer_backoff_seconds",
+    "The wait before a consumer's next retry while Kafka or its store is unavailable (doubling "
+    "from 0.5 s to the consumer's cap); 0 once a batch has committed again.",
+    ["topic"],
+)
+CONSUMER_TOPIC_RECREATED = Counter(
+    "shortener_consumer_topic_recreated_total",
+    "Times a consumer found that its topic is not the one its stored positions belong to (another "
+    "topic id, or a position beyond the partition's end): it resynchronised from the start. "
+    "Each is also an ERROR (master) or WARNING (replica) log.",
+    ["topic"],
+)
+THREAD_DEATHS = Counter(
+    "shortener_thread_deaths_total",
+    "Background threads that ended by an exception (or returned before the stop): each is a "
+    "CRITICAL log with the traceback; the process then exits non-zero or restarts the thread.",
+    ["thread"],
+)
+THREAD_ALIVE = Gauge(
+    "shortener_thread_alive",
+    "1 while a supervised background thread runs, 0 after it died (until restarted).",
+    ["thread"],
+)
 CONSUMER_CAUGHT_UP = Gauge(
     "shortener_consumer_caught_up",
     "1 once the consumer has reached the end of the topic as it stood when it (re)positioned.",

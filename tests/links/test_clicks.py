@@ -337,9 +337,11 @@ def test_a_position_beyond_the_end_of_a_recreated_topic_is_an_error_and_reads_it
     produce(topic, [(link.tinyurl, "a", 3), (link.tinyurl, "b", 4)])
     start_positioned(process, prefix)
     wait_until(lambda: position_of(topic) == 2, timeout=30, what="the recreated topic's reports")
-    assert "is beyond the partition's end 2" in process.output()
+    assert "ERROR" in process.output()
+    assert "the stored position 500 of partition 0 is beyond its end 2" in process.output()
     samples = scrape(f"http://127.0.0.1:{process.metrics_port}/metrics")
     assert sample(samples, "shortener_consumer_out_of_range_total", topic=topic) == 1
+    assert sample(samples, "shortener_consumer_topic_recreated_total", topic=topic) == 1
     link.refresh_from_db()
     assert link.clicks == 7
 

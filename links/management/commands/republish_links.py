@@ -6,7 +6,8 @@ records, and what heals a links topic whose broker lost acknowledged records.
 --pending: only links that Kafka has not acknowledged yet (the outbox relay).
 --follow: keep doing that every --interval seconds until SIGTERM; run it as a service. With
 --pending it also audits the links topic (links/audit.py): a link whose newest record there is
-not its current state is sent again.
+not its current state is sent again. The audit runs in a supervised thread: if it dies, the
+command stops and exits non-zero (CommandError), so that systemd starts the relay again.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import threading
 from datetime import timedelta
 
+from django.core.management.base import CommandError
 from django.db import DatabaseError, close_old_connections, connection
 from kafka.errors import KafkaError
 
@@ -22,6 +24,7 @@ from links import selectors, services
 from links.audit import LinksAuditor
 from shortener_project import bus
 from shortener_project.commands import LongRunningCommand
+from shortener_project.supervision import SupervisedThread
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +43,10 @@ class Command(LongRunningCommand):
             **options) -> None:
         auditor = None
         if pending and follow:
-            auditor = threading.Thread(target=self._audit, args=(stop,), name="links-audit")
-            auditor.start()
+            # Without the audit, the relay would carry on but never again re-send a link whose
+            # newest record in the topic is out of date: its death ends the process.
+            auditor = SupervisedThread(name="links-audit", target=lambda: self._audit(stop),
+                                       stop=stop, restart=False).start()
         # Links whose own /create (or takedown) may still be waiting for its ack are left to it:
         # the delivery (and a fresh producer's connect) each take up to the publish timeout.
         min_age = timedelta(seconds=2 * bus.publish_wait_seconds())
@@ -68,6 +73,9 @@ class Command(LongRunningCommand):
             if auditor is not None:
                 auditor.join()
             bus.producer_reset()  # flushes what is still buffered
+        if auditor is not None and auditor.failed:
+            raise CommandError(f"the links audit thread died ({auditor.failed}); exiting so "
+                               f"that the service manager starts the outbox relay again")
 
     @staticmethod
     def _audit(stop: threading.Event) -> None:
