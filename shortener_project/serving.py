@@ -23,8 +23,6 @@ What uvicorn 0.54 does not bound by itself, and this protocol does (each a subcl
   spools it all to a temporary file before a view runs; here a body over `body_bytes` is
   refused with 413 (RFC 9110 §15.5.14) as soon as its Content-Length announces it, or as soon
   as a chunked body passes the limit, and the application never starts;
-- a response the client does not read: uvicorn waits on the transport for ever; here a
-  connection whose writes stay paused for `request_seconds` is dropped;
 - the number of connections: uvicorn accepts until the process runs out of file descriptors;
   here, past `max_connections` in a worker, the connection that has waited longest without a
   request in progress is closed to make room (or the new one, if every connection is busy).
@@ -70,7 +68,7 @@ class Limits:
 
     head_bytes: int        # request line + header fields, else 431
     body_bytes: int        # request body, else 413
-    request_seconds: float  # first byte to complete request; also a stalled response write
+    request_seconds: float  # first byte to complete request, else 408
     max_connections: int   # per worker process
 
     @classmethod
@@ -128,11 +126,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_received = 0      # bytes received while awaiting a head
         self.head_size = 0          # the current head's field bytes, from the callbacks
         self.content_length: bytes | None = None
-        self.incomplete = False     # a request begun and not complete
         self.responding = False     # the application runs for a request of this connection
         self.held: tuple[Any, Any] | None = None  # (cycle, app) waiting for its body
         self.request_timer: asyncio.TimerHandle | None = None
-        self.write_timer: asyncio.TimerHandle | None = None
         self.refused = False
         self.dropped = 0  # bytes dropped after a refusal
 
@@ -156,10 +152,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.waiting.pop(self, None)
-        for timer in (self.request_timer, self.write_timer):
-            if timer is not None:
-                timer.cancel()
-        self.request_timer = self.write_timer = None
+        if self.request_timer is not None:
+            self.request_timer.cancel()
+            self.request_timer = None
         self.held = None
         super().connection_lost(exc)
 
@@ -188,19 +183,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.logger.warning(msg)
             self.send_400_response(msg)
             return
-        if self.incomplete and self.request_timer is None:
-            # Only a request still incomplete after its first read costs a timer: a request
-            # that arrives in one read (nearly all) never arms one.
+        if self.request_timer is None and (
+                self.held is not None if not self.awaiting_head else self.head_received):
+            # A request begun and incomplete: a head in part, or a head whose body is still
+            # to come. Only such a request costs a timer: a request that arrives in one read
+            # (nearly all) never arms one. (Bytes of a pipelined head that came in the read
+            # that completed the previous request are not counted: its timer starts at its
+            # next read.)
             self.request_timer = self.loop.call_later(self.limits.request_seconds,
                                                       self.request_timeout)
         if self.awaiting_head and self.head_received > self.limits.head_bytes:
             self.refuse(431, "request head too large")
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self.incomplete = True
-        self.head_size = 0
-        self.content_length = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
@@ -215,9 +208,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.awaiting_head = False
         self.head_received = 0
         self.waiting.pop(self, None)
-        if self.head_size + len(self.url) > self.limits.head_bytes:
+        head_size, content_length = self.head_size, self.content_length
+        self.head_size, self.content_length = 0, None  # for the next request
+        if head_size + len(self.url) > self.limits.head_bytes:
             raise _Refuse(431, "request head too large")
-        if self.content_length is not None and int(self.content_length) > self.limits.body_bytes:
+        if content_length is not None and int(content_length) > self.limits.body_bytes:
             raise _Refuse(413, "request body too large")
         super().on_headers_complete()
 
@@ -231,7 +226,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise _Refuse(413, "request body too large")
 
     def on_message_complete(self) -> None:
-        self.incomplete = False
         self.awaiting_head = True
         if self.request_timer is not None:
             self.request_timer.cancel()
@@ -297,18 +291,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_SECONDS, self.transport.abort)
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        if self.write_timer is None:
-            self.write_timer = self.loop.call_later(self.limits.request_seconds,
-                                                    self.transport.abort)
-
-    def resume_writing(self) -> None:
-        if self.write_timer is not None:
-            self.write_timer.cancel()
-            self.write_timer = None
-        super().resume_writing()
 
 
 def _is_asgi(app: Any) -> bool:

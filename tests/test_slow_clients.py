@@ -303,3 +303,38 @@ def test_limits_defaults(monkeypatch):
     monkeypatch.setenv("SHORTENER_MAX_BODY_BYTES", "0")
     with pytest.raises(ValueError, match="SHORTENER_MAX_BODY_BYTES must be positive"):
         Limits.from_environ(max_connections=1)
+
+
+
+def test_replica_past_its_connection_limit_closes_the_longest_waiting(replica_factory):
+    """Past GUNICORN_WORKER_CONNECTIONS (50 here) a new connection makes room by closing the
+    connection that has waited longest without a request: silent connections cannot lock out
+    the next client."""
+    replica = replica_factory(start=False)
+    replica.env.update({"GUNICORN_WORKER_CONNECTIONS": "50", "GUNICORN_KEEPALIVE": "60"})
+    replica.redis.set(f"{settings.SHORTENER_USER}:link:{TINYURL}", "1||https://example.com/slow")
+    replica.start_web(workers=1)
+    silent = []
+    try:
+        for _ in range(50):
+            sock = socket.create_connection(("127.0.0.1", replica.http_port), timeout=10)
+            silent.append(sock)
+        for _ in range(3):
+            with requests.Session() as fresh:  # a new connection each time
+                assert fresh.get(f"{replica.url}/{TINYURL}", allow_redirects=False,
+                                 timeout=ANSWER_WITHIN).status_code == 302
+
+        def closed(sock: socket.socket) -> bool:
+            sock.setblocking(False)
+            try:
+                return sock.recv(1) == b""
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+
+        wait_until(lambda: closed(silent[0]), timeout=ANSWER_WITHIN, what="the oldest closed")
+        assert not closed(silent[-1])
+    finally:
+        for sock in silent:
+            sock.close()
