@@ -116,6 +116,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, config: Any, server_state: Any, app_state: dict, _loop: Any = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits: Limits = config.shortener_limits
+        # Read on every request: kept as attributes of their own (one lookup, not two).
+        self.head_limit = self.limits.head_bytes
+        self.body_limit = self.limits.body_bytes
         # Connections without a request in progress, oldest first: the ones closed to make
         # room past max_connections. One dict per worker, on the server's shared state.
         waiting = getattr(server_state, "shortener_waiting", None)
@@ -126,6 +129,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_received = 0      # bytes received while awaiting a head
         self.head_size = 0          # the current head's field bytes, from the callbacks
         self.content_length: bytes | None = None
+        self.chunked = False        # the current head has a Transfer-Encoding
+        self.body_expected = False  # the current request has a body (RFC 9112 §6.3)
         self.responding = False     # the application runs for a request of this connection
         self.held: tuple[Any, Any] | None = None  # (cycle, app) waiting for its body
         self.request_timer: asyncio.TimerHandle | None = None
@@ -161,7 +166,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # --- reading -------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self._unset_keepalive_if_required()
+        if self.timeout_keep_alive_task is not None:  # uvicorn's _unset_keepalive_if_required
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
         if self.refused:  # answered already: dropped until the connection closes
             self.dropped += len(data)
             if self.dropped > LINGER_BYTES:
@@ -183,17 +190,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.logger.warning(msg)
             self.send_400_response(msg)
             return
-        if self.request_timer is None and (
-                self.held is not None if not self.awaiting_head else self.head_received):
-            # A request begun and incomplete: a head in part, or a head whose body is still
-            # to come. Only such a request costs a timer: a request that arrives in one read
-            # (nearly all) never arms one. (Bytes of a pipelined head that came in the read
-            # that completed the previous request are not counted: its timer starts at its
-            # next read.)
+        # A request begun and incomplete (a head in part, or a head whose body is still to
+        # come) gets a timer; a request that arrives in one read (nearly all) never costs one.
+        # (Bytes of a pipelined head that came in the read that completed the previous
+        # request are not counted: its timer starts at its next read.)
+        if self.awaiting_head:
+            if self.head_received:
+                if self.head_received > self.head_limit:
+                    self.refuse(431, "request head too large")
+                elif self.request_timer is None:
+                    self.request_timer = self.loop.call_later(self.limits.request_seconds,
+                                                              self.request_timeout)
+        elif self.held is not None and self.request_timer is None:
             self.request_timer = self.loop.call_later(self.limits.request_seconds,
                                                       self.request_timeout)
-        if self.awaiting_head and self.head_received > self.limits.head_bytes:
-            self.refuse(431, "request head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
@@ -201,6 +211,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.expect_100_continue = True
         elif name == b"content-length":
             self.content_length = value
+        elif name == b"transfer-encoding":
+            self.chunked = True
         self.headers.append((name, value))
         self.head_size += len(name) + len(value)
 
@@ -208,12 +220,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.awaiting_head = False
         self.head_received = 0
         self.waiting.pop(self, None)
-        head_size, content_length = self.head_size, self.content_length
-        self.head_size, self.content_length = 0, None  # for the next request
-        if head_size + len(self.url) > self.limits.head_bytes:
+        head_size, content_length, chunked = self.head_size, self.content_length, self.chunked
+        self.head_size, self.content_length, self.chunked = 0, None, False  # for the next one
+        if head_size + len(self.url) > self.head_limit:
             raise _Refuse(431, "request head too large")
-        if content_length is not None and int(content_length) > self.limits.body_bytes:
-            raise _Refuse(413, "request body too large")
+        if content_length is not None:
+            length = int(content_length)
+            if length > self.body_limit:
+                raise _Refuse(413, "request body too large")
+            self.body_expected = length > 0 or chunked
+        else:
+            self.body_expected = chunked
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -222,7 +239,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle.response_complete:
             return
         self.cycle.body += body
-        if len(self.cycle.body) > self.limits.body_bytes:
+        if len(self.cycle.body) > self.body_limit:
             raise _Refuse(413, "request body too large")
 
     def on_message_complete(self) -> None:
@@ -234,15 +251,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         held = self.held
         if held is not None and held[0] is self.cycle:
             self.held = None
-            self._run(*held)
+            self.responding = True
+            HttpToolsProtocol._start_asgi_task(self, *held)
 
     # --- the application -----------------------------------------------------------------
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         # Called by uvicorn when a request's head is complete (or when a pipelined one comes
         # up): the application waits for the whole body, so that no thread or task is ever
-        # held by a client that sends slowly.
-        if cycle.more_body:
+        # held by a client that sends slowly. A request without a body (a redirect's GET)
+        # starts at once, as in uvicorn. (A pipelined request that comes up later has its
+        # more_body cleared already if it is complete: the parser reads in order.)
+        if cycle.more_body and self.body_expected:
             self.held = (cycle, app)
             if cycle.waiting_for_100_continue and not self.transport.is_closing():
                 # The client waits for this before it sends the body (RFC 9110 §10.1.1);
@@ -250,9 +270,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 cycle.waiting_for_100_continue = False
             return
-        self._run(cycle, app)
-
-    def _run(self, cycle: Any, app: Any) -> None:
         self.responding = True
         super()._start_asgi_task(cycle, app)
 
