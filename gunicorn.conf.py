@@ -13,9 +13,9 @@ _role = os.environ.get("SHORTENER_ROLE", "").strip().lower()
 # of ours that bounds what a client can hold (shortener_project/serving.py): a connection is a
 # few objects on an event loop until its request has arrived whole, so slow or silent clients
 # take no thread and no task. gunicorn's threaded worker (the master's before) gave a thread to
-# a connection at its first byte and waited on it without a limit: 32 connections holding half
-# a request froze a 2 x 16 master (tests/test_slow_clients.py shows both, docs/performance.md
-# the figures).
+# a connection at its first byte and waited on it without a limit: connections holding half a
+# request, as many as its threads, froze the master (tests/test_slow_clients.py; what the
+# bounds cost: docs/performance.md).
 worker_class = "shortener_project.serving.Worker"
 # Every worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new
 # connections over them. With one shared socket, the worker that wakes first accepts all

@@ -3,8 +3,9 @@ httptools' parser), and a protocol that bounds what one client can hold.
 
 Why not gunicorn's threaded worker (the master's before): it hands a connection to a thread as
 soon as it is readable, and the thread then reads the rest of the request with no time limit,
-so 32 connections that each send half a request hold every thread of a 2 x 16 master, and
-nothing else is answered. Here every connection is a few objects on an event loop until its
+so as many connections as threads, each sending half a request, hold every thread of the
+master (2 x 16), and nothing else is answered (tests/test_slow_clients.py on the former
+worker: PUT /create not answered within 5 s). Here every connection is a few objects on an event loop until its
 request (head and body) has arrived whole; only then does the application run. The master's
 Django (WSGI) runs on a2wsgi's thread pool (as many threads as gunicorn's `threads`), so a
 thread is only ever given to a request that is complete.
