@@ -403,7 +403,7 @@ class MasterWeb:
 
     APP_NAME = "test_master_web"
 
-    def __init__(self, data_dir: Path, workers: int = 2) -> None:
+    def __init__(self, data_dir: Path, workers: int = 2, **extra_env: str) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--workers", str(workers),
@@ -413,7 +413,7 @@ class MasterWeb:
                  "SHORTENER_USER": settings.SHORTENER_USER,
                  "DATABASE_URL": test_database_url(self.APP_NAME),
                  # Sessions are not kept between requests, so none outlives the test.
-                 "DATABASE_CONN_MAX_AGE": "0"},
+                 "DATABASE_CONN_MAX_AGE": "0", **extra_env},
             stdout=open(data_dir / f"master-web-{self.port}.log", "ab"), stderr=subprocess.STDOUT,
         )
         wait_until(lambda: port_open(self.port), timeout=20, what="master web")

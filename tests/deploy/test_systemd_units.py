@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -40,3 +41,27 @@ def test_units_render_and_verify(tmp_path, role, units, timers):
     # verify only warns (exit 0) about a setting it cannot parse: any output is a failure.
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
         result.stdout + result.stderr)
+
+
+@pytest.mark.parametrize("role,unit", [("master", "shortener-master-web"),
+                                       ("replica", "shortener-replica-web")])
+def test_web_units_file_descriptors_cover_the_connection_limit(tmp_path, role, unit):
+    """LimitNOFILE (per process) covers a worker's worker_connections, as gunicorn.conf.py sets
+    it by default for the role, and the descriptors a worker needs besides."""
+    from shortener_project.serving import DESCRIPTORS_BESIDES_CONNECTIONS
+
+    subprocess.run(["bash", "deploy/install-systemd.sh", role, "root"], cwd=ROOT, check=True,
+                   env={**os.environ, "DESTDIR": str(tmp_path)})
+    lines = (tmp_path / f"{unit}.service").read_text().splitlines()
+    limits = [int(line.split("=", 1)[1]) for line in lines if line.startswith("LimitNOFILE=")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUNICORN_")}
+    printed = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--print-config", "shortener_project.wsgi"],
+        cwd=ROOT, env={**env, "SHORTENER_ROLE": role}, capture_output=True, text=True,
+        timeout=60).stdout
+    settings = {name.strip(): value.strip() for name, _, value in
+                (line.partition(" = ") for line in printed.splitlines() if " = " in line)}
+    connections = int(settings["worker_connections"])
+    assert settings["worker_class"] == "shortener_project.serving.Worker"
+    assert len(limits) == 1 and limits[0] >= connections + DESCRIPTORS_BESIDES_CONNECTIONS, (
+        limits, connections)
