@@ -223,7 +223,9 @@ def clicks_batch_apply(
 
         applied = len(batch.tinyurls) - unknown
         position.next_offset = batch.next_offset
-        position.applied += applied
+        # A tombstone (an ended counter's key) is applied as what it is, nothing to do: counted
+        # with the applied records, so that the position's counts add up to the records read.
+        position.applied += applied + batch.tombstones
         position.skipped_malformed += batch.malformed
         position.skipped_unknown += unknown
         position.save()

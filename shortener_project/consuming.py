@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, LogTruncationError
 from kafka.structs import OffsetAndMetadata
 
 from shortener_project.metrics import (
@@ -429,7 +429,16 @@ class PositionedConsumer:
             raise TopicRecreated(f"its id changed from {self.topic_id} to {current}")
 
     def _poll_once(self, consumer: KafkaConsumer) -> None:
-        batches = consumer.poll(timeout_ms=self.poll_timeout_ms)
+        try:
+            batches = consumer.poll(timeout_ms=self.poll_timeout_ms)
+        except LogTruncationError as exc:
+            # kafka-python validates the fetch position against the leader's epochs (KIP-320)
+            # and finds the log ends below it. With acks=all and no unclean leader election
+            # (manage.py kafka_topics checks both) no acknowledged record is ever truncated, so
+            # this is a topic deleted and created again under the consumer, seen before its
+            # new id reaches this process' metadata; retrying would raise it again for ever.
+            raise TopicRecreated(f"Kafka found its log truncated below the position ({exc})") \
+                from None
         self._topic_check(consumer)
         if not batches:
             self._lag_update(consumer)

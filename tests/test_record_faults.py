@@ -1,7 +1,9 @@
 """A record whose content the apply cannot use stops neither a replica's consume_links nor the
-master's links audit: the loop isolates it and steps over it (shortener_project/consuming.py).
-The records are the issue's examples, which the decoder of the time let through: a schema-2
-links record without expires_at, and a disabled one without longurl."""
+master's links audit (shortener_project/consuming.py). The records are the issue's examples,
+which the decoder of the time let through to the apply: a schema-2 links record without
+expires_at, and a disabled one without longurl. The typed decoder now refuses the first
+(reason "missing") before the apply sees it; the loop's isolation of a record the apply
+itself refuses is shown by tests/test_consuming.py and tests/links/test_consumer_faults.py."""
 
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def test_a_links_record_the_apply_cannot_use_does_not_stop_a_replica(replica_fac
     assert f"rejected record topic={bus.links_topic()} partition=0 offset={offset}" in output
     assert sample(scrape(f"http://127.0.0.1:{replica.consumer_metrics_port}/metrics"),
                   "shortener_records_rejected_total", topic=bus.links_topic(),
-                  reason="KeyError") == 1
+                  reason="missing") == 1
     assert replica.stats()["rejected"] >= 1
 
 

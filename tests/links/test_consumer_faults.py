@@ -13,10 +13,13 @@ from links.models import ConsumerPosition, Link
 from shortener_project import bus
 from tests.conftest import clicks_topic_end
 from tests.links.test_clicks import NOW, new_link
-from shortener_project.messages import click_report_encode
+from shortener_project.messages import INT_MAX, click_report_encode
 from tests.support import sample, scrape, wait_until
 
-LARGEST = 2**62 - 1  # the largest count a report may carry (messages.click_report_decode)
+LARGEST = INT_MAX  # the largest count a report may carry (messages.ClickReport)
+# Counters of one link at LARGEST whose sum still fits PostgreSQL's bigint (Link.clicks):
+# 1024 * (2**53 - 1) = 2**63 - 1024; one more is beyond it.
+FITTING = (2**63 - 1) // LARGEST
 
 
 def send(reports: list[tuple[str, str, int]]) -> list[int]:
@@ -37,25 +40,26 @@ def position() -> int:
 
 
 def test_totals_that_overflow_are_rejected_and_later_clicks_are_counted(clicks_consumer):
-    """Three counters of one link at the largest count: each report is valid, their sum is
-    beyond PostgreSQL's bigint (Link.clicks). The third is rejected with its offset and reason;
-    the consumer goes on counting."""
+    """FITTING + 1 counters of one link at the largest count: each report is valid, their sum
+    is beyond PostgreSQL's bigint (Link.clicks). The last is rejected with its offset and
+    reason; the consumer goes on counting."""
     big, later = new_link("https://example.com/overflow"), new_link("https://example.com/later")
     wait_until(lambda: position() == clicks_topic_end(), timeout=30, what="earlier reports")
-    offsets = send([(big.tinyurl, "i1", LARGEST), (big.tinyurl, "i2", LARGEST),
-                    (big.tinyurl, "i3", LARGEST), (later.tinyurl, "i1", 5)])
+    offsets = send([(big.tinyurl, f"i{n}", LARGEST) for n in range(FITTING + 1)]
+                   + [(later.tinyurl, "i1", 5)])
+    overflowing = offsets[FITTING]
     wait_until(lambda: Link.objects.get(pk=later.pk).clicks == 5, timeout=30,
                what="the report after the overflowing one")
     send([(later.tinyurl, "i1", 9)])
     wait_until(lambda: Link.objects.get(pk=later.pk).clicks == 9, timeout=30,
                what="a later report")
-    assert Link.objects.get(pk=big.pk).clicks == 2 * LARGEST
+    assert Link.objects.get(pk=big.pk).clicks == FITTING * LARGEST
     assert clicks_consumer.alive()
     output = clicks_consumer.output()
-    assert (f"rejected record topic={bus.clicks_topic()} partition=0 offset={offsets[2]}: the "
+    assert (f"rejected record topic={bus.clicks_topic()} partition=0 offset={overflowing}: the "
             "store refused its content") in output
     assert "out of range" in output  # PostgreSQL's own words for the reason
-    assert output.count(f"partition=0 offset={offsets[2]}:") == 1  # logged once
+    assert output.count(f"partition=0 offset={overflowing}:") == 1  # logged once
     samples = scrape(f"http://127.0.0.1:{clicks_consumer.metrics_port}/metrics")
     assert sample(samples, "shortener_records_rejected_total", topic=bus.clicks_topic(),
                   reason="numeric_value_out_of_range") == 1
