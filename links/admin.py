@@ -192,7 +192,8 @@ class LinkAdmin(ReadOnlyAdmin):
         except services.LinkPublishError:
             self.message_user(request, "Changed here; Kafka is unavailable, so the replicas "
                               "will follow when it is back (outbox).", messages.WARNING)
-        except ValidationError as exc:  # another link took this longurl since the form's check
+        except ValidationError as exc:  # another link took this longurl since the form's check,
+            # or the link is at the largest state version (services.link_update)
             self.message_user(request, f"Not changed: {exc.messages[0]}", messages.ERROR)
         obj.refresh_from_db()
 
@@ -227,6 +228,10 @@ class LinkAdmin(ReadOnlyAdmin):
                 done += 1
             except services.LinkPublishError:
                 pending += 1
+            except ValidationError as exc:  # a change no replica could take (link_update)
+                self.message_user(request, f"{link.tinyurl} not changed: {exc.messages[0]}",
+                                  messages.ERROR)
+                continue
             self.log_change(request, link, "Taken down." if disabled else "Put back.")
         verb = "taken down" if disabled else "put back"
         if done:

@@ -26,6 +26,7 @@ from shortener_project.messages import (
     RESERVED_TINYURLS,
     TINYURL_ALPHABET,
     TINYURL_LENGTH,
+    VERSION_MAX,
     link_record_encode,
 )
 from shortener_project.metrics import LINKS_PUBLISHED
@@ -276,6 +277,14 @@ def link_update(
             row.expires_at = expires_at
             changed.append("expires_at")
         if changed:
+            if row.state_version >= VERSION_MAX:
+                # Only a forged record in the links topic gets a link here (the audit raised
+                # the version above it): no later state could reach a replica, so the change is
+                # refused rather than reported as made. Kafka ACLs on the topic are the remedy.
+                raise ValidationError(
+                    f"link {row.tinyurl} is at the largest state version ({VERSION_MAX}): no "
+                    "change of it can reach the replicas; restrict who may write to the links "
+                    "topic (a forged record put it there)")
             row.state_version += 1
             row.published_at = None
             row.save(update_fields=[*changed, "state_version", "published_at"])

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -430,6 +431,9 @@ def topic_client_settings() -> dict[str, dict[str, list[dict[str, Any]]]]:
 
 _producer: KafkaProducer | None = None
 _producer_lock = threading.Lock()
+# When the last attempt to make _producer failed (time.monotonic()) and why: shared with the
+# requests that waited for that attempt (producer_get).
+_producer_failed: tuple[float, str] | None = None
 
 
 def publish_timeout_ms() -> int:
@@ -491,12 +495,25 @@ def producer_get() -> KafkaProducer:
     Raises KafkaError (NoBrokersAvailable) when Kafka cannot be reached within the publish
     timeout; the next call tries again.
     """
-    global _producer
+    global _producer, _producer_failed
+    asked = time.monotonic()
     with _producer_lock:
-        if _producer is None:
+        if _producer is not None:
+            return _producer
+        failed = _producer_failed
+        if failed is not None and failed[0] >= asked:
+            # Another thread's attempt ended while this one waited for the lock: its answer is
+            # this one's too. Otherwise a burst of /create during an outage waited one publish
+            # timeout per request in turn (6 requests: answered at 5, 10, ... 30 s).
+            raise KafkaError(f"Kafka could not be reached: {failed[1]}")
+        try:
             _producer = _producer_make(
                 client_id=f"{settings.SHORTENER_USER}-master-{settings.SHORTENER_NODE_ID}",
                 own=links_producer_settings())
+        except KafkaError as exc:
+            _producer_failed = (time.monotonic(), repr(exc))
+            raise
+        _producer_failed = None
         return _producer
 
 

@@ -261,15 +261,23 @@ def link_record_encode(
     key: the tinyurl (UTF-8), the compaction key. value: JSON LinkRecord. A disabled link's
     record carries no longurl (null): replicas keep only its version, so that an older record
     that arrives later cannot bring the link back. Raises ValueError for an active link without
-    a longurl. The fields are not range-checked here: the master's own columns hold them.
+    a longurl, and for a version outside 1..VERSION_MAX (a record no replica would apply).
+    expires_at at or before the Unix epoch (the admin accepts any past time: "ends at once")
+    is sent as 1 ms, which every replica reads as long past: the type's range starts at 1, and a
+    record out of it would be refused by every replica while the master thought it published.
     """
     if not disabled and not longurl:
         raise ValueError("an active link needs its longurl")
+    if not 1 <= version <= VERSION_MAX:
+        raise ValueError(f"version {version} is outside 1..{VERSION_MAX}")
+    expires_ms = None
+    if expires_at is not None:
+        expires_ms = min(max(1, int(expires_at.timestamp() * 1000)), EXPIRES_AT_MAX)
     record = LinkRecord(
         schema=LINK_SCHEMA, tinyurl=tinyurl, version=version,
         state="disabled" if disabled else "active",
         longurl=None if disabled else longurl,
-        expires_at=int(expires_at.timestamp() * 1000) if expires_at is not None else None,
+        expires_at=expires_ms,
         created_at=created_at,
     )
     return tinyurl.encode(), _encoder.encode(record)

@@ -180,9 +180,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            # No WebSocket here (uvicorn's worker has no WebSocket library installed): as
-            # uvicorn, warn and ignore.
-            self._unsupported_upgrade_warning()
+            # Nothing here speaks another protocol (no WebSocket). uvicorn warns and ignores the
+            # request: the connection then waited for ever with no request, no timer and no
+            # place among those the connection limit evicts, so a few thousand of them locked
+            # everyone else out. Refused like any request this server will not take.
+            self.refuse(400, "protocol upgrades are not supported")
+            return
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _Refuse):
                 self.refuse(exc.__context__.status, str(exc.__context__))

@@ -338,3 +338,16 @@ def test_replica_past_its_connection_limit_closes_the_longest_waiting(replica_fa
     finally:
         for sock in silent:
             sock.close()
+
+
+UPGRADE = (b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def test_protocol_upgrades_are_refused_not_held(master_web, replica):
+    """A request asking to upgrade the connection (WebSocket) got no answer and held its
+    connection for ever, outside every timer and the connection limit: refused with 400."""
+    for port, path in ((master_web.port, b"/readyz"), (replica.http_port, b"/readyz"),
+                       (replica.http_port, f"/{TINYURL}".encode())):
+        status, _ = exchange(port, UPGRADE % path)
+        assert status == 400
