@@ -213,8 +213,8 @@ class LinksConsumer(PositionedConsumer):
             position = self.expected.get(partition)
             if target > 0 and (position is None or position < target):
                 return
+        services.links_ready_set(redis=self.redis, ready=True, positions=self.expected)
         self.caught_up = True
         CONSUMER_CAUGHT_UP.labels(self.topic).set(1)
-        services.links_ready_set(redis=self.redis, ready=True)
         logger.info("caught up with %s (end offsets %s) in %.2fs", self.topic,
                     self.catchup_target, time.monotonic() - self.catchup_started)

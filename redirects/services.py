@@ -15,7 +15,7 @@ from django.conf import settings
 from redis import Redis
 from redis.commands.core import Script
 
-from redirects import keys
+from redirects import keys, selectors
 from shortener_project.consuming import PositionMismatch, Record
 from shortener_project.messages import MessageError, Rejected, link_record_decode
 from shortener_project.metrics import records_rejected_report
@@ -249,11 +249,38 @@ def links_heartbeat(*, redis: Redis, stale_seconds: float) -> bool:
         args=[int(stale_seconds * 1000)], client=redis) == 1
 
 
-def links_ready_set(*, redis: Redis, ready: bool) -> None:
-    if ready:
-        redis.set(keys.links_ready_key(), "1")
-    else:
+# The ready mark KEYS[2], set only if the positions hash KEYS[1] still holds the positions the
+# consumer caught up with (ARGV: partition, position ('' = none) pairs); atomically, so a Redis
+# wiped or restarted empty since is never marked ready from the consumer's memory. Returns 1 if
+# set, else 0.
+READY_SCRIPT = """
+for i = 1, #ARGV, 2 do
+  if (redis.call('HGET', KEYS[1], ARGV[i]) or '') ~= ARGV[i + 1] then return 0 end
+end
+redis.call('SET', KEYS[2], '1')
+return 1
+"""
+
+
+def links_ready_set(*, redis: Redis, ready: bool,
+                    positions: dict[int, int | None] | None = None) -> None:
+    """Set (ready=True) or remove the replica's ready mark (what /readyz answers).
+
+    positions: partition -> the position the consumer caught up with (None: nothing stored).
+    The mark is set only if Redis still holds exactly those; else PositionMismatch is raised
+    and nothing is set (a Redis that lost its data must not be called ready, not even for the
+    second until the consumer's next check). Raises redis.RedisError."""
+    if not ready:
         redis.delete(keys.links_ready_key())
+        return
+    args: list[str | int] = []
+    for partition, position in (positions or {}).items():
+        args += [partition, "" if position is None else position]
+    if _script(redis, READY_SCRIPT)(keys=[keys.links_positions_key(), keys.links_ready_key()],
+                                    args=args, client=redis) != 1:
+        stored = selectors.links_positions_get(redis=redis)
+        partition = next((p for p, v in (positions or {}).items() if stored.get(p) != v), 0)
+        raise PositionMismatch(partition, (positions or {}).get(partition), stored.get(partition))
 
 
 def links_kafka_error_set(*, redis: Redis, error: str | None, since_ms: int | None = None) -> None:

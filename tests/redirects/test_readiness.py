@@ -90,3 +90,22 @@ def test_a_replica_that_never_ran_its_consumer_is_not_ready(replica_factory):
     replica.start_web()
     status, body = replica.readyz()
     assert (status, body["reason"]) == (503, "consume_links is not running (no heartbeat)")
+
+
+def test_a_wiped_redis_is_never_marked_ready_before_it_is_rebuilt(replica_factory, make_links):
+    """FLUSHALL under a ready replica (a Redis restarted without its data): the heartbeat's gap
+    made consume_links catch up again at once from the positions in its memory and set the
+    ready mark on the empty Redis, for up to a second, before its position check noticed. The
+    mark is now set only if Redis holds those positions."""
+    replica = replica_factory()
+    links = make_links(50)
+    wait_until(lambda: replica.has_all(links) and replica.readyz()[0] == 200, timeout=30,
+               what="the replica ready with the links")
+    before = len(replica.consumer_output())
+    replica.redis.flushall()
+    wait_until(lambda: replica.has_all(links) and replica.readyz()[0] == 200, timeout=30,
+               what="the replica rebuilt and ready again")
+    after = replica.consumer_output()[before:]
+    assert "caught up with" in after
+    # The first thing it said was that Redis lost its position; it caught up only after that.
+    assert after.index("differs from ours") < after.index("caught up with"), after[-3000:]
