@@ -239,6 +239,7 @@ if ROLE is Role.MASTER:
         "django.contrib.sessions",
         "django.contrib.messages",
         "django.contrib.staticfiles",
+        "topics",
         "links",
     ]
     MIDDLEWARE = [
@@ -254,7 +255,7 @@ if ROLE is Role.MASTER:
     ROOT_URLCONF = "shortener_project.urls_master"
 else:
     # The replica exposes nothing but what it serves: no admin, no sessions, no static files.
-    INSTALLED_APPS = ["redirects"]
+    INSTALLED_APPS = ["topics", "redirects"]
     MIDDLEWARE = ["django.middleware.security.SecurityMiddleware"]
     ROOT_URLCONF = "shortener_project.urls_replica"
 
