@@ -34,7 +34,7 @@ from kafka import KafkaConsumer, TopicPartition  # noqa: E402
 from links.services import tinyurl_generate  # noqa: E402
 from shortener_project import bus  # noqa: E402
 from shortener_project.messages import link_record_encode  # noqa: E402
-from tests.support import free_port  # noqa: E402
+from testkit import free_port  # noqa: E402
 
 
 def fill(n: int) -> float:

@@ -29,7 +29,7 @@ setup("benchc")
 from bench.redirect import line, wait_port, wrk  # noqa: E402
 from links.models import Link  # noqa: E402
 from shortener_project import bus  # noqa: E402
-from tests.support import free_port  # noqa: E402
+from testkit import free_port  # noqa: E402
 
 NEW_LINKS_LUA = """
 local n = 0

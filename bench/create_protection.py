@@ -36,7 +36,7 @@ setup("benchp")
 from bench.redirect import line, wait_port, wrk  # noqa: E402
 from links import protection  # noqa: E402
 from shortener_project import bus  # noqa: E402
-from tests.support import free_port  # noqa: E402
+from testkit import free_port  # noqa: E402
 
 SAME_LINK_LUA = """
 wrk.method = "PUT"

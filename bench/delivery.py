@@ -57,7 +57,7 @@ from links import services  # noqa: E402
 from links.models import ConsumerPosition, Link  # noqa: E402
 from shortener_project import bus  # noqa: E402
 from shortener_project.messages import link_record_encode  # noqa: E402
-from tests.support import ClicksConsumerProcess, Replica, topic_read, wait_until  # noqa: E402
+from testkit import ClicksConsumerProcess, Replica, topic_read, wait_until  # noqa: E402
 
 CASES = ("kills", "wipe", "node", "rollback", "links")
 FLUSH = 2

@@ -38,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.support import free_port, port_open, wait_until  # noqa: E402
+from testkit import free_port, port_open, wait_until  # noqa: E402
 
 USER = f"benchr{int(time.time())}"
 TINYURL = "Bench01"

@@ -13,7 +13,7 @@ import requests
 from django.conf import settings
 
 from shortener_project import bus
-from tests.support import ClicksConsumerProcess, Replica, topic_end, wait_until
+from testkit import ClicksConsumerProcess, Replica, topic_end, wait_until
 
 
 @pytest.fixture(scope="session", autouse=True)

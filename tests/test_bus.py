@@ -22,7 +22,7 @@ from kafka.errors import KafkaError
 from kafka.partitioner.default import DefaultPartitioner
 
 from shortener_project import bus
-from tests.support import ROOT, free_port, port_open, wait_until
+from testkit import ROOT, free_port, port_open, wait_until
 
 # Where and who a client is, not how it behaves: not counted as settings.
 IDENTITY = {"bootstrap_servers", "client_id", "group_id"}

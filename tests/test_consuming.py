@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from shortener_project.consuming import PositionedConsumer
 from shortener_project.metrics import RECORDS_REJECTED
-from tests.support import FakeRecord
+from testkit import FakeRecord
 
 
 class SumStore(PositionedConsumer):

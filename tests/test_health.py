@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import requests
 
-from tests.support import wait_until
+from testkit import wait_until
 
 
 def test_master_health_and_readiness(client, db):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.support import ROOT, MasterWeb
+from testkit import ROOT, MasterWeb
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.support import MasterWeb, sample, scrape, wait_until
+from testkit import MasterWeb, sample, scrape, wait_until
 
 HIST = "shortener_request_duration_seconds"
 

@@ -12,7 +12,7 @@ import json
 from links import services
 from shortener_project import bus
 from tests.links.test_audit import audited_to_end, relay  # noqa: F401
-from tests.support import link_produce, sample, scrape, tinyurl_new, wait_until
+from testkit import link_produce, sample, scrape, tinyurl_new, wait_until
 
 
 def record(tinyurl: str, **fields) -> bytes:

@@ -21,7 +21,7 @@ from shortener_project.messages import (
     link_record_decode,
     replica_status_decode,
 )
-from tests.support import FakeRecord as Rec
+from testkit import FakeRecord as Rec
 
 NOW = datetime.now(timezone.utc)
 EXAMPLES = hsettings(max_examples=80, deadline=None,

@@ -23,9 +23,9 @@ from shortener_project.messages import (
     link_record_encode,
     replica_status_encode,
 )
-from tests.links.kafka_read import topic_records
-from tests.support import ROOT, tinyurl_new, wait_until
-from tests.support import test_database_url as database_url
+from testkit import topic_records
+from testkit import ROOT, tinyurl_new, wait_until
+from testkit import test_database_url as database_url
 
 NOW = datetime.now(timezone.utc)
 

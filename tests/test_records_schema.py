@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.support import ROOT
+from testkit import ROOT
 
 
 def test_published_schemas_are_what_the_types_generate():

@@ -26,7 +26,7 @@ import requests
 from django.conf import settings
 
 from shortener_project.serving import Limits
-from tests.support import MasterWeb, wait_until
+from testkit import MasterWeb, wait_until
 
 KEEPALIVE = 3          # seconds: GUNICORN_KEEPALIVE of the servers below
 REQUEST_TIMEOUT = 4    # seconds: SHORTENER_REQUEST_TIMEOUT of the servers below

@@ -14,7 +14,7 @@ from django.conf import settings
 
 from shortener_project import bus
 from tests import support
-from tests.support import ROOT, sample, scrape, topic_read, wait_until
+from testkit import ROOT, sample, scrape, topic_read, wait_until
 
 
 def test_the_outbox_exits_non_zero_when_its_audit_thread_dies(transactional_db, test_data_dir):

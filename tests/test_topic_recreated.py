@@ -21,7 +21,7 @@ from shortener_project import bus
 from shortener_project.messages import click_report_encode
 from tests import support
 from tests.links.test_clicks import NOW
-from tests.support import ROOT, free_port, link_produce, sample, scrape, tinyurl_new, wait_until
+from testkit import ROOT, free_port, link_produce, sample, scrape, tinyurl_new, wait_until
 
 
 class Outbox:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from shortener_project import longurls
 from tests.links.test_longurls import urls
-from tests.support import wait_until
+from testkit import wait_until
 
 
 def _location(replica, tinyurl: str) -> tuple[int, str | None]:

@@ -21,7 +21,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from links.models import Link
 from shortener_project import bus
 from shortener_project.messages import click_report_encode
-from tests.support import ROOT, wait_until
+from testkit import ROOT, wait_until
 
 DOCS = ROOT / "docs"
 PASSWORD = "a-long-test-password-1"

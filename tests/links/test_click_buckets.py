@@ -18,8 +18,8 @@ from links.selectors import longurl_digest
 from shortener_project import bus
 from shortener_project.messages import click_report_encode
 from tests.conftest import clicks_topic_end
-from tests.support import FakeRecord as Rec
-from tests.support import wait_until
+from testkit import FakeRecord as Rec
+from testkit import wait_until
 
 HOUR = timedelta(hours=1)
 NOW = datetime.now(timezone.utc)

@@ -23,8 +23,8 @@ from shortener_project import bus
 from shortener_project.consuming import PositionMismatch
 from shortener_project.messages import click_report_encode
 from tests.conftest import clicks_topic_end
-from tests.support import ClicksConsumerProcess, sample, scrape, topic_end, wait_until
-from tests.support import FakeRecord as Rec
+from testkit import ClicksConsumerProcess, sample, scrape, topic_end, wait_until
+from testkit import FakeRecord as Rec
 
 NOW = datetime.now(timezone.utc)
 

@@ -15,7 +15,7 @@ from links.models import ClickCounter, ConsumerPosition, Link
 from tests.links.test_clicks import (  # noqa: F401 - own_clicks_topic is a fixture
     new_link, own_clicks_topic, position_of, produce, start_positioned,
 )
-from tests.support import topic_end, wait_until
+from testkit import topic_end, wait_until
 
 
 def counts_by_key(topic: str) -> dict[str, list[int]]:

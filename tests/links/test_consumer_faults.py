@@ -14,7 +14,7 @@ from shortener_project import bus
 from tests.conftest import clicks_topic_end
 from tests.links.test_clicks import NOW, new_link
 from shortener_project.messages import INT_MAX, click_report_encode
-from tests.support import sample, scrape, wait_until
+from testkit import sample, scrape, wait_until
 
 LARGEST = INT_MAX  # the largest count a report may carry (messages.ClickReport)
 # Counters of one link at LARGEST whose sum still fits PostgreSQL's bigint (Link.clicks):

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from tests.support import MasterWeb
+from testkit import MasterWeb
 
 PUBLISH_TIMEOUT = 2.0
 

@@ -16,7 +16,7 @@ from django.test import override_settings
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
 from shortener_project import bus
-from tests.support import ROOT, wait_until
+from testkit import ROOT, wait_until
 
 CHECKED = ["cleanup.policy", "min.insync.replicas", "unclean.leader.election.enable"]
 

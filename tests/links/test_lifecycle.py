@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 
 from links import services
 from links.models import Link
-from tests.support import link_produce, topic_end, wait_until
+from testkit import link_produce, topic_end, wait_until
 from shortener_project import bus
 
 DAY_MS = 24 * 3600 * 1000

@@ -14,7 +14,7 @@ from django.test import override_settings
 from links import services
 from links.models import Link
 from shortener_project import bus
-from tests.support import free_port
+from testkit import free_port
 
 TINY_RE = re.compile(r"[a-zA-Z0-9]{7}")
 LIMIT = settings.SHORTENER_MAX_URL_LENGTH

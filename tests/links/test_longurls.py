@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from links.validation import longurl_rules_check
 from shortener_project import longurls
-from tests.support import ROOT
+from testkit import ROOT
 from shortener_project.longurls import (
     LongurlError,
     host_normalize,

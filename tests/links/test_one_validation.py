@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from links import protection, services
 from links.models import Link
 from shortener_project import bus
-from tests.support import ROOT, topic_end
+from testkit import ROOT, topic_end
 
 BLOCKED = "https://www.evil.example/landing"
 MESSAGE = "links to evil.example and its subdomains are not accepted here (blocked by the operators)"

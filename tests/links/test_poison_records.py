@@ -13,7 +13,7 @@ from links.models import Link
 from shortener_project import bus
 from shortener_project.messages import link_record_encode
 from tests.links.test_audit import audit_and_resend, audited_to_end, relay  # noqa: F401
-from tests.support import link_produce, tinyurl_new, wait_until
+from testkit import link_produce, tinyurl_new, wait_until
 
 POISON = {
     # json.loads raises ValueError (not JSONDecodeError) for an integer over 4,300 digits...

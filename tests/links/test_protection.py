@@ -21,7 +21,7 @@ from links import protection, ratelimit, services
 from links.models import ApiKey, BlockedHost, Link
 from links.selectors import longurl_digest
 from shortener_project import bus
-from tests.support import MasterWeb, free_port, wait_until
+from testkit import MasterWeb, free_port, wait_until
 
 # --- the host blocklist -----------------------------------------------------------------------
 

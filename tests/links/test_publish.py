@@ -20,8 +20,8 @@ from links import services
 from links.models import Link
 from links.selectors import longurl_digest
 from shortener_project import bus
-from tests.links.kafka_read import link_records
-from tests.support import wait_until
+from testkit import link_records
+from testkit import wait_until
 
 
 def topics() -> set[str]:

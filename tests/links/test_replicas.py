@@ -13,7 +13,7 @@ from shortener_project.messages import (
     replica_status_decode,
     replica_status_encode,
 )
-from tests.support import wait_until
+from testkit import wait_until
 
 STATUS = dict(node="10.0.0.7", links_position=41, links_end=42, ready=False,
               reason="consume_links has not caught up with the links topic",

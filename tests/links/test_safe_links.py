@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from links.models import Link
 from shortener_project import longurls
 from tests.links.test_longurls import ACCEPTED, PRIVATE, REFUSED, _same_host
-from tests.support import wait_until
+from testkit import wait_until
 
 LIMIT = settings.SHORTENER_MAX_URL_LENGTH
 

@@ -11,8 +11,8 @@ from django.core.exceptions import ValidationError
 
 from links.models import Link
 from shortener_project import bus
-from tests.links.kafka_read import link_records
-from tests.support import wait_until
+from testkit import link_records
+from testkit import wait_until
 
 
 def test_take_down_and_put_back_across_two_replicas(master, replica_factory, admin_client):

@@ -13,7 +13,7 @@ from links import services
 from links.models import Link
 from shortener_project.messages import VERSION_MAX, link_record_encode
 from tests.links.test_audit import newest
-from tests.support import wait_until
+from testkit import wait_until
 
 
 @pytest.mark.parametrize("when", [datetime(1, 1, 1, tzinfo=timezone.utc),

@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg2
 import requests
 
-from tests.support import ROOT, wait_until
+from testkit import ROOT, wait_until
 
 SUBNET = "10.231.0"
 BRIDGE_IP = f"{SUBNET}.1"

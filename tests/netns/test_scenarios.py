@@ -18,7 +18,7 @@ from django.conf import settings
 from kafka import KafkaProducer
 
 from tests.netns.cluster import BRIDGE_IP, KAFKA_PORT, NetnsCluster
-from tests.support import wait_until
+from testkit import wait_until
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root; the "

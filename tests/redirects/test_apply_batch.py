@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from redirects import keys, services
 from shortener_project.consuming import PositionMismatch
 from shortener_project.messages import VERSION_MAX, link_record_encode
-from tests.support import FakeRecord as Rec
+from testkit import FakeRecord as Rec
 
 NOW = datetime.now(timezone.utc)
 

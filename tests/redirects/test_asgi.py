@@ -1,5 +1,5 @@
 """The replica's redirect path as it is deployed: gunicorn with uvicorn's worker serving
-shortener_project.asgi (tests.support.Replica.start_web), real redis-server. Links are written
+shortener_project.asgi (testkit.Replica.start_web), real redis-server. Links are written
 straight into the replica's Redis in the form consume_links writes (keys.LinkValue)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from redirects import keys
-from tests.support import port_open, sample, scrape, wait_until
+from testkit import port_open, sample, scrape, wait_until
 
 HIST = "shortener_request_duration_seconds"
 NOT_FOUND = {"error": "no such link"}

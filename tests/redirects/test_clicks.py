@@ -12,7 +12,7 @@ from django.db.models import Sum
 from links.models import ClickCounter, Link
 from redirects import keys
 from redirects.clicks import CLAIM_SCRIPT
-from tests.support import (
+from testkit import (
     click_reports,
     link_produce,
     master_counts,
@@ -170,7 +170,7 @@ def test_reports_claimed_by_a_reporter_that_died_are_sent_by_the_next(
 
 # --- counter identity: the incarnation, never the node ---------------------------------------
 # Checked at the record level: what the master's max() per counter makes of the reports in the
-# clicks topic (tests.support.master_counts), whatever the master's code.
+# clicks topic (testkit.master_counts), whatever the master's code.
 
 
 def test_a_node_renamed_over_the_same_redis_reports_the_same_counters(replica_factory):

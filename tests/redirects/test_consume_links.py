@@ -17,7 +17,7 @@ from kafka.admin import AlterConfigOp, ConfigResource, ConfigResourceType
 
 from shortener_project import bus
 from tests.conftest import links_topic_end
-from tests.support import ROOT, link_produce, scrape, tinyurl_new, topic_read, wait_until
+from testkit import ROOT, link_produce, scrape, tinyurl_new, topic_read, wait_until
 
 
 def assert_serves(replica, links: dict[str, str]) -> None:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.conftest import links_topic_end
-from tests.support import free_port, link_produce, tinyurl_new, wait_until
+from testkit import free_port, link_produce, tinyurl_new, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

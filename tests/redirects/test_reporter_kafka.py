@@ -16,7 +16,7 @@ from django.test import override_settings
 
 from redirects import keys
 from shortener_project import bus
-from tests.support import free_port, master_counts, sample, scrape, tinyurl_new, wait_until
+from testkit import free_port, master_counts, sample, scrape, tinyurl_new, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from redirects import clicks, keys, selectors
-from tests.support import (
+from testkit import (
     free_port,
     link_produce,
     sample,

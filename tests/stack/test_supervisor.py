@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import ROOT, free_port, port_open, wait_until
+from testkit import ROOT, free_port, port_open, wait_until
 
 sys.path.insert(0, str(ROOT / "stack" / "supervisor"))
 import render  # noqa: E402

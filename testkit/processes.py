@@ -1,71 +1,21 @@
-"""Helpers for tests that run real processes: replicas with their own Redis, waits on conditions."""
+"""The product's processes started for real: a replica (its Redis, consume_links, web, reporter),
+consume_clicks, the master's web under gunicorn."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TypeVar
 
 import redis
 import requests
 from django.conf import settings
 
-ROOT = Path(__file__).resolve().parent.parent
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# How much longer than its `timeout` a wait_until waits before it fails. A wait's timeout is
-# when to give up, never a claim about the product (a test that claims a bound measures it and
-# asserts it on its own); on success the wait ends as soon as the condition holds, so a longer
-# limit costs nothing. The suite runs whole on shared machines (2 cores, other runs at the same
-# time), where starting a Django process or a Kafka consumer group took over 20 s.
-WAIT_SCALE = float(os.environ.get("SHORTENER_TEST_WAIT_SCALE", "3"))
-
-
-def wait_until(
-    condition: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
-) -> T:
-    """Poll `condition` every `interval` seconds until it returns something truthy, and return
-    that; fail (AssertionError naming `what` and the last exception the condition raised) after
-    `timeout` x WAIT_SCALE seconds."""
-    timeout *= WAIT_SCALE
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = condition()
-            if result:
-                return result
-        except Exception as exc:  # noqa: BLE001 - conditions may fail while things start
-            last_exc = exc
-        time.sleep(interval)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what or condition}"
-        + (f" (last error: {last_exc!r})" if last_exc else "")
-    )
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+from testkit.waits import ROOT, free_port, port_open, wait_until
 
 
 def link_value_split(raw: bytes | None) -> tuple[int, int | None, str | None] | None:
@@ -421,110 +371,3 @@ class MasterWeb:
 
     def close(self) -> None:
         Replica._stop(self.proc, signal.SIGTERM)
-
-
-def scrape(url: str) -> dict[tuple[str, frozenset], float]:
-    """A Prometheus endpoint's samples: (name, labels) -> value, parsed by prometheus_client."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = requests.get(url, timeout=10).text
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def sample(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-@dataclass
-class FakeRecord:
-    """A Kafka record's shape, for calling the batch-apply functions directly."""
-
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    partition: int = 0
-    topic: str = "test"
-
-
-def topic_end(topic: str, partition: int = 0) -> int:
-    """The partition's end offset (the offset the next record will get)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS)
-    try:
-        tp = TopicPartition(topic, partition)
-        return consumer.end_offsets([tp])[tp]
-    finally:
-        consumer.close()
-
-
-# --- the topics, read and written directly ----------------------------------------------------
-
-
-def tinyurl_new() -> str:
-    import secrets
-    import string
-
-    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(7))
-
-
-def link_produce(tinyurl: str, version: int, longurl: str | None = None, *,
-                 disabled: bool = False, expires_at: datetime | None = None) -> int:
-    """Produce one schema-2 link record straight to the links topic; returns its offset."""
-    from shortener_project import bus
-    from shortener_project.messages import link_record_encode
-
-    key, value = link_record_encode(tinyurl=tinyurl, version=version, longurl=longurl,
-                                    disabled=disabled, expires_at=expires_at,
-                                    created_at=datetime.now(timezone.utc))
-    return bus.producer_get().send(bus.links_topic(), key=key, value=value).get(timeout=10).offset
-
-
-def topic_read(topic: str, partition: int = 0) -> list:
-    """Every record the partition holds now, from its first offset to its end."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
-                             enable_auto_commit=False)
-    try:
-        tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        records = []
-        deadline = time.monotonic() + 30
-        while consumer.position(tp) < end:
-            assert time.monotonic() < deadline, f"reading {topic} timed out"
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
-
-
-def click_reports(tinyurl: str) -> list:
-    """Every click report of `tinyurl` in the clicks topic, in order (ClickReports)."""
-    from shortener_project import bus
-    from shortener_project.messages import MessageError, click_report_decode
-
-    reports = []
-    for record in topic_read(bus.clicks_topic()):
-        # The session's topic also holds other tests' deliberately malformed reports.
-        try:
-            report = click_report_decode(record.key, record.value)
-        except MessageError:
-            continue
-        if report is not None and report.tinyurl == tinyurl:
-            reports.append(report)
-    return reports
-
-
-def master_counts(tinyurl: str) -> dict[str, int]:
-    """What the master's max() per counter makes of the reports of `tinyurl`:
-    `<incarnation>:<tinyurl>` -> the largest count reported."""
-    best: dict[str, int] = {}
-    for r in click_reports(tinyurl):
-        key = f"{r.incarnation}:{r.tinyurl}"
-        best[key] = max(best.get(key, 0), r.count)
-    return best

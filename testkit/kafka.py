@@ -1,0 +1,123 @@
+"""The topics, read and written directly: what the master and replicas really wrote."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from django.conf import settings
+
+from shortener_project.messages import LinkRecord, MessageError, link_record_decode
+
+
+@dataclass
+class FakeRecord:
+    """A Kafka record's shape, for calling the batch-apply functions directly."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    partition: int = 0
+    topic: str = "test"
+
+
+def topic_end(topic: str, partition: int = 0) -> int:
+    """The partition's end offset (the offset the next record will get)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS)
+    try:
+        tp = TopicPartition(topic, partition)
+        return consumer.end_offsets([tp])[tp]
+    finally:
+        consumer.close()
+
+
+# --- the topics, read and written directly ----------------------------------------------------
+
+
+def tinyurl_new() -> str:
+    import secrets
+    import string
+
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(7))
+
+
+def link_produce(tinyurl: str, version: int, longurl: str | None = None, *,
+                 disabled: bool = False, expires_at: datetime | None = None) -> int:
+    """Produce one schema-2 link record straight to the links topic; returns its offset."""
+    from shortener_project import bus
+    from shortener_project.messages import link_record_encode
+
+    key, value = link_record_encode(tinyurl=tinyurl, version=version, longurl=longurl,
+                                    disabled=disabled, expires_at=expires_at,
+                                    created_at=datetime.now(timezone.utc))
+    return bus.producer_get().send(bus.links_topic(), key=key, value=value).get(timeout=10).offset
+
+
+def topic_read(topic: str, partition: int = 0) -> list:
+    """Every record the partition holds now, from its first offset to its end."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+                             enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        records = []
+        deadline = time.monotonic() + 30
+        while consumer.position(tp) < end:
+            assert time.monotonic() < deadline, f"reading {topic} timed out"
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def click_reports(tinyurl: str) -> list:
+    """Every click report of `tinyurl` in the clicks topic, in order (ClickReports)."""
+    from shortener_project import bus
+    from shortener_project.messages import MessageError, click_report_decode
+
+    reports = []
+    for record in topic_read(bus.clicks_topic()):
+        # The session's topic also holds other tests' deliberately malformed reports.
+        try:
+            report = click_report_decode(record.key, record.value)
+        except MessageError:
+            continue
+        if report is not None and report.tinyurl == tinyurl:
+            reports.append(report)
+    return reports
+
+
+def master_counts(tinyurl: str) -> dict[str, int]:
+    """What the master's max() per counter makes of the reports of `tinyurl`:
+    `<incarnation>:<tinyurl>` -> the largest count reported."""
+    best: dict[str, int] = {}
+    for r in click_reports(tinyurl):
+        key = f"{r.incarnation}:{r.tinyurl}"
+        best[key] = max(best.get(key, 0), r.count)
+    return best
+
+
+def topic_records(topic: str, partition: int = 0) -> list:
+    """Every record of the partition, from its start to its current end (ConsumerRecords)."""
+    return topic_read(topic, partition)
+
+
+def _decoded(key: bytes | None, value: bytes | None) -> LinkRecord | bytes | None:
+    try:
+        return link_record_decode(key, value)
+    except MessageError:
+        return value
+
+
+def link_records(topic: str, tinyurl: str) -> list[LinkRecord | bytes | None]:
+    """One link's records in offset order: the LinkRecord (link_record_decode), None for a
+    tombstone, the raw value for anything the decoder rejects (tests produce such records)."""
+    return [_decoded(r.key, r.value) for r in topic_records(topic) if r.key == tinyurl.encode()]
