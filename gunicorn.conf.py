@@ -10,13 +10,13 @@ import tempfile
 _role = os.environ.get("SHORTENER_ROLE", "").strip().lower()
 
 # Both roles: gunicorn's arbiter with uvicorn's worker on uvloop and httptools, and a protocol
-# of ours that bounds what a client can hold (shortener_project/serving.py): a connection is a
+# of ours that bounds what a client can hold (runtime/serving.py): a connection is a
 # few objects on an event loop until its request has arrived whole, so slow or silent clients
 # take no thread and no task. gunicorn's threaded worker (the master's before) gave a thread to
 # a connection at its first byte and waited on it without a limit: connections holding half a
 # request, as many as its threads, froze the master (tests/test_slow_clients.py; what the
 # bounds cost: docs/performance.md).
-worker_class = "shortener_project.serving.Worker"
+worker_class = "runtime.serving.Worker"
 # Every worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new
 # connections over them. With one shared socket, the worker that wakes first accepts all
 # the connections waiting: wrk's 32 keep-alive connections split 27/5 between two workers,
@@ -120,7 +120,7 @@ def _descriptors_fit() -> None:
     global worker_connections
     import resource
 
-    from shortener_project.serving import DESCRIPTORS_BESIDES_CONNECTIONS
+    from runtime.serving import DESCRIPTORS_BESIDES_CONNECTIONS
 
     need = worker_connections + DESCRIPTORS_BESIDES_CONNECTIONS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -38,7 +38,7 @@ import links.clicks as clicks  # noqa: E402
 from links.models import ClickBucket, Link  # noqa: E402
 from links.selectors import longurl_digest  # noqa: E402
 from links.services import tinyurl_generate  # noqa: E402
-from shortener_project.messages import click_report_encode  # noqa: E402
+from topics.clicks import click_report_encode  # noqa: E402
 
 
 @dataclass

@@ -32,20 +32,26 @@ from django.conf import settings  # noqa: E402
 from kafka import KafkaConsumer, TopicPartition  # noqa: E402
 
 from links.services import tinyurl_generate  # noqa: E402
-from shortener_project import bus  # noqa: E402
-from shortener_project.messages import link_record_encode  # noqa: E402
 from testkit import free_port  # noqa: E402
+from topics.clients import admin_client  # noqa: E402
+from topics.links import (  # noqa: E402
+    link_record_encode,  # noqa: E402
+    links_topic,
+    producer_get,
+    producer_reset,
+)
+from topics.provisioning import topics_ensure  # noqa: E402
 
 
 def fill(n: int) -> float:
-    producer = bus.producer_get()
+    producer = producer_get()
     now = datetime.now(timezone.utc)
     started = time.perf_counter()
     future = None
     for i in range(n):
         key, value = link_record_encode(tinyurl=tinyurl_generate(), version=1,
                                         longurl=f"https://example.com/bench/{i}?utm=x", created_at=now)
-        future = producer.send(bus.links_topic(), key=key, value=value)
+        future = producer.send(links_topic(), key=key, value=value)
     producer.flush()
     assert future is not None and future.get(timeout=30)
     return time.perf_counter() - started
@@ -55,7 +61,7 @@ def bare_read(n: int) -> float:
     consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
                              enable_auto_commit=False, max_poll_records=5000,
                              max_partition_fetch_bytes=8 * 1024 * 1024)
-    tp = TopicPartition(bus.links_topic(), 0)
+    tp = TopicPartition(links_topic(), 0)
     consumer.assign([tp])
     consumer.seek_to_beginning(tp)
     started = time.perf_counter()
@@ -114,7 +120,7 @@ def main() -> None:
     print(f"catch-up benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores")
     for n in sizes:
         settings.SHORTENER_USER = f"{base_user}-{n}"
-        bus.topics_ensure()
+        topics_ensure()
         try:
             print(f"  {n} links: filled the topic in {fill(n):.1f}s")
             bare = bare_read(n)
@@ -122,9 +128,9 @@ def main() -> None:
             prod = product_read(n)
             print(f"    fresh replica, consume_links     : {prod:6.2f}s  {n / prod:9.0f} links/s")
         finally:
-            bus.producer_reset()
-            admin = bus.admin_client()
-            admin.delete_topics([bus.links_topic()])
+            producer_reset()
+            admin = admin_client()
+            admin.delete_topics([links_topic()])
             admin.close()
 
 

@@ -46,16 +46,17 @@ setup("benchk")
 
 from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
-
 from django.db.models import Sum  # noqa: E402
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
 from links.models import ClickBucket, ConsumerPosition, Link  # noqa: E402
 from links.selectors import longurl_digest  # noqa: E402
 from links.services import tinyurl_generate  # noqa: E402
-from shortener_project import bus  # noqa: E402
-from shortener_project.messages import click_report_encode  # noqa: E402
-
+from topics.clicks import (
+    click_report_encode,  # noqa: E402
+    clicks_topic,  # noqa: E402
+)
+from topics.provisioning import topics_ensure  # noqa: E402
 
 HOUR = timedelta(hours=1)
 
@@ -99,7 +100,7 @@ def fill(reports: list[tuple[int, int, int]], tinyurls: list[str], replicas: int
         key, value = click_report_encode(tinyurl=tinyurls[link], node=nodes[replica],
                                          incarnation=incarnations[replica], count=count,
                                          reported_at=now)
-        producer.send(bus.clicks_topic(), key=key, value=value)
+        producer.send(clicks_topic(), key=key, value=value)
     producer.flush()
     producer.close()
 
@@ -120,7 +121,7 @@ def bare_read(tp: TopicPartition, n: int) -> float:
 
 
 def position() -> int:
-    row = ConsumerPosition.objects.filter(topic=bus.clicks_topic()).first()
+    row = ConsumerPosition.objects.filter(topic=clicks_topic()).first()
     return row.next_offset if row else 0
 
 
@@ -219,7 +220,7 @@ def main() -> None:
     args = parser.parse_args()
     database_create()
     try:
-        bus.topics_ensure()
+        topics_ensure()
         tinyurls = [tinyurl_generate() for _ in range(args.links)]
         Link.objects.bulk_create(
             [Link(tinyurl=t, longurl=f"https://bench.example/{i}",
@@ -230,7 +231,7 @@ def main() -> None:
         reports, expected, shape = workload(reports=args.reports, links=args.links,
                                             zipf=args.zipf, replicas=args.replicas)
         fill(reports, tinyurls, args.replicas)
-        tp = TopicPartition(bus.clicks_topic(), 0)
+        tp = TopicPartition(clicks_topic(), 0)
         probe = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS)
         end = probe.end_offsets([tp])[tp]
         probe.close()

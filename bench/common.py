@@ -57,13 +57,15 @@ def cleanup() -> None:
     from django.conf import settings
     from django.db import connection
 
-    from shortener_project import bus
+    from topics.clients import admin_client
+    from topics.links import producer_reset
+    from topics.provisioning import topic_specs
 
-    bus.producer_reset()
+    producer_reset()
     connection.close()
     try:
-        admin = bus.admin_client()
-        admin.delete_topics([s.name for s in bus.topic_specs()])
+        admin = admin_client()
+        admin.delete_topics([s.name for s in topic_specs()])
         admin.close()
     except Exception as exc:  # noqa: BLE001 - clean-up must not hide the figures
         print(f"  (could not delete the topics: {exc})")

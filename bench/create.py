@@ -18,8 +18,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 from datetime import datetime
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, cleanup, database_create, setup
@@ -28,8 +28,8 @@ setup("benchc")
 
 from bench.redirect import line, wait_port, wrk  # noqa: E402
 from links.models import Link  # noqa: E402
-from shortener_project import bus  # noqa: E402
 from testkit import free_port  # noqa: E402
+from topics.provisioning import topics_ensure  # noqa: E402
 
 NEW_LINKS_LUA = """
 local n = 0
@@ -59,7 +59,7 @@ def main() -> None:
     database_create()
     web = None
     try:
-        bus.topics_ensure()
+        topics_ensure()
         port = free_port()
         (tmp / "prom").mkdir()
         web = subprocess.Popen(

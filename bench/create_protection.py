@@ -35,8 +35,8 @@ setup("benchp")
 
 from bench.redirect import line, wait_port, wrk  # noqa: E402
 from links import protection  # noqa: E402
-from shortener_project import bus  # noqa: E402
 from testkit import free_port  # noqa: E402
+from topics.provisioning import topics_ensure  # noqa: E402
 
 SAME_LINK_LUA = """
 wrk.method = "PUT"
@@ -85,7 +85,7 @@ def per_call(n: int = 3000) -> None:
     from django.test import override_settings
 
     from links import ratelimit, validation
-    from shortener_project import longurls
+    from topics import longurls
 
     _, token = protection.api_key_create(name="bench-per-call")
 
@@ -129,7 +129,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-protection-"))
     database_create()
     try:
-        bus.topics_ensure()
+        topics_ensure()
         _, token = protection.api_key_create(name="bench")
         one = SAME_LINK_LUA % ""
         keyed = SAME_LINK_LUA % f'wrk.headers["Authorization"] = "Bearer {token}"'

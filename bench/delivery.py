@@ -55,9 +55,15 @@ from kafka.admin import ConfigResource, ConfigResourceType  # noqa: E402
 
 from links import services  # noqa: E402
 from links.models import ConsumerPosition, Link  # noqa: E402
-from shortener_project import bus  # noqa: E402
-from shortener_project.messages import link_record_encode  # noqa: E402
 from testkit import ClicksConsumerProcess, Replica, topic_read, wait_until  # noqa: E402
+from topics.clicks import clicks_topic  # noqa: E402
+from topics.clients import admin_client  # noqa: E402
+from topics.links import (  # noqa: E402
+    link_record_encode,  # noqa: E402
+    links_topic,
+    producer_get,
+)
+from topics.provisioning import topics_ensure  # noqa: E402
 
 CASES = ("kills", "wipe", "node", "rollback", "links")
 FLUSH = 2
@@ -78,8 +84,8 @@ def topic_end(topic: str) -> int:
 
 def settle(consumer: ClicksConsumerProcess) -> None:
     """Wait until the master has applied everything in the clicks topic."""
-    end = topic_end(bus.clicks_topic())
-    wait_until(lambda: ConsumerPosition.objects.filter(topic=bus.clicks_topic(),
+    end = topic_end(clicks_topic())
+    wait_until(lambda: ConsumerPosition.objects.filter(topic=clicks_topic(),
                                                        next_offset__gte=end).exists(),
                timeout=120, what="consume_clicks to reach the end of the topic")
 
@@ -143,7 +149,7 @@ class Experiment:
         self.rows: list[tuple[str, str, str]] = []  # (topic, case, figures)
 
     def start(self) -> None:
-        bus.topics_ensure()
+        topics_ensure()
         self.links = [services.link_create(longurl=f"https://example.com/delivery/{i}").link.tinyurl
                       for i in range(self.args.links)]
         self.consumer = ClicksConsumerProcess(self.tmp)
@@ -282,8 +288,8 @@ class Experiment:
     def case_links(self) -> None:
         k = self.args.takedowns
         r2 = self.replicas[1]
-        topic = bus.links_topic()
-        admin = bus.admin_client()
+        topic = links_topic()
+        admin = admin_client()
         # Compaction within seconds rather than days (the cleaner still wakes every 15 s).
         admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {
             "segment.ms": "500", "min.cleanable.dirty.ratio": "0.001",
@@ -305,7 +311,7 @@ class Experiment:
             earlier = link_record_encode(tinyurl=link.tinyurl, version=link.state_version,
                                          longurl=link.longurl, created_at=link.created_at)
             services.link_set_disabled(link=link, disabled=True)
-            bus.producer_get().send(topic, key=earlier[0], value=earlier[1]).get(timeout=10)
+            producer_get().send(topic, key=earlier[0], value=earlier[1]).get(timeout=10)
 
         # The relay's audit sends the current state after each stale copy; compaction then
         # leaves one record per link. A record now and then rolls the active segment.

@@ -1,5 +1,5 @@
 """Benchmark: the CPU cost per request of the web servers' HTTP protocol, uvicorn's own
-(httptools) against the bounded one both roles run (shortener_project/serving.py).
+(httptools) against the bounded one both roles run (runtime/serving.py).
 
 Usage: .local/venv/bin/python bench/protocol.py [--requests 200000] [--rounds 5]
 
@@ -28,7 +28,7 @@ from uvicorn.config import Config  # noqa: E402
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # noqa: E402
 from uvicorn.server import ServerState  # noqa: E402
 
-from shortener_project.serving import BoundedHttpToolsProtocol, Limits  # noqa: E402
+from runtime.serving import BoundedHttpToolsProtocol, Limits  # noqa: E402
 
 REQUEST = b"GET /Bench01 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
 HEADERS = [(b"location", b"https://example.com/benchmark"), (b"cache-control", b"no-store"),

@@ -49,8 +49,17 @@ from links.selectors import longurl_digest  # noqa: E402
 from links.services import tinyurl_generate  # noqa: E402
 from redirects import keys  # noqa: E402
 from redirects.clicks import CLICK_SCRIPT, click_keys_args  # noqa: E402
-from shortener_project import bus  # noqa: E402
-from shortener_project.messages import click_report_encode, link_record_encode  # noqa: E402
+from topics.clicks import (
+    click_report_encode,  # noqa: E402
+    clicks_topic,  # noqa: E402
+)
+from topics.clients import admin_client  # noqa: E402
+from topics.links import (  # noqa: E402
+    link_record_encode,  # noqa: E402
+    links_topic,
+    producer_get,
+)
+from topics.provisioning import topics_ensure  # noqa: E402
 
 MILLION = 1_000_000
 
@@ -73,7 +82,7 @@ def pg_sizes(table: str) -> tuple[int, int]:
 
 def topic_bytes(topic: str) -> int:
     """The topic's partitions' size on the broker's disk (DescribeLogDirs)."""
-    admin = bus.admin_client()
+    admin = admin_client()
     try:
         total = 0
         for broker in admin.describe_log_dirs([topic]):
@@ -87,7 +96,7 @@ def topic_bytes(topic: str) -> int:
 
 
 def send(topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = bus.producer_get()
+    producer = producer_get()
     futures = [producer.send(topic, key=k, value=v) for k, v in records]
     producer.flush()
     for future in futures:
@@ -128,7 +137,7 @@ def main() -> None:
     from django.conf import settings
 
     database_create()
-    bus.topics_ensure()
+    topics_ensure()
     workdir = tempfile.mkdtemp(prefix="bench-storage-")
     port = 20000 + os.getpid() % 20000
     redis_proc = redis_start(port, workdir)
@@ -153,7 +162,7 @@ def main() -> None:
             Link.objects.bulk_create(new, batch_size=5000)
             links += new
             for i in range(0, len(new), 10000):
-                send(bus.links_topic(), [link_record_encode(
+                send(links_topic(), [link_record_encode(
                     tinyurl=x.tinyurl, version=1, longurl=x.longurl, created_at=now)
                     for x in new[i:i + 10000]])
                 pipe = r.pipeline(transaction=False)
@@ -164,7 +173,7 @@ def main() -> None:
             table, index = pg_sizes("links_link")
             per.setdefault("pg_links_table", []).append((table - base["links_link"][0]) / n)
             per.setdefault("pg_links_index", []).append((index - base["links_link"][1]) / n)
-            per.setdefault("kafka_links", []).append(topic_bytes(bus.links_topic()) / n)
+            per.setdefault("kafka_links", []).append(topic_bytes(links_topic()) / n)
             per.setdefault("redis_links", []).append((used_memory(r) - base_redis) / n)
 
         print("links")
@@ -192,7 +201,7 @@ def main() -> None:
                                            incarnation=incarnation, count=1,
                                            reported_at=datetime.now(timezone.utc))
                        for x in batch]
-            send(bus.clicks_topic(), reports)
+            send(clicks_topic(), reports)
             for i in range(0, len(reports), settings.SHORTENER_CLICKS_BATCH):
                 chunk = reports[i:i + settings.SHORTENER_CLICKS_BATCH]
                 clicks_apply_batch(topic="bench-clicks", partition=0,
@@ -209,7 +218,7 @@ def main() -> None:
             for table, name in (("links_clickcounter", "counter"), ("links_clickbucket", "bucket")):
                 t, i = pg_sizes(table)
                 per.setdefault(f"pg_{name}", []).append((t + i - sum(base[table])) / n)
-            per.setdefault("kafka_clicks", []).append(topic_bytes(bus.clicks_topic()) / n)
+            per.setdefault("kafka_clicks", []).append(topic_bytes(clicks_topic()) / n)
         print("clicks (one click on each link: one counter, one report, one hourly row each)")
         row("a replica's Redis, counter key", per["redis_counter"], "counter")
         row("  + while unreported (member of the dirty set)", per["redis_dirty"], "counter")
@@ -229,7 +238,7 @@ def main() -> None:
         print(f"roll-up: {old_rows:,} hourly rows of one old day ({len(sample):,} links) -> "
               f"{left:,} daily rows ({rolled:,} removed; {old_rows / max(left, 1):.0f} to 1)")
 
-        ConsumerPosition.objects.get_or_create(topic=bus.clicks_topic(), partition=0,
+        ConsumerPosition.objects.get_or_create(topic=clicks_topic(), partition=0,
                                                defaults={"next_offset": 0})
         ended = pruning.incarnations_end(current=set(), now=now + timedelta(days=30))
         fold = pruning.incarnations_fold()
@@ -238,7 +247,7 @@ def main() -> None:
         print(f"fold: incarnation(s) {ended} ended: {fold.counters:,} counters -> FoldedClicks, "
               f"{fold.tombstones:,} tombstones; FoldedClicks {folded:.1f} B per (link, node) row "
               f"(table + index); {ClickCounter.objects.count():,} counters left")
-        print(f"clicks topic after the tombstones: {topic_bytes(bus.clicks_topic()):,} bytes "
+        print(f"clicks topic after the tombstones: {topic_bytes(clicks_topic()):,} bytes "
               "(until compaction removes the keys, then the tombstones after "
               "delete.retention.ms)")
     finally:

@@ -16,10 +16,9 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-
-from django.template.response import TemplateResponse
 
 from links import protection, replicas, selectors, services, validation
 from links.models import (
@@ -30,7 +29,7 @@ from links.models import (
     Link,
     Replica,
 )
-from shortener_project import longurls
+from topics import longurls
 
 # The link page's charts: per hour over the last 7 days, per day over the last 90.
 CHART_HOURS = selectors.CHART_HOURS

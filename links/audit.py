@@ -45,17 +45,16 @@ from kafka import KafkaConsumer
 from links.models import Link
 from links.positions import PostgresPositionedConsumer, position_lock, positions_restart
 from links.services import _record  # the encoding the master publishes
-from shortener_project import bus
+from runtime.metrics import LINKS_AUDITED, records_rejected_report
 from shortener_project.consuming import Record
-from shortener_project.messages import (
-    TINYURL_RE,
+from topics.links import (
     VERSION_MAX,
     LinkRecord,
-    MessageError,
-    Rejected,
     link_record_decode,
+    links_audit_consumer_make,
+    links_topic,
 )
-from shortener_project.metrics import LINKS_AUDITED, records_rejected_report
+from topics.records import TINYURL_RE, MessageError, Rejected
 
 logger = logging.getLogger(__name__)
 
@@ -201,9 +200,9 @@ class LinksAuditor(PostgresPositionedConsumer):
         self,
         *,
         stop: threading.Event,
-        consumer_factory: Callable[[], KafkaConsumer] = bus.links_audit_consumer_make,
+        consumer_factory: Callable[[], KafkaConsumer] = links_audit_consumer_make,
     ) -> None:
-        super().__init__(topic=bus.links_topic(), stop=stop, consumer_factory=consumer_factory)
+        super().__init__(topic=links_topic(), stop=stop, consumer_factory=consumer_factory)
 
     def on_topic_recreated(self) -> None:
         with transaction.atomic():

@@ -1,7 +1,7 @@
 """Aggregating click reports on the master: the batch apply and the consume_clicks loop.
 
 A counter is one link in one incarnation (one life) of one replica's Redis; its reports carry
-its absolute count (shortener_project/messages.py). Each batch of one partition is applied in
+its absolute count (topics/). Each batch of one partition is applied in
 ONE PostgreSQL transaction that
   1. locks the partition's position row and checks it is where this consumer expects,
   2. raises each (link, incarnation) counter to the largest count reported (never lowers), and
@@ -47,14 +47,14 @@ from kafka import KafkaConsumer
 from kafka.errors import OffsetOutOfRangeError
 
 from links.positions import PostgresPositionedConsumer, position_lock
-from shortener_project import bus
-from shortener_project.consuming import PositionMismatch, Record
-from shortener_project.messages import MessageError, Rejected, click_report_decode
-from shortener_project.metrics import (
+from runtime.metrics import (
     CLICKS_REFUSED_ENDED,
     CONSUMER_RECORDS,
     records_rejected_report,
 )
+from shortener_project.consuming import PositionMismatch, Record
+from topics.clicks import click_report_decode, clicks_consumer_make, clicks_topic
+from topics.records import MessageError, Rejected
 
 logger = logging.getLogger(__name__)
 
@@ -427,9 +427,9 @@ class ClicksConsumer(PostgresPositionedConsumer):
         self,
         *,
         stop: threading.Event,
-        consumer_factory: Callable[[], KafkaConsumer] = bus.clicks_consumer_make,
+        consumer_factory: Callable[[], KafkaConsumer] = clicks_consumer_make,
     ) -> None:
-        super().__init__(topic=bus.clicks_topic(), stop=stop, consumer_factory=consumer_factory)
+        super().__init__(topic=clicks_topic(), stop=stop, consumer_factory=consumer_factory)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clicks-apply")
         # The batch in PostgreSQL: its future, and what isolating its records would need.
         self._inflight: tuple[Future[int], int, Sequence[Record], int | None] | None = None

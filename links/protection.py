@@ -1,6 +1,6 @@
 """Abuse protection of PUT /create: the host blocklist (its rows and this process's copy), API
 keys and the rate limit's client identity. (The limiter itself is links/ratelimit.py; what a
-longurl is, shortener_project/longurls.py; what the master accepts as a target, with the
+longurl is, topics/longurls.py; what the master accepts as a target, with the
 blocklist among its checks, links/validation.py; taking down the links to blocked hosts,
 links/services.py.)"""
 
@@ -19,7 +19,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from links.models import ApiKey, BlockedHost
-from shortener_project import longurls
+from topics import longurls
 
 logger = logging.getLogger(__name__)
 

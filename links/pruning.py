@@ -56,8 +56,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from links import replicas, selectors
 from links.models import ConsumerPosition, EndedIncarnation
-from shortener_project import bus
-from shortener_project.messages import ReplicaStatus, click_report_key
+from topics.clicks import click_report_key, clicks_topic
+from topics.links import producer_get
+from topics.replicas import ReplicaStatus, replicas_reader_make, replicas_topic
 
 logger = logging.getLogger(__name__)
 
@@ -226,12 +227,12 @@ def incarnations_end(*, current: Iterable[str], now: datetime | None = None,
               "quiet_before": now - timedelta(seconds=quiet)}
     with transaction.atomic():
         positions = dict(ConsumerPosition.objects.select_for_update()
-                         .filter(topic=bus.clicks_topic())
+                         .filter(topic=clicks_topic())
                          .values_list("partition", "next_offset"))
         behind = {p: (positions.get(p, 0), end) for p, end in (applied_to or {}).items()
                   if positions.get(p, 0) < end}
         if behind:
-            raise ClicksBehind(f"consume_clicks has not applied {bus.clicks_topic()} up to "
+            raise ClicksBehind(f"consume_clicks has not applied {clicks_topic()} up to "
                                f"where it ended when the prune began (partition: (position, "
                                f"end)): {behind}; no incarnation ends until it has")
         with connection.cursor() as cursor:
@@ -245,14 +246,14 @@ def incarnations_end(*, current: Iterable[str], now: datetime | None = None,
     return ended
 
 
-def clicks_topic_ends(*, reader_factory: Callable[[], KafkaConsumer] = bus.replicas_reader_make
+def clicks_topic_ends(*, reader_factory: Callable[[], KafkaConsumer] = replicas_reader_make
                       ) -> dict[int, int]:
     """partition -> end offset of the clicks topic now, through a group-less reader. Raises
     KafkaError."""
     reader = reader_factory()
     try:
-        partitions = reader.partitions_for_topic(bus.clicks_topic()) or set()
-        tps = [TopicPartition(bus.clicks_topic(), p) for p in sorted(partitions)]
+        partitions = reader.partitions_for_topic(clicks_topic()) or set()
+        tps = [TopicPartition(clicks_topic(), p) for p in sorted(partitions)]
         return {tp.partition: end for tp, end in reader.end_offsets(tps).items()} if tps else {}
     finally:
         reader.close()
@@ -263,13 +264,13 @@ def clicks_applied_wait(ends: dict[int, int], *, timeout: float) -> dict[int, in
     (partition -> offset); returns `ends`. Raises ClicksBehind when they do not."""
     deadline = time.monotonic() + timeout
     while True:
-        positions = dict(ConsumerPosition.objects.filter(topic=bus.clicks_topic())
+        positions = dict(ConsumerPosition.objects.filter(topic=clicks_topic())
                          .values_list("partition", "next_offset"))
         behind = {p: (positions.get(p, 0), e) for p, e in ends.items() if positions.get(p, 0) < e}
         if not behind:
             return ends
         if time.monotonic() >= deadline:
-            raise ClicksBehind(f"consume_clicks is behind on {bus.clicks_topic()} (partition: "
+            raise ClicksBehind(f"consume_clicks is behind on {clicks_topic()} (partition: "
                                f"(position, end)): {behind}; no incarnation ends this run")
         time.sleep(0.5)
 
@@ -290,7 +291,7 @@ def _tombstones_send(producer: KafkaProducer, incarnation: str) -> int:
         cursor.execute("SELECT l.tinyurl FROM links_clickcounter c JOIN links_link l "
                        "ON l.id = c.link_id WHERE c.incarnation = %s", [incarnation])
         while rows := cursor.fetchmany(TOMBSTONE_CHUNK):
-            futures = [producer.send(bus.clicks_topic(), value=None,
+            futures = [producer.send(clicks_topic(), value=None,
                                      key=click_report_key(incarnation=incarnation, tinyurl=t))
                        for (t,) in rows]
             producer.flush()
@@ -300,7 +301,7 @@ def _tombstones_send(producer: KafkaProducer, incarnation: str) -> int:
     return sent
 
 
-def incarnations_fold(*, producer_factory: Callable[[], KafkaProducer] = bus.producer_get
+def incarnations_fold(*, producer_factory: Callable[[], KafkaProducer] = producer_get
                       ) -> FoldResult:
     """Fold every ended incarnation not folded yet (EndedIncarnation.folded_at NULL): tombstone
     its counters' keys on the clicks topic, then, once all are acknowledged, sum its counters
@@ -322,7 +323,7 @@ def incarnations_fold(*, producer_factory: Callable[[], KafkaProducer] = bus.pro
             EndedIncarnation.objects.filter(incarnation=incarnation).update(
                 folded_at=django_timezone.now(), counters=counters, clicks=clicks)
         logger.info("folded incarnation %s: %d counter(s), %d click(s); %d tombstone(s) on %s",
-                    incarnation, counters, clicks, tombstones, bus.clicks_topic())
+                    incarnation, counters, clicks, tombstones, clicks_topic())
         result.incarnations.append(incarnation)
         result.counters += counters
         result.clicks += clicks
@@ -345,14 +346,14 @@ def replicas_gone(statuses: dict[str, tuple[ReplicaStatus, datetime]], *, now: d
 def replicas_tombstone(nodes: list[str], *, producer: KafkaProducer) -> None:
     """A tombstone for each node's key on the replicas topic; waits for the acknowledgements.
     Raises KafkaError."""
-    futures = [producer.send(bus.replicas_topic(), key=node.encode(), value=None)
+    futures = [producer.send(replicas_topic(), key=node.encode(), value=None)
                for node in nodes]
     producer.flush()
     for future in futures:
         future.get(timeout=settings.SHORTENER_PUBLISH_TIMEOUT + 5)
     if nodes:
         logger.info("replica(s) gone for over %.0fs, tombstoned on %s: %s",
-                    settings.SHORTENER_REPLICA_GONE_SECONDS, bus.replicas_topic(),
+                    settings.SHORTENER_REPLICA_GONE_SECONDS, replicas_topic(),
                     ", ".join(nodes))
 
 
@@ -370,8 +371,8 @@ class PruneReport:
 
 
 def prune(*, now: datetime | None = None,
-          producer_factory: Callable[[], KafkaProducer] = bus.producer_get,
-          reader_factory: Callable[[], KafkaConsumer] = bus.replicas_reader_make,
+          producer_factory: Callable[[], KafkaProducer] = producer_get,
+          reader_factory: Callable[[], KafkaConsumer] = replicas_reader_make,
           catch_up_seconds: float = 60.0) -> PruneReport:
     """Every step of the module's docstring, in order; a step that fails is logged and listed
     in the report's `errors`, and the others still run. Incarnations are ended and replicas

@@ -2,7 +2,7 @@
 
 Each replica's report_clicks publishes its status there every few seconds (redirects/status.py),
 keyed by node on a compacted topic, so the topic holds about one record per replica plus at most
-ten minutes of newer ones (shortener_project/bus.py). The admin's replicas page reads all of it
+ten minutes of newer ones (topics/). The admin's replicas page reads all of it
 from the start on every view, within SHORTENER_REPLICAS_READ_SECONDS, rather than having a
 consumer fold it into PostgreSQL: nothing more to run, deploy or keep in step, and the page
 shows what Kafka holds at that moment. A replica not heard from for
@@ -27,15 +27,15 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from links import selectors
-from shortener_project import bus
+from runtime.metrics import records_rejected_report
 from shortener_project.consuming import Record
-from shortener_project.messages import (
-    MessageError,
-    Rejected,
+from topics.records import MessageError, Rejected
+from topics.replicas import (
     ReplicaStatus,
     replica_status_decode,
+    replicas_reader_make,
+    replicas_topic,
 )
-from shortener_project.metrics import records_rejected_report
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Statuses:
 
 
 def replica_statuses_read(
-    *, timeout: float, reader_factory: Callable[[], KafkaConsumer] = bus.replicas_reader_make
+    *, timeout: float, reader_factory: Callable[[], KafkaConsumer] = replicas_reader_make
 ) -> Statuses:
     """The newest status of every node in the replicas topic, with its broker timestamp.
 
@@ -102,10 +102,10 @@ def replica_statuses_read(
     newest: dict[str, tuple[ReplicaStatus, datetime]] = {}
     rejected: list[Rejected] = []
     try:
-        partitions = consumer.partitions_for_topic(bus.replicas_topic())
+        partitions = consumer.partitions_for_topic(replicas_topic())
         if not partitions:
             return Statuses(newest=newest, rejected=rejected)
-        tps = [TopicPartition(bus.replicas_topic(), p) for p in sorted(partitions)]
+        tps = [TopicPartition(replicas_topic(), p) for p in sorted(partitions)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         ends = consumer.end_offsets(tps)
@@ -164,7 +164,7 @@ def _rejected_report(rejected: list[Rejected]) -> None:
 
 
 def replicas_view(*, now: datetime | None = None, reader_factory: Callable[[], KafkaConsumer]
-                  = bus.replicas_reader_make) -> ReplicasView:
+                  = replicas_reader_make) -> ReplicasView:
     """Every replica that published a status (sorted by node), for the admin's page."""
     now = now or datetime.now(timezone.utc)
     clicks_since = selectors.hour_start(now) - selectors.HOUR

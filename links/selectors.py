@@ -12,7 +12,7 @@ from django.db.models.functions import Coalesce, Trunc
 from django.utils import timezone as django_timezone
 
 from links.models import ClickBucket, ClickCounter, FoldedClicks, Link
-from shortener_project import longurls
+from topics import longurls
 
 
 def longurl_digest(longurl: str) -> bytes:

@@ -3,10 +3,10 @@ topic (every record the link's whole current state with its version, schema 2)."
 
 from __future__ import annotations
 
+import enum
 import logging
 import secrets
 from collections.abc import Iterable
-import enum
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,15 +21,16 @@ from kafka.producer.future import RecordMetadata
 
 from links import selectors, validation
 from links.models import BlockedHost, Link
-from shortener_project import bus
-from shortener_project.messages import (
-    RESERVED_TINYURLS,
-    TINYURL_ALPHABET,
-    TINYURL_LENGTH,
+from runtime.metrics import LINKS_PUBLISHED
+from topics.links import (
     VERSION_MAX,
     link_record_encode,
+    links_topic,
+    producer_get,
+    producer_reset,
+    publish_wait_seconds,
 )
-from shortener_project.metrics import LINKS_PUBLISHED
+from topics.records import RESERVED_TINYURLS, TINYURL_ALPHABET, TINYURL_LENGTH
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def _link_insert(*, longurl: str, expires_at: datetime | None = None) -> tuple[L
 
 
 def _record(link: Link) -> tuple[bytes, bytes]:
-    """The (key, value) of the link's current state, schema 2 (shortener_project/messages.py)."""
+    """The (key, value) of the link's current state, schema 2 (topics/)."""
     return link_record_encode(
         tinyurl=link.tinyurl,
         version=link.state_version,
@@ -130,8 +131,8 @@ def _send(link: Link) -> tuple[KafkaProducer, Future]:
     tombstone). Returns the producer used and the record's future. Raises KafkaError if Kafka
     cannot be reached or the topic's metadata is not found within the publish timeout."""
     key, value = _record(link)
-    producer = bus.producer_get()
-    return producer, producer.send(bus.links_topic(), key=key, value=value)
+    producer = producer_get()
+    return producer, producer.send(links_topic(), key=key, value=value)
 
 
 def _delivery_wait(producer: KafkaProducer, future: Future, *, timeout: float) -> RecordMetadata:
@@ -149,7 +150,7 @@ def _delivery_wait(producer: KafkaProducer, future: Future, *, timeout: float) -
         return future.get(timeout=timeout)
     except KafkaError:
         if future.is_done:
-            bus.producer_reset(producer)
+            producer_reset(producer)
         raise
 
 
@@ -157,7 +158,7 @@ def link_publish(*, link: Link) -> None:
     """Send the link's current state, wait for the acknowledgement, mark it published.
 
     Waits at most the producer's delivery timeout (SHORTENER_PUBLISH_TIMEOUT) plus a second
-    (bus.publish_wait_seconds); on a fresh producer, reaching Kafka and then the topic's
+    (publish_wait_seconds); on a fresh producer, reaching Kafka and then the topic's
     metadata come first, each bounded by the same timeout. Raises LinkPublishError if Kafka did
     not acknowledge: the link then stays marked unpublished and the outbox relay sends it. The
     mark is set only if the version sent is still the link's current one.
@@ -165,7 +166,7 @@ def link_publish(*, link: Link) -> None:
     version = link.state_version
     try:
         producer, future = _send(link)
-        acked = _delivery_wait(producer, future, timeout=bus.publish_wait_seconds())
+        acked = _delivery_wait(producer, future, timeout=publish_wait_seconds())
     except KafkaError as exc:
         LINKS_PUBLISHED.labels("failed").inc()
         logger.warning("link %s (version %s) not acknowledged by Kafka: %r", link.tinyurl,
@@ -348,7 +349,7 @@ def links_publish(*, links: Iterable[Link], batch: int = 2000) -> tuple[int, int
         for link, version, producer, future in chunk:
             try:
                 # All of the chunk is in flight at once: the first wait covers most of the rest.
-                metadata = _delivery_wait(producer, future, timeout=bus.publish_wait_seconds())
+                metadata = _delivery_wait(producer, future, timeout=publish_wait_seconds())
                 acked.append((link.pk, version, metadata.partition, metadata.offset))
             except KafkaError as exc:
                 failed += 1

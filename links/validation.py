@@ -3,7 +3,7 @@
 `longurl_check` is the entry point: PUT /create, the admin's change form and any import go
 through links.services.link_create / link_update, which call it, so no path can skip a rule
 (tests/links/test_one_validation.py reads the code to show there is no other path). In order:
-  * the one longurl definition that replicas also apply (shortener_project/longurls.py: scheme,
+  * the one longurl definition that replicas also apply (topics/longurls.py: scheme,
     host, port, percent-encoding, IDNA), giving the stored form;
   * its length as stored (SHORTENER_MAX_URL_LENGTH);
   * the service's own public hosts (SHORTENER_PUBLIC_HOSTS): a short link to a short link;
@@ -23,7 +23,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from links import protection
-from shortener_project import longurls
+from topics import longurls
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import TypeVar
 from datetime import timezone as dt_timezone
+from typing import TypeVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -17,7 +17,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from links import protection, ratelimit, services, validation
-from shortener_project.metrics import CREATE_REFUSED, instrumented
+from runtime.metrics import CREATE_REFUSED, instrumented
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -33,8 +33,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from redirects import answers, clicks, selectors
 from redirects.pipelining import PipelinedRedis
-from shortener_project.messages import RESERVED_TINYURLS
-from shortener_project.metrics import REQUESTS
+from runtime.metrics import REQUESTS
+from topics.records import RESERVED_TINYURLS
 
 logger = logging.getLogger(__name__)
 

@@ -53,9 +53,9 @@ from redis.exceptions import (
 
 from redirects import keys
 from redirects.pipelining import PipelinedRedis
-from shortener_project import bus
-from shortener_project.messages import click_report_encode
-from shortener_project.metrics import CLICK_REPORTS, CLICKS_UNCOUNTED
+from runtime.metrics import CLICK_REPORTS, CLICKS_UNCOUNTED
+from topics.clicks import click_report_encode, clicks_producer_make, clicks_topic
+from topics.clients import producer_close
 
 logger = logging.getLogger(__name__)
 
@@ -420,7 +420,7 @@ class ClickReporter:
     Kafka never holds the reporter up (Redis work stays on the calling thread; every
     kafka-python call runs in a daemon thread, _kafka):
       * while running, a call lasts as long as kafka-python's own bounds (the producer's
-        bootstrap, metadata and delivery timeouts, shortener_project/bus.py); a send that
+        bootstrap, metadata and delivery timeouts, topics/); a send that
         found no metadata for the topic (topic missing, broker away) ends its batch: the rest
         is put back at once instead of each report waiting as long again;
       * once `stop` is set, the final flush and any call in flight get `shutdown_seconds` from
@@ -439,7 +439,7 @@ class ClickReporter:
         flush_seconds: float,
         due_seconds: float = 0.1,
         shutdown_seconds: float = 4.0,
-        producer_factory: Callable[[], KafkaProducer] = bus.clicks_producer_make,
+        producer_factory: Callable[[], KafkaProducer] = clicks_producer_make,
     ) -> None:
         self.redis = redis
         self.stop = stop
@@ -582,7 +582,7 @@ class ClickReporter:
             key, value = click_report_encode(tinyurl=tinyurl, node=self.node,
                                              incarnation=incarnation, count=count, reported_at=now)
             try:
-                futures.append((member, producer.send(bus.clicks_topic(), key=key, value=value)))
+                futures.append((member, producer.send(clicks_topic(), key=key, value=value)))
             except KafkaError as exc:
                 # send() waited its max_block_ms for the topic's metadata (the topic missing,
                 # the broker away) or for buffer space: every later send of this batch would
@@ -652,9 +652,9 @@ class ClickReporter:
 
     def _producer_reset(self) -> None:
         """Forget the producer and close it in the background: closing flushes what it holds
-        first, which with the broker away lasts its whole timeout (bus.producer_close bounds
+        first, which with the broker away lasts its whole timeout (producer_close bounds
         it and force-closes the rest)."""
         producer, self.producer = self.producer, None
         if producer is not None:
-            threading.Thread(target=bus.producer_close, args=(producer, 5.0),
+            threading.Thread(target=producer_close, args=(producer, 5.0),
                              name="click-reports-close", daemon=True).start()

@@ -42,14 +42,14 @@ from kafka.errors import KafkaError
 from redis import Redis
 
 from redirects import selectors, services
-from shortener_project import bus
+from runtime.metrics import CONSUMER_CAUGHT_UP, CONSUMER_RECORDS
 from shortener_project.consuming import (
     PositionedConsumer,
     PositionMismatch,
     Record,
     TopicRecreated,
 )
-from shortener_project.metrics import CONSUMER_CAUGHT_UP, CONSUMER_RECORDS
+from topics.links import links_consumer_make, links_topic
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +67,12 @@ class LinksConsumer(PositionedConsumer):
         *,
         redis: Redis,
         stop: threading.Event,
-        consumer_factory: Callable[[], KafkaConsumer] = bus.links_consumer_make,
+        consumer_factory: Callable[[], KafkaConsumer] = links_consumer_make,
         idle_check_seconds: float = 1.0,
         kafka_check_seconds: float = 5.0,
         stale_seconds: float | None = None,
     ) -> None:
-        super().__init__(topic=bus.links_topic(), stop=stop, consumer_factory=consumer_factory)
+        super().__init__(topic=links_topic(), stop=stop, consumer_factory=consumer_factory)
         self.redis = redis
         self.idle_check_seconds = idle_check_seconds
         self.kafka_check_seconds = kafka_check_seconds

@@ -1,9 +1,9 @@
 """The replica's status for the master's admin: published by report_clicks every few seconds.
 
-A status (shortener_project.messages.ReplicaStatus) says what an operator asks of a replica:
+A status (topics.replicas.ReplicaStatus) says what an operator asks of a replica:
 is it ready and if not why, how far it is behind the links topic, which counter incarnation it
 counts in and how many redirects it served, and which code it runs. It goes to the
-<user>-replicas topic keyed by node (shortener_project.bus: compacted, at most once); the
+<user>-replicas topic keyed by node (topics: compacted, at most once); the
 admin's replicas page reads it (links/replicas.py). The replica serves nothing new for it.
 """
 
@@ -23,9 +23,14 @@ from kafka.errors import KafkaError
 from redis import Redis
 
 from redirects import keys, selectors
-from shortener_project import bus
-from shortener_project.messages import replica_status_encode
-from shortener_project.supervision import SupervisedThread
+from runtime.supervision import SupervisedThread
+from topics.links import links_topic
+from topics.replicas import (
+    links_end_reader_make,
+    replica_status_encode,
+    replicas_topic,
+    status_producer_make,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +75,8 @@ class StatusPublisher:
         stop: threading.Event,
         node: str,
         interval: float,
-        producer_factory: Callable[[], KafkaProducer] = bus.status_producer_make,
-        reader_factory: Callable[[], KafkaConsumer] = bus.links_end_reader_make,
+        producer_factory: Callable[[], KafkaProducer] = status_producer_make,
+        reader_factory: Callable[[], KafkaConsumer] = links_end_reader_make,
     ) -> None:
         self.redis = redis
         self.stop = stop
@@ -124,10 +129,10 @@ class StatusPublisher:
         try:
             if self.reader is None:
                 self.reader = self.reader_factory()
-            partitions = self.reader.partitions_for_topic(bus.links_topic())
+            partitions = self.reader.partitions_for_topic(links_topic())
             if not partitions:
                 return None
-            tps = [TopicPartition(bus.links_topic(), p) for p in partitions]
+            tps = [TopicPartition(links_topic(), p) for p in partitions]
             return sum(self.reader.end_offsets(tps).values())
         except KafkaError as exc:
             logger.warning("links topic's end offset unknown for the status: %r", exc)
@@ -156,7 +161,7 @@ class StatusPublisher:
             key, value = replica_status_encode(**self.collect())
             if self.producer is None:
                 self.producer = self.producer_factory()
-            self.producer.send(bus.replicas_topic(), key=key, value=value).get(
+            self.producer.send(replicas_topic(), key=key, value=value).get(
                 timeout=max(self.interval, 5.0))
         except KafkaError as exc:
             self.failed += 1
@@ -174,7 +179,7 @@ def status_thread_start(*, redis: Redis, stop: threading.Event) -> SupervisedThr
     """Start this replica's StatusPublisher in a supervised daemon thread (report_clicks): if
     it dies, it is logged (CRITICAL), counted (shortener_thread_deaths_total{thread=
     "replica-status"}) and started again with a fresh publisher after a back-off, while the
-    click reports go on (shortener_project/supervision.py)."""
+    click reports go on (runtime/supervision.py)."""
 
     def publish() -> None:
         StatusPublisher(redis=redis, stop=stop, node=settings.SHORTENER_NODE_ID,

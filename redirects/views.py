@@ -11,7 +11,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from redirects import answers, clicks, selectors
-from shortener_project.metrics import instrumented
+from runtime.metrics import instrumented
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError, LogTruncationError
 from kafka.structs import OffsetAndMetadata
 
-from shortener_project.metrics import (
+from runtime.metrics import (
     CONSUMER_BACKOFF_SECONDS,
     CONSUMER_BATCH_SECONDS,
     CONSUMER_LAG,

@@ -125,7 +125,7 @@ CACHES = {
 # --- the product's own settings -------------------------------------------------------------
 
 # Longest longurl accepted, in characters of its stored form: as it is sent in Location, after
-# IDNA and percent-encoding (shortener_project/longurls.py). Real links with long query strings
+# IDNA and percent-encoding (topics/longurls.py). Real links with long query strings
 # go past 2,048, and 8 KiB is what common servers accept in a request line. At most Django's
 # MAX_URL_REDIRECT_LENGTH (16,384): HttpResponseRedirect refuses longer targets.
 SHORTENER_MAX_URL_LENGTH = env.int("SHORTENER_MAX_URL_LENGTH", default=8192)
@@ -135,7 +135,7 @@ if not 20 <= SHORTENER_MAX_URL_LENGTH <= MAX_URL_REDIRECT_LENGTH:
         "(replicas cannot redirect to longer URLs)"
     )
 # The one bound on publishing a link, in seconds: the master producer's delivery_timeout_ms, and
-# what /create waits for (plus a second) before answering 503 (shortener_project/bus.py).
+# what /create waits for (plus a second) before answering 503 (topics/).
 SHORTENER_PUBLISH_TIMEOUT = env.float("SHORTENER_PUBLISH_TIMEOUT", default=5.0)
 
 # --- /create's protection (links/protection.py; README "The API") ---------------------------

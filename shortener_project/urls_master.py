@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.urls import path
 
 from links import views
-from shortener_project.metrics import metrics_view
+from runtime.metrics import metrics_view
 
 urlpatterns = [
     path("create", views.create, name="create"),

@@ -3,7 +3,7 @@
 from django.urls import path, register_converter
 
 from redirects import views
-from shortener_project.metrics import metrics_view
+from runtime.metrics import metrics_view
 
 
 class TinyurlConverter:

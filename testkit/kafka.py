@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 
 from django.conf import settings
 
-from shortener_project.messages import LinkRecord, MessageError, link_record_decode
+from topics.links import LinkRecord, link_record_decode
+from topics.records import MessageError
 
 
 @dataclass
@@ -47,13 +48,12 @@ def tinyurl_new() -> str:
 def link_produce(tinyurl: str, version: int, longurl: str | None = None, *,
                  disabled: bool = False, expires_at: datetime | None = None) -> int:
     """Produce one schema-2 link record straight to the links topic; returns its offset."""
-    from shortener_project import bus
-    from shortener_project.messages import link_record_encode
+    from topics.links import link_record_encode, links_topic, producer_get
 
     key, value = link_record_encode(tinyurl=tinyurl, version=version, longurl=longurl,
                                     disabled=disabled, expires_at=expires_at,
                                     created_at=datetime.now(timezone.utc))
-    return bus.producer_get().send(bus.links_topic(), key=key, value=value).get(timeout=10).offset
+    return producer_get().send(links_topic(), key=key, value=value).get(timeout=10).offset
 
 
 def topic_read(topic: str, partition: int = 0) -> list:
@@ -80,11 +80,12 @@ def topic_read(topic: str, partition: int = 0) -> list:
 
 def click_reports(tinyurl: str) -> list:
     """Every click report of `tinyurl` in the clicks topic, in order (ClickReports)."""
-    from shortener_project import bus
-    from shortener_project.messages import MessageError, click_report_decode
+
+    from topics.clicks import click_report_decode, clicks_topic
+    from topics.records import MessageError
 
     reports = []
-    for record in topic_read(bus.clicks_topic()):
+    for record in topic_read(clicks_topic()):
         # The session's topic also holds other tests' deliberately malformed reports.
         try:
             report = click_report_decode(record.key, record.value)

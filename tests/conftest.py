@@ -12,19 +12,22 @@ import pytest
 import requests
 from django.conf import settings
 
-from shortener_project import bus
 from testkit import ClicksConsumerProcess, Replica, topic_end, wait_until
+from topics.clicks import clicks_topic
+from topics.clients import admin_client
+from topics.links import links_topic, producer_reset
+from topics.provisioning import topic_specs, topics_ensure
 
 
 @pytest.fixture(scope="session", autouse=True)
 def kafka_topics():
     """This run's topics (its SHORTENER_USER prefix is unique); deleted at the end."""
-    bus.topics_ensure()
+    topics_ensure()
     yield
-    bus.producer_reset()
-    admin = bus.admin_client()
+    producer_reset()
+    admin = admin_client()
     try:
-        admin.delete_topics([spec.name for spec in bus.topic_specs()])
+        admin.delete_topics([spec.name for spec in topic_specs()])
     finally:
         admin.close()
 
@@ -112,7 +115,7 @@ def make_links(transactional_db):
 
 
 def links_topic_end(partition: int = 0) -> int:
-    return topic_end(bus.links_topic(), partition)
+    return topic_end(links_topic(), partition)
 
 
 @pytest.fixture
@@ -131,4 +134,4 @@ def clicks_consumer(transactional_db, test_data_dir):
 
 
 def clicks_topic_end(partition: int = 0) -> int:
-    return topic_end(bus.clicks_topic(), partition)
+    return topic_end(clicks_topic(), partition)

@@ -1,4 +1,4 @@
-"""shortener_project/bus.py keeps its promises: fewer than ten non-default settings per topic,
+"""topics/ keeps its promises: fewer than ten non-default settings per topic,
 none that restates a default, every client built from its kind's base, the status producer
 unable to create a topic (against a broker of the test's own that would create one), and
 adding partitions sending a key elsewhere (why kafka_topics never adds any)."""
@@ -21,8 +21,40 @@ from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaError
 from kafka.partitioner.default import DefaultPartitioner
 
-from shortener_project import bus
 from testkit import ROOT, free_port, port_open, wait_until
+from topics.clicks import (
+    clicks_consumer_make,
+    clicks_consumer_settings,
+    clicks_producer_make,
+    clicks_producer_settings,
+    clicks_topic,
+)
+from topics.clients import (
+    CONSUMER_BASE,
+    PRODUCER_BASE,
+    admin_client,
+)
+from topics.links import (
+    links_audit_consumer_make,
+    links_audit_consumer_settings,
+    links_consumer_make,
+    links_consumer_settings,
+    links_producer_settings,
+    links_topic,
+    producer_get,
+    producer_reset,
+)
+from topics.provisioning import topic_client_settings, topic_specs
+from topics.replicas import (
+    links_end_reader_make,
+    links_end_reader_settings,
+    replicas_reader_make,
+    replicas_reader_settings,
+    replicas_topic,
+    status_producer_make,
+    status_producer_settings,
+)
+from topics.specs import KAFKA_TOPIC_DEFAULTS
 
 # Where and who a client is, not how it behaves: not counted as settings.
 IDENTITY = {"bootstrap_servers", "client_id", "group_id"}
@@ -30,9 +62,9 @@ IDENTITY = {"bootstrap_servers", "client_id", "group_id"}
 
 def own_settings_per_topic() -> dict[str, tuple[dict, set, set]]:
     """{topic: (topic configs set, producers' own setting names, consumers' own names)}."""
-    clients = bus.topic_client_settings()
+    clients = topic_client_settings()
     out = {}
-    for spec in bus.topic_specs():
+    for spec in topic_specs():
         producers = set().union(*(own.keys() for own in clients[spec.name]["producers"]))
         consumers = set().union(*(own.keys() for own in clients[spec.name]["consumers"]))
         out[spec.name] = (spec.configs, producers, consumers)
@@ -48,9 +80,9 @@ def test_every_topic_has_fewer_than_ten_settings_that_differ_from_the_defaults(
     with override_settings(KAFKA_REPLICATION_FACTOR=replication_factor):
         counts = {topic: len(configs) + len(producers) + len(consumers)
                   for topic, (configs, producers, consumers) in own_settings_per_topic().items()}
-    assert set(counts) == {bus.links_topic(), bus.clicks_topic(), bus.replicas_topic()}
+    assert set(counts) == {links_topic(), clicks_topic(), replicas_topic()}
     assert all(count < 10 for count in counts.values()), counts
-    assert len(bus.PRODUCER_BASE) + len(bus.CONSUMER_BASE) < 10
+    assert len(PRODUCER_BASE) + len(CONSUMER_BASE) < 10
 
 
 def test_no_setting_restates_a_default():
@@ -58,20 +90,20 @@ def test_no_setting_restates_a_default():
     below); client settings against kafka-python's own DEFAULT_CONFIG."""
     for replication_factor in (1, 2):
         with override_settings(KAFKA_REPLICATION_FACTOR=replication_factor):
-            for spec in bus.topic_specs():
+            for spec in topic_specs():
                 for key, value in spec.configs.items():
-                    assert key in bus.KAFKA_TOPIC_DEFAULTS, key  # its default is cited
-                    assert bus.KAFKA_TOPIC_DEFAULTS[key] != value, (spec.name, key)
+                    assert key in KAFKA_TOPIC_DEFAULTS, key  # its default is cited
+                    assert KAFKA_TOPIC_DEFAULTS[key] != value, (spec.name, key)
                 for key, value in spec.relied.items():
-                    assert bus.KAFKA_TOPIC_DEFAULTS[key] == value, (spec.name, key)
-    for key, value in bus.PRODUCER_BASE.items():
+                    assert KAFKA_TOPIC_DEFAULTS[key] == value, (spec.name, key)
+    for key, value in PRODUCER_BASE.items():
         assert KafkaProducer.DEFAULT_CONFIG[key] != value, key
-    for key, value in bus.CONSUMER_BASE.items():
+    for key, value in CONSUMER_BASE.items():
         assert KafkaConsumer.DEFAULT_CONFIG[key] != value, key
-    for topic, clients in bus.topic_client_settings().items():
+    for topic, clients in topic_client_settings().items():
         for kind, defaults, base in (
-                ("producers", KafkaProducer.DEFAULT_CONFIG, bus.PRODUCER_BASE),
-                ("consumers", KafkaConsumer.DEFAULT_CONFIG, bus.CONSUMER_BASE)):
+                ("producers", KafkaProducer.DEFAULT_CONFIG, PRODUCER_BASE),
+                ("consumers", KafkaConsumer.DEFAULT_CONFIG, CONSUMER_BASE)):
             for own in clients[kind]:
                 assert not set(own) & IDENTITY
                 for key, value in own.items():
@@ -84,29 +116,29 @@ def test_the_cited_topic_defaults_are_the_brokers():
     """KAFKA_TOPIC_DEFAULTS (quoted from Kafka's documentation) is what the broker gives a
     topic created without configs."""
     topic = f"{settings.SHORTENER_USER}-defaults-{uuid.uuid4().hex[:6]}"
-    admin = bus.admin_client()
+    admin = admin_client()
     try:
         admin.create_topics([NewTopic(topic, 1, 1)], wait_for_metadata=True)
-        keys = list(bus.KAFKA_TOPIC_DEFAULTS)
+        keys = list(KAFKA_TOPIC_DEFAULTS)
         found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, keys)],
                                        config_filter="all")["topic"][topic]
-        assert {key: found[key]["value"] for key in keys} == bus.KAFKA_TOPIC_DEFAULTS
+        assert {key: found[key]["value"] for key in keys} == KAFKA_TOPIC_DEFAULTS
     finally:
         admin.delete_topics([topic])
         admin.close()
 
 
 FACTORIES = {
-    "links producer": (bus.producer_get, bus.PRODUCER_BASE, bus.links_producer_settings),
-    "clicks producer": (bus.clicks_producer_make, bus.PRODUCER_BASE, bus.clicks_producer_settings),
-    "status producer": (bus.status_producer_make, bus.PRODUCER_BASE, bus.status_producer_settings),
-    "links consumer": (bus.links_consumer_make, bus.CONSUMER_BASE, bus.links_consumer_settings),
-    "links audit consumer": (bus.links_audit_consumer_make, bus.CONSUMER_BASE,
-                             bus.links_audit_consumer_settings),
-    "clicks consumer": (bus.clicks_consumer_make, bus.CONSUMER_BASE, bus.clicks_consumer_settings),
-    "links end reader": (bus.links_end_reader_make, bus.CONSUMER_BASE,
-                         bus.links_end_reader_settings),
-    "replicas reader": (bus.replicas_reader_make, bus.CONSUMER_BASE, bus.replicas_reader_settings),
+    "links producer": (producer_get, PRODUCER_BASE, links_producer_settings),
+    "clicks producer": (clicks_producer_make, PRODUCER_BASE, clicks_producer_settings),
+    "status producer": (status_producer_make, PRODUCER_BASE, status_producer_settings),
+    "links consumer": (links_consumer_make, CONSUMER_BASE, links_consumer_settings),
+    "links audit consumer": (links_audit_consumer_make, CONSUMER_BASE,
+                             links_audit_consumer_settings),
+    "clicks consumer": (clicks_consumer_make, CONSUMER_BASE, clicks_consumer_settings),
+    "links end reader": (links_end_reader_make, CONSUMER_BASE,
+                         links_end_reader_settings),
+    "replicas reader": (replicas_reader_make, CONSUMER_BASE, replicas_reader_settings),
 }
 
 
@@ -124,13 +156,13 @@ def test_every_client_is_built_from_its_base_and_its_own_settings(name):
             assert client.config["enable_idempotence"] is True
     finally:
         if name == "links producer":
-            bus.producer_reset()  # the process's shared producer: closed and forgotten
+            producer_reset()  # the process's shared producer: closed and forgotten
         else:
             client.close()
 
 
 def test_the_admin_clients_own_setting():
-    admin = bus.admin_client()
+    admin = admin_client()
     try:
         assert admin.config["bootstrap_timeout_ms"] == 10_000
     finally:
@@ -196,11 +228,11 @@ def topics_of(bootstrap: str) -> set[str]:
 
 def test_the_status_producer_cannot_create_the_replicas_topic(auto_creating_broker):
     """kafka-python 3.0.12 ignores allow_auto_create_topics=False by itself (see
-    bus._auto_create_apply): without the fix the send below creates the topic."""
+    _auto_create_apply): without the fix the send below creates the topic."""
     with override_settings(KAFKA_BOOTSTRAP_SERVERS=[auto_creating_broker],
                            SHORTENER_USER=f"t{uuid.uuid4().hex[:8]}"):
-        topic = bus.replicas_topic()
-        producer = bus.status_producer_make()
+        topic = replicas_topic()
+        producer = status_producer_make()
         try:
             # The topic's metadata never comes: send() gives up after max_block_ms.
             with pytest.raises(KafkaError):
@@ -209,7 +241,7 @@ def test_the_status_producer_cannot_create_the_replicas_topic(auto_creating_brok
             producer.close(timeout=1)
         assert topic not in topics_of(auto_creating_broker)
         # Nor does a consumer asking for the topic's partitions (the admin's replicas page).
-        reader = bus.replicas_reader_make()
+        reader = replicas_reader_make()
         try:
             assert not reader.partitions_for_topic(topic)
         finally:

@@ -10,8 +10,8 @@ import threading
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runtime.metrics import RECORDS_REJECTED
 from shortener_project.consuming import PositionedConsumer
-from shortener_project.metrics import RECORDS_REJECTED
 from testkit import FakeRecord
 
 

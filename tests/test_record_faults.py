@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 
 from links import services
-from shortener_project import bus
-from tests.links.test_audit import audited_to_end, relay  # noqa: F401
 from testkit import link_produce, sample, scrape, tinyurl_new, wait_until
+from tests.links.test_audit import audited_to_end, relay  # noqa: F401
+from topics.links import links_topic, producer_get
 
 
 def record(tinyurl: str, **fields) -> bytes:
@@ -24,8 +24,8 @@ def test_a_links_record_the_apply_cannot_use_does_not_stop_a_replica(replica_fac
     replica = replica_factory()
     wait_until(lambda: "caught up" in replica.consumer_output(), timeout=30, what="catch-up")
     bad = tinyurl_new()
-    offset = bus.producer_get().send(
-        bus.links_topic(), key=bad.encode(),
+    offset = producer_get().send(
+        links_topic(), key=bad.encode(),
         value=record(bad, state="active", longurl="https://example.com/no-expiry")
     ).get(timeout=10).offset
     after = tinyurl_new()
@@ -35,16 +35,16 @@ def test_a_links_record_the_apply_cannot_use_does_not_stop_a_replica(replica_fac
     assert replica.consumer_alive(), replica.consumer_output()[-2000:]
     assert replica.get(after).status_code == 302
     output = replica.consumer_output()
-    assert f"rejected record topic={bus.links_topic()} partition=0 offset={offset}" in output
+    assert f"rejected record topic={links_topic()} partition=0 offset={offset}" in output
     assert sample(scrape(f"http://127.0.0.1:{replica.consumer_metrics_port}/metrics"),
-                  "shortener_records_rejected_total", topic=bus.links_topic(),
+                  "shortener_records_rejected_total", topic=links_topic(),
                   reason="missing") == 1
     assert replica.stats()["rejected"] >= 1
 
 
 def test_a_disabled_record_without_longurl_does_not_stop_the_audit(relay):  # noqa: F811
     link = services.link_create(longurl="https://example.com/audit-no-longurl").link
-    bus.producer_get().send(bus.links_topic(), key=link.tinyurl.encode(),
+    producer_get().send(links_topic(), key=link.tinyurl.encode(),
                             value=record(link.tinyurl, state="disabled", expires_at=None)
                             ).get(timeout=10)
     later = services.link_create(longurl="https://example.com/audit-later").link

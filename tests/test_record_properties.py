@@ -12,16 +12,20 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from django.conf import settings
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from shortener_project import messages
-from shortener_project.messages import (
-    MessageError,
-    click_report_decode,
-    link_record_decode,
-    replica_status_decode,
-)
 from testkit import FakeRecord as Rec
+from topics.clicks import ClickReport, click_report_decode, click_report_encode
+from topics.links import (
+    EXPIRES_AT_MAX,
+    LinkRecord,
+    link_record_decode,
+    link_record_encode,
+)
+from topics.records import REJECT_REASONS, MessageError
+from topics.replicas import ReplicaStatus, replica_status_decode, replica_status_encode
 
 NOW = datetime.now(timezone.utc)
 EXAMPLES = hsettings(max_examples=80, deadline=None,
@@ -104,20 +108,20 @@ def template_of(value: bytes) -> dict:
 # --- the decoders alone: MessageError or a typed record, nothing else ------------------------
 
 
-LINK_KEY, LINK_VALUE = messages.link_record_encode(
+LINK_KEY, LINK_VALUE = link_record_encode(
     tinyurl="tEmPl01", version=3, longurl="https://example.com/template", created_at=NOW,
     expires_at=NOW + timedelta(days=1))
-CLICK_KEY, CLICK_VALUE = messages.click_report_encode(
+CLICK_KEY, CLICK_VALUE = click_report_encode(
     tinyurl="tEmPl01", node="10.0.0.7", incarnation="inc1", count=5, reported_at=NOW)
-STATUS_KEY, STATUS_VALUE = messages.replica_status_encode(
+STATUS_KEY, STATUS_VALUE = replica_status_encode(
     node="10.0.0.7", links_position=4, links_end=5, ready=True, reason="", incarnation="inc1",
     redirects=9, version="abc", reported_at=NOW)
 
 
 @pytest.mark.parametrize("decode,key,value,kind", [
-    (link_record_decode, LINK_KEY, LINK_VALUE, messages.LinkRecord),
-    (click_report_decode, CLICK_KEY, CLICK_VALUE, messages.ClickReport),
-    (replica_status_decode, STATUS_KEY, STATUS_VALUE, messages.ReplicaStatus),
+    (link_record_decode, LINK_KEY, LINK_VALUE, LinkRecord),
+    (click_report_decode, CLICK_KEY, CLICK_VALUE, ClickReport),
+    (replica_status_decode, STATUS_KEY, STATUS_VALUE, ReplicaStatus),
 ], ids=["links", "clicks", "status"])
 def test_decoders_return_the_type_or_a_message_error(decode, key, value, kind):
     assert isinstance(decode(key, value), kind)
@@ -129,7 +133,7 @@ def test_decoders_return_the_type_or_a_message_error(decode, key, value, kind):
         try:
             record = decode(key, value)
         except MessageError as exc:
-            assert exc.reason in messages.REJECT_REASONS
+            assert exc.reason in REJECT_REASONS
             return
         assert record is None or isinstance(record, kind)
 
@@ -181,7 +185,7 @@ def test_every_single_field_change_is_rejected_with_a_reason_but_the_listed_ones
             try:
                 decode(key, json.dumps(record).encode())
             except MessageError as exc:
-                assert exc.reason in messages.REJECT_REASONS
+                assert exc.reason in REJECT_REASONS
                 continue
             valid.add((name, new))
         assert valid == STILL_VALID[kind], kind
@@ -206,7 +210,7 @@ def test_links_apply_batch_survives_any_record(redis):
     def check(key, value):
         partition = next(partitions)
         tinyurl = f"g{partition:06d}"[:7]
-        good = Rec(1, *messages.link_record_encode(
+        good = Rec(1, *link_record_encode(
             tinyurl=tinyurl, version=1, longurl=f"https://example.com/good/{partition}",
             created_at=NOW), partition=partition)
         result = services.links_apply_batch(
@@ -237,7 +241,7 @@ def test_clicks_apply_batch_survives_any_record(transactional_db):
     @given(key=st.one_of(st.just(CLICK_KEY), KEYS), value=bad_values(template))
     def check(key, value):
         n = next(runs)
-        good = Rec(1, *messages.click_report_encode(
+        good = Rec(1, *click_report_encode(
             tinyurl=link.tinyurl, node="good", incarnation=f"good{n}", count=n + 1,
             reported_at=NOW))
         result = clicks_apply_batch(topic=f"props-clicks-{n}", partition=0,
@@ -267,7 +271,7 @@ def test_links_audit_batch_survives_any_record(transactional_db):
     template = template_of(LINK_VALUE)
     # The link's version 1, after its version 2 was committed: the audit must mark it for the
     # outbox to send the current state again.
-    stale = messages.link_record_encode(tinyurl=link.tinyurl, version=1, longurl=longurl,
+    stale = link_record_encode(tinyurl=link.tinyurl, version=1, longurl=longurl,
                                         created_at=NOW)
 
     @EXAMPLES
@@ -296,7 +300,7 @@ def test_replicas_reader_survives_any_record():
     from links.replicas import statuses_fold
 
     template = template_of(STATUS_VALUE)
-    good_key, good_value = messages.replica_status_encode(
+    good_key, good_value = replica_status_encode(
         node="good-node", links_position=1, links_end=1, ready=True, reason="",
         incarnation=None, redirects=None, version="v", reported_at=NOW)
 
@@ -312,12 +316,12 @@ def test_replicas_reader_survives_any_record():
                       record=TimedRec(1, good_key, good_value,
                                       timestamp=int(NOW.timestamp() * 1000)))
         assert newest["good-node"][0].ready is True
-        assert all(r.reason in messages.REJECT_REASONS for r in rejected)
+        assert all(r.reason in REJECT_REASONS for r in rejected)
 
     check()
 
 
 def test_the_largest_expiry_plus_the_keep_time_is_exact_in_lua():
     # The handlers above read SHORTENER_GONE_KEEP_SECONDS: its sum with the largest expires_at
-    # stays exact in Lua's doubles (shortener_project/messages.py, EXPIRES_AT_MAX).
-    assert messages.EXPIRES_AT_MAX + settings.SHORTENER_GONE_KEEP_SECONDS * 1000 < 2**53
+    # stays exact in Lua's doubles (topics/, EXPIRES_AT_MAX).
+    assert EXPIRES_AT_MAX + settings.SHORTENER_GONE_KEEP_SECONDS * 1000 < 2**53

@@ -17,15 +17,11 @@ import pytest
 
 from links import services
 from links.models import Link
-from shortener_project import bus
-from shortener_project.messages import (
-    click_report_encode,
-    link_record_encode,
-    replica_status_encode,
-)
-from testkit import topic_records
-from testkit import ROOT, tinyurl_new, wait_until
+from testkit import ROOT, tinyurl_new, topic_records, wait_until
 from testkit import test_database_url as database_url
+from topics.clicks import click_report_encode, clicks_topic
+from topics.links import link_record_encode, links_topic, producer_get
+from topics.replicas import replica_status_encode, replicas_topic
 
 NOW = datetime.now(timezone.utc)
 
@@ -33,12 +29,12 @@ NOW = datetime.now(timezone.utc)
 def newest_json(tinyurl: str) -> dict:
     """The link's newest record in the links topic, read as plain JSON (independent of the
     decoder under test)."""
-    return json.loads([r.value for r in topic_records(bus.links_topic())
+    return json.loads([r.value for r in topic_records(links_topic())
                        if r.key == tinyurl.encode()][-1])
 
 
 def produce(topic: str, key: bytes, value: bytes | None) -> int:
-    return bus.producer_get().send(topic, key=key, value=value).get(timeout=10).offset
+    return producer_get().send(topic, key=key, value=value).get(timeout=10).offset
 
 
 @pytest.mark.slow
@@ -50,7 +46,7 @@ def test_example_1_a_links_record_without_expires_at_stops_no_replica(master, re
     record = json.loads(link_record_encode(tinyurl=poison, version=1, created_at=NOW,
                                            longurl="https://example.com/no-expiry")[1])
     del record["expires_at"]  # schema 2 requires it (null: never)
-    offset = produce(bus.links_topic(), poison.encode(), json.dumps(record).encode())
+    offset = produce(links_topic(), poison.encode(), json.dumps(record).encode())
 
     longurl = "https://example.com/created-after-the-poison"
     tinyurl = master.create(longurl)
@@ -61,7 +57,7 @@ def test_example_1_a_links_record_without_expires_at_stops_no_replica(master, re
     assert (response.status_code, response.headers["Location"]) == (302, longurl)
     assert replica.get(poison).status_code == 404
     assert replica.stats()["rejected"] == rejected_before + 1
-    assert (f"rejected record topic={bus.links_topic()} partition=0 offset={offset} "
+    assert (f"rejected record topic={links_topic()} partition=0 offset={offset} "
             "reason=missing") in replica.consumer_output()
 
 
@@ -72,10 +68,10 @@ def test_example_2_a_report_from_year_one_stops_no_click_count(clicks_consumer):
     report = json.loads(click_report_encode(tinyurl=link.tinyurl, node="n1", incarnation="old",
                                             count=5, reported_at=NOW)[1])
     report["reported_at"] = "0001-01-01T00:00:00+01:00"
-    produce(bus.clicks_topic(), f"old:{link.tinyurl}".encode(), json.dumps(report).encode())
+    produce(clicks_topic(), f"old:{link.tinyurl}".encode(), json.dumps(report).encode())
     later_key, later_value = click_report_encode(tinyurl=link.tinyurl, node="n1",
                                                  incarnation="later", count=7, reported_at=NOW)
-    produce(bus.clicks_topic(), later_key, later_value)
+    produce(clicks_topic(), later_key, later_value)
     # Both counted: the first report's count is valid, its clicks are charted in this hour.
     wait_until(lambda: Link.objects.get(pk=link.pk).clicks == 12 or not clicks_consumer.alive(),
                timeout=30, what="both reports counted")
@@ -95,9 +91,9 @@ def test_example_3_a_status_without_links_end_leaves_the_replicas_page_up(admin_
         incarnation=None, redirects=None, version="v", reported_at=NOW)
     status = json.loads(value)
     del status["links_end"]
-    produce(bus.replicas_topic(), key, json.dumps(status).encode())
+    produce(replicas_topic(), key, json.dumps(status).encode())
     good = f"good-{tinyurl_new()}"
-    produce(bus.replicas_topic(), *replica_status_encode(
+    produce(replicas_topic(), *replica_status_encode(
         node=good, links_position=3, links_end=4, ready=True, reason="", incarnation=None,
         redirects=None, version="v", reported_at=NOW))
     for _ in range(2):  # and again: a lasting 500 before
@@ -134,8 +130,8 @@ def test_example_4_a_disabled_record_without_longurl_leaves_the_audit_running(
                                                longurl=None, disabled=True,
                                                created_at=taken_down.created_at)[1])
         del record["longurl"]  # a disabled link carries none: absent says so as null does
-        produce(bus.links_topic(), taken_down.tinyurl.encode(), json.dumps(record).encode())
-        produce(bus.links_topic(), *v1)  # then a stale copy of another link, after its takedown
+        produce(links_topic(), taken_down.tinyurl.encode(), json.dumps(record).encode())
+        produce(links_topic(), *v1)  # then a stale copy of another link, after its takedown
         wait_until(lambda: newest_json(victim.tinyurl)["version"] == 2
                    and Link.objects.get(pk=victim.pk).published_at is not None, timeout=60,
                    what="the relay to send the current state after the stale copy")

@@ -13,12 +13,12 @@ def test_published_schemas_are_what_the_types_generate():
     check = subprocess.run([sys.executable, "tools/records_schema.py", "--check"], cwd=ROOT,
                            capture_output=True, text=True)
     assert check.returncode == 0, (
-        f"docs/records/ is out of step with shortener_project/messages.py; run "
+        f"docs/records/ is out of step with topics/; run "
         f"tools/records_schema.py and commit the result:\n{check.stdout}{check.stderr}")
 
 
 def test_every_kind_is_published_with_its_required_fields():
-    from shortener_project.messages import json_schemas
+    from topics.schemas import json_schemas
 
     schemas = json_schemas()
     required = {stem: set(next(iter(s["$defs"].values()))["required"])

@@ -1,5 +1,5 @@
 """Slow and hostile HTTP clients against the master and a replica, each a real gunicorn server
-started as deployed (gunicorn.conf.py, shortener_project/serving.py), on loopback:
+started as deployed (gunicorn.conf.py, runtime/serving.py), on loopback:
 
 - 500 connections that send nothing, 500 that send half a request and 500 that send a byte a
   second do not stop either server from answering (the master's PUT /create, admin login page
@@ -25,7 +25,7 @@ import pytest
 import requests
 from django.conf import settings
 
-from shortener_project.serving import Limits
+from runtime.serving import Limits
 from testkit import MasterWeb, wait_until
 
 KEEPALIVE = 3          # seconds: GUNICORN_KEEPALIVE of the servers below

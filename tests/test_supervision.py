@@ -1,4 +1,4 @@
-"""No thread dies silently (shortener_project/supervision.py), shown on real processes: the
+"""No thread dies silently (runtime/supervision.py), shown on real processes: the
 outbox relay exits non-zero when its links audit thread dies (systemd's Restart=on-failure then
 starts it again), and report_clicks starts its status thread again while it keeps running."""
 
@@ -12,9 +12,9 @@ import uuid
 
 from django.conf import settings
 
-from shortener_project import bus
-from tests import support
+import testkit as support
 from testkit import ROOT, sample, scrape, topic_read, wait_until
+from topics.replicas import replicas_topic
 
 
 def test_the_outbox_exits_non_zero_when_its_audit_thread_dies(transactional_db, test_data_dir):
@@ -68,7 +68,7 @@ def test_report_clicks_restarts_its_status_thread_and_keeps_running(replica_fact
                               thread="replica-status") == 1, timeout=30,
                what="the status thread running again")
     wait_until(lambda: any(r.key == replica.name.encode()
-                           for r in topic_read(bus.replicas_topic())),
+                           for r in topic_read(replicas_topic())),
                timeout=30, what="a status published by the restarted thread")
     assert replica.stop_reporter(signal.SIGTERM) == 0
 

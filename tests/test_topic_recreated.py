@@ -16,12 +16,22 @@ import pytest
 from django.conf import settings
 from kafka.errors import KafkaError
 
+import testkit as support
 from links.models import ConsumerPosition, Link
-from shortener_project import bus
-from shortener_project.messages import click_report_encode
-from tests import support
+from testkit import (
+    ROOT,
+    free_port,
+    link_produce,
+    sample,
+    scrape,
+    tinyurl_new,
+    wait_until,
+)
 from tests.links.test_clicks import NOW
-from testkit import ROOT, free_port, link_produce, sample, scrape, tinyurl_new, wait_until
+from topics.clicks import click_report_encode, clicks_topic
+from topics.clients import admin_client
+from topics.links import links_topic, producer_get
+from topics.provisioning import topics_ensure
 
 
 class Outbox:
@@ -66,7 +76,7 @@ def _sessions(application_name: str) -> int:
 def topics_recreate(*names: str) -> None:
     """Delete the topics and create them again with the project's settings (manage.py
     kafka_topics' way), as an operator would."""
-    admin = bus.admin_client()
+    admin = admin_client()
     try:
         admin.delete_topics(list(names))
         wait_until(lambda: not set(names) & set(admin.list_topics()), timeout=30,
@@ -76,7 +86,7 @@ def topics_recreate(*names: str) -> None:
 
     def created() -> bool:
         try:
-            bus.topics_ensure()
+            topics_ensure()
         except KafkaError:
             return False  # still being deleted on the broker
         return True
@@ -123,26 +133,26 @@ def test_topics_recreated_under_a_running_cluster(replica_factory, make_links, c
     wait_until(lambda: replica.readyz()[0] == 200, timeout=30, what="the replica ready")
     old_position = replica.position()
     a, b = (Link.objects.get(tinyurl=t) for t in list(links)[:2])
-    producer = bus.producer_get()
+    producer = producer_get()
     for link, incarnation, count in [(a, "old", 3), (a, "old", 4), (a, "old", 5)]:
         key, value = click_report_encode(tinyurl=link.tinyurl, node="n", incarnation=incarnation,
                                          count=count, reported_at=NOW)
-        producer.send(bus.clicks_topic(), key=key, value=value).get(timeout=10)
+        producer.send(clicks_topic(), key=key, value=value).get(timeout=10)
     wait_until(lambda: Link.objects.get(pk=a.pk).clicks == 5, timeout=30, what="the old clicks")
-    old_links_id = topic_id(bus.links_topic())
+    old_links_id = topic_id(links_topic())
     wait_until(lambda: ConsumerPosition.objects.filter(
-        topic=bus.links_topic(), topic_id=old_links_id).exists(), timeout=30,
+        topic=links_topic(), topic_id=old_links_id).exists(), timeout=30,
         what="the audit's position on the old topic")
     ready_events(pubsub)  # what happened before the recreation
 
-    topics_recreate(bus.links_topic(), bus.clicks_topic())
-    new_links_id = topic_id(bus.links_topic())
+    topics_recreate(links_topic(), clicks_topic())
+    new_links_id = topic_id(links_topic())
     assert new_links_id != old_links_id
     # The new topics' first records: offset 0, below every old position.
     assert link_produce(forged, 1, "https://example.com/new-topic") < old_position
     key, value = click_report_encode(tinyurl=b.tinyurl, node="n", incarnation="new", count=4,
                                      reported_at=NOW)
-    assert producer.send(bus.clicks_topic(), key=key, value=value).get(timeout=10).offset == 0
+    assert producer.send(clicks_topic(), key=key, value=value).get(timeout=10).offset == 0
 
     # The replica serves the new topic's state (a lower version than it held from the old
     # topic), and the master's links again: the audit had every link sent again.
@@ -160,7 +170,7 @@ def test_topics_recreated_under_a_running_cluster(replica_factory, make_links, c
     assert "is not the one this replica read" in consumer_output
     assert consumer_output.index("dropped") < consumer_output.rindex("caught up with")
     assert sample(scrape(f"http://127.0.0.1:{replica.consumer_metrics_port}/metrics"),
-                  "shortener_consumer_topic_recreated_total", topic=bus.links_topic()) >= 1
+                  "shortener_consumer_topic_recreated_total", topic=links_topic()) >= 1
 
     # consume_clicks counts the new topic's report and says what happened.
     wait_until(lambda: Link.objects.get(pk=b.pk).clicks == 4, timeout=60,
@@ -169,18 +179,18 @@ def test_topics_recreated_under_a_running_cluster(replica_factory, make_links, c
     assert "ERROR" in clicks_consumer.output()
     assert "was deleted and created again" in clicks_consumer.output()
     assert sample(scrape(f"http://127.0.0.1:{clicks_consumer.metrics_port}/metrics"),
-                  "shortener_consumer_topic_recreated_total", topic=bus.clicks_topic()) >= 1
+                  "shortener_consumer_topic_recreated_total", topic=clicks_topic()) >= 1
 
     # The audit resynchronised: its position is in the new topic, with the new topic's id.
     output = outbox.output()
     assert "links audit: the topic" in output and "was deleted and created again" in output
     assert "marked for the outbox relay to send again" in output
     wait_until(lambda: ConsumerPosition.objects.filter(
-        topic=bus.links_topic(), topic_id=new_links_id,
-        next_offset=support.topic_end(bus.links_topic())).exists(), timeout=60,
+        topic=links_topic(), topic_id=new_links_id,
+        next_offset=support.topic_end(links_topic())).exists(), timeout=60,
         what="the audit on the new topic")
     assert sample(scrape(f"http://127.0.0.1:{outbox.metrics_port}/metrics"),
-                  "shortener_consumer_topic_recreated_total", topic=bus.links_topic()) >= 1
+                  "shortener_consumer_topic_recreated_total", topic=links_topic()) >= 1
     pubsub.close()
 
 
@@ -197,11 +207,11 @@ def test_a_replica_restarted_after_the_topic_was_recreated_reads_it_from_the_sta
     old_position = replica.position()
     assert replica.stop_consumer() == 0
 
-    topics_recreate(bus.links_topic())
+    topics_recreate(links_topic())
     new = {tinyurl_new(): f"https://example.com/after/{i}" for i in range(old_position + 5)}
     for tinyurl, longurl in new.items():
         link_produce(tinyurl, 1, longurl)
-    assert support.topic_end(bus.links_topic()) > old_position
+    assert support.topic_end(links_topic()) > old_position
 
     replica.start_consumer()
     wait_until(lambda: replica.has_all(new), timeout=60, what="every record of the new topic")
@@ -219,11 +229,11 @@ def test_a_replica_whose_position_is_before_the_topics_start_reads_what_is_left(
     from kafka import TopicPartition
     from kafka.admin import NewTopic
 
-    from shortener_project.messages import link_record_encode
+    from topics.links import link_record_encode
 
     prefix = f"{settings.SHORTENER_USER}x{uuid.uuid4().hex[:6]}"
     topic = f"{prefix}-links"
-    admin = bus.admin_client()
+    admin = admin_client()
     admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"cleanup.policy": "delete"})])
     try:
         replica = replica_factory(start=False)
@@ -233,7 +243,7 @@ def test_a_replica_whose_position_is_before_the_topics_start_reads_what_is_left(
             key, value = link_record_encode(tinyurl=tinyurl, version=1, disabled=False,
                                             longurl=f"https://example.com/{tinyurl}",
                                             expires_at=None, created_at=NOW)
-            return bus.producer_get().send(topic, key=key, value=value).get(timeout=10).offset
+            return producer_get().send(topic, key=key, value=value).get(timeout=10).offset
 
         def held(tinyurl: str) -> bool:
             return replica.redis.exists(f"{prefix}:link:{tinyurl}") == 1

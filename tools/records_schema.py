@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Write each topic's record schema, JSON Schema generated from the record types in
-shortener_project/messages.py, to docs/records/<kind>.schema.json.
+topics/, to docs/records/<kind>.schema.json.
 
     .local/venv/bin/python tools/records_schema.py          # write the files
     .local/venv/bin/python tools/records_schema.py --check  # exit 1 if a file differs
@@ -22,7 +22,7 @@ OUT = ROOT / "docs" / "records"
 def rendered() -> dict[Path, str]:
     """The file -> its text for every record kind."""
     sys.path.insert(0, str(ROOT))
-    from shortener_project.messages import json_schemas
+    from topics.schemas import json_schemas
 
     return {OUT / f"{stem}.schema.json": json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
             for stem, schema in json_schemas().items()}

@@ -10,7 +10,7 @@ from django.db.models import F
 logger = logging.getLogger(__name__)
 
 # Longurls that may change form: a character outside printable ASCII, or one that must be
-# percent-encoded (shortener_project/longurls.py, rule 7). Every other longurl stays as it is.
+# percent-encoded (topics/longurls.py, rule 7). Every other longurl stays as it is.
 MAY_CHANGE_RE = r'[^\x21-\x7e]|["<>^`{|}]'
 
 
@@ -19,7 +19,7 @@ def longurls_to_stored_form(apps, schema_editor):
     host or unencoded characters gets its stored form (the one replicas accept and browsers
     use anyway), a new state version and the outbox mark, so that the outbox re-sends it. One
     that cannot be served (userinfo, say) is left as it is, for an operator to take down."""
-    from shortener_project import longurls
+    from topics import longurls
 
     Link = apps.get_model("links", "Link")
     changed = left = 0

@@ -48,7 +48,7 @@ def test_units_render_and_verify(tmp_path, role, units, timers):
 def test_web_units_file_descriptors_cover_the_connection_limit(tmp_path, role, unit):
     """LimitNOFILE (per process) covers a worker's worker_connections, as gunicorn.conf.py sets
     it by default for the role, and the descriptors a worker needs besides."""
-    from shortener_project.serving import DESCRIPTORS_BESIDES_CONNECTIONS
+    from runtime.serving import DESCRIPTORS_BESIDES_CONNECTIONS
 
     subprocess.run(["bash", "deploy/install-systemd.sh", role, "root"], cwd=ROOT, check=True,
                    env={**os.environ, "DESTDIR": str(tmp_path)})
@@ -62,6 +62,6 @@ def test_web_units_file_descriptors_cover_the_connection_limit(tmp_path, role, u
     settings = {name.strip(): value.strip() for name, _, value in
                 (line.partition(" = ") for line in printed.splitlines() if " = " in line)}
     connections = int(settings["worker_connections"])
-    assert settings["worker_class"] == "shortener_project.serving.Worker"
+    assert settings["worker_class"] == "runtime.serving.Worker"
     assert len(limits) == 1 and limits[0] >= connections + DESCRIPTORS_BESIDES_CONNECTIONS, (
         limits, connections)

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shortener_project import longurls
-from tests.links.test_longurls import urls
 from testkit import wait_until
+from tests.links.test_longurls import urls
+from topics import longurls
 
 
 def _location(replica, tinyurl: str) -> tuple[int, str | None]:

@@ -19,9 +19,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from links.models import Link
-from shortener_project import bus
-from shortener_project.messages import click_report_encode
 from testkit import ROOT, wait_until
+from topics.clicks import click_report_encode, clicks_topic
+from topics.links import producer_get
 
 DOCS = ROOT / "docs"
 PASSWORD = "a-long-test-password-1"
@@ -85,9 +85,9 @@ def test_an_operator_sees_links_clicks_over_time_and_replicas(
     two.click(busy, 12)
     one.click(quiet, 4)
     messages, past = history([one.name, two.name], busy)
-    producer = bus.producer_get()
+    producer = producer_get()
     for key, value in messages:
-        producer.send(bus.clicks_topic(), key=key, value=value)
+        producer.send(clicks_topic(), key=key, value=value)
     producer.flush()
     wait_until(lambda: Link.objects.get(tinyurl=quiet).clicks == 4, timeout=30,
                what="the quiet link's clicks")

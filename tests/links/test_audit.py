@@ -15,10 +15,8 @@ import pytest
 from links import services
 from links.audit import LinksAuditor
 from links.models import ConsumerPosition, Link
-from shortener_project import bus
-from shortener_project.messages import LinkRecord, link_record_encode
-from testkit import link_records
-from testkit import topic_end, wait_until
+from testkit import link_records, topic_end, wait_until
+from topics.links import LinkRecord, link_record_encode, links_topic, producer_get
 
 
 @pytest.fixture
@@ -41,12 +39,12 @@ def relay(transactional_db):
 
 
 def audited_to_end() -> bool:
-    end = topic_end(bus.links_topic())
-    return ConsumerPosition.objects.filter(topic=bus.links_topic(), next_offset=end).exists()
+    end = topic_end(links_topic())
+    return ConsumerPosition.objects.filter(topic=links_topic(), next_offset=end).exists()
 
 
 def produce(key: bytes, value: bytes | None) -> None:
-    bus.producer_get().send(bus.links_topic(), key=key, value=value).get(timeout=10)
+    producer_get().send(links_topic(), key=key, value=value).get(timeout=10)
 
 
 def audit_and_resend() -> None:
@@ -55,7 +53,7 @@ def audit_and_resend() -> None:
 
 
 def newest(tinyurl: str) -> LinkRecord | bytes | None:
-    return link_records(bus.links_topic(), tinyurl)[-1]
+    return link_records(links_topic(), tinyurl)[-1]
 
 
 def test_a_stale_copy_after_a_takedown_is_followed_by_the_current_state(relay):
@@ -173,16 +171,16 @@ def test_the_outbox_relay_service_audits_the_topic(transactional_db, test_data_d
 def _records_of(tinyurl: str) -> list:
     from testkit import topic_records
 
-    return [r for r in topic_records(bus.links_topic()) if r.key == tinyurl.encode()]
+    return [r for r in topic_records(links_topic()) if r.key == tinyurl.encode()]
 
 
 def _audit(records: list):
     from links.audit import links_audit_batch
 
     partition = records[0].partition
-    position = ConsumerPosition.objects.filter(topic=bus.links_topic(),
+    position = ConsumerPosition.objects.filter(topic=links_topic(),
                                                partition=partition).first()
-    return links_audit_batch(topic=bus.links_topic(), partition=partition, records=records,
+    return links_audit_batch(topic=links_topic(), partition=partition, records=records,
                              expected_position=position.next_offset if position else None)
 
 

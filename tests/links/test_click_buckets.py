@@ -15,11 +15,11 @@ from links import services
 from links.clicks import clicks_apply_batch, clicks_batch_decode, report_hour
 from links.models import ClickBucket, ClickCounter, ConsumerPosition, Link
 from links.selectors import longurl_digest
-from shortener_project import bus
-from shortener_project.messages import click_report_encode
-from tests.conftest import clicks_topic_end
 from testkit import FakeRecord as Rec
 from testkit import wait_until
+from tests.conftest import clicks_topic_end
+from topics.clicks import click_report_encode, clicks_topic
+from topics.links import producer_get
 
 HOUR = timedelta(hours=1)
 NOW = datetime.now(timezone.utc)
@@ -113,21 +113,21 @@ def test_replaying_the_clicks_topic_from_offset_0_changes_no_bucket(transactiona
     links = [services.link_create(longurl=f"https://example.com/buckets/topic/{i}").link
              for i in range(3)]
     messages, made = made_clicks(links, seed=4)
-    producer = bus.producer_get()
+    producer = producer_get()
     for key, value in messages:
-        producer.send(bus.clicks_topic(), key=key, value=value)
+        producer.send(clicks_topic(), key=key, value=value)
     producer.flush()
     end = clicks_topic_end()
 
     def position() -> int:
-        row = ConsumerPosition.objects.filter(topic=bus.clicks_topic()).first()
+        row = ConsumerPosition.objects.filter(topic=clicks_topic()).first()
         return row.next_offset if row else 0
 
     wait_until(lambda: position() == end, timeout=30, what="consume_clicks to reach the end")
     assert buckets() == made
     # Forget the position: the consumer reads the whole topic again from offset 0.
     assert clicks_consumer.stop() == 0
-    ConsumerPosition.objects.filter(topic=bus.clicks_topic()).delete()
+    ConsumerPosition.objects.filter(topic=clicks_topic()).delete()
     clicks_consumer.start()
     wait_until(lambda: position() == end, timeout=30, what="the replay from offset 0")
     assert buckets() == made

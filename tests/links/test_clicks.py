@@ -19,12 +19,13 @@ from links.clicks import clicks_apply_batch
 from links.models import ClickCounter, ConsumerPosition, Link
 from links.selectors import longurl_digest
 from links.services import tinyurl_generate
-from shortener_project import bus
 from shortener_project.consuming import PositionMismatch
-from shortener_project.messages import click_report_encode
-from tests.conftest import clicks_topic_end
 from testkit import ClicksConsumerProcess, sample, scrape, topic_end, wait_until
 from testkit import FakeRecord as Rec
+from tests.conftest import clicks_topic_end
+from topics.clicks import click_report_encode, clicks_consumer_make, clicks_topic
+from topics.clients import admin_client
+from topics.links import producer_get
 
 NOW = datetime.now(timezone.utc)
 
@@ -142,31 +143,31 @@ def test_consume_clicks_skips_poison_and_unknown_reports_and_keeps_running(
     end = clicks_topic_end()
 
     def skipped() -> tuple[int, int]:
-        p = ConsumerPosition.objects.filter(topic=bus.clicks_topic()).first()
+        p = ConsumerPosition.objects.filter(topic=clicks_topic()).first()
         return (p.skipped_malformed, p.skipped_unknown) if p else (0, 0)
 
     wait_until(lambda: end == 0 or ConsumerPosition.objects.filter(
-        topic=bus.clicks_topic(), next_offset=end).exists(), timeout=20, what="earlier reports")
+        topic=clicks_topic(), next_offset=end).exists(), timeout=20, what="earlier reports")
     before = skipped()
-    producer = bus.producer_get()
+    producer = producer_get()
     schema1 = json.dumps({"schema": 1, "tinyurl": link.tinyurl, "node": "n", "incarnation": "i",
                           "count": 100}).encode()
     for key, value in [(b"abcdefg", b"garbage"), (f"i:{link.tinyurl}".encode(), schema1),
                        *[click_report_encode(tinyurl="Unknown", node="n", incarnation="i",
                                              count=100, reported_at=NOW)]]:
-        producer.send(bus.clicks_topic(), key=key, value=value).get(timeout=10)
+        producer.send(clicks_topic(), key=key, value=value).get(timeout=10)
     key, value = click_report_encode(tinyurl=link.tinyurl, node="n", incarnation="i", count=7,
                                      reported_at=NOW)
-    producer.send(bus.clicks_topic(), key=key, value=value).get(timeout=10)
+    producer.send(clicks_topic(), key=key, value=value).get(timeout=10)
     wait_until(lambda: Link.objects.get(pk=link.pk).clicks == 7, timeout=20, what="the report")
     after = skipped()
     assert (after[0] - before[0], after[1] - before[1]) == (2, 1)
     assert clicks_consumer.alive()
     output = clicks_consumer.output()
-    assert f"rejected record topic={bus.clicks_topic()} partition=0" in output
+    assert f"rejected record topic={clicks_topic()} partition=0" in output
     assert "reason=schema" in output
     wait_until(lambda: sample(scrape(f"http://127.0.0.1:{clicks_consumer.metrics_port}/metrics"),
-                              "shortener_consumer_records_total", topic=bus.clicks_topic(),
+                              "shortener_consumer_records_total", topic=clicks_topic(),
                               outcome="skipped") == 2, timeout=10, what="the skipped metric")
 
 
@@ -181,7 +182,7 @@ def test_consume_clicks_killed_mid_batch_neither_loses_nor_double_counts(
     assert clicks_consumer.stop() == 0
     links = [new_link(f"https://example.com/clicks/kill/{i}")
              for i in range(20)]
-    producer = bus.producer_get()
+    producer = producer_get()
     # 20 links x 2 replicas x counts 1..250: 10,000 reports, each an absolute count.
     for count in range(1, 251):
         for link in links:
@@ -189,22 +190,22 @@ def test_consume_clicks_killed_mid_batch_neither_loses_nor_double_counts(
                 key, value = click_report_encode(tinyurl=link.tinyurl, node=f"n{incarnation}",
                                                  incarnation=incarnation, count=count,
                                                  reported_at=NOW)
-                producer.send(bus.clicks_topic(), key=key, value=value)
+                producer.send(clicks_topic(), key=key, value=value)
     producer.flush()
     end = clicks_topic_end()
 
-    start = position_of(bus.clicks_topic())
+    start = position_of(clicks_topic())
     clicks_consumer.start(SHORTENER_CLICKS_BATCH="100")
-    wait_until(lambda: position_of(bus.clicks_topic()) > start, timeout=30, interval=0.005,
+    wait_until(lambda: position_of(clicks_topic()) > start, timeout=30, interval=0.005,
                what="the first batch")
     assert clicks_consumer.stop(signal.SIGKILL) == -signal.SIGKILL
-    cut = position_of(bus.clicks_topic())
+    cut = position_of(clicks_topic())
     assert cut < end, "the kill must land before the end"
     # Whatever was committed is consistent: each total is the sum of its counters.
     for link in Link.objects.filter(pk__in=[x.pk for x in links]):
         assert link.clicks == sum(link.click_counters.values_list("count", flat=True))
     clicks_consumer.start()
-    wait_until(lambda: position_of(bus.clicks_topic()) == end, timeout=60,
+    wait_until(lambda: position_of(clicks_topic()) == end, timeout=60,
                what="the rest after SIGKILL")
     assert sorted(Link.objects.filter(pk__in=[x.pk for x in links])
                   .values_list("clicks", flat=True)) == [500] * 20
@@ -215,25 +216,25 @@ def test_replaying_the_whole_topic_from_offset_0_changes_no_total(
 ):
     links = [new_link(f"https://example.com/clicks/replay/{i}")
              for i in range(10)]
-    producer = bus.producer_get()
+    producer = producer_get()
     for count in (100, 200, 250):
         for i, link in enumerate(links):
             for incarnation, node in (("r1", "n1"), ("r2", "n2"), ("r1", "n1-renamed")):
                 key, value = click_report_encode(tinyurl=link.tinyurl, node=node,
                                                  incarnation=incarnation, count=count + i,
                                                  reported_at=NOW)
-                producer.send(bus.clicks_topic(), key=key, value=value)
+                producer.send(clicks_topic(), key=key, value=value)
     producer.flush()
     end = clicks_topic_end()
-    wait_until(lambda: position_of(bus.clicks_topic()) == end, timeout=30, what="the reports")
+    wait_until(lambda: position_of(clicks_topic()) == end, timeout=30, what="the reports")
     before = dict(Link.objects.values_list("tinyurl", "clicks"))
     assert [before[link.tinyurl] for link in links] == [2 * (250 + i) for i in range(10)]
     counters_before = counters()
 
     assert clicks_consumer.stop() == 0
-    ConsumerPosition.objects.filter(topic=bus.clicks_topic()).update(next_offset=0)
+    ConsumerPosition.objects.filter(topic=clicks_topic()).update(next_offset=0)
     clicks_consumer.start()
-    wait_until(lambda: position_of(bus.clicks_topic()) == end, timeout=30, what="the replay")
+    wait_until(lambda: position_of(clicks_topic()) == end, timeout=30, what="the replay")
     assert dict(Link.objects.values_list("tinyurl", "clicks")) == before
     assert counters() == counters_before
 
@@ -248,7 +249,7 @@ def own_clicks_topic(transactional_db, test_data_dir):
     The topic belongs to a prefix of its own (SHORTENER_USER), so its settings are the test's,
     not the project's; the process uses the test database."""
     made: list[tuple[ClicksConsumerProcess, str]] = []
-    admin = bus.admin_client()
+    admin = admin_client()
 
     def make(configs: dict[str, str]) -> tuple[ClicksConsumerProcess, str, str]:
         prefix = f"{settings.SHORTENER_USER}-{uuid.uuid4().hex[:6]}"
@@ -273,7 +274,7 @@ def own_clicks_topic(transactional_db, test_data_dir):
 
 def produce(topic: str, reports: list[tuple[str, str, int]]) -> None:
     """Send (tinyurl, incarnation, count) reports and wait for the acknowledgements."""
-    producer = bus.producer_get()
+    producer = producer_get()
     futures = []
     for tinyurl, incarnation, count in reports:
         key, value = click_report_encode(tinyurl=tinyurl, node=f"n-{incarnation}",
@@ -307,7 +308,7 @@ def test_a_position_before_the_retained_records_is_an_error_with_the_count_and_a
     # While consume_clicks is down: 10 reports, of which the first 5 are deleted unread.
     produce(topic, [(t, "a", 40), (t, "b", 50), (t, "c", 60), (t, "a", 70), (t, "b", 80),
                     (t, "c", 65), (t, "a", 75), (t, "d", 5), (t, "b", 81), (t, "e", 1)])
-    admin = bus.admin_client()
+    admin = admin_client()
     try:
         admin.delete_records({TopicPartition(topic, 0): 8})
     finally:
@@ -454,7 +455,7 @@ def test_records_deleted_under_a_running_consumer_are_reported_as_lost(
     The loop runs in this process, so that the deletion lands between positioning and fetching.
     """
     from links.clicks import ClicksConsumer
-    from shortener_project.metrics import CONSUMER_RECORDS_LOST
+    from runtime.metrics import CONSUMER_RECORDS_LOST
 
     _, topic, prefix = own_clicks_topic({"cleanup.policy": "delete"})
     settings.SHORTENER_USER = prefix
@@ -465,13 +466,13 @@ def test_records_deleted_under_a_running_consumer_are_reported_as_lost(
     lost_before = CONSUMER_RECORDS_LOST.labels(topic)._value.get()
 
     loop = ClicksConsumer(stop=threading.Event())
-    kafka = bus.clicks_consumer_make()
+    kafka = clicks_consumer_make()
     try:
         assert loop._assign(kafka)
         loop.reposition(kafka)  # positioned at 1, which is in range
         produce(topic, [(t, "a", 20), (t, "b", 5), (t, "a", 30), (t, "b", 6), (t, "a", 40),
                         (t, "a", 50), (t, "b", 7), (t, "c", 1), (t, "a", 60), (t, "c", 2)])
-        admin = bus.admin_client()
+        admin = admin_client()
         try:
             admin.delete_records({TopicPartition(topic, 0): 6})
         finally:

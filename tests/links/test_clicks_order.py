@@ -1,4 +1,4 @@
-"""The clicks topic's order against the master's fold, on real topics (shortener_project/bus.py,
+"""The clicks topic's order against the master's fold, on real topics (topics/,
 clicks topic): a counter's report with a lower count can land after one with a higher count (a
 re-sent milestone, a reporter restart, two reporters on one Redis). consume_clicks never lowers a
 total for it, and compaction keeps the report with the highest offset, not the highest count."""
@@ -8,14 +8,18 @@ from __future__ import annotations
 import json
 import time
 
-from kafka import KafkaConsumer, TopicPartition
 from django.conf import settings
+from kafka import KafkaConsumer, TopicPartition
 
 from links.models import ClickCounter, ConsumerPosition, Link
-from tests.links.test_clicks import (  # noqa: F401 - own_clicks_topic is a fixture
-    new_link, own_clicks_topic, position_of, produce, start_positioned,
-)
 from testkit import topic_end, wait_until
+from tests.links.test_clicks import (  # noqa: F401 - own_clicks_topic is a fixture
+    new_link,
+    own_clicks_topic,
+    position_of,
+    produce,
+    start_positioned,
+)
 
 
 def counts_by_key(topic: str) -> dict[str, list[int]]:

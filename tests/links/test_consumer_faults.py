@@ -10,11 +10,12 @@ import psycopg2
 from django.db import connection
 
 from links.models import ConsumerPosition, Link
-from shortener_project import bus
+from testkit import sample, scrape, wait_until
 from tests.conftest import clicks_topic_end
 from tests.links.test_clicks import NOW, new_link
-from shortener_project.messages import INT_MAX, click_report_encode
-from testkit import sample, scrape, wait_until
+from topics.clicks import click_report_encode, clicks_topic
+from topics.links import producer_get
+from topics.records import INT_MAX
 
 LARGEST = INT_MAX  # the largest count a report may carry (messages.ClickReport)
 # Counters of one link at LARGEST whose sum still fits PostgreSQL's bigint (Link.clicks):
@@ -24,18 +25,18 @@ FITTING = (2**63 - 1) // LARGEST
 
 def send(reports: list[tuple[str, str, int]]) -> list[int]:
     """(tinyurl, incarnation, count) reports to the clicks topic; their offsets."""
-    producer = bus.producer_get()
+    producer = producer_get()
     futures = []
     for tinyurl, incarnation, count in reports:
         key, value = click_report_encode(tinyurl=tinyurl, node="n1", incarnation=incarnation,
                                          count=count, reported_at=NOW)
-        futures.append(producer.send(bus.clicks_topic(), key=key, value=value))
+        futures.append(producer.send(clicks_topic(), key=key, value=value))
     producer.flush()
     return [future.get(timeout=10).offset for future in futures]
 
 
 def position() -> int:
-    row = ConsumerPosition.objects.filter(topic=bus.clicks_topic()).first()
+    row = ConsumerPosition.objects.filter(topic=clicks_topic()).first()
     return row.next_offset if row else 0
 
 
@@ -56,15 +57,15 @@ def test_totals_that_overflow_are_rejected_and_later_clicks_are_counted(clicks_c
     assert Link.objects.get(pk=big.pk).clicks == FITTING * LARGEST
     assert clicks_consumer.alive()
     output = clicks_consumer.output()
-    assert (f"rejected record topic={bus.clicks_topic()} partition=0 offset={overflowing}: the "
+    assert (f"rejected record topic={clicks_topic()} partition=0 offset={overflowing}: the "
             "store refused its content") in output
     assert "out of range" in output  # PostgreSQL's own words for the reason
     assert output.count(f"partition=0 offset={overflowing}:") == 1  # logged once
     samples = scrape(f"http://127.0.0.1:{clicks_consumer.metrics_port}/metrics")
-    assert sample(samples, "shortener_records_rejected_total", topic=bus.clicks_topic(),
+    assert sample(samples, "shortener_records_rejected_total", topic=clicks_topic(),
                   reason="numeric_value_out_of_range") == 1
     # Not a store failure: no retry.
-    assert sample(samples, "shortener_consumer_retries_total", topic=bus.clicks_topic(),
+    assert sample(samples, "shortener_consumer_retries_total", topic=clicks_topic(),
                   reason="store") == 0
 
 
@@ -106,7 +107,7 @@ def test_postgresql_refusing_connections_backs_off_to_the_cap_and_skips_nothing(
         assert waits()[:6] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
         assert max(waits()) == 10.0
         assert sample(scrape(metrics), "shortener_consumer_backoff_seconds",
-                      topic=bus.clicks_topic()) == 10.0
+                      topic=clicks_topic()) == 10.0
         assert Link.objects.get(pk=link.pk).clicks == 0
     finally:
         _connections_allowed(True)
@@ -114,8 +115,8 @@ def test_postgresql_refusing_connections_backs_off_to_the_cap_and_skips_nothing(
     wait_until(lambda: Link.objects.get(pk=link.pk).clicks == sum(10 + n for n in range(20)),
                timeout=30, what="the reports after PostgreSQL is back")
     wait_until(lambda: sample(scrape(metrics), "shortener_consumer_backoff_seconds",
-                              topic=bus.clicks_topic()) == 0, timeout=10,
+                              topic=clicks_topic()) == 0, timeout=10,
                what="the back-off reset by a commit")
-    row = ConsumerPosition.objects.get(topic=bus.clicks_topic())
+    row = ConsumerPosition.objects.get(topic=clicks_topic())
     assert row.next_offset == clicks_topic_end()
     assert clicks_consumer.alive()

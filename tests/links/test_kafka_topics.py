@@ -15,8 +15,12 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
-from shortener_project import bus
 from testkit import ROOT, wait_until
+from topics.clicks import clicks_topic
+from topics.clients import admin_client
+from topics.links import links_topic
+from topics.provisioning import topic_specs
+from topics.replicas import replicas_topic
 
 CHECKED = ["cleanup.policy", "min.insync.replicas", "unclean.leader.election.enable"]
 
@@ -27,16 +31,16 @@ def fresh_prefix():
     prefix = f"{settings.SHORTENER_USER}k{uuid.uuid4().hex[:6]}"
     with override_settings(SHORTENER_USER=prefix):
         yield prefix
-        admin = bus.admin_client()
+        admin = admin_client()
         try:
-            names = [s.name for s in bus.topic_specs()]
+            names = [s.name for s in topic_specs()]
             admin.delete_topics([n for n in names if n in set(admin.list_topics())])
         finally:
             admin.close()
 
 
 def describe(topic: str) -> dict[str, str]:
-    admin = bus.admin_client()
+    admin = admin_client()
     try:
         configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, CHECKED)],
                                          config_filter="all")["topic"][topic]
@@ -46,7 +50,7 @@ def describe(topic: str) -> dict[str, str]:
 
 
 def create(topic: str, partitions: int, configs: dict[str, str]) -> None:
-    admin = bus.admin_client()
+    admin = admin_client()
     try:
         admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=configs)],
                             wait_for_metadata=True)
@@ -57,59 +61,59 @@ def create(topic: str, partitions: int, configs: dict[str, str]) -> None:
 def test_creates_missing_topics_with_the_projects_settings(fresh_prefix):
     out = StringIO()
     call_command("kafka_topics", stdout=out)
-    for spec in bus.topic_specs():
+    for spec in topic_specs():
         assert f"{spec.name}: created" in out.getvalue()
         # The replicas' statuses are compacted and also deleted after a week (bus.py); the
         # other two settings are the broker's defaults there, stated on the other topics.
-        policy = "compact,delete" if spec.name == bus.replicas_topic() else "compact"
+        policy = "compact,delete" if spec.name == replicas_topic() else "compact"
         assert describe(spec.name) == {"cleanup.policy": policy, "min.insync.replicas": "1",
                                        "unclean.leader.election.enable": "false"}
     out = StringIO()
     call_command("kafka_topics", stdout=out)  # again: nothing to do
-    assert out.getvalue().count("settings as expected") == len(bus.topic_specs())
+    assert out.getvalue().count("settings as expected") == len(topic_specs())
 
 
 def test_a_wrong_cleanup_policy_is_repaired_and_said(fresh_prefix):
     # The clicks topic as the previous version created it: deleted after 7 days.
-    create(bus.clicks_topic(), 1, {"cleanup.policy": "delete", "unclean.leader.election.enable":
+    create(clicks_topic(), 1, {"cleanup.policy": "delete", "unclean.leader.election.enable":
                                    "true"})
     out = StringIO()
     call_command("kafka_topics", stdout=out)
     said = out.getvalue()
-    assert f"{bus.clicks_topic()}: repaired cleanup.policy: was delete, now compact" in said
-    assert (f"{bus.clicks_topic()}: repaired unclean.leader.election.enable: was true, now false"
+    assert f"{clicks_topic()}: repaired cleanup.policy: was delete, now compact" in said
+    assert (f"{clicks_topic()}: repaired unclean.leader.election.enable: was true, now false"
             in out.getvalue())
-    assert describe(bus.clicks_topic())["cleanup.policy"] == "compact"
-    assert describe(bus.clicks_topic())["unclean.leader.election.enable"] == "false"
+    assert describe(clicks_topic())["cleanup.policy"] == "compact"
+    assert describe(clicks_topic())["unclean.leader.election.enable"] == "false"
 
 
 def test_check_reports_without_repairing(fresh_prefix):
-    create(bus.links_topic(), 1, {"cleanup.policy": "delete"})
+    create(links_topic(), 1, {"cleanup.policy": "delete"})
     err = StringIO()
     with pytest.raises(CommandError):
         call_command("kafka_topics", "--check", stdout=StringIO(), stderr=err)
     said = err.getvalue()
-    assert f"{bus.links_topic()}: cleanup.policy=delete, the project expects compact" in said
-    assert describe(bus.links_topic())["cleanup.policy"] == "delete"
+    assert f"{links_topic()}: cleanup.policy=delete, the project expects compact" in said
+    assert describe(links_topic())["cleanup.policy"] == "delete"
 
 
 def test_a_wrong_partition_count_is_a_clear_error_and_a_non_zero_exit(fresh_prefix):
-    create(bus.links_topic(), 3, {"cleanup.policy": "compact"})
+    create(links_topic(), 3, {"cleanup.policy": "compact"})
     result = subprocess.run(
         [sys.executable, "manage.py", "kafka_topics"], cwd=ROOT, capture_output=True, text=True,
         env={**os.environ, "SHORTENER_ROLE": "master", "SHORTENER_USER": fresh_prefix},
         timeout=60)
     assert result.returncode == 1
-    assert f"{bus.links_topic()}: has 3 partitions, the project expects 1" in result.stderr
+    assert f"{links_topic()}: has 3 partitions, the project expects 1" in result.stderr
     assert "cannot be repaired in place" in result.stderr
     assert "Traceback" not in result.stderr  # a message, not a stack trace
     # What could be done was done: the other topic was created.
-    assert f"{bus.clicks_topic()}: created" in result.stdout
-    wait_until(lambda: describe(bus.clicks_topic())["cleanup.policy"] == "compact", timeout=10)
+    assert f"{clicks_topic()}: created" in result.stdout
+    wait_until(lambda: describe(clicks_topic())["cleanup.policy"] == "compact", timeout=10)
 
 
 def partition_count(topic: str) -> int:
-    admin = bus.admin_client()
+    admin = admin_client()
     try:
         return len(admin.describe_topics([topic])[0]["partitions"])
     finally:
@@ -119,19 +123,19 @@ def partition_count(topic: str) -> int:
 def test_kafka_topics_never_changes_a_partition_count(fresh_prefix):
     """A clicks topic with more partitions than the project's one is reported, not changed:
     adding or removing partitions would move keys between partitions (tests/test_bus.py)."""
-    create(bus.clicks_topic(), 2, {"cleanup.policy": "compact"})
+    create(clicks_topic(), 2, {"cleanup.policy": "compact"})
     err = StringIO()
     with pytest.raises(CommandError):
         call_command("kafka_topics", stdout=StringIO(), stderr=err)
-    assert f"{bus.clicks_topic()}: has 2 partitions, the project expects 1" in err.getvalue()
-    assert partition_count(bus.clicks_topic()) == 2
+    assert f"{clicks_topic()}: has 2 partitions, the project expects 1" in err.getvalue()
+    assert partition_count(clicks_topic()) == 2
 
 
 def test_a_relied_on_default_that_was_overridden_is_repaired(fresh_prefix):
     """min.insync.replicas=1 is not set on a one-broker topic (it is Kafka's default), but a
     topic or broker override of 2 would make it unwritable: kafka_topics sets it back."""
-    create(bus.links_topic(), 1, {"cleanup.policy": "compact", "min.insync.replicas": "2"})
+    create(links_topic(), 1, {"cleanup.policy": "compact", "min.insync.replicas": "2"})
     out = StringIO()
     call_command("kafka_topics", stdout=out)
-    assert f"{bus.links_topic()}: repaired min.insync.replicas: was 2, now 1" in out.getvalue()
-    assert describe(bus.links_topic())["min.insync.replicas"] == "1"
+    assert f"{links_topic()}: repaired min.insync.replicas: was 2, now 1" in out.getvalue()
+    assert describe(links_topic())["min.insync.replicas"] == "1"

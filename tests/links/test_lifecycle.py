@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 from links import services
 from links.models import Link
 from testkit import link_produce, topic_end, wait_until
-from shortener_project import bus
+from topics.links import links_topic
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -166,7 +166,7 @@ def test_an_edited_link_redirects_to_its_new_target_everywhere_and_a_stale_recor
 
     # A stale copy of the old record (version 1) arrives late: the replicas keep the new one.
     offset = link_produce(tinyurl, 1, "https://example.com/edit/old")
-    end = topic_end(bus.links_topic())
+    end = topic_end(links_topic())
     for replica in replicas:
         wait_until(lambda: (replica.position() or 0) >= end > offset, timeout=15,
                    what=f"{replica.name} past the stale record")

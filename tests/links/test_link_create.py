@@ -13,8 +13,8 @@ from django.test import override_settings
 
 from links import services
 from links.models import Link
-from shortener_project import bus
 from testkit import free_port
+from topics.links import producer_reset
 
 TINY_RE = re.compile(r"[a-zA-Z0-9]{7}")
 LIMIT = settings.SHORTENER_MAX_URL_LENGTH
@@ -78,7 +78,7 @@ def test_longurl_up_to_the_limit_works(master, transactional_db):
 
 def test_unicode_and_idn_longurls_are_stored_as_they_are_sent(master, transactional_db):
     # The host in IDNA (punycode), the rest percent-encoded as UTF-8: the form replicas send in
-    # Location (shortener_project/longurls.py); both spellings are one link.
+    # Location (topics/longurls.py); both spellings are one link.
     longurl = "https://пример.рф/путь?q=значение"
     stored = "https://xn--e1afmkfd.xn--p1ai/%D0%BF%D1%83%D1%82%D1%8C?q=%D0%B7%D0%BD%D0%B0%D1%87%D0%B5%D0%BD%D0%B8%D0%B5"
     response = master.put({"longurl": longurl})
@@ -139,7 +139,7 @@ def test_kafka_down_gives_503_then_the_outbox_delivers_the_same_tinyurl(transact
     learn; the link is kept and delivered once Kafka is back, under the same tinyurl."""
     longurl = "https://example.com/while-kafka-is-down"
     dead = [f"127.0.0.1:{free_port()}"]  # nothing listens there: Kafka is unreachable
-    bus.producer_reset()
+    producer_reset()
     try:
         with override_settings(KAFKA_BOOTSTRAP_SERVERS=dead, SHORTENER_PUBLISH_TIMEOUT=1.0):
             started = time.monotonic()
@@ -154,7 +154,7 @@ def test_kafka_down_gives_503_then_the_outbox_delivers_the_same_tinyurl(transact
             assert link.published_at is None  # committed, marked for the outbox
             assert services.links_publish_pending() == (0, 1)  # still down: stays pending
     finally:
-        bus.producer_reset()
+        producer_reset()
     # Kafka is back: the outbox relay delivers it, and a retry gets the same tinyurl.
     assert services.links_publish_pending() == (1, 0)
     link.refresh_from_db()

@@ -1,4 +1,4 @@
-"""The one longurl definition (shortener_project/longurls.py) and the master's rules of
+"""The one longurl definition (topics/longurls.py) and the master's rules of
 links.validation that need no database, as pure functions: each rule with inputs that break it,
 and properties over generated URLs: whatever /create accepts, every replica serves as it is, a
 browser's URL parser (ada, the WHATWG parser of Node.js) and Python's urllib go to the same host
@@ -20,13 +20,14 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.test import override_settings
 from django.utils.encoding import iri_to_uri
-from hypothesis import HealthCheck, assume, example, given, settings as hsettings
+from hypothesis import HealthCheck, assume, example, given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from links.validation import longurl_rules_check
-from shortener_project import longurls
 from testkit import ROOT
-from shortener_project.longurls import (
+from topics import longurls
+from topics.longurls import (
     LongurlError,
     host_normalize,
     host_suffixes,

@@ -13,8 +13,8 @@ from prometheus_client import REGISTRY
 
 from links import protection, services
 from links.models import Link
-from shortener_project import bus
 from testkit import ROOT, topic_end
+from topics.links import links_topic
 
 BLOCKED = "https://www.evil.example/landing"
 MESSAGE = "links to evil.example and its subdomains are not accepted here (blocked by the operators)"
@@ -28,7 +28,7 @@ def blocklist(transactional_db):
 
 
 def links_end() -> int:
-    return topic_end(bus.links_topic())
+    return topic_end(links_topic())
 
 
 def refused(reason: str) -> float:

@@ -4,16 +4,12 @@ master's audit (docs/delivery-guarantees.md, links topic)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from links import services
-from links.models import Link
-from shortener_project import bus
-from shortener_project.messages import link_record_encode
-from tests.links.test_audit import audit_and_resend, audited_to_end, relay  # noqa: F401
 from testkit import link_produce, tinyurl_new, wait_until
+from tests.links.test_audit import audit_and_resend, audited_to_end, relay  # noqa: F401
+from topics.links import links_topic, producer_get
 
 POISON = {
     # json.loads raises ValueError (not JSONDecodeError) for an integer over 4,300 digits...
@@ -33,7 +29,7 @@ def test_a_poison_record_is_skipped_and_the_replica_keeps_consuming(replica_fact
     wait_until(lambda: "caught up" in replica.consumer_output(), timeout=30, what="catch-up")
     rejected_before = replica.stats().get("rejected", 0)
     poison_key = tinyurl_new()
-    bus.producer_get().send(bus.links_topic(), key=poison_key.encode(),
+    producer_get().send(links_topic(), key=poison_key.encode(),
                             value=POISON[kind](poison_key)).get(timeout=10)
     after = tinyurl_new()
     link_produce(after, 1, "https://example.com/after-poison")
@@ -47,7 +43,7 @@ def test_a_poison_record_is_skipped_and_the_replica_keeps_consuming(replica_fact
 @pytest.mark.parametrize("kind", list(POISON))
 def test_a_poison_record_does_not_stop_the_masters_audit(relay, kind):  # noqa: F811
     poison_key = tinyurl_new()
-    bus.producer_get().send(bus.links_topic(), key=poison_key.encode(),
+    producer_get().send(links_topic(), key=poison_key.encode(),
                             value=POISON[kind](poison_key)).get(timeout=10)
     wait_until(audited_to_end, timeout=30, what="the audit past the poison record")
 

@@ -20,8 +20,8 @@ from kafka import KafkaConsumer, TopicPartition
 from links import protection, ratelimit, services
 from links.models import ApiKey, BlockedHost, Link
 from links.selectors import longurl_digest
-from shortener_project import bus
 from testkit import MasterWeb, free_port, wait_until
+from topics.links import links_topic
 
 # --- the host blocklist -----------------------------------------------------------------------
 
@@ -107,7 +107,7 @@ def _links_topic_states(tinyurls: set[str]) -> dict[str, str]:
     """The newest state on the links topic of each of `tinyurls`."""
     consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
                              enable_auto_commit=False, consumer_timeout_ms=2000)
-    tp = TopicPartition(bus.links_topic(), 0)
+    tp = TopicPartition(links_topic(), 0)
     consumer.assign([tp])
     consumer.seek_to_beginning(tp)
     states: dict[str, str] = {}

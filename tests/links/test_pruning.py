@@ -10,8 +10,10 @@ import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
 from links import pruning, replicas, selectors, services
 from links.clicks import clicks_apply_batch
@@ -23,11 +25,12 @@ from links.models import (
     FoldedClicks,
     Link,
 )
-from shortener_project import bus
-from shortener_project.messages import click_report_encode, replica_status_encode
-from tests.conftest import clicks_topic_end
 from testkit import FakeRecord as Rec
 from testkit import wait_until
+from tests.conftest import clicks_topic_end
+from topics.clicks import click_report_encode, clicks_topic
+from topics.links import producer_get
+from topics.replicas import replica_status_encode, replicas_reader_make, replicas_topic
 
 HOUR = timedelta(hours=1)
 NOW = datetime.now(timezone.utc)
@@ -136,7 +139,7 @@ def test_an_incarnation_named_by_any_status_or_recently_raised_does_not_end(tran
                                            reported_at=NOW))
                for o, (n, i) in enumerate([("a", "shared"), ("b", "shared"), ("a", "old"),
                                            ("c", "quiet")])]
-    clicks_apply_batch(topic=bus.clicks_topic(), partition=0, records=records,
+    clicks_apply_batch(topic=clicks_topic(), partition=0, records=records,
                        expected_position=None)
     ClickCounter.objects.filter(incarnation__in=["shared", "quiet"]).update(
         updated_at=NOW - timedelta(days=30))
@@ -152,26 +155,26 @@ def test_no_incarnation_ends_before_consume_clicks_applied_what_was_sent(transac
     """Reports still unapplied in the clicks topic (consume_clicks down) hold every ending
     back: they would be refused once their incarnation ended."""
     link = services.link_create(longurl="https://example.com/prune/behind").link
-    clicks_apply_batch(topic=bus.clicks_topic(), partition=0, expected_position=None,
+    clicks_apply_batch(topic=clicks_topic(), partition=0, expected_position=None,
                        records=[Rec(0, *report(link.tinyurl, "n", "behind1", 2))])
     # Later reports of it, sent but not applied (no consume_clicks runs in this test).
     send([report(link.tinyurl, "n", "behind1", 3), report(link.tinyurl, "n", "behind1", 5)],
-         bus.clicks_topic())
+         clicks_topic())
     settings.SHORTENER_INCARNATION_QUIET_SECONDS = 60
     result = pruning.prune(now=NOW + HOUR, catch_up_seconds=0.5)
     assert result.incarnations_ended == [] and "consume_clicks is behind" in result.errors[-1]
     assert not EndedIncarnation.objects.exists()
     # Once applied (here: the position moved to the end by hand), it ends.
-    ConsumerPosition.objects.filter(topic=bus.clicks_topic()).update(
+    ConsumerPosition.objects.filter(topic=clicks_topic()).update(
         next_offset=clicks_topic_end())
     assert pruning.prune(now=NOW + HOUR).incarnations_ended == ["behind1"]
 
 
 def clicks_topic_records(keys: set[bytes]) -> list[tuple[int, bytes, bytes | None]]:
     """(offset, key, value) of every record of `keys` in the clicks topic, in offset order."""
-    consumer = KafkaConsumer(bootstrap_servers=bus.settings.KAFKA_BOOTSTRAP_SERVERS,
+    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
                              enable_auto_commit=False)
-    tp = TopicPartition(bus.clicks_topic(), 0)
+    tp = TopicPartition(clicks_topic(), 0)
     try:
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)
@@ -185,7 +188,7 @@ def clicks_topic_records(keys: set[bytes]) -> list[tuple[int, bytes, bytes | Non
 
 
 def send(records: list[tuple[bytes, bytes | None]], topic: str) -> None:
-    producer = bus.producer_get()
+    producer = producer_get()
     futures = [producer.send(topic, key=k, value=v) for k, v in records]
     producer.flush()
     for future in futures:
@@ -215,16 +218,16 @@ def test_an_ended_incarnation_is_folded_tombstoned_and_never_counted_again(
     send([report(one.tinyurl, "n1", a, 5), report(two.tinyurl, "n1", a, 7),
           report(one.tinyurl, "n1", a, 4),  # an older copy, arriving late
           report(one.tinyurl, "n1", b, 3), report(one.tinyurl, "n2", c, 4)],
-         bus.clicks_topic())
+         clicks_topic())
     end = clicks_topic_end()
 
     def position() -> int:
-        row = ConsumerPosition.objects.filter(topic=bus.clicks_topic()).first()
+        row = ConsumerPosition.objects.filter(topic=clicks_topic()).first()
         return row.next_offset if row else 0
 
     wait_until(lambda: position() == end, timeout=30, what="consume_clicks to reach the end")
     # (The topic is the session's: earlier tests may have left malformed records in it.)
-    malformed = ConsumerPosition.objects.get(topic=bus.clicks_topic()).skipped_malformed
+    malformed = ConsumerPosition.objects.get(topic=clicks_topic()).skipped_malformed
 
     def shown() -> tuple:
         totals = dict(Link.objects.filter(pk__in=[one.pk, two.pk]).values_list("tinyurl", "clicks"))
@@ -237,7 +240,7 @@ def test_an_ended_incarnation_is_folded_tombstoned_and_never_counted_again(
     before = shown()
     assert before == ({one.tinyurl: 12, two.tinyurl: 7}, {"n1": 8, "n2": 4}, {"n1": 7},
                       "n1: 8, n2: 4")
-    send([status("n1", b), status("n2", c)], bus.replicas_topic())
+    send([status("n1", b), status("n2", c)], replicas_topic())
 
     # An hour later, with a quiet time of a minute: A is named by no status and quiet.
     settings.SHORTENER_INCARNATION_QUIET_SECONDS = 60
@@ -259,17 +262,17 @@ def test_an_ended_incarnation_is_folded_tombstoned_and_never_counted_again(
 
     # consume_clicks reads the tombstones (skipped, not malformed), then a reporter's retry of
     # A's last report and a late, higher one: refused, nothing counted twice.
-    send([report(one.tinyurl, "n1", a, 5), report(one.tinyurl, "n1", a, 6)], bus.clicks_topic())
+    send([report(one.tinyurl, "n1", a, 5), report(one.tinyurl, "n1", a, 6)], clicks_topic())
     end = clicks_topic_end()
     wait_until(lambda: position() == end, timeout=30, what="the tombstones and the retries")
-    row = ConsumerPosition.objects.get(topic=bus.clicks_topic())
+    row = ConsumerPosition.objects.get(topic=clicks_topic())
     assert row.skipped_malformed == malformed
     assert "refusing 1 counter(s) of ended incarnations" in clicks_consumer.output()
     assert shown() == before
 
     # A replay of the whole topic from offset 0: every report of A is refused again.
     assert clicks_consumer.stop() == 0
-    ConsumerPosition.objects.filter(topic=bus.clicks_topic()).update(next_offset=0)
+    ConsumerPosition.objects.filter(topic=clicks_topic()).update(next_offset=0)
     clicks_consumer.start()
     wait_until(lambda: position() == end, timeout=30, what="the replay from offset 0")
     assert shown() == before
@@ -281,7 +284,7 @@ def test_an_ended_incarnation_is_folded_tombstoned_and_never_counted_again(
 
     # A replica whose status names the ended incarnation (its reports of it are refused) is an
     # ERROR at every prune.
-    send([status(f"n3{tag}", a)], bus.replicas_topic())
+    send([status(f"n3{tag}", a)], replicas_topic())
     caplog.clear()
     pruning.prune(now=datetime.now(timezone.utc) + HOUR)
     assert any(r.levelname == "ERROR" and f"n3{tag}" in r.getMessage() and a in r.getMessage()
@@ -294,18 +297,18 @@ def test_a_fold_interrupted_before_kafka_acknowledged_is_finished_by_the_next_ru
     """The incarnation is refused from the moment it is recorded as ended; its counters stay
     (and count) until their tombstones are acknowledged, then fold."""
     link = services.link_create(longurl="https://example.com/prune/resume").link
-    clicks_apply_batch(topic=bus.clicks_topic(), partition=0, expected_position=None,
+    clicks_apply_batch(topic=clicks_topic(), partition=0, expected_position=None,
                        records=[Rec(0, *report(link.tinyurl, "n", "gone1", 9))])
     assert pruning.incarnations_end(current=set(), now=NOW + HOUR, quiet_seconds=60) == ["gone1"]
 
     def broken():
-        raise bus.KafkaError("Kafka is away")
+        raise KafkaError("Kafka is away")
 
-    with pytest.raises(bus.KafkaError):
+    with pytest.raises(KafkaError):
         pruning.incarnations_fold(producer_factory=broken)
     assert ClickCounter.objects.filter(incarnation="gone1").count() == 1
     # Refused meanwhile: a higher report changes nothing.
-    result = clicks_apply_batch(topic=bus.clicks_topic(), partition=0, expected_position=1,
+    result = clicks_apply_batch(topic=clicks_topic(), partition=0, expected_position=1,
                                 records=[Rec(1, *report(link.tinyurl, "n", "gone1", 20))])
     assert (result.raised, result.refused_ended) == (0, 1)
     folded = pruning.incarnations_fold()
@@ -314,7 +317,7 @@ def test_a_fold_interrupted_before_kafka_acknowledged_is_finished_by_the_next_ru
     assert link.clicks == 9 and selectors.link_clicks_by_node(link_id=link.pk) == {"n": 9}
 
     # A later life of the same replica's Redis folds into the same (link, node) row.
-    clicks_apply_batch(topic=bus.clicks_topic(), partition=0, expected_position=2,
+    clicks_apply_batch(topic=clicks_topic(), partition=0, expected_position=2,
                        records=[Rec(2, *report(link.tinyurl, "n", "gone2", 4))])
     assert pruning.incarnations_end(current=set(), now=NOW + HOUR, quiet_seconds=60) == ["gone2"]
     assert pruning.incarnations_fold().clicks == 4
@@ -334,11 +337,11 @@ def replicas_page_nodes(admin_client) -> set[str]:
 def test_a_gone_replica_is_tombstoned_and_leaves_the_page(admin_client, settings):
     tag = re.sub(r"\W", "", settings.SHORTENER_USER)[-8:]
     old, live = f"old-{tag}", f"live-{tag}"
-    send([status(old, None)], bus.replicas_topic())
+    send([status(old, None)], replicas_topic())
     statuses = replicas.replica_statuses_read(timeout=10).newest
     first = statuses[old][1]
     # The live replica's status must carry a later broker time than the old one's.
-    wait_until(lambda: send([status(live, None)], bus.replicas_topic())
+    wait_until(lambda: send([status(live, None)], replicas_topic())
                or replicas.replica_statuses_read(timeout=10).newest[live][1] > first,
                timeout=10, what="a later broker timestamp")
     seen_live = replicas.replica_statuses_read(timeout=10).newest[live][1]
@@ -355,8 +358,8 @@ def test_a_gone_replica_is_tombstoned_and_leaves_the_page(admin_client, settings
 
     # The topic's last record for the old node is a tombstone; the page (at the real time, with
     # the default gone time of seven days) no longer shows it, and shows the live one.
-    consumer = bus.replicas_reader_make()
-    tp = TopicPartition(bus.replicas_topic(), 0)
+    consumer = replicas_reader_make()
+    tp = TopicPartition(replicas_topic(), 0)
     try:
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)
@@ -372,7 +375,7 @@ def test_a_gone_replica_is_tombstoned_and_leaves_the_page(admin_client, settings
     assert live in nodes and old not in nodes
 
     # A replica that comes back is shown again: its new status follows the tombstone.
-    send([status(old, None)], bus.replicas_topic())
+    send([status(old, None)], replicas_topic())
     assert old in replicas_page_nodes(admin_client)
 
 
@@ -380,8 +383,8 @@ def test_manage_py_prune_prints_what_it_did_and_fails_while_clicks_are_behind(
     transactional_db, capsys
 ):
     end = clicks_topic_end()
-    send([report("aBcDeF1", "n", "cmd1", 1)], bus.clicks_topic())  # nobody applies it
-    ConsumerPosition.objects.create(topic=bus.clicks_topic(), partition=0, next_offset=end)
+    send([report("aBcDeF1", "n", "cmd1", 1)], clicks_topic())  # nobody applies it
+    ConsumerPosition.objects.create(topic=clicks_topic(), partition=0, next_offset=end)
     with pytest.raises(CommandError, match="consume_clicks is behind"):
         call_command("prune", "--catch-up-seconds", "0.1")
     ConsumerPosition.objects.update(next_offset=end + 1)  # as if consume_clicks applied it

@@ -16,16 +16,22 @@ from django.test import override_settings
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, KafkaTimeoutError
 
+import topics.links
 from links import services
 from links.models import Link
 from links.selectors import longurl_digest
-from shortener_project import bus
-from testkit import link_records
-from testkit import wait_until
+from testkit import link_records, wait_until
+from topics.clicks import clicks_producer_make
+from topics.clients import admin_client
+from topics.links import (
+    links_topic,
+    producer_get,
+    producer_reset,
+)
 
 
 def topics() -> set[str]:
-    admin = bus.admin_client()
+    admin = admin_client()
     try:
         return set(admin.list_topics())
     finally:
@@ -33,7 +39,7 @@ def topics() -> set[str]:
 
 
 def topic_create(name: str) -> None:
-    admin = bus.admin_client()
+    admin = admin_client()
     try:
         admin.create_topics([NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact"})],
                             wait_for_metadata=True)
@@ -42,7 +48,7 @@ def topic_create(name: str) -> None:
 
 
 def topic_delete(name: str) -> None:
-    admin = bus.admin_client()
+    admin = admin_client()
     try:
         admin.delete_topics([name])
     finally:
@@ -57,32 +63,32 @@ def vanished_links_topic():
     prefix = f"{settings.SHORTENER_USER}p{uuid.uuid4().hex[:6]}"
     overrides = override_settings(SHORTENER_USER=prefix)
     overrides.enable()
-    bus.producer_reset()
-    topic_create(bus.links_topic())
+    producer_reset()
+    topic_create(links_topic())
 
     def producer_with(timeout: float):
         with override_settings(SHORTENER_PUBLISH_TIMEOUT=timeout):
-            producer = bus.producer_get()
-        producer.partitions_for(bus.links_topic())  # the topic's metadata is now known
-        topic_delete(bus.links_topic())
+            producer = producer_get()
+        producer.partitions_for(links_topic())  # the topic's metadata is now known
+        topic_delete(links_topic())
         return producer
 
     try:
         yield producer_with
     finally:
-        bus.producer_reset()
-        if bus.links_topic() in topics():
-            topic_delete(bus.links_topic())
+        producer_reset()
+        if links_topic() in topics():
+            topic_delete(links_topic())
         overrides.disable()
 
 
 def test_producers_never_create_topics(transactional_db):
     missing = f"{settings.SHORTENER_USER}-no-such-topic"
-    bus.producer_reset()
-    clicks = bus.clicks_producer_make()
+    producer_reset()
+    clicks = clicks_producer_make()
     try:
         with override_settings(SHORTENER_PUBLISH_TIMEOUT=1.0):
-            links = bus.producer_get()
+            links = producer_get()
         for producer in (links, clicks):
             assert producer.config["allow_auto_create_topics"] is False
         with pytest.raises(KafkaTimeoutError):
@@ -90,7 +96,7 @@ def test_producers_never_create_topics(transactional_db):
         assert missing not in topics()
     finally:
         clicks.close(timeout=1)
-        bus.producer_reset()
+        producer_reset()
 
 
 def test_create_waits_for_the_delivery_timeout_then_answers_503(
@@ -105,14 +111,14 @@ def test_create_waits_for_the_delivery_timeout_then_answers_503(
     assert response.status_code == 503
     # Not before the producer's delivery timeout. Not much beyond it either, shown without a
     # clock: the producer discarded below means the producer itself failed the record; had
-    # /create's own wait (bus.publish_wait_seconds, a second longer) run out first, the record
+    # /create's own wait (publish_wait_seconds, a second longer) run out first, the record
     # would still be in flight and the producer kept. (An upper bound on `elapsed` would fail
     # on a loaded machine, where the producer's thread expires the batch late.)
     assert 2.0 <= elapsed, elapsed
     assert Link.objects.get(longurl="https://example.com/no-ack").published_at is None
     # A real delivery failure: that producer is discarded (closed, its thread ended), and the
     # next request makes a new one.
-    assert bus._producer is None
+    assert topics.links._producer is None
     assert producer._closed and not producer._sender.is_alive()
 
 
@@ -128,7 +134,7 @@ def test_a_wait_that_ends_first_keeps_the_producer_and_its_records_in_flight(
     with pytest.raises(KafkaError):
         services._delivery_wait(producer, future, timeout=0.5)
     assert not future.is_done
-    assert bus._producer is producer
-    topic_create(bus.links_topic())
+    assert topics.links._producer is producer
+    topic_create(links_topic())
     future.get(timeout=25)
-    assert link_records(bus.links_topic(), link.tinyurl)[-1].version == 1
+    assert link_records(links_topic(), link.tinyurl)[-1].version == 1

@@ -8,12 +8,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from shortener_project.messages import (
-    MessageError,
-    replica_status_decode,
-    replica_status_encode,
-)
 from testkit import wait_until
+from topics.records import MessageError
+from topics.replicas import replica_status_decode, replica_status_encode
 
 STATUS = dict(node="10.0.0.7", links_position=41, links_end=42, ready=False,
               reason="consume_links has not caught up with the links topic",

@@ -19,9 +19,9 @@ from django.test import override_settings
 from prometheus_client import REGISTRY
 
 from links.models import Link
-from shortener_project import longurls
-from tests.links.test_longurls import ACCEPTED, PRIVATE, REFUSED, _same_host
 from testkit import wait_until
+from tests.links.test_longurls import ACCEPTED, PRIVATE, REFUSED, _same_host
+from topics import longurls
 
 LIMIT = settings.SHORTENER_MAX_URL_LENGTH
 

@@ -10,9 +10,8 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from links.models import Link
-from shortener_project import bus
-from testkit import link_records
-from testkit import wait_until
+from testkit import link_records, wait_until
+from topics.links import links_topic
 
 
 def test_take_down_and_put_back_across_two_replicas(master, replica_factory, admin_client):
@@ -55,7 +54,7 @@ def test_takedown_and_put_back_publish_versioned_records(transactional_db, admin
     admin_client.post("/admin/links/link/", {"action": "take_down", "_selected_action": [link.pk]})
     admin_client.post("/admin/links/link/", {"action": "put_back", "_selected_action": [link.pk]})
 
-    records = link_records(bus.links_topic(), link.tinyurl)
+    records = link_records(links_topic(), link.tinyurl)
     assert None not in records, "no tombstones"
     assert [(r.version, r.state, r.longurl) for r in records] == [
         (1, "active", longurl), (2, "disabled", None), (3, "active", longurl)]
@@ -78,11 +77,11 @@ def test_a_slow_send_of_an_older_state_never_marks_published(transactional_db):
 
     services.link_publish(link=stale)  # really sent and acknowledged, but an older state
     assert Link.objects.get(pk=link.pk).published_at is None
-    assert link_records(bus.links_topic(), link.tinyurl)[-1].version == 1
+    assert link_records(links_topic(), link.tinyurl)[-1].version == 1
 
     assert services.links_publish_pending() == (1, 0)  # the outbox sends the current state
     assert Link.objects.get(pk=link.pk).published_at is not None
-    newest = link_records(bus.links_topic(), link.tinyurl)[-1]
+    newest = link_records(links_topic(), link.tinyurl)[-1]
     assert (newest.version, newest.state) == (2, "disabled")
 
 
@@ -93,14 +92,14 @@ def test_link_update_publishes_a_new_target_and_expiry(transactional_db):
     expires = datetime(2031, 5, 6, 7, 8, 9, tzinfo=dt_timezone.utc)
     services.link_update(link=link, longurl="https://example.com/after", expires_at=expires)
     assert (link.state_version, link.longurl) == (2, "https://example.com/after")
-    newest = link_records(bus.links_topic(), link.tinyurl)[-1]
+    newest = link_records(links_topic(), link.tinyurl)[-1]
     assert (newest.version, newest.longurl, newest.expires_at) == (
         2, "https://example.com/after", int(expires.timestamp() * 1000))
     # The same values again are no change: nothing bumped, nothing sent.
-    end = len(link_records(bus.links_topic(), link.tinyurl))
+    end = len(link_records(links_topic(), link.tinyurl))
     services.link_update(link=link, longurl="https://example.com/after", expires_at=expires)
     assert link.state_version == 2
-    assert len(link_records(bus.links_topic(), link.tinyurl)) == end
+    assert len(link_records(links_topic(), link.tinyurl)) == end
     # The old longurl is free again; /create makes a new link for it.
     assert services.link_create(longurl="https://example.com/before").link.tinyurl != link.tinyurl
 

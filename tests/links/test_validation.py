@@ -9,12 +9,8 @@ from django.core.exceptions import ValidationError
 
 from links.services import tinyurl_generate
 from links.validation import longurl_rules_check
-from shortener_project.messages import (
-    LinkRecord,
-    MessageError,
-    link_record_decode,
-    link_record_encode,
-)
+from topics.links import LinkRecord, link_record_decode, link_record_encode
+from topics.records import MessageError
 
 
 @pytest.mark.parametrize("url", [

@@ -11,9 +11,9 @@ from django.core.exceptions import ValidationError
 
 from links import services
 from links.models import Link
-from shortener_project.messages import VERSION_MAX, link_record_encode
-from tests.links.test_audit import newest
 from testkit import wait_until
+from tests.links.test_audit import newest
+from topics.links import VERSION_MAX, link_record_encode
 
 
 @pytest.mark.parametrize("when", [datetime(1, 1, 1, tzinfo=timezone.utc),

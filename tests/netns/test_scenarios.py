@@ -17,8 +17,8 @@ import requests
 from django.conf import settings
 from kafka import KafkaProducer
 
-from tests.netns.cluster import BRIDGE_IP, KAFKA_PORT, NetnsCluster
 from testkit import wait_until
+from tests.netns.cluster import BRIDGE_IP, KAFKA_PORT, NetnsCluster
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root; the "

@@ -7,13 +7,15 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from django.conf import settings
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from redirects import keys, services
 from shortener_project.consuming import PositionMismatch
-from shortener_project.messages import VERSION_MAX, link_record_encode
 from testkit import FakeRecord as Rec
+from topics.links import VERSION_MAX, link_record_encode
 
 NOW = datetime.now(timezone.utc)
 

@@ -75,8 +75,8 @@ def test_replaying_the_clicks_topic_from_offset_0_changes_no_total(
     master, replica_factory, clicks_consumer
 ):
     from links.models import ConsumerPosition
-    from shortener_project import bus
     from tests.conftest import clicks_topic_end
+    from topics.clicks import clicks_topic
 
     replica = replica_factory(reporter=True)
     links = [master.create(f"https://example.com/clicks/replay/{i}") for i in range(3)]
@@ -87,16 +87,16 @@ def test_replaying_the_clicks_topic_from_offset_0_changes_no_total(
     expected = {t: 100 * i + 37 for i, t in enumerate(links)}
     wait_until(lambda: {t: total(t) for t in links} == expected, timeout=20, what="totals")
     end = clicks_topic_end()
-    wait_until(lambda: ConsumerPosition.objects.get(topic=bus.clicks_topic()).next_offset == end,
+    wait_until(lambda: ConsumerPosition.objects.get(topic=clicks_topic()).next_offset == end,
                timeout=20, what="the consumer at the end")
 
     def processed() -> int:  # reports applied or skipped (earlier tests' links are unknown now)
-        p = ConsumerPosition.objects.get(topic=bus.clicks_topic())
+        p = ConsumerPosition.objects.get(topic=clicks_topic())
         return p.applied + p.skipped_malformed + p.skipped_unknown
 
     before = processed()
     assert clicks_consumer.stop() == 0
-    ConsumerPosition.objects.filter(topic=bus.clicks_topic()).update(next_offset=0)
+    ConsumerPosition.objects.filter(topic=clicks_topic()).update(next_offset=0)
     clicks_consumer.start()
     wait_until(lambda: processed() == before + end, timeout=30, what="the whole topic replayed")
     assert {t: total(t) for t in links} == expected

@@ -15,9 +15,10 @@ import pytest
 from django.conf import settings
 from kafka.admin import AlterConfigOp, ConfigResource, ConfigResourceType
 
-from shortener_project import bus
-from tests.conftest import links_topic_end
 from testkit import ROOT, link_produce, scrape, tinyurl_new, topic_read, wait_until
+from tests.conftest import links_topic_end
+from topics.clients import admin_client
+from topics.links import links_topic, producer_get
 
 
 def assert_serves(replica, links: dict[str, str]) -> None:
@@ -86,7 +87,7 @@ def test_flushed_redis_is_rebuilt_although_group_offsets_are_at_the_end(make_lin
 
     # The group's committed offset is at the end of the topic...
     group = f"{settings.SHORTENER_USER}-links-{replica.name}"
-    admin = bus.admin_client()
+    admin = admin_client()
     try:
         offsets = admin.list_group_offsets(group)[group]
     finally:
@@ -151,8 +152,8 @@ def test_records_a_replica_cannot_apply_are_logged_counted_and_shown(master, rep
         # A schema-1 record (no version) cannot be ordered against versioned state.
         (b"abcDEF5", b'{"schema": 1, "tinyurl": "abcDEF5", "longurl": "https://x.com/5"}'),
     ]
-    producer = bus.producer_get()
-    offsets = [producer.send(bus.links_topic(), key=key, value=value).get(timeout=10).offset
+    producer = producer_get()
+    offsets = [producer.send(links_topic(), key=key, value=value).get(timeout=10).offset
                for key, value in poison]
     longurl = "https://example.com/after-the-poison"
     tinyurl = master.create(longurl)
@@ -162,13 +163,13 @@ def test_records_a_replica_cannot_apply_are_logged_counted_and_shown(master, rep
     assert replica.get("abcDEF1").status_code == 404
     assert replica.get("abcDEF4").status_code == 404
     # Logged with its offset...
-    assert (f"rejected record topic={bus.links_topic()} partition=0 offset={offsets[-1]} "
+    assert (f"rejected record topic={links_topic()} partition=0 offset={offsets[-1]} "
             "reason=schema") in replica.consumer_output()
     # ...counted in a metric, by reason...
     metrics = scrape(f"http://127.0.0.1:{replica.consumer_metrics_port}/metrics")
     rejected = {dict(labels)["reason"]: value for (name, labels), value in metrics.items()
                 if name == "shortener_records_rejected_total"
-                and dict(labels)["topic"] == bus.links_topic()}
+                and dict(labels)["topic"] == links_topic()}
     # (This process read the whole topic: earlier tests' poison is in these counts too.)
     assert sum(rejected.values()) == replica.stats()["rejected"]
     assert all(rejected.get(reason, 0) >= n for reason, n in
@@ -187,7 +188,7 @@ def test_a_tombstone_is_ignored_a_takedown_is_a_versioned_record(replica_factory
     wait_until(lambda: replica.get(tinyurl).status_code == 302, timeout=20, what="the link")
     ignored = replica.stats().get("ignored", 0)
     # A tombstone carries no version: it could be older than what the replica holds.
-    bus.producer_get().send(bus.links_topic(), key=tinyurl.encode(), value=None).get(timeout=10)
+    producer_get().send(links_topic(), key=tinyurl.encode(), value=None).get(timeout=10)
     end = links_topic_end()
     wait_until(lambda: replica.position() == end, timeout=20, what="the tombstone read")
     assert replica.stats()["ignored"] == ignored + 1
@@ -243,13 +244,13 @@ def test_a_replica_paused_while_a_link_is_taken_down_and_the_topic_compacts(repl
     replica.consumer.send_signal(signal.SIGSTOP)
     paused_at = replica.position()
     assert paused_at > v1  # it holds the active record
-    topic = bus.links_topic()
+    topic = links_topic()
     resource = ConfigResource(ConfigResourceType.TOPIC, topic)
     # Small segments, cleaned at once: whatever the ratio of new to already-cleaned bytes
     # (earlier tests filled this topic), max.compaction.lag.ms makes a rolled segment due.
     fast = {"segment.ms": "100", "delete.retention.ms": "100", "min.compaction.lag.ms": "0",
             "max.compaction.lag.ms": "500", "min.cleanable.dirty.ratio": "0.0"}
-    admin = bus.admin_client()
+    admin = admin_client()
     try:
         resource.configs = fast
         admin.alter_configs([resource])

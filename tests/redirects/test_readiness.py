@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.conftest import links_topic_end
 from testkit import free_port, link_produce, tinyurl_new, wait_until
+from tests.conftest import links_topic_end
 
 pytestmark = pytest.mark.timeout(180)
 

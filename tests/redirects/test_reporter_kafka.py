@@ -15,8 +15,12 @@ from django.conf import settings
 from django.test import override_settings
 
 from redirects import keys
-from shortener_project import bus
 from testkit import free_port, master_counts, sample, scrape, tinyurl_new, wait_until
+from topics.clicks import clicks_topic
+from topics.clients import admin_client
+from topics.links import links_topic
+from topics.provisioning import topics_ensure
+from topics.replicas import replicas_topic
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -102,7 +106,7 @@ def test_with_its_topic_missing_then_deleted_it_keeps_the_counts_and_reports_the
     # A prefix of its own: its clicks topic does not exist until this test creates it.
     user = f"{settings.SHORTENER_USER}m{uuid.uuid4().hex[:6]}"
     with override_settings(SHORTENER_USER=user):
-        admin = bus.admin_client()
+        admin = admin_client()
         try:
             replica = replica_factory(start=False)
             replica.start_web()
@@ -119,7 +123,7 @@ def test_with_its_topic_missing_then_deleted_it_keeps_the_counts_and_reports_the
             counter = f"{replica.incarnation()}:{tinyurl}"
 
             # 2. The topic is created: the counts it kept are reported.
-            bus.topics_ensure()
+            topics_ensure()
             wait_until(lambda: master_counts(tinyurl) == {counter: 120}, timeout=60,
                        interval=0.5, what="the kept count, reported")
             replica.click(tinyurl, 10)
@@ -128,8 +132,8 @@ def test_with_its_topic_missing_then_deleted_it_keeps_the_counts_and_reports_the
 
             # 3. The topic is deleted under the running reporter: it keeps running and keeps
             # the counts; SIGTERM in that state.
-            admin.delete_topics([bus.clicks_topic()])
-            wait_until(lambda: bus.clicks_topic() not in admin.list_topics(), timeout=30,
+            admin.delete_topics([clicks_topic()])
+            wait_until(lambda: clicks_topic() not in admin.list_topics(), timeout=30,
                        what="the topic deleted")
             replica.click(tinyurl, 15)
             failing(replica)
@@ -138,14 +142,14 @@ def test_with_its_topic_missing_then_deleted_it_keeps_the_counts_and_reports_the
 
             # 4. Created again: the next run reports what was kept, and SIGTERM in the normal
             # state is as quick.
-            bus.topics_ensure()
+            topics_ensure()
             start(replica)
             stopped_within_10s(replica)
             assert master_counts(tinyurl) == {counter: 145}
         finally:
             try:
                 existing = set(admin.list_topics())
-                names = [bus.links_topic(), bus.clicks_topic(), bus.replicas_topic()]
+                names = [links_topic(), clicks_topic(), replicas_topic()]
                 if [name for name in names if name in existing]:
                     admin.delete_topics([name for name in names if name in existing])
             finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 
 from links.clicks import ClicksConsumer
-from shortener_project.commands import LongRunningCommand
+from runtime.commands import LongRunningCommand
 
 
 class Command(LongRunningCommand):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from links import pruning
-from shortener_project import bus
+from topics.links import producer_reset
 
 
 class Command(BaseCommand):
@@ -28,7 +28,7 @@ class Command(BaseCommand):
         try:
             report = pruning.prune(catch_up_seconds=catch_up_seconds)
         finally:
-            bus.producer_reset()  # send what is pending, close the connections
+            producer_reset()  # send what is pending, close the connections
         self.stdout.write(
             f"buckets: {report.bucket_rows_rolled} hourly row(s) rolled into days, "
             f"{report.bucket_rows_dropped} dropped; incarnations: "

@@ -22,9 +22,9 @@ from kafka.errors import KafkaError
 
 from links import selectors, services
 from links.audit import LinksAuditor
-from shortener_project import bus
-from shortener_project.commands import LongRunningCommand
-from shortener_project.supervision import SupervisedThread
+from runtime.commands import LongRunningCommand
+from runtime.supervision import SupervisedThread
+from topics.links import producer_reset, publish_wait_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Command(LongRunningCommand):
                                        stop=stop, restart=False).start()
         # Links whose own /create (or takedown) may still be waiting for its ack are left to it:
         # the delivery (and a fresh producer's connect) each take up to the publish timeout.
-        min_age = timedelta(seconds=2 * bus.publish_wait_seconds())
+        min_age = timedelta(seconds=2 * publish_wait_seconds())
         try:
             while True:
                 try:
@@ -72,7 +72,7 @@ class Command(LongRunningCommand):
             stop.set()
             if auditor is not None:
                 auditor.join()
-            bus.producer_reset()  # flushes what is still buffered
+            producer_reset()  # flushes what is still buffered
         if auditor is not None and auditor.failed:
             raise CommandError(f"the links audit thread died ({auditor.failed}); exiting so "
                                f"that the service manager starts the outbox relay again")

@@ -11,7 +11,7 @@ import threading
 
 from redirects.consumer import LinksConsumer
 from redirects.selectors import redis_get
-from shortener_project.commands import LongRunningCommand
+from runtime.commands import LongRunningCommand
 
 
 class Command(LongRunningCommand):

@@ -14,7 +14,7 @@ from django.conf import settings
 from redirects.clicks import ClickReporter
 from redirects.selectors import redis_get
 from redirects.status import status_thread_start
-from shortener_project.commands import LongRunningCommand
+from runtime.commands import LongRunningCommand
 
 
 class Command(LongRunningCommand):

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from shortener_project.metrics import THREAD_ALIVE, THREAD_DEATHS
+from runtime.metrics import THREAD_ALIVE, THREAD_DEATHS
 
 logger = logging.getLogger(__name__)
 

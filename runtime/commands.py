@@ -11,7 +11,7 @@ import threading
 
 from django.core.management.base import BaseCommand
 
-from shortener_project import metrics
+from runtime import metrics
 
 
 class LongRunningCommand(BaseCommand):

@@ -1,6 +1,6 @@
 """`manage.py kafka_topics`: create the project's Kafka topics, or check and repair existing ones.
 
-For each topic of shortener_project.bus.topic_specs(): created if missing; otherwise its
+For each topic of topics.provisioning.topic_specs(): created if missing; otherwise its
 partition count, replication factor and configs are compared with the project's. A config that
 differs is set (and the change printed); what cannot be changed in place (partitions,
 replication factor) is printed to stderr and the command exits non-zero, changing nothing else
@@ -11,11 +11,11 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from kafka.errors import KafkaError
 
-from shortener_project import bus
+from topics.provisioning import topic_specs, topics_ensure
 
 
 class Command(BaseCommand):
-    help = ("Create the project's Kafka topics with their settings (shortener_project/bus.py), "
+    help = ("Create the project's Kafka topics with their settings (topics/), "
             "or check and repair the settings of existing ones.")
 
     def add_arguments(self, parser) -> None:
@@ -24,11 +24,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, check: bool, **options) -> None:
         try:
-            reports = bus.topics_ensure(repair=not check)
+            reports = topics_ensure(repair=not check)
         except KafkaError as exc:
             raise CommandError(f"Kafka ({', '.join(settings.KAFKA_BOOTSTRAP_SERVERS)}) "
                                f"could not be reached or refused: {exc!r}") from exc
-        specs = {spec.name: spec for spec in bus.topic_specs()}
+        specs = {spec.name: spec for spec in topic_specs()}
         failed = []
         for report in reports:
             spec = specs[report.name]

@@ -29,7 +29,7 @@ from prometheus_client import (
 )
 
 if TYPE_CHECKING:
-    from shortener_project.messages import Rejected
+    from topics.records import Rejected
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ RECORDS_REJECTED = Counter(
     "shortener_records_rejected_total",
     "Records a consumer could not use (consume_links, consume_clicks, the master's links audit, "
     "the admin's replicas page): each is logged once with topic, partition, offset and reason, "
-    "and skipped. reason: shortener_project.messages.REJECT_REASONS (json, schema, key, "
+    "and skipped. reason: topics.records.REJECT_REASONS (json, schema, key, "
     "missing, type, range, longurl, state, invalid).",
     ["topic", "reason"],
 )
