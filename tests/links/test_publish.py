@@ -16,11 +16,11 @@ from django.test import override_settings
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-import topics.links
 from links import services
 from links.models import Link
 from links.selectors import longurl_digest
 from testkit import link_records, wait_until
+from topics import links as links_module
 from topics.clicks import clicks_producer_make
 from topics.clients import admin_client
 from topics.links import (
@@ -118,7 +118,7 @@ def test_create_waits_for_the_delivery_timeout_then_answers_503(
     assert Link.objects.get(longurl="https://example.com/no-ack").published_at is None
     # A real delivery failure: that producer is discarded (closed, its thread ended), and the
     # next request makes a new one.
-    assert topics.links._producer is None
+    assert links_module._producer is None
     assert producer._closed and not producer._sender.is_alive()
 
 
@@ -134,7 +134,7 @@ def test_a_wait_that_ends_first_keeps_the_producer_and_its_records_in_flight(
     with pytest.raises(KafkaError):
         services._delivery_wait(producer, future, timeout=0.5)
     assert not future.is_done
-    assert topics.links._producer is producer
+    assert links_module._producer is producer
     topic_create(links_topic())
     future.get(timeout=25)
     assert link_records(links_topic(), link.tinyurl)[-1].version == 1
