@@ -53,7 +53,7 @@ from django.db.models import Sum  # noqa: E402
 from kafka import KafkaConsumer, TopicPartition  # noqa: E402
 from kafka.admin import ConfigResource, ConfigResourceType  # noqa: E402
 
-from links import services  # noqa: E402
+from links import publishing, services  # noqa: E402
 from links.models import ConsumerPosition, Link  # noqa: E402
 from testkit import ClicksConsumerProcess, Replica, topic_read, wait_until  # noqa: E402
 from topics.clicks import clicks_topic  # noqa: E402
@@ -319,7 +319,7 @@ class Experiment:
         left: dict[str, list[dict]] = {}
 
         def compacted() -> bool:
-            services.links_publish(links=Link.objects.filter(tinyurl=filler))
+            publishing.links_publish(links=Link.objects.filter(tinyurl=filler))
             left.clear()
             for rec in topic_read(topic):
                 if rec.key.decode() in everyone:

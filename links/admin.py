@@ -20,7 +20,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from links import protection, replicas, selectors, services, validation
+from links import protection, publishing, replicas, selectors, services, validation
 from links.models import (
     ApiKey,
     BlockedHost,
@@ -188,7 +188,7 @@ class LinkAdmin(ReadOnlyAdmin):
             return
         try:
             services.link_update(link=obj, **changes)
-        except services.LinkPublishError:
+        except publishing.LinkPublishError:
             self.message_user(request, "Changed here; Kafka is unavailable, so the replicas "
                               "will follow when it is back (outbox).", messages.WARNING)
         except ValidationError as exc:  # another link took this longurl since the form's check,
@@ -225,7 +225,7 @@ class LinkAdmin(ReadOnlyAdmin):
             try:
                 services.link_set_disabled(link=link, disabled=disabled)
                 done += 1
-            except services.LinkPublishError:
+            except publishing.LinkPublishError:
                 pending += 1
             except ValidationError as exc:  # a change no replica could take (link_update)
                 self.message_user(request, f"{link.tinyurl} not changed: {exc.messages[0]}",

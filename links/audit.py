@@ -44,7 +44,7 @@ from kafka import KafkaConsumer
 
 from links.models import Link
 from links.positions import PostgresPositionedConsumer, position_lock, positions_restart
-from links.services import _record  # the encoding the master publishes
+from links.publishing import link_record_of  # the encoding the master publishes
 from runtime.metrics import LINKS_AUDITED, records_rejected_report
 from shortener_project.consuming import Record
 from topics.links import (
@@ -82,7 +82,7 @@ def _current_state(link: Link) -> tuple | None:
     type as the topic's records, so that the two compare field by field. None if the master's
     own record would not pass the type (then no record in the topic can be its current state)."""
     try:
-        return _state(msgspec.json.decode(_record(link)[1], type=LinkRecord))
+        return _state(msgspec.json.decode(link_record_of(link)[1], type=LinkRecord))
     except msgspec.ValidationError as exc:
         logger.error("links audit: the current state of %s does not pass the links record "
                      "type: %s", link.tinyurl, exc)

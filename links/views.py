@@ -16,7 +16,7 @@ from django.db import DatabaseError, InterfaceError, connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from links import protection, ratelimit, services, validation
+from links import protection, publishing, ratelimit, services, validation
 from runtime.metrics import CREATE_REFUSED, instrumented
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def _create(request: HttpRequest) -> JsonResponse:
         # Its link is shared by everyone who shortened this URL, and it has ended; an admin can
         # give it a new expiry.
         return _refuse(410, "expired", f"this URL's link expired at {exc.link.expires_at.isoformat()}")
-    except services.LinkPublishError:
+    except publishing.LinkPublishError:
         # The link is stored but Kafka has not acknowledged it, so the replicas may not know it.
         # Handing out its tinyurl now could give the user a link that 404s; instead ask for a
         # retry. The outbox publishes the link once Kafka is back, and a retry of the same

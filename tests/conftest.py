@@ -96,8 +96,9 @@ def master(live_server) -> Master:
 def make_links(transactional_db):
     """Store `n` new links in PostgreSQL and publish them through the master's own path."""
     from links.models import Link
+    from links.publishing import links_publish
     from links.selectors import longurl_digest
-    from links.services import links_publish, tinyurl_generate
+    from links.services import tinyurl_generate
 
     def make(n: int, tag: str = "") -> dict[str, str]:
         tag = tag or uuid.uuid4().hex[:8]

@@ -12,7 +12,7 @@ from datetime import timezone as dt_timezone
 
 import pytest
 
-from links import services
+from links import publishing, services
 from links.audit import LinksAuditor
 from links.models import ConsumerPosition, Link
 from testkit import link_records, topic_end, wait_until
@@ -49,7 +49,7 @@ def produce(key: bytes, value: bytes | None) -> None:
 
 def audit_and_resend() -> None:
     wait_until(audited_to_end, timeout=30, what="the audit to reach the end of the topic")
-    services.links_publish_pending()
+    publishing.links_publish_pending()
 
 
 def newest(tinyurl: str) -> LinkRecord | bytes | None:
@@ -213,7 +213,7 @@ def test_a_stale_copy_after_the_newest_state_is_still_found(transactional_db):
     result = _audit(fetched)
     assert (result.current, result.resend, result.rebased) == (0, 1, 0)
     assert Link.objects.get(pk=link.pk).published_at is None
-    services.links_publish_pending()
+    publishing.links_publish_pending()
     assert newest(link.tinyurl).version == 2
 
 
@@ -266,7 +266,7 @@ def test_sending_the_current_state_again_moves_the_kept_offset(transactional_db)
     current state now is."""
     link = services.link_create(longurl="https://example.com/audit-offset-moves").link
     first = Link.objects.get(pk=link.pk)
-    assert services.links_publish(links=[first]) == (1, 0)
+    assert publishing.links_publish(links=[first]) == (1, 0)
     row = Link.objects.get(pk=link.pk)
     last = _records_of(link.tinyurl)[-1]
     assert row.published_offset == last.offset > first.published_offset

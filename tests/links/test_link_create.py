@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from links import services
+from links import publishing, services
 from links.models import Link
 from testkit import free_port
 from topics.links import producer_reset
@@ -152,11 +152,11 @@ def test_kafka_down_gives_503_then_the_outbox_delivers_the_same_tinyurl(transact
             assert elapsed < 15, "the client must get an answer within seconds"
             link = Link.objects.get(longurl=longurl)
             assert link.published_at is None  # committed, marked for the outbox
-            assert services.links_publish_pending() == (0, 1)  # still down: stays pending
+            assert publishing.links_publish_pending() == (0, 1)  # still down: stays pending
     finally:
         producer_reset()
     # Kafka is back: the outbox relay delivers it, and a retry gets the same tinyurl.
-    assert services.links_publish_pending() == (1, 0)
+    assert publishing.links_publish_pending() == (1, 0)
     link.refresh_from_db()
     assert link.published_at is not None
     response = client.put("/create", data={"longurl": longurl}, content_type="application/json")

@@ -16,7 +16,7 @@ from django.test import override_settings
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from links import services
+from links import publishing
 from links.models import Link
 from links.selectors import longurl_digest
 from testkit import link_records, wait_until
@@ -130,9 +130,9 @@ def test_a_wait_that_ends_first_keeps_the_producer_and_its_records_in_flight(
     producer = vanished_links_topic(20.0)
     link = Link.objects.create(tinyurl="inFlig1", longurl="https://example.com/in-flight",
                                longurl_sha256=longurl_digest("https://example.com/in-flight"))
-    _, future = services._send(link)
+    _, future = publishing._send(link)
     with pytest.raises(KafkaError):
-        services._delivery_wait(producer, future, timeout=0.5)
+        publishing._delivery_wait(producer, future, timeout=0.5)
     assert not future.is_done
     assert links_module._producer is producer
     topic_create(links_topic())

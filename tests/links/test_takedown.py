@@ -67,7 +67,7 @@ def test_takedown_and_put_back_publish_versioned_records(transactional_db, admin
 def test_a_slow_send_of_an_older_state_never_marks_published(transactional_db):
     """A send of version 1 that Kafka acknowledges after version 2 was committed must not mark
     the link published: the outbox then sends version 2, which lands after it."""
-    from links import services
+    from links import publishing, services
 
     link = services.link_create(longurl="https://example.com/stale").link
     stale = Link.objects.get(pk=link.pk)  # read before the takedown: version 1, active
@@ -75,11 +75,11 @@ def test_a_slow_send_of_an_older_state_never_marks_published(transactional_db):
     # As if version 2's ack had been lost: still unpublished.
     Link.objects.filter(pk=link.pk).update(published_at=None)
 
-    services.link_publish(link=stale)  # really sent and acknowledged, but an older state
+    publishing.link_publish(link=stale)  # really sent and acknowledged, but an older state
     assert Link.objects.get(pk=link.pk).published_at is None
     assert link_records(links_topic(), link.tinyurl)[-1].version == 1
 
-    assert services.links_publish_pending() == (1, 0)  # the outbox sends the current state
+    assert publishing.links_publish_pending() == (1, 0)  # the outbox sends the current state
     assert Link.objects.get(pk=link.pk).published_at is not None
     newest = link_records(links_topic(), link.tinyurl)[-1]
     assert (newest.version, newest.state) == (2, "disabled")

@@ -20,7 +20,7 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, close_old_connections, connection
 from kafka.errors import KafkaError
 
-from links import selectors, services
+from links import publishing, selectors
 from links.audit import LinksAuditor
 from runtime.commands import LongRunningCommand
 from runtime.supervision import SupervisedThread
@@ -54,9 +54,9 @@ class Command(LongRunningCommand):
             while True:
                 try:
                     if pending:
-                        sent, failed = services.links_publish_pending(min_age=min_age)
+                        sent, failed = publishing.links_publish_pending(min_age=min_age)
                     else:
-                        sent, failed = services.links_publish(links=selectors.links_all())
+                        sent, failed = publishing.links_publish(links=selectors.links_all())
                     if sent or failed or not follow:
                         logger.info("republish: %d sent, %d failed", sent, failed)
                         if not follow:

@@ -1,0 +1,179 @@
+"""Publishing after commit: the master sends a link's current state to the links topic, waits for
+Kafka's acknowledgement (acks=all) and marks the link published; the outbox relay
+(`manage.py republish_links --pending`) sends what was not acknowledged. Every record is the
+link's whole current state with its version (topics/links.py, LinkRecord), so sending one twice,
+late or out of order changes nothing on a replica.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from concurrent.futures import Future
+from datetime import timedelta
+
+from django.db import connection, transaction
+from django.utils import timezone
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from kafka.producer.future import RecordMetadata
+
+from links import selectors
+from links.models import Link
+from runtime.metrics import LINKS_PUBLISHED
+from topics.links import (
+    link_record_encode,
+    links_topic,
+    producer_get,
+    producer_reset,
+    publish_wait_seconds,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class LinkPublishError(Exception):
+    """Kafka did not acknowledge a link in time; the link stays marked unpublished."""
+
+
+def link_record_of(link: Link) -> tuple[bytes, bytes]:
+    """The (key, value) of the link's current state, schema 2 (topics/)."""
+    return link_record_encode(
+        tinyurl=link.tinyurl,
+        version=link.state_version,
+        longurl=link.longurl,
+        created_at=link.created_at,
+        disabled=link.disabled_at is not None,
+        expires_at=link.expires_at,
+    )
+
+
+def _send(link: Link) -> tuple[KafkaProducer, Future]:
+    """Send the link's current state as a record (a takedown too: "disabled", never a
+    tombstone). Returns the producer used and the record's future. Raises KafkaError if Kafka
+    cannot be reached or the topic's metadata is not found within the publish timeout."""
+    key, value = link_record_of(link)
+    producer = producer_get()
+    return producer, producer.send(links_topic(), key=key, value=value)
+
+
+def _delivery_wait(producer: KafkaProducer, future: Future, *, timeout: float) -> RecordMetadata:
+    """Wait up to `timeout` seconds for a record's acknowledgement; returns it (kafka-python's
+    RecordMetadata: the partition and offset Kafka gave the record).
+
+    Raises KafkaError if it did not come. If the producer itself failed the record (its
+    delivery timeout, or an error it does not retry), the producer is discarded: one whose
+    records expired during an outage does not always recover when Kafka comes back
+    (kafka-python 3.0.12, idempotent producer; seen in the namespace fault tests, scenario 3).
+    If only this wait ran out, the record is still in flight and the producer is kept: closing
+    it would fail every other request's records in flight with it.
+    """
+    try:
+        return future.get(timeout=timeout)
+    except KafkaError:
+        if future.is_done:
+            producer_reset(producer)
+        raise
+
+
+def link_publish(*, link: Link) -> None:
+    """Send the link's current state, wait for the acknowledgement, mark it published.
+
+    Waits at most the producer's delivery timeout (SHORTENER_PUBLISH_TIMEOUT) plus a second
+    (publish_wait_seconds); on a fresh producer, reaching Kafka and then the topic's
+    metadata come first, each bounded by the same timeout. Raises LinkPublishError if Kafka did
+    not acknowledge: the link then stays marked unpublished and the outbox relay sends it. The
+    mark is set only if the version sent is still the link's current one.
+    """
+    version = link.state_version
+    try:
+        producer, future = _send(link)
+        acked = _delivery_wait(producer, future, timeout=publish_wait_seconds())
+    except KafkaError as exc:
+        LINKS_PUBLISHED.labels("failed").inc()
+        logger.warning("link %s (version %s) not acknowledged by Kafka: %r", link.tinyurl,
+                       version, exc)
+        raise LinkPublishError(str(exc) or type(exc).__name__) from exc
+    LINKS_PUBLISHED.labels("acked").inc()
+    _links_mark_published([(link.pk, version, acked.partition, acked.offset)])
+    link.published_at = timezone.now()
+
+
+def _links_mark_published(sent: list[tuple[int, int, int, int]]) -> None:
+    """Mark links published: (pk, state_version that was sent, partition, offset of the
+    acknowledged record) tuples. The partition and offset are kept with the mark for the links
+    audit (Link.published_offset).
+
+    Committed on its own: the mark must only ever follow the acknowledgement, never precede it.
+    A link whose state changed since (another version) stays unpublished for the outbox. A
+    link already marked keeps its published_at, and takes the newest acknowledged offset: after
+    the topic is recreated and every link sent again (republish_links), the offsets must be
+    the new topic's, not the old one's.
+    """
+    if not sent:
+        return
+    pks, versions, partitions, offsets = (list(column) for column in zip(*sent))
+    with transaction.atomic(), connection.cursor() as cursor:
+        # The mark need not wait for its own fsync: should PostgreSQL crash and lose it, the
+        # outbox re-sends the link, which is harmless (replicas ignore a version they have).
+        # That takes a disk flush off every /create; the link's row was committed durably.
+        # One round trip for both statements (the ORM would send them apart), one UPDATE for
+        # the whole chunk (unnest pairs the arrays row by row).
+        cursor.execute(
+            "SET LOCAL synchronous_commit = off; "
+            "UPDATE links_link AS l SET published_at = COALESCE(l.published_at, %s), "
+            "published_partition = s.partition, published_offset = s.record_offset "
+            "FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::bigint[]) "
+            "AS s(id, version, partition, record_offset) "
+            "WHERE l.id = s.id AND l.state_version = s.version",
+            [timezone.now(), pks, versions, partitions, offsets],
+        )
+
+
+def links_publish(*, links: Iterable[Link], batch: int = 2000) -> tuple[int, int]:
+    """Send many links' current states, pipelined; mark the acknowledged ones published.
+
+    Returns (sent, failed). A link counts as sent once Kafka acknowledged it; it is marked
+    published only if the version sent is still current (see _links_mark_published).
+    """
+    sent = failed = 0
+    chunk: list[tuple[Link, int, KafkaProducer, Future]] = []
+
+    def drain() -> None:
+        nonlocal sent, failed
+        acked = []
+        for link, version, producer, future in chunk:
+            try:
+                # All of the chunk is in flight at once: the first wait covers most of the rest.
+                metadata = _delivery_wait(producer, future, timeout=publish_wait_seconds())
+                acked.append((link.pk, version, metadata.partition, metadata.offset))
+            except KafkaError as exc:
+                failed += 1
+                logger.warning("link %s not acknowledged by Kafka: %r", link.tinyurl, exc)
+        if acked:
+            _links_mark_published(acked)
+        LINKS_PUBLISHED.labels("acked").inc(len(acked))
+        LINKS_PUBLISHED.labels("failed").inc(len(chunk) - len(acked))
+        sent += len(acked)
+        chunk.clear()
+
+    for link in links:
+        try:
+            chunk.append((link, link.state_version, *_send(link)))
+        except KafkaError as exc:
+            failed += 1
+            logger.warning("link %s could not be sent: %r", link.tinyurl, exc)
+        if len(chunk) >= batch:
+            drain()
+    drain()
+    return sent, failed
+
+
+def links_publish_pending(*, min_age: timedelta = timedelta(seconds=0)) -> tuple[int, int]:
+    """The outbox relay: send every link that Kafka has not acknowledged yet.
+
+    `min_age` leaves alone links whose /create is probably still waiting for its own ack;
+    sending them too would only make a harmless duplicate.
+    """
+    created_before = timezone.now() - min_age if min_age else None
+    return links_publish(links=selectors.links_unpublished(created_before=created_before))
