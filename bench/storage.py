@@ -12,7 +12,7 @@ On a database, topics and a redis-server of its own, at two scales (half of --li
           applied by consume_clicks' own apply (links.clicks.clicks_batch_apply): a ClickCounter
           and an hourly ClickBucket row per link;
 then the pruning: 24 hourly rows per link for a day out of the hourly chart rolled into one
-(links.pruning.buckets_roll_up), and the incarnation ended and folded into FoldedClicks rows
+(links.buckets.buckets_roll_up), and the incarnation ended and folded into FoldedClicks rows
 (links.pruning.incarnations_end / incarnations_fold).
 Sizes: PostgreSQL's pg_table_size and pg_indexes_size after VACUUM; Redis' used_memory
 (INFO memory); Kafka's partition size on disk from the broker (DescribeLogDirs). Each figure is
@@ -42,7 +42,7 @@ import redis as redis_lib  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.utils import timezone as django_timezone  # noqa: E402
 
-from links import pruning  # noqa: E402
+from links import buckets, pruning  # noqa: E402
 from links.clicks import clicks_apply_batch  # noqa: E402
 from links.models import ClickBucket, ClickCounter, ConsumerPosition, Link  # noqa: E402
 from links.selectors import longurl_digest  # noqa: E402
@@ -228,12 +228,12 @@ def main() -> None:
 
         # --- pruning: a day of 24 hourly rows per link rolled into one; the incarnation folded
         sample = links[: len(links) // 10]
-        day = (pruning.buckets_roll_up_before(now=now) - timedelta(days=3))
+        day = (buckets.buckets_roll_up_before(now=now) - timedelta(days=3))
         ClickBucket.objects.bulk_create(
             [ClickBucket(link=x, node="replica-1", hour=day + timedelta(hours=h), clicks=1)
              for x in sample for h in range(24)], batch_size=10000)
         old_rows = ClickBucket.objects.filter(hour__lt=day + timedelta(days=1)).count()
-        rolled = pruning.buckets_roll_up(now=now)
+        rolled = buckets.buckets_roll_up(now=now)
         left = ClickBucket.objects.filter(hour__lt=day + timedelta(days=1)).count()
         print(f"roll-up: {old_rows:,} hourly rows of one old day ({len(sample):,} links) -> "
               f"{left:,} daily rows ({rolled:,} removed; {old_rows / max(left, 1):.0f} to 1)")

@@ -46,6 +46,7 @@ from django.db import DatabaseError, connection, transaction
 from kafka import KafkaConsumer
 from kafka.errors import OffsetOutOfRangeError
 
+from links.buckets import report_hour
 from links.positions import PostgresPositionedConsumer, position_lock
 from runtime.metrics import (
     CLICKS_REFUSED_ENDED,
@@ -95,28 +96,6 @@ class ClicksBatch:
     # The reports that could not be used, logged and counted when the batch is applied.
     rejected: list[Rejected] = field(default_factory=list)
     tombstones: int = 0  # null values: ended counters' keys, ignored
-
-
-def report_hour(reported_at: datetime, *, now: datetime) -> datetime:
-    """The start (UTC) of the hour a report's clicks are charted in.
-
-    reported_at: the report's time (the replica's clock; timezone-aware as the record type
-    requires, UTC assumed if not). now: the master's clock, timezone-aware.
-
-    A time after `now`, or one that has no UTC equivalent, counts as `now`. Clamped, not
-    rejected: the time only places the clicks in the chart, while the count, which the record
-    is for, is valid; a report rejected over its time would lose its clicks if it were its
-    counter's last. A replica whose clock runs ahead must not fill hours that have not come yet,
-    and a time such as 0001-01-01T00:00:00+01:00, valid RFC 3339, lies before the first UTC
-    time Python's datetime (and so this code) can hold: converting it raises OverflowError.
-    """
-    if reported_at.tzinfo is None:
-        reported_at = reported_at.replace(tzinfo=timezone.utc)
-    try:
-        when = reported_at.astimezone(timezone.utc)
-    except OverflowError:
-        when = now
-    return min(when, now).astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
 
 
 def clicks_batch_decode(*, records: Sequence[Record], now: datetime | None = None) -> ClicksBatch:

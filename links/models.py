@@ -219,7 +219,7 @@ class ClickBucket(models.Model):
     so a duplicate or a replayed report, which raises nothing, adds nothing. A row exists only
     for an hour in which the link was clicked on that replica. Days are sums of hours.
 
-    Roll-up (links/pruning.py, buckets_roll_up): the rows of a day that lies wholly before the
+    Roll-up (links/buckets.py, buckets_roll_up): the rows of a day that lies wholly before the
     hourly chart's window are summed into one row at that day's 00:00 (UTC), so an old day costs
     one row per (link, node) instead of up to 24. A day's sum is the same before and after, and
     every reader of rows that old sums them per day (the daily chart, the CSV).

@@ -40,7 +40,7 @@ HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 # The admin link page's charts: per hour over the last 7 days (the current hour included), per
 # day over the last 90. Hourly rows older than the hourly chart's window are rolled into daily
-# rows (links/pruning.py, buckets_roll_up_before).
+# rows (links/buckets.py, buckets_roll_up_before).
 CHART_HOURS = 7 * 24
 CHART_DAYS = 90
 

@@ -12,7 +12,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from links import services
-from links.clicks import clicks_apply_batch, clicks_batch_decode, report_hour
+from links.buckets import report_hour
+from links.clicks import clicks_apply_batch, clicks_batch_decode
 from links.models import ClickBucket, ClickCounter, ConsumerPosition, Link
 from links.selectors import longurl_digest
 from testkit import FakeRecord as Rec

@@ -15,7 +15,7 @@ from django.core.management import CommandError, call_command
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from links import pruning, replicas, selectors, services
+from links import buckets, pruning, replicas, selectors, services
 from links.clicks import clicks_apply_batch
 from links.models import (
     ClickBucket,
@@ -81,10 +81,10 @@ def test_old_hours_roll_into_days_and_every_chart_and_the_csv_stay_the_same(
                            expected_position=i or None)
     rows_before = ClickBucket.objects.count()
     before = link_views(admin_client, link, NOW)
-    cutoff = pruning.buckets_roll_up_before(now=NOW)
+    cutoff = buckets.buckets_roll_up_before(now=NOW)
     assert ClickBucket.objects.filter(hour__lt=cutoff).exclude(hour__hour=0).exists()
 
-    rolled = pruning.buckets_roll_up(now=NOW, chunk=37)  # many chunks: the keyset walks on
+    rolled = buckets.buckets_roll_up(now=NOW, chunk=37)  # many chunks: the keyset walks on
     assert rolled > 0
     assert link_views(admin_client, link, NOW) == before
     # Every row before the cutoff is a day's (00:00 UTC); at most one per (node, day).
@@ -95,7 +95,7 @@ def test_old_hours_roll_into_days_and_every_chart_and_the_csv_stay_the_same(
     # The hourly chart's window is untouched: hours there are still hours.
     assert ClickBucket.objects.filter(hour__gte=cutoff).exclude(hour__hour=0).exists()
     # Running again changes nothing.
-    assert pruning.buckets_roll_up(now=NOW) == 0
+    assert buckets.buckets_roll_up(now=NOW) == 0
     assert link_views(admin_client, link, NOW) == before
 
     # A report charted in an hour of a rolled day (a replica whose clock is behind) lands in
@@ -109,7 +109,7 @@ def test_old_hours_roll_into_days_and_every_chart_and_the_csv_stay_the_same(
                        expected_position=end)
     with_late = link_views(admin_client, link, NOW)
     assert with_late[2] != before[2]  # the CSV shows the four clicks
-    assert pruning.buckets_roll_up(now=NOW) == 1
+    assert buckets.buckets_roll_up(now=NOW) == 1
     assert link_views(admin_client, link, NOW) == with_late
 
 
@@ -119,10 +119,10 @@ def test_daily_rows_are_dropped_only_past_a_configured_keep(transactional_db):
     for days_ago in (0, 89, 90, 200):
         ClickBucket.objects.create(link=link, node="n", hour=today - timedelta(days=days_ago),
                                    clicks=1)
-    assert pruning.buckets_drop_old(now=NOW) == 0  # default: every day kept (the CSV)
+    assert buckets.buckets_drop_old(now=NOW) == 0  # default: every day kept (the CSV)
     with pytest.raises(ValueError):
-        pruning.buckets_drop_old(now=NOW, keep_days=30)  # shorter than the daily chart
-    assert pruning.buckets_drop_old(now=NOW, keep_days=90) == 2
+        buckets.buckets_drop_old(now=NOW, keep_days=30)  # shorter than the daily chart
+    assert buckets.buckets_drop_old(now=NOW, keep_days=90) == 2
     assert sorted((today - h).days for h in ClickBucket.objects.values_list("hour", flat=True)) \
         == [0, 89]
 
