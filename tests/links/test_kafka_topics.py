@@ -18,6 +18,9 @@ from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from shortener_project import bus
 from testkit import ROOT, wait_until
 
+
+pytestmark = pytest.mark.services
+
 CHECKED = ["cleanup.policy", "min.insync.replicas", "unclean.leader.election.enable"]
 
 
