@@ -1,12 +1,16 @@
 # The two commands: `make up` runs the product locally, `make test` runs the whole suite.
 # Both install what is missing first (stack/install.sh) and start the services they need.
-.PHONY: up test down status
+# `make test-fast` runs the tests that need no service, with none started (stack/test-fast.sh).
+.PHONY: up test test-fast down status
 
 up:
 	@bash stack/up.sh
 
 test:
 	@bash stack/test.sh $(ARGS)
+
+test-fast:
+	@bash stack/test-fast.sh $(ARGS)
 
 down:
 	@bash stack/down.sh

@@ -133,8 +133,11 @@ def main() -> None:
         _, token = protection.api_key_create(name="bench")
         one = SAME_LINK_LUA % ""
         keyed = SAME_LINK_LUA % f'wrk.headers["Authorization"] = "Bearer {token}"'
+        from django.conf import settings
+
+        # The local stack's first Redis by default (settings.REDIS_URL follows its port).
         redis = {**HIGH_LIMIT, "SHORTENER_RATE_LIMIT_STORAGE": os.environ.get(
-            "BENCH_REDIS_URL", "redis://127.0.0.1:26379/0")}
+            "BENCH_REDIS_URL", settings.REDIS_URL)}
         per_call()
         print(f"/create protection benchmark, {datetime.now():%Y-%m-%d %H:%M}, "
               f"{os.cpu_count()} cores, wrk -t2 -c{args.connections} -d{args.seconds}s, "

@@ -1,7 +1,8 @@
 """Django settings, all from the environment (see .env.example for every variable).
 
 Names and defaults follow the design brief §2 and the assignment: one user prefix for every
-shared name, Postgres on 5432, Redis on 26379, Kafka on 9092.
+shared name, Postgres on 5432, Redis on 26379, Kafka on 9092 (or the embedded stack's ports,
+SHORTENER_PG_PORT, SHORTENER_REDIS_PORTS, SHORTENER_KAFKA_PORT, when they are moved).
 """
 
 from __future__ import annotations
@@ -83,16 +84,36 @@ ALLOWED_HOSTS = env.list(
 
 # --- the stores -----------------------------------------------------------------------------
 
-KAFKA_BOOTSTRAP_SERVERS = env.list("KAFKA_BOOTSTRAP_SERVERS", default=["127.0.0.1:9092"])
+# The default addresses are the embedded stack's (stack/lib.sh), on the ports it is told to use:
+# SHORTENER_KAFKA_PORT, SHORTENER_PG_PORT and the first of SHORTENER_REDIS_PORTS (the first local
+# replica's Redis). So a checkout whose services run on other ports reaches its own services, not
+# another checkout's on the assignment's ports. KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL and
+# REDIS_URL, when set, win.
+
+
+def _port(name: str, default: str) -> int:
+    words = env.str(name, default=default).split()
+    if not words or not words[0].isdigit() or not 0 < int(words[0]) < 65536:
+        raise ImproperlyConfigured(f"{name}={env.str(name)!r}: use a TCP port (1 to 65535)")
+    return int(words[0])
+
+
+STACK_PG_PORT = _port("SHORTENER_PG_PORT", "5432")
+STACK_KAFKA_PORT = _port("SHORTENER_KAFKA_PORT", "9092")
+STACK_REDIS_PORT = _port("SHORTENER_REDIS_PORTS", "26379 26380")
+
+KAFKA_BOOTSTRAP_SERVERS = env.list("KAFKA_BOOTSTRAP_SERVERS",
+                                   default=[f"127.0.0.1:{STACK_KAFKA_PORT}"])
 # Replication factor of the topics the project creates. The assignment's cluster has a single
 # broker, so 1 is the only value that works there; a real cluster sets 3.
 KAFKA_REPLICATION_FACTOR = env.int("KAFKA_REPLICATION_FACTOR", default=1)
-REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:26379/0")
+REDIS_URL = env.str("REDIS_URL", default=f"redis://127.0.0.1:{STACK_REDIS_PORT}/0")
 
 if ROLE is Role.MASTER:
     DATABASES = {
         "default": env.db_url(
-            "DATABASE_URL", default=f"postgres://postgres@127.0.0.1:5432/{SHORTENER_USER}"
+            "DATABASE_URL",
+            default=f"postgres://postgres@127.0.0.1:{STACK_PG_PORT}/{SHORTENER_USER}",
         )
     }
     # Keep connections between requests (gunicorn workers are long-lived). No health check

@@ -27,17 +27,8 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   fi
 fi
 
-mkdir -p "$DATA"
-
-# Python: a venv under the data folder, keyed by a hash of the requirement files.
-req_hash=$(cat "$ROOT/requirements.txt" "$ROOT/requirements-test.txt" | sha256sum | cut -c1-16)
-if [ ! -x "$PY" ] || [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "$req_hash" ]; then
-  log "installing Python requirements into $VENV"
-  [ -x "$PY" ] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check \
-    -r "$ROOT/requirements.txt" -r "$ROOT/requirements-test.txt"
-  echo "$req_hash" > "$VENV/.requirements"
-fi
+# Python: the virtualenv (its own script, for `make test-fast`, which needs nothing else).
+"$(dirname "$0")/venv.sh"
 
 # Kafka: the broker's jars, resolved by Maven (see stack/kafka/pom.xml for why).
 pom_hash=$(sha256sum "$ROOT/stack/kafka/pom.xml" | cut -c1-16)

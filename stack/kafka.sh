@@ -47,7 +47,9 @@ CONF
 
 start() {
   if pid_alive "$PIDFILE"; then log "Kafka already running (port $KAFKA_PORT)"; return 0; fi
-  port_open "$KAFKA_PORT" "$KAFKA_HOST" && die "port $KAFKA_PORT is taken by another program; set SHORTENER_KAFKA_PORT"
+  # Both ports: with its controller's taken, the broker would never listen on its own.
+  port_free "$KAFKA_PORT" SHORTENER_KAFKA_PORT "$KAFKA_HOST"
+  port_free "$KAFKA_CONTROLLER_PORT" SHORTENER_KAFKA_CONTROLLER_PORT
   [ -f "$KLIBS/.pom" ] || die "Kafka jars are missing; run stack/install.sh"
   write_config
   if [ ! -s "$KDIR/cluster-id" ]; then
@@ -61,7 +63,7 @@ start() {
   log "starting Kafka on 127.0.0.1:$KAFKA_PORT"
   nohup "${JAVA[@]}" kafka.Kafka "$CONF" > "$KDIR/logs/stdout.log" 2>&1 &
   echo $! > "$PIDFILE"
-  wait_port "$KAFKA_PORT" 90 Kafka "$KAFKA_HOST"
+  wait_port "$KAFKA_PORT" 90 Kafka "$KAFKA_HOST" "$PIDFILE"
 }
 
 stop() { stop_pidfile "$PIDFILE" Kafka 60; }

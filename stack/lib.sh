@@ -17,6 +17,10 @@ KAFKA_HOST="${SHORTENER_KAFKA_HOST:-127.0.0.1}"
 PG_LISTEN="${SHORTENER_PG_LISTEN:-127.0.0.1}"
 PG_TRUST_CIDR="${SHORTENER_PG_TRUST_CIDR:-}"
 REDIS_PORTS="${SHORTENER_REDIS_PORTS:-26379 26380}"
+# Exported as resolved, so that every process started from here (manage.py, pytest, the local
+# cluster) derives its default addresses from the same ports (shortener_project/settings.py).
+export SHORTENER_PG_PORT="$PG_PORT" SHORTENER_KAFKA_PORT="$KAFKA_PORT" \
+  SHORTENER_KAFKA_CONTROLLER_PORT="$KAFKA_CONTROLLER_PORT" SHORTENER_REDIS_PORTS="$REDIS_PORTS"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
@@ -26,11 +30,25 @@ is_root() { [ "$(id -u)" = 0 ]; }
 # port_open PORT: true when something accepts TCP connections on 127.0.0.1:PORT.
 port_open() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
 
-# wait_port PORT SECONDS NAME: wait for a listener, failing with a clear message.
+# port_free PORT VARIABLE [HOST]: fail at once, naming the variable that moves the port, when
+# something listens on it. Call it only for a service of ours that is not running: our own
+# running service on its port is "already running", not a conflict.
+port_free() {
+  local port=$1 var=$2 host=${3:-127.0.0.1}
+  if port_open "$port" "$host"; then
+    die "port $port is taken (by another process): set $var to a free port"
+  fi
+}
+
+# wait_port PORT SECONDS NAME [HOST [PIDFILE]]: wait for a listener, failing with a clear
+# message; at once if the process of PIDFILE exits first (it could not start: no use waiting).
 wait_port() {
-  local port=$1 secs=$2 name=$3 host=${4:-127.0.0.1} i
+  local port=$1 secs=$2 name=$3 host=${4:-127.0.0.1} pidfile=${5:-} i
   for ((i = 0; i < secs * 10; i++)); do
     port_open "$port" "$host" && return 0
+    if [ -n "$pidfile" ] && ! pid_alive "$pidfile"; then
+      die "$name exited before listening on port $port (see its log under $DATA)"
+    fi
     sleep 0.1
   done
   die "$name did not start listening on port $port within ${secs}s (see its log under $DATA)"

@@ -17,7 +17,7 @@ start() {
   if as_pg "$bindir/pg_ctl" status -D "$PGDATA_DIR" >/dev/null 2>&1; then
     log "PostgreSQL already running (port $PG_PORT)"; return 0
   fi
-  port_open "$PG_PORT" && die "port $PG_PORT is taken by another program; set SHORTENER_PG_PORT"
+  port_free "$PG_PORT" SHORTENER_PG_PORT
   mkdir -p "$PGDATA_DIR"
   if is_root; then
     chown postgres: "$PGDATA_DIR"

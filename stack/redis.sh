@@ -12,7 +12,7 @@ PIDFILE="$RDIR/redis.pid"
 case "${1:-}" in
   start)
     if pid_alive "$PIDFILE"; then log "Redis already running on port $port"; exit 0; fi
-    port_open "$port" && die "port $port is taken by another program"
+    port_free "$port" SHORTENER_REDIS_PORTS
     mkdir -p "$RDIR"
     log "starting Redis on 127.0.0.1:$port"
     redis-server --port "$port" --bind 127.0.0.1 --dir "$RDIR" --daemonize yes \

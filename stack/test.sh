@@ -4,6 +4,8 @@
 source "$(dirname "$0")/lib.sh"
 here="$(cd "$(dirname "$0")" && pwd)"
 
+# The ports first: a taken one fails at once, not after an install.
+"$here/services.sh" check
 "$here/install.sh"
 was_running=0
 "$here/services.sh" status >/dev/null 2>&1 && was_running=1

@@ -10,11 +10,16 @@ RUN="$DATA/supervisor"
 pid_alive "$RUN/supervisord.pid" \
   && die "a local cluster is already running (supervisord pid $(cat "$RUN/supervisord.pid")); stop it with Ctrl-C in its terminal, or make down"
 
+# The two local replicas' Redis (stack/Procfile).
+read -r REDIS_PORT_1 REDIS_PORT_2 _ <<< "$REDIS_PORTS"
+[ -n "${REDIS_PORT_2:-}" ] || die "SHORTENER_REDIS_PORTS=\"$REDIS_PORTS\": the local cluster's two replicas need two ports"
+# The ports first: a taken one fails at once, not after an install.
+"$here/services.sh" check
 "$here/install.sh"
 "$here/services.sh" start
 trap '"$here/services.sh" stop' EXIT
 
-export VENV
+export VENV REDIS_PORT_1 REDIS_PORT_2
 export SHORTENER_USER="${SHORTENER_USER:-$(id -un)}"
 # The master's secret key: made once, kept in the ignored data folder, never in the repository.
 if [ ! -s "$DATA/secret_key" ]; then

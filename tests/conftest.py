@@ -1,5 +1,14 @@
 """Fixtures shared by the suite. Everything here is real: PostgreSQL (pytest-django's test
-database), the Kafka broker that `make test` starts, and redis-server processes per replica."""
+database), the Kafka broker that `make test` starts, and redis-server processes per replica.
+
+Two lanes. A test that needs a service (PostgreSQL, Kafka, Redis, or the product's processes,
+which use them) carries the `services` marker; `make test-fast` runs the rest (`-m "not
+services"`) with no service started and every address pointed at a closed port
+(stack/test-fast.sh). A test declares its services by requesting a fixture of SERVICE_FIXTURES
+(directly or through another fixture: pytest-django's databases and live server, `kafka_topics`,
+`test_data_dir`), which marks it here, or by the marker itself. One that forgets fails in the fast
+lane: the database is blocked by pytest-django, and Kafka and Redis are refused.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +28,28 @@ from topics.links import links_topic, producer_reset
 from topics.provisioning import topic_specs, topics_ensure
 
 
-@pytest.fixture(scope="session", autouse=True)
+# Requesting any of these, directly or through another fixture, declares that a test needs the
+# services: pytest-django's database and live server, this run's Kafka topics, and the folder the
+# product's processes (testkit: redis-server, consume_links, web, ...) keep their data in.
+SERVICE_FIXTURES = frozenset({
+    "django_db_setup", "db", "transactional_db", "django_db_reset_sequences",
+    "django_db_serialized_rollback", "live_server", "kafka_topics", "test_data_dir",
+})
+
+
+# tryfirst: the marker must be on every test before pytest's own hook deselects by `-m`.
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that requests a service fixture (or pytest-django's django_db marker)
+    with `services`: `-m "not services"` is then the fast lane, and a fixture that needs a
+    service marks all of its users at once."""
+    for item in items:
+        if (SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+                or item.get_closest_marker("django_db")):
+            item.add_marker(pytest.mark.services)
+
+
+@pytest.fixture(scope="session")
 def kafka_topics():
     """This run's topics (its SHORTENER_USER prefix is unique); deleted at the end."""
     topics_ensure()
@@ -32,6 +62,15 @@ def kafka_topics():
         admin.close()
 
 
+@pytest.fixture(autouse=True)
+def _services_have_the_topics(request):
+    """Every test in the services lane has this run's topics, as every test had when they were
+    made for all: a test that produces to or reads them directly declares `services` (a
+    fixture or the marker), not also `kafka_topics`. The fast lane never reaches Kafka."""
+    if request.node.get_closest_marker("services"):
+        request.getfixturevalue("kafka_topics")
+
+
 @pytest.fixture(scope="session")
 def test_data_dir() -> Path:
     base = Path(os.environ.get("SHORTENER_TEST_DATA") or Path(settings.BASE_DIR) / ".local" / "test")
@@ -41,7 +80,7 @@ def test_data_dir() -> Path:
 
 
 @pytest.fixture
-def replica_factory(test_data_dir):
+def replica_factory(test_data_dir, kafka_topics):
     """Make replicas: `replica_factory()` returns a Replica with its Redis running;
     `replica_factory(redis_of=other)` one that shares `other`'s Redis (two hosts, one Redis)."""
     made: list[Replica] = []
@@ -84,7 +123,7 @@ class Master:
 
 
 @pytest.fixture
-def master(live_server) -> Master:
+def master(live_server, kafka_topics) -> Master:
     master = Master(live_server.url)
     yield master
     # Close the kept-alive HTTP connection: the live server's request thread, and with it its
@@ -93,7 +132,7 @@ def master(live_server) -> Master:
 
 
 @pytest.fixture
-def make_links(transactional_db):
+def make_links(transactional_db, kafka_topics):
     """Store `n` new links in PostgreSQL and publish them through the master's own path."""
     from links.models import Link
     from links.publishing import links_publish
@@ -120,7 +159,7 @@ def links_topic_end(partition: int = 0) -> int:
 
 
 @pytest.fixture
-def clicks_consumer(transactional_db, test_data_dir):
+def clicks_consumer(transactional_db, test_data_dir, kafka_topics):
     """The master's consume_clicks as a process, started; stopped before the database is reset."""
     process = ClicksConsumerProcess(test_data_dir)
     process.start()

@@ -112,6 +112,7 @@ def test_no_setting_restates_a_default():
                         (topic, key)  # stated once, in the base (the publish bound aside)
 
 
+@pytest.mark.services
 def test_the_cited_topic_defaults_are_the_brokers():
     """KAFKA_TOPIC_DEFAULTS (quoted from Kafka's documentation) is what the broker gives a
     topic created without configs."""
@@ -142,6 +143,7 @@ FACTORIES = {
 }
 
 
+@pytest.mark.services
 @pytest.mark.parametrize("name", list(FACTORIES))
 def test_every_client_is_built_from_its_base_and_its_own_settings(name):
     make, base, own = FACTORIES[name]
@@ -161,6 +163,7 @@ def test_every_client_is_built_from_its_base_and_its_own_settings(name):
             client.close()
 
 
+@pytest.mark.services
 def test_the_admin_clients_own_setting():
     admin = admin_client()
     try:
@@ -226,6 +229,7 @@ def topics_of(bootstrap: str) -> set[str]:
         consumer.close()
 
 
+@pytest.mark.services
 def test_the_status_producer_cannot_create_the_replicas_topic(auto_creating_broker):
     """kafka-python 3.0.12 ignores allow_auto_create_topics=False by itself (see
     _auto_create_apply): without the fix the send below creates the topic."""
