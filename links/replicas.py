@@ -28,7 +28,6 @@ from kafka.errors import KafkaError
 
 from links import selectors
 from shortener_project import bus
-from shortener_project.consuming import Record
 from shortener_project.messages import (
     MessageError,
     Rejected,
@@ -36,6 +35,7 @@ from shortener_project.messages import (
     replica_status_decode,
 )
 from shortener_project.metrics import records_rejected_report
+from topics.batching import Record
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from datetime import timezone as dt_timezone
 import pytest
 
 from links import services
-from links.audit import LinksAuditor
+from links.audit import links_audit_loop_make
 from links.models import ConsumerPosition, Link
 from shortener_project import bus
 from shortener_project.messages import LinkRecord, link_record_encode
@@ -28,7 +28,7 @@ def relay(transactional_db):
 
     def run() -> None:
         try:
-            LinksAuditor(stop=stop).run()
+            links_audit_loop_make(stop=stop).run()
         finally:
             connection.close()  # the thread's own session, before the test database is reset
 
