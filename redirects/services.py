@@ -16,9 +16,10 @@ from redis import Redis
 from redis.commands.core import Script
 
 from redirects import keys, selectors
-from shortener_project.consuming import PositionMismatch, Record
 from shortener_project.messages import MessageError, Rejected, link_record_decode
 from shortener_project.metrics import records_rejected_report
+from topics.batching import Record
+from topics.positions import PositionMismatch
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from prometheus_client import REGISTRY
 
 from redirects import keys, services
-from shortener_project.consuming import PositionMismatch
+from topics.positions import PositionMismatch
 from shortener_project.messages import VERSION_MAX, link_record_encode
 from tests.support import FakeRecord as Rec
 
