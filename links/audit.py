@@ -25,7 +25,7 @@ record of each link in a batch:
     passed, take the master's state again.
 The position and these marks commit in one PostgreSQL transaction, as consume_clicks does.
 
-If the links topic was deleted and created again (shortener_project/consuming.py notices it), it
+If the links topic was deleted and created again (topics/loop.py notices it), it
 holds none of the links' records: the audit says so (ERROR, shortener_consumer_topic_recreated_
 total), marks every link unpublished, so that the relay sends every current state to the new
 topic, and audits the new topic from its start.
@@ -43,10 +43,10 @@ from django.db import transaction
 from kafka import KafkaConsumer
 
 from links.models import Link
-from links.positions import PostgresPositionedConsumer, position_lock, positions_restart
+from links.positions import PostgresPositionStore, position_lock, positions_restart
 from links.publishing import link_record_of  # the encoding the master publishes
 from runtime.metrics import LINKS_AUDITED, records_rejected_report
-from shortener_project.consuming import Record
+from topics.batching import Record
 from topics.links import (
     VERSION_MAX,
     LinkRecord,
@@ -54,6 +54,7 @@ from topics.links import (
     links_audit_consumer_make,
     links_topic,
 )
+from topics.loop import Loop
 from topics.records import TINYURL_RE, MessageError, Rejected
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def links_audit_batch(
     """Audit one partition's batch of links-topic records (offset order); see the module's
     docstring. Raises PositionMismatch (and changes nothing) if the stored position is not
     `expected_position`. topic_id: the topic's id, stored with the position (None: unknown).
-    rejected: offsets of records to step over (LinksAuditor found that they cannot be
+    rejected: offsets of records to step over (the audit loop found that they cannot be
     audited); counted as skipped_malformed."""
     if not records:
         raise ValueError("empty batch")
@@ -190,21 +191,11 @@ def links_audit_batch(
                        next_offset=next_offset)
 
 
-class LinksAuditor(PostgresPositionedConsumer):
-    """The audit loop (shortener_project.consuming): positions in PostgreSQL. A record it
-    cannot audit is rejected and stepped over (PositionedConsumer.batch_isolate); a recreated
-    links topic is an ERROR, counted, and audited again from its start."""
+class LinksAuditStore(PostgresPositionStore):
+    """The audit's positions: a recreated links topic holds none of the links' records, so every
+    link is also marked for the outbox relay to send again, with the positions' restart."""
 
-    name = "links audit"
-    def __init__(
-        self,
-        *,
-        stop: threading.Event,
-        consumer_factory: Callable[[], KafkaConsumer] = links_audit_consumer_make,
-    ) -> None:
-        super().__init__(topic=links_topic(), stop=stop, consumer_factory=consumer_factory)
-
-    def on_topic_recreated(self) -> None:
+    def topic_recreated(self) -> None:
         with transaction.atomic():
             positions_restart(topic=self.topic)
             marked = Link.objects.filter(published_at__isnull=False).update(published_at=None)
@@ -212,11 +203,25 @@ class LinksAuditor(PostgresPositionedConsumer):
                      "published link(s): all are marked for the outbox relay to send again",
                      marked)
 
-    def batch_write(self, partition: int, records: Sequence[Record], expected: int | None,
-                    rejected: Mapping[int, str]) -> int:
-        result = links_audit_batch(topic=self.topic, partition=partition, records=records,
-                                   expected_position=expected, topic_id=self.topic_id,
+
+def links_audit_loop_make(
+    *,
+    stop: threading.Event,
+    consumer_factory: Callable[[], KafkaConsumer] = links_audit_consumer_make,
+) -> Loop:
+    """The audit loop (topics.loop.Loop): positions in PostgreSQL. A record it cannot audit is
+    rejected and stepped over (topics.batching.BatchIsolation); a recreated links topic is an
+    ERROR, counted, and audited again from its start. Run it with `.run()`."""
+    topic = links_topic()
+
+    def write(*, partition: int, records: Sequence[Record], expected: int | None,
+              rejected: Mapping[int, str], topic_id: str | None) -> int:
+        result = links_audit_batch(topic=topic, partition=partition, records=records,
+                                   expected_position=expected, topic_id=topic_id,
                                    rejected=rejected.keys())
         for outcome in ("current", "resend", "rebased", "unknown"):
             LINKS_AUDITED.labels(outcome).inc(getattr(result, outcome))
         return result.next_offset
+
+    return Loop(name="links audit", topic=topic, stop=stop, consumer_factory=consumer_factory,
+                store=LinksAuditStore(topic=topic), write=write)

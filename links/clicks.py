@@ -1,7 +1,8 @@
-"""Aggregating click reports on the master: the batch apply and the consume_clicks loop.
+"""Aggregating click reports on the master: the batch apply (consume_clicks' loop, which calls it,
+is links/clicks_consumer.py).
 
 A counter is one link in one incarnation (one life) of one replica's Redis; its reports carry
-its absolute count (topics/). Each batch of one partition is applied in
+its absolute count (shortener_project/messages.py). Each batch of one partition is applied in
 ONE PostgreSQL transaction that
   1. locks the partition's position row and checks it is where this consumer expects,
   2. raises each (link, incarnation) counter to the largest count reported (never lowers), and
@@ -25,7 +26,7 @@ consumer says so as an ERROR with the number of records skipped and counts them 
 shortener_consumer_records_lost_total, then reads on from the start of what is left. If the topic
 was deleted and created again (another topic id, or a position beyond its end), it says so as an
 ERROR, counts it in shortener_consumer_topic_recreated_total and reads the new topic from its
-start (shortener_project/consuming.py); max() makes re-reading harmless.
+start (topics/loop.py); max() makes re-reading harmless.
 
 Reports valid one by one can still be refused together: three counters of one link near the
 largest count make a total beyond PostgreSQL's bigint. Such a batch is split until the report at
@@ -36,25 +37,17 @@ fault is found, which is rejected (shortener_records_rejected_total{reason=
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from django.db import DatabaseError, connection, transaction
-from kafka import KafkaConsumer
-from kafka.errors import OffsetOutOfRangeError
+from django.db import connection, transaction
 
 from links.buckets import report_hour
-from links.positions import PostgresPositionedConsumer, position_lock
-from runtime.metrics import (
-    CLICKS_REFUSED_ENDED,
-    CONSUMER_RECORDS,
-    records_rejected_report,
-)
-from shortener_project.consuming import PositionMismatch, Record
-from topics.clicks import click_report_decode, clicks_consumer_make, clicks_topic
+from links.positions import position_lock
+from runtime.metrics import CLICKS_REFUSED_ENDED, records_rejected_report
+from topics.batching import Record
+from topics.clicks import click_report_decode
 from topics.records import MessageError, Rejected
 
 logger = logging.getLogger(__name__)
@@ -180,7 +173,7 @@ def clicks_batch_apply(
     partition (None: no row yet). topic_id: the topic's id, stored with the position (None:
     unknown). Raises PositionMismatch (nothing applied) if the stored position differs,
     DatabaseError when PostgreSQL fails (nothing applied): DataError when it refuses a value
-    the batch carries (a total beyond bigint), which ClicksConsumer isolates.
+    the batch carries (a total beyond bigint), which the clicks loop isolates.
     """
     with transaction.atomic(durable=True):
         position = position_lock(topic=topic, partition=partition, expected=expected_position,
@@ -381,133 +374,3 @@ def clicks_batch_decode_stepping_over(*, records: Sequence[Record],
                          next_offset=0))
     return replace(batch, malformed=batch.malformed + len(records) - len(kept),
                    next_offset=records[-1].offset + 1)
-
-
-class ClicksConsumer(PostgresPositionedConsumer):
-    """consume_clicks' loop (shortener_project.consuming): positions in PostgreSQL, and a
-    position outside the topic's retained range reported as a loss, never passed over silently.
-
-    Pipelined: while PostgreSQL applies one batch (in a worker thread, on its own connection;
-    psycopg2 releases the GIL while it waits), the main thread polls and decodes the next one, so
-    the Python and the PostgreSQL halves of the work run on two cores at once. Batches are still
-    applied one at a time and in order, each in its own transaction checked against the stored
-    position. A batch's failure surfaces when the next batch (or an idle poll, a repositioning,
-    the stop) waits for it: a content error (PostgreSQL refused a value of the batch) is isolated
-    there and then (batch_isolate, in the worker thread), so the batch still ends where the next
-    one expects; any other failure is handled by the loop, which re-reads from the position
-    that PostgreSQL holds, which the failed transaction did not move. The group offset
-    (monitoring only) may therefore run one batch ahead of PostgreSQL.
-    """
-
-    name = "clicks consumer"
-    pipelined = True
-
-    def __init__(
-        self,
-        *,
-        stop: threading.Event,
-        consumer_factory: Callable[[], KafkaConsumer] = clicks_consumer_make,
-    ) -> None:
-        super().__init__(topic=clicks_topic(), stop=stop, consumer_factory=consumer_factory)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clicks-apply")
-        # The batch in PostgreSQL: its future, and what isolating its records would need.
-        self._inflight: tuple[Future[int], int, Sequence[Record], int | None] | None = None
-
-    def run(self) -> None:
-        try:
-            super().run()
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Finish the batch in flight (a stop finishes the batch in hand: its totals and its
-        position commit together), then release the worker thread and its connection."""
-        try:
-            self._inflight_wait()
-        except Exception as exc:  # noqa: BLE001 - the stored position says what is applied
-            logger.error("%s: the last batch failed while stopping: %r; it is read again at "
-                         "the next start", self.name, exc)
-        # The worker's own connection (Django's are per thread), closed in its thread.
-        self._worker.submit(lambda: connection.close()).result()
-        self._worker.shutdown()
-
-    def apply_batch(self, partition: int, records: Sequence[Record], expected: int | None) -> int:
-        # Decoding runs while the previous batch's transaction is in PostgreSQL.
-        try:
-            batch = clicks_batch_decode(records=records)
-        except self.content_errors as exc:
-            # A report the decoder could not handle: found and stepped over (in the worker
-            # thread, which holds the consumer's connection), after the batch in flight.
-            self._inflight_wait()
-            position = self._worker.submit(self.batch_isolate, partition, records, expected,
-                                           failed=exc).result()
-            self.committed()
-            return position
-        self._inflight_wait()
-        self._inflight = (self._worker.submit(self._apply, partition, batch, expected),
-                          partition, records, expected)
-        return batch.next_offset
-
-    def batch_write(self, partition: int, records: Sequence[Record], expected: int | None,
-                    rejected: Mapping[int, str]) -> int:
-        """In the worker thread (batch_isolate's writes)."""
-        batch = clicks_batch_decode_stepping_over(records=records, rejected=rejected)
-        return self._apply(partition, batch, expected)
-
-    def _apply(self, partition: int, batch: ClicksBatch, expected: int | None) -> int:
-        """In the worker thread."""
-        try:
-            result = clicks_batch_apply(topic=self.topic, partition=partition, batch=batch,
-                                        expected_position=expected, topic_id=self.topic_id)
-        except self.content_errors:
-            raise  # the transaction was rolled back; the connection is sound
-        except DatabaseError:
-            # Drop this thread's broken connection; Django opens a new one on the next query.
-            connection.close()
-            raise
-        CONSUMER_RECORDS.labels(self.topic, "applied").inc(result.applied)
-        CONSUMER_RECORDS.labels(self.topic, "skipped").inc(result.skipped_malformed)
-        CONSUMER_RECORDS.labels(self.topic, "unknown").inc(result.skipped_unknown)
-        return result.next_offset
-
-    def _inflight_wait(self) -> None:
-        """Wait for the batch in PostgreSQL; isolate what PostgreSQL refused of it; raise any
-        other failure."""
-        inflight, self._inflight = self._inflight, None
-        if inflight is None:
-            return
-        future, partition, records, expected = inflight
-        try:
-            future.result()
-        except self.content_errors as exc:
-            self._worker.submit(self.batch_isolate, partition, records, expected,
-                                failed=exc).result()
-        self.committed()
-
-    def on_idle(self) -> None:
-        self._inflight_wait()
-
-    def reposition(self, consumer: KafkaConsumer) -> None:
-        # Positions are read from PostgreSQL: let the batch in flight finish (or fail) first.
-        try:
-            self._inflight_wait()
-        except (PositionMismatch, *self.store_errors) as exc:
-            logger.warning("%s: a batch failed before repositioning: %r", self.name, exc)
-        super().reposition(consumer)
-
-    def on_topic_recreated(self) -> None:
-        try:
-            self._inflight_wait()
-        except (PositionMismatch, *self.store_errors) as exc:
-            logger.warning("%s: a batch of the old topic failed: %r", self.name, exc)
-        super().on_topic_recreated()
-
-    def _poll_once(self, consumer: KafkaConsumer) -> None:
-        try:
-            super()._poll_once(consumer)
-        except OffsetOutOfRangeError as exc:
-            # The fetch position left the partition's range under a running consumer: records
-            # were deleted (it lagged more than the retention of a time-limited topic), or the
-            # topic was recreated. Re-read the stored positions and check them as at start.
-            logger.debug("%s: fetch out of range: %r", self.name, exc)
-            self.reposition(consumer)

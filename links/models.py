@@ -145,7 +145,7 @@ class ConsumerPosition(models.Model):
     skipped_unknown = models.BigIntegerField(default=0)
     # The id Kafka gave the topic when it was created (KIP-516), as of the batch that stored
     # this position; "" if unknown. A topic deleted and created again has another id, and the
-    # position then means nothing in it (shortener_project/consuming.py).
+    # position then means nothing in it (topics/loop.py).
     topic_id = models.CharField(max_length=36, blank=True, default="")
     updated_at = models.DateTimeField(auto_now=True)
 

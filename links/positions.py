@@ -1,8 +1,8 @@
 """What the master's two topic readers share: their position in a partition, kept in PostgreSQL
 (ConsumerPosition) in the same transaction as what they wrote.
 
-consume_clicks (links/clicks.py) and the links audit (links/audit.py) both follow
-shortener_project.consuming.PositionedConsumer with PostgreSQL as the store; the parts that do
+consume_clicks (links/clicks_consumer.py) and the links audit (links/audit.py) are both
+topics.loop.Loop with PostgreSQL as the position store (PostgresPositionStore); the parts that do
 not depend on what they apply are here, once.
 """
 
@@ -14,7 +14,8 @@ import psycopg2.errorcodes
 from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
 
 from links.models import ConsumerPosition
-from shortener_project.consuming import PositionedConsumer, PositionMismatch
+from topics.batching import CONTENT_ERRORS, content_error_label
+from topics.positions import PositionMismatch
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ def positions_restart(*, topic: str) -> int:
         return ConsumerPosition.objects.filter(topic=topic).update(next_offset=0, topic_id="")
 
 
-class PostgresPositionedConsumer(PositionedConsumer):
-    """A PositionedConsumer whose store is the master's PostgreSQL (ConsumerPosition rows)."""
+class PostgresPositionStore:
+    """A topics.positions.PositionStore in the master's PostgreSQL (ConsumerPosition rows of
+    `topic`), for the loop of the calling thread's database connection."""
 
     store_errors = (DatabaseError,)
     # PostgreSQL's refusals of a value (class 22, data exception: a number out of range, a
@@ -58,7 +60,13 @@ class PostgresPositionedConsumer(PositionedConsumer):
     # constraint violation: a CHECK such as a positive version). They come from what the batch
     # carries; connection and server failures are OperationalError/InterfaceError instead.
     # Source: PostgreSQL's "Appendix A. PostgreSQL Error Codes".
-    content_errors = (*PositionedConsumer.content_errors, DataError, IntegrityError)
+    content_errors = (*CONTENT_ERRORS, DataError, IntegrityError)
+    # A position before the partition's start is reported as records lost, then read on from
+    # there: totals and audits stay right for every record still held.
+    records_lost_tolerated = True
+
+    def __init__(self, *, topic: str) -> None:
+        self.topic = topic
 
     def positions_load(self) -> dict[int, int]:
         return dict(ConsumerPosition.objects.filter(topic=self.topic)
@@ -76,11 +84,16 @@ class PostgresPositionedConsumer(PositionedConsumer):
         code = getattr(exc.__cause__, "pgcode", None) or getattr(exc, "pgcode", None)
         if code:
             return (psycopg2.errorcodes.lookup(code) or code).lower()
-        return super().content_error_reason(exc)
+        return content_error_label(exc)
 
-    def on_topic_recreated(self) -> None:
+    def recreated_log(self, *, name: str, topic: str, reason: str) -> None:
+        logger.error("%s: the topic %s was deleted and created again (%s): dropping the "
+                     "positions held for the old topic and reading the new one from the start",
+                     name, topic, reason)
+
+    def topic_recreated(self) -> None:
         positions_restart(topic=self.topic)
 
-    def on_store_error(self) -> None:
+    def store_error_after(self) -> None:
         # Drop the broken connection; Django opens a new one on the next query.
         connection.close()

@@ -1,7 +1,8 @@
 """The replica's links consumer: reads <user>-links into this replica's Redis.
 
-The loop is shortener_project.consuming.PositionedConsumer; here is what is particular to the
-replica. The position lives in Redis, in the same atomic step as the links
+The loop is topics.loop.Loop, composed here of a position store in Redis (RedisPositionStore),
+the batch write, and the replica's readiness as its observer (LinksConsumer, which owns the loop).
+The position lives in Redis, in the same atomic step as the links
 (services.links_apply_batch), so:
   * first start (nothing stored): read the whole topic from the beginning;
   * restart, or SIGKILL at any moment: resume exactly after the last batch that reached Redis;
@@ -37,26 +38,59 @@ from collections.abc import Callable, Mapping, Sequence
 
 import redis as redis_lib
 from django.conf import settings
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 from redis import Redis
 
 from redirects import selectors, services
 from runtime.metrics import CONSUMER_CAUGHT_UP, CONSUMER_RECORDS
-from shortener_project.consuming import (
-    PositionedConsumer,
-    PositionMismatch,
-    Record,
-    TopicRecreated,
-)
+from topics.batching import CONTENT_ERRORS, Record, content_error_label
 from topics.links import links_consumer_make, links_topic
+from topics.loop import Loop, Observer
+from topics.positions import PositionMismatch
 
 logger = logging.getLogger(__name__)
 
+NAME = "links consumer"
 
-class LinksConsumer(PositionedConsumer):
-    name = "links consumer"
+
+class RedisPositionStore:
+    """A topics.positions.PositionStore in this replica's Redis, beside the links."""
+
     store_errors = (redis_lib.RedisError,)
+    content_errors = CONTENT_ERRORS
+    content_error_reason = staticmethod(content_error_label)
+    # Records deleted unread may have changed links this replica holds: it cannot go on from
+    # past them, only read what the topic holds from its start again (a recreated topic).
+    records_lost_tolerated = False
+
+    def __init__(self, *, redis: Redis) -> None:
+        self.redis = redis
+
+    def positions_load(self) -> dict[int, int]:
+        services.links_format_ensure(redis=self.redis)
+        return selectors.links_positions_get(redis=self.redis)
+
+    def topic_id_load(self) -> str | None:
+        return selectors.links_topic_id_get(redis=self.redis)
+
+    def recreated_log(self, *, name: str, topic: str, reason: str) -> None:
+        logger.warning("%s: the links topic %s is not the one this replica read (%s): "
+                       "dropping every link held and reading the topic from its start; not "
+                       "ready until caught up", name, topic, reason)
+
+    def topic_recreated(self) -> None:
+        dropped = services.links_drop(redis=self.redis)
+        logger.warning("%s: dropped %d links of the old topic", NAME, dropped)
+
+    def store_error_after(self) -> None:
+        pass  # redis-py reconnects by itself
+
+
+class LinksConsumer(Observer):
+    """consume_links: owns the loop (`loop`, topics.loop.Loop) and watches it as its Observer,
+    for the replica's readiness (see the module's docstring). Run it with `run()`."""
+
     # With Kafka unreachable, making a consumer fails after bus' bootstrap timeout (3 s); with
     # this back-off the heartbeat still beats at least every ~8 s, well inside the 15 s default
     # of SHORTENER_READY_STALE_SECONDS.
@@ -72,7 +106,7 @@ class LinksConsumer(PositionedConsumer):
         kafka_check_seconds: float = 5.0,
         stale_seconds: float | None = None,
     ) -> None:
-        super().__init__(topic=links_topic(), stop=stop, consumer_factory=consumer_factory)
+        self.topic = links_topic()
         self.redis = redis
         self.idle_check_seconds = idle_check_seconds
         self.kafka_check_seconds = kafka_check_seconds
@@ -89,21 +123,21 @@ class LinksConsumer(PositionedConsumer):
         self._kafka_down_since: int | None = None  # ms, while Kafka is unreachable
         # Whether <user>:links:kafka_error may be set (an earlier run may have left it).
         self._kafka_error_shown = True
+        self.loop = Loop(name=NAME, topic=self.topic, stop=stop,
+                         consumer_factory=consumer_factory, store=RedisPositionStore(redis=redis),
+                         write=self._batch_write, observer=self,
+                         backoff_max_seconds=self.backoff_max_seconds)
 
-    # --- positions and batches ----------------------------------------------------------
+    def run(self) -> None:
+        self.loop.run()
 
-    def positions_load(self) -> dict[int, int]:
-        services.links_format_ensure(redis=self.redis)
-        return selectors.links_positions_get(redis=self.redis)
+    # --- batches --------------------------------------------------------------------------
 
-    def topic_id_load(self) -> str | None:
-        return selectors.links_topic_id_get(redis=self.redis)
-
-    def batch_write(self, partition: int, records: Sequence[Record], expected: int | None,
-                    rejected: Mapping[int, str]) -> int:
+    def _batch_write(self, *, partition: int, records: Sequence[Record], expected: int | None,
+                     rejected: Mapping[int, str], topic_id: str | None) -> int:
         result = services.links_apply_batch(redis=self.redis, partition=partition,
                                             records=records, expected_position=expected,
-                                            topic_id=self.topic_id, rejected=rejected.keys())
+                                            topic_id=topic_id, rejected=rejected.keys())
         CONSUMER_RECORDS.labels(self.topic, "applied").inc(result.applied + result.disabled)
         CONSUMER_RECORDS.labels(self.topic, "stale").inc(result.stale)
         CONSUMER_RECORDS.labels(self.topic, "ignored").inc(result.ignored)
@@ -115,25 +149,12 @@ class LinksConsumer(PositionedConsumer):
     def on_batch_applied(self) -> None:
         self._check_caught_up()
 
-    # --- a recreated topic --------------------------------------------------------------
-
-    def position_before_start(self, tp: TopicPartition, position: int, start: int) -> None:
-        # Records deleted unread may have changed links this replica holds: it cannot go on
-        # from here, only read what the topic holds from its start again.
-        raise TopicRecreated(f"the stored position {position} of partition {tp.partition} is "
-                             f"before its first retained offset {start}")
-
-    def recreated_log(self, reason: str) -> None:
-        logger.warning("%s: the links topic %s is not the one this replica read (%s): "
-                       "dropping every link held and reading the topic from its start; not "
-                       "ready until caught up", self.name, self.topic, reason)
+    # --- a recreated topic (RedisPositionStore drops the links next) ---------------------
 
     def on_topic_recreated(self) -> None:
         self.caught_up = False
         CONSUMER_CAUGHT_UP.labels(self.topic).set(0)
         self._consumer = None
-        dropped = services.links_drop(redis=self.redis)
-        logger.warning("%s: dropped %d links of the old topic", self.name, dropped)
 
     # --- readiness ----------------------------------------------------------------------
 
@@ -147,7 +168,7 @@ class LinksConsumer(PositionedConsumer):
         if self._retarget and self._consumer is not None:
             self._catchup_retarget(self._consumer)
 
-    def on_positioned(self, consumer: KafkaConsumer, stored: dict[int, int]) -> None:
+    def on_positioned(self, *, consumer: KafkaConsumer, stored: dict[int, int]) -> None:
         self._consumer = consumer
         # Not ready until caught up again: a load balancer keeps this replica out meanwhile.
         services.links_ready_set(redis=self.redis, ready=False)
@@ -158,9 +179,10 @@ class LinksConsumer(PositionedConsumer):
         self.caught_up = False
         CONSUMER_CAUGHT_UP.labels(self.topic).set(0)
         self._retarget = True
-        ends = consumer.end_offsets(self.partitions, timeout_ms=self._kafka_timeout_ms())
+        partitions = self.loop.partitions
+        ends = consumer.end_offsets(partitions, timeout_ms=self._kafka_timeout_ms())
         self._retarget = False
-        self.catchup_target = {tp.partition: ends[tp] for tp in self.partitions}
+        self.catchup_target = {tp.partition: ends[tp] for tp in partitions}
         self.catchup_started = time.monotonic()
         self._kafka_reachable()
         self._check_caught_up()
@@ -172,14 +194,15 @@ class LinksConsumer(PositionedConsumer):
         if now - self._last_idle_check >= self.idle_check_seconds:
             self._last_idle_check = now
             stored = selectors.links_positions_get(redis=self.redis)
-            for partition, expected in self.expected.items():
+            for partition, expected in self.loop.expected.items():
                 if stored.get(partition) != expected:
                     raise PositionMismatch(partition, expected, stored.get(partition))
             self._check_caught_up()
         if self._consumer is not None and now - self._last_kafka_check >= self.kafka_check_seconds:
             self._last_kafka_check = now
             try:
-                self._consumer.end_offsets(self.partitions, timeout_ms=self._kafka_timeout_ms())
+                self._consumer.end_offsets(self.loop.partitions,
+                                           timeout_ms=self._kafka_timeout_ms())
             except KafkaError as exc:
                 self.on_kafka_error(exc)
                 return
@@ -189,7 +212,7 @@ class LinksConsumer(PositionedConsumer):
         if self._kafka_down_since is None:
             self._kafka_down_since = int(time.time() * 1000)
             logger.error("%s: Kafka unreachable (%r): serving the links held; /readyz says so",
-                         self.name, exc)
+                         NAME, exc)
         self._kafka_error_shown = True
         services.links_kafka_error_set(redis=self.redis, error=repr(exc),
                                        since_ms=self._kafka_down_since)
@@ -199,7 +222,7 @@ class LinksConsumer(PositionedConsumer):
             services.links_kafka_error_set(redis=self.redis, error=None)
             self._kafka_error_shown = False
         if self._kafka_down_since is not None:
-            logger.info("%s: Kafka reachable again", self.name)
+            logger.info("%s: Kafka reachable again", NAME)
             self._kafka_down_since = None
 
     def _kafka_timeout_ms(self) -> int:
@@ -210,10 +233,10 @@ class LinksConsumer(PositionedConsumer):
         if self.caught_up or self._retarget or not self.catchup_target:
             return
         for partition, target in self.catchup_target.items():
-            position = self.expected.get(partition)
+            position = self.loop.expected.get(partition)
             if target > 0 and (position is None or position < target):
                 return
-        services.links_ready_set(redis=self.redis, ready=True, positions=self.expected)
+        services.links_ready_set(redis=self.redis, ready=True, positions=self.loop.expected)
         self.caught_up = True
         CONSUMER_CAUGHT_UP.labels(self.topic).set(1)
         logger.info("caught up with %s (end offsets %s) in %.2fs", self.topic,

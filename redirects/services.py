@@ -17,8 +17,9 @@ from redis.commands.core import Script
 
 from redirects import keys, selectors
 from runtime.metrics import records_rejected_report
-from shortener_project.consuming import PositionMismatch, Record
+from topics.batching import Record
 from topics.links import link_record_decode
+from topics.positions import PositionMismatch
 from topics.records import MessageError, Rejected
 
 logger = logging.getLogger(__name__)

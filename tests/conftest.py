@@ -27,7 +27,6 @@ from topics.clients import admin_client
 from topics.links import links_topic, producer_reset
 from topics.provisioning import topic_specs, topics_ensure
 
-
 # Requesting any of these, directly or through another fixture, declares that a test needs the
 # services: pytest-django's database and live server, this run's Kafka topics, and the folder the
 # product's processes (testkit: redis-server, consume_links, web, ...) keep their data in.

@@ -1,35 +1,35 @@
 """The consumer loop's isolation of records whose content the store refuses
-(shortener_project/consuming.py, PositionedConsumer.batch_isolate), as a pure algorithm over a
+(topics/batching.py, BatchIsolation.isolate), as a pure algorithm over a
 store kept in memory. The real stores are exercised end to end in tests/links/test_consumer_faults.py
 and tests/test_topic_recreated.py."""
 
 from __future__ import annotations
 
-import threading
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.metrics import RECORDS_REJECTED
-from shortener_project.consuming import PositionedConsumer
-from testkit import FakeRecord
+from tests.support import FakeRecord
+from topics.batching import BatchIsolation
 
 
-class SumStore(PositionedConsumer):
+class SumStore:
     """A store whose one total may not exceed `limit`, and which refuses the records in `bad`
     outright: a record can be at fault alone, or only together with those before it."""
 
-    name = "sum store"
-
     def __init__(self, *, bad: set[int], limit: int) -> None:
-        super().__init__(topic="memory", stop=threading.Event(), consumer_factory=lambda: None)
+        self.isolation = BatchIsolation(name="sum store", topic="memory", write=self.batch_write)
         self.bad, self.limit = bad, limit
         self.total, self.position = 0, None
         self.applied: list[int] = []
         self.rejected: dict[int, str] = {}
         self.writes = 0
 
-    def batch_write(self, partition, records, expected, rejected):
+    def batch_isolate(self, partition, records, expected):
+        return self.isolation.isolate(partition=partition, records=records, expected=expected,
+                                      topic_id=None)
+
+    def batch_write(self, *, partition, records, expected, rejected, topic_id):
         self.writes += 1
         assert expected == self.position, "each write starts where the previous one ended"
         total, applied = self.total, []

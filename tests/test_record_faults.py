@@ -1,5 +1,5 @@
 """A record whose content the apply cannot use stops neither a replica's consume_links nor the
-master's links audit (shortener_project/consuming.py). The records are the issue's examples,
+master's links audit (topics/loop.py). The records are the issue's examples,
 which the decoder of the time let through to the apply: a schema-2 links record without
 expires_at, and a disabled one without longurl. The typed decoder now refuses the first
 (reason "missing") before the apply sees it; the loop's isolation of a record the apply

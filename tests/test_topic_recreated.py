@@ -1,4 +1,4 @@
-"""Positions that know their topic (shortener_project/consuming.py): the links and clicks topics
+"""Positions that know their topic (topics/loop.py): the links and clicks topics
 deleted and created again under a running replica (consume_links and its web server), a running
 consume_clicks and a running outbox relay (republish_links --pending --follow, with its links
 audit). Records of the new topic, at offsets below the old positions, are served and counted;

@@ -13,9 +13,10 @@ from datetime import timezone as dt_timezone
 import pytest
 
 from links import publishing, services
-from links.audit import LinksAuditor
+from links.audit import links_audit_loop_make
 from links.models import ConsumerPosition, Link
-from testkit import link_records, topic_end, wait_until
+from tests.links.kafka_read import link_records
+from tests.support import topic_end, wait_until
 from topics.links import LinkRecord, link_record_encode, links_topic, producer_get
 
 
@@ -26,7 +27,7 @@ def relay(transactional_db):
 
     def run() -> None:
         try:
-            LinksAuditor(stop=stop).run()
+            links_audit_loop_make(stop=stop).run()
         finally:
             connection.close()  # the thread's own session, before the test database is reset
 
@@ -138,7 +139,7 @@ def test_the_outbox_relay_service_audits_the_topic(transactional_db, test_data_d
     import subprocess
     import sys
 
-    from testkit import ROOT, test_database_url
+    from tests.support import ROOT, test_database_url
 
     link = services.link_create(longurl="https://example.com/relay-stale").link
     v1 = link_record_encode(tinyurl=link.tinyurl, version=1, longurl=link.longurl,
@@ -169,7 +170,7 @@ def test_the_outbox_relay_service_audits_the_topic(transactional_db, test_data_d
 
 
 def _records_of(tinyurl: str) -> list:
-    from testkit import topic_records
+    from tests.links.kafka_read import topic_records
 
     return [r for r in topic_records(links_topic()) if r.key == tinyurl.encode()]
 

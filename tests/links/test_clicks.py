@@ -19,13 +19,13 @@ from links.clicks import clicks_apply_batch
 from links.models import ClickCounter, ConsumerPosition, Link
 from links.selectors import longurl_digest
 from links.services import tinyurl_generate
-from shortener_project.consuming import PositionMismatch
-from testkit import ClicksConsumerProcess, sample, scrape, topic_end, wait_until
-from testkit import FakeRecord as Rec
 from tests.conftest import clicks_topic_end
+from tests.support import ClicksConsumerProcess, sample, scrape, topic_end, wait_until
+from tests.support import FakeRecord as Rec
 from topics.clicks import click_report_encode, clicks_consumer_make, clicks_topic
 from topics.clients import admin_client
 from topics.links import producer_get
+from topics.positions import PositionMismatch
 
 NOW = datetime.now(timezone.utc)
 
@@ -454,7 +454,7 @@ def test_records_deleted_under_a_running_consumer_are_reported_as_lost(
     topic's retention): the fetch fails, and the loop reports the loss exactly as at a start.
     The loop runs in this process, so that the deletion lands between positioning and fetching.
     """
-    from links.clicks import ClicksConsumer
+    from links.clicks_consumer import clicks_loop_make
     from runtime.metrics import CONSUMER_RECORDS_LOST
 
     _, topic, prefix = own_clicks_topic({"cleanup.policy": "delete"})
@@ -465,7 +465,7 @@ def test_records_deleted_under_a_running_consumer_are_reported_as_lost(
     ConsumerPosition.objects.create(topic=topic, partition=0, next_offset=1)
     lost_before = CONSUMER_RECORDS_LOST.labels(topic)._value.get()
 
-    loop = ClicksConsumer(stop=threading.Event())
+    loop = clicks_loop_make(stop=threading.Event())
     kafka = clicks_consumer_make()
     try:
         assert loop._assign(kafka)
@@ -480,7 +480,7 @@ def test_records_deleted_under_a_running_consumer_are_reported_as_lost(
         deadline = time.monotonic() + 30
         while position_of(topic) != 11 and time.monotonic() < deadline:
             loop._poll_once(kafka)
-            loop.on_idle()
+            loop.strategy.poll()
     finally:
         kafka.close(autocommit=False)
         loop.close()

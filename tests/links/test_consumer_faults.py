@@ -1,6 +1,6 @@
 """consume_clicks as a process: a fault of the records' content is rejected, never retried
 forever; a fault of the store (PostgreSQL refusing connections) is retried with a growing
-back-off and skips nothing (shortener_project/consuming.py)."""
+back-off and skips nothing (topics/loop.py)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,6 @@ from topics.links import links_topic
 from topics.provisioning import topic_specs
 from topics.replicas import replicas_topic
 
-
 pytestmark = pytest.mark.services
 
 CHECKED = ["cleanup.policy", "min.insync.replicas", "unclean.leader.election.enable"]

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from redirects import keys, services
-from shortener_project.consuming import PositionMismatch
-from testkit import FakeRecord as Rec
+from tests.support import FakeRecord as Rec
 from topics.links import VERSION_MAX, link_record_encode
+from topics.positions import PositionMismatch
 
 NOW = datetime.now(timezone.utc)
 

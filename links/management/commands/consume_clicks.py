@@ -1,14 +1,14 @@
 """`manage.py consume_clicks`: fold the replicas' click reports into PostgreSQL (master).
 
 Runs until SIGTERM or SIGINT, which finish the batch in hand and exit cleanly.
-See links/clicks.py for how the totals stay exact.
+See links/clicks.py for how the totals stay exact, links/clicks_consumer.py for the loop.
 """
 
 from __future__ import annotations
 
 import threading
 
-from links.clicks import ClicksConsumer
+from links.clicks_consumer import clicks_loop_make
 from runtime.commands import LongRunningCommand
 
 
@@ -17,4 +17,4 @@ class Command(LongRunningCommand):
     default_metrics_port = 9103
 
     def run(self, stop: threading.Event, **options) -> None:
-        ClicksConsumer(stop=stop).run()
+        clicks_loop_make(stop=stop).run()

@@ -21,7 +21,7 @@ from django.db import DatabaseError, close_old_connections, connection
 from kafka.errors import KafkaError
 
 from links import publishing, selectors
-from links.audit import LinksAuditor
+from links.audit import links_audit_loop_make
 from runtime.commands import LongRunningCommand
 from runtime.supervision import SupervisedThread
 from topics.links import producer_reset, publish_wait_seconds
@@ -80,6 +80,6 @@ class Command(LongRunningCommand):
     @staticmethod
     def _audit(stop: threading.Event) -> None:
         try:
-            LinksAuditor(stop=stop).run()
+            links_audit_loop_make(stop=stop).run()
         finally:
             connection.close()  # this thread's own database connection
