@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.metrics import RECORDS_REJECTED
-from tests.support import FakeRecord
+from testkit import FakeRecord
 from topics.batching import BatchIsolation
 
 

@@ -15,8 +15,7 @@ import pytest
 from links import publishing, services
 from links.audit import links_audit_loop_make
 from links.models import ConsumerPosition, Link
-from tests.links.kafka_read import link_records
-from tests.support import topic_end, wait_until
+from testkit import link_records, topic_end, wait_until
 from topics.links import LinkRecord, link_record_encode, links_topic, producer_get
 
 
@@ -139,7 +138,7 @@ def test_the_outbox_relay_service_audits_the_topic(transactional_db, test_data_d
     import subprocess
     import sys
 
-    from tests.support import ROOT, test_database_url
+    from testkit import ROOT, test_database_url
 
     link = services.link_create(longurl="https://example.com/relay-stale").link
     v1 = link_record_encode(tinyurl=link.tinyurl, version=1, longurl=link.longurl,
@@ -170,7 +169,7 @@ def test_the_outbox_relay_service_audits_the_topic(transactional_db, test_data_d
 
 
 def _records_of(tinyurl: str) -> list:
-    from tests.links.kafka_read import topic_records
+    from testkit import topic_records
 
     return [r for r in topic_records(links_topic()) if r.key == tinyurl.encode()]
 

@@ -19,9 +19,9 @@ from links.clicks import clicks_apply_batch
 from links.models import ClickCounter, ConsumerPosition, Link
 from links.selectors import longurl_digest
 from links.services import tinyurl_generate
+from testkit import ClicksConsumerProcess, sample, scrape, topic_end, wait_until
+from testkit import FakeRecord as Rec
 from tests.conftest import clicks_topic_end
-from tests.support import ClicksConsumerProcess, sample, scrape, topic_end, wait_until
-from tests.support import FakeRecord as Rec
 from topics.clicks import click_report_encode, clicks_consumer_make, clicks_topic
 from topics.clients import admin_client
 from topics.links import producer_get

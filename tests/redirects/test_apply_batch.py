@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from redirects import keys, services
-from tests.support import FakeRecord as Rec
+from testkit import FakeRecord as Rec
 from topics.links import VERSION_MAX, link_record_encode
 from topics.positions import PositionMismatch
 
