@@ -105,9 +105,16 @@ class ClickReporter:
       * once `stop` is set, the final flush and any call in flight get `shutdown_seconds` from
         the moment the stop was seen; what is still unacknowledged then is put back in Redis
         and the reporter returns, so SIGTERM stops report_clicks within 10 s whatever Kafka does.
+    Every producer it made is closed (topics.clients.producer_close) before run() returns, the
+    one in use and any reset one still closing: no sender thread of the reporter outlives it,
+    even while Kafka holds a report (a report it held is back in Redis already).
     """
 
     CLAIM_BATCH = 1000
+    # What the producers still hold gets this long when run() ends, then is failed: its
+    # reports are back in Redis already. producer_close takes up to three times as long, so
+    # shutdown_seconds (4) plus this stays well within report_clicks' 10 s after SIGTERM.
+    CLOSE_SECONDS = 1.0
 
     def __init__(
         self,
@@ -128,6 +135,11 @@ class ClickReporter:
         self.shutdown_seconds = shutdown_seconds
         self.producer_factory = producer_factory
         self.producer: KafkaProducer | None = None
+        # `producer`, `_closed` and `_closing` are shared with the _kafka threads: a call
+        # abandoned at shutdown may still be making a producer when run() closes them.
+        self._producer_lock = threading.Lock()
+        self._closed = False  # run() has closed the producers: a later one is closed at once
+        self._closing: list[KafkaProducer] = []  # reset, being closed in the background
         # Auto-reloading Scripts are fine here: unlike the click script, these count nothing.
         self.claim = redis.register_script(CLAIM_SCRIPT)
         self.ack = redis.register_script(ACK_SCRIPT)
@@ -176,9 +188,11 @@ class ClickReporter:
                     logger.error("final click flush not done (the counts stay in Redis for the "
                                  "next run): %r", exc)
         finally:
-            self._producer_reset()
-            logger.info("click reporter stopped: %d reports sent, %d failed", self.sent,
-                        self.failed)
+            try:
+                self._producers_close()
+            finally:
+                logger.info("click reporter stopped: %d reports sent, %d failed", self.sent,
+                            self.failed)
 
     def report(self, source: str, other: str, *, milestone: bool = False) -> int:
         """Claim up to everything in `source` and report it; returns how many were sent.
@@ -250,9 +264,7 @@ class ClickReporter:
                  ) -> tuple[list[str], list[str], KafkaError | None]:
         """Send one batch and wait for its acks (in a _kafka thread). Returns (acknowledged
         members, members not sent or not acknowledged, the first Kafka error or None)."""
-        if self.producer is None:
-            self.producer = self.producer_factory()
-        producer = self.producer
+        producer = self._producer_get()
         now = datetime.now(timezone.utc)
         futures = []
         unsent: list[str] = []
@@ -329,11 +341,50 @@ class ClickReporter:
                            keys.clicks_dirty_key(), keys.clicks_due_key()],
                      args=[keys.clicks_counter_prefix(), *members])
 
+    def _producer_get(self) -> KafkaProducer:
+        """The producer, made first if there is none (in a _kafka thread: making one waits
+        for a broker). Raises KafkaError when it cannot be made, Abandoned when run() closed
+        the producers while this one was being made (a call abandoned at shutdown): it is
+        closed at once, so that it does not outlive the reporter."""
+        with self._producer_lock:
+            if self.producer is not None:
+                return self.producer
+        producer = self.producer_factory()
+        with self._producer_lock:
+            if not self._closed:
+                self.producer = producer
+                return producer
+        producer_close(producer, self.CLOSE_SECONDS)
+        raise Abandoned("a producer made after the reporter stopped")
+
     def _producer_reset(self) -> None:
         """Forget the producer and close it in the background: closing flushes what it holds
         first, which with the broker away lasts its whole timeout (producer_close bounds
-        it and force-closes the rest)."""
-        producer, self.producer = self.producer, None
-        if producer is not None:
-            threading.Thread(target=producer_close, args=(producer, 5.0),
-                             name="click-reports-close", daemon=True).start()
+        it and force-closes the rest). Until that ends it is in `_closing`, for
+        _producers_close to finish if run() ends first."""
+        with self._producer_lock:
+            producer, self.producer = self.producer, None
+            if producer is None:
+                return
+            self._closing.append(producer)
+
+        def close() -> None:
+            try:
+                producer_close(producer, 5.0)
+            finally:
+                with self._producer_lock:
+                    self._closing.remove(producer)
+
+        threading.Thread(target=close, name="click-reports-close", daemon=True).start()
+
+    def _producers_close(self) -> None:
+        """Close every producer of the reporter for good, when run() ends: the one in use and
+        those a reset is still closing (closed again here, within this bound: producer_close
+        allows it). A producer made later by an abandoned call is closed by _producer_get.
+        Takes up to three times CLOSE_SECONDS per producer; never raises."""
+        with self._producer_lock:
+            self._closed = True
+            producer, self.producer = self.producer, None
+            producers = [*([producer] if producer is not None else []), *self._closing]
+        for producer in producers:
+            producer_close(producer, self.CLOSE_SECONDS)
