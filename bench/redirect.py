@@ -258,7 +258,7 @@ http {{
         import django
 
         django.setup()
-        from redirects.clicks import CLICK_SHA, click_keys_args
+        from redirects.counting import CLICK_SHA, click_keys_args
 
         click_keys, click_args = click_keys_args("Bench02")
         subprocess.run(["redis-cli", "-p", str(redis_port), "SET", click_keys[0],

@@ -48,7 +48,7 @@ from links.models import ClickBucket, ClickCounter, ConsumerPosition, Link  # no
 from links.selectors import longurl_digest  # noqa: E402
 from links.services import tinyurl_generate  # noqa: E402
 from redirects import keys  # noqa: E402
-from redirects.clicks import CLICK_SCRIPT, click_keys_args  # noqa: E402
+from redirects.counting import CLICK_SCRIPT, click_keys_args  # noqa: E402
 from topics.clicks import (
     click_report_encode,  # noqa: E402
     clicks_topic,  # noqa: E402

@@ -17,7 +17,7 @@ consume_clicks; docs/storage.md gives the sizes it keeps bounded.
         both name it; a renamed node's old status names it until that node is gone, step 3),
      b. none of its counters rose for SHORTENER_INCARNATION_QUIET_SECONDS: after a Redis
         restart the replica's reporter sends what it still held of the earlier incarnation
-        within one flush, then deletes those keys (redirects/clicks.py, ACK_SCRIPT); the quiet
+        within one flush, then deletes those keys (redirects/reporter.py, ACK_SCRIPT); the quiet
         time covers a reporter or Kafka being away that long;
      c. consume_clicks has applied the clicks topic up to where it ended when the statuses
         were read: a backlog (consume_clicks down or behind) is applied before, never refused.

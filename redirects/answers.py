@@ -12,7 +12,7 @@ import json
 from django.conf import settings
 from django.utils.encoding import iri_to_uri
 
-from redirects.clicks import GONE
+from redirects.counting import GONE
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
@@ -60,7 +60,7 @@ UNAVAILABLE = _json(503, {"error": "temporarily unavailable"}, (b"retry-after", 
 
 
 def redirect_answer(outcome: str | int | None) -> Answer:
-    """The answer for a lookup's outcome (clicks.click_outcome / selectors.link_target_parse):
+    """The answer for a lookup's outcome (counting.click_outcome / selectors.link_target_parse):
     302 to the longurl, 410 for GONE, 404 for None.
 
     Location is the longurl as stored, passed through Django's iri_to_uri as HttpResponseRedirect

@@ -9,9 +9,9 @@ is exactly what the Django view answered (redirects/answers.py, shared with it):
 Location and Cache-Control: no-store; HEAD answered and not counted; 404 JSON for an unknown or
 disabled code; 410 JSON with Cache-Control: no-store for an expired one; 405 for other methods;
 503 with Retry-After while Redis is away, recovering by itself (after a Redis restart, through
-the counter incarnation check: clicks.click_script_reload_async). A Redis that refuses writes but
+the counter incarnation check: counting.click_script_reload_async). A Redis that refuses writes but
 still reads (memory or disk full, a read-only replica) still redirects: the click is counted as
-lost instead (clicks.link_read_uncounted_async), on that error only.
+lost instead (counting.link_read_uncounted_async), on that error only.
 Malformed codes, /metrics, /healthz, /readyz and anything else go to Django, which answers them
 as before (a malformed code is a 404 from its resolver, without a Redis round trip).
 
@@ -31,7 +31,7 @@ from typing import Any
 from django.conf import settings
 from redis.exceptions import RedisError, ResponseError
 
-from redirects import answers, clicks, selectors
+from redirects import answers, counting, selectors
 from redirects.pipelining import PipelinedRedis
 from runtime.metrics import REQUESTS
 from topics.records import RESERVED_TINYURLS
@@ -83,12 +83,12 @@ class RedirectApp:
                     # Looked up and counted in one command; a link not answered with 302
                     # counts nothing.
                     try:
-                        outcome = await clicks.link_click_async(redis=redis, tinyurl=tinyurl)
+                        outcome = await counting.link_click_async(redis=redis, tinyurl=tinyurl)
                     except ResponseError as exc:
                         # Redis refuses writes (memory or disk full, a read-only replica) but
                         # still reads: answered all the same, the click counted as lost. Any
                         # other error is raised again (503 below).
-                        outcome = await clicks.link_read_uncounted_async(
+                        outcome = await counting.link_read_uncounted_async(
                             redis=redis, tinyurl=tinyurl, error=exc)
                     answer = answers.redirect_answer(outcome)
                 elif method == "HEAD":

@@ -22,7 +22,7 @@ Clicks (counted by the redirect script, reported by report_clicks):
   <user>:clicks:runid                   string, the redis-server run_id that incarnation
                                         belongs to (a restart gets a new run_id)
   <user>:clicks:count:<inc>:<tinyurl>   string, clicks of tinyurl counted in incarnation inc
-  <user>:clicks:due / dirty / inflight  sets of `<inc>:<tinyurl>` members (see clicks.py)
+  <user>:clicks:due / dirty / inflight  sets of `<inc>:<tinyurl>` members (see counting.py)
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class LinkValue:
     expires_at: ms since the Unix epoch after which the link answers 410 Gone; None: never.
     longurl: the redirect target; None when the link is disabled (taken down: 404).
     The longurl comes last and may itself contain "|": a parser splits at the first two only.
-    The Lua scripts (services.APPLY_SCRIPT, clicks.CLICK_SCRIPT) read the same layout.
+    The Lua scripts (services.APPLY_SCRIPT, counting.CLICK_SCRIPT) read the same layout.
     """
 
     version: int
@@ -162,7 +162,7 @@ def clicks_counter_key(*, incarnation: str, tinyurl: str) -> str:
 
 
 def clicks_incarnation_key() -> str:
-    """String: the id of the current counter incarnation (see clicks.py for when a new one
+    """String: the id of the current counter incarnation (see counting.py for when a new one
     starts). Counters are named by it, never by the node id, so a node whose id changes, or
     two hosts sharing this Redis, count and report the same counters."""
     return f"{settings.SHORTENER_USER}:clicks:incarnation"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from django_redis import get_redis_connection
 from redis import Redis
 
-from redirects import clicks, keys
+from redirects import counting, keys
 from redirects.pipelining import PipelinedRedis
 
 
@@ -18,8 +18,8 @@ def redis_get() -> Redis:
 
 
 def link_target_parse(raw: bytes | str | None, *, now_ms: int | None = None) -> str | int | None:
-    """What a link key's value means for a HEAD request, in clicks.click_outcome()'s terms (the
-    same answer a GET gives, without counting): the longurl (302), clicks.GONE (410: expired) or
+    """What a link key's value means for a HEAD request, in counting.click_outcome()'s terms (the
+    same answer a GET gives, without counting): the longurl (302), counting.GONE (410: expired) or
     None (404: unknown, disabled, or a value in another format).
 
     raw: the value of keys.link_key(tinyurl) (keys.LinkValue's encoding, parsed by
@@ -33,7 +33,7 @@ def link_target_parse(raw: bytes | str | None, *, now_ms: int | None = None) -> 
     if link is None or link.disabled:
         return None
     if link.expired(int(time.time() * 1000) if now_ms is None else now_ms):
-        return clicks.GONE
+        return counting.GONE
     return link.longurl
 
 
@@ -77,7 +77,7 @@ class Readiness:
     notes: list[str]  # things worth knowing while ready (or not)
     rejected: int  # records consume_links could not apply, ever (stats hash)
     rejected_last: str | None  # "<partition>:<offset>" of the latest
-    # clicks.writes_refused's label while Redis refuses writes (oom, misconf, readonly), else None
+    # counting.writes_refused's label while Redis refuses writes (oom, misconf, readonly), else None
     writes_refused: str | None = None
 
 
@@ -88,7 +88,7 @@ def readiness_get(*, redis: Redis, stale_seconds: float) -> Readiness:
     heartbeat is at most `stale_seconds` old by Redis' own clock (so no clock of another host is
     involved).
 
-    A Redis that refuses writes (clicks.writes_refused: memory or disk full, a read-only
+    A Redis that refuses writes (counting.writes_refused: memory or disk full, a read-only
     replica) makes the replica not ready, whatever else holds: it still answers every redirect
     that reaches it, but counts none of their clicks, and consume_links can apply no link
     published since (a takedown included), as when consume_links is stuck. Out of service, the
@@ -110,7 +110,7 @@ def readiness_get(*, redis: Redis, stale_seconds: float) -> Readiness:
         if isinstance(reply, Exception):
             raise reply
     (seconds, micros), (ready, heartbeat, kafka_error), (rejected, rejected_last), probe = replies
-    refused = clicks.writes_refused(probe) if isinstance(probe, Exception) else None
+    refused = counting.writes_refused(probe) if isinstance(probe, Exception) else None
     now_ms = seconds * 1000 + micros // 1000
     notes = []
     if kafka_error is not None:

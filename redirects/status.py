@@ -24,6 +24,7 @@ from redis import Redis
 
 from redirects import keys, selectors
 from runtime.supervision import SupervisedThread
+from topics.clients import consumer_close, producer_close
 from topics.links import links_topic
 from topics.replicas import (
     links_end_reader_make,
@@ -65,7 +66,9 @@ class StatusPublisher:
     """Publishes this replica's status every `interval` seconds until `stop` is set.
 
     Never raises out of run(): Redis or Kafka being away makes the status say so ("unknown"
-    fields, not ready), or makes one status be dropped (at most once; see bus.py).
+    fields, not ready), or makes one status be dropped (at most once; see topics/replicas.py).
+    Its producer and its links-end reader are closed (topics/clients.py) when a send or a read
+    fails and when run() ends, whatever Kafka holds: none of their threads outlives it.
     """
 
     def __init__(
@@ -95,9 +98,12 @@ class StatusPublisher:
                 self.publish_once()
                 self.stop.wait(self.interval)
         finally:
-            self._close_producer()
-            self._close_reader()
-            logger.info("status publisher stopped: %d sent, %d failed", self.sent, self.failed)
+            try:
+                self._close_producer()
+                self._close_reader()
+            finally:
+                logger.info("status publisher stopped: %d sent, %d failed", self.sent,
+                            self.failed)
 
     def collect(self) -> dict:
         """This replica's status fields now (see ReplicaStatus)."""
@@ -140,20 +146,17 @@ class StatusPublisher:
             return None
 
     def _close_producer(self) -> None:
-        if self.producer is not None:
-            try:
-                self.producer.close(timeout=1)
-            except Exception:  # noqa: BLE001 - closing a broken producer must not raise
-                logger.exception("closing the status producer failed")
-            self.producer = None
+        """Forget the producer and close it (a second to send what it holds, then force-closed:
+        a status is at most once). Never raises."""
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            producer_close(producer, 1.0, name="status producer")
 
     def _close_reader(self) -> None:
-        if self.reader is not None:
-            try:
-                self.reader.close()
-            except Exception:  # noqa: BLE001
-                logger.exception("closing the status reader failed")
-            self.reader = None
+        """Forget the links-end reader and close it. Never raises."""
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            consumer_close(reader, name="status reader")
 
     def publish_once(self) -> bool:
         """Collect and send one status, waiting (bounded) for the ack; True if acknowledged."""

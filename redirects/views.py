@@ -10,7 +10,7 @@ import redis as redis_lib
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from redirects import answers, clicks, selectors
+from redirects import answers, counting, selectors
 from runtime.metrics import instrumented
 
 logger = logging.getLogger(__name__)
@@ -62,11 +62,11 @@ def redirect(request: HttpRequest, tinyurl: str) -> HttpResponse:
                 # nothing.
                 redis = selectors.redis_get()
                 try:
-                    outcome = clicks.click_call(redis=redis, tinyurl=tinyurl)
+                    outcome = counting.click_call(redis=redis, tinyurl=tinyurl)
                 except redis_lib.ResponseError as exc:
                     # Redis refuses writes but reads: answered, the click counted as lost
                     # (see redirects/asgi.py).
-                    outcome = clicks.link_read_uncounted(redis=redis, tinyurl=tinyurl, error=exc)
+                    outcome = counting.link_read_uncounted(redis=redis, tinyurl=tinyurl, error=exc)
             else:  # HEAD: answered, not counted (see redirects/asgi.py)
                 outcome = selectors.link_target_get(tinyurl=tinyurl)
             answer = answers.redirect_answer(outcome)

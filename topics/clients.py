@@ -106,28 +106,68 @@ def consumer_make(*, client_id: str, group_id: str | None, own: dict[str, Any]) 
     return consumer
 
 
-def producer_close(producer: KafkaProducer, timeout: float = 1.0) -> None:
+def producer_close(producer: KafkaProducer, timeout: float = 1.0, *,
+                   name: str = "Kafka producer") -> None:
     """Close a producer for good: send what it can within `timeout` seconds, fail the rest.
 
-    kafka-python 3.0.12's close() flushes first and raises KafkaTimeoutError when the flush
-    times out, before it stops the sender thread (kafka/producer/kafka.py, close): a producer
-    reset after a failed delivery would otherwise keep its thread, its connections and its
-    records retrying. So on that error the sender is force-closed, which fails the records it
-    still holds, and close() then completes. Never raises.
+    Every producer is closed here, on every path (a stop, a reset after a failure), so that no
+    sender thread (`<client_id>-network-thread`) outlives its owner. kafka-python 3.0.12's
+    close() flushes first and raises KafkaTimeoutError when the flush times out, before it
+    stops the sender thread (kafka/producer/kafka.py, close): a producer reset after a failed
+    delivery, or one still holding records when its owner stops, would otherwise keep its
+    thread, its connections and its records retrying. So on that error the sender is
+    force-closed, which fails the records it still holds, and close() then completes. A close()
+    whose graceful wait for the sender ran out force-closes it without waiting for it to end:
+    that wait is done here. Returns within three times `timeout` at most. `name` names the
+    producer in the log line of an unexpected failure. Never raises. Calling it again, from
+    another thread too, on a producer being closed is harmless: the second call force-closes
+    it within its own bound.
     """
     try:
         producer.close(timeout=timeout)
-        return
     except KafkaError:
-        pass
+        _producer_force_close(producer, timeout, name)
     except Exception:  # noqa: BLE001 - closing a broken producer must not raise
-        logger.exception("closing the Kafka producer failed")
+        logger.exception("closing the %s failed", name)
+        _producer_force_close(producer, timeout, name)
+    try:
+        sender = producer._sender
+        if sender is not None and sender.is_alive():
+            sender.join(timeout)
+    except Exception:  # noqa: BLE001
+        logger.exception("waiting for the %s's sender failed", name)
+
+
+def _producer_force_close(producer: KafkaProducer, timeout: float, name: str) -> None:
+    """Fail what the producer holds and stop its sender (waiting `timeout` for it), then
+    complete its close(). Never raises."""
     try:
         producer._sender.force_close()
         producer._sender.join(timeout)
         producer.close(timeout=0)
     except Exception:  # noqa: BLE001
-        logger.exception("force-closing the Kafka producer failed")
+        logger.exception("force-closing the %s failed", name)
+
+
+def consumer_close(consumer: KafkaConsumer, *, name: str = "Kafka consumer") -> None:
+    """Close a consumer for good: its connections and its IO thread (`kafka-io-<client_id>`).
+
+    autocommit=False: a group's offset is only ever committed by hand after a batch is stored
+    (and only shows progress); a group-less reader has nothing to commit. kafka-python 3.0.12's
+    close() is bounded by the consumer's request_timeout_ms (kafka/consumer/group.py, close).
+    If it fails before closing the network client (the coordinator's close raised), the client
+    is closed here, which stops the IO thread. `name` names the consumer in the log line of the
+    failure. Never raises.
+    """
+    try:
+        consumer.close(autocommit=False)
+        return
+    except Exception:  # noqa: BLE001 - closing a broken consumer must not raise
+        logger.exception("closing the %s failed", name)
+    try:
+        consumer._client.close()
+    except Exception:  # noqa: BLE001
+        logger.exception("force-closing the %s failed", name)
 
 
 def admin_client() -> KafkaAdminClient:

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.exceptions import RedisError
 
-from redirects import answers, clicks, keys, selectors
+from redirects import answers, keys, selectors
+from redirects import counting as clicks
 
 # What may appear in an ASCII URL as sent (RFC 3986): unreserved and reserved characters, and
 # percent-encodings in either case.

@@ -11,7 +11,7 @@ from django.db.models import Sum
 
 from links.models import ClickCounter, Link
 from redirects import keys
-from redirects.clicks import CLAIM_SCRIPT
+from redirects.reporter import CLAIM_SCRIPT
 from testkit import (
     click_reports,
     link_produce,
@@ -253,7 +253,7 @@ def test_the_reporter_alone_notices_a_redis_restart(replica_factory):
 
 
 def test_the_incarnation_check_against_a_real_redis(replica_factory):
-    from redirects import clicks
+    from redirects import counting as clicks
 
     redis = replica_factory(start=False).redis
     run_id = redis.info("server")["run_id"]

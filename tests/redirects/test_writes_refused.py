@@ -14,7 +14,8 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.exceptions import OutOfMemoryError, ResponseError
 
-from redirects import clicks, keys, selectors
+from redirects import keys, selectors
+from redirects import counting as clicks
 from testkit import (
     free_port,
     link_produce,

@@ -2,7 +2,8 @@
 
 Runs until SIGTERM or SIGINT; then it reports every click counted so far and exits, within 10 s
 whatever Kafka does (what Kafka did not acknowledge by then stays in Redis for the next run).
-See redirects/clicks.py, and redirects/status.py for the status (every SHORTENER_STATUS_SECONDS).
+See redirects/reporter.py (the counters it reports: redirects/counting.py), and
+redirects/status.py for the status (every SHORTENER_STATUS_SECONDS).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import threading
 
 from django.conf import settings
 
-from redirects.clicks import ClickReporter
+from redirects.reporter import ClickReporter
 from redirects.selectors import redis_get
 from redirects.status import status_thread_start
 from runtime.commands import LongRunningCommand
