@@ -57,6 +57,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from links import buckets, replicas
 from links.models import ConsumerPosition, EndedIncarnation
 from topics.clicks import click_report_key, clicks_topic
+from topics.clients import consumer_close
 from topics.links import producer_get
 from topics.replicas import ReplicaStatus, replicas_reader_make, replicas_topic
 
@@ -157,7 +158,7 @@ def clicks_topic_ends(*, reader_factory: Callable[[], KafkaConsumer] = replicas_
         tps = [TopicPartition(clicks_topic(), p) for p in sorted(partitions)]
         return {tp.partition: end for tp, end in reader.end_offsets(tps).items()} if tps else {}
     finally:
-        reader.close()
+        consumer_close(reader)
 
 
 def clicks_applied_wait(ends: dict[int, int], *, timeout: float) -> dict[int, int]:

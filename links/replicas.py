@@ -29,6 +29,7 @@ from kafka.errors import KafkaError
 from links import selectors
 from runtime.metrics import records_rejected_report
 from topics.batching import Record
+from topics.clients import consumer_close
 from topics.records import MessageError, Rejected
 from topics.replicas import (
     ReplicaStatus,
@@ -118,7 +119,7 @@ def replica_statuses_read(
                     statuses_fold(newest=newest, rejected=rejected, record=rec)
         return Statuses(newest=newest, rejected=rejected)
     finally:
-        consumer.close()
+        consumer_close(consumer)
 
 
 def statuses_fold(*, newest: dict[str, tuple[ReplicaStatus, datetime]],

@@ -11,7 +11,7 @@ disabled code; 410 JSON with Cache-Control: no-store for an expired one; 405 for
 503 with Retry-After while Redis is away, recovering by itself (after a Redis restart, through
 the counter incarnation check: counting.click_script_reload_async). A Redis that refuses writes but
 still reads (memory or disk full, a read-only replica) still redirects: the click is counted as
-lost instead (counting.link_read_uncounted_async), on that error only.
+lost instead (selectors.link_read_uncounted_async), on that error only.
 Malformed codes, /metrics, /healthz, /readyz and anything else go to Django, which answers them
 as before (a malformed code is a 404 from its resolver, without a Redis round trip).
 
@@ -88,7 +88,7 @@ class RedirectApp:
                         # Redis refuses writes (memory or disk full, a read-only replica) but
                         # still reads: answered all the same, the click counted as lost. Any
                         # other error is raised again (503 below).
-                        outcome = await counting.link_read_uncounted_async(
+                        outcome = await selectors.link_read_uncounted_async(
                             redis=redis, tinyurl=tinyurl, error=exc)
                     answer = answers.redirect_answer(outcome)
                 elif method == "HEAD":

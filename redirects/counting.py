@@ -312,32 +312,3 @@ def click_uncounted(*, reason: str, outcome: str | int | None, error: RedisError
         _uncounted_logged_at, _uncounted_unlogged = now, 0
     else:
         _uncounted_unlogged += 1
-
-
-def link_read_uncounted(*, redis: Redis, tinyurl: str, error: RedisError) -> str | int | None:
-    """After click_call raised `error`: if it is Redis refusing writes (writes_refused), the
-    link's outcome read without counting (selectors.link_target_get, as for HEAD) and the lost
-    click recorded (click_uncounted); any other error is raised again. Raises RedisError."""
-    # selectors imports this module (GONE): imported here, on this path only.
-    from redirects import selectors
-
-    reason = writes_refused(error)
-    if reason is None:
-        raise error
-    outcome = selectors.link_target_get(tinyurl=tinyurl, redis=redis)
-    click_uncounted(reason=reason, outcome=outcome, error=error)
-    return outcome
-
-
-async def link_read_uncounted_async(*, redis: PipelinedRedis, tinyurl: str,
-                                    error: RedisError) -> str | int | None:
-    """link_read_uncounted through the pipelined client (the served replica's GET after
-    link_click_async raised `error`)."""
-    from redirects import selectors
-
-    reason = writes_refused(error)
-    if reason is None:
-        raise error
-    outcome = await selectors.link_target_get_async(redis=redis, tinyurl=tinyurl)
-    click_uncounted(reason=reason, outcome=outcome, error=error)
-    return outcome

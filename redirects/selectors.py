@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from django_redis import get_redis_connection
-from redis import Redis
+from redis import Redis, RedisError
 
 from redirects import counting, keys
 from redirects.pipelining import PipelinedRedis
@@ -136,3 +136,27 @@ def readiness_get(*, redis: Redis, stale_seconds: float) -> Readiness:
                      rejected=int(rejected or 0),
                      rejected_last=rejected_last.decode() if rejected_last else None,
                      writes_refused=refused)
+
+
+def link_read_uncounted(*, redis: Redis, tinyurl: str, error: RedisError) -> str | int | None:
+    """After counting.click_call raised `error`: if it is Redis refusing writes (counting.writes_refused), the
+    link's outcome read without counting (link_target_get, as for HEAD) and the lost
+    click recorded (counting.click_uncounted); any other error is raised again. Raises RedisError."""
+    reason = counting.writes_refused(error)
+    if reason is None:
+        raise error
+    outcome = link_target_get(tinyurl=tinyurl, redis=redis)
+    counting.click_uncounted(reason=reason, outcome=outcome, error=error)
+    return outcome
+
+
+async def link_read_uncounted_async(*, redis: PipelinedRedis, tinyurl: str,
+                                    error: RedisError) -> str | int | None:
+    """link_read_uncounted through the pipelined client (the served replica's GET after
+    counting.link_click_async raised `error`)."""
+    reason = counting.writes_refused(error)
+    if reason is None:
+        raise error
+    outcome = await link_target_get_async(redis=redis, tinyurl=tinyurl)
+    counting.click_uncounted(reason=reason, outcome=outcome, error=error)
+    return outcome

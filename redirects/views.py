@@ -66,7 +66,7 @@ def redirect(request: HttpRequest, tinyurl: str) -> HttpResponse:
                 except redis_lib.ResponseError as exc:
                     # Redis refuses writes but reads: answered, the click counted as lost
                     # (see redirects/asgi.py).
-                    outcome = counting.link_read_uncounted(redis=redis, tinyurl=tinyurl, error=exc)
+                    outcome = selectors.link_read_uncounted(redis=redis, tinyurl=tinyurl, error=exc)
             else:  # HEAD: answered, not counted (see redirects/asgi.py)
                 outcome = selectors.link_target_get(tinyurl=tinyurl)
             answer = answers.redirect_answer(outcome)

@@ -55,6 +55,7 @@ from runtime.metrics import (
     CONSUMER_TOPIC_RECREATED,
 )
 from topics.batching import BatchIsolation, BatchWrite, StrategyFactory, Writes
+from topics.clients import consumer_close
 from topics.positions import (
     PositionMismatch,
     PositionStore,
@@ -191,7 +192,7 @@ class Loop:
                     self._recreated = str(exc)
                     # A new Kafka consumer: fresh metadata, the new topic's partitions.
                     if consumer is not None:
-                        self._consumer_close(consumer)
+                        consumer_close(consumer)
                         consumer = None
                 except KafkaError as exc:
                     CONSUMER_RETRIES.labels(self.topic, "kafka").inc()
@@ -215,7 +216,7 @@ class Loop:
                         break
         finally:
             if consumer is not None:
-                self._consumer_close(consumer)
+                consumer_close(consumer)
             logger.info("%s stopped", self.name)
             self.close()
 
@@ -236,15 +237,6 @@ class Loop:
             self.strategy.join()
         except (PositionMismatch, *self.store.store_errors) as exc:
             logger.warning("%s: %s: %r", self.name, what, exc)
-
-    @staticmethod
-    def _consumer_close(consumer: KafkaConsumer) -> None:
-        # autocommit=False: the group offset is only ever committed after a batch is in the
-        # store (and is informational anyway).
-        try:
-            consumer.close(autocommit=False)
-        except Exception:  # noqa: BLE001 - closing a broken consumer must not raise
-            logger.exception("closing the Kafka consumer failed")
 
     def _assign(self, consumer: KafkaConsumer) -> bool:
         """Assign every partition of the topic, waiting for the topic to exist."""

@@ -177,7 +177,8 @@ def test_the_click_script_through_both_clients_and_after_its_cache_was_emptied(r
     """clicks.click_call (sync, the runserver view's) and link_click_async (the ASGI path's)
     count on the same keys, and both load the script again after a NOSCRIPT (Redis restarted:
     its script cache is empty), each time after the incarnation check (INFO server, EVAL)."""
-    from redirects import counting as clicks, keys, selectors
+    from redirects import counting as clicks
+    from redirects import keys, selectors
 
     redis = redis_server.redis
     redis.set(keys.link_key("Abc1234"), "1||https://example.com/x")

@@ -14,8 +14,8 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.exceptions import OutOfMemoryError, ResponseError
 
-from redirects import keys, selectors
 from redirects import counting as clicks
+from redirects import keys, selectors
 from testkit import (
     free_port,
     link_produce,
@@ -173,9 +173,9 @@ def test_the_sync_path_reads_the_link_when_writes_are_refused(replica_factory):
         with pytest.raises(OutOfMemoryError) as refused:
             clicks.click_call(redis=redis, tinyurl="Sync123")
         assert clicks.writes_refused(refused.value) == "oom"
-        assert clicks.link_read_uncounted(redis=redis, tinyurl="Sync123",
+        assert selectors.link_read_uncounted(redis=redis, tinyurl="Sync123",
                                           error=refused.value) == "https://example.com/sync"
-        assert clicks.link_read_uncounted(redis=redis, tinyurl="Nope123",
+        assert selectors.link_read_uncounted(redis=redis, tinyurl="Nope123",
                                           error=refused.value) is None
         state = selectors.readiness_get(redis=redis, stale_seconds=15)
         assert not state.ready and state.writes_refused == "oom"
@@ -184,7 +184,7 @@ def test_the_sync_path_reads_the_link_when_writes_are_refused(replica_factory):
     assert REGISTRY.get_sample_value(UNCOUNTED, {"reason": "oom"}) == before + 1
     # Another error is not a refusal: raised again, nothing read.
     with pytest.raises(ResponseError):
-        clicks.link_read_uncounted(redis=redis, tinyurl="Sync123",
+        selectors.link_read_uncounted(redis=redis, tinyurl="Sync123",
                                    error=ResponseError("WRONGTYPE Operation against a key"))
     # The write check changed nothing while writes were accepted: no probe key exists.
     assert selectors.readiness_get(redis=redis, stale_seconds=15).writes_refused is None
