@@ -4,9 +4,9 @@ Usage (with the embedded services running: `bash stack/services.sh start`):
     .local/venv/bin/python bench/buckets.py [--reports 100000] [--links 10000] [--runs 3]
 
 Applies the same click reports (4 replicas, each its own counter incarnation, over --links
-links, spread over 24 hours, batches of SHORTENER_CLICKS_BATCH) with links.clicks'
+links, spread over 24 hours, batches of SHORTENER_CLICKS_BATCH) with links.totals'
 clicks_batch_apply, in this process and on a database of its own, --runs times each, alternating:
-  baseline: the apply without its bucket part (links.clicks._COUNTERS_SQL without _BUCKETS_CTE);
+  baseline: the apply without its bucket part (links.totals._COUNTERS_SQL without _BUCKETS_CTE);
   buckets:  the apply as consume_clicks runs it.
 Counters, buckets and totals are emptied before each run, so every run raises every counter; a
 first pass, not counted, warms PostgreSQL's cache.
@@ -34,7 +34,7 @@ from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.db.models import Sum  # noqa: E402
 
-import links.clicks as clicks  # noqa: E402
+import links.totals as clicks  # noqa: E402
 from links.models import ClickBucket, Link  # noqa: E402
 from links.selectors import longurl_digest  # noqa: E402
 from links.services import tinyurl_generate  # noqa: E402

@@ -20,7 +20,7 @@ Then, in one run and against the same topic:
                   link's total is checked against the sum of its counters' last counts, and the
                   buckets against the totals;
   no buckets:     the same command with the statement of the apply without its bucket part
-                  (links.clicks._COUNTERS_SQL without _BUCKETS_CTE): what the buckets cost.
+                  (links.totals._COUNTERS_SQL without _BUCKETS_CTE): what the buckets cost.
 The reports are all stamped in the current hour, as a backlog of minutes is.
 --runs N measures N times on the same topic (database counters and buckets reset in between).
 --profile FILE runs py-spy (if installed) on consume_clicks during the first run.
@@ -140,8 +140,8 @@ import os, sys
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shortener_project.settings")
 import django
 django.setup()
-import links.clicks
-links.clicks._APPLY_SQL = links.clicks._COUNTERS_SQL.format(buckets="")
+import links.totals
+links.totals._APPLY_SQL = links.totals._COUNTERS_SQL.format(buckets="")
 from django.core.management import execute_from_command_line
 execute_from_command_line(["manage.py", *sys.argv[1:]])
 """

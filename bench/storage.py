@@ -9,7 +9,7 @@ On a database, topics and a redis-server of its own, at two scales (half of --li
           Redis keys (one string per link, keys.link_value_encode, as APPLY_SCRIPT writes it);
   clicks: one click per link counted by the replica's own click script (a counter per link in
           one incarnation), one report per counter on the clicks topic (click_report_encode),
-          applied by consume_clicks' own apply (links.clicks.clicks_batch_apply): a ClickCounter
+          applied by consume_clicks' own apply (links.totals.clicks_batch_apply): a ClickCounter
           and an hourly ClickBucket row per link;
 then the pruning: 24 hourly rows per link for a day out of the hourly chart rolled into one
 (links.buckets.buckets_roll_up), and the incarnation ended and folded into FoldedClicks rows
@@ -43,7 +43,7 @@ from django.db import connection  # noqa: E402
 from django.utils import timezone as django_timezone  # noqa: E402
 
 from links import buckets, pruning  # noqa: E402
-from links.clicks import clicks_apply_batch  # noqa: E402
+from links.totals import clicks_apply_batch  # noqa: E402
 from links.models import ClickBucket, ClickCounter, ConsumerPosition, Link  # noqa: E402
 from links.selectors import longurl_digest  # noqa: E402
 from links.services import tinyurl_generate  # noqa: E402

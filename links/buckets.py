@@ -1,5 +1,5 @@
 """The hourly series of a link's clicks (ClickBucket rows: link, node, hour): the hour a report's
-clicks are charted in (report_hour, used by the fold in links/clicks.py), and its bounded growth
+clicks are charted in (report_hour, used by the fold in links/totals.py), and its bounded growth
 (`manage.py prune`, links/pruning.py step 1): the hourly rows of every day that lies wholly before
 the hourly chart's window are rolled into one row per (link, node, day), and rows older than
 SHORTENER_CLICKS_DAYS_KEEP are dropped. Link.clicks never depends on buckets.

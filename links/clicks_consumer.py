@@ -1,4 +1,4 @@
-"""consume_clicks' loop: the clicks topic read into PostgreSQL (links/clicks.py applies a batch).
+"""consume_clicks' loop: the clicks topic read into PostgreSQL (links/totals.py applies a batch).
 
 A topics.loop.Loop composed of the master's position store (links/positions.py: a position
 outside the topic's retained range is reported as a loss, never passed over silently), the
@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from django.db import DatabaseError, connection
 from kafka import KafkaConsumer
 
-from links.clicks import (
+from links.totals import (
     ClicksBatch,
     clicks_batch_apply,
     clicks_batch_decode,

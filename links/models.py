@@ -214,7 +214,7 @@ class RateLimitCounter(models.Model):
 class ClickBucket(models.Model):
     """Clicks of one link on one replica (node label) within one hour (UTC), for the charts.
 
-    Filled by consume_clicks in the same transaction as the counters (links/clicks.py): when a
+    Filled by consume_clicks in the same transaction as the counters (links/totals.py): when a
     counter rises from a to b, the b - a clicks land in the hour of the report that raised it,
     so a duplicate or a replayed report, which raises nothing, adds nothing. A row exists only
     for an hour in which the link was clicked on that replica. Days are sums of hours.

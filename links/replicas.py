@@ -2,7 +2,7 @@
 
 Each replica's report_clicks publishes its status there every few seconds (redirects/status.py),
 keyed by node on a compacted topic, so the topic holds about one record per replica plus at most
-ten minutes of newer ones (shortener_project/bus.py). The admin's replicas page reads all of it
+ten minutes of newer ones (topics/). The admin's replicas page reads all of it
 from the start on every view, within SHORTENER_REPLICAS_READ_SECONDS, rather than having a
 consumer fold it into PostgreSQL: nothing more to run, deploy or keep in step, and the page
 shows what Kafka holds at that moment. A replica not heard from for

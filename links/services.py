@@ -1,5 +1,5 @@
-"""Writes of the master: creating links, changing their state, and publishing them to the links
-topic (every record the link's whole current state with its version, schema 2)."""
+"""Writes of the master: creating links and changing their state; each change is then published
+to the links topic after its commit (links/publishing.py)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,7 @@ from django.utils import timezone
 from links import selectors, validation
 from links.models import BlockedHost, Link
 from links.publishing import LinkPublishError, link_publish
-from topics.links import (
-    VERSION_MAX,
-)
+from topics.links import VERSION_MAX
 from topics.records import RESERVED_TINYURLS, TINYURL_ALPHABET, TINYURL_LENGTH
 
 logger = logging.getLogger(__name__)

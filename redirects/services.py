@@ -168,7 +168,7 @@ def links_apply_batch(
         value = keys.link_value_encode(keys.LinkValue(
             version=version, expires_at=expires_at,
             longurl=record.longurl if record.state == "active" else None))
-        # expires_at <= EXPIRES_AT_MAX (messages.py): plus the keep time, still exact in Lua.
+        # expires_at <= EXPIRES_AT_MAX (topics/links.py): plus the keep time, still exact in Lua.
         newest[record.tinyurl] = (
             version, value, expires_at + keep_ms if expires_at is not None else 0)
 

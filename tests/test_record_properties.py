@@ -228,7 +228,7 @@ def test_links_apply_batch_survives_any_record(redis):
 
 
 def test_clicks_apply_batch_survives_any_record(transactional_db):
-    from links.clicks import clicks_apply_batch
+    from links.totals import clicks_apply_batch
     from links.models import ClickCounter, Link
     from links.selectors import longurl_digest
 

@@ -209,7 +209,7 @@ def clicks_consumer_settings() -> dict[str, Any]:
     return {
         # Never move a position silently: kafka-python's reset of an out-of-range position is
         # an INFO line. With "none" a position outside the retained range raises instead, and
-        # links/clicks.py reports the records skipped (an ERROR and
+        # links/totals.py reports the records skipped (an ERROR and
         # shortener_consumer_records_lost_total) before reading on from the start.
         "auto_offset_reset": "none",
         # One PostgreSQL transaction per batch: larger batches, fewer commits
@@ -222,7 +222,7 @@ def clicks_consumer_settings() -> dict[str, Any]:
 def clicks_consumer_make() -> KafkaConsumer:
     """The master's consumer of the clicks topic. The caller assigns and seeks (no subscribe).
     Its group is for monitoring only (lag tooling); the position that counts is in PostgreSQL,
-    written in the same transaction as the totals (links/clicks.py)."""
+    written in the same transaction as the totals (links/totals.py)."""
     return consumer_make(
         client_id=f"{settings.SHORTENER_USER}-clicks-master-{settings.SHORTENER_NODE_ID}",
         group_id=clicks_group(), own=clicks_consumer_settings())

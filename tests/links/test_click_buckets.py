@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from links import services
 from links.buckets import report_hour
-from links.clicks import clicks_apply_batch, clicks_batch_decode
+from links.totals import clicks_apply_batch, clicks_batch_decode
 from links.models import ClickBucket, ClickCounter, ConsumerPosition, Link
 from links.selectors import longurl_digest
 from testkit import FakeRecord as Rec

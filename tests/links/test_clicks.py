@@ -15,7 +15,7 @@ from django.conf import settings
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 
-from links.clicks import clicks_apply_batch
+from links.totals import clicks_apply_batch
 from links.models import ClickCounter, ConsumerPosition, Link
 from links.selectors import longurl_digest
 from links.services import tinyurl_generate

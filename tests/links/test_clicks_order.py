@@ -67,7 +67,7 @@ def test_an_older_report_landing_after_a_newer_one_leaves_the_total_unchanged(ow
 def test_compaction_keeps_the_report_with_the_highest_offset_not_the_highest_count(
     own_clicks_topic, transactional_db,
 ):
-    """What bus.py says the compacted topic holds: for a counter whose lower count landed last,
+    """What topics/clicks.py says the compacted topic holds: for a counter whose lower count landed last,
     the lower count. A master that starts over from the compacted topic alone (no counters in
     PostgreSQL) folds that count, until the counter's next report."""
     process, topic, prefix = own_clicks_topic({

@@ -65,7 +65,7 @@ def test_creates_missing_topics_with_the_projects_settings(fresh_prefix):
     call_command("kafka_topics", stdout=out)
     for spec in topic_specs():
         assert f"{spec.name}: created" in out.getvalue()
-        # The replicas' statuses are compacted and also deleted after a week (bus.py); the
+        # The replicas' statuses are compacted and also deleted after a week (topics/replicas.py); the
         # other two settings are the broker's defaults there, stated on the other topics.
         policy = "compact,delete" if spec.name == replicas_topic() else "compact"
         assert describe(spec.name) == {"cleanup.policy": policy, "min.insync.replicas": "1",

@@ -16,7 +16,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from links import buckets, pruning, replicas, selectors, services
-from links.clicks import clicks_apply_batch
+from links.totals import clicks_apply_batch
 from links.models import (
     ClickBucket,
     ClickCounter,

@@ -1,7 +1,7 @@
 """`manage.py consume_clicks`: fold the replicas' click reports into PostgreSQL (master).
 
 Runs until SIGTERM or SIGINT, which finish the batch in hand and exit cleanly.
-See links/clicks.py for how the totals stay exact, links/clicks_consumer.py for the loop.
+See links/totals.py for how the totals stay exact, links/clicks_consumer.py for the loop.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 is links/clicks_consumer.py).
 
 A counter is one link in one incarnation (one life) of one replica's Redis; its reports carry
-its absolute count (shortener_project/messages.py). Each batch of one partition is applied in
+its absolute count (topics/). Each batch of one partition is applied in
 ONE PostgreSQL transaction that
   1. locks the partition's position row and checks it is where this consumer expects,
   2. raises each (link, incarnation) counter to the largest count reported (never lowers), and
