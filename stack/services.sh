@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# All embedded services at once: start | stop | status | check.
+# All embedded services at once: start | stop [NAME ...] | status | check | stopped.
 # start: PostgreSQL, Kafka and one Redis per local replica; then the database and the topics.
-# check: only that the ports of those not running are free (what start checks first).
+# check: only that the ports of those not running are free, and that those running listen on
+#   the ports asked for (what start checks first).
+# stopped: the names of those not running now (postgres, kafka, redis:PORT): what a `start` will
+#   start, and so what `make up` and `make test` stop again when they end (stop NAME ...); a
+#   service that was running before them is never theirs to stop.
 source "$(dirname "$0")/lib.sh"
 here="$(dirname "$0")"
 
@@ -19,8 +23,22 @@ ports_check() {
       || die "port $port is given twice ($var, ${owner[$port]}): each service needs its own"
     owner[$port]=$var
   done
-  "$here/postgres.sh" status || port_free "$PG_PORT" SHORTENER_PG_PORT
-  if ! "$here/kafka.sh" status; then
+  # A service of this data folder that runs was started with the ports of that time: if it does
+  # not listen on the one asked for now, "already running" would be a lie and every client of
+  # this run would knock at an empty port.
+  if "$here/postgres.sh" status; then
+    port_open "$PG_PORT" || die "PostgreSQL of $DATA runs, but not on port $PG_PORT: it was \
+started with other ports. Set SHORTENER_PG_PORT to the port it listens on, or stop it first \
+(make down, with the ports it was started with)"
+  else
+    port_free "$PG_PORT" SHORTENER_PG_PORT
+  fi
+  if "$here/kafka.sh" status; then
+    port_open "$KAFKA_PORT" "$KAFKA_HOST" || die "Kafka of $DATA runs, but not on port \
+$KAFKA_PORT: it was started with other ports. Set SHORTENER_KAFKA_PORT (and \
+SHORTENER_KAFKA_CONTROLLER_PORT) to the ports it listens on, or stop it first (make down, with \
+the ports it was started with)"
+  else
     port_free "$KAFKA_PORT" SHORTENER_KAFKA_PORT "$KAFKA_HOST"
     port_free "$KAFKA_CONTROLLER_PORT" SHORTENER_KAFKA_CONTROLLER_PORT
   fi
@@ -37,10 +55,23 @@ case "${1:-}" in
     "$here/kafka.sh" start
     for p in $REDIS_PORTS; do "$here/redis.sh" start "$p"; done
     ;;
+  stopped)
+    "$here/postgres.sh" status || echo postgres
+    "$here/kafka.sh" status || echo kafka
+    for p in $REDIS_PORTS; do "$here/redis.sh" status "$p" || echo "redis:$p"; done
+    ;;
   stop)
-    for p in $REDIS_PORTS; do "$here/redis.sh" stop "$p"; done
-    "$here/kafka.sh" stop
-    "$here/postgres.sh" stop
+    # No names: all of them. Redis first, PostgreSQL last (the consumers' stores go first).
+    shift
+    names="${*:-$(for p in $REDIS_PORTS; do echo "redis:$p"; done) kafka postgres}"
+    for name in $names; do
+      case "$name" in
+        redis:*) "$here/redis.sh" stop "${name#redis:}" ;;
+        kafka) "$here/kafka.sh" stop ;;
+        postgres) "$here/postgres.sh" stop ;;
+        *) die "stop: unknown service $name" ;;
+      esac
+    done
     ;;
   status)
     rc=0
@@ -51,5 +82,5 @@ case "${1:-}" in
     done
     exit $rc
     ;;
-  *) die "usage: $0 start|stop|status|check" ;;
+  *) die "usage: $0 start|stop [NAME ...]|status|check|stopped" ;;
 esac

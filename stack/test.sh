@@ -7,10 +7,10 @@ here="$(cd "$(dirname "$0")" && pwd)"
 # The ports first: a taken one fails at once, not after an install.
 "$here/services.sh" check
 "$here/install.sh"
-was_running=0
-"$here/services.sh" status >/dev/null 2>&1 && was_running=1
+# Only the services this run starts are stopped at its end (see services.sh stopped).
+started="$("$here/services.sh" stopped | tr '\n' ' ')"
+trap '[ -z "$started" ] || "$here/services.sh" stop $started' EXIT
 "$here/services.sh" start
-if [ "$was_running" = 0 ]; then trap '"$here/services.sh" stop' EXIT; fi
 
 # A prefix of this run's own, so that tests never meet the topics, groups, keys or database of a
 # `make up` cluster or of an earlier run on the same services.

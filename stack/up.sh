@@ -16,8 +16,11 @@ read -r REDIS_PORT_1 REDIS_PORT_2 _ <<< "$REDIS_PORTS"
 # The ports first: a taken one fails at once, not after an install.
 "$here/services.sh" check
 "$here/install.sh"
+# Only the services this run starts are stopped when it ends: one that already ran (another
+# checkout's, a `make test` beside it) is not this run's to stop.
+started="$("$here/services.sh" stopped | tr '\n' ' ')"
+trap '[ -z "$started" ] || "$here/services.sh" stop $started' EXIT
 "$here/services.sh" start
-trap '"$here/services.sh" stop' EXIT
 
 export VENV REDIS_PORT_1 REDIS_PORT_2
 export SHORTENER_USER="${SHORTENER_USER:-$(id -un)}"
@@ -45,8 +48,10 @@ cat <<MSG
     curl -X PUT http://127.0.0.1:8000/create -d '{"longurl": "https://example.com/"}'
     curl -i http://127.0.0.1:8001/<the tinyurl it returned>
 
-  Admin user: SHORTENER_ROLE=master DJANGO_SECRET_KEY=\$(cat $DATA/secret_key) \\
-              $PY manage.py createsuperuser
+  Admin user (every address and name as this cluster's; manage.py reads them from the
+  environment, so a command run by hand needs the same):
+    SHORTENER_ROLE=master SHORTENER_USER=$SHORTENER_USER SHORTENER_PG_PORT=$PG_PORT \\
+      DJANGO_SECRET_KEY=\$(cat $DATA/secret_key) $PY manage.py createsuperuser
   A process that exits is restarted; see them all, or restart one:
     $VENV/bin/supervisorctl -c $RUN/supervisord.conf status
   Ctrl-C stops the cluster.

@@ -116,3 +116,44 @@ def test_explicit_addresses_win_over_the_stacks_ports():
     assert got == {"kafka": ["kafka.example:9000"], "redis": "redis://redis.example:7000/1",
                    "cache": "redis://redis.example:7000/1",
                    "pg": ["db.example", 6000, "other"]}
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("variable,service", [("SHORTENER_PG_PORT", "PostgreSQL"),
+                                              ("SHORTENER_KAFKA_PORT", "Kafka")])
+def test_a_running_service_on_other_ports_is_not_already_running(variable, service):
+    """The services this run uses, asked for on another port: their data folder's server runs,
+    but not there. The check fails at once, naming the variable, instead of answering "already
+    running" for a port nothing listens on (every client of that run would then fail later)."""
+    port = str(free_port())
+    started = time.monotonic()
+    result = subprocess.run(["bash", "stack/services.sh", "check"], cwd=ROOT,
+                            env={**os.environ, variable: port},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert f"{service} of " in result.stderr and f"runs, but not on port {port}" in \
+        result.stderr and variable in result.stderr, result.stderr
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.services
+def test_a_run_stops_only_the_services_it_started(tmp_path):
+    """`services.sh stopped` names the services that do not run (what `make up` / `make test`
+    start, and stop again at their end); `stop NAME` stops those alone. Two Redis of a data
+    folder of the test's own: the one running before is left running."""
+    before, mine = free_port(), free_port()
+    env = stack_env(tmp_path, SHORTENER_REDIS_PORTS=f"{before} {mine}")
+    run = lambda *args: subprocess.run(["bash", *args], cwd=ROOT, env=env,  # noqa: E731
+                                       capture_output=True, text=True, timeout=60)
+    assert run("stack/redis.sh", "start", str(before)).returncode == 0
+    try:
+        stopped = run("stack/services.sh", "stopped").stdout.split()
+        assert stopped == ["postgres", "kafka", f"redis:{mine}"]
+        assert run("stack/redis.sh", "start", str(mine)).returncode == 0
+        result = run("stack/services.sh", "stop", *[s for s in stopped if s.startswith("redis:")])
+        assert result.returncode == 0, result.stderr
+        assert run("stack/redis.sh", "status", str(mine)).returncode != 0
+        assert run("stack/redis.sh", "status", str(before)).returncode == 0
+    finally:
+        run("stack/redis.sh", "stop", str(mine))
+        run("stack/redis.sh", "stop", str(before))
