@@ -17,6 +17,11 @@ KAFKA_HOST="${SHORTENER_KAFKA_HOST:-127.0.0.1}"
 PG_LISTEN="${SHORTENER_PG_LISTEN:-127.0.0.1}"
 PG_TRUST_CIDR="${SHORTENER_PG_TRUST_CIDR:-}"
 REDIS_PORTS="${SHORTENER_REDIS_PORTS:-26379 26380}"
+# The local cluster's own ports (`make up`, stack/Procfile): the web servers (master, replica 1,
+# replica 2) and the commands' metrics (consume_clicks, the outbox, then links and report of
+# replica 1 and of replica 2).
+WEB_PORTS="${SHORTENER_WEB_PORTS:-8000 8001 8002}"
+METRICS_PORTS="${SHORTENER_METRICS_PORTS:-9103 9104 9111 9112 9121 9122}"
 # Exported as resolved, so that every process started from here (manage.py, pytest, the local
 # cluster) derives its default addresses from the same ports (shortener_project/settings.py).
 export SHORTENER_PG_PORT="$PG_PORT" SHORTENER_KAFKA_PORT="$KAFKA_PORT" \

@@ -10,11 +10,19 @@ RUN="$DATA/supervisor"
 pid_alive "$RUN/supervisord.pid" \
   && die "a local cluster is already running (supervisord pid $(cat "$RUN/supervisord.pid")); stop it with Ctrl-C in its terminal, or make down"
 
-# The two local replicas' Redis (stack/Procfile).
+# The two local replicas' Redis, and the cluster's web and metrics ports (stack/Procfile).
 read -r REDIS_PORT_1 REDIS_PORT_2 _ <<< "$REDIS_PORTS"
 [ -n "${REDIS_PORT_2:-}" ] || die "SHORTENER_REDIS_PORTS=\"$REDIS_PORTS\": the local cluster's two replicas need two ports"
-# The ports first: a taken one fails at once, not after an install.
+read -r WEB_PORT_MASTER WEB_PORT_1 WEB_PORT_2 _ <<< "$WEB_PORTS"
+[ -n "${WEB_PORT_2:-}" ] || die "SHORTENER_WEB_PORTS=\"$WEB_PORTS\": the master and two replicas need three ports"
+read -r METRICS_PORT_CLICKS METRICS_PORT_OUTBOX METRICS_PORT_LINKS_1 METRICS_PORT_REPORT_1 \
+  METRICS_PORT_LINKS_2 METRICS_PORT_REPORT_2 _ <<< "$METRICS_PORTS"
+[ -n "${METRICS_PORT_REPORT_2:-}" ] || die "SHORTENER_METRICS_PORTS=\"$METRICS_PORTS\": the six commands need six ports"
+# The ports first: a taken one fails at once, not after an install (nor as a program that
+# supervisord restarts until it gives up).
 "$here/services.sh" check
+for p in $WEB_PORTS; do port_free "$p" SHORTENER_WEB_PORTS; done
+for p in $METRICS_PORTS; do port_free "$p" SHORTENER_METRICS_PORTS; done
 "$here/install.sh"
 # Only the services this run starts are stopped when it ends: one that already ran (another
 # checkout's, a `make test` beside it) is not this run's to stop.
@@ -22,7 +30,8 @@ started="$("$here/services.sh" stopped | tr '\n' ' ')"
 trap '[ -z "$started" ] || "$here/services.sh" stop $started' EXIT
 "$here/services.sh" start
 
-export VENV REDIS_PORT_1 REDIS_PORT_2
+export VENV REDIS_PORT_1 REDIS_PORT_2 WEB_PORT_MASTER WEB_PORT_1 WEB_PORT_2 METRICS_PORT_CLICKS \
+  METRICS_PORT_OUTBOX METRICS_PORT_LINKS_1 METRICS_PORT_REPORT_1 METRICS_PORT_LINKS_2 METRICS_PORT_REPORT_2
 export SHORTENER_USER="${SHORTENER_USER:-$(id -un)}"
 # The master's secret key: made once, kept in the ignored data folder, never in the repository.
 if [ ! -s "$DATA/secret_key" ]; then
@@ -41,12 +50,12 @@ SHORTENER_ROLE=master "$PY" manage.py kafka_topics
 cat <<MSG
 
   The local cluster is starting (user prefix: $SHORTENER_USER).
-    master   http://127.0.0.1:8000   PUT /create, admin at /admin/
-    replicas http://127.0.0.1:8001 and http://127.0.0.1:8002   GET /<tinyurl>
+    master   http://127.0.0.1:$WEB_PORT_MASTER   PUT /create, admin at /admin/
+    replicas http://127.0.0.1:$WEB_PORT_1 and http://127.0.0.1:$WEB_PORT_2   GET /<tinyurl>
 
   Try it:
-    curl -X PUT http://127.0.0.1:8000/create -d '{"longurl": "https://example.com/"}'
-    curl -i http://127.0.0.1:8001/<the tinyurl it returned>
+    curl -X PUT http://127.0.0.1:$WEB_PORT_MASTER/create -d '{"longurl": "https://example.com/"}'
+    curl -i http://127.0.0.1:$WEB_PORT_1/<the tinyurl it returned>
 
   Admin user (every address and name as this cluster's; manage.py reads them from the
   environment, so a command run by hand needs the same):
