@@ -1,19 +1,19 @@
 """The clicks topic, <user>-clicks: every replica's click counters, reported to the master.
 
-Clicks topic (<user>-clicks): key = `<incarnation>:<tinyurl>` (UTF-8), value = JSON ClickReport.
+Key: `<incarnation>:<tinyurl>` (UTF-8). Value: JSON ClickReport.
 A report carries what it counts: which counter (incarnation: one life of one replica's Redis),
 the counter's absolute value, and the node that sent it as a label. The master keeps the largest
 value per (link, incarnation), so a duplicate adds nothing and a lost report is healed by the
 next one. (A "+100" delta could not be replayed safely.)
 
-Delivery: Clicks topic, <user>-clicks: AT-LEAST-ONCE of absolute counts into a max() apply:
+Delivery: AT-LEAST-ONCE of absolute counts into a max() apply:
   * a report is a counter's absolute value, keyed by the counter (`<incarnation>:<tinyurl>`,
     one life of one replica's Redis); the master keeps the largest value per counter, so a
     duplicate or an out-of-date report, in any order, never lowers a total and a lost report is
     healed by the next one;
   * the topic is compacted: it keeps the report with the highest offset of every counter, so the
     master's totals survive consume_clicks being down for any length of time. That report is
-    not always the counter's largest count: see the topic's block below for what holds.
+    not always the counter's largest count: clicks_topic_spec says what holds.
 """
 
 from __future__ import annotations

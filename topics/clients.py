@@ -1,7 +1,5 @@
 """Every Kafka client of the project is built here, from one base per kind, and closed here.
 
-Kafka for this project: topic names, topic and client settings, and the clients built from them.
-
 The assignment asks for a reason beside every Kafka setting, an explicit and justified partition
 count, a conscious delivery guarantee per topic, and fewer than ten settings per topic. So:
 
@@ -9,7 +7,7 @@ count, a conscious delivery guarantee per topic, and fewer than ten settings per
     client's own), which holds the settings that every client of that kind shares, once;
   * per topic, only the settings that differ from the defaults are written: the topic's
     configs (TopicSpec.configs) and its clients' settings beyond their base
-    (`topic_client_settings`). tests/test_bus.py counts them, fewer than ten per topic: its
+    (topics/provisioning.py, `topic_client_settings`). tests/test_bus.py counts them, fewer than ten per topic: its
     configs, plus the distinct settings of its producer(s), plus those of its consumer(s)
     (links 8, clicks 7, replicas 9; with replication factor >= 2, links 9 and clicks 8). The
     bases, three producer and four consumer settings, are counted once on their own; a
@@ -24,8 +22,9 @@ count, a conscious delivery guarantee per topic, and fewer than ten settings per
 A factory below passes its client's address and names (bootstrap_servers, client_id,
 group_id: where and who, not how), its kind's base, and the settings of its own that differ
 from kafka-python 3.0.12's defaults (KafkaProducer.DEFAULT_CONFIG, KafkaConsumer.DEFAULT_CONFIG;
-the defaults quoted in the comments are theirs). `topic_client_settings` lists those
-own settings per topic for tests/test_bus.py, which counts them and checks that none restates a
+the defaults quoted in the comments are theirs). The factories live in the topics' modules
+(topics/links.py, clicks.py, replicas.py); `topic_client_settings` lists their own settings
+per topic for tests/test_bus.py, which counts them and checks that none restates a
 default and that every client is built with its base.
 """
 

@@ -1,12 +1,12 @@
 """The links topic, <user>-links: every link's current state, from the master to every replica.
 
-Links topic (<user>-links): key = tinyurl (UTF-8), value = JSON LinkRecord: the link's whole
+Key: the tinyurl (UTF-8). Value: JSON LinkRecord, the link's whole
 state (active with its longurl, or disabled) and its state version. A replica applies a record
 only if its version is newer than the one it holds, so a late copy of an older state, in any
 order, changes nothing; a takedown is a record that compaction keeps, never a tombstone.
 
-Delivery: Links topic, <user>-links: AT-LEAST-ONCE into a versioned apply (a replica ends in the state the
-master holds, whatever it missed, replayed or received late):
+Delivery: AT-LEAST-ONCE into a versioned apply (a replica ends in the state the master holds,
+whatever it missed, replayed or received late):
   * a record is a link's whole state (active with its longurl, or disabled) with its state
     version; a replica applies a record only if its version is newer than the one it holds,
     so duplicates, replays and late copies of older states change nothing;

@@ -1,7 +1,7 @@
 """The replicas topic, <user>-replicas: every replica's status, for the master's admin.
 
-Each replica's report_clicks publishes a small status (topics,
-ReplicaStatus) every SHORTENER_STATUS_SECONDS, keyed by its node id; the admin's replicas page
+Each replica's report_clicks publishes a small status (ReplicaStatus, below) every
+SHORTENER_STATUS_SECONDS, keyed by its node id; the admin's replicas page
 reads the whole topic when it is shown (links/replicas.py). No new network path: the
 replicas already produce to Kafka, and the master already reads from it.
 
@@ -11,10 +11,7 @@ fails is logged and dropped (the producer makes no retries). What that loses: a 
 statuses fail for longer than SHORTENER_REPLICA_MISSING_SECONDS is shown missing, which is
 then the truth as far as the master can see. Duplicates are harmless (the newest wins).
 
-Key = node (UTF-8), the compaction key: the topic keeps the newest status of every replica.
-`report_clicks` on each replica publishes one every SHORTENER_STATUS_SECONDS; the admin's
-replicas page reads the topic when it is shown (links/replicas.py). A status is a snapshot
-that the next one replaces: nothing is applied from it, so a lost or repeated one is harmless.
+Key: the node (UTF-8), the compaction key: the topic keeps the newest status of every replica.
 """
 
 from __future__ import annotations
