@@ -10,6 +10,7 @@ from testkit.kafka import (  # noqa: F401
     link_produce,
     link_records,
     master_counts,
+    own_prefix,
     tinyurl_new,
     topic_end,
     topic_read,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -122,3 +125,29 @@ def link_records(topic: str, tinyurl: str) -> list[LinkRecord | bytes | None]:
     """One link's records in offset order: the LinkRecord (link_record_decode), None for a
     tombstone, the raw value for anything the decoder rejects (tests produce such records)."""
     return [_decoded(r.key, r.value) for r in topic_records(topic) if r.key == tinyurl.encode()]
+
+
+@contextmanager
+def own_prefix(tag: str) -> Iterator[tuple[str, object]]:
+    """A user prefix of the caller's own (this run's SHORTENER_USER, `tag`, 6 hex digits), in
+    force as SHORTENER_USER meanwhile, so that its topics are the caller's to create, delete and
+    miss. Yields (the prefix, a KafkaAdminClient); afterwards deletes whichever of the prefix's
+    topics exist, and closes the client."""
+    from django.test import override_settings
+
+    from topics.clients import admin_client
+    from topics.provisioning import topic_specs
+
+    prefix = f"{settings.SHORTENER_USER}{tag}{uuid.uuid4().hex[:6]}"
+    with override_settings(SHORTENER_USER=prefix):
+        admin = admin_client()
+        try:
+            yield prefix, admin
+        finally:
+            try:
+                existing = set(admin.list_topics())
+                names = [spec.name for spec in topic_specs() if spec.name in existing]
+                if names:
+                    admin.delete_topics(names)
+            finally:
+                admin.close()

@@ -228,9 +228,9 @@ def test_links_apply_batch_survives_any_record(redis):
 
 
 def test_clicks_apply_batch_survives_any_record(transactional_db):
-    from links.totals import clicks_apply_batch
     from links.models import ClickCounter, Link
     from links.selectors import longurl_digest
+    from links.totals import clicks_apply_batch
 
     link = Link.objects.create(tinyurl="tEmPl01", longurl="https://example.com/c",
                                longurl_sha256=longurl_digest("https://example.com/c"))

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from links import services
 from links.buckets import report_hour
-from links.totals import clicks_apply_batch, clicks_batch_decode
 from links.models import ClickBucket, ClickCounter, ConsumerPosition, Link
 from links.selectors import longurl_digest
+from links.totals import clicks_apply_batch, clicks_batch_decode
 from testkit import FakeRecord as Rec
 from testkit import wait_until
 from tests.conftest import clicks_topic_end

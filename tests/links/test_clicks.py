@@ -15,10 +15,10 @@ from django.conf import settings
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 
-from links.totals import clicks_apply_batch
 from links.models import ClickCounter, ConsumerPosition, Link
 from links.selectors import longurl_digest
 from links.services import tinyurl_generate
+from links.totals import clicks_apply_batch
 from testkit import ClicksConsumerProcess, sample, scrape, topic_end, wait_until
 from testkit import FakeRecord as Rec
 from tests.conftest import clicks_topic_end

@@ -6,16 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from io import StringIO
 
 import pytest
-from django.conf import settings
 from django.core.management import CommandError, call_command
-from django.test import override_settings
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
-from testkit import ROOT, wait_until
+from testkit import ROOT, own_prefix, wait_until
 from topics.clicks import clicks_topic
 from topics.clients import admin_client
 from topics.links import links_topic
@@ -30,15 +27,8 @@ CHECKED = ["cleanup.policy", "min.insync.replicas", "unclean.leader.election.ena
 @pytest.fixture
 def fresh_prefix():
     """A user prefix of its own, so that the topics here are made by the test; deleted after."""
-    prefix = f"{settings.SHORTENER_USER}k{uuid.uuid4().hex[:6]}"
-    with override_settings(SHORTENER_USER=prefix):
+    with own_prefix("k") as (prefix, _):
         yield prefix
-        admin = admin_client()
-        try:
-            names = [s.name for s in topic_specs()]
-            admin.delete_topics([n for n in names if n in set(admin.list_topics())])
-        finally:
-            admin.close()
 
 
 def describe(topic: str) -> dict[str, str]:

@@ -16,7 +16,6 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from links import buckets, pruning, replicas, selectors, services
-from links.totals import clicks_apply_batch
 from links.models import (
     ClickBucket,
     ClickCounter,
@@ -25,6 +24,7 @@ from links.models import (
     FoldedClicks,
     Link,
 )
+from links.totals import clicks_apply_batch
 from testkit import FakeRecord as Rec
 from testkit import wait_until
 from tests.conftest import clicks_topic_end

@@ -15,12 +15,9 @@ from redirects import keys
 from redirects.counting import click_call
 from redirects.reporter import ClickReporter
 from redirects.status import StatusPublisher
-from testkit import tinyurl_new, wait_until
+from testkit import own_prefix, tinyurl_new, wait_until
 from topics.clicks import clicks_topic
-from topics.clients import admin_client
-from topics.links import links_topic
 from topics.provisioning import topics_ensure
-from topics.replicas import replicas_topic
 
 
 def kafka_threads(client_id: str) -> list[str]:
@@ -47,43 +44,32 @@ def test_a_reporter_stopped_while_kafka_holds_its_reports_leaves_no_producer_thr
     replica_factory,
 ):
     # A prefix of its own: its clicks topic is deleted under the running reporter.
-    user = f"{settings.SHORTENER_USER}h{uuid.uuid4().hex[:6]}"
-    with override_settings(SHORTENER_USER=user):
-        admin = admin_client()
+    with own_prefix("h") as (user, admin):
+        topics_ensure()
+        redis = replica_factory(start=False).redis
+        tinyurl = tinyurl_new()
+        redis.set(keys.link_key(tinyurl), f"1||https://example.com/{tinyurl}")
+        clicks(redis, tinyurl, 100)  # a hundred: due at once
+        stop = threading.Event()
+        reporter = ClickReporter(redis=redis, stop=stop, node="held", flush_seconds=3600,
+                                 shutdown_seconds=1.0)
+        run_thread = threading.Thread(target=reporter.run, name="reporter", daemon=True)
+        run_thread.start()
         try:
-            topics_ensure()
-            redis = replica_factory(start=False).redis
-            tinyurl = tinyurl_new()
-            redis.set(keys.link_key(tinyurl), f"1||https://example.com/{tinyurl}")
-            clicks(redis, tinyurl, 100)  # a hundred: due at once
-            stop = threading.Event()
-            reporter = ClickReporter(redis=redis, stop=stop, node="held", flush_seconds=3600,
-                                     shutdown_seconds=1.0)
-            run_thread = threading.Thread(target=reporter.run, name="reporter", daemon=True)
-            run_thread.start()
-            try:
-                wait_until(lambda: reporter.sent == 1, timeout=30, what="the first report")
-                # The topic deleted: the producer still has its metadata, so the next report is
-                # taken at once and then held, retried on UNKNOWN_TOPIC_OR_PARTITION until the
-                # delivery timeout (30 s), unacknowledged.
-                admin.delete_topics([clicks_topic()])
-                wait_until(lambda: clicks_topic() not in admin.list_topics(), timeout=30,
-                           what="the topic deleted")
-                clicks(redis, tinyurl, 100)
-                wait_until(lambda: redis.smembers(keys.clicks_inflight_key()), timeout=30,
-                           what="the second report in flight")
-            finally:
-                stopped(run_thread, stop)
-            assert reporter.sent == 1  # the second was held by Kafka, never acknowledged
-            assert kafka_threads(f"{user}-clicks-") == []
+            wait_until(lambda: reporter.sent == 1, timeout=30, what="the first report")
+            # The topic deleted: the producer still has its metadata, so the next report is
+            # taken at once and then held, retried on UNKNOWN_TOPIC_OR_PARTITION until the
+            # delivery timeout (30 s), unacknowledged.
+            admin.delete_topics([clicks_topic()])
+            wait_until(lambda: clicks_topic() not in admin.list_topics(), timeout=30,
+                       what="the topic deleted")
+            clicks(redis, tinyurl, 100)
+            wait_until(lambda: redis.smembers(keys.clicks_inflight_key()), timeout=30,
+                       what="the second report in flight")
         finally:
-            try:
-                existing = set(admin.list_topics())
-                names = [links_topic(), clicks_topic(), replicas_topic()]
-                if [name for name in names if name in existing]:
-                    admin.delete_topics([name for name in names if name in existing])
-            finally:
-                admin.close()
+            stopped(run_thread, stop)
+        assert reporter.sent == 1  # the second was held by Kafka, never acknowledged
+        assert kafka_threads(f"{user}-clicks-") == []
 
 
 def test_a_status_publisher_stopped_while_its_sends_wait_for_kafka_leaves_no_client_thread(

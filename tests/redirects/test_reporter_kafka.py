@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import signal
 import socket
-import uuid
 
 import pytest
-from django.conf import settings
-from django.test import override_settings
 
 from redirects import keys
-from testkit import free_port, master_counts, sample, scrape, tinyurl_new, wait_until
+from testkit import (
+    free_port,
+    master_counts,
+    own_prefix,
+    sample,
+    scrape,
+    tinyurl_new,
+    wait_until,
+)
 from topics.clicks import clicks_topic
-from topics.clients import admin_client
-from topics.links import links_topic
 from topics.provisioning import topics_ensure
-from topics.replicas import replicas_topic
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -104,53 +106,42 @@ def test_with_its_topic_missing_then_deleted_it_keeps_the_counts_and_reports_the
     replica_factory,
 ):
     # A prefix of its own: its clicks topic does not exist until this test creates it.
-    user = f"{settings.SHORTENER_USER}m{uuid.uuid4().hex[:6]}"
-    with override_settings(SHORTENER_USER=user):
-        admin = admin_client()
-        try:
-            replica = replica_factory(start=False)
-            replica.start_web()
-            tinyurl = tinyurl_new()
-            store(replica, tinyurl)
-            counter = None
+    with own_prefix("m") as (user, admin):
+        replica = replica_factory(start=False)
+        replica.start_web()
+        tinyurl = tinyurl_new()
+        store(replica, tinyurl)
+        counter = None
 
-            # 1. The topic is missing: every send waits for metadata that never names it.
-            replica.click(tinyurl, 120)
-            start(replica, flush_seconds=1)
-            failing(replica)
-            assert reports(replica, "sent") == 0
-            assert replica.clicks_count(tinyurl) == 120
-            counter = f"{replica.incarnation()}:{tinyurl}"
+        # 1. The topic is missing: every send waits for metadata that never names it.
+        replica.click(tinyurl, 120)
+        start(replica, flush_seconds=1)
+        failing(replica)
+        assert reports(replica, "sent") == 0
+        assert replica.clicks_count(tinyurl) == 120
+        counter = f"{replica.incarnation()}:{tinyurl}"
 
-            # 2. The topic is created: the counts it kept are reported.
-            topics_ensure()
-            wait_until(lambda: master_counts(tinyurl) == {counter: 120}, timeout=60,
-                       interval=0.5, what="the kept count, reported")
-            replica.click(tinyurl, 10)
-            wait_until(lambda: master_counts(tinyurl) == {counter: 130}, timeout=30,
-                       interval=0.5, what="the next flush")
+        # 2. The topic is created: the counts it kept are reported.
+        topics_ensure()
+        wait_until(lambda: master_counts(tinyurl) == {counter: 120}, timeout=60,
+                   interval=0.5, what="the kept count, reported")
+        replica.click(tinyurl, 10)
+        wait_until(lambda: master_counts(tinyurl) == {counter: 130}, timeout=30,
+                   interval=0.5, what="the next flush")
 
-            # 3. The topic is deleted under the running reporter: it keeps running and keeps
-            # the counts; SIGTERM in that state.
-            admin.delete_topics([clicks_topic()])
-            wait_until(lambda: clicks_topic() not in admin.list_topics(), timeout=30,
-                       what="the topic deleted")
-            replica.click(tinyurl, 15)
-            failing(replica)
-            stopped_within_10s(replica)
-            kept(replica, tinyurl, 145)
+        # 3. The topic is deleted under the running reporter: it keeps running and keeps
+        # the counts; SIGTERM in that state.
+        admin.delete_topics([clicks_topic()])
+        wait_until(lambda: clicks_topic() not in admin.list_topics(), timeout=30,
+                   what="the topic deleted")
+        replica.click(tinyurl, 15)
+        failing(replica)
+        stopped_within_10s(replica)
+        kept(replica, tinyurl, 145)
 
-            # 4. Created again: the next run reports what was kept, and SIGTERM in the normal
-            # state is as quick.
-            topics_ensure()
-            start(replica)
-            stopped_within_10s(replica)
-            assert master_counts(tinyurl) == {counter: 145}
-        finally:
-            try:
-                existing = set(admin.list_topics())
-                names = [links_topic(), clicks_topic(), replicas_topic()]
-                if [name for name in names if name in existing]:
-                    admin.delete_topics([name for name in names if name in existing])
-            finally:
-                admin.close()
+        # 4. Created again: the next run reports what was kept, and SIGTERM in the normal
+        # state is as quick.
+        topics_ensure()
+        start(replica)
+        stopped_within_10s(replica)
+        assert master_counts(tinyurl) == {counter: 145}
