@@ -49,7 +49,7 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, cleanup, database_create, setup
+from bench.common import ROOT, cleanup, cpu_seconds, database_create, setup
 
 PREFIX = setup("bulkb", SHORTENER_LOG_LEVEL="WARNING")
 
@@ -62,6 +62,53 @@ from testkit import Replica, free_port, wait_until  # noqa: E402
 from topics.provisioning import topics_ensure  # noqa: E402
 
 SAMPLE = 500  # links checked over HTTP on each replica after each run
+
+
+def pids_of(pattern: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    return [int(p) for p in found.split()]
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+class Cpu:
+    """CPU seconds used by each part of the cluster between start() and the figures: where a
+    link's CPU goes. PostgreSQL and Kafka are the shared services: their figures include what
+    other work on the machine made them do meanwhile."""
+
+    def __init__(self, web: subprocess.Popen, replicas: list[Replica]) -> None:
+        self.parts = {
+            "master (gunicorn workers)": lambda: children(web.pid),
+            "consume_links x2": lambda: [r.consumer.pid for r in replicas],
+            "redis-server x2": lambda: [r.redis_proc.pid for r in replicas],
+            "PostgreSQL (all sessions)": lambda: pids_of("postgres"),
+            "Kafka broker": lambda: pids_of("kafka.Kafka"),
+        }
+
+    def sample(self) -> dict[str, float]:
+        out = {}
+        for name, pids in self.parts.items():
+            total = 0.0
+            for pid in pids():
+                try:
+                    total += cpu_seconds(pid)
+                except (OSError, IndexError):
+                    pass
+            out[name] = total
+        return out
+
+    def start(self) -> None:
+        self.before = self.sample()
+
+    def figures(self, n: int) -> str:
+        after = self.sample()
+        return ", ".join(f"{name} {(after[name] - self.before[name]) / n * 1e6:.0f}"
+                         for name in self.parts)
 
 
 class Positions:
@@ -110,7 +157,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def report(name: str, n: int, started: dict[str, float], answered: float,
-           replicas: list[Replica], positions: Positions) -> None:
+           replicas: list[Replica], positions: Positions, cpu: Cpu) -> None:
     """Wait until both replicas passed every link's offset; print the figures; check a sample
     over HTTP."""
     offsets = dict(Link.objects.filter(tinyurl__in=list(started))
@@ -133,6 +180,7 @@ def report(name: str, n: int, started: dict[str, float], answered: float,
     print(f"    time to visible on both replicas: p50 {percentile(ttv, 50) * 1000:.0f} ms, "
           f"p90 {percentile(ttv, 90) * 1000:.0f} ms, p99 {percentile(ttv, 99) * 1000:.0f} ms, "
           f"max {max(ttv) * 1000:.0f} ms", flush=True)
+    print(f"    CPU a link, us: {cpu.figures(n)}")
     longurls = dict(Link.objects.filter(tinyurl__in=random.sample(list(started),
                                                                   min(SAMPLE, n)))
                     .values_list("tinyurl", "longurl"))
@@ -240,12 +288,14 @@ def main() -> None:
             (f"PUT /create/bulk, {args.per_call} a call, {args.concurrency} at a time",
              lambda origin: run_bulk(url, args.links, args.per_call, args.concurrency, origin)),
         ):
+            cpu = Cpu(web, replicas)
+            cpu.start()
             origin = time.perf_counter()
             positions = Positions(replicas)
             positions.start(origin)
             try:
                 started, answered = run(origin)
-                report(name, len(started), started, answered, replicas, positions)
+                report(name, len(started), started, answered, replicas, positions, cpu)
             finally:
                 positions.stop.set()
                 positions.thread.join()

@@ -138,8 +138,11 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
         return outcomes  # type: ignore[return-value]
 
     digests = {longurl: selectors.longurl_digest(longurl) for longurl in wanted}
-    found = {bytes(link.longurl_sha256): link
-             for link in Link.objects.filter(longurl_sha256__in=list(digests.values()))}
+    # One array parameter (= ANY), not an IN list: Django compiles an IN of 10,000 values
+    # parameter by parameter (a tenth of a bulk create's time, profiled), PostgreSQL plans it
+    # the same way.
+    found = {bytes(link.longurl_sha256): link for link in Link.objects.raw(
+        "SELECT * FROM links_link WHERE longurl_sha256 = ANY(%s)", [list(digests.values())])}
     fresh: dict[str, tuple[Link, bool]] = {}
     missing = [longurl for longurl in wanted if digests[longurl] not in found]
     if missing:
@@ -213,9 +216,9 @@ def _links_insert(rows: list[tuple[str, bytes, datetime | None]]) -> dict[str, t
         for longurl, digest, expires_at in pending:
             if digest in inserted:
                 pk, tinyurl, created_at = inserted[digest]
-                result[longurl] = (Link(pk=pk, tinyurl=tinyurl, longurl=longurl,
-                                        longurl_sha256=digest, created_at=created_at,
-                                        expires_at=expires_at, state_version=1, clicks=0), True)
+                result[longurl] = (_link_of_row(
+                    id=pk, tinyurl=tinyurl, longurl=longurl, longurl_sha256=digest,
+                    created_at=created_at, expires_at=expires_at, state_version=1, clicks=0), True)
             else:
                 left.append((longurl, digest, expires_at))
         if left:
@@ -228,6 +231,14 @@ def _links_insert(rows: list[tuple[str, bytes, datetime | None]]) -> dict[str, t
             return result
         pending = left
     raise RuntimeError(f"no free tinyurl after {TINYURL_ATTEMPTS} attempts")
+
+
+def _link_of_row(**values: object) -> Link:
+    """The Link of a row just inserted, as the ORM makes one it has read (Model.from_db:
+    positional, a third of the keyword constructor's time, which a batch of 10,000 feels);
+    columns not given are NULL."""
+    names = [f.attname for f in Link._meta.concrete_fields]
+    return Link.from_db(None, names, [values.get(name) for name in names])
 
 
 class LinkDisabled(Exception):
