@@ -277,10 +277,11 @@ def main() -> None:
                                   for i in range(200)]).json()["results"]
         wait_until(lambda: all(r.get(warm[-1]["tinyurl"]).status_code == 302 for r in replicas),
                    timeout=120, what="both replicas to serve the warm-up links")
+        workers = os.environ.get("GUNICORN_WORKERS", "2")
+        threads = os.environ.get("GUNICORN_THREADS", "16")
         print(f"bulk benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores, load "
-              f"average {os.getloadavg()[0]:.1f}; master gunicorn "
-              f"{os.environ.get('GUNICORN_WORKERS', '2')}x{os.environ.get('GUNICORN_THREADS', '16')}"
-              f", two replicas (redis-server + consume_links + web each)", flush=True)
+              f"average {os.getloadavg()[0]:.1f}; master gunicorn {workers}x{threads}, two "
+              "replicas (redis-server + consume_links + web each)", flush=True)
         for name, run in (
             (f"baseline: PUT /create one by one, {args.baseline_connections} connections",
              lambda origin: run_single(url, args.baseline_links, args.baseline_connections,

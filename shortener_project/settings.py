@@ -209,9 +209,10 @@ SHORTENER_BLOCKLIST_CACHE_SECONDS = env.float("SHORTENER_BLOCKLIST_CACHE_SECONDS
 # INSERT, one Kafka batch) to about a second.
 SHORTENER_BULK_MAX_ITEMS = env.int("SHORTENER_BULK_MAX_ITEMS", default=10000)
 if SHORTENER_BULK_MAX_ITEMS < 1:
-    raise ImproperlyConfigured(f"SHORTENER_BULK_MAX_ITEMS={SHORTENER_BULK_MAX_ITEMS}: use 1 or more")
+    raise ImproperlyConfigured(
+        f"SHORTENER_BULK_MAX_ITEMS={SHORTENER_BULK_MAX_ITEMS}: use 1 or more")
 # Largest body of PUT /create/bulk, in bytes: the server (runtime/serving.py) answers 413 past it
-# before the application runs, and the view refuses it again (400) if it arrives otherwise.
+# before the application runs, and the view refuses it again (413) if it arrives otherwise.
 # Read from the environment by both (runtime/serving.py's Limits); the default is serving.py's.
 SHORTENER_BULK_MAX_BODY_BYTES = env.int("SHORTENER_BULK_MAX_BODY_BYTES", default=4 * 1024 * 1024)
 

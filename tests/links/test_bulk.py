@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from links import protection, ratelimit, services
 from links.models import Link
 from runtime.metrics import CREATE_REFUSED
-from testkit import free_port, topic_end
+from testkit import MasterWeb, free_port, topic_end
 from topics.links import links_topic, producer_reset
 
 
@@ -231,3 +231,26 @@ def test_any_calls_answer_each_item_as_create_would(master, transactional_db, ca
             else:
                 assert answer["status"] == 400 and answer["code"]
     assert dict(Link.objects.values_list("longurl", "tinyurl")) == tinyurl_of
+
+
+def test_a_dropped_database_connection_is_taken_again(master, transactional_db):
+    """PostgreSQL dropped the live server's kept connection: the call reconnects, never a 500."""
+    assert bulk(master, [{"longurl": "https://example.com/before-drop"}]).status_code == 200
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    protection.blocklist_cache_clear()  # the blocklist's read meets the dead connection first
+    response = bulk(master, [{"longurl": "https://example.com/after-drop"}])
+    assert response.status_code == 200 and "tinyurl" in response.json()["results"][0]
+
+
+def test_the_database_unreachable_is_503_for_the_call(test_data_dir, kafka_topics):
+    web = MasterWeb(test_data_dir, workers=1,
+                    DATABASE_URL=f"postgres://postgres@127.0.0.1:{free_port()}/none")
+    try:
+        response = requests.put(f"{web.url}/create/bulk", timeout=30,
+                                json=[{"longurl": "https://example.com/no-database"}])
+    finally:
+        web.close()
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert "database" in response.json()["error"]

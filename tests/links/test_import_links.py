@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 
-from links import services
-from links.models import Link
 import testkit
+from links import importing, services
+from links.models import Link
 from testkit import ROOT, wait_until
 
 
@@ -166,3 +169,40 @@ def test_a_state_file_of_another_file_is_refused(tmp_path, transactional_db, kaf
     assert done.returncode == 1 and "another file" in done.stderr
     assert run(source, "--no-progress", "--from-start").returncode == 0
     assert Link.objects.count() == 3
+
+
+LINES = ['{"longurl": "https://example.com/p/1"}', '{"longurl": "https://example.com/p/2"}',
+         '{"longurl": "https://EXAMPLE.com/p/1"}', '{"longurl": "ftp://example.com/"}',
+         '{"longurl": 5}', '{"url": "https://example.com/"}', "[1]", "{broken", "",
+         '{"longurl": "https://example.com/p/3", "expires_at": "soon"}',
+         '{"longurl": "https://example.com/p/4", "expires_at": "2099-01-01T00:00:00Z"}']
+
+
+@settings_(max_examples=15, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.sampled_from(LINES), min_size=1, max_size=15),
+       batch=st.integers(1, 4), stop=st.integers(1, 15))
+def test_any_file_imported_in_two_runs_gives_the_counts_of_one(tmp_path_factory,
+                                                               transactional_db, kafka_topics,
+                                                               lines, batch, stop):
+    """Any file, any batch size, stopped after any line and run again: the same links and the
+    same final counts as one run without a stop; every record counted once."""
+    source = tmp_path_factory.mktemp("prop") / "links.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    state = source.with_name("links.jsonl.import-state")
+
+    def run_in_process(**kwargs) -> importing.ImportCounts:
+        return importing.import_file(source, fmt="jsonl", batch=batch, state=state, **kwargs)
+
+    Link.objects.all().delete()
+    first = run_in_process(limit=stop)
+    # Stopped before the end (the state kept): the second run goes on from there.
+    twice = run_in_process() if state.exists() else first
+    links_twice = dict(Link.objects.values_list("longurl", "tinyurl"))
+    Link.objects.all().delete()
+    once = run_in_process(resume=False)
+    assert twice == once
+    assert once.lines == sum(1 for line in lines if line.strip())
+    assert once.created + once.existing + once.refused_total == once.lines
+    assert once.created == len(links_twice) == Link.objects.count()
+    assert not state.exists()
