@@ -45,7 +45,7 @@ _BYTES_DROPPED = bytes(range(len(TINYURL_ALPHABET) * (256 // len(TINYURL_ALPHABE
 
 def tinyurls_generate(n: int) -> list[str]:
     """`n` codes as tinyurl_generate makes them (the OS's CSPRNG, every character uniform), in
-    one pass over random bytes: a batch of 10,000 in 2 ms instead of 50."""
+    one pass over random bytes: a batch of 10,000 in 1.3 ms instead of 79."""
     codes: list[str] = []
     while len(codes) < n:
         # 3 % of the bytes are dropped on average: ask for a little more than needed.

@@ -129,8 +129,8 @@ def longurl_split(value: str) -> tuple[str, str]:
     if value.isascii():
         # The same two checks for the common case, in C: no surrogate is ASCII, and the ASCII
         # characters _is_control_or_space accepts are exactly these (bulk creates and a
-        # replica's catch-up check every longurl; the loops below cost 30 us for a 100-character
-        # one, this 1 us).
+        # replica's catch-up check every longurl; the loops below cost 18 us for a 119-character
+        # one, this 0.6 us).
         if _ASCII_CONTROL_OR_SPACE.search(value):
             raise LongurlError("whitespace", "longurl contains whitespace or control characters")
     else:
@@ -318,7 +318,7 @@ def host_of(stored: str) -> str:
 def may_be_ip(host: str) -> bool:
     """Whether ipaddress.ip_address could take `host` (brackets stripped): an IPv6 address has
     a ':', an IPv4 one (Python takes dotted decimal only) nothing but ASCII digits and dots.
-    Anything else it refuses, through two exceptions that cost 5 us: a name skips the parse."""
+    Anything else it refuses, through two exceptions that cost 3.7 us: a name skips the parse."""
     return ":" in host or (host.isascii() and host.replace(".", "").isdigit())
 
 
