@@ -91,6 +91,9 @@ class Command(BaseCommand):
         except DatabaseError as exc:
             raise CommandError(f"the database failed: {exc}; what was committed is kept, run "
                                "again to go on") from None
+        except OSError as exc:  # the file unreadable, or the state file unwritable (--state)
+            raise CommandError(f"{exc}; what was committed is kept, run again to go on") \
+                from None
         except KeyboardInterrupt:
             if last[0] is not None:
                 self.stdout.write(self.summary(last[0]) + " (the batches committed so far)")
