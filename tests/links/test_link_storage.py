@@ -1,0 +1,115 @@
+"""How links are stored for bulk creates: migration 0012 (fewer indexes on links_link) on a table
+that has rows, the readers that needed the indexes still served by one, and the insert's
+columns sent as texts (links.services._links_insert) stored exactly as they were given."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from links import selectors, services, validation
+from links.models import Link
+from links.services import CreateItem, LinkCreated
+
+BEFORE = [("links", "0011_consumerposition_topic_id")]
+
+
+def _indexes() -> dict[str, str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'links_link'")
+        return dict(cursor.fetchall())
+
+
+def _plan(sql: str, params: list) -> str:
+    """The plan of `sql` with sequential scans priced out: which index can answer it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")
+        try:
+            cursor.execute("EXPLAIN " + sql, params)
+            return "\n".join(row[0] for row in cursor.fetchall())
+        finally:
+            cursor.execute("RESET enable_seqscan")
+
+
+def test_migration_0012_keeps_every_row_and_an_index_for_every_reader(transactional_db):
+    executor = MigrationExecutor(connection)
+    latest = executor.loader.graph.leaf_nodes()
+    executor.migrate(BEFORE)
+    try:
+        assert any(d.endswith("(tinyurl varchar_pattern_ops)") for d in _indexes().values())
+        OldLink = executor.loader.project_state(BEFORE).apps.get_model("links", "Link")
+        now = datetime.now(timezone.utc)
+        for i, (published, disabled) in enumerate([(True, False), (False, False), (True, True),
+                                                   (False, True)]):
+            OldLink.objects.create(
+                tinyurl=f"mIGR00{i}", longurl=f"https://example.com/migrated/{i}",
+                longurl_sha256=bytes([i]) * 32, created_at=now - timedelta(days=i),
+                published_at=now if published else None, published_partition=0,
+                published_offset=i if published else None,
+                disabled_at=now if disabled else None, state_version=i + 1)
+        before = sorted(OldLink.objects.values_list(
+            "id", "tinyurl", "longurl", "longurl_sha256", "created_at", "published_at",
+            "published_offset", "disabled_at", "state_version"))
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(latest)
+    after = sorted(Link.objects.values_list(
+        "id", "tinyurl", "longurl", "longurl_sha256", "created_at", "published_at",
+        "published_offset", "disabled_at", "state_version"))
+    assert [(*row[:3], bytes(row[3]), *row[4:]) for row in after] == \
+        [(*row[:3], bytes(row[3]), *row[4:]) for row in before]
+    indexes = _indexes()
+    assert sorted(indexes) == sorted([
+        "links_link_pkey", "links_link_tinyurl_key", "links_link_longurl_sha256_key",
+        "links_link_unpublished", "links_link_created_brin", "links_link_disabled"])
+    # The outbox relay still finds the unacknowledged links, through its partial index.
+    assert sorted(link.tinyurl for link in selectors.links_unpublished()) == \
+        ["mIGR001", "mIGR003"]
+    assert "links_link_unpublished" in _plan(
+        "SELECT id FROM links_link WHERE published_at IS NULL AND created_at < %s ORDER BY id",
+        [datetime.now(timezone.utc)])
+    # The admin's date filters (a range of created_at) and its "taken down" filter.
+    assert "links_link_created_brin" in _plan(
+        "SELECT id FROM links_link WHERE created_at >= %s AND created_at < %s",
+        [datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 2, 1, tzinfo=timezone.utc)])
+    assert "links_link_disabled" in _plan(
+        "SELECT id FROM links_link WHERE disabled_at IS NOT NULL", [])
+    assert sorted(Link.objects.filter(disabled_at__isnull=False)
+                  .values_list("tinyurl", flat=True)) == ["mIGR002", "mIGR003"]
+
+
+# Printable ASCII but what a longurl refuses (space, backslash), and some non-ASCII: the texts
+# that carry the insert's columns must keep every one of them as it was, quotes, braces and
+# commas included.
+_PATH = st.lists(st.sampled_from(
+    [chr(c) for c in range(0x21, 0x7f) if chr(c) not in "\\#?%"] + ["é", "ü", "中", "%20"]),
+    max_size=40).map("".join)
+_EXPIRY = st.one_of(st.none(), st.datetimes(
+    min_value=datetime(2031, 1, 1), max_value=datetime(2090, 1, 1),
+    timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30)),
+                               timezone(timedelta(hours=-8))])))
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.lists(st.tuples(_PATH, _EXPIRY), min_size=1, max_size=12))
+def test_links_inserted_in_a_batch_are_stored_as_given(transactional_db, batch):
+    items = [CreateItem(longurl=f"https://example.com/stored/{path}", expires_at=expiry)
+             for path, expiry in batch]
+    outcomes = services.links_create_many(items)
+    for item, outcome in zip(items, outcomes):
+        if isinstance(outcome, validation.LongurlRefused):
+            continue
+        assert isinstance(outcome, LinkCreated), outcome
+        row = Link.objects.get(pk=outcome.link.pk)
+        assert row.longurl == outcome.link.longurl == validation.longurl_check(item.longurl)
+        assert bytes(row.longurl_sha256) == selectors.longurl_digest(row.longurl)
+        assert row.tinyurl == outcome.link.tinyurl
+        assert row.created_at == outcome.link.created_at
+        assert row.published_at is not None and row.published_offset is not None
+        if outcome.created:  # the first item of a longurl sets its expiry
+            assert row.expires_at == item.expires_at == outcome.link.expires_at
