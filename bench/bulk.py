@@ -12,7 +12,7 @@ own redis-server, `consume_links` and web server. The rate limit is off (one cli
 speed, as in bench/create.py). Then, in one run:
 
   baseline: --baseline-links new links through PUT /create, one a request, on
-            --baseline-connections client threads;
+            --baseline-connections client threads (0: no baseline);
   bulk:     --links new links through PUT /create/bulk, --per-call a call, --concurrency calls
             at a time.
 
@@ -69,6 +69,16 @@ def pids_of(pattern: str) -> list[int]:
     return [int(p) for p in found.split()]
 
 
+def database_pids() -> list[int]:
+    """The server processes of the sessions connected to this benchmark's database."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND pid <> pg_backend_pid()")
+        return [row[0] for row in cursor.fetchall()]
+
+
 def children(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -87,6 +97,10 @@ class Cpu:
             "consume_links x2": lambda: [r.consumer.pid for r in replicas],
             "redis-server x2": lambda: [r.redis_proc.pid for r in replicas],
             "PostgreSQL (all sessions)": lambda: pids_of("postgres"),
+            # The sessions of the benchmark's own database: the master's work without what
+            # other work on a shared machine made PostgreSQL do meanwhile (but without its
+            # shared processes either: the WAL writer, the checkpointer).
+            "of which this database's": database_pids,
             "Kafka broker": lambda: pids_of("kafka.Kafka"),
         }
 
@@ -282,13 +296,14 @@ def main() -> None:
         print(f"bulk benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores, load "
               f"average {os.getloadavg()[0]:.1f}; master gunicorn {workers}x{threads}, two "
               "replicas (redis-server + consume_links + web each)", flush=True)
-        for name, run in (
+        runs = [
             (f"baseline: PUT /create one by one, {args.baseline_connections} connections",
              lambda origin: run_single(url, args.baseline_links, args.baseline_connections,
                                        origin)),
             (f"PUT /create/bulk, {args.per_call} a call, {args.concurrency} at a time",
              lambda origin: run_bulk(url, args.links, args.per_call, args.concurrency, origin)),
-        ):
+        ]
+        for name, run in runs[0 if args.baseline_links else 1:]:
             cpu = Cpu(web, replicas)
             cpu.start()
             origin = time.perf_counter()
