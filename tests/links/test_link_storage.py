@@ -69,15 +69,16 @@ def test_migration_0012_keeps_every_row_and_an_index_for_every_reader(transactio
     # The outbox relay still finds the unacknowledged links, through its partial index.
     assert sorted(link.tinyurl for link in selectors.links_unpublished()) == \
         ["mIGR001", "mIGR003"]
-    assert "links_link_unpublished" in _plan(
-        "SELECT id FROM links_link WHERE published_at IS NULL AND created_at < %s ORDER BY id",
-        [datetime.now(timezone.utc)])
+    plan = _plan("SELECT id FROM links_link WHERE published_at IS NULL AND created_at < %s",
+                 [datetime.now(timezone.utc)])
+    assert "links_link_unpublished" in plan, plan
     # The admin's date filters (a range of created_at) and its "taken down" filter.
-    assert "links_link_created_brin" in _plan(
+    plan = _plan(
         "SELECT id FROM links_link WHERE created_at >= %s AND created_at < %s",
         [datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 2, 1, tzinfo=timezone.utc)])
-    assert "links_link_disabled" in _plan(
-        "SELECT id FROM links_link WHERE disabled_at IS NOT NULL", [])
+    assert "links_link_created_brin" in plan, plan
+    plan = _plan("SELECT id FROM links_link WHERE disabled_at IS NOT NULL", [])
+    assert "links_link_disabled" in plan, plan
     assert sorted(Link.objects.filter(disabled_at__isnull=False)
                   .values_list("tinyurl", flat=True)) == ["mIGR002", "mIGR003"]
 
