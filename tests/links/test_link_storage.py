@@ -1,6 +1,7 @@
 """How links are stored for bulk creates: migration 0012 (fewer indexes on links_link) on a table
-that has rows, the readers that needed the indexes still served by one, and the insert's
-columns sent as texts (links.services._links_insert) stored exactly as they were given."""
+that has rows, the readers that needed the indexes still served by one, the insert's columns
+sent as texts (links.services._links_insert) stored exactly as they were given, and links that
+Kafka did not acknowledge found and sent by the outbox relay, their marks set from texts too."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from datetime import datetime, timedelta, timezone
 
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
+from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from links import selectors, services, validation
+from links import publishing, selectors, services, validation
 from links.models import Link
 from links.services import CreateItem, LinkCreated
+from testkit import free_port, topic_end
+from topics.links import links_topic, producer_reset
 
 BEFORE = [("links", "0011_consumerposition_topic_id")]
 
@@ -114,3 +118,29 @@ def test_links_inserted_in_a_batch_are_stored_as_given(transactional_db, batch):
         assert row.published_at is not None and row.published_offset is not None
         if outcome.created:  # the first item of a longurl sets its expiry
             assert row.expires_at == item.expires_at == outcome.link.expires_at
+
+
+def test_a_batch_kafka_did_not_acknowledge_is_found_and_sent_by_the_outbox(transactional_db):
+    published = services.links_create_many(
+        [CreateItem(longurl=f"https://example.com/outbox/acked/{i}") for i in range(3)])
+    producer_reset()
+    try:
+        with override_settings(KAFKA_BOOTSTRAP_SERVERS=[f"127.0.0.1:{free_port()}"],
+                               SHORTENER_PUBLISH_TIMEOUT=1.0):
+            failed = services.links_create_many(
+                [CreateItem(longurl=f"https://example.com/outbox/lost/{i}") for i in range(4)])
+    finally:
+        producer_reset()
+    assert all(isinstance(o, publishing.LinkPublishError) for o in failed)
+    lost = set(Link.objects.filter(longurl__startswith="https://example.com/outbox/lost/")
+               .values_list("pk", flat=True))
+    assert {link.pk for link in selectors.links_unpublished()} == lost
+    end_before = topic_end(links_topic())
+    assert publishing.links_publish_pending() == (4, 0)
+    assert not list(selectors.links_unpublished())
+    # Each mark carries the offset Kafka gave that link's record, after the earlier ones.
+    rows = Link.objects.filter(pk__in=lost)
+    assert sorted(rows.values_list("published_offset", flat=True)) == \
+        list(range(end_before, end_before + 4))
+    assert all(row.published_at is not None and row.published_partition == 0 for row in rows)
+    assert all(Link.objects.get(pk=o.link.pk).published_offset < end_before for o in published)
