@@ -161,11 +161,14 @@ def links_publish_each(links: Sequence[Link]) -> list[LinkPublishError | None]:
     """
     sent: list[tuple[Link, int, KafkaProducer, Future] | LinkPublishError] = []
     topic = links_topic()
-    # The producer and the partition are looked up once for the batch, and again after a
-    # failure only (the producer may have been replaced meanwhile: producer_reset).
+    # The producer and the topic's partitions are looked up once for the batch.
     producer: KafkaProducer | None = None
     partition: int | None = None
+    unsendable: LinkPublishError | None = None
     for link in links:
+        if unsendable is not None:
+            sent.append(unsendable)
+            continue
         try:
             if producer is None:
                 producer = producer_get()
@@ -173,9 +176,15 @@ def links_publish_each(links: Sequence[Link]) -> list[LinkPublishError | None]:
             sent.append((link, link.state_version, producer,
                          _send_on(producer, topic, partition, link)))
         except KafkaError as exc:
-            producer = None
-            logger.warning("link %s could not be sent: %r", link.tinyurl, exc)
-            sent.append(LinkPublishError(str(exc) or type(exc).__name__))
+            # Raised before the record is queued: the producer could not be made, or the
+            # topic's metadata did not come, each after waiting the publish timeout. Kafka's
+            # state, not the record's: the rest of the batch shares the answer instead of
+            # waiting the same again, each in turn (a burst during an outage: its 503s
+            # together, tests/links/test_kafka_silent.py).
+            logger.warning("link %s could not be sent, nor the %d after it: %r", link.tinyurl,
+                           len(links) - len(sent) - 1, exc)
+            unsendable = LinkPublishError(str(exc) or type(exc).__name__)
+            sent.append(unsendable)
     # One deadline for all: every record is in flight from here, each bounded by the
     # producer's delivery timeout, so a Kafka that hangs costs the batch one wait, not one each.
     deadline = time.monotonic() + publish_wait_seconds()
