@@ -118,10 +118,9 @@ def admission_refusal(*, authorization: str | None, remote_addr: str,
 
 
 def admission_needs_database() -> bool:
-    """Whether admission_refusal has anything to look up for a request without Authorization:
-    a required key (then it refuses without a query) or a rate limit."""
-    return settings.SHORTENER_CREATE_AUTH == "key" or bool(
-        settings.SHORTENER_CREATE_RATE_LIMIT.strip())
+    """Whether admission_refusal reads the database for a request that sends no key: only
+    when a rate limit is configured."""
+    return bool(settings.SHORTENER_CREATE_RATE_LIMIT.strip())
 
 
 def item_parse(content_length: str | None,
