@@ -118,6 +118,7 @@ class CreateApp:
         self.hosts: dict[bytes, bool] = {}
         self.pool: ThreadPoolExecutor | None = None
         self.started = False
+        self.closed = False
         self._histograms: dict[tuple[str, int], Any] = {}
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -167,6 +168,8 @@ class CreateApp:
         refusal = create_checks.method_refusal(scope["method"])
         if refusal is not None:
             return refusal
+        if self.closed:
+            return SHUTTING_DOWN
         fields: dict[bytes, str] = {}
         for name, value in scope["headers"]:
             if name in (b"authorization", b"content-length", b"x-forwarded-for"):
@@ -236,13 +239,19 @@ class CreateApp:
                 gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                # The server has let its requests in progress finish (gunicorn's graceful
-                # timeout): a batch still running is bounded by its own timeouts.
-                if self.started:
-                    await asyncio.to_thread(self.batcher.close, timeout=publish_wait_seconds())
-                    self.pool.shutdown(wait=False, cancel_futures=True)
+                await self.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def close(self) -> None:
+        """Start no more batches: creates still queued are answered 503 (SHUTTING_DOWN), as is
+        any later one; a batch running is waited for, at most its Kafka wait (its members are
+        answered when it ends). The server calls this once its requests in progress had their
+        time to finish (gunicorn's graceful timeout), so normally nothing is left."""
+        self.closed = True
+        if self.started:
+            await asyncio.to_thread(self.batcher.close, timeout=publish_wait_seconds())
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _admitted(authorization: str | None, remote_addr: str, forwarded_for: str) -> Answer | None:
