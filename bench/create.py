@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import statistics
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,9 +67,11 @@ def workers_cpu(server_pid: int) -> float:
 def batches(port: int) -> tuple[float, float]:
     """(batches run, creates in them) so far, from the master's /metrics."""
     samples = scrape(f"http://127.0.0.1:{port}/metrics")
-    count = sum(v for (name, _), v in samples.items() if name == "shortener_create_batch_size_count")
-    total = sum(v for (name, _), v in samples.items() if name == "shortener_create_batch_size_sum")
-    return count, total
+    def total(name: str) -> float:
+        return sum(v for (metric, _), v in samples.items() if metric == name)
+
+    return (total("shortener_create_batch_size_count"),
+            total("shortener_create_batch_size_sum"))
 
 
 def measured(port: int, pid: int, run) -> tuple[dict, str]:

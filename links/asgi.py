@@ -25,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, close_old_connections
+from django.db import DatabaseError, InterfaceError, close_old_connections, connections
 from django.http.request import split_domain_port, validate_host
 
 from links import create_checks
@@ -65,8 +66,9 @@ HOSTS_REMEMBERED = 64
 SHUTTING_DOWN = Answer(503, {"error": "the server is shutting down; retry shortly"},
                        (create_checks.RETRY_AFTER,))
 # Django's answer to an exception in a view (django.views.defaults.server_error, no 500.html).
-SERVER_ERROR = (b'\n<!doctype html>\n<html lang="en">\n<head>\n  <title>Server Error (500)</title>\n'
-                b'</head>\n<body>\n  <h1>Server Error (500)</h1><p></p>\n</body>\n</html>\n')
+SERVER_ERROR = (b'\n<!doctype html>\n<html lang="en">\n<head>\n'
+                b'  <title>Server Error (500)</title>\n</head>\n<body>\n'
+                b'  <h1>Server Error (500)</h1><p></p>\n</body>\n</html>\n')
 REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 405: "Method Not Allowed",
            410: "Gone", 429: "Too Many Requests", 500: "Internal Server Error",
            503: "Service Unavailable"}
@@ -116,7 +118,7 @@ class CreateApp:
         self.frame_options = (b"x-frame-options", settings.X_FRAME_OPTIONS.upper().encode())
         self.after_length = _middleware_headers()
         self.hosts: dict[bytes, bool] = {}
-        self.pool: ThreadPoolExecutor | None = None
+        self.pool: DatabaseThreads | None = None
         self.started = False
         self.closed = False
         self._histograms: dict[tuple[str, int], Any] = {}
@@ -179,9 +181,8 @@ class CreateApp:
         authorization = fields.get(b"authorization")
         if authorization or create_checks.admission_needs_database():
             client = scope.get("client")
-            refusal = await asyncio.get_running_loop().run_in_executor(
-                self.pool, _admitted, authorization, client[0] if client else "",
-                fields.get(b"x-forwarded-for", ""))
+            refusal = await self.pool.run(_admitted, authorization, client[0] if client else "",
+                                          fields.get(b"x-forwarded-for", ""))
         else:
             # Nothing to look up (no key sent, no rate limit): a key-only server refuses at
             # once, an open one admits; no thread, no query.
@@ -226,7 +227,7 @@ class CreateApp:
 
     def _start(self) -> None:
         self.started = True
-        self.pool = ThreadPoolExecutor(ADMISSION_THREADS, thread_name_prefix="create-admission")
+        self.pool = DatabaseThreads(ADMISSION_THREADS, name="create-admission")
         self.batcher.start()
 
     async def lifespan(self, receive: Callable, send: Callable) -> None:
@@ -251,7 +252,7 @@ class CreateApp:
         self.closed = True
         if self.started:
             await asyncio.to_thread(self.batcher.close, timeout=publish_wait_seconds())
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool.close()
 
 
 def _admitted(authorization: str | None, remote_addr: str, forwarded_for: str) -> Answer | None:
@@ -277,3 +278,52 @@ async def _body(receive: Callable) -> bytes:
         message = await receive()
         body += message.get("body", b"")
     return body
+
+
+class DatabaseThreads:
+    """A few threads for short blocking work that uses the database (/create's admission: the
+    API key, the rate limit), called from an event loop: `await run(fn, *args)`. Unlike
+    concurrent.futures' pool, each thread closes its database connection when close() ends it
+    (a connection left to the garbage collector outlives its thread)."""
+
+    def __init__(self, count: int, *, name: str) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True)
+                         for n in range(count)]
+        for thread in self._threads:
+            thread.start()
+
+    async def run(self, fn: Callable, *args: object) -> object:
+        """fn(*args) on one of the threads; its result, or its exception raised here."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put((fn, args, loop, future))
+        return await future
+
+    def close(self) -> None:
+        """End the threads once the jobs queued before are done; does not wait for them."""
+        for _ in self._threads:
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        try:
+            while (job := self._jobs.get()) is not None:
+                fn, args, loop, future = job
+                try:
+                    outcome, failed = fn(*args), False
+                except Exception as exc:  # noqa: BLE001 - handed to the awaiting request
+                    outcome, failed = exc, True
+                try:
+                    loop.call_soon_threadsafe(_settle, future, outcome, failed)
+                except RuntimeError:  # the loop is closed: nobody waits any more
+                    pass
+        finally:
+            connections.close_all()
+
+
+def _settle(future: asyncio.Future, outcome: object, failed: bool) -> None:
+    if not future.done():
+        if failed:
+            future.set_exception(outcome)  # type: ignore[arg-type]
+        else:
+            future.set_result(outcome)

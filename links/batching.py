@@ -4,10 +4,10 @@ one commit and one Kafka batch (links.services.links_create_many).
 A few threads a process (the batcher: BATCHES_IN_FLIGHT) run the batches, each on a database
 connection of its own. There is no timer: a create that arrives while a batcher thread is free
 starts a batch at once, alone; the creates that arrive while every thread is busy wait for one
-to finish and then go together, as the next batch (up to MAX_BATCH). So a lone request never waits for company, and under load a batch grows
-to what arrived during the previous one: PostgreSQL's own group commit, one level up. What the
-batch costs is shared by its members; what it takes (a durable commit, Kafka's acks=all) is
-taken once.
+to finish and then go together, as the next batch (up to MAX_BATCH). So a lone request never
+waits for company, and under load a batch grows to what arrived during the previous one:
+PostgreSQL's own group commit, one level up. What the batch costs is shared by its members;
+what it takes (a durable commit, Kafka's acks=all) is taken once.
 
 Each request gets its own item's outcome (links_create_many's: the link, or that item's
 refusal); a failure of the database fails every member of the batch (nothing of it was
@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from django.db import DatabaseError, InterfaceError, close_old_connections
+from django.db import DatabaseError, InterfaceError, close_old_connections, connections
 
 from links import services
 from links.create_checks import db_retrying
@@ -109,6 +109,12 @@ class CreateBatcher:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def _loop(self) -> None:
+        try:
+            self._batches()
+        finally:
+            connections.close_all()  # this thread's: it ends
+
+    def _batches(self) -> None:
         while True:
             with self._ready:
                 while not self._queue and not self._closed:
@@ -159,3 +165,4 @@ def _set_results(pairs: list[tuple[asyncio.Future, object]]) -> None:
             future.set_exception(outcome)
         else:
             future.set_result(outcome)
+
