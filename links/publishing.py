@@ -134,12 +134,23 @@ def links_publish_each(links: Sequence[Link]) -> list[LinkPublishError | None]:
     last record is handed to the producer.
     """
     sent: list[tuple[Link, int, KafkaProducer, Future] | LinkPublishError] = []
+    unsendable: LinkPublishError | None = None
     for link in links:
+        if unsendable is not None:
+            sent.append(unsendable)
+            continue
         try:
             sent.append((link, link.state_version, *_send(link)))
         except KafkaError as exc:
-            logger.warning("link %s could not be sent: %r", link.tinyurl, exc)
-            sent.append(LinkPublishError(str(exc) or type(exc).__name__))
+            # Raised before the record is queued: the producer could not be made, or the
+            # topic's metadata did not come, each after waiting the publish timeout. Kafka's
+            # state, not the record's: the rest of the batch shares the answer instead of
+            # waiting the same again, each in turn (a burst during an outage: its 503s
+            # together, tests/links/test_kafka_silent.py).
+            logger.warning("link %s could not be sent, nor the %d after it: %r", link.tinyurl,
+                           len(links) - len(sent) - 1, exc)
+            unsendable = LinkPublishError(str(exc) or type(exc).__name__)
+            sent.append(unsendable)
     # One deadline for all: every record is in flight from here, each bounded by the
     # producer's delivery timeout, so a Kafka that hangs costs the batch one wait, not one each.
     deadline = time.monotonic() + publish_wait_seconds()
