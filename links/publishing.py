@@ -112,14 +112,19 @@ def _links_mark_published(sent: list[tuple[int, int, int, int]]) -> None:
         # That takes a disk flush off every /create; the link's row was committed durably.
         # One round trip for both statements (the ORM would send them apart), one UPDATE for
         # the whole chunk (unnest pairs the arrays row by row).
+        # Two batches may mark the same links (a batch re-sends a link another batch
+        # committed and has not marked yet): the rows are locked in id order first, so that
+        # neither waits for the other in a cycle (the UPDATE's join takes them in any order:
+        # "deadlock detected", test_create_many's opposite orders).
         cursor.execute(
             "SET LOCAL synchronous_commit = off; "
+            "SELECT 1 FROM links_link WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE; "
             "UPDATE links_link AS l SET published_at = COALESCE(l.published_at, %s), "
             "published_partition = s.partition, published_offset = s.record_offset "
             "FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::bigint[]) "
             "AS s(id, version, partition, record_offset) "
             "WHERE l.id = s.id AND l.state_version = s.version",
-            [timezone.now(), pks, versions, partitions, offsets],
+            [pks, timezone.now(), pks, versions, partitions, offsets],
         )
 
 
