@@ -96,7 +96,9 @@ def _middleware_headers() -> list[tuple[bytes, bytes]]:
         headers.append((b"x-content-type-options", b"nosniff"))
     policy = settings.SECURE_REFERRER_POLICY
     if policy:
-        text = policy if isinstance(policy, str) else ",".join(policy)
+        # SecurityMiddleware's own spelling of the value.
+        text = ",".join([v.strip() for v in policy.split(",")] if isinstance(policy, str)
+                        else policy)
         headers.append((b"referrer-policy", text.encode()))
     if settings.SECURE_CROSS_ORIGIN_OPENER_POLICY:
         headers.append((b"cross-origin-opener-policy",
@@ -154,9 +156,10 @@ class CreateApp:
             try:
                 answer = await self._answer(scope, receive)
             except Exception:
+                # Logged as Django logs an exception in a view: once, with its traceback.
                 request_logger.exception("Internal Server Error: /create")
                 await self._send(send, 500, [(b"content-type", b"text/html; charset=utf-8")],
-                                 SERVER_ERROR)
+                                 SERVER_ERROR, logged=True)
                 return
             status = answer.status
             await self._send(send, status, [(b"content-type", b"application/json")],
@@ -176,18 +179,18 @@ class CreateApp:
         for name, value in scope["headers"]:
             if name in (b"authorization", b"content-length", b"x-forwarded-for"):
                 # Repeated fields joined by ",", as the WSGI environ Django reads has them.
-                text = value.decode("latin1").strip()
+                text = value.decode("latin1")
                 fields[name] = f"{fields[name]},{text}" if name in fields else text
         authorization = fields.get(b"authorization")
+        client = scope.get("client")
+        who = (authorization, client[0] if client else "", fields.get(b"x-forwarded-for", ""))
         if authorization or create_checks.admission_needs_database():
-            client = scope.get("client")
-            refusal = await self.pool.run(_admitted, authorization, client[0] if client else "",
-                                          fields.get(b"x-forwarded-for", ""))
+            refusal = await self.pool.run(_admitted, *who)
         else:
             # Nothing to look up (no key sent, no rate limit): a key-only server refuses at
             # once, an open one admits; no thread, no query.
-            refusal = create_checks.admission_refusal(authorization=None, remote_addr="",
-                                                      forwarded_for="")
+            refusal = create_checks.admission_refusal(authorization=who[0], remote_addr=who[1],
+                                                      forwarded_for=who[2])
         if refusal is not None:
             return refusal
         body = await _body(receive)
@@ -205,14 +208,15 @@ class CreateApp:
         return create_checks.outcome_answer(outcome)
 
     async def _send(self, send: Callable, status: int, first: list[tuple[bytes, bytes]],
-                    content: bytes, view_headers: tuple[tuple[str, str], ...] = ()) -> None:
+                    content: bytes, view_headers: tuple[tuple[str, str], ...] = (), *,
+                    logged: bool = False) -> None:
         # In Django's order: the view's own headers, Content-Type, then the middleware's.
         headers = [(name.lower().encode(), value.encode()) for name, value in view_headers]
         headers += first
         headers.append(self.frame_options)
         headers.append((b"content-length", str(len(content)).encode()))
         headers += self.after_length
-        if status >= 400:
+        if status >= 400 and not logged:
             log = request_logger.error if status >= 500 else request_logger.warning
             log("%s: %s", REASONS.get(status, "Error"), "/create")
         await send({"type": "http.response.start", "status": status, "headers": headers})
