@@ -114,8 +114,12 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
         return outcomes  # type: ignore[return-value]
 
     digests = {longurl: selectors.longurl_digest(longurl) for longurl in wanted}
-    found = {bytes(link.longurl_sha256): link
-             for link in Link.objects.filter(longurl_sha256__in=list(digests.values()))}
+    # Raw SQL, not the ORM's filter(longurl_sha256__in=...), whose compiling was a tenth of a
+    # web worker's CPU under /create's load (py-spy); without it the workers' CPU a new link
+    # went from 0.59-0.78 ms to 0.51-0.57 ms (bench/create.py, docs/performance.md).
+    found = {bytes(link.longurl_sha256): link for link in Link.objects.raw(
+        f"SELECT * FROM {Link._meta.db_table} WHERE longurl_sha256 = ANY(%s::bytea[])",
+        [list(digests.values())])}
     fresh: dict[str, tuple[Link, bool]] = {}
     missing = [longurl for longurl in wanted if digests[longurl] not in found]
     if missing:
