@@ -116,7 +116,7 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
     digests = {longurl: selectors.longurl_digest(longurl) for longurl in wanted}
     # Raw SQL, not the ORM's filter(longurl_sha256__in=...), whose compiling was a tenth of a
     # web worker's CPU under /create's load (py-spy); without it the workers' CPU a new link
-    # went from 0.59-0.78 ms to 0.51-0.57 ms (bench/create.py, docs/performance.md).
+    # went from a median 0.64 ms to 0.51-0.57 ms (bench/create.py, docs/performance.md).
     found = {bytes(link.longurl_sha256): link for link in Link.objects.raw(
         f"SELECT * FROM {Link._meta.db_table} WHERE longurl_sha256 = ANY(%s::bytea[])",
         [list(digests.values())])}
