@@ -110,15 +110,15 @@ def _links_mark_published(sent: list[tuple[int, int, int, int]]) -> None:
         # The mark need not wait for its own fsync: should PostgreSQL crash and lose it, the
         # outbox re-sends the link, which is harmless (replicas ignore a version they have).
         # That takes a disk flush off every /create; the link's row was committed durably.
-        # One round trip for both statements (the ORM would send them apart), one UPDATE for
-        # the whole chunk (unnest pairs the arrays row by row).
-        # Two batches may mark the same links (a batch re-sends a link another batch
-        # committed and has not marked yet): the rows are locked in id order first, so that
-        # neither waits for the other in a cycle (the UPDATE's join takes them in any order:
-        # "deadlock detected", test_create_many's opposite orders).
+        # One round trip for the statements (the ORM would send them apart), one UPDATE for
+        # the whole chunk (unnest pairs the arrays row by row). The rows are locked first in
+        # the order of their ids: two batches that both sent some of the same links (one made
+        # them, the other found them still unmarked) would otherwise lock them in the orders
+        # their UPDATE plans visit them, and could deadlock (tests/links/test_create_many.py,
+        # the concurrent batches: 3 runs in 4 failed so).
         cursor.execute(
             "SET LOCAL synchronous_commit = off; "
-            "SELECT 1 FROM links_link WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE; "
+            "SELECT 1 FROM links_link WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE; "
             "UPDATE links_link AS l SET published_at = COALESCE(l.published_at, %s), "
             "published_partition = s.partition, published_offset = s.record_offset "
             "FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::bigint[]) "
