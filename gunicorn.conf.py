@@ -35,11 +35,11 @@ if _role == "replica":
 else:
     # The master is WSGI (`gunicorn shortener_project.wsgi`): the worker runs Django on a2wsgi's
     # thread pool, `threads` threads a worker, each given a request only once it is complete.
-    # Threads, not only processes: a master's /create spends most of its time waiting, on
-    # PostgreSQL's commit and on Kafka's acknowledgement. Many requests in flight share those
-    # waits (PostgreSQL's group commit, one Kafka batch for many records): on this 2-core
-    # machine, 16 threads a worker made 2.2x the new links per second of 4
-    # (docs/performance.md).
+    # PUT /create no longer takes one of them: it is answered on the event loop in front of
+    # Django, its links made in batches by a few threads of its own (links/asgi.py,
+    # links/batching.py). The pool serves the rest (the admin, /metrics, /readyz), whose
+    # requests wait on PostgreSQL; 16 threads, as when /create ran on them (16 made 2.2x the
+    # new links per second of 4: docs/performance.md).
     # Processes for the cores (Python runs one thread at a time per process). Two cores here,
     # shared with the consumers and the stores; on a dedicated host, 2 x cores is the usual start.
     workers = int(os.environ.get("GUNICORN_WORKERS") or 2)

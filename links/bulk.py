@@ -28,7 +28,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from links import protection, publishing, ratelimit, services, validation
-from links.views import _db_retrying
+from links.create_checks import db_retrying
 from runtime.metrics import CREATE_REFUSED, instrumented
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def _create_bulk(request: HttpRequest) -> JsonResponse:
         return _refuse(405, "method", f"method {request.method} is not allowed; use PUT",
                        Allow="PUT")
     try:
-        key = _db_retrying(lambda: protection.create_authenticate(
+        key = db_retrying(lambda: protection.create_authenticate(
             authorization=request.headers.get("Authorization")))
     except protection.AuthMissing as exc:
         return _refuse(401, "auth_missing", str(exc),
@@ -140,7 +140,7 @@ def _create_bulk(request: HttpRequest) -> JsonResponse:
                                                  expires_at=expires_at))
                 positions.append(index)
     # Idempotent, so retried once on a fresh connection like /create's link_create.
-    outcomes = _db_retrying(lambda: services.links_create_many(items)) if items else []
+    outcomes = db_retrying(lambda: services.links_create_many(items)) if items else []
     for index, outcome in zip(positions, outcomes):
         results[index] = _outcome_answer(outcome)
     for result in results:

@@ -141,13 +141,19 @@ def client_identity(*, request: HttpRequest, key: ApiKey | None) -> str:
     The address is REMOTE_ADDR, or with SHORTENER_TRUSTED_PROXIES=n the n-th entry of
     X-Forwarded-For from the right (the one the outermost trusted proxy saw).
     """
+    return client_identity_of(remote_addr=request.META.get("REMOTE_ADDR", ""),
+                              forwarded_for=request.META.get("HTTP_X_FORWARDED_FOR", ""), key=key)
+
+
+def client_identity_of(*, remote_addr: str, forwarded_for: str, key: ApiKey | None) -> str:
+    """client_identity from the connection's address and the X-Forwarded-For header's value
+    ("" if none; several fields joined by ","), for a caller without a Django request."""
     if key is not None:
         return f"key:{key.pk}"
-    address = request.META.get("REMOTE_ADDR", "")
+    address = remote_addr
     proxies = settings.SHORTENER_TRUSTED_PROXIES
     if proxies > 0:
-        forwarded = [a.strip() for a in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")
-                     if a.strip()]
+        forwarded = [a.strip() for a in forwarded_for.split(",") if a.strip()]
         if len(forwarded) >= proxies:
             address = forwarded[-proxies]
     try:

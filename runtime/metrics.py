@@ -173,6 +173,14 @@ CREATE_REFUSED = Counter(
     ["reason"],
 )
 
+CREATE_BATCH_SIZE = Histogram(
+    "shortener_create_batch_size",
+    "Creates in one batch of /create's group commit (links/batching.py): one INSERT, one commit "
+    "and one Kafka batch for all of them. A request alone is a batch of 1 (no wait for company); "
+    "its _count is the batches run.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+
 
 def instrumented(endpoint: str) -> Callable:
     """Decorate a view: observe its latency labelled by endpoint, method and status."""

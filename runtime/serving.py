@@ -379,7 +379,8 @@ class Worker(UvicornWorker):
     """gunicorn worker for both roles: uvicorn's, with BoundedHttpToolsProtocol. A WSGI
     application (the master's `shortener_project.wsgi`) runs on a2wsgi's thread pool with
     gunicorn's `threads` threads, so the master's command line stays
-    `gunicorn shortener_project.wsgi`."""
+    `gunicorn shortener_project.wsgi`; if it names an `asgi_front` (a callable taking that
+    ASGI application and returning the one to serve), the front is served, before it."""
 
     CONFIG_KWARGS = {"loop": "auto", "http": BoundedHttpToolsProtocol}
 
@@ -394,6 +395,12 @@ class Worker(UvicornWorker):
 
             # The pool's threads: gunicorn's `threads` (the master: 16, gunicorn.conf.py).
             app: Any = WSGIMiddleware(self.wsgi, workers=self.cfg.threads)
+            front = getattr(self.wsgi, "asgi_front", None)
+            if front is not None:
+                # An ASGI application that answers some requests itself, on the event loop,
+                # and hands the others to the WSGI application on the pool: the master's
+                # PUT /create (links/asgi.py, named by shortener_project/wsgi.py).
+                app = front(app)
             access = self.log.access_log
             if access.handlers:
                 app = AccessLog(app, access)
