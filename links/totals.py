@@ -41,13 +41,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
+from links import linkids
 from links.buckets import report_hour
 from links.positions import position_lock
 from runtime.metrics import CLICKS_REFUSED_ENDED, records_rejected_report
 from topics.batching import Record
-from topics.clicks import click_report_decode
+from topics.clicks import CLICK_BATCH_SCHEMA, clicks_record_decode
 from topics.records import MessageError, Rejected
 
 logger = logging.getLogger(__name__)
@@ -118,15 +119,13 @@ def clicks_batch_decode(*, records: Sequence[Record], now: datetime | None = Non
     tombstones = 0
     for rec in records:
         try:
-            report = click_report_decode(rec.key, rec.value)
+            report = clicks_record_decode(rec.key, rec.value)
         except MessageError as exc:
             rejected.append(Rejected.of(rec, exc))  # logged and counted once it is applied
             continue
         if report is None:  # a tombstone of a folded counter (links/pruning.py): nothing to apply
             tombstones += 1
             continue
-        tinyurl = report.tinyurl
-        tinyurls.append(tinyurl)
         at = report.reported_at
         hour = hour_of_time.get(at)
         if hour is None:
@@ -136,22 +135,28 @@ def clicks_batch_decode(*, records: Sequence[Record], now: datetime | None = Non
                 hours.append(when)
                 hour = hour_index[when] = len(hours)
             hour_of_time[at] = hour
-        counter = (tinyurl, report.incarnation)
-        count, node = report.count, report.node
-        held = counters.get(counter)
-        if held is None:
-            counters[counter] = [count, node, hour, node, 0, len(counters) + 1]
-        elif count > held[0]:
-            if held[2] != hour or held[3] != node:
-                # A new run: the previous one ends at the count reached so far.
-                earlier.append((held[5], held[3], held[2], held[4], held[0]))
-                held[2], held[3], held[4] = hour, node, held[0]
-            held[0], held[1] = count, node
-        elif count == held[0] and node != held[1]:
-            # Of equal counts, the later report's node is the counter's label (it raised
-            # nothing, so the clicks stay with the node whose report raised them).
-            held[1] = node
-            relabelled.append(held)
+        incarnation, node = report.incarnation, report.node
+        # A batch (schema 3) is its pairs, each exactly a schema-2 report with the batch's
+        # node, incarnation and time, in the order they are listed: the same fold, pair by pair.
+        pairs = (report.counts if report.schema == CLICK_BATCH_SCHEMA
+                 else ((report.tinyurl, report.count),))
+        for tinyurl, count in pairs:
+            tinyurls.append(tinyurl)
+            counter = (tinyurl, incarnation)
+            held = counters.get(counter)
+            if held is None:
+                counters[counter] = [count, node, hour, node, 0, len(counters) + 1]
+            elif count > held[0]:
+                if held[2] != hour or held[3] != node:
+                    # A new run: the previous one ends at the count reached so far.
+                    earlier.append((held[5], held[3], held[2], held[4], held[0]))
+                    held[2], held[3], held[4] = hour, node, held[0]
+                held[0], held[1] = count, node
+            elif count == held[0] and node != held[1]:
+                # Of equal counts, the later report's node is the counter's label (it raised
+                # nothing, so the clicks stay with the node whose report raised them).
+                held[1] = node
+                relabelled.append(held)
     for held in relabelled:
         if held[1] != held[3]:
             # The statement takes the counter's last run under its label's node; when those
@@ -175,6 +180,19 @@ def clicks_batch_apply(
     DatabaseError when PostgreSQL fails (nothing applied): DataError when it refuses a value
     the batch carries (a total beyond bigint), which the clicks loop isolates.
     """
+    try:
+        return _batch_apply(topic=topic, partition=partition, batch=batch,
+                            expected_position=expected_position, topic_id=topic_id)
+    except IntegrityError:
+        # The foreign keys are checked at the commit: a remembered id of a link deleted by hand
+        # fails there (links/linkids.py). Forgotten, so that the isolation's re-applies look
+        # every tinyurl up again.
+        linkids.forget()
+        raise
+
+
+def _batch_apply(*, topic: str, partition: int, batch: ClicksBatch,
+                 expected_position: int | None, topic_id: str | None) -> ClicksBatchResult:
     with transaction.atomic(durable=True):
         position = position_lock(topic=topic, partition=partition, expected=expected_position,
                                  topic_id=topic_id)
@@ -259,14 +277,17 @@ def clicks_apply_batch(
 # consume_clicks re-reads those reports from Kafka and max() applies them again, so nothing is
 # lost or doubled.
 _COUNTERS_SQL = """
-SET LOCAL synchronous_commit TO off;
-WITH input(tinyurl, incarnation, node, count, hour, prev, ord) AS (
-    SELECT * FROM unnest(%(tinyurls)s::varchar[], %(incarnations)s::varchar[],
-                         %(nodes)s::varchar[], %(counts)s::bigint[], %(hour_of)s::int[],
-                         %(prevs)s::bigint[]) WITH ORDINALITY
+SET LOCAL synchronous_commit TO off; SET LOCAL jit TO off; SET LOCAL work_mem TO '64MB';
+WITH input(known_id, tinyurl, incarnation, node, count, hour, prev, ord) AS (
+    SELECT * FROM unnest(%(link_ids)s::bigint[], %(tinyurls)s::varchar[],
+                         %(incarnations)s::varchar[], %(nodes)s::varchar[], %(counts)s::bigint[],
+                         %(hour_of)s::int[], %(prevs)s::bigint[], %(ords)s::bigint[])
 ),
 found AS (
-    SELECT i.*, (SELECT l.id FROM links_link l WHERE l.tinyurl = i.tinyurl) AS link_id,
+    SELECT i.tinyurl, i.incarnation, i.node, i.count, i.hour, i.prev, i.ord,
+           i.known_id IS NULL AS looked_up,
+           COALESCE(i.known_id,
+                    (SELECT l.id FROM links_link l WHERE l.tinyurl = i.tinyurl)) AS link_id,
            i.incarnation IN (SELECT e.incarnation FROM links_endedincarnation e
                              WHERE e.incarnation = ANY(%(incarnations)s::varchar[])) AS ended
     FROM input i
@@ -300,7 +321,9 @@ totals AS (
 SELECT (SELECT count(*) FROM up),
        (SELECT array_agg(DISTINCT tinyurl) FROM found WHERE link_id IS NULL),
        (SELECT count(*) FROM found WHERE link_id IS NOT NULL AND ended),
-       (SELECT array_agg(DISTINCT incarnation) FROM found WHERE link_id IS NOT NULL AND ended)
+       (SELECT array_agg(DISTINCT incarnation) FROM found WHERE link_id IS NOT NULL AND ended),
+       (SELECT json_object_agg(tinyurl, link_id) FROM found
+        WHERE looked_up AND link_id IS NOT NULL)
 """
 _BUCKETS_CTE = """,
 shares(link_id, node, hour, clicks) AS (
@@ -333,24 +356,31 @@ def _text_array(values: Sequence[object]) -> str:
     return '{"' + '","'.join(map(str, values)) + '"}' if values else "{}"
 
 
-def _int_array(values: Sequence[int]) -> str:
+def _int_array(values: Sequence[int | str]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
 def _counters_raise(batch: ClicksBatch) -> tuple[int, frozenset[str], int, list[str]]:
     """Apply the largest count per (tinyurl, incarnation) with its node label, and the buckets
     (_APPLY_SQL); returns the number of counters raised, the tinyurls that match no link, and
-    the number of counters refused because their incarnation ended, with those incarnations."""
-    entries = batch.counters.values()
+    the number of counters refused because their incarnation ended, with those incarnations.
+
+    The counters go in link id order, those whose id is not known yet (links/linkids.py) last:
+    the links, counters and buckets are all reached through indexes that lead with the link,
+    so neighbouring rows share pages (docs/performance.md measures it)."""
+    entries = [(linkids.link_id(t), t, i, e) for (t, i), e in batch.counters.items()]
+    entries.sort(key=lambda x: (x[0] is None, x[0] or 0))
     earlier = batch.earlier
     params = {
-        "tinyurls": _text_array([t for t, _ in batch.counters]),
-        "incarnations": _text_array([i for _, i in batch.counters]),
+        "link_ids": _int_array(["NULL" if x[0] is None else x[0] for x in entries]),
+        "tinyurls": _text_array([x[1] for x in entries]),
+        "incarnations": _text_array([x[2] for x in entries]),
         # The label, which the decoder also made the node of the counter's last run.
-        "nodes": _text_array([e[1] for e in entries]),
-        "counts": _int_array([e[0] for e in entries]),
-        "hour_of": _int_array([e[2] for e in entries]),
-        "prevs": _int_array([e[4] for e in entries]),
+        "nodes": _text_array([x[3][1] for x in entries]),
+        "counts": _int_array([x[3][0] for x in entries]),
+        "hour_of": _int_array([x[3][2] for x in entries]),
+        "prevs": _int_array([x[3][4] for x in entries]),
+        "ords": _int_array([x[3][5] for x in entries]),  # what the earlier runs name it by
         "e_ords": _int_array([e[0] for e in earlier]),
         "e_nodes": _text_array([e[1] for e in earlier]),
         "e_hours": _int_array([e[2] for e in earlier]),
@@ -360,7 +390,9 @@ def _counters_raise(batch: ClicksBatch) -> tuple[int, frozenset[str], int, list[
     }
     with connection.cursor() as cursor:
         cursor.execute(_APPLY_SQL, params)
-        raised, unknown, refused, ended = cursor.fetchone()
+        raised, unknown, refused, ended, resolved = cursor.fetchone()
+    if resolved:
+        linkids.learn(resolved)
     return raised, frozenset(unknown or ()), refused, sorted(ended or ())
 
 
