@@ -70,8 +70,8 @@ from topics.clicks import (  # noqa: E402
     click_report_encode,
     clicks_topic,
 )
-from topics.records import TINYURL_ALPHABET  # noqa: E402
 from topics.provisioning import topics_ensure  # noqa: E402
+from topics.records import TINYURL_ALPHABET  # noqa: E402
 
 HOUR = timedelta(hours=1)
 

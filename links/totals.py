@@ -2,8 +2,9 @@
 is links/clicks_consumer.py).
 
 A counter is one link in one incarnation (one life) of one replica's Redis; its reports carry
-its absolute count (topics/). Each batch of one partition is applied in
-ONE PostgreSQL transaction that
+its absolute count (topics/clicks.py: a report batch's pairs, schema 3, or single reports,
+schema 2, folded alike). Each batch of one partition's records is applied in ONE PostgreSQL
+transaction that
   1. locks the partition's position row and checks it is where this consumer expects,
   2. raises each (link, incarnation) counter to the largest count reported (never lowers), and
      labels it with the node whose report raised it,
@@ -19,13 +20,14 @@ links/pruning.py) is refused, replayed or not: see _APPLY_SQL. Since the node is
 identity, reports of one counter from two nodes (a node id that changed, two hosts sharing one
 Redis) are counted once; the node is the label of the counter and of its buckets.
 
-The clicks topic is compacted (the newest report of every counter is the counter's value), so a
-master that was down for any length of time still finds every counter's latest count. If the
-stored position has nevertheless fallen before the topic's retained range (records deleted), the
-consumer says so as an ERROR with the number of records skipped and counts them in
-shortener_consumer_records_lost_total, then reads on from the start of what is left. If the topic
-was deleted and created again (another topic id, or a position beyond its end), it says so as an
-ERROR, counts it in shortener_consumer_topic_recreated_total and reads the new topic from its
+The clicks topic keeps records for 7 days and the replicas re-report every counter they hold at
+least every 3 days (topics/clicks.py, redirects/sweep.py), so a master that was down for any
+length of time still finds every live counter's count. If the stored position has fallen before
+the topic's retained range (records deleted), the consumer says so as an ERROR with the number
+of records skipped and counts them in shortener_consumer_records_lost_total, then reads on from
+the start of what is left. If the topic was deleted and created again (another topic id, or a
+position beyond its end), it says so as an ERROR, counts it in
+shortener_consumer_topic_recreated_total and reads the new topic from its
 start (topics/loop.py); max() makes re-reading harmless.
 
 Reports valid one by one can still be refused together: three counters of one link near the
@@ -56,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ClicksBatchResult:
-    applied: int  # reports that were valid and for a known link
+    applied: int  # records valid and for a known link (a batch naming any known link: one)
     raised: int  # counters that went up (the rest were duplicates or out of date)
     skipped_malformed: int
     skipped_unknown: int
@@ -84,7 +86,9 @@ class ClicksBatch:
     # The earlier runs: (counter ordinal, node, hour index, largest count before it, its end)
     earlier: list[tuple[int, str, int, int, int]]
     hours: list[datetime]  # the distinct hours of the batch (UTC, truncated)
-    tinyurls: list[str]  # of every valid report, to count those for unknown links
+    # Per valid record, its tinyurls (one for a report, each pair's for a batch): to count the
+    # records for unknown links (the position and the metrics count records, a batch as one).
+    tinyurls: list[tuple[str, ...]]
     malformed: int  # len(rejected)
     next_offset: int  # the offset after the batch's last record
     # The reports that could not be used, logged and counted when the batch is applied.
@@ -114,7 +118,7 @@ def clicks_batch_decode(*, records: Sequence[Record], now: datetime | None = Non
     hour_index: dict[datetime, int] = {}
     # A replica stamps every report of one flush with the same time: one bucketing per flush.
     hour_of_time: dict[datetime, int] = {}
-    tinyurls: list[str] = []
+    tinyurls: list[tuple[str, ...]] = []
     rejected: list[Rejected] = []
     tombstones = 0
     for rec in records:
@@ -138,10 +142,13 @@ def clicks_batch_decode(*, records: Sequence[Record], now: datetime | None = Non
         incarnation, node = report.incarnation, report.node
         # A batch (schema 3) is its pairs, each exactly a schema-2 report with the batch's
         # node, incarnation and time, in the order they are listed: the same fold, pair by pair.
-        pairs = (report.counts if report.schema == CLICK_BATCH_SCHEMA
-                 else ((report.tinyurl, report.count),))
+        if report.schema == CLICK_BATCH_SCHEMA:
+            pairs = report.counts
+            tinyurls.append(tuple([t for t, _ in pairs]))
+        else:
+            pairs = ((report.tinyurl, report.count),)
+            tinyurls.append((report.tinyurl,))
         for tinyurl, count in pairs:
-            tinyurls.append(tinyurl)
             counter = (tinyurl, incarnation)
             held = counters.get(counter)
             if held is None:
@@ -205,11 +212,15 @@ def _batch_apply(*, topic: str, partition: int, batch: ClicksBatch,
                            "%s", refused, topic, partition, ", ".join(ended[:5]))
         unknown = 0
         if unknown_tinyurls:
-            unknown = sum(1 for t in batch.tinyurls if t in unknown_tinyurls)
+            # A record is for unknown links if none of its tinyurls names a link; a batch that
+            # names some is applied, the rest of its pairs skipped.
+            unknown = sum(1 for names in batch.tinyurls
+                          if all(t in unknown_tinyurls for t in names))
+            pairs = sum(1 for names in batch.tinyurls for t in names if t in unknown_tinyurls)
             # One line per batch: a replica pointed at the wrong master could send thousands.
-            logger.warning("skipping %d click report(s) for unknown tinyurls topic=%s "
-                           "partition=%s, e.g. %s", unknown, topic, partition,
-                           ", ".join(sorted(unknown_tinyurls)[:5]))
+            logger.warning("skipping %d click report(s) for unknown tinyurls (%d record(s) "
+                           "wholly) topic=%s partition=%s, e.g. %s", pairs, unknown, topic,
+                           partition, ", ".join(sorted(unknown_tinyurls)[:5]))
 
         applied = len(batch.tinyurls) - unknown
         position.next_offset = batch.next_offset

@@ -122,3 +122,24 @@ def test_encoding_refuses_an_empty_or_oversized_batch():
     key, value = batch([("abcdefg", 2**53 - 1)] * CLICK_BATCH_MAX)
     # The largest batch stays far under Kafka's default message.max.bytes (1,048,588).
     assert len(value) < 200_000
+
+
+def test_the_clicks_decoder_returns_a_record_kind_or_a_message_error_for_anything():
+    """Fed arbitrary keys and values built from a batch (tests/test_record_properties.py's
+    strategies): a typed record, a tombstone, or MessageError with a known reason."""
+    from tests.test_record_properties import EXAMPLES, KEYS, bad_values, template_of
+    from topics.records import REJECT_REASONS
+
+    key, value = batch()
+
+    @EXAMPLES
+    @given(key=st.one_of(st.just(key), KEYS), value=bad_values(template_of(value)))
+    def check(key, value):
+        try:
+            record = clicks_record_decode(key, value)
+        except MessageError as exc:
+            assert exc.reason in REJECT_REASONS
+            return
+        assert record is None or isinstance(record, (ClickBatch, ClickReport))
+
+    check()

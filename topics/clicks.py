@@ -1,28 +1,23 @@
 """The clicks topic, <user>-clicks: every replica's click counters, reported to the master.
 
-Key: `<incarnation>:<tinyurl>` (UTF-8). Value: JSON ClickReport.
-A report carries what it counts: which counter (incarnation: one life of one replica's Redis),
-the counter's absolute value, and the node that sent it as a label. The master keeps the largest
-value per (link, incarnation), so a duplicate adds nothing and a lost report is healed by the
-next one. (A "+100" delta could not be replayed safely.)
+A report carries what it counts: which counter (incarnation: one life of one replica's Redis,
+and the tinyurl), the counter's absolute value, and the node that sent it as a label. The master
+keeps the largest value per (link, incarnation), so a duplicate adds nothing and a lost report
+is healed by the next one. (A "+100" delta could not be replayed safely.)
 
-Delivery: AT-LEAST-ONCE of absolute counts into a max() apply:
-  * a report is a counter's absolute value, keyed by the counter (`<incarnation>:<tinyurl>`,
-    one life of one replica's Redis); the master keeps the largest value per counter, so a
-    duplicate or an out-of-date report, in any order, never lowers a total and a lost report is
-    healed by the next one;
-  * the topic is compacted: it keeps the report with the highest offset of every counter, so the
-    master's totals survive consume_clicks being down for any length of time. That report is
-    not always the counter's largest count: clicks_topic_spec says what holds.
+Two record kinds, told apart by the key:
+  * schema 3, the report batch (ClickBatch, key `<incarnation>/<32 hex digits>`): what replicas
+    send. One record carries the absolute counts of up to CLICK_BATCH_MAX counters of one
+    incarnation, so a flush of a million dirty counters is about a thousand records, not a
+    million (issue "Writes at scale");
+  * schema 2, the single report (ClickReport, key `<incarnation>:<tinyurl>`): what replicas
+    sent before. The master still reads it (an older replica during a rolling upgrade, records
+    already in the topic), and a tombstone (null value) under such a key.
 
-Schema 3, the report batch (ClickBatch), replaces it on the replicas: one record carries the
-absolute counts of up to CLICK_BATCH_MAX counters of one incarnation, so a flush of a million
-dirty counters is a few hundred records, not a million (issue "Writes at scale"). Its key is
-`<incarnation>/<32 hex digits>`, unique per record, so compaction per counter no longer exists:
-the topic keeps every record for a time (retention.ms) and the replicas re-report every counter
-they hold well within that time (the sweep, redirects/reporter.py); clicks_topic_spec says what
-holds. The master still reads schema 2 (old replicas during a rolling upgrade, reports already
-in the topic).
+Delivery: AT-LEAST-ONCE of absolute counts into a max() apply: a duplicate or an out-of-date
+report, in any order, never lowers a total, and a lost report is healed by the counter's next
+one. The topic keeps records for a time (retention), not per counter (a batch has no per-counter
+key to compact on): clicks_topic_spec says what holds, docs/delivery-guarantees.md what is lost.
 """
 
 from __future__ import annotations
@@ -95,8 +90,8 @@ _click_decoder = msgspec.json.Decoder(ClickReport)
 
 
 def click_report_key(*, incarnation: str, tinyurl: str) -> bytes:
-    """The compaction key of a counter's reports: `<incarnation>:<tinyurl>`. The clicks topic
-    keeps the newest report of every counter, which is exactly the counter's latest value."""
+    """The key of a counter's schema-2 reports and of its tombstone: `<incarnation>:<tinyurl>`
+    (on a topic still compacted, the newest report of every counter)."""
     return f"{incarnation}:{tinyurl}".encode()
 
 
@@ -113,8 +108,9 @@ def click_report_encode(
 def click_report_decode(key: bytes | None, value: bytes | None) -> ClickReport | None:
     """Decode and check one clicks-topic record: the ClickReport, or None for a tombstone (value
     null: the master writes one for every counter of an ended incarnation it folded,
-    links/pruning.py, so that compaction removes the key). Raises MessageError (with its reason) for anything the
-    master must not apply, including a key that is not the value's `<incarnation>:<tinyurl>`.
+    links/pruning.py, so that compaction removes the key on a topic still compacted). Raises
+    MessageError (with its reason) for anything the master must not apply, including a key that
+    is not the value's `<incarnation>:<tinyurl>`.
 
     The master decodes every report of every replica (bench/clicks.py): msgspec checks types,
     ranges and lengths in one C pass, the character sets are three str-method calls; together
@@ -238,16 +234,16 @@ def clicks_topic_spec() -> TopicSpec:
     return TopicSpec(
         name=clicks_topic(),
         # ONE partition. A single consumer (the master's consume_clicks) reads it. Traffic from
-        # each replica: reports/s = milestones/s + (distinct links clicked in a flush
+        # each replica: counters/s = milestones/s + (distinct links clicked in a flush
         # interval) / (flush interval), a milestone being a counter passing a multiple of 100;
-        # so at most redirects/s / 100 + min(redirects/s, distinct links / flush interval).
-        # E.g. 2,000 redirects/s over 5,000 links with the 10 s flush: 20 + 500 reports/s of
-        # ~200 bytes. The one consumer is the limit, not the partition: a bare read of the
-        # topic is faster than consume_clicks' apply (both measured in docs/performance.md).
+        # so at most redirects/s / 100 + min(redirects/s, distinct links / flush interval),
+        # sent as batches of up to 1,000 counters (~14 bytes each). The one consumer's apply is
+        # the limit, not the partition: a bare read of the topic carries millions of counters
+        # a second (both measured in docs/performance.md).
         # The partition count must never grow: the producer's default partitioner picks
         # murmur2(key) modulo the partition count (kafka-python 3.0.12,
-        # kafka/partitioner/default.py), so adding partitions sends a counter's later
-        # reports to another partition than its earlier ones. `manage.py kafka_topics`
+        # kafka/partitioner/default.py), so adding partitions would send a schema-2 counter's
+        # later reports to another partition than its earlier ones. `manage.py kafka_topics`
         # refuses to change a partition count (tests/links/test_kafka_topics.py;
         # tests/test_bus.py shows the remapping).
         partitions=1,
@@ -305,7 +301,12 @@ def clicks_producer_make() -> KafkaProducer:
 
 
 def clicks_consumer_settings() -> dict[str, Any]:
-    """The master's clicks consumer's own settings (consume_clicks)."""
+    """The master's clicks consumer's own settings (consume_clicks).
+
+    How many counters one transaction applies: max_poll_records bounds the records, the fetch
+    size (max_partition_fetch_bytes, kafka-python's default 1 MB) the bytes, so about 70 report
+    batches, some 70,000 counters, at most; links/totals.py gives the statement work_mem for
+    that."""
     return {
         # Never move a position silently: kafka-python's reset of an out-of-range position is
         # an INFO line. With "none" a position outside the retained range raises instead, and
