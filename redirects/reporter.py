@@ -282,12 +282,14 @@ class ClickReporter:
         the first Kafka error or None)."""
         producer = self._producer_get()
         now = datetime.now(timezone.utc)
-        # Nearly always one incarnation; two only just after a Redis restart (the earlier one's
-        # last counters).
+        # A record per incarnation and CLAIM_BATCH counters: nearly always one incarnation; two
+        # only just after a Redis restart (the earlier one's last counters).
         groups: dict[str, list[tuple[str, str, str, int]]] = {}
         for counter in counters:
             groups.setdefault(counter[1], []).append(counter)
-        batches = list(groups.items())
+        size = self.CLAIM_BATCH
+        batches = [(incarnation, group[i:i + size]) for incarnation, group in groups.items()
+                   for i in range(0, len(group), size)]
         futures = []
         unsent: list[str] = []
         error: KafkaError | None = None
