@@ -283,8 +283,8 @@ def clicks_producer_settings() -> dict[str, Any]:
         # No linger (kafka-python's default, 0): a claim's counters are already one record per
         # incarnation, of ~14 kB, under the 16 kB batch_size, so the producer held each for the
         # whole linger, and the reporter waits for a claim's acknowledgement before the next:
-        # with the 50 ms it had, a flush of 200,000 counters ran at 14,300-16,500 counters/s,
-        # with none at 92,500-124,900 (3 runs each, alternating; docs/performance.md).
+        # with the 50 ms it had, a flush of 200,000 counters ran at 10,600-16,500 counters/s,
+        # with none at 73,700-166,800 (bench/reporter.py; docs/performance.md).
         # -- Operational timeouts, bounded while Kafka is down: the reporter requeues what was
         # -- not acknowledged and tries again on its next round, rather than blocking for the
         # -- 60-120 s defaults. Delivery (retries included) must exceed linger + one request
