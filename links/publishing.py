@@ -7,8 +7,10 @@ late or out of order changes nothing on a replica.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from datetime import timedelta
 
@@ -85,18 +87,9 @@ def link_publish(*, link: Link) -> None:
     not acknowledge: the link then stays marked unpublished and the outbox relay sends it. The
     mark is set only if the version sent is still the link's current one.
     """
-    version = link.state_version
-    try:
-        producer, future = _send(link)
-        acked = _delivery_wait(producer, future, timeout=publish_wait_seconds())
-    except KafkaError as exc:
-        LINKS_PUBLISHED.labels("failed").inc()
-        logger.warning("link %s (version %s) not acknowledged by Kafka: %r", link.tinyurl,
-                       version, exc)
-        raise LinkPublishError(str(exc) or type(exc).__name__) from exc
-    LINKS_PUBLISHED.labels("acked").inc()
-    _links_mark_published([(link.pk, version, acked.partition, acked.offset)])
-    link.published_at = timezone.now()
+    error = links_publish_each([link])[0]
+    if error is not None:
+        raise error
 
 
 def _links_mark_published(sent: list[tuple[int, int, int, int]]) -> None:
@@ -117,55 +110,83 @@ def _links_mark_published(sent: list[tuple[int, int, int, int]]) -> None:
         # The mark need not wait for its own fsync: should PostgreSQL crash and lose it, the
         # outbox re-sends the link, which is harmless (replicas ignore a version they have).
         # That takes a disk flush off every /create; the link's row was committed durably.
-        # One round trip for both statements (the ORM would send them apart), one UPDATE for
-        # the whole chunk (unnest pairs the arrays row by row).
+        # One round trip for the statements (the ORM would send them apart), one UPDATE for
+        # the whole chunk (unnest pairs the arrays row by row). The rows are locked first in
+        # the order of their ids: two batches that both sent some of the same links (one made
+        # them, the other found them still unmarked) would otherwise lock them in the orders
+        # their UPDATE plans visit them, and could deadlock (tests/links/test_create_many.py,
+        # the concurrent batches: 3 runs in 4 failed so).
         cursor.execute(
             "SET LOCAL synchronous_commit = off; "
+            "SELECT 1 FROM links_link WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE; "
             "UPDATE links_link AS l SET published_at = COALESCE(l.published_at, %s), "
             "published_partition = s.partition, published_offset = s.record_offset "
             "FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::bigint[]) "
             "AS s(id, version, partition, record_offset) "
             "WHERE l.id = s.id AND l.state_version = s.version",
-            [timezone.now(), pks, versions, partitions, offsets],
+            [pks, timezone.now(), pks, versions, partitions, offsets],
         )
 
 
-def links_publish(*, links: Iterable[Link], batch: int = 2000) -> tuple[int, int]:
-    """Send many links' current states, pipelined; mark the acknowledged ones published.
+def links_publish_each(links: Sequence[Link]) -> list[LinkPublishError | None]:
+    """Send the current states of `links` all at once, wait for every acknowledgement, and mark
+    the acknowledged links published in one statement: the publishing half of a batch of
+    creates (links.services.links_create_many), one Kafka batch and one UPDATE for all.
 
-    Returns (sent, failed). A link counts as sent once Kafka acknowledged it; it is marked
-    published only if the version sent is still current (see _links_mark_published).
+    Returns one entry per link, in order: None if Kafka acknowledged it (its published_at is
+    set on the object too), else the LinkPublishError it met; such a link stays marked
+    unpublished for the outbox relay. Waits at most publish_wait_seconds() in all, after the
+    last record is handed to the producer.
     """
-    sent = failed = 0
-    chunk: list[tuple[Link, int, KafkaProducer, Future]] = []
-
-    def drain() -> None:
-        nonlocal sent, failed
-        acked = []
-        for link, version, producer, future in chunk:
-            try:
-                # All of the chunk is in flight at once: the first wait covers most of the rest.
-                metadata = _delivery_wait(producer, future, timeout=publish_wait_seconds())
-                acked.append((link.pk, version, metadata.partition, metadata.offset))
-            except KafkaError as exc:
-                failed += 1
-                logger.warning("link %s not acknowledged by Kafka: %r", link.tinyurl, exc)
-        if acked:
-            _links_mark_published(acked)
-        LINKS_PUBLISHED.labels("acked").inc(len(acked))
-        LINKS_PUBLISHED.labels("failed").inc(len(chunk) - len(acked))
-        sent += len(acked)
-        chunk.clear()
-
+    sent: list[tuple[Link, int, KafkaProducer, Future] | LinkPublishError] = []
     for link in links:
         try:
-            chunk.append((link, link.state_version, *_send(link)))
+            sent.append((link, link.state_version, *_send(link)))
         except KafkaError as exc:
-            failed += 1
             logger.warning("link %s could not be sent: %r", link.tinyurl, exc)
-        if len(chunk) >= batch:
-            drain()
-    drain()
+            sent.append(LinkPublishError(str(exc) or type(exc).__name__))
+    # One deadline for all: every record is in flight from here, each bounded by the
+    # producer's delivery timeout, so a Kafka that hangs costs the batch one wait, not one each.
+    deadline = time.monotonic() + publish_wait_seconds()
+    results: list[LinkPublishError | None] = []
+    acked: list[tuple[int, int, int, int]] = []
+    acked_links: list[Link] = []
+    for entry in sent:
+        if isinstance(entry, LinkPublishError):
+            results.append(entry)
+            continue
+        link, version, producer, future = entry
+        try:
+            metadata = _delivery_wait(producer, future,
+                                      timeout=max(0.0, deadline - time.monotonic()))
+        except KafkaError as exc:
+            logger.warning("link %s (version %s) not acknowledged by Kafka: %r", link.tinyurl,
+                           version, exc)
+            results.append(LinkPublishError(str(exc) or type(exc).__name__))
+            continue
+        acked.append((link.pk, version, metadata.partition, metadata.offset))
+        acked_links.append(link)
+        results.append(None)
+    _links_mark_published(acked)
+    now = timezone.now()
+    for link in acked_links:
+        link.published_at = link.published_at or now
+    LINKS_PUBLISHED.labels("acked").inc(len(acked))
+    LINKS_PUBLISHED.labels("failed").inc(len(results) - len(acked))
+    return results
+
+
+def links_publish(*, links: Iterable[Link], batch: int = 2000) -> tuple[int, int]:
+    """Send many links' current states, `batch` at a time in flight (links_publish_each); mark
+    the acknowledged ones published. Returns (sent, failed). A link counts as sent once Kafka
+    acknowledged it; it is marked published only if the version sent is still current (see
+    _links_mark_published)."""
+    sent = failed = 0
+    iterator = iter(links)
+    while chunk := list(itertools.islice(iterator, batch)):
+        results = links_publish_each(chunk)
+        errors = sum(1 for r in results if r is not None)
+        sent, failed = sent + len(results) - errors, failed + errors
     return sent, failed
 
 

@@ -153,3 +153,45 @@ def create_rate_limit_hit(*, client: str) -> float | None:
             connection.close()
     return None
 
+
+
+def create_rate_limit_take(*, client: str, cost: int) -> tuple[int, float | None]:
+    """Count up to `cost` creates of `client` (PUT /create/bulk: one per item) against every
+    configured limit; returns (granted, retry_after): how many of them the client's budget
+    allows now (the first `granted` items of the call go ahead), and, if that is fewer than
+    `cost`, the seconds until it may try the others (the end of the exhausted window, at least
+    1), else None.
+
+    With `limits`: the room left in each limit (get_window_stats(...).remaining) bounds the
+    grant, then one hit(..., cost=granted) per limit takes it at once, as `cost` single
+    /create would. A concurrent call of the same client that took the room between the read
+    and the hit makes the hit fail (the counter is past the limit, as after a refused /create):
+    then nothing is granted, so never more links are created than the limit allows. A store
+    that fails grants everything (logged), as create_rate_limit_hit does.
+    """
+    identifiers = (settings.SHORTENER_USER, "create", client)
+    try:
+        limiter = _limiter_get()
+        if not limiter.items or cost <= 0:
+            return cost, None
+        strategy = limiter.strategy
+        granted = cost
+        for item in limiter.items:
+            granted = min(granted, strategy.get_window_stats(item, *identifiers).remaining)
+        if granted > 0:
+            for item in limiter.items:
+                if not strategy.hit(item, *identifiers, cost=granted):
+                    granted = 0
+                    break
+        if granted == cost:
+            return granted, None
+        stats = [strategy.get_window_stats(item, *identifiers) for item in limiter.items]
+        exhausted = [s for s in stats if s.remaining <= 0] or stats
+        reset_at = max(s.reset_time for s in exhausted)
+        return granted, max(1.0, math.ceil(reset_at - time.time()))
+    except Exception as exc:  # noqa: BLE001 - any store failure: let the items through
+        logger.warning("rate limit store failed, not limiting: %r", exc)
+        if connection.connection is not None and not connection.in_atomic_block \
+                and not connection.is_usable():
+            connection.close()
+    return cost, None

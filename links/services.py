@@ -6,16 +6,16 @@ from __future__ import annotations
 import enum
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
-from links import selectors, validation
+from links import publishing, selectors, validation
 from links.models import BlockedHost, Link
 from links.publishing import LinkPublishError, link_publish
 from topics.links import VERSION_MAX
@@ -36,10 +36,48 @@ def tinyurl_generate() -> str:
             return code
 
 
+# A random byte below 248 (4 x 62) taken modulo 62 is uniform over the alphabet; the 8 bytes
+# above are dropped (rejection sampling, as secrets.choice does), so each character of a code
+# is as uniform and unpredictable as tinyurl_generate's.
+_BYTE_TO_CHAR = bytes(TINYURL_ALPHABET[b % len(TINYURL_ALPHABET)].encode()[0] for b in range(256))
+_BYTES_DROPPED = bytes(range(len(TINYURL_ALPHABET) * (256 // len(TINYURL_ALPHABET)), 256))
+
+
+def tinyurls_generate(n: int) -> list[str]:
+    """`n` codes as tinyurl_generate makes them (the OS's CSPRNG, every character uniform), in
+    one pass over random bytes: a batch of 10,000 in 1.3 ms instead of 79."""
+    codes: list[str] = []
+    while len(codes) < n:
+        # 3 % of the bytes are dropped on average: ask for a little more than needed.
+        raw = secrets.token_bytes((n - len(codes)) * TINYURL_LENGTH * 17 // 16 + 16)
+        chars = raw.translate(_BYTE_TO_CHAR, _BYTES_DROPPED).decode("ascii")
+        for start in range(0, len(chars) - TINYURL_LENGTH + 1, TINYURL_LENGTH):
+            code = chars[start:start + TINYURL_LENGTH]
+            if code not in RESERVED_TINYURLS:
+                codes.append(code)
+                if len(codes) == n:
+                    break
+    return codes
+
+
 @dataclass(frozen=True)
 class LinkCreated:
     link: Link
     created: bool
+
+
+@dataclass(frozen=True)
+class CreateItem:
+    """One link asked for: the longurl as the client sent it (any JSON value: it is checked by
+    links.validation.longurl_check) and an optional expiry (an aware datetime, checked by
+    expires_at_parse) for a link created now."""
+
+    longurl: object
+    expires_at: datetime | None = None
+
+
+# What links_create_many answers for one item: the link, or why not.
+CreateOutcome = LinkCreated | Exception
 
 
 def link_create(*, longurl: str, expires_at: datetime | None = None) -> LinkCreated:
@@ -57,46 +95,150 @@ def link_create(*, longurl: str, expires_at: datetime | None = None) -> LinkCrea
     existing link is returned as it is, expiry included: its tinyurl is shared by everyone who
     shortened that longurl, so one caller must not end, or prolong, the others' link. Raises
     LinkDisabled if the existing link was taken down, LinkExpired if it has expired.
+    Raises django.db.DatabaseError if PostgreSQL fails (nothing committed, or a link committed
+    and then found again by a retry: the call is idempotent).
     """
-    if expires_at is not None and timezone.is_naive(expires_at):
-        raise ValueError("expires_at must be timezone-aware")
-    longurl = validation.longurl_check(longurl)
-    link = selectors.link_get_by_longurl(longurl=longurl)
-    if link is not None:
-        if link.disabled_at is not None:
-            raise LinkDisabled(link)
-        if link.expires_at is not None and link.expires_at <= timezone.now():
-            raise LinkExpired(link)
-        if link.published_at is None:
-            link_publish(link=link)  # committed earlier, not acknowledged yet: try again now
-        return LinkCreated(link=link, created=False)
-    # durable: this must be the outermost transaction, so that "after commit" below really means
-    # committed, not merely released into an enclosing transaction that could still roll back.
-    with transaction.atomic(durable=True):
-        link, created = _link_insert(longurl=longurl, expires_at=expires_at)
-        # Publish only once the row is committed: a replica must never serve a link that the
-        # master could still lose. An exception here (no ack) propagates out of this block
-        # after the commit, and the row keeps its unpublished mark for the outbox.
-        transaction.on_commit(lambda: link.published_at is None and link_publish(link=link))
-    return LinkCreated(link=link, created=created)
+    outcome = links_create_many([CreateItem(longurl=longurl, expires_at=expires_at)])[0]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
-def _link_insert(*, longurl: str, expires_at: datetime | None = None) -> tuple[Link, bool]:
-    digest = selectors.longurl_digest(longurl)
+def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
+    """Create (or find) the links of many longurls at once, sharing every cost: one read of the
+    existing links, one INSERT for the new ones, one commit, one Kafka batch and one wait for
+    its acknowledgements (acks=all), one UPDATE marking them published. What /create's group
+    commit and the bulk API both run.
+
+    Returns one outcome per item, in input order: a LinkCreated (created=True for the item that
+    made the link; False for an existing link, and for a later item of the same call naming the
+    same longurl, which gets the very same link), or the exception for that item alone:
+    LongurlRefused (not acceptable; nothing written for it), LinkDisabled, LinkExpired (as
+    link_create), LinkPublishError (committed, not acknowledged: the outbox sends it, a retry
+    gets the same tinyurl). An item's refusal never affects the others.
+
+    Every link is committed durably before any of its records is sent (a replica never holds a
+    link the master could still lose), and a LinkCreated is returned only for a link Kafka has
+    acknowledged. Raises django.db.DatabaseError when PostgreSQL fails: then no item's answer is
+    known, and a retry is safe (a longurl never gets a second link). ValueError for a naive
+    expires_at (a programming error, not input).
+    """
+    outcomes: list[CreateOutcome | None] = [None] * len(items)
+    wanted: dict[str, list[int]] = {}  # stored longurl -> the items asking for it, in order
+    for index, item in enumerate(items):
+        if item.expires_at is not None and timezone.is_naive(item.expires_at):
+            raise ValueError("expires_at must be timezone-aware")
+        try:
+            stored = validation.longurl_check(item.longurl)
+        except validation.LongurlRefused as exc:
+            outcomes[index] = exc
+            continue
+        wanted.setdefault(stored, []).append(index)
+    if not wanted:
+        return outcomes  # type: ignore[return-value]
+
+    digests = {longurl: selectors.longurl_digest(longurl) for longurl in wanted}
+    # One array parameter (= ANY), not an IN list: Django compiles an IN of 10,000 values
+    # parameter by parameter (a tenth of a bulk create's time, profiled), PostgreSQL plans it
+    # the same way.
+    found = {bytes(link.longurl_sha256): link for link in Link.objects.raw(
+        "SELECT * FROM links_link WHERE longurl_sha256 = ANY(%s)", [list(digests.values())])}
+    fresh: dict[str, tuple[Link, bool]] = {}
+    missing = [longurl for longurl in wanted if digests[longurl] not in found]
+    if missing:
+        # durable: the outermost transaction, so that "committed" below really means committed
+        # (not released into an enclosing transaction that could still roll back): publishing
+        # starts only after it.
+        with transaction.atomic(durable=True):
+            fresh = _links_insert(
+                [(longurl, digests[longurl], items[wanted[longurl][0]].expires_at)
+                 for longurl in missing])
+    now = timezone.now()
+    to_publish: list[Link] = []
+    link_of: dict[str, tuple[Link, bool]] = {}
+    for longurl in wanted:
+        link, created = fresh.get(longurl) or (found[digests[longurl]], False)
+        link_of[longurl] = (link, created)
+        if created or (link.published_at is None and link.disabled_at is None
+                       and (link.expires_at is None or link.expires_at > now)):
+            # New, or committed earlier and not acknowledged yet: (re)send it now.
+            to_publish.append(link)
+    errors = dict(zip((link.pk for link in to_publish), publishing.links_publish_each(to_publish)))
+    for longurl, indices in wanted.items():
+        link, created = link_of[longurl]
+        outcome: CreateOutcome
+        if errors.get(link.pk) is not None:
+            outcome = errors[link.pk]
+        elif not created and link.disabled_at is not None:
+            outcome = LinkDisabled(link)
+        elif not created and link.expires_at is not None and link.expires_at <= now:
+            outcome = LinkExpired(link)
+        else:
+            outcome = LinkCreated(link=link, created=created)
+        outcomes[indices[0]] = outcome
+        for later in indices[1:]:
+            outcomes[later] = (LinkCreated(link=link, created=False)
+                               if isinstance(outcome, LinkCreated) else outcome)
+    return outcomes  # type: ignore[return-value]
+
+
+def _links_insert(rows: list[tuple[str, bytes, datetime | None]]) -> dict[str, tuple[Link, bool]]:
+    """Insert links for (stored longurl, its digest, expiry) rows that had none; returns, per
+    longurl, its link and whether this call inserted it (False: a concurrent call did, first).
+    Runs inside the caller's transaction. Raises RuntimeError if a tinyurl cannot be found for
+    some row in TINYURL_ATTEMPTS rounds (at most a handful of collisions ever happen)."""
+    # INSERT ... ON CONFLICT DO NOTHING: a concurrent insert of the same longurl, or a tinyurl that
+    # is already taken, ends as "no row inserted" instead of an error, with no aborted transaction;
+    # which of the two it was, the read after it tells. The rows go in the order of their digests:
+    # two concurrent batches that share longurls then take the unique index's locks in the same
+    # order, so one waits for the other instead of the two deadlocking. The columns Django fills
+    # from model defaults (state_version, clicks) have no default in the database, so they are
+    # given here.
+    insert_sql = """
+        INSERT INTO links_link (tinyurl, longurl, longurl_sha256, expires_at, created_at,
+                                state_version, clicks)
+        SELECT t.tinyurl, t.longurl, t.digest, t.expires_at, %s, 1, 0
+        FROM unnest(%s::varchar[], %s::text[], %s::bytea[], %s::timestamptz[])
+             AS t(tinyurl, longurl, digest, expires_at)
+        ORDER BY t.digest
+        ON CONFLICT DO NOTHING
+        RETURNING id, tinyurl, longurl_sha256, created_at"""
+    result: dict[str, tuple[Link, bool]] = {}
+    pending = rows
     for _ in range(TINYURL_ATTEMPTS):
-        tinyurl = tinyurl_generate()
-        # INSERT ... ON CONFLICT DO NOTHING: a concurrent insert of the same longurl, or a
-        # tinyurl that is already taken, ends as "no row inserted" instead of an error, with no
-        # aborted transaction. Which of the two it was, the read below tells.
-        Link.objects.bulk_create(
-            [Link(tinyurl=tinyurl, longurl=longurl, longurl_sha256=digest,
-                  expires_at=expires_at)],
-            ignore_conflicts=True,
-        )
-        link = Link.objects.filter(longurl_sha256=digest).first()
-        if link is not None:
-            return link, link.tinyurl == tinyurl
+        codes = tinyurls_generate(len(pending))
+        with connection.cursor() as cursor:
+            cursor.execute(insert_sql, [timezone.now(), codes, [r[0] for r in pending],
+                                         [r[1] for r in pending], [r[2] for r in pending]])
+            inserted = {bytes(digest): (pk, tinyurl, created_at)
+                        for pk, tinyurl, digest, created_at in cursor.fetchall()}
+        left = []
+        for longurl, digest, expires_at in pending:
+            if digest in inserted:
+                pk, tinyurl, created_at = inserted[digest]
+                result[longurl] = (_link_of_row(
+                    id=pk, tinyurl=tinyurl, longurl=longurl, longurl_sha256=digest,
+                    created_at=created_at, expires_at=expires_at, state_version=1, clicks=0), True)
+            else:
+                left.append((longurl, digest, expires_at))
+        if left:
+            # Not inserted: another call inserted the longurl first (READ COMMITTED: this read
+            # sees its committed row), or the tinyurl was taken (the longurl is still missing).
+            for link in Link.objects.filter(longurl_sha256__in=[r[1] for r in left]):
+                result[link.longurl] = (link, False)
+            left = [r for r in left if r[0] not in result]
+        if not left:
+            return result
+        pending = left
     raise RuntimeError(f"no free tinyurl after {TINYURL_ATTEMPTS} attempts")
+
+
+def _link_of_row(**values: object) -> Link:
+    """The Link of a row just inserted, as the ORM makes one it has read (Model.from_db:
+    positional, a third of the keyword constructor's time, which a batch of 10,000 feels);
+    columns not given are NULL."""
+    names = [f.attname for f in Link._meta.concrete_fields]
+    return Link.from_db(None, names, [values.get(name) for name in names])
 
 
 class LinkDisabled(Exception):

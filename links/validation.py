@@ -78,6 +78,8 @@ def _host_is_private(host: str) -> bool:
     link-local, shared, documentation and reserved ranges, after the IANA registries) or a
     "localhost" name (RFC 6761 §6.3: always the loopback)."""
     try:
+        if not longurls.may_be_ip(host):
+            raise ValueError(host)  # a name: the same answer, without ip_address's cost
         address = ipaddress.ip_address(host)
     except ValueError:
         return host == "localhost" or host.endswith(".localhost")

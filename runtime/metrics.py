@@ -167,8 +167,9 @@ CREATE_REFUSED = Counter(
     "shortener_create_refused_total",
     "PUT /create requests refused, by reason: the rule of the longurl definition that failed "
     "(scheme, userinfo, host, idna, port, too_long, own_host, private_host, blocked_host, ...), "
-    "or the request's fault (method, body, json, auth_missing, auth_refused, rate_limited, "
-    "taken_down). docs/metrics.md lists them.",
+    "or the request's fault (method, body, json, too_many_items, auth_missing, auth_refused, "
+    "rate_limited, taken_down); PUT /create/bulk counts each refused item. docs/metrics.md "
+    "lists them.",
     ["reason"],
 )
 

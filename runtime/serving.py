@@ -23,7 +23,9 @@ What uvicorn 0.54 does not bound by itself, and this protocol does (each a subcl
 - the size of the body: uvicorn hands any body to the application, and Django's ASGI handler
   spools it all to a temporary file before a view runs; here a body over `body_bytes` is
   refused with 413 (RFC 9110 §15.5.14) as soon as its Content-Length announces it, or as soon
-  as a chunked body passes the limit, and the application never starts;
+  as a chunked body passes the limit, and the application never starts. One request has a
+  larger bound of its own: the master's PUT /create/bulk (`bulk_body_bytes`; every other
+  request of the same connection keeps `body_bytes`), under the same time limit;
 - the number of connections: uvicorn accepts until the process runs out of file descriptors;
   here, past `max_connections` in a worker, the connection that has waited longest without a
   request in progress is closed to make room (or the new one, if every connection is busy).
@@ -62,6 +64,9 @@ DESCRIPTORS_BESIDES_CONNECTIONS = 1024
 # status, body bytes and the request's time in microseconds.
 ACCESS_LINE = '%s "%s %s HTTP/%s" %d %d %dus'
 
+# The one path with a larger body bound (links/bulk.py).
+BULK_PATH = b"/create/bulk"
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -69,14 +74,16 @@ class Limits:
 
     head_bytes: int        # request line + header fields, else 431
     body_bytes: int        # request body, else 413
+    bulk_body_bytes: int   # the body of the master's PUT /create/bulk, else 413 (0: no such path)
     request_seconds: float  # first byte to complete request, else 408
     max_connections: int   # per worker process
 
     @classmethod
     def from_environ(cls, *, max_connections: int) -> Limits:
-        """From SHORTENER_MAX_HEADER_BYTES (16,384), SHORTENER_MAX_BODY_BYTES (131,072) and
-        SHORTENER_REQUEST_TIMEOUT (10 s); `max_connections` is gunicorn's worker_connections.
-        Raises ValueError for a value that is not a positive number."""
+        """From SHORTENER_MAX_HEADER_BYTES (16,384), SHORTENER_MAX_BODY_BYTES (131,072),
+        SHORTENER_BULK_MAX_BODY_BYTES (4 MiB, only with SHORTENER_ROLE=master: a replica has no
+        such path) and SHORTENER_REQUEST_TIMEOUT (10 s); `max_connections` is gunicorn's
+        worker_connections. Raises ValueError for a value that is not a positive number."""
         def positive(name: str, default: str, kind: type) -> Any:
             value = kind(os.environ.get(name) or default)
             if value <= 0:
@@ -91,6 +98,13 @@ class Limits:
             # longurl at its longest (16,384 characters, longurls.SERVABLE_MAX_LENGTH), even if
             # every character were written as a 6-character JSON escape (98,304 bytes).
             body_bytes=positive("SHORTENER_MAX_BODY_BYTES", "131072", int),
+            # PUT /create/bulk's 10,000 items (SHORTENER_BULK_MAX_ITEMS) of a typical URL (a few
+            # hundred bytes with its JSON): 4 MiB is 419 bytes an item. It arrives within
+            # request_seconds at 420 KB/s, any server's uplink. Read as shortener_project's
+            # settings reads it, for the view's own check.
+            bulk_body_bytes=(positive("SHORTENER_BULK_MAX_BODY_BYTES", str(4 << 20), int)
+                             if os.environ.get("SHORTENER_ROLE", "").strip().lower() == "master"
+                             else 0),
             # A request is one or two packets: milliseconds. 10 s leaves a slow mobile client
             # 13 KB/s for the largest body, and frees a slow client's slot within 10 s.
             request_seconds=positive("SHORTENER_REQUEST_TIMEOUT", "10", float),
@@ -119,7 +133,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.limits: Limits = config.shortener_limits
         # Read on every request: kept as attributes of their own (one lookup, not two).
         self.head_limit = self.limits.head_bytes
-        self.body_limit = self.limits.body_bytes
+        self.body_limit = self.limits.body_bytes  # the current request's
         # Connections without a request in progress, oldest first: the ones closed to make
         # room past max_connections. One dict per worker, on the server's shared state.
         waiting = getattr(server_state, "shortener_waiting", None)
@@ -228,6 +242,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_size, self.content_length, self.chunked = 0, None, False  # for the next one
         if head_size + len(self.url) > self.head_limit:
             raise _Refuse(431, "request head too large")
+        self.body_limit = self.limits.body_bytes
+        if (self.limits.bulk_body_bytes and self.url.partition(b"?")[0] == BULK_PATH
+                and self.parser.get_method() == b"PUT"):
+            self.body_limit = self.limits.bulk_body_bytes
         if content_length is not None:
             length = int(content_length)
             if length > self.body_limit:

@@ -204,6 +204,18 @@ SHORTENER_TRUSTED_PROXIES = env.int("SHORTENER_TRUSTED_PROXIES", default=0)
 # reaches every worker within it (at once in the worker that served the admin).
 SHORTENER_BLOCKLIST_CACHE_SECONDS = env.float("SHORTENER_BLOCKLIST_CACHE_SECONDS", default=5.0)
 
+# PUT /create/bulk (links/bulk.py): most items in one call. Each item is one create for the rate
+# limit, so a larger call is no way around it; the bound keeps one call's memory and time (one
+# INSERT, one Kafka batch) to about a second.
+SHORTENER_BULK_MAX_ITEMS = env.int("SHORTENER_BULK_MAX_ITEMS", default=10000)
+if SHORTENER_BULK_MAX_ITEMS < 1:
+    raise ImproperlyConfigured(
+        f"SHORTENER_BULK_MAX_ITEMS={SHORTENER_BULK_MAX_ITEMS}: use 1 or more")
+# Largest body of PUT /create/bulk, in bytes: the server (runtime/serving.py) answers 413 past it
+# before the application runs, and the view refuses it again (413) if it arrives otherwise.
+# Read from the environment by both (runtime/serving.py's Limits); the default is serving.py's.
+SHORTENER_BULK_MAX_BODY_BYTES = env.int("SHORTENER_BULK_MAX_BODY_BYTES", default=4 * 1024 * 1024)
+
 # Most links-topic records a replica applies in one Redis transaction. Large batches make a
 # fresh replica's catch-up fast; tests lower it to interrupt a catch-up half-way.
 SHORTENER_LINKS_BATCH = env.int("SHORTENER_LINKS_BATCH", default=5000)

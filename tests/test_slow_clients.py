@@ -37,6 +37,7 @@ LIMITS_ENV = {"GUNICORN_KEEPALIVE": str(KEEPALIVE),
               "SHORTENER_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT)}
 HEAD_LIMIT = 16384     # SHORTENER_MAX_HEADER_BYTES' default
 BODY_LIMIT = 131072    # SHORTENER_MAX_BODY_BYTES' default
+BULK_BODY_LIMIT = 4 << 20  # SHORTENER_BULK_MAX_BODY_BYTES' default (the master's PUT /create/bulk)
 TINYURL = "Slow001"
 
 
@@ -237,6 +238,31 @@ def test_master_bounds_heads_and_bodies_on_every_path(master_web):
                         timeout=ANSWER_WITHIN).status_code == 200
 
 
+def test_master_gives_put_create_bulk_alone_its_larger_body_bound(master_web):
+    """PUT /create/bulk reads up to SHORTENER_BULK_MAX_BODY_BYTES (4 MiB): a 1 MB call reaches
+    the view; past the bound, 413 before the body is sent (announced) or once past it
+    (chunked). Every other request, on that path too, keeps the 128 KiB bound."""
+    items = [{"longurl": f"https://bulk.example/{i}/" + "p" * 80} for i in range(10000)]
+    call = requests.put(f"{master_web.url}/create/bulk", json=items, timeout=60)
+    assert len(call.request.body) > 1_000_000
+    assert call.status_code == 200 and len(call.json()["results"]) == 10000
+    for method, path in (("PUT", "/create/bulk"), ("PUT", "/create"), ("POST", "/create/bulk"),
+                         ("PUT", "/create/bulk/")):
+        line = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+        limit = BULK_BODY_LIMIT if (method, path) == ("PUT", "/create/bulk") else BODY_LIMIT
+        head = line + b"Content-Length: %d\r\n\r\n" % (limit + 1)
+        status, sent = exchange(master_web.port, head)
+        assert status == 413 and sent == len(head), (method, path, status)
+        if limit == BODY_LIMIT:  # 1 MB is refused everywhere but on PUT /create/bulk
+            head = line + b"Content-Length: 1000000\r\n\r\n"
+            assert exchange(master_web.port, head)[0] == 413, (method, path)
+    chunk = b"%x\r\n" % 65536 + b"b" * 65536 + b"\r\n"
+    status, sent = exchange(master_web.port, b"PUT /create/bulk HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            b"Transfer-Encoding: chunked\r\n\r\n", endless(chunk),
+                            limit_sent=300 << 20)
+    assert status == 413 and sent < BULK_BODY_LIMIT + (32 << 20), (status, sent)
+
+
 def test_master_sends_100_continue_before_the_body(master_web):
     """A client that asks to (Expect: 100-continue, as curl does for large bodies) gets 100 before
     it sends the body, though the application starts only with the whole body."""
@@ -287,7 +313,11 @@ def test_replica_answers_while_slow_clients_hold_1500_connections(replica):
 
 def test_replica_bounds_heads_and_bodies_on_every_path(replica):
     limits_checked(replica.http_port, [("POST", "/healthz"), ("GET", f"/{TINYURL}"),
-                                       ("POST", f"/{TINYURL}"), ("GET", "/readyz")])
+                                       ("POST", f"/{TINYURL}"), ("GET", "/readyz"),
+                                       ("PUT", "/create/bulk")])
+    # A replica has no bulk path: no larger bound either.
+    head = b"PUT /create/bulk HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n"
+    assert exchange(replica.http_port, head)[0] == 413
     assert replica.get(TINYURL).status_code == 302
 
 
@@ -297,9 +327,14 @@ def test_limits_defaults(monkeypatch):
     for name in ("SHORTENER_MAX_HEADER_BYTES", "SHORTENER_MAX_BODY_BYTES",
                  "SHORTENER_REQUEST_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("SHORTENER_BULK_MAX_BODY_BYTES", raising=False)
+    monkeypatch.setenv("SHORTENER_ROLE", "master")
     limits = Limits.from_environ(max_connections=2048)
     assert (limits.head_bytes, limits.body_bytes, limits.request_seconds) == (
         HEAD_LIMIT, BODY_LIMIT, 10)
+    assert limits.bulk_body_bytes == BULK_BODY_LIMIT == settings.SHORTENER_BULK_MAX_BODY_BYTES
+    monkeypatch.setenv("SHORTENER_ROLE", "replica")
+    assert Limits.from_environ(max_connections=1).bulk_body_bytes == 0
     monkeypatch.setenv("SHORTENER_MAX_BODY_BYTES", "0")
     with pytest.raises(ValueError, match="SHORTENER_MAX_BODY_BYTES must be positive"):
         Limits.from_environ(max_connections=1)

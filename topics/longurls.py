@@ -104,6 +104,9 @@ class LongurlError(ValueError):
         self.code = code
 
 
+_ASCII_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
+
+
 def _is_control_or_space(c: str) -> bool:
     o = ord(c)
     return o < 0x21 or 0x7F <= o < 0xA0 or c.isspace()
@@ -123,11 +126,19 @@ def longurl_split(value: str) -> tuple[str, str]:
     LongurlError if `value` is not acceptable."""
     if not value:
         raise LongurlError("empty", "longurl is empty")
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
-        raise LongurlError("encoding", "longurl contains a lone UTF-16 surrogate, which is not "
-                                       "a Unicode character")
-    if any(_is_control_or_space(c) for c in value):
-        raise LongurlError("whitespace", "longurl contains whitespace or control characters")
+    if value.isascii():
+        # The same two checks for the common case, in C: no surrogate is ASCII, and the ASCII
+        # characters _is_control_or_space accepts are exactly these (bulk creates and a
+        # replica's catch-up check every longurl; the loops below cost 18 us for a 119-character
+        # one, this 0.6 us).
+        if _ASCII_CONTROL_OR_SPACE.search(value):
+            raise LongurlError("whitespace", "longurl contains whitespace or control characters")
+    else:
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            raise LongurlError("encoding", "longurl contains a lone UTF-16 surrogate, which is "
+                                           "not a Unicode character")
+        if any(_is_control_or_space(c) for c in value):
+            raise LongurlError("whitespace", "longurl contains whitespace or control characters")
     scheme, colon, rest = value.partition(":")
     if not colon or scheme.lower() not in ("http", "https"):
         raise LongurlError("scheme", "longurl must be an absolute http:// or https:// URL")
@@ -304,8 +315,17 @@ def host_of(stored: str) -> str:
     return longurl_split(stored)[1]
 
 
+def may_be_ip(host: str) -> bool:
+    """Whether ipaddress.ip_address could take `host` (brackets stripped): an IPv6 address has
+    a ':', an IPv4 one (Python takes dotted decimal only) nothing but ASCII digits and dots.
+    Anything else it refuses, through two exceptions that cost 3.7 us: a name skips the parse."""
+    return ":" in host or (host.isascii() and host.replace(".", "").isdigit())
+
+
 def _comparable(host: str) -> str:
     host = host.lower().rstrip(".")
+    if not may_be_ip(host.strip("[]")):
+        return host
     try:
         return ipaddress.ip_address(host.strip("[]")).compressed
     except ValueError:

@@ -157,8 +157,9 @@ def _writes_longurl(node: ast.AST) -> bool:
 
 
 def test_no_target_enters_without_the_one_check():
-    """Reads the product's code: a link's longurl is written only in services._link_insert
-    (called only by link_create) and services.link_update, and both callers run
+    """Reads the product's code: a link's longurl is written only in services._links_insert
+    (called only by links_create_many, which link_create, /create and the bulk API run) and
+    services.link_update, and both callers run
     validation.longurl_check first. A new path (an import command, an admin add form, a raw
     INSERT) that writes a longurl elsewhere fails this test."""
     writers = set()
@@ -169,13 +170,13 @@ def test_no_target_enters_without_the_one_check():
             if _writes_longurl(node):
                 writers.add((module, owner))
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                    and node.func.id == "_link_insert"):
+                    and node.func.id == "_links_insert"):
                 insert_callers.add((module, owner))
-    assert writers == {("links/services.py", "_link_insert"), ("links/services.py", "link_update")}
-    assert insert_callers == {("links/services.py", "link_create")}
+    assert writers == {("links/services.py", "_links_insert"), ("links/services.py", "link_update")}
+    assert insert_callers == {("links/services.py", "links_create_many")}
 
     services_tree = ast.parse((ROOT / "links/services.py").read_text())
-    for owner in ("link_create", "link_update"):
+    for owner in ("links_create_many", "link_update"):
         function = next(n for n in ast.walk(services_tree)
                         if isinstance(n, ast.FunctionDef) and n.name == owner)
         checks = [n for n in ast.walk(function) if isinstance(n, ast.Call)

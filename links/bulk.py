@@ -1,0 +1,169 @@
+"""The master's PUT /create/bulk: many /create in one call (links.services.links_create_many).
+
+Body: a JSON array of at most SHORTENER_BULK_MAX_ITEMS objects, each what PUT /create accepts
+(`{"longurl": ..., "expires_at": ...optional}`), in at most SHORTENER_BULK_MAX_BODY_BYTES.
+Answer 200 `{"results": [...]}`, one entry per item in input order: what /create would answer
+for it alone, its 200 body (`{"longurl", "tinyurl"(, "expires_at")}`) or
+`{"error": message, "code": reason, "status": /create's status}` (a rate-limited item also
+carries `retry_after`, in seconds). An item's refusal never affects the others.
+
+The order of checks is /create's: method, API key, body (size, JSON, a list, its length); then
+the rate limit, counted per item (links.ratelimit.create_rate_limit_take: the first items within
+the client's budget go ahead, the rest are answered 429 each); then each item (its shape, its
+expiry, its longurl with every rule of links.validation). A refusal of the whole call is a 4xx
+`{"error"}` counted in shortener_create_refused_total by reason, as are per-item refusals.
+PostgreSQL unreachable: 503 for the call (no item's answer is known; a retry is safe).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timezone as dt_timezone
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError, InterfaceError
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from links import protection, publishing, ratelimit, services, validation
+from links.views import _db_retrying
+from runtime.metrics import CREATE_REFUSED, instrumented
+
+logger = logging.getLogger(__name__)
+
+UNPUBLISHED = ("the link is stored but could not be sent to the redirect servers (Kafka is "
+               "unavailable); retry shortly: you will get the same tinyurl")
+
+
+def _error(status: int, message: str, **headers: str) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status, headers=headers or None)
+
+
+def _refuse(status: int, reason: str, message: str, **headers: str) -> JsonResponse:
+    """A refusal of the whole call, counted by reason like /create's."""
+    CREATE_REFUSED.labels(reason).inc()
+    return _error(status, message, **headers)
+
+
+def _item_error(status: int, code: str, message: str) -> dict:
+    return {"error": message, "code": code, "status": status}
+
+
+@csrf_exempt  # a JSON API without cookie authentication, like /create
+@instrumented("create_bulk")
+def create_bulk(request: HttpRequest) -> JsonResponse:
+    try:
+        return _create_bulk(request)
+    except (DatabaseError, InterfaceError) as exc:
+        logger.error("database unavailable during /create/bulk: %s", exc)
+        return _error(503, "the database is unavailable; retry shortly", **{"Retry-After": "5"})
+
+
+def _body_read(request: HttpRequest) -> list | JsonResponse:
+    """The call's items (a JSON list), or the refusal of the whole call."""
+    limit = settings.SHORTENER_BULK_MAX_BODY_BYTES
+    too_large = (f"request body is larger than {limit} bytes (SHORTENER_BULK_MAX_BODY_BYTES); "
+                 "send fewer items per call")
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return _refuse(400, "body", "invalid Content-Length")
+    if length > limit:
+        return _refuse(413, "body", too_large)
+    # Read from the stream, not request.body: Django refuses bodies over
+    # DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) there; this path has its own bound.
+    body = request.read(limit + 1)
+    if len(body) > limit:
+        return _refuse(413, "body", too_large)
+    if not body.strip():
+        return _refuse(400, "body", 'request body is empty; send a JSON array: '
+                       '[{"longurl": "https://..."}, ...]')
+    try:
+        payload = json.loads(body)
+    except UnicodeDecodeError:
+        return _refuse(400, "json", "request body is not UTF-8")
+    except json.JSONDecodeError as exc:
+        return _refuse(400, "json", f"request body is not valid JSON: {exc.msg}")
+    except (ValueError, RecursionError) as exc:
+        return _refuse(400, "json", f"request body is not JSON this service accepts: {exc}"[:200])
+    if not isinstance(payload, list):
+        return _refuse(400, "json", 'request body must be a JSON array of what /create '
+                       'accepts: [{"longurl": "https://..."}, ...]')
+    most = settings.SHORTENER_BULK_MAX_ITEMS
+    if len(payload) > most:
+        return _refuse(400, "too_many_items", f"{len(payload)} items; at most {most} a call "
+                       "(SHORTENER_BULK_MAX_ITEMS)")
+    return payload
+
+
+def _create_bulk(request: HttpRequest) -> JsonResponse:
+    if request.method != "PUT":
+        return _refuse(405, "method", f"method {request.method} is not allowed; use PUT",
+                       Allow="PUT")
+    try:
+        key = _db_retrying(lambda: protection.create_authenticate(
+            authorization=request.headers.get("Authorization")))
+    except protection.AuthMissing as exc:
+        return _refuse(401, "auth_missing", str(exc),
+                       **{"WWW-Authenticate": 'Bearer realm="create"'})
+    except protection.AuthRefused as exc:
+        return _refuse(403, "auth_refused", str(exc))
+    payload = _body_read(request)
+    if isinstance(payload, JsonResponse):
+        return payload
+
+    granted, retry_after = ratelimit.create_rate_limit_take(
+        client=protection.client_identity(request=request, key=key), cost=len(payload))
+    results: list[dict | None] = [None] * len(payload)
+    items: list[services.CreateItem] = []
+    positions: list[int] = []  # the input position of each of `items`
+    for index, entry in enumerate(payload):
+        if index >= granted:
+            results[index] = {**_item_error(
+                429, "rate_limited", "too many /create requests from this client; retry in "
+                f"{retry_after:.0f} s"), "retry_after": retry_after}
+        elif not isinstance(entry, dict):
+            results[index] = _item_error(
+                400, "json", 'each item must be a JSON object: {"longurl": "https://..."}')
+        elif "longurl" not in entry:
+            results[index] = _item_error(400, "json", "longurl is missing")
+        else:
+            try:
+                expires_at = services.expires_at_parse(entry.get("expires_at"))
+            except ValidationError as exc:
+                results[index] = _item_error(400, exc.error_list[0].code or "invalid",
+                                             exc.messages[0])
+            else:
+                items.append(services.CreateItem(longurl=entry["longurl"],
+                                                 expires_at=expires_at))
+                positions.append(index)
+    # Idempotent, so retried once on a fresh connection like /create's link_create.
+    outcomes = _db_retrying(lambda: services.links_create_many(items)) if items else []
+    for index, outcome in zip(positions, outcomes):
+        results[index] = _outcome_answer(outcome)
+    for result in results:
+        if result is not None and "code" in result and result["status"] != 503:
+            CREATE_REFUSED.labels(result["code"]).inc()
+    return JsonResponse({"results": results}, status=200)
+
+
+def _outcome_answer(outcome: services.CreateOutcome) -> dict:
+    """An item's entry: /create's 200 body, or its error with /create's status and message."""
+    if isinstance(outcome, services.LinkCreated):
+        link = outcome.link
+        body = {"longurl": link.longurl, "tinyurl": link.tinyurl}
+        if link.expires_at is not None:
+            body["expires_at"] = link.expires_at.astimezone(dt_timezone.utc).isoformat()
+        return body
+    if isinstance(outcome, validation.LongurlRefused):
+        return _item_error(400, outcome.code, outcome.message)
+    if isinstance(outcome, services.LinkDisabled):
+        return _item_error(410, "taken_down", "this URL's link was taken down by an administrator")
+    if isinstance(outcome, services.LinkExpired):
+        return _item_error(410, "expired", "this URL's link expired at "
+                           f"{outcome.link.expires_at.isoformat()}")
+    if isinstance(outcome, publishing.LinkPublishError):
+        return _item_error(503, "unpublished", UNPUBLISHED)
+    raise outcome  # not an item's answer (a programming error): the call fails, 500
