@@ -188,6 +188,11 @@ def clicks_inflight_key() -> str:
     return f"{settings.SHORTENER_USER}:clicks:inflight"
 
 
+def clicks_swept_key() -> str:
+    """String: the Unix time of the last sweep of the counters (redirects/sweep.py)."""
+    return f"{settings.SHORTENER_USER}:clicks:swept"
+
+
 def clicks_served_key() -> str:
     """Hash: incarnation -> redirects served (counted GETs) in it; the replica's status."""
     return f"{settings.SHORTENER_USER}:clicks:served"
