@@ -41,11 +41,12 @@ from topics.clients import consumer_make, producer_close, producer_make
 from topics.records import (
     ENCODER,
     INT_MAX,
-    TINYURL_RE,
+    TINYURL_LENGTH,
     MessageError,
     RecordStruct,
     Time,
     Tinyurl,
+    alnum,
     decode_error,
     key_text,
 )
@@ -161,7 +162,8 @@ def link_record_decode(key: bytes | None, value: bytes | None) -> LinkRecord | N
     ignores it). Raises MessageError (with its reason) for anything a replica must not store.
     """
     tinyurl = key_text(key)
-    if not TINYURL_RE.fullmatch(tinyurl):
+    # TINYURL_RE's strings, with str methods (a third of the time of the regex, per record).
+    if len(tinyurl) != TINYURL_LENGTH or not alnum(tinyurl):
         raise MessageError(f"key {tinyurl[:20]!r} is not a tinyurl", reason="key")
     if value is None:
         return None
