@@ -6,6 +6,7 @@ The Redis layout is described in redirects/keys.py.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Collection, Sequence
@@ -15,6 +16,8 @@ from itertools import chain
 from django.conf import settings
 from redis import Redis
 from redis.commands.core import Script
+from redis.connection import Connection
+from redis.exceptions import NoScriptError
 
 from redirects import keys, selectors
 from runtime.metrics import records_rejected_report
@@ -133,6 +136,19 @@ class BatchResult:
     next_offset: int  # the partition's stored position after this batch
 
 
+@dataclass(frozen=True)
+class LinksBatch:
+    """One partition's batch of links-topic records, decoded and checked (links_batch_prepare):
+    what APPLY_SCRIPT is called with, and what links_batch_done needs of it afterwards."""
+
+    partition: int
+    expected_position: int | None  # None: nothing stored
+    next_offset: int  # the offset after the batch's last record
+    args: list[str | int]  # APPLY_SCRIPT's ARGV
+    refused: list[Rejected]  # records link_record_decode refused: reported once applied
+    rejected: int  # those and the records the consumer asked to step over
+
+
 def links_apply_batch(
     *, redis: Redis, partition: int, records: Sequence[Record], expected_position: int | None,
     topic_id: str | None = None, rejected: Collection[int] = (),
@@ -155,7 +171,22 @@ def links_apply_batch(
     beside the position; a stored id that differs also raises PositionMismatch. rejected:
     offsets of records to step over (the consumer found that they cannot be applied), counted
     as rejected. Raises ValueError for an empty batch, redis.RedisError if Redis fails.
+    links_batch_prepare, links_batch_send and links_batch_receive are the same in two halves.
     """
+    batch = links_batch_prepare(partition=partition, records=records,
+                                expected_position=expected_position, topic_id=topic_id,
+                                rejected=rejected)
+    reply = _script(redis, APPLY_SCRIPT)(
+        keys=[keys.links_positions_key(), keys.links_stats_key()], args=batch.args, client=redis)
+    return links_batch_done(batch, reply)
+
+
+def links_batch_prepare(
+    *, partition: int, records: Sequence[Record], expected_position: int | None,
+    topic_id: str | None = None, rejected: Collection[int] = (),
+) -> LinksBatch:
+    """Decode and check the records (link_record_decode) into APPLY_SCRIPT's arguments; Redis
+    is not touched. Arguments as links_apply_batch's; raises ValueError for an empty batch."""
     if not records:
         raise ValueError("empty batch")
     rejected_offsets = frozenset(rejected)
@@ -203,15 +234,47 @@ def links_apply_batch(
         topic_id or "",
     ]
     args.extend(chain.from_iterable(values.items()))
-    result = _script(redis, APPLY_SCRIPT)(
-        keys=[keys.links_positions_key(), keys.links_stats_key()], args=args, client=redis)
-    if result[0] == b"MISMATCH":
-        stored = int(result[1]) if result[1] else None
-        raise PositionMismatch(partition, expected_position, stored)
-    records_rejected_report(refused, log=logger)
-    applied, disabled, stale, ignored = (int(n) for n in result)
+    return LinksBatch(partition=partition, expected_position=expected_position,
+                      next_offset=next_offset, args=args, refused=refused,
+                      rejected=len(refused) + len(rejected_offsets))
+
+
+def links_batch_done(batch: LinksBatch, reply: list) -> BatchResult:
+    """The BatchResult of APPLY_SCRIPT's `reply` for `batch`, once the rejected records are
+    reported (logged, counted); PositionMismatch if the script refused the batch."""
+    if reply[0] == b"MISMATCH":
+        stored = int(reply[1]) if reply[1] else None
+        raise PositionMismatch(batch.partition, batch.expected_position, stored)
+    records_rejected_report(batch.refused, log=logger)
+    applied, disabled, stale, ignored = (int(n) for n in reply)
     return BatchResult(applied=applied, disabled=disabled, stale=stale, ignored=ignored,
-                       rejected=len(refused) + len(rejected_offsets), next_offset=next_offset)
+                       rejected=batch.rejected, next_offset=batch.next_offset)
+
+
+# APPLY_SCRIPT's SHA-1, as EVALSHA names it (what redis-py's Script computes).
+APPLY_SHA = hashlib.sha1(APPLY_SCRIPT.encode()).hexdigest()
+
+
+def links_batch_send(connection: Connection, batch: LinksBatch) -> None:
+    """Send `batch`'s APPLY_SCRIPT call on `connection` (a connection of its own: nothing else
+    may be sent on it meanwhile) without waiting for the reply: Redis applies the batch while
+    the caller goes on, and links_batch_receive reads the reply. Raises redis.RedisError."""
+    connection.send_command("EVALSHA", APPLY_SHA, 2, keys.links_positions_key(),
+                            keys.links_stats_key(), *batch.args)
+
+
+def links_batch_receive(connection: Connection, batch: LinksBatch) -> BatchResult:
+    """Read the reply of `batch`'s links_batch_send on `connection`: its BatchResult
+    (links_batch_done), PositionMismatch, or redis.RedisError."""
+    try:
+        reply = connection.read_response()
+    except NoScriptError:
+        # Redis has lost its scripts (restarted, SCRIPT FLUSH) and ran nothing of the batch:
+        # sent again with the script's text, which EVAL also caches for the next EVALSHA.
+        connection.send_command("EVAL", APPLY_SCRIPT, 2, keys.links_positions_key(),
+                                keys.links_stats_key(), *batch.args)
+        reply = connection.read_response()
+    return links_batch_done(batch, reply)
 
 
 _scripts: dict[str, Script] = {}
