@@ -20,7 +20,7 @@ which owns the loop). The position lives in Redis, in the same atomic step as th
 
 Readiness (what /readyz reports, redirects/selectors.readiness_get):
   * every round (each poll, <= 0.5 s, and each retry while Kafka is unreachable) writes a
-    heartbeat, if the last one is at least `heartbeat_seconds` (0.25 s) old; /readyz is 503 once
+    heartbeat, if the last one is at least `heartbeat_seconds` (0.4 s) old; /readyz is 503 once
     it is older than SHORTENER_READY_STALE_SECONDS, i.e. when this process is stopped, dead or
     stuck;
   * "ready" is granted when the consumer reaches the topic's end offsets as read when it
@@ -102,8 +102,9 @@ class LinksConsumer(Observer):
     backoff_max_seconds = 5.0
     # While batches stream in, a round takes a few milliseconds, and a heartbeat every round
     # waited each time for the batch in Redis (LinksWrites), undoing the overlap of the two.
-    # Idle rounds are 0.5 s apart, so they all still beat; the stale threshold is seconds.
-    heartbeat_seconds = 0.25
+    # Idle rounds are 0.5 s apart (the poll's timeout), so they all still beat; the stale
+    # threshold is seconds.
+    heartbeat_seconds = 0.4
 
     def __init__(
         self,

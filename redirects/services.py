@@ -22,7 +22,7 @@ from redis.exceptions import NoScriptError
 from redirects import keys, selectors
 from runtime.metrics import records_rejected_report
 from topics.batching import Record
-from topics.links import link_record_decode
+from topics.links import link_records_decode
 from topics.positions import PositionMismatch
 from topics.records import MessageError, Rejected
 
@@ -198,18 +198,19 @@ def links_batch_prepare(
     stale = ignored = 0
     refused: list[Rejected] = []  # records link_record_decode refuses
     stepped_over: Record | None = None  # the last record the consumer rejected
-    decode, value_text = link_record_decode, keys.link_value_text  # (per record: locals)
-    for rec in records:
-        if rec.offset in rejected_offsets:
-            stepped_over = rec
-            continue
-        try:
-            record = decode(rec.key, rec.value)
-        except MessageError as exc:
-            refused.append(Rejected.of(rec, exc))
-            continue
+    if rejected_offsets:
+        todo = [rec for rec in records if rec.offset not in rejected_offsets]
+        stepped_over = max((rec for rec in records if rec.offset in rejected_offsets),
+                           key=lambda r: r.offset, default=None)
+    else:
+        todo = records
+    value_text = keys.link_value_text
+    for rec, record in zip(todo, link_records_decode(todo)):
         if record is None:  # a tombstone: no version, so nothing it could safely replace
             ignored += 1
+            continue
+        if isinstance(record, MessageError):
+            refused.append(Rejected.of(rec, record))
             continue
         version = record.version
         key = prefix + record.tinyurl

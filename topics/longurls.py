@@ -291,6 +291,31 @@ def longurl_problem(value: str) -> str | None:
     return _problem_of_form(value)
 
 
+# A whole batch of longurls in one match: _SERVABLE_FAST_RE without the port (rare; the port
+# needs a check of its value), for each longurl, one per line ("\n" is in none of the classes,
+# so a line is one longurl). A replica checks its records' longurls with it by the thousand.
+_SERVABLE_LINE = _SERVABLE_FAST_RE.pattern.replace(r"(?::(?P<port>[0-9]{0,5}))?", "").replace(
+    "(?P<host>", "(?:")
+_SERVABLE_LINES_RE = re.compile(f"(?:{_SERVABLE_LINE}\n)*{_SERVABLE_LINE}")
+# "http://" and HOST_MAX_LENGTH: a longurl no longer than this has a host short enough.
+_SHORT_ENOUGH = len("http://") + HOST_MAX_LENGTH
+
+
+def all_servable(values: list[str]) -> bool:
+    """True only if longurl_problem(value) is None for every value (an empty list included);
+    False says nothing about any one value: ask longurl_problem then. One regular expression
+    over the whole list instead of one call each: about a third of the time per longurl."""
+    if not values:
+        return True
+    joined = "\n".join(values)
+    # Each value on its own line (a "\n" inside one would make two lines), no value longer
+    # than _SHORT_ENOUGH, so no host longer than HOST_MAX_LENGTH; no A-label anywhere.
+    return (joined.count("\n") == len(values) - 1
+            and max(map(len, values)) <= _SHORT_ENOUGH
+            and "xn--" not in joined.lower()
+            and _SERVABLE_LINES_RE.fullmatch(joined) is not None)
+
+
 def _problem_of_form(value: str) -> str | None:
     """longurl_problem without the fast path (and without the length limit)."""
     try:

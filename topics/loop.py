@@ -346,7 +346,14 @@ class Loop:
 
     def _poll_once(self, consumer: KafkaConsumer) -> None:
         try:
-            batches = consumer.poll(timeout_ms=self.poll_timeout_ms)
+            # A first poll that does not wait, then one that does. kafka-python 3.0.12's poll()
+            # now and then finds no fetch in flight just as it drains the previous one, and
+            # then sleeps retry_backoff_ms (100 ms; KafkaConsumer._poll_once) although the next
+            # fetch's records are on their way: 5 to 11 times in reading 1,000,000 links, half
+            # a second or more. Without a timeout it does not sleep, and the second poll finds
+            # the records. When there is nothing to read, the second waits as before.
+            batches = (consumer.poll(timeout_ms=0)
+                       or consumer.poll(timeout_ms=self.poll_timeout_ms))
         except LogTruncationError as exc:
             # kafka-python validates the fetch position against the leader's epochs (KIP-320)
             # and finds the log ends below it. With acks=all and no unclean leader election
