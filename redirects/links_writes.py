@@ -2,8 +2,9 @@
 this process polls and decodes the next.
 
 Why: applying a batch is one Lua script (services.APPLY_SCRIPT), and while it runs in Redis
-(about a microsecond a link) the consumer has nothing to do but wait; on a fresh replica's load
-of the links topic that wait was a fifth of the time (py-spy, 1,000,000 links). So a batch's
+(2 to 2.5 us of Redis' CPU a link, most of it creating the keys) the consumer had nothing to do
+but wait: a fifth to a quarter of a fresh replica's load of the links topic (py-spy, 1,000,000
+links). So a batch's
 script call is sent on a connection of the strategy's own and its reply is read only when the
 next batch is ready to go (or a poll brings nothing, or the loop repositions, stops, or the
 replica is about to be marked ready): Redis' thread and this process' run at the same time.

@@ -217,7 +217,7 @@ def links_batch_prepare(
         held = versions.get(key)
         if held is not None:
             stale += 1  # one of the two copies is dropped here
-            if held > version:
+            if held >= version:  # only a newer version replaces, as in Redis
                 continue
         versions[key] = version
         # expires_at <= EXPIRES_AT_MAX (topics/links.py): plus the keep time, still exact in Lua.

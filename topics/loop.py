@@ -107,10 +107,9 @@ class Loop:
     # How often the loop asks the broker for fresh metadata, to see a recreated topic's new id
     # even while no fetch fails (kafka-python's own refresh is every 5 minutes by default).
     topic_check_seconds = 5.0
-    # The group offset only shows progress; committing it is a synchronous broker round trip,
-    # and after every batch it took a sixth of a fresh replica's load of the links topic
-    # (py-spy, 1,000,000 links: ~260 commits, 3.1 s of 18 s). Committed at most this often
-    # while batches stream in, and as soon as a poll brings nothing.
+    # The group offset only shows progress, and its commit is a synchronous broker round trip:
+    # after every batch, a sixth of a fresh replica's load (py-spy, 1,000,000 links: 3.1 s of
+    # 18 s). At most this often while batches stream in, and when a poll brings nothing.
     group_commit_seconds = 1.0
 
     def __init__(
@@ -346,12 +345,10 @@ class Loop:
 
     def _poll_once(self, consumer: KafkaConsumer) -> None:
         try:
-            # A first poll that does not wait, then one that does. kafka-python 3.0.12's poll()
-            # now and then finds no fetch in flight just as it drains the previous one, and
-            # then sleeps retry_backoff_ms (100 ms; KafkaConsumer._poll_once) although the next
-            # fetch's records are on their way: 5 to 11 times in reading 1,000,000 links, half
-            # a second or more. Without a timeout it does not sleep, and the second poll finds
-            # the records. When there is nothing to read, the second waits as before.
+            # kafka-python 3.0.12's poll() now and then finds no fetch in flight as it drains
+            # one, and sleeps retry_backoff_ms (100 ms; KafkaConsumer._poll_once) while the
+            # next fetch's records arrive: 5-11 times in 1,000,000 links. A poll without a
+            # timeout does not sleep; the second finds the records, or waits as before.
             batches = (consumer.poll(timeout_ms=0)
                        or consumer.poll(timeout_ms=self.poll_timeout_ms))
         except LogTruncationError as exc:
