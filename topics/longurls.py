@@ -296,6 +296,7 @@ def longurl_problem(value: str) -> str | None:
 # so a line is one longurl). A replica checks its records' longurls with it by the thousand.
 _SERVABLE_LINE = _SERVABLE_FAST_RE.pattern.replace(r"(?::(?P<port>[0-9]{0,5}))?", "").replace(
     "(?P<host>", "(?:")
+assert "(?P<" not in _SERVABLE_LINE  # both replaced: a line has no port and no named group
 _SERVABLE_LINES_RE = re.compile(f"(?:{_SERVABLE_LINE}\n)*{_SERVABLE_LINE}")
 # "http://" and HOST_MAX_LENGTH: a longurl no longer than this has a host short enough.
 _SHORT_ENOUGH = len("http://") + HOST_MAX_LENGTH
