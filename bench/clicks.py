@@ -1,9 +1,23 @@
-"""Benchmark: how many click reports per second the master's consume_clicks applies from a backlog.
+"""Benchmark: how many counters per second the master's consume_clicks applies from a backlog.
 
 Usage (with the embedded services running: `bash stack/services.sh start`):
-    .local/venv/bin/python bench/clicks.py [--reports 200000] [--links 100000] [--zipf 0.6]
-                                           [--replicas 4] [--runs 1] [--profile out.txt]
+    .local/venv/bin/python bench/clicks.py [--links 1000000] [--replicas 2] [--flushes 2]
+                                           [--clicked 0.63] [--runs 1] [--profile out.txt]
+    .local/venv/bin/python bench/clicks.py --format report [--reports 200000] [--links 100000]
+                                           [--zipf 0.6] [--replicas 4] [--runs 1]
 
+--format batch (the default; issue "Writes at scale"): report batches (schema 3) as the
+replicas send them, ClickReporter.CLAIM_BATCH (1,000) counters a record. --links links (a
+million by default), each replica's Redis one incarnation; in each of --flushes flushes every
+replica reports each link with probability --clicked (0.63: a million clicks spread over a
+million links in a flush interval touch 1 - 1/e of them), its count raised by 1-5 clicks since
+its previous report. Printed per run: the bare kafka-python read of the same topic (records/s
+and the counters/s they carry), and consume_clicks as deployed (buckets included) in counters
+applied per second from its first committed batch, with the CPU a counter of the command and of
+its PostgreSQL sessions; then every link's total is checked exactly against the sum of its
+counters' last counts, and the buckets' sum against the totals.
+
+--format report: the single reports (schema 2) of before, one record per counter:
 The workload is the long tail (issue "a clicks path that keeps pace"): in the worst case every
 click is a different link and a flush reports each one. Each report picks its link from a
 Zipf-like distribution (rank r has weight 1/r**zipf) over --links links and one of --replicas
@@ -50,13 +64,14 @@ from django.db.models import Sum  # noqa: E402
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
 from links.models import ClickBucket, ConsumerPosition, Link  # noqa: E402
-from links.selectors import longurl_digest  # noqa: E402
-from links.services import tinyurl_generate  # noqa: E402
-from topics.clicks import (
-    click_report_encode,  # noqa: E402
-    clicks_topic,  # noqa: E402
+from redirects.reporter import ClickReporter  # noqa: E402
+from topics.clicks import (  # noqa: E402
+    click_batch_encode,
+    click_report_encode,
+    clicks_topic,
 )
 from topics.provisioning import topics_ensure  # noqa: E402
+from topics.records import TINYURL_ALPHABET  # noqa: E402
 
 HOUR = timedelta(hours=1)
 
@@ -209,25 +224,149 @@ def reset_totals() -> None:
         cursor.execute("CHECKPOINT")
 
 
+# --- --format batch: a million links, report batches ------------------------------------------
+
+
+def tinyurls_make(n: int) -> list[str]:
+    """n distinct tinyurls, spread over the code space: i * a large odd multiplier modulo 62**7
+    is a permutation of the codes, so no two links collide (random codes would: a million of
+    them collide with a probability of about 1 in 7)."""
+    space = len(TINYURL_ALPHABET) ** 7
+    out = []
+    for i in range(n):
+        v = (i * 2_654_435_761 + 12_345) % space
+        code = []
+        for _ in range(7):
+            v, r = divmod(v, 62)
+            code.append(TINYURL_ALPHABET[r])
+        out.append("".join(code))
+    return out
+
+
+def links_insert(tinyurls: list[str]) -> None:  # one statement: bulk_create would take minutes
+    with connection.cursor() as cursor:
+        cursor.execute("""
+            INSERT INTO links_link (tinyurl, longurl, longurl_sha256, created_at, published_at,
+                                    state_version, clicks)
+            SELECT t, 'https://bench.example/' || n,
+                   sha256(convert_to('https://bench.example/' || n, 'UTF8')), now(), now(), 1, 0
+            FROM unnest(%s::varchar[]) WITH ORDINALITY AS u(t, n)""", [tinyurls])
+        cursor.execute("VACUUM ANALYZE links_link")
+
+
+def batch_workload(*, links: int, replicas: int, flushes: int, clicked: float, seed: int = 1
+                   ) -> tuple[list[list[tuple[int, list[tuple[int, int]]]]], dict[int, int]]:
+    """Per flush, per replica: (replica, [(link index, absolute count)]); and the expected
+    total per link."""
+    rng = random.Random(seed)
+    counts = [[0] * links for _ in range(replicas)]
+    out = []
+    for _ in range(flushes):
+        flush = []
+        for r in range(replicas):
+            mine = counts[r]
+            pairs = []
+            for link in range(links):
+                if rng.random() < clicked:
+                    mine[link] += rng.randint(1, 5)
+                    pairs.append((link, mine[link]))
+            flush.append((r, pairs))
+        out.append(flush)
+    expected: dict[int, int] = {}
+    for mine in counts:
+        for link, c in enumerate(mine):
+            if c:
+                expected[link] = expected.get(link, 0) + c
+    return out, expected
+
+
+def batch_fill(flushes: list, tinyurls: list[str]) -> tuple[int, int]:
+    """Send every flush as report batches of CLAIM_BATCH counters; returns (records, bytes)."""
+    producer = KafkaProducer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS, acks="all",
+                             linger_ms=20, batch_size=1 << 20, max_request_size=4 << 20)
+    size = ClickReporter.CLAIM_BATCH
+    records = total = 0
+    for flush in flushes:
+        now = datetime.now(timezone.utc)
+        for replica, pairs in flush:
+            for i in range(0, len(pairs), size):
+                key, value = click_batch_encode(
+                    node=f"10.0.0.{2 + replica}", incarnation=f"{1764000000123456 + replica}",
+                    counts=[(tinyurls[link], c) for link, c in pairs[i:i + size]],
+                    reported_at=now)
+                producer.send(clicks_topic(), key=key, value=value)
+                records += 1
+                total += len(value)
+    producer.flush()
+    producer.close()
+    return records, total
+
+
+def main_batch(args: argparse.Namespace) -> None:
+    links = args.links or 1_000_000
+    tinyurls = tinyurls_make(links)
+    links_insert(tinyurls)
+    flushes, expected = batch_workload(links=links, replicas=args.replicas,
+                                       flushes=args.flushes, clicked=args.clicked)
+    counters = sum(len(pairs) for flush in flushes for _, pairs in flush)
+    records, size = batch_fill(flushes, tinyurls)
+    tp = TopicPartition(clicks_topic(), 0)
+    probe = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS)
+    end = probe.end_offsets([tp])[tp]
+    probe.close()
+    if end != records:
+        raise SystemExit(f"only {end} of {records} records reached the topic")
+    print(f"consume_clicks benchmark (report batches), {datetime.now():%Y-%m-%d %H:%M}, "
+          f"{os.cpu_count()} cores: {links} links x {args.replicas} replicas x {args.flushes} "
+          f"flushes (clicked {args.clicked}): {counters} counters in {records} records of "
+          f"~{size // records} B; {len(expected)} links clicked")
+    want = sum(expected.values())
+    for run in range(args.runs):
+        bare = bare_read(tp, records)
+        reset_totals()
+        before = checkpoints()
+        whole, steady, first, cpu_own, cpu_db = consume(
+            end, args.profile if run == 0 else None)
+        during = checkpoints() - before
+        # `first` records were applied before the steady clock started: their share of counters.
+        steady_counters = counters * (end - first) / end
+        totals = dict(Link.objects.filter(clicks__gt=0).values_list("tinyurl", "clicks"))
+        wrong = sum(1 for i, c in expected.items() if totals.get(tinyurls[i]) != c)
+        assert not wrong and sum(totals.values()) == want, (wrong, sum(totals.values()), want)
+        charted = ClickBucket.objects.aggregate(s=Sum("clicks"))["s"]
+        assert charted == want, (charted, want)
+        print(f"  run {run + 1}: bare kafka-python read {records / bare:6.0f} records/s = "
+              f"{counters / bare:8.0f} counters/s | consume_clicks: from start "
+              f"{counters / whole:7.0f} counters/s ({whole:5.2f}s), from the first batch "
+              f"**{steady_counters / steady:7.0f} counters/s**, CPU a counter: command "
+              f"{cpu_own / counters * 1e6:4.1f} us, PostgreSQL {cpu_db / counters * 1e6:4.1f} "
+              f"us, {during} checkpoint(s) | totals and buckets exact ({want} clicks over "
+              f"{len(totals)} links); load average "
+              + " ".join(f"{x:.1f}" for x in os.getloadavg()), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--format", choices=["batch", "report"], default="batch")
     parser.add_argument("--reports", type=int, default=200_000)
-    parser.add_argument("--links", type=int, default=100_000)
+    parser.add_argument("--links", type=int, help="default: 1,000,000 (batch), 100,000 (report)")
     parser.add_argument("--zipf", type=float, default=0.6)
-    parser.add_argument("--replicas", type=int, default=4)
+    parser.add_argument("--replicas", type=int, help="default: 2 (batch), 4 (report)")
+    parser.add_argument("--flushes", type=int, default=2)
+    parser.add_argument("--clicked", type=float, default=0.63)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--profile", help="py-spy raw output file (first run)")
     args = parser.parse_args()
+    batch = args.format == "batch"
+    args.replicas = args.replicas or (2 if batch else 4)
     database_create()
     try:
         topics_ensure()
-        tinyurls = [tinyurl_generate() for _ in range(args.links)]
-        Link.objects.bulk_create(
-            [Link(tinyurl=t, longurl=f"https://bench.example/{i}",
-                  longurl_sha256=longurl_digest(f"https://bench.example/{i}"))
-             for i, t in enumerate(tinyurls)], batch_size=5000)
-        with connection.cursor() as cursor:
-            cursor.execute("VACUUM ANALYZE links_link")
+        if batch:
+            main_batch(args)
+            return
+        args.links = args.links or 100_000
+        links_insert(tinyurls := tinyurls_make(args.links))
         reports, expected, shape = workload(reports=args.reports, links=args.links,
                                             zipf=args.zipf, replicas=args.replicas)
         fill(reports, tinyurls, args.replicas)

@@ -26,8 +26,10 @@ consume_clicks; docs/storage.md gives the sizes it keeps bounded.
    holds its partition's row lock for each batch) refuses every later report of it, a replay or
    a reporter's retry alike: one row per incarnation keeps the fold from counting a click twice.
    Then every counter's key `<incarnation>:<tinyurl>` gets a tombstone on the clicks topic
-   (compaction removes the key, and the tombstone itself after the topic's
-   delete.retention.ms), and only once Kafka acknowledged them all are the counters summed into
+   (on a topic still compacted, compaction removes the key; the topic now keeps records for a
+   time instead, topics/clicks.py, where a tombstone is a record the master skips and retention
+   deletes: it is kept for topics not yet changed by `kafka_topics`), and only once Kafka
+   acknowledged them all are the counters summed into
    FoldedClicks per (link, node label) and deleted, in one transaction. Link.clicks and the
    per-replica breakdown (ClickCounter + FoldedClicks by node) are unchanged by a fold. What a
    fold cannot undo: a report of an ended incarnation that arrives later still carrying clicks

@@ -2,8 +2,9 @@
 is links/clicks_consumer.py).
 
 A counter is one link in one incarnation (one life) of one replica's Redis; its reports carry
-its absolute count (topics/). Each batch of one partition is applied in
-ONE PostgreSQL transaction that
+its absolute count (topics/clicks.py: a report batch's pairs, schema 3, or single reports,
+schema 2, folded alike). Each batch of one partition's records is applied in ONE PostgreSQL
+transaction that
   1. locks the partition's position row and checks it is where this consumer expects,
   2. raises each (link, incarnation) counter to the largest count reported (never lowers), and
      labels it with the node whose report raised it,
@@ -19,13 +20,14 @@ links/pruning.py) is refused, replayed or not: see _APPLY_SQL. Since the node is
 identity, reports of one counter from two nodes (a node id that changed, two hosts sharing one
 Redis) are counted once; the node is the label of the counter and of its buckets.
 
-The clicks topic is compacted (the newest report of every counter is the counter's value), so a
-master that was down for any length of time still finds every counter's latest count. If the
-stored position has nevertheless fallen before the topic's retained range (records deleted), the
-consumer says so as an ERROR with the number of records skipped and counts them in
-shortener_consumer_records_lost_total, then reads on from the start of what is left. If the topic
-was deleted and created again (another topic id, or a position beyond its end), it says so as an
-ERROR, counts it in shortener_consumer_topic_recreated_total and reads the new topic from its
+The clicks topic keeps records for 7 days and the replicas re-report every counter they hold at
+least every 3 days (topics/clicks.py, redirects/sweep.py), so a master that was down for any
+length of time still finds every live counter's count. If the stored position has fallen before
+the topic's retained range (records deleted), the consumer says so as an ERROR with the number
+of records skipped and counts them in shortener_consumer_records_lost_total, then reads on from
+the start of what is left. If the topic was deleted and created again (another topic id, or a
+position beyond its end), it says so as an ERROR, counts it in
+shortener_consumer_topic_recreated_total and reads the new topic from its
 start (topics/loop.py); max() makes re-reading harmless.
 
 Reports valid one by one can still be refused together: three counters of one link near the
@@ -41,13 +43,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
+from links import linkids
 from links.buckets import report_hour
 from links.positions import position_lock
 from runtime.metrics import CLICKS_REFUSED_ENDED, records_rejected_report
 from topics.batching import Record
-from topics.clicks import click_report_decode
+from topics.clicks import CLICK_BATCH_SCHEMA, clicks_record_decode
 from topics.records import MessageError, Rejected
 
 logger = logging.getLogger(__name__)
@@ -55,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ClicksBatchResult:
-    applied: int  # reports that were valid and for a known link
+    applied: int  # records valid and for a known link (a batch naming any known link: one)
     raised: int  # counters that went up (the rest were duplicates or out of date)
     skipped_malformed: int
     skipped_unknown: int
@@ -83,7 +86,9 @@ class ClicksBatch:
     # The earlier runs: (counter ordinal, node, hour index, largest count before it, its end)
     earlier: list[tuple[int, str, int, int, int]]
     hours: list[datetime]  # the distinct hours of the batch (UTC, truncated)
-    tinyurls: list[str]  # of every valid report, to count those for unknown links
+    # Per valid record, its tinyurls (one for a report, each pair's for a batch): to count the
+    # records for unknown links (the position and the metrics count records, a batch as one).
+    tinyurls: list[tuple[str, ...]]
     malformed: int  # len(rejected)
     next_offset: int  # the offset after the batch's last record
     # The reports that could not be used, logged and counted when the batch is applied.
@@ -113,20 +118,18 @@ def clicks_batch_decode(*, records: Sequence[Record], now: datetime | None = Non
     hour_index: dict[datetime, int] = {}
     # A replica stamps every report of one flush with the same time: one bucketing per flush.
     hour_of_time: dict[datetime, int] = {}
-    tinyurls: list[str] = []
+    tinyurls: list[tuple[str, ...]] = []
     rejected: list[Rejected] = []
     tombstones = 0
     for rec in records:
         try:
-            report = click_report_decode(rec.key, rec.value)
+            report = clicks_record_decode(rec.key, rec.value)
         except MessageError as exc:
             rejected.append(Rejected.of(rec, exc))  # logged and counted once it is applied
             continue
         if report is None:  # a tombstone of a folded counter (links/pruning.py): nothing to apply
             tombstones += 1
             continue
-        tinyurl = report.tinyurl
-        tinyurls.append(tinyurl)
         at = report.reported_at
         hour = hour_of_time.get(at)
         if hour is None:
@@ -136,22 +139,31 @@ def clicks_batch_decode(*, records: Sequence[Record], now: datetime | None = Non
                 hours.append(when)
                 hour = hour_index[when] = len(hours)
             hour_of_time[at] = hour
-        counter = (tinyurl, report.incarnation)
-        count, node = report.count, report.node
-        held = counters.get(counter)
-        if held is None:
-            counters[counter] = [count, node, hour, node, 0, len(counters) + 1]
-        elif count > held[0]:
-            if held[2] != hour or held[3] != node:
-                # A new run: the previous one ends at the count reached so far.
-                earlier.append((held[5], held[3], held[2], held[4], held[0]))
-                held[2], held[3], held[4] = hour, node, held[0]
-            held[0], held[1] = count, node
-        elif count == held[0] and node != held[1]:
-            # Of equal counts, the later report's node is the counter's label (it raised
-            # nothing, so the clicks stay with the node whose report raised them).
-            held[1] = node
-            relabelled.append(held)
+        incarnation, node = report.incarnation, report.node
+        # A batch (schema 3) is its pairs, each exactly a schema-2 report with the batch's
+        # node, incarnation and time, in the order they are listed: the same fold, pair by pair.
+        if report.schema == CLICK_BATCH_SCHEMA:
+            pairs = report.counts
+            tinyurls.append(tuple([t for t, _ in pairs]))
+        else:
+            pairs = ((report.tinyurl, report.count),)
+            tinyurls.append((report.tinyurl,))
+        for tinyurl, count in pairs:
+            counter = (tinyurl, incarnation)
+            held = counters.get(counter)
+            if held is None:
+                counters[counter] = [count, node, hour, node, 0, len(counters) + 1]
+            elif count > held[0]:
+                if held[2] != hour or held[3] != node:
+                    # A new run: the previous one ends at the count reached so far.
+                    earlier.append((held[5], held[3], held[2], held[4], held[0]))
+                    held[2], held[3], held[4] = hour, node, held[0]
+                held[0], held[1] = count, node
+            elif count == held[0] and node != held[1]:
+                # Of equal counts, the later report's node is the counter's label (it raised
+                # nothing, so the clicks stay with the node whose report raised them).
+                held[1] = node
+                relabelled.append(held)
     for held in relabelled:
         if held[1] != held[3]:
             # The statement takes the counter's last run under its label's node; when those
@@ -175,6 +187,19 @@ def clicks_batch_apply(
     DatabaseError when PostgreSQL fails (nothing applied): DataError when it refuses a value
     the batch carries (a total beyond bigint), which the clicks loop isolates.
     """
+    try:
+        return _batch_apply(topic=topic, partition=partition, batch=batch,
+                            expected_position=expected_position, topic_id=topic_id)
+    except IntegrityError:
+        # The foreign keys are checked at the commit: a remembered id of a link deleted by hand
+        # fails there (links/linkids.py). Forgotten, so that the isolation's re-applies look
+        # every tinyurl up again.
+        linkids.forget()
+        raise
+
+
+def _batch_apply(*, topic: str, partition: int, batch: ClicksBatch,
+                 expected_position: int | None, topic_id: str | None) -> ClicksBatchResult:
     with transaction.atomic(durable=True):
         position = position_lock(topic=topic, partition=partition, expected=expected_position,
                                  topic_id=topic_id)
@@ -187,11 +212,15 @@ def clicks_batch_apply(
                            "%s", refused, topic, partition, ", ".join(ended[:5]))
         unknown = 0
         if unknown_tinyurls:
-            unknown = sum(1 for t in batch.tinyurls if t in unknown_tinyurls)
+            # A record is for unknown links if none of its tinyurls names a link; a batch that
+            # names some is applied, the rest of its pairs skipped.
+            unknown = sum(1 for names in batch.tinyurls
+                          if all(t in unknown_tinyurls for t in names))
+            pairs = sum(1 for names in batch.tinyurls for t in names if t in unknown_tinyurls)
             # One line per batch: a replica pointed at the wrong master could send thousands.
-            logger.warning("skipping %d click report(s) for unknown tinyurls topic=%s "
-                           "partition=%s, e.g. %s", unknown, topic, partition,
-                           ", ".join(sorted(unknown_tinyurls)[:5]))
+            logger.warning("skipping %d click report(s) for unknown tinyurls (%d record(s) "
+                           "wholly) topic=%s partition=%s, e.g. %s", pairs, unknown, topic,
+                           partition, ", ".join(sorted(unknown_tinyurls)[:5]))
 
         applied = len(batch.tinyurls) - unknown
         position.next_offset = batch.next_offset
@@ -259,14 +288,17 @@ def clicks_apply_batch(
 # consume_clicks re-reads those reports from Kafka and max() applies them again, so nothing is
 # lost or doubled.
 _COUNTERS_SQL = """
-SET LOCAL synchronous_commit TO off;
-WITH input(tinyurl, incarnation, node, count, hour, prev, ord) AS (
-    SELECT * FROM unnest(%(tinyurls)s::varchar[], %(incarnations)s::varchar[],
-                         %(nodes)s::varchar[], %(counts)s::bigint[], %(hour_of)s::int[],
-                         %(prevs)s::bigint[]) WITH ORDINALITY
+SET LOCAL synchronous_commit TO off; SET LOCAL jit TO off; SET LOCAL work_mem TO '64MB';
+WITH input(known_id, tinyurl, incarnation, node, count, hour, prev, ord) AS (
+    SELECT * FROM unnest(%(link_ids)s::bigint[], %(tinyurls)s::varchar[],
+                         %(incarnations)s::varchar[], %(nodes)s::varchar[], %(counts)s::bigint[],
+                         %(hour_of)s::int[], %(prevs)s::bigint[], %(ords)s::bigint[])
 ),
 found AS (
-    SELECT i.*, (SELECT l.id FROM links_link l WHERE l.tinyurl = i.tinyurl) AS link_id,
+    SELECT i.tinyurl, i.incarnation, i.node, i.count, i.hour, i.prev, i.ord,
+           i.known_id IS NULL AS looked_up,
+           COALESCE(i.known_id,
+                    (SELECT l.id FROM links_link l WHERE l.tinyurl = i.tinyurl)) AS link_id,
            i.incarnation IN (SELECT e.incarnation FROM links_endedincarnation e
                              WHERE e.incarnation = ANY(%(incarnations)s::varchar[])) AS ended
     FROM input i
@@ -300,7 +332,9 @@ totals AS (
 SELECT (SELECT count(*) FROM up),
        (SELECT array_agg(DISTINCT tinyurl) FROM found WHERE link_id IS NULL),
        (SELECT count(*) FROM found WHERE link_id IS NOT NULL AND ended),
-       (SELECT array_agg(DISTINCT incarnation) FROM found WHERE link_id IS NOT NULL AND ended)
+       (SELECT array_agg(DISTINCT incarnation) FROM found WHERE link_id IS NOT NULL AND ended),
+       (SELECT json_object_agg(tinyurl, link_id) FROM found
+        WHERE looked_up AND link_id IS NOT NULL)
 """
 _BUCKETS_CTE = """,
 shares(link_id, node, hour, clicks) AS (
@@ -333,24 +367,31 @@ def _text_array(values: Sequence[object]) -> str:
     return '{"' + '","'.join(map(str, values)) + '"}' if values else "{}"
 
 
-def _int_array(values: Sequence[int]) -> str:
+def _int_array(values: Sequence[int | str]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
 def _counters_raise(batch: ClicksBatch) -> tuple[int, frozenset[str], int, list[str]]:
     """Apply the largest count per (tinyurl, incarnation) with its node label, and the buckets
     (_APPLY_SQL); returns the number of counters raised, the tinyurls that match no link, and
-    the number of counters refused because their incarnation ended, with those incarnations."""
-    entries = batch.counters.values()
+    the number of counters refused because their incarnation ended, with those incarnations.
+
+    The counters go in link id order, those whose id is not known yet (links/linkids.py) last:
+    the links, counters and buckets are all reached through indexes that lead with the link,
+    so neighbouring rows share pages (docs/performance.md measures it)."""
+    entries = [(linkids.link_id(t), t, i, e) for (t, i), e in batch.counters.items()]
+    entries.sort(key=lambda x: (x[0] is None, x[0] or 0))
     earlier = batch.earlier
     params = {
-        "tinyurls": _text_array([t for t, _ in batch.counters]),
-        "incarnations": _text_array([i for _, i in batch.counters]),
+        "link_ids": _int_array(["NULL" if x[0] is None else x[0] for x in entries]),
+        "tinyurls": _text_array([x[1] for x in entries]),
+        "incarnations": _text_array([x[2] for x in entries]),
         # The label, which the decoder also made the node of the counter's last run.
-        "nodes": _text_array([e[1] for e in entries]),
-        "counts": _int_array([e[0] for e in entries]),
-        "hour_of": _int_array([e[2] for e in entries]),
-        "prevs": _int_array([e[4] for e in entries]),
+        "nodes": _text_array([x[3][1] for x in entries]),
+        "counts": _int_array([x[3][0] for x in entries]),
+        "hour_of": _int_array([x[3][2] for x in entries]),
+        "prevs": _int_array([x[3][4] for x in entries]),
+        "ords": _int_array([x[3][5] for x in entries]),  # what the earlier runs name it by
         "e_ords": _int_array([e[0] for e in earlier]),
         "e_nodes": _text_array([e[1] for e in earlier]),
         "e_hours": _int_array([e[2] for e in earlier]),
@@ -360,7 +401,9 @@ def _counters_raise(batch: ClicksBatch) -> tuple[int, frozenset[str], int, list[
     }
     with connection.cursor() as cursor:
         cursor.execute(_APPLY_SQL, params)
-        raised, unknown, refused, ended = cursor.fetchone()
+        raised, unknown, refused, ended, resolved = cursor.fetchone()
+    if resolved:
+        linkids.learn(resolved)
     return raised, frozenset(unknown or ()), refused, sorted(ended or ())
 
 

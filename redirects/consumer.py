@@ -1,9 +1,10 @@
 """The replica's links consumer: reads <user>-links into this replica's Redis.
 
 The loop is topics.loop.Loop, composed here of a position store in Redis (RedisPositionStore),
-the batch write, and the replica's readiness as its observer (LinksConsumer, which owns the loop).
-The position lives in Redis, in the same atomic step as the links
-(services.links_apply_batch), so:
+the batch write, a pipelined strategy (redirects/links_writes.py: Redis applies one batch while
+the next is polled and decoded), and the replica's readiness as its observer (LinksConsumer,
+which owns the loop). The position lives in Redis, in the same atomic step as the links
+(services.APPLY_SCRIPT), so:
   * first start (nothing stored): read the whole topic from the beginning;
   * restart, or SIGKILL at any moment: resume exactly after the last batch that reached Redis;
   * Redis wiped or restarted empty: the stored position is gone, so the topic is read again from
@@ -19,8 +20,9 @@ The position lives in Redis, in the same atomic step as the links
 
 Readiness (what /readyz reports, redirects/selectors.readiness_get):
   * every round (each poll, <= 0.5 s, and each retry while Kafka is unreachable) writes a
-    heartbeat; /readyz is 503 once it is older than SHORTENER_READY_STALE_SECONDS, i.e. when this
-    process is stopped, dead or stuck;
+    heartbeat, if the last one is at least `heartbeat_seconds` (0.4 s) old; /readyz is 503 once
+    it is older than SHORTENER_READY_STALE_SECONDS, i.e. when this process is stopped, dead or
+    stuck;
   * "ready" is granted when the consumer reaches the topic's end offsets as read when it
     positioned itself, and revoked on every positioning and whenever the heartbeat had a gap
     longer than the threshold (a SIGSTOP, a restart after a long stop): what Redis holds may be
@@ -31,7 +33,9 @@ Readiness (what /readyz reports, redirects/selectors.readiness_get):
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +47,7 @@ from kafka.errors import KafkaError
 from redis import Redis
 
 from redirects import selectors, services
+from redirects.links_writes import LinksWrites
 from runtime.metrics import CONSUMER_CAUGHT_UP, CONSUMER_RECORDS
 from topics.batching import CONTENT_ERRORS, Record, content_error_label
 from topics.links import links_consumer_make, links_topic
@@ -95,6 +100,11 @@ class LinksConsumer(Observer):
     # this back-off the heartbeat still beats at least every ~8 s, well inside the 15 s default
     # of SHORTENER_READY_STALE_SECONDS.
     backoff_max_seconds = 5.0
+    # While batches stream in, a round takes a few milliseconds, and a heartbeat every round
+    # waited each time for the batch in Redis (LinksWrites), undoing the overlap of the two.
+    # Idle rounds are 0.5 s apart (the poll's timeout), so they all still beat; the stale
+    # threshold is seconds.
+    heartbeat_seconds = 0.4
 
     def __init__(
         self,
@@ -114,6 +124,7 @@ class LinksConsumer(Observer):
                               else stale_seconds)
         self._last_idle_check = 0.0
         self._last_kafka_check = time.monotonic()
+        self._last_heartbeat = -math.inf  # the first round beats
         self._consumer: KafkaConsumer | None = None
         # The topic's end when (re)positioned or resumed; reaching it means caught up.
         self.catchup_target: dict[int, int] = {}
@@ -126,6 +137,8 @@ class LinksConsumer(Observer):
         self.loop = Loop(name=NAME, topic=self.topic, stop=stop,
                          consumer_factory=consumer_factory, store=RedisPositionStore(redis=redis),
                          write=self._batch_write, observer=self,
+                         strategy=functools.partial(LinksWrites, redis=redis,
+                                                    applied=self._batch_counted),
                          backoff_max_seconds=self.backoff_max_seconds)
 
     def run(self) -> None:
@@ -138,13 +151,17 @@ class LinksConsumer(Observer):
         result = services.links_apply_batch(redis=self.redis, partition=partition,
                                             records=records, expected_position=expected,
                                             topic_id=topic_id, rejected=rejected.keys())
+        self._batch_counted(result)
+        return result.next_offset
+
+    def _batch_counted(self, result: services.BatchResult) -> None:
+        """A batch is applied (by _batch_write, or by LinksWrites once its reply is read)."""
         CONSUMER_RECORDS.labels(self.topic, "applied").inc(result.applied + result.disabled)
         CONSUMER_RECORDS.labels(self.topic, "stale").inc(result.stale)
         CONSUMER_RECORDS.labels(self.topic, "ignored").inc(result.ignored)
         # "skipped" is what the clicks consumer calls a record it cannot apply, too.
         CONSUMER_RECORDS.labels(self.topic, "skipped").inc(result.rejected)
         self._kafka_reachable()
-        return result.next_offset
 
     def on_batch_applied(self) -> None:
         self._check_caught_up()
@@ -159,14 +176,20 @@ class LinksConsumer(Observer):
     # --- readiness ----------------------------------------------------------------------
 
     def on_round(self) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat >= self.heartbeat_seconds:
+            self._last_heartbeat = now
+            self._heartbeat()
+        if self._retarget and self._consumer is not None:
+            self._catchup_retarget(self._consumer)
+
+    def _heartbeat(self) -> None:
         if services.links_heartbeat(redis=self.redis, stale_seconds=self.stale_seconds):
             # Stopped, stalled or restarted after longer than the threshold (or Redis lost the
             # heartbeat): the ready mark is gone; catch up with the topic as it is now.
             self.caught_up = False
             CONSUMER_CAUGHT_UP.labels(self.topic).set(0)
             self._retarget = self._consumer is not None  # else positioning will do it
-        if self._retarget and self._consumer is not None:
-            self._catchup_retarget(self._consumer)
 
     def on_positioned(self, *, consumer: KafkaConsumer, stored: dict[int, int]) -> None:
         self._consumer = consumer
@@ -236,6 +259,9 @@ class LinksConsumer(Observer):
             position = self.loop.expected.get(partition)
             if target > 0 and (position is None or position < target):
                 return
+        # The last batch may still be in Redis (LinksWrites): ready only once it is applied,
+        # and the positions below are the ones Redis holds.
+        self.loop.strategy.join()
         services.links_ready_set(redis=self.redis, ready=True, positions=self.loop.expected)
         self.caught_up = True
         CONSUMER_CAUGHT_UP.labels(self.topic).set(1)

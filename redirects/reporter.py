@@ -22,8 +22,9 @@ from redis import Redis
 
 from redirects import keys
 from redirects.counting import REPORT_EVERY, incarnation_ensure
+from redirects.sweep import counters_sweep, sweep_due
 from runtime.metrics import CLICK_REPORTS
-from topics.clicks import click_report_encode, clicks_producer_make, clicks_topic
+from topics.clicks import CLICK_BATCH_MAX, click_batch_encode, clicks_producer_make, clicks_topic
 from topics.clients import producer_close
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,12 @@ class ClickReporter:
     otherwise the counter goes back to `due` and `dirty` for the next round (the master keeps
     the largest count per counter, so a report sent twice counts once). A report names its
     counter's own incarnation, so counters of an earlier incarnation are still reported
-    correctly.
+    correctly. What one claim takes (up to CLAIM_BATCH counters) goes out as one report batch
+    per incarnation (topics/clicks.py, schema 3), so a flush of a million counters is about a
+    thousand records; a batch is acknowledged or not as a whole. Every `sweep_seconds` (None:
+    never) every counter of the current incarnation is marked dirty again (redirects/sweep.py),
+    so the clicks topic, which keeps records for a time only, always holds every counter's
+    count of the last sweep or later.
 
     Kafka never holds the reporter up (Redis work stays on the calling thread; every
     kafka-python call runs in a daemon thread, _kafka):
@@ -110,7 +116,10 @@ class ClickReporter:
     even while Kafka holds a report (a report it held is back in Redis already).
     """
 
+    # Counters claimed (in one Lua call: Redis serves no redirect meanwhile, ~1 ms) and sent as
+    # one report batch per incarnation: at most a batch's size.
     CLAIM_BATCH = 1000
+    assert CLAIM_BATCH <= CLICK_BATCH_MAX
     # What the producers still hold gets this long when run() ends, then is failed: its
     # reports are back in Redis already. producer_close takes up to three times as long, so
     # shutdown_seconds (4) plus this stays well within report_clicks' 10 s after SIGTERM.
@@ -125,6 +134,7 @@ class ClickReporter:
         flush_seconds: float,
         due_seconds: float = 0.1,
         shutdown_seconds: float = 4.0,
+        sweep_seconds: float | None = None,
         producer_factory: Callable[[], KafkaProducer] = clicks_producer_make,
     ) -> None:
         self.redis = redis
@@ -133,6 +143,7 @@ class ClickReporter:
         self.flush_seconds = flush_seconds
         self.due_seconds = due_seconds
         self.shutdown_seconds = shutdown_seconds
+        self.sweep_seconds = sweep_seconds
         self.producer_factory = producer_factory
         self.producer: KafkaProducer | None = None
         # `producer`, `_closed` and `_closing` are shared with the _kafka threads: a call
@@ -164,6 +175,10 @@ class ClickReporter:
                         requeued = True
                     incarnation_ensure(redis=self.redis)
                     self.report(keys.clicks_due_key(), keys.clicks_due_key(), milestone=True)
+                    if self.sweep_seconds is not None and sweep_due(
+                            redis=self.redis, every=self.sweep_seconds):
+                        # Marked dirty now, reported by the next flush with everything else.
+                        counters_sweep(redis=self.redis)
                     if time.monotonic() >= next_flush:
                         self.report(keys.clicks_dirty_key(), keys.clicks_due_key())
                         next_flush = time.monotonic() + self.flush_seconds
@@ -262,33 +277,45 @@ class ClickReporter:
 
     def _produce(self, counters: list[tuple[str, str, str, int]]
                  ) -> tuple[list[str], list[str], KafkaError | None]:
-        """Send one batch and wait for its acks (in a _kafka thread). Returns (acknowledged
-        members, members not sent or not acknowledged, the first Kafka error or None)."""
+        """Send one claim as report batches, one per incarnation, and wait for their acks (in a
+        _kafka thread). Returns (acknowledged members, members not sent or not acknowledged,
+        the first Kafka error or None)."""
         producer = self._producer_get()
         now = datetime.now(timezone.utc)
+        # A record per incarnation and CLAIM_BATCH counters: nearly always one incarnation; two
+        # only just after a Redis restart (the earlier one's last counters).
+        groups: dict[str, list[tuple[str, str, str, int]]] = {}
+        for counter in counters:
+            groups.setdefault(counter[1], []).append(counter)
+        size = self.CLAIM_BATCH
+        batches = [(incarnation, group[i:i + size]) for incarnation, group in groups.items()
+                   for i in range(0, len(group), size)]
         futures = []
         unsent: list[str] = []
         error: KafkaError | None = None
-        for i, (member, incarnation, tinyurl, count) in enumerate(counters):
-            key, value = click_report_encode(tinyurl=tinyurl, node=self.node,
-                                             incarnation=incarnation, count=count, reported_at=now)
+        for i, (incarnation, group) in enumerate(batches):
+            key, value = click_batch_encode(node=self.node, incarnation=incarnation,
+                                            counts=[(t, n) for _, _, t, n in group],
+                                            reported_at=now)
+            members = [m for m, *_ in group]
             try:
-                futures.append((member, producer.send(clicks_topic(), key=key, value=value)))
+                futures.append((members, producer.send(clicks_topic(), key=key, value=value)))
             except KafkaError as exc:
                 # send() waited its max_block_ms for the topic's metadata (the topic missing,
-                # the broker away) or for buffer space: every later send of this batch would
+                # the broker away) or for buffer space: every later send of this claim would
                 # wait as long again. The rest goes back to Redis for the next round.
-                logger.warning("%d click reports not sent: %r", len(counters) - i, exc)
-                unsent.extend(m for m, *_ in counters[i:])
+                rest = [m for _, g in batches[i:] for m, *_ in g]
+                logger.warning("%d click reports not sent: %r", len(rest), exc)
+                unsent.extend(rest)
                 error = exc
                 break
         acked: list[str] = []
-        for member, future in futures:
+        for members, future in futures:
             try:
                 future.get(timeout=60)
-                acked.append(member)
+                acked.extend(members)
             except KafkaError as exc:
-                unsent.append(member)
+                unsent.extend(members)
                 if error is None:
                     logger.warning("click reports not acknowledged: %r", exc)
                     error = exc

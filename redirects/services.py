@@ -6,19 +6,23 @@ The Redis layout is described in redirects/keys.py.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 from django.conf import settings
 from redis import Redis
 from redis.commands.core import Script
+from redis.connection import Connection
+from redis.exceptions import NoScriptError
 
 from redirects import keys, selectors
 from runtime.metrics import records_rejected_report
 from topics.batching import Record
-from topics.links import link_record_decode
+from topics.links import link_records_decode
 from topics.positions import PositionMismatch
 from topics.records import MessageError, Rejected
 
@@ -33,16 +37,22 @@ logger = logging.getLogger(__name__)
 #      refused like a stale position: the consumer then repositions and finds the topic
 #      recreated).
 # KEYS: positions hash, stats hash.
-# ARGV: partition, expected position ('' = none stored), next offset, link key prefix,
-#       counts decided in Python (stale, ignored, rejected), rejected_last ('' = none),
-#       topic id ('' = unknown); then 4 per record: tinyurl, version, value (keys.LinkValue),
-#       pexpireat in ms (0 = none).
+# ARGV: partition, expected position ('' = none stored), next offset, the keep time in ms
+#       (SHORTENER_GONE_KEEP_SECONDS), counts decided in Python (stale, ignored, rejected),
+#       rejected_last ('' = none), topic id ('' = unknown); then 2 per link: its key, its value
+#       (keys.LinkValue), each key once.
 # Returns {applied, disabled, stale, ignored}, or {'MISMATCH', stored position or ''}.
 # Versions are compared as digit strings (no leading zeros: longer is larger), because Lua's
 # numbers are doubles and the contract allows versions up to 2^62. A held value without a
-# version (format 1) counts as version 0. SET clears any earlier expiry (no PERSIST needed).
-# A record whose keep time (pexpireat) has passed deletes the older state it supersedes and is
-# not written: expired links leave Redis by themselves.
+# version (format 1) counts as version 0. SET and MSET clear any earlier expiry.
+# A record whose keep time (expires_at + keep) has passed deletes the older state it
+# supersedes and is not written: expired links leave Redis by themselves; one still to expire
+# is SET with its PEXPIREAT (written with '%.0f': every digit, never an exponent).
+# The links go APPLY_CHUNK at a time: one MGET for what is held, one MSET for the newer ones
+# without expiry (the common case), instead of a GET and a SET per link: each redis.call costs
+# about a microsecond of Redis' time, and a batch holds Redis' one thread for its whole run.
+# (APPLY_CHUNK * 2 stays far inside Lua's limit on unpack(), about 8,000 values.)
+APPLY_CHUNK = 1000
 APPLY_SCRIPT = """
 local stored = redis.call('HGET', KEYS[1], ARGV[1])
 if (stored or '') ~= ARGV[2] then return {'MISMATCH', stored or ''} end
@@ -56,26 +66,37 @@ local function newer(a, b)
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local keep = tonumber(ARGV[4])
 local applied, disabled = 0, 0
 local stale, ignored = tonumber(ARGV[5]), tonumber(ARGV[6])
-for i = 10, #ARGV, 4 do
-  local key = ARGV[4] .. ARGV[i]
-  local held = redis.call('GET', key)
-  local held_version = held and string.match(held, '^(%d+)|') or '0'
-  if not newer(ARGV[i + 1], held_version) then
-    stale = stale + 1
-  else
-    local pexpireat = tonumber(ARGV[i + 3])
-    if pexpireat > 0 and pexpireat <= now then
+for first = 10, #ARGV, 2 * CHUNK do
+  local last = math.min(first + 2 * CHUNK - 1, #ARGV)
+  local names = {}
+  for i = first, last, 2 do names[#names + 1] = ARGV[i] end
+  local held = redis.call('MGET', unpack(names))
+  local writes = {}
+  for j = 1, #names do
+    local key, value = names[j], ARGV[first + 2 * j - 1]
+    local version, expires = string.match(value, '^(%d+)|(%d*)|')
+    local held_version = held[j] and string.match(held[j], '^(%d+)|') or '0'
+    if not newer(version, held_version) then
+      stale = stale + 1
+    elseif expires ~= '' and tonumber(expires) + keep <= now then
       redis.call('DEL', key)
       ignored = ignored + 1
     else
-      redis.call('SET', key, ARGV[i + 2])
-      if pexpireat > 0 then redis.call('PEXPIREAT', key, ARGV[i + 3]) end
-      if string.sub(ARGV[i + 2], -1) == '|' then disabled = disabled + 1
+      if expires == '' then
+        writes[#writes + 1] = key
+        writes[#writes + 1] = value
+      else
+        redis.call('SET', key, value)
+        redis.call('PEXPIREAT', key, string.format('%.0f', tonumber(expires) + keep))
+      end
+      if string.sub(value, -1) == '|' then disabled = disabled + 1
       else applied = applied + 1 end
     end
   end
+  if #writes > 0 then redis.call('MSET', unpack(writes)) end
 end
 local counts = {applied = applied, disabled = disabled, stale = stale, ignored = ignored,
                 rejected = tonumber(ARGV[7])}
@@ -86,7 +107,7 @@ if ARGV[8] ~= '' then redis.call('HSET', KEYS[2], 'rejected_last', ARGV[8]) end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'topic_id', ARGV[9]) end
 return {applied, disabled, stale, ignored}
-"""
+""".replace("CHUNK", str(APPLY_CHUNK))
 
 # consume_links' heartbeat: Redis' clock in ms into KEYS[1]. If the previous beat is missing or
 # older than ARGV[1] ms (the consumer was stopped, killed or stalled that long, or Redis lost
@@ -115,6 +136,19 @@ class BatchResult:
     next_offset: int  # the partition's stored position after this batch
 
 
+@dataclass(frozen=True)
+class LinksBatch:
+    """One partition's batch of links-topic records, decoded and checked (links_batch_prepare):
+    what APPLY_SCRIPT is called with, and what links_batch_done needs of it afterwards."""
+
+    partition: int
+    expected_position: int | None  # None: nothing stored
+    next_offset: int  # the offset after the batch's last record
+    args: list[str | int]  # APPLY_SCRIPT's ARGV
+    refused: list[Rejected]  # records link_record_decode refused: reported once applied
+    rejected: int  # those and the records the consumer asked to step over
+
+
 def links_apply_batch(
     *, redis: Redis, partition: int, records: Sequence[Record], expected_position: int | None,
     topic_id: str | None = None, rejected: Collection[int] = (),
@@ -137,61 +171,111 @@ def links_apply_batch(
     beside the position; a stored id that differs also raises PositionMismatch. rejected:
     offsets of records to step over (the consumer found that they cannot be applied), counted
     as rejected. Raises ValueError for an empty batch, redis.RedisError if Redis fails.
+    links_batch_prepare, links_batch_send and links_batch_receive are the same in two halves.
     """
+    batch = links_batch_prepare(partition=partition, records=records,
+                                expected_position=expected_position, topic_id=topic_id,
+                                rejected=rejected)
+    reply = _script(redis, APPLY_SCRIPT)(
+        keys=[keys.links_positions_key(), keys.links_stats_key()], args=batch.args, client=redis)
+    return links_batch_done(batch, reply)
+
+
+def links_batch_prepare(
+    *, partition: int, records: Sequence[Record], expected_position: int | None,
+    topic_id: str | None = None, rejected: Collection[int] = (),
+) -> LinksBatch:
+    """Decode and check the records (link_record_decode) into APPLY_SCRIPT's arguments; Redis
+    is not touched. Arguments as links_apply_batch's; raises ValueError for an empty batch."""
     if not records:
         raise ValueError("empty batch")
     rejected_offsets = frozenset(rejected)
-    keep_ms = int(settings.SHORTENER_GONE_KEEP_SECONDS * 1000)
-    newest: dict[str, tuple[int, str, int]] = {}  # tinyurl -> (version, value, pexpireat)
+    prefix = keys.link_prefix()
+    # link key -> the newest version in the batch, and its value (keys.LinkValue); the order
+    # of first appearance is kept, so the args below are in offset order
+    versions: dict[str, int] = {}
+    values: dict[str, str] = {}
     stale = ignored = 0
     refused: list[Rejected] = []  # records link_record_decode refuses
     stepped_over: Record | None = None  # the last record the consumer rejected
-    for rec in records:
-        if rec.offset in rejected_offsets:
-            stepped_over = rec
-            continue
-        try:
-            record = link_record_decode(rec.key, rec.value)
-        except MessageError as exc:
-            refused.append(Rejected.of(rec, exc))
-            continue
+    if rejected_offsets:
+        todo = [rec for rec in records if rec.offset not in rejected_offsets]
+        stepped_over = max((rec for rec in records if rec.offset in rejected_offsets),
+                           key=lambda r: r.offset, default=None)
+    else:
+        todo = records
+    value_text = keys.link_value_text
+    for rec, record in zip(todo, link_records_decode(todo)):
         if record is None:  # a tombstone: no version, so nothing it could safely replace
             ignored += 1
             continue
+        if isinstance(record, MessageError):
+            refused.append(Rejected.of(rec, record))
+            continue
         version = record.version
-        held = newest.get(record.tinyurl)
+        key = prefix + record.tinyurl
+        held = versions.get(key)
         if held is not None:
             stale += 1  # one of the two copies is dropped here
-            if held[0] > version:
+            if held >= version:  # only a newer version replaces, as in Redis
                 continue
-        expires_at = record.expires_at
-        value = keys.link_value_encode(keys.LinkValue(
-            version=version, expires_at=expires_at,
-            longurl=record.longurl if record.state == "active" else None))
+        versions[key] = version
         # expires_at <= EXPIRES_AT_MAX (topics/links.py): plus the keep time, still exact in Lua.
-        newest[record.tinyurl] = (
-            version, value, expires_at + keep_ms if expires_at is not None else 0)
+        values[key] = value_text(version, record.expires_at,
+                                 record.longurl if record.state == "active" else None)
 
     next_offset = records[-1].offset + 1
     last_rejected = max(refused[-1:] + ([stepped_over] if stepped_over else []),
                         key=lambda r: r.offset, default=None)
     args: list[str | int] = [
         partition, "" if expected_position is None else expected_position, next_offset,
-        keys.link_prefix(), stale, ignored, len(refused) + len(rejected_offsets),
+        int(settings.SHORTENER_GONE_KEEP_SECONDS * 1000), stale, ignored,
+        len(refused) + len(rejected_offsets),
         f"{last_rejected.partition}:{last_rejected.offset}" if last_rejected else "",
         topic_id or "",
     ]
-    for tinyurl, (version, value, pexpireat) in newest.items():
-        args += [tinyurl, str(version), value, pexpireat]
-    result = _script(redis, APPLY_SCRIPT)(
-        keys=[keys.links_positions_key(), keys.links_stats_key()], args=args, client=redis)
-    if result[0] == b"MISMATCH":
-        stored = int(result[1]) if result[1] else None
-        raise PositionMismatch(partition, expected_position, stored)
-    records_rejected_report(refused, log=logger)
-    applied, disabled, stale, ignored = (int(n) for n in result)
+    args.extend(chain.from_iterable(values.items()))
+    return LinksBatch(partition=partition, expected_position=expected_position,
+                      next_offset=next_offset, args=args, refused=refused,
+                      rejected=len(refused) + len(rejected_offsets))
+
+
+def links_batch_done(batch: LinksBatch, reply: list) -> BatchResult:
+    """The BatchResult of APPLY_SCRIPT's `reply` for `batch`, once the rejected records are
+    reported (logged, counted); PositionMismatch if the script refused the batch."""
+    if reply[0] == b"MISMATCH":
+        stored = int(reply[1]) if reply[1] else None
+        raise PositionMismatch(batch.partition, batch.expected_position, stored)
+    records_rejected_report(batch.refused, log=logger)
+    applied, disabled, stale, ignored = (int(n) for n in reply)
     return BatchResult(applied=applied, disabled=disabled, stale=stale, ignored=ignored,
-                       rejected=len(refused) + len(rejected_offsets), next_offset=next_offset)
+                       rejected=batch.rejected, next_offset=batch.next_offset)
+
+
+# APPLY_SCRIPT's SHA-1, as EVALSHA names it (what redis-py's Script computes).
+APPLY_SHA = hashlib.sha1(APPLY_SCRIPT.encode()).hexdigest()
+
+
+def links_batch_send(connection: Connection, batch: LinksBatch) -> None:
+    """Send `batch`'s APPLY_SCRIPT call on `connection` (a connection of its own: nothing else
+    may be sent on it meanwhile) without waiting for the reply: Redis applies the batch while
+    the caller goes on, and links_batch_receive reads the reply. Raises redis.RedisError."""
+    connection.send_command("EVALSHA", APPLY_SHA, 2, keys.links_positions_key(),
+                            keys.links_stats_key(), *batch.args)
+
+
+def links_batch_receive(connection: Connection, batch: LinksBatch) -> BatchResult:
+    """Read the reply of `batch`'s links_batch_send on `connection`: its BatchResult
+    (links_batch_done), PositionMismatch, or redis.RedisError."""
+    try:
+        reply = connection.read_response()
+    except NoScriptError:
+        # Redis has lost its scripts (restarted, SCRIPT FLUSH) and ran nothing of the batch:
+        # sent again with the script's text, which EVAL also caches for the next EVALSHA.
+        connection.send_command("EVAL", APPLY_SCRIPT, 2, keys.links_positions_key(),
+                                keys.links_stats_key(), *batch.args)
+        reply = connection.read_response()
+    return links_batch_done(batch, reply)
 
 
 _scripts: dict[str, Script] = {}

@@ -229,7 +229,17 @@ SHORTENER_READY_STALE_SECONDS = env.float("SHORTENER_READY_STALE_SECONDS", defau
 # Clicks below the next hundred are reported by `report_clicks` at least this often (and when it
 # stops gracefully). It bounds how far the master's totals lag, and what a wiped Redis can lose.
 SHORTENER_CLICKS_FLUSH_SECONDS = env.float("SHORTENER_CLICKS_FLUSH_SECONDS", default=10.0)
-# Most click reports the master applies in one PostgreSQL transaction.
+# Every counter a replica holds is reported again this often (redirects/sweep.py), whether it
+# changed or not: the clicks topic keeps records for 7 days (its retention.ms, Kafka's default),
+# and a master away longer than that finds every live counter in what is left. At most 3 days,
+# so that a sweep is in the topic even when the last one before it ran late (a reporter away).
+SHORTENER_CLICKS_SWEEP_SECONDS = env.float("SHORTENER_CLICKS_SWEEP_SECONDS", default=86400.0)
+if not 0 < SHORTENER_CLICKS_SWEEP_SECONDS <= 3 * 86400:
+    raise ImproperlyConfigured(
+        f"SHORTENER_CLICKS_SWEEP_SECONDS={SHORTENER_CLICKS_SWEEP_SECONDS}: must be in (0, 259200] "
+        "(3 days, under the clicks topic's 7-day retention)")
+# Most click records the master applies in one PostgreSQL transaction (a report batch counts as
+# one record; the consumer's fetch size bounds the counters: topics/clicks.py).
 SHORTENER_CLICKS_BATCH = env.int("SHORTENER_CLICKS_BATCH", default=5000)
 
 # Replicas' status (redirects/status.py, links/replicas.py): each replica's report_clicks

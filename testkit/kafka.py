@@ -82,19 +82,25 @@ def topic_read(topic: str, partition: int = 0) -> list:
 
 
 def click_reports(tinyurl: str) -> list:
-    """Every click report of `tinyurl` in the clicks topic, in order (ClickReports)."""
+    """Every click report of `tinyurl` in the clicks topic, in order (ClickReports): a report
+    batch's pair for it (schema 3) as the single report (schema 2) it stands for."""
 
-    from topics.clicks import click_report_decode, clicks_topic
+    from topics.clicks import ClickBatch, ClickReport, clicks_record_decode, clicks_topic
     from topics.records import MessageError
 
     reports = []
     for record in topic_read(clicks_topic()):
         # The session's topic also holds other tests' deliberately malformed reports.
         try:
-            report = click_report_decode(record.key, record.value)
+            report = clicks_record_decode(record.key, record.value)
         except MessageError:
             continue
-        if report is not None and report.tinyurl == tinyurl:
+        if isinstance(report, ClickBatch):
+            reports += [ClickReport(schema=2, tinyurl=t, node=report.node,
+                                    incarnation=report.incarnation, count=c,
+                                    reported_at=report.reported_at)
+                        for t, c in report.counts if t == tinyurl]
+        elif report is not None and report.tinyurl == tinyurl:
             reports.append(report)
     return reports
 

@@ -70,6 +70,16 @@ def _services_have_the_topics(request):
         request.getfixturevalue("kafka_topics")
 
 
+@pytest.fixture(autouse=True)
+def _link_ids_forgotten():
+    """Each test starts with consume_clicks' in-process memory of link ids empty
+    (links/linkids.py): a test database is emptied between tests, so a remembered id would name
+    a link of an earlier test."""
+    from links import linkids
+
+    linkids.forget()
+
+
 @pytest.fixture(scope="session")
 def test_data_dir() -> Path:
     base = Path(os.environ.get("SHORTENER_TEST_DATA") or Path(settings.BASE_DIR) / ".local" / "test")

@@ -23,6 +23,7 @@ from topics.links import (
     LinkRecord,
     link_record_decode,
     link_record_encode,
+    link_records_decode,
 )
 from topics.records import REJECT_REASONS, MessageError
 from topics.replicas import ReplicaStatus, replica_status_decode, replica_status_encode
@@ -138,6 +139,40 @@ def test_decoders_return_the_type_or_a_message_error(decode, key, value, kind):
         assert record is None or isinstance(record, kind)
 
     check()
+
+
+def outcome(decode, key, value):
+    """What a decode gives: the record, or the reason and text of its MessageError."""
+    try:
+        return decode(key, value)
+    except MessageError as exc:
+        return ("rejected", exc.reason, str(exc))
+
+
+LONGURLS = st.one_of(
+    st.sampled_from(["https://example.com/a", "http://a.example:8080/x",
+                     "https://xn--bcher-kva.example/", "https://example.com/a%zz",
+                     "https://a.example/ b", "https://a.example/\nx",
+                     "https://" + "a" * 300 + ".example/", "https://example.com/" + "b" * 300]),
+    st.text(max_size=40).map(lambda tail: "https://example.com/" + tail))
+
+
+@EXAMPLES
+@given(st.lists(st.one_of(
+    st.tuples(st.sampled_from(["tEmPl01", "tEmPl02"]), st.sampled_from(["active", "disabled"]),
+              st.one_of(st.none(), LONGURLS)).map(lambda t: (t[0].encode(), json.dumps({
+                  **template_of(LINK_VALUE), "tinyurl": t[0], "state": t[1],
+                  "longurl": t[2]}).encode())),
+    st.tuples(st.one_of(st.just(LINK_KEY), KEYS), bad_values(template_of(LINK_VALUE)))),
+    max_size=12))
+def test_a_batch_decodes_as_its_records_one_by_one(pairs):
+    """link_records_decode (a replica's batch: its longurls checked together) gives each
+    record what link_record_decode gives it alone."""
+    batch = link_records_decode([Rec(i, key, value) for i, (key, value) in enumerate(pairs)])
+    for (key, value), got in zip(pairs, batch, strict=True):
+        if isinstance(got, MessageError):
+            got = ("rejected", got.reason, str(got))
+        assert got == outcome(link_record_decode, key, value)
 
 
 def single_field_changes(template: dict):

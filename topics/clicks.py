@@ -1,23 +1,29 @@
 """The clicks topic, <user>-clicks: every replica's click counters, reported to the master.
 
-Key: `<incarnation>:<tinyurl>` (UTF-8). Value: JSON ClickReport.
-A report carries what it counts: which counter (incarnation: one life of one replica's Redis),
-the counter's absolute value, and the node that sent it as a label. The master keeps the largest
-value per (link, incarnation), so a duplicate adds nothing and a lost report is healed by the
-next one. (A "+100" delta could not be replayed safely.)
+A report carries what it counts: which counter (incarnation: one life of one replica's Redis,
+and the tinyurl), the counter's absolute value, and the node that sent it as a label. The master
+keeps the largest value per (link, incarnation), so a duplicate adds nothing and a lost report
+is healed by the next one. (A "+100" delta could not be replayed safely.)
 
-Delivery: AT-LEAST-ONCE of absolute counts into a max() apply:
-  * a report is a counter's absolute value, keyed by the counter (`<incarnation>:<tinyurl>`,
-    one life of one replica's Redis); the master keeps the largest value per counter, so a
-    duplicate or an out-of-date report, in any order, never lowers a total and a lost report is
-    healed by the next one;
-  * the topic is compacted: it keeps the report with the highest offset of every counter, so the
-    master's totals survive consume_clicks being down for any length of time. That report is
-    not always the counter's largest count: clicks_topic_spec says what holds.
+Two record kinds, told apart by the key:
+  * schema 3, the report batch (ClickBatch, key `<incarnation>/<32 hex digits>`): what replicas
+    send. One record carries the absolute counts of up to CLICK_BATCH_MAX counters of one
+    incarnation, so a flush of a million dirty counters is about a thousand records, not a
+    million (issue "Writes at scale");
+  * schema 2, the single report (ClickReport, key `<incarnation>:<tinyurl>`): what replicas
+    sent before. The master still reads it (an older replica during a rolling upgrade, records
+    already in the topic), and a tombstone (null value) under such a key.
+
+Delivery: AT-LEAST-ONCE of absolute counts into a max() apply: a duplicate or an out-of-date
+report, in any order, never lowers a total, and a lost report is healed by the counter's next
+one. The topic keeps records for a time (retention), not per counter (a batch has no per-counter
+key to compact on): clicks_topic_spec says what holds, docs/delivery-guarantees.md what is lost.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -84,8 +90,8 @@ _click_decoder = msgspec.json.Decoder(ClickReport)
 
 
 def click_report_key(*, incarnation: str, tinyurl: str) -> bytes:
-    """The compaction key of a counter's reports: `<incarnation>:<tinyurl>`. The clicks topic
-    keeps the newest report of every counter, which is exactly the counter's latest value."""
+    """The key of a counter's schema-2 reports and of its tombstone: `<incarnation>:<tinyurl>`
+    (on a topic still compacted, the newest report of every counter)."""
     return f"{incarnation}:{tinyurl}".encode()
 
 
@@ -102,8 +108,9 @@ def click_report_encode(
 def click_report_decode(key: bytes | None, value: bytes | None) -> ClickReport | None:
     """Decode and check one clicks-topic record: the ClickReport, or None for a tombstone (value
     null: the master writes one for every counter of an ended incarnation it folded,
-    links/pruning.py, so that compaction removes the key). Raises MessageError (with its reason) for anything the
-    master must not apply, including a key that is not the value's `<incarnation>:<tinyurl>`.
+    links/pruning.py, so that compaction removes the key on a topic still compacted). Raises
+    MessageError (with its reason) for anything the master must not apply, including a key that
+    is not the value's `<incarnation>:<tinyurl>`.
 
     The master decodes every report of every replica (bench/clicks.py): msgspec checks types,
     ranges and lengths in one C pass, the character sets are three str-method calls; together
@@ -131,48 +138,137 @@ def click_report_decode(key: bytes | None, value: bytes | None) -> ClickReport |
     return report
 
 
+# Schema 3: many counters of one incarnation in one record (see the module's docstring).
+CLICK_BATCH_SCHEMA = 3
+
+# The most counters a report batch may carry. Bounds a record's size (a pair is at most 30 bytes
+# of JSON: 5,000 pairs ~ 150 kB, under Kafka's default message.max.bytes of ~1 MB) and the master's
+# work per record; the reporter sends at most its CLAIM_BATCH (1,000) per record.
+CLICK_BATCH_MAX = 5_000
+
+# A count in a batch: as a schema-2 report's count, at least 1 (a counter with no click is never
+# reported) and at most INT_MAX.
+BatchCount = Annotated[int, Meta(ge=1, le=INT_MAX)]
+
+
+class ClickBatch(RecordStruct, kw_only=True):
+    """The absolute counts of many counters of one incarnation, sent in one flush by one
+    replica. Key: `<incarnation>/<32 lowercase hex digits>` (UTF-8), unique per record. Each
+    pair in `counts` is one counter's report, exactly as a schema-2 ClickReport with this
+    record's node, incarnation and reported_at; a tinyurl named twice counts as its largest
+    count (both are absolute counts of one counter, so the smaller is only older)."""
+
+    schema: Annotated[Literal[3], Meta(description="The record's schema version.")]
+    node: Annotated[Node, Meta(description="The replica that sent it: a label for the admin, "
+                                           "not part of the counters' identity.")]
+    incarnation: Annotated[Incarnation, Meta(description="The counters' identity: one life of "
+                                                         "one replica's Redis.")]
+    reported_at: Annotated[Time, Meta(description="When it was sent, by the replica's clock "
+                                                  "(RFC 3339); the hour its clicks are charted "
+                                                  "in.")]
+    counts: Annotated[list[tuple[Tinyurl, BatchCount]],
+                      Meta(min_length=1, max_length=CLICK_BATCH_MAX,
+                           description="[tinyurl, absolute count] per counter: clicks of the "
+                                       "tinyurl in this incarnation.")]
+
+
+_batch_decoder = msgspec.json.Decoder(ClickBatch)
+
+# The key of a batch: the incarnation, then this separator (in neither the incarnation's nor a
+# tinyurl's alphabet, so no batch key is a schema-2 key and the decoder tells them apart by it).
+BATCH_KEY_SEPARATOR = "/"
+
+
+def click_batch_encode(
+    *, node: str, incarnation: str, counts: Iterable[tuple[str, int]], reported_at: datetime,
+) -> tuple[bytes, bytes]:
+    """The (key, value) of one report batch: key `<incarnation>/<random 128-bit hex id>`, value
+    JSON ClickBatch. counts: (tinyurl, absolute count >= 1) pairs, 1 to CLICK_BATCH_MAX of
+    them; reported_at timezone-aware. The key is unique so that no two batches ever share one:
+    on a topic still compacted (before `manage.py kafka_topics` sets the new policy) compaction
+    then removes no batch. Raises ValueError for an empty or oversized batch."""
+    pairs = list(counts)
+    if not 1 <= len(pairs) <= CLICK_BATCH_MAX:
+        raise ValueError(f"a click batch carries 1 to {CLICK_BATCH_MAX} counters, not "
+                         f"{len(pairs)}")
+    batch = ClickBatch(schema=CLICK_BATCH_SCHEMA, node=node, incarnation=incarnation,
+                       reported_at=reported_at, counts=pairs)
+    key = f"{incarnation}{BATCH_KEY_SEPARATOR}{uuid.uuid4().hex}".encode()
+    return key, ENCODER.encode(batch)
+
+
+def _batch_decode(key: bytes, value: bytes) -> ClickBatch:
+    try:
+        batch = _batch_decoder.decode(value)
+    except (msgspec.MsgspecError, ValueError, RecursionError) as exc:
+        raise decode_error(exc, "click batch") from None
+    incarnation = batch.incarnation
+    # Every tinyurl is 7 characters (msgspec checked each length), so the joined text is
+    # [A-Za-z0-9]* exactly when each one is: one str call for the whole batch.
+    if not (alnum("".join([t for t, _ in batch.counts])) and alnum(incarnation)
+            and node_ok(batch.node)):
+        raise MessageError("click batch: a tinyurl, the incarnation or the node has a character "
+                           "its pattern does not allow", reason="range")
+    name, _, batch_id = key_text(key).partition(BATCH_KEY_SEPARATOR)
+    if name != incarnation or len(batch_id) != 32 or batch_id.strip("0123456789abcdef"):
+        raise MessageError("key is not the batch's <incarnation>/<32 hex digits>", reason="key")
+    return batch
+
+
+def clicks_record_decode(key: bytes | None, value: bytes | None
+                         ) -> ClickReport | ClickBatch | None:
+    """Decode and check any clicks-topic record: a report batch (schema 3, key
+    `<incarnation>/<id>`), a single report (schema 2, key `<incarnation>:<tinyurl>`) or a
+    tombstone (None). The key's separator says which, and the value must be of that kind
+    (a batch under a report's key is rejected with reason "schema", as is the reverse). Raises
+    MessageError (with its reason) for anything the master must not apply: a batch with one
+    bad pair is rejected whole (docs/records.md says why)."""
+    if value is not None and key is not None and BATCH_KEY_SEPARATOR.encode() in key:
+        return _batch_decode(key, value)
+    return click_report_decode(key, value)
+
+
 def clicks_topic_spec() -> TopicSpec:
     durability, relied = durability_configs()
     rf = settings.KAFKA_REPLICATION_FACTOR
     return TopicSpec(
         name=clicks_topic(),
         # ONE partition. A single consumer (the master's consume_clicks) reads it. Traffic from
-        # each replica: reports/s = milestones/s + (distinct links clicked in a flush
+        # each replica: counters/s = milestones/s + (distinct links clicked in a flush
         # interval) / (flush interval), a milestone being a counter passing a multiple of 100;
-        # so at most redirects/s / 100 + min(redirects/s, distinct links / flush interval).
-        # E.g. 2,000 redirects/s over 5,000 links with the 10 s flush: 20 + 500 reports/s of
-        # ~200 bytes. The one consumer is the limit, not the partition: a bare read of the
-        # topic is faster than consume_clicks' apply (both measured in docs/performance.md).
+        # so at most redirects/s / 100 + min(redirects/s, distinct links / flush interval),
+        # sent as batches of up to 1,000 counters (~14 bytes each). The one consumer's apply is
+        # the limit, not the partition: a bare read of the topic carries millions of counters
+        # a second (both measured in docs/performance.md).
         # The partition count must never grow: the producer's default partitioner picks
         # murmur2(key) modulo the partition count (kafka-python 3.0.12,
-        # kafka/partitioner/default.py), so adding partitions sends a counter's later
-        # reports to another partition than its earlier ones. `manage.py kafka_topics`
+        # kafka/partitioner/default.py), so adding partitions would send a schema-2 counter's
+        # later reports to another partition than its earlier ones. `manage.py kafka_topics`
         # refuses to change a partition count (tests/links/test_kafka_topics.py;
         # tests/test_bus.py shows the remapping).
         partitions=1,
         replication_factor=rf,
-        configs={
-            # A changelog of absolute counts keyed by counter (`<incarnation>:<tinyurl>`).
-            # Compaction keeps each counter's report with the highest offset forever (Kafka
-            # documentation, Design, "Log Compaction"), so the master's totals survive
-            # consume_clicks being down longer than any time-based retention (the default
-            # "delete" removes segments after retention.ms); older reports of the counter
-            # are dropped. Cost: one record per counter ever reported.
-            # What the kept report is: one count the counter had, not always its largest.
-            # A report whose acknowledgement was lost is sent again as a milestone (rounded
-            # down to its hundred) before the exact count of the next flush; a reporter
-            # restart sends its unacknowledged reports again the same way; two reporters on
-            # one Redis claim the same counter in turn and their sends can land in either
-            # order. What holds (tests/links/test_clicks_order.py): the master applies every
-            # report it reads with max() over the counts it keeps in PostgreSQL, so its
-            # totals never go down, whatever the order, replays from offset 0 included;
-            # compaction keeps a lower count that landed last, so only a master that starts
-            # over from the compacted topic alone (its counters lost) takes that lower
-            # count, until the counter's next report, which carries its current count.
-            "cleanup.policy": "compact",
-            **durability,
+        configs=durability,
+        relied={
+            **relied,
+            # Time retention, not compaction (issue "Writes at scale"). A report batch carries
+            # many counters under a key of its own, so compacting on keys would keep nothing
+            # per counter (and with one key per incarnation it would drop every batch but the
+            # last, losing counters not in it). The topic keeps every record for retention.ms
+            # (Kafka's default, 7 days) and then deletes it; what the master did not read by
+            # then is replaced by the replicas' sweep (redirects/sweep.py: every counter
+            # re-reported at least every SHORTENER_CLICKS_SWEEP_SECONDS, at most 3 days), so a
+            # master that was away for any length of time still finds every live counter's
+            # count of the last sweep or later. What is lost against the compacted topic of
+            # before (docs/delivery-guarantees.md): a counter no replica holds any more (an
+            # ended incarnation's last counts, deleted from Redis once reported) whose last
+            # report the master had not read when it was deleted. The loss is never silent
+            # (links/totals.py: an ERROR and shortener_consumer_records_lost_total).
+            # `manage.py kafka_topics` sets both on a topic made compacted by an older version
+            # (they are checked like every relied-on default, and repaired when they differ).
+            "cleanup.policy": "delete",
+            "retention.ms": "604800000",
         },
-        relied=relied,
     )
 
 
@@ -184,8 +280,11 @@ def clicks_producer_settings() -> dict[str, Any]:
     the producer's own retries neither duplicate a report nor reorder a counter's reports
     within one producer (harmless anyway under the master's max())."""
     return {
-        # Reports are not urgent: wait up to 50 ms to send many in one request (default 0).
-        "linger_ms": 50,
+        # No linger (kafka-python's default, 0): a claim's counters are already one record per
+        # incarnation, of ~14 kB, under the 16 kB batch_size, so the producer held each for the
+        # whole linger, and the reporter waits for a claim's acknowledgement before the next:
+        # with the 50 ms it had, a flush of 200,000 counters ran at 10,600-16,500 counters/s,
+        # with none at 73,700-166,800 (bench/reporter.py; docs/performance.md).
         # -- Operational timeouts, bounded while Kafka is down: the reporter requeues what was
         # -- not acknowledged and tries again on its next round, rather than blocking for the
         # -- 60-120 s defaults. Delivery (retries included) must exceed linger + one request
@@ -205,7 +304,12 @@ def clicks_producer_make() -> KafkaProducer:
 
 
 def clicks_consumer_settings() -> dict[str, Any]:
-    """The master's clicks consumer's own settings (consume_clicks)."""
+    """The master's clicks consumer's own settings (consume_clicks).
+
+    How many counters one transaction applies: max_poll_records bounds the records, the fetch
+    size (max_partition_fetch_bytes, kafka-python's default 1 MB) the bytes, so about 70 report
+    batches, some 70,000 counters, at most; links/totals.py gives the statement work_mem for
+    that."""
     return {
         # Never move a position silently: kafka-python's reset of an out-of-range position is
         # an INFO line. With "none" a position outside the retained range raises instead, and

@@ -27,8 +27,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
 from django.conf import settings
@@ -41,11 +42,12 @@ from topics.clients import consumer_make, producer_close, producer_make
 from topics.records import (
     ENCODER,
     INT_MAX,
-    TINYURL_RE,
+    TINYURL_LENGTH,
     MessageError,
     RecordStruct,
     Time,
     Tinyurl,
+    alnum,
     decode_error,
     key_text,
 )
@@ -160,8 +162,50 @@ def link_record_decode(key: bytes | None, value: bytes | None) -> LinkRecord | N
     null: the master no longer writes them, and a tombstone carries no version, so a replica
     ignores it). Raises MessageError (with its reason) for anything a replica must not store.
     """
+    record = _record_decode(key, value)
+    if record is not None and record.state == "active":
+        problem = longurls.longurl_problem(record.longurl)
+        if problem is not None:
+            raise _longurl_error(problem)
+    return record
+
+
+class KeyValue(Protocol):
+    key: bytes | None
+    value: bytes | None
+
+
+def link_records_decode(records: Sequence[KeyValue]) -> list[LinkRecord | MessageError | None]:
+    """link_record_decode of each record, in order: its LinkRecord, None (a tombstone), or the
+    MessageError it raises, as a value. The same outcome for every record as one call each
+    (tests/test_record_properties.py), for a replica's batch: the longurls of the batch are
+    checked together (longurls.all_servable), and one by one only if that fails.
+    Any other error propagates, as from link_record_decode."""
+    results: list[LinkRecord | MessageError | None] = []
+    active: list[int] = []  # where the active links are in `results`
+    decode = _record_decode
+    for rec in records:
+        try:
+            record = decode(rec.key, rec.value)
+        except MessageError as exc:
+            results.append(exc)
+            continue
+        if record is not None and record.state == "active":
+            active.append(len(results))
+        results.append(record)
+    if not longurls.all_servable([results[i].longurl for i in active]):  # type: ignore[union-attr]
+        for i in active:
+            problem = longurls.longurl_problem(results[i].longurl)  # type: ignore[union-attr]
+            if problem is not None:
+                results[i] = _longurl_error(problem)
+    return results
+
+
+def _record_decode(key: bytes | None, value: bytes | None) -> LinkRecord | None:
+    """link_record_decode but for the check of an active link's longurl (longurl_problem)."""
     tinyurl = key_text(key)
-    if not TINYURL_RE.fullmatch(tinyurl):
+    # TINYURL_RE's strings, with str methods (about half the time of the regex, per record).
+    if len(tinyurl) != TINYURL_LENGTH or not alnum(tinyurl):
         raise MessageError(f"key {tinyurl[:20]!r} is not a tinyurl", reason="key")
     if value is None:
         return None
@@ -174,14 +218,15 @@ def link_record_decode(key: bytes | None, value: bytes | None) -> LinkRecord | N
     if record.state == "active":
         if record.longurl is None:
             raise MessageError("an active link's longurl is missing", reason="longurl")
-        # The same definition the master used when it accepted the link (one definition for
-        # both sides: whatever /create accepts, every replica serves).
-        problem = longurls.longurl_problem(record.longurl)
-        if problem is not None:
-            raise MessageError(f"longurl is not servable: {problem}", reason="longurl")
     elif record.longurl is not None:
         raise MessageError("a disabled link's record carries a longurl", reason="state")
     return record
+
+
+def _longurl_error(problem: str) -> MessageError:
+    # The same definition the master used when it accepted the link (one definition for both
+    # sides: whatever /create accepts, every replica serves).
+    return MessageError(f"longurl is not servable: {problem}", reason="longurl")
 
 
 def links_topic_spec() -> TopicSpec:
@@ -230,31 +275,22 @@ def publish_wait_seconds() -> float:
 # Wait up to 2 ms for other requests' records to share a batch: one network round trip then
 # serves many concurrent /create calls, for at most 2 ms of latency (default 0).
 LINKS_LINGER_MS = 2
-LINKS_BATCH_BYTES = 512 * 1024
 
 
 def links_producer_settings() -> dict[str, Any]:
-    """The master's links producer's own settings.
-
-    acks and idempotence are kafka-python 3.0.12's defaults (acks=-1, i.e. "all", and
-    enable_idempotence=True: "Since KIP-679 (Kafka 3.0), idempotence is enabled by default and
-    `acks` defaults to 'all'", KafkaProducer's docstring): /create answers only once every
-    in-sync replica has the record, and a retried batch is not written twice. The producer
-    turns idempotence off, with a warning, only when acks, retries or in-flight requests
-    conflict; none is set here, and tests/test_bus.py checks the producer's effective values.
-    """
+    """The master's links producer's own settings. acks and idempotence are kafka-python
+    3.0.12's defaults (acks=-1, "all", and enable_idempotence=True: "Since KIP-679 (Kafka 3.0),
+    idempotence is enabled by default and `acks` defaults to 'all'", KafkaProducer's docstring):
+    /create answers only once every in-sync replica has the record, and a retried batch is not
+    written twice. The producer turns idempotence off, with a warning, only when acks, retries
+    or in-flight requests conflict; none is set here (tests/test_bus.py checks the values)."""
     bound = publish_timeout_ms()
     return {
         "linger_ms": LINKS_LINGER_MS,
-        # 512 KiB batches (default 16 KiB): a bulk create hands the producer 10,000 records of
-        # ~220 bytes at once. In 16 KiB batches that is some 140 batches queued for the one
-        # partition, and kafka-python (3.0.12, RecordAccumulator.append) wakes its sender thread
-        # on every send() while more than one batch is queued: a syscall and a thread switch a
-        # record. With 512 KiB the queue stays short: the master's CPU for a 10,000-link
-        # links_create_many went from 49-59 to 36-45 us a link (in-process, same runs,
-        # docs/performance.md). A batch is sent when full or after linger_ms, and memory is
-        # taken as records arrive, so a lone /create still sends one small request.
-        "batch_size": LINKS_BATCH_BYTES,
+        # 512 KiB (default 16 KiB): kafka-python 3.0.12 wakes its sender thread on every send()
+        # while more than one batch is queued, and a bulk's 10,000 records filled ~140 of 16 KiB:
+        # the master's CPU a bulk link 49-59 -> 36-45 us (in-process; docs/performance.md).
+        "batch_size": 512 * 1024,
         # -- ONE bound, SHORTENER_PUBLISH_TIMEOUT (default 5 s), so that /create answers 503
         # -- within seconds while Kafka is down, instead of after the 30-120 s defaults, and
         # -- never gives up before the producer does.
@@ -345,7 +381,10 @@ def links_consumer_settings() -> dict[str, Any]:
         # with 8 MiB, in the same read time within noise; docs/delivery-guarantees.md.
         # fetch_max_wait_ms stays at its default too: it is how long the broker holds a fetch
         # when less than fetch_min_bytes, 1 byte, is available, so a new record is answered at
-        # once. Source: Kafka's consumer configs, fetch.max.wait.ms and fetch.min.bytes.)
+        # once. Source: Kafka's consumer configs, fetch.max.wait.ms and fetch.min.bytes.
+        # Measured again with the pipelined apply, redirects/links_writes.py: loading 1,000,000
+        # links took consume_links 6.2-6.4 s of CPU with either size; and one more setting
+        # would make the links topic's ten with replication factor >= 2, tests/test_bus.py.)
         "max_poll_records": settings.SHORTENER_LINKS_BATCH,
     }
 

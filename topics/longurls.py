@@ -269,11 +269,16 @@ def _alabel_check(label: str) -> None:
 # cannot end in a number), no A-label, and a path, query and fragment of characters RFC 3986
 # allows, with valid percent-encodings. A match is servable if its port is allowed; anything
 # else takes the full path (longurl_normalize). The tests check that both agree.
+# The tail is written as runs of plain characters between percent-encodings,
+# `plain*(?:%XX plain*)*`, the same strings as `(?:plain|%XX)*` (a plain character is never
+# "%", so there is one way to match): re then takes a run in one step instead of trying the
+# alternation at every character, 0.86 -> 0.38 us for a typical longurl.
+_TAIL_PLAIN = r"[A-Za-z0-9._~!$&'()*+,;=:@/?#\[\]-]*"
 _SERVABLE_FAST_RE = re.compile(
     r"[Hh][Tt][Tt][Pp][Ss]?://"
     r"(?P<host>(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z_-][A-Za-z0-9_-]{0,62}\.?)"
     r"(?::(?P<port>[0-9]{0,5}))?"
-    r"(?:[/?#](?:[A-Za-z0-9._~!$&'()*+,;=:@/?#\[\]-]|%[0-9A-Fa-f]{2})*)?"
+    rf"(?:[/?#]{_TAIL_PLAIN}(?:%[0-9A-Fa-f]{{2}}{_TAIL_PLAIN})*)?"
 )
 
 
@@ -295,6 +300,32 @@ def longurl_problem(value: str) -> str | None:
                 and (not port or int(port) not in BAD_PORTS and int(port) <= 65535)):
             return None
     return _problem_of_form(value)
+
+
+# A whole batch of longurls in one match: _SERVABLE_FAST_RE without the port (rare; the port
+# needs a check of its value), for each longurl, one per line ("\n" is in none of the classes,
+# so a line is one longurl). A replica checks its records' longurls with it by the thousand.
+_SERVABLE_LINE = _SERVABLE_FAST_RE.pattern.replace(r"(?::(?P<port>[0-9]{0,5}))?", "").replace(
+    "(?P<host>", "(?:")
+assert "(?P<" not in _SERVABLE_LINE  # both replaced: a line has no port and no named group
+_SERVABLE_LINES_RE = re.compile(f"(?:{_SERVABLE_LINE}\n)*{_SERVABLE_LINE}")
+# "http://" and HOST_MAX_LENGTH: a longurl no longer than this has a host short enough.
+_SHORT_ENOUGH = len("http://") + HOST_MAX_LENGTH
+
+
+def all_servable(values: list[str]) -> bool:
+    """True only if longurl_problem(value) is None for every value (an empty list included);
+    False says nothing about any one value: ask longurl_problem then. One regular expression
+    over the whole list instead of one call each: about a third of the time per longurl."""
+    if not values:
+        return True
+    joined = "\n".join(values)
+    # Each value on its own line (a "\n" inside one would make two lines), no value longer
+    # than _SHORT_ENOUGH, so no host longer than HOST_MAX_LENGTH; no A-label anywhere.
+    return (joined.count("\n") == len(values) - 1
+            and max(map(len, values)) <= _SHORT_ENOUGH
+            and "xn--" not in joined.lower()
+            and _SERVABLE_LINES_RE.fullmatch(joined) is not None)
 
 
 def _problem_of_form(value: str) -> str | None:

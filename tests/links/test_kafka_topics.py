@@ -55,9 +55,11 @@ def test_creates_missing_topics_with_the_projects_settings(fresh_prefix):
     call_command("kafka_topics", stdout=out)
     for spec in topic_specs():
         assert f"{spec.name}: created" in out.getvalue()
-        # The replicas' statuses are compacted and also deleted after a week (topics/replicas.py); the
-        # other two settings are the broker's defaults there, stated on the other topics.
-        policy = "compact,delete" if spec.name == replicas_topic() else "compact"
+        # The replicas' statuses are compacted and also deleted after a week (topics/replicas.py),
+        # the clicks topic's report batches deleted after a week (topics/clicks.py); the other
+        # two settings are the broker's defaults, stated or relied on.
+        policy = {replicas_topic(): "compact,delete", clicks_topic(): "delete"}.get(spec.name,
+                                                                                    "compact")
         assert describe(spec.name) == {"cleanup.policy": policy, "min.insync.replicas": "1",
                                        "unclean.leader.election.enable": "false"}
     out = StringIO()
@@ -66,17 +68,20 @@ def test_creates_missing_topics_with_the_projects_settings(fresh_prefix):
 
 
 def test_a_wrong_cleanup_policy_is_repaired_and_said(fresh_prefix):
-    # The clicks topic as the previous version created it: deleted after 7 days.
-    create(clicks_topic(), 1, {"cleanup.policy": "delete", "unclean.leader.election.enable":
-                                   "true"})
+    # The clicks topic as the previous version created it: compacted (single reports keyed by
+    # counter); report batches need time retention (topics/clicks.py), set on the existing topic.
+    create(clicks_topic(), 1, {"cleanup.policy": "compact", "retention.ms": "-1",
+                               "unclean.leader.election.enable": "true"})
     out = StringIO()
     call_command("kafka_topics", stdout=out)
     said = out.getvalue()
-    assert f"{clicks_topic()}: repaired cleanup.policy: was delete, now compact" in said
+    assert f"{clicks_topic()}: repaired cleanup.policy: was compact, now delete" in said
+    assert f"{clicks_topic()}: repaired retention.ms: was -1, now 604800000" in said
     assert (f"{clicks_topic()}: repaired unclean.leader.election.enable: was true, now false"
             in out.getvalue())
-    assert describe(clicks_topic())["cleanup.policy"] == "compact"
+    assert describe(clicks_topic())["cleanup.policy"] == "delete"
     assert describe(clicks_topic())["unclean.leader.election.enable"] == "false"
+
 
 
 def test_check_reports_without_repairing(fresh_prefix):
@@ -101,7 +106,7 @@ def test_a_wrong_partition_count_is_a_clear_error_and_a_non_zero_exit(fresh_pref
     assert "Traceback" not in result.stderr  # a message, not a stack trace
     # What could be done was done: the other topic was created.
     assert f"{clicks_topic()}: created" in result.stdout
-    wait_until(lambda: describe(clicks_topic())["cleanup.policy"] == "compact", timeout=10)
+    wait_until(lambda: describe(clicks_topic())["cleanup.policy"] == "delete", timeout=10)
 
 
 def partition_count(topic: str) -> int:

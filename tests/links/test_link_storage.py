@@ -1,4 +1,4 @@
-"""How links are stored for bulk creates: migration 0012 (fewer indexes on links_link) on a table
+"""How links are stored for bulk creates: migration 0013 (fewer indexes on links_link) on a table
 that has rows, the readers that needed the indexes still served by one, the insert's columns
 sent as texts (links.services._links_insert) stored exactly as they were given, and links that
 Kafka did not acknowledge found and sent by the outbox relay, their marks set from texts too."""
@@ -19,7 +19,7 @@ from links.services import CreateItem, LinkCreated
 from testkit import free_port, topic_end
 from topics.links import links_topic, producer_reset
 
-BEFORE = [("links", "0011_consumerposition_topic_id")]
+BEFORE = [("links", "0012_clickbucket_link_index_dropped")]
 
 
 def _indexes() -> dict[str, str]:
@@ -39,7 +39,7 @@ def _plan(sql: str, params: list) -> str:
             cursor.execute("RESET enable_seqscan")
 
 
-def test_migration_0012_keeps_every_row_and_an_index_for_every_reader(transactional_db):
+def test_migration_0013_keeps_every_row_and_an_index_for_every_reader(transactional_db):
     executor = MigrationExecutor(connection)
     latest = executor.loader.graph.leaf_nodes()
     executor.migrate(BEFORE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import os
+import re
 import string
 import subprocess
 import sys
@@ -350,6 +351,41 @@ def test_the_fast_path_agrees_with_the_full_definition(value):
     full = longurls._problem_of_form(value) if len(value) <= longurls.SERVABLE_MAX_LENGTH \
         else "too long"
     assert (longurl_problem(value) is None) == (full is None)
+
+
+# The fast path's tail as first written: any of the plain characters or a percent-encoding,
+# one at a time. longurls writes it as runs of plain characters between percent-encodings.
+_TAIL_AS_ALTERNATION = re.compile(
+    r"(?:[/?#](?:[A-Za-z0-9._~!$&'()*+,;=:@/?#\[\]-]|%[0-9A-Fa-f]{2})*)?")
+_TAILS = st.text(alphabet=st.sampled_from("aZ9/?#%%%fF0g:@[]-._~ \n\u00e9"), max_size=30)
+
+
+@hsettings(max_examples=600, deadline=None)
+@given(_TAILS)
+def test_the_fast_paths_tail_matches_what_the_alternation_matches(tail):
+    value = "https://example.com/" + tail
+    assert (longurls._SERVABLE_FAST_RE.fullmatch(value) is None) == (
+        _TAIL_AS_ALTERNATION.fullmatch("/" + tail) is None)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_anything, _TAILS.map(lambda t: "https://example.com/" + t)),
+                max_size=8))
+def test_a_list_found_servable_as_a_whole_is_servable_one_by_one(values):
+    if longurls.all_servable(values):
+        assert all(longurl_problem(value) is None for value in values)
+
+
+def test_typical_longurls_are_found_servable_as_a_whole():
+    typical = [f"https://example.com/bench/{i}?utm=x" for i in range(1000)] + [
+        "http://a.example/%7Euser/#top", "https://sub.a-b_c.example./p?q=1&r=%20"]
+    assert longurls.all_servable(typical) and longurls.all_servable([])
+    # Each of these makes the whole list fall back to one check each (still servable).
+    for odd in ["https://a.example:8443/", "https://xn--bcher-kva.example/",
+                "https://example.com/" + "a" * 300]:
+        assert not longurls.all_servable([*typical, odd]) and longurl_problem(odd) is None
+    # A value with a line break would read as two: never servable as a whole.
+    assert not longurls.all_servable(["https://a.example/\nhttps://b.example/"])
 
 
 @hsettings(max_examples=600, deadline=None)

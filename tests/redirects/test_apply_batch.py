@@ -215,3 +215,75 @@ def test_link_value_round_trip_and_foreign_values():
         assert keys.link_value_parse(keys.link_value_encode(value)) == value
     for raw in [b"https://legacy.example/", b"x|1|https://a.example/", b"1|soon|https://a/"]:
         assert keys.link_value_parse(raw) is None
+
+
+# --- one step for a large batch, or one record at a time: the same links --------------------
+
+POOL = ["gggggg1", "gggggg2", "gggggg3", "gggggg4"]
+LATER = datetime.now(timezone.utc) + timedelta(days=1)
+KINDS = ("active", "disabled", "expiring", "tombstone", "junk", "bad key", "bad longurl",
+         "disabled with longurl")
+
+
+def mixed(offset: int, tinyurl: str, version: int, kind: str) -> Rec:
+    """A record of `kind`: the ones a replica applies, and the ones it refuses or ignores."""
+    if kind == "active":
+        return rec(offset, tinyurl, version, f"https://g.example/{tinyurl}/{version}")
+    if kind == "disabled":
+        return rec(offset, tinyurl, version, disabled=True)
+    if kind == "expiring":
+        return rec(offset, tinyurl, version, f"https://g.example/{version}", expires_at=LATER)
+    if kind == "tombstone":
+        return Rec(offset, tinyurl.encode(), None)
+    if kind == "junk":
+        return Rec(offset, tinyurl.encode(), b'{"schema":2,')
+    if kind == "bad key":
+        return Rec(offset, b"no", rec(offset, tinyurl, version, "https://g.example/").value)
+    good = rec(offset, tinyurl, version, "https://g.example/x").value
+    if kind == "bad longurl":  # a space: not servable
+        return Rec(offset, tinyurl.encode(), good.replace(b"/x", b"/a b"))
+    return Rec(offset, tinyurl.encode(),  # "disabled with longurl"
+               good.replace(b'"state":"active"', b'"state":"disabled"'))
+
+
+def links_state(redis) -> dict[bytes, tuple[bytes, int]]:
+    """Every link key: its value and its expiry time (ms, -1: none)."""
+    return {key: (redis.get(key), redis.pexpiretime(key))
+            for key in redis.scan_iter(match=f"{settings.SHORTENER_USER}:link:*")}
+
+
+@hsettings(max_examples=25, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(held_before=st.lists(st.tuples(st.sampled_from(POOL), st.integers(1, 4),
+                                      st.sampled_from(["active", "disabled"])), max_size=4),
+       drawn=st.lists(st.tuples(st.sampled_from(POOL), st.integers(1, 4), st.sampled_from(KINDS)),
+                      min_size=1, max_size=30),
+       before=st.integers(services.APPLY_CHUNK - 30, services.APPLY_CHUNK + 5))
+def test_a_large_mixed_batch_in_one_step_holds_what_one_record_at_a_time_does(
+        redis, held_before, drawn, before):
+    """A batch larger than the script's MGET/MSET chunk (APPLY_CHUNK links), the drawn
+    records around the chunk's boundary among valid links of their own: valid, stale,
+    malformed, disabled, expiring records and tombstones, some links held already. Applied in
+    one step, Redis ends with the same links (values, expiry) and position as when each record
+    is its own batch. (Records already past their keep time are left out: one at a time, a
+    link deleted by one is written again by an older record after it; in one batch the newest
+    record wins.)"""
+    filler = [f"h{i:06d}" for i in range(before)] + [f"j{i:06d}" for i in range(20)]
+    specs = ([(t, 1, "active") for t in filler[:before]] + drawn
+             + [(t, 1, "active") for t in filler[before:]])
+    results = []
+    for one_at_a_time in (False, True):
+        redis.flushdb()
+        for offset, (tinyurl, version, kind) in enumerate(held_before):
+            apply(redis, [mixed(offset, tinyurl, version, kind)],
+                  expected=offset or None)
+        start = len(held_before)
+        records = [mixed(start + i, *spec) for i, spec in enumerate(specs)]
+        position = start or None
+        for batch in ([[r] for r in records] if one_at_a_time else [records]):
+            result = apply(redis, batch, expected=position)
+            position = result.next_offset
+        results.append((links_state(redis), position, redis.hget(
+            f"{settings.SHORTENER_USER}:links:stats", "rejected")))
+    assert results[0] == results[1]
+    assert results[0][1] == len(held_before) + len(specs)

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from django.conf import settings
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import AlterConfigOp, ConfigResource, ConfigResourceType
 
 from testkit import ROOT, link_produce, scrape, tinyurl_new, topic_read, wait_until
@@ -61,6 +62,25 @@ def test_fresh_replica_serves_1000_links_already_in_the_topic(make_links, replic
     wait_until(lambda: replica.has_all(links), timeout=60, what="1,000 links in the replica")
     assert_serves(replica, links)
     assert replica.position() == links_topic_end()
+
+
+def test_the_group_offset_shows_the_stored_position_once_the_replica_is_idle(make_links,
+                                                                           replica_factory):
+    """The group offset (monitoring only) is committed at most once a second while batches
+    stream in (topics/loop.py), and at the first poll that brings nothing."""
+    make_links(300)
+    replica = replica_factory()
+    end = links_topic_end()
+    wait_until(lambda: replica.position() == end, timeout=60, what="the replica at the end")
+    tp = TopicPartition(links_topic(), 0)
+    consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS,
+                             group_id=f"{settings.SHORTENER_USER}-links-{replica.name}",
+                             enable_auto_commit=False)
+    try:
+        wait_until(lambda: consumer.committed(tp) == end, timeout=10,
+                   what="the group offset at the stored position")
+    finally:
+        consumer.close(autocommit=False)
 
 
 def test_stopped_replica_catches_up_on_what_it_missed(master, replica_factory):

@@ -29,6 +29,7 @@ class Command(LongRunningCommand):
             stop=stop,
             node=settings.SHORTENER_NODE_ID,
             flush_seconds=settings.SHORTENER_CLICKS_FLUSH_SECONDS,
+            sweep_seconds=settings.SHORTENER_CLICKS_SWEEP_SECONDS,
         ).run()
         # The status thread is a daemon: its last status gets a second, no more, so that SIGTERM
         # stops the process within 10 s even while it waits on Kafka (ClickReporter).

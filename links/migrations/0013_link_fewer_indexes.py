@@ -29,7 +29,7 @@ def like_index_create(apps, schema_editor) -> None:
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('links', '0011_consumerposition_topic_id'),
+        ('links', '0012_clickbucket_link_index_dropped'),
     ]
 
     operations = [

@@ -1,0 +1,126 @@
+"""consume_links' pipelined strategy (redirects/links_writes.py, LinksWrites) against a real
+Redis: a batch is in Redis while the caller goes on; its outcome, or its failure, comes with the
+next submit, poll or join; a batch the decoder cannot handle is isolated; Redis losing its
+scripts or the connection is survived."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+import redis as redis_lib
+from django.conf import settings
+
+from redirects import services
+from redirects.links_writes import LinksWrites
+from runtime.metrics import RECORDS_REJECTED
+from testkit import FakeRecord as Rec
+from topics.batching import CONTENT_ERRORS, BatchIsolation
+from topics.links import link_record_encode
+from topics.positions import PositionMismatch
+
+NOW = datetime.now(timezone.utc)
+
+
+def rec(offset: int, tinyurl: str) -> Rec:
+    return Rec(offset, *link_record_encode(tinyurl=tinyurl, version=1, created_at=NOW,
+                                           longurl=f"https://w.example/{tinyurl}"))
+
+
+def held(redis, tinyurl: str) -> bytes | None:
+    return redis.get(f"{settings.SHORTENER_USER}:link:{tinyurl}")
+
+
+def position(redis) -> bytes | None:
+    return redis.hget(f"{settings.SHORTENER_USER}:links:positions", 0)
+
+
+@pytest.fixture
+def redis(replica_factory):
+    return replica_factory(start=False).redis
+
+
+@pytest.fixture
+def writes(redis):
+    """A LinksWrites as consume_links builds it: the batch write of its isolation is
+    services.links_apply_batch; `applied` and `committed` are recorded."""
+    def write(*, partition, records, expected, rejected, topic_id):
+        return services.links_apply_batch(redis=redis, partition=partition, records=records,
+                                          expected_position=expected, topic_id=topic_id,
+                                          rejected=rejected.keys()).next_offset
+
+    isolation = BatchIsolation(name="test", topic="test", write=write,
+                               content_errors=CONTENT_ERRORS)
+    applied: list[services.BatchResult] = []
+    committed: list[bool] = []
+    strategy = LinksWrites(isolation=isolation, committed=lambda: committed.append(True),
+                           redis=redis, applied=applied.append)
+    strategy.applied_results, strategy.commits = applied, committed  # for the assertions
+    yield strategy
+    strategy.close()
+
+
+def submit(writes, records, expected):
+    return writes.submit(partition=0, records=records, expected=expected, topic_id=None)
+
+
+def test_a_batch_is_applied_in_redis_while_the_caller_goes_on(redis, writes):
+    assert submit(writes, [rec(0, "wwwwww1"), rec(1, "wwwwww2")], None) == 2
+    # Sent, its reply not read yet: nothing counted, and no other command was needed.
+    assert writes.applied_results == [] and writes.commits == []
+    assert submit(writes, [rec(2, "wwwwww3")], 2) == 3  # reads the first batch's reply
+    assert [r.applied for r in writes.applied_results] == [2]
+    writes.join()
+    assert [r.applied for r in writes.applied_results] == [2, 1] and len(writes.commits) == 2
+    assert position(redis) == b"3" and held(redis, "wwwwww3") == b"1||https://w.example/wwwwww3"
+    writes.join()  # nothing in flight: nothing more
+    assert len(writes.applied_results) == 2
+
+
+def test_a_failed_batch_is_raised_by_the_next_call_and_moved_nothing(redis, writes):
+    submit(writes, [rec(0, "wwwwww4")], None)
+    writes.poll()  # an idle poll finishes the batch in flight
+    assert position(redis) == b"1"
+    # Believing nothing is stored: Redis refuses the batch, and says so at the next call.
+    submit(writes, [rec(1, "wwwwww5")], None)
+    with pytest.raises(PositionMismatch) as info:
+        submit(writes, [rec(2, "wwwwww6")], 2)
+    assert info.value.stored == 1
+    assert held(redis, "wwwwww5") is None and held(redis, "wwwwww6") is None
+    assert position(redis) == b"1"
+    # The loop re-reads the stored position and goes on from it.
+    submit(writes, [rec(1, "wwwwww5")], 1)
+    writes.join()
+    assert position(redis) == b"2" and held(redis, "wwwwww5") is not None
+
+
+def test_a_record_the_decoder_cannot_handle_is_isolated_after_the_batch_in_flight(redis,
+                                                                                   writes):
+    before = RECORDS_REJECTED.labels("test", "TypeError")._value.get()
+    submit(writes, [rec(0, "wwwwww7")], None)
+    # A value that is not bytes makes the decoder raise TypeError (a content error), not a
+    # MessageError: the batch is split until that record is found; the others are applied.
+    odd = Rec(2, b"wwwwww9", 12345)
+    assert submit(writes, [rec(1, "wwwwww8"), odd, rec(3, "wwwwwwA")], 1) == 4
+    writes.join()
+    assert position(redis) == b"4"
+    assert all(held(redis, t) is not None for t in ("wwwwww7", "wwwwww8", "wwwwwwA"))
+    assert RECORDS_REJECTED.labels("test", "TypeError")._value.get() == before + 1
+
+
+def test_redis_losing_its_scripts_or_the_connection_is_survived(redis, writes):
+    redis.script_flush()  # as after a restart: EVALSHA answers NOSCRIPT, nothing ran
+    submit(writes, [rec(0, "wwwwwwB")], None)
+    writes.join()
+    assert position(redis) == b"1"
+    # The strategy's connection is closed under it (as by a Redis restart): the next batch
+    # fails, when sent or when its reply is read.
+    redis.client_kill_filter(_type="normal", skipme=True)
+    with pytest.raises(redis_lib.RedisError):
+        submit(writes, [rec(1, "wwwwwwC")], 1)
+        writes.join()
+    # The loop re-reads the stored position (the batch may have run or not) and goes on.
+    stored = int(position(redis))
+    submit(writes, [rec(stored, "wwwwwwD")], stored)
+    writes.join()
+    assert int(position(redis)) == stored + 1 and held(redis, "wwwwwwD") is not None
