@@ -95,7 +95,8 @@ def children(pid: int) -> list[int]:
 class Cpu:
     """CPU seconds used by each part of the cluster between start() and the figures: where a
     link's CPU goes. PostgreSQL and Kafka are the shared services: their figures include what
-    other work on the machine made them do meanwhile."""
+    other work on the machine made them do meanwhile (and Kafka's, any other broker process
+    that ran meanwhile, such as a test's own)."""
 
     def __init__(self, web: subprocess.Popen, replicas: list[Replica]) -> None:
         self.parts = {
