@@ -9,9 +9,7 @@ count, a conscious delivery guarantee per topic, and fewer than ten settings per
     configs (TopicSpec.configs) and its clients' settings beyond their base
     (topics/provisioning.py, `topic_client_settings`). tests/test_bus.py counts them, fewer than ten per topic: its
     configs, plus the distinct settings of its producer(s), plus those of its consumer(s)
-    (links 9, clicks 5, replicas 9; with replication factor >= 2, clicks 6 and links 10: the
-    one topic past nine, for its producer's batch_size, which bulk creates need, see
-    topics/links.py; a budget raised by one for it, not a rule for the others). The
+    (links 8, clicks 5, replicas 9; with replication factor >= 2, clicks 6 and links 9). The
     bases, three producer and four consumer settings, are counted once on their own; a
     client's address and names (bootstrap_servers, client_id, group_id) are not settings of
     how it behaves. The test also checks that none restates a default;

@@ -272,11 +272,6 @@ def publish_wait_seconds() -> float:
     return settings.SHORTENER_PUBLISH_TIMEOUT + 1.0
 
 
-# Wait up to 2 ms for other requests' records to share a batch: one network round trip then
-# serves many concurrent /create calls, for at most 2 ms of latency (default 0).
-LINKS_LINGER_MS = 2
-
-
 def links_producer_settings() -> dict[str, Any]:
     """The master's links producer's own settings. acks and idempotence are kafka-python
     3.0.12's defaults (acks=-1, "all", and enable_idempotence=True: "Since KIP-679 (Kafka 3.0),
@@ -285,8 +280,10 @@ def links_producer_settings() -> dict[str, Any]:
     written twice. The producer turns idempotence off, with a warning, only when acks, retries
     or in-flight requests conflict; none is set here (tests/test_bus.py checks the values)."""
     bound = publish_timeout_ms()
+    # No linger_ms (default 0): /create's group commit (links/batching.py) and bulk creates hand
+    # the producer a whole batch of records at once, so waiting for company would only delay a
+    # request that came alone (the 2 ms it was set to before group commit existed).
     return {
-        "linger_ms": LINKS_LINGER_MS,
         # 512 KiB (default 16 KiB): kafka-python 3.0.12 wakes its sender thread on every send()
         # while more than one batch is queued, and a bulk's 10,000 records filled ~140 of 16 KiB:
         # the master's CPU a bulk link 49-59 -> 36-45 us (in-process; docs/performance.md).
@@ -299,8 +296,8 @@ def links_producer_settings() -> dict[str, Any]:
         # unpublished in PostgreSQL and the outbox re-sends it.
         "delivery_timeout_ms": bound,
         # One produce request (default 30 s): kafka-python 3.0.12 requires delivery_timeout_ms
-        # >= linger_ms + request_timeout_ms (RecordAccumulator raises otherwise).
-        "request_timeout_ms": bound - LINKS_LINGER_MS,
+        # >= linger_ms + request_timeout_ms (RecordAccumulator raises otherwise; linger_ms is 0).
+        "request_timeout_ms": bound,
         # Reaching a broker when the producer is made (PRODUCER_BASE's 5 s, made this bound),
         # and send() blocking for the topic's metadata (default 60 s): only on a fresh
         # producer (the process's first /create, or the first after a failed delivery). When
