@@ -124,7 +124,9 @@ def _record(fmt: str, raw: bytes, columns: list[str] | None) -> tuple[object, ob
     if fmt == "jsonl":
         try:
             value = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
+            # RecursionError: nesting deeper than Python's recursion limit, as /create refuses
+            # it; one such line must not stop the file (or every re-run of it).
             raise _BadLine("json", f"not valid JSON: {exc}"[:200]) from None
         if not isinstance(value, dict):
             raise _BadLine("json", 'each line must be a JSON object: {"longurl": "https://..."}')

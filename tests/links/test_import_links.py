@@ -124,11 +124,15 @@ def test_an_import_killed_mid_way_goes_on_and_creates_nothing_twice(tmp_path, tr
                                                                     kafka_topics):
     n = 3000
     source = tmp_path / "big.jsonl"
-    source.write_text("".join(json.dumps({"longurl": f"https://example.com/kill/{i}"}) + "\n"
+    # Every 50th line refused: the errors file must hold every refusal of a committed batch,
+    # even when the run is killed (its resume does not read those lines again).
+    source.write_text("".join(json.dumps({"longurl": f"https://example.com/kill/{i}"
+                                          if i % 50 else f"ftp://example.com/kill/{i}"}) + "\n"
                               for i in range(n)))
     state = tmp_path / "big.jsonl.import-state"
+    errors = tmp_path / "errors.jsonl"
     proc = subprocess.Popen([sys.executable, "manage.py", "import_links", str(source), "--batch",
-                             "100", "--no-progress"], cwd=ROOT, env=_env(),
+                             "100", "--no-progress", "--errors", str(errors)], cwd=ROOT, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until(lambda: state.exists() and json.loads(state.read_text())["counts"]["lines"]
@@ -138,17 +142,36 @@ def test_an_import_killed_mid_way_goes_on_and_creates_nothing_twice(tmp_path, tr
         proc.wait()
     killed_at = json.loads(state.read_text())["counts"]
     assert 0 < killed_at["lines"] < n  # stopped mid-way
+    refused_lines = {json.loads(line)["line"] for line in errors.read_text().splitlines()}
+    assert len(refused_lines) >= killed_at["lines"] // 50
     made = Link.objects.count()
     assert made >= killed_at["created"]
-    done = run(source, "--batch", "100", "--no-progress")
-    assert done.returncode == 0, done.stderr
+    done = run(source, "--batch", "100", "--no-progress", "--errors", errors)
+    assert done.returncode == 3, done.stderr
     # The batch in progress at the kill may have committed after the state was saved: its
     # lines are found again (existing), never created twice.
-    assert f"{n} lines: " in done.stdout and " 0 refused" in done.stdout
+    assert f"{n} lines: " in done.stdout and f" {n // 50} refused (scheme {n // 50})" in done.stdout
     created = int(done.stdout.split(" lines: ")[1].split(" created")[0])
     existing = int(done.stdout.split(" created, ")[1].split(" existing")[0])
-    assert created + existing == n and existing == made - killed_at["created"]
-    assert Link.objects.count() == n
+    assert created + existing == n - n // 50 and existing == made - killed_at["created"]
+    assert Link.objects.count() == n - n // 50
+    # Every refused line is in the errors file (one may be there twice, if the kill fell between
+    # its write and the state's save).
+    assert {json.loads(line)["line"] for line in errors.read_text().splitlines()} == \
+        {i + 1 for i in range(0, n, 50)}
+
+
+def test_a_line_nested_too_deep_is_refused_and_the_rest_imported(tmp_path, transactional_db,
+                                                                 kafka_topics):
+    lines = [json.dumps({"longurl": f"https://example.com/deep/{i}"}) for i in range(10)]
+    lines.insert(5, '{"longurl": "https://example.com/x", "x": ' + "[" * 100_000
+                 + "]" * 100_000 + "}")
+    source = tmp_path / "deep.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    done = run(source, "--no-progress")
+    assert done.returncode == 3, done.stderr
+    assert "11 lines: 10 created, 0 existing (skipped), 1 refused (json 1)" in done.stdout
+    assert Link.objects.count() == 10
 
 
 def test_a_csv_without_a_longurl_column_is_refused(tmp_path, transactional_db):

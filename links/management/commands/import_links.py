@@ -80,6 +80,9 @@ class Command(BaseCommand):
                 errors_file.write(json.dumps({"line": refusal.line, "reason": refusal.reason,
                                               "error": refusal.message,
                                               "input": refusal.text}) + "\n")
+                # Out of this process' buffer before the state file moves past the batch: a
+                # run killed after that must not lose the refusals its resume will not see again.
+                errors_file.flush()
 
         counts = None
         try:
