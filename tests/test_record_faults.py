@@ -34,11 +34,15 @@ def test_a_links_record_the_apply_cannot_use_does_not_stop_a_replica(replica_fac
                or not replica.consumer_alive(), timeout=30, what="the link after the bad one")
     assert replica.consumer_alive(), replica.consumer_output()[-2000:]
     assert replica.get(after).status_code == 302
-    output = replica.consumer_output()
-    assert f"rejected record topic={links_topic()} partition=0 offset={offset}" in output
+    # Logged and counted once the batch's reply from Redis is read: at the next batch or idle
+    # poll, which may be a poll after the link is served (redirects/links_writes.py).
+    wait_until(lambda: f"rejected record topic={links_topic()} partition=0 offset={offset}"
+               in replica.consumer_output(), timeout=10, what="the rejected record's log line")
+    # At least this one: the replica reads the session's whole links topic, where another test
+    # may have left a record missing a field too (the log line above pins this one's offset).
     assert sample(scrape(f"http://127.0.0.1:{replica.consumer_metrics_port}/metrics"),
                   "shortener_records_rejected_total", topic=links_topic(),
-                  reason="missing") == 1
+                  reason="missing") >= 1
     assert replica.stats()["rejected"] >= 1
 
 
