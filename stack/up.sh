@@ -33,6 +33,9 @@ trap '[ -z "$started" ] || "$here/services.sh" stop $started' EXIT
 export VENV REDIS_PORT_1 REDIS_PORT_2 WEB_PORT_MASTER WEB_PORT_1 WEB_PORT_2 METRICS_PORT_CLICKS \
   METRICS_PORT_OUTBOX METRICS_PORT_LINKS_1 METRICS_PORT_REPORT_1 METRICS_PORT_LINKS_2 METRICS_PORT_REPORT_2
 export SHORTENER_USER="${SHORTENER_USER:-$(id -un)}"
+# The commands' metrics on the loopback only, like the web servers: a local cluster is for this
+# host (a deployment's units serve them on every interface, for a Prometheus elsewhere).
+export SHORTENER_METRICS_ADDR="${SHORTENER_METRICS_ADDR:-127.0.0.1}"
 # The master's secret key: made once, kept in the ignored data folder, never in the repository.
 if [ ! -s "$DATA/secret_key" ]; then
   "$PY" -c 'import secrets; print(secrets.token_urlsafe(50))' > "$DATA/secret_key"
