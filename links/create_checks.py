@@ -66,8 +66,8 @@ def max_body_bytes() -> int:
     """The largest request body /create reads: room for a longurl of SHORTENER_MAX_URL_LENGTH
     characters in any JSON escaping (at most 12 bytes a character: a character outside the BMP
     written as two \\uXXXX escapes), plus the object around it. So every longurl of up to that
-    many characters is read and judged on its form as sent, whatever its escaping: 8,192 emoji
-    get the same answer raw (4 bytes each) or escaped (12 bytes each)."""
+    many characters is read and judged on its stored form (links.validation), whatever its
+    escaping: 8,192 emoji get the same answer raw (4 bytes each) or escaped (12 bytes each)."""
     return settings.SHORTENER_MAX_URL_LENGTH * 12 + 4096
 
 

@@ -5,7 +5,7 @@ through links.services.link_create / link_update, which call it, so no path can 
 (tests/links/test_one_validation.py reads the code to show there is no other path). In order:
   * the one longurl definition that replicas also apply (topics/longurls.py: scheme,
     host, port, percent-encoding, IDNA), giving the stored form;
-  * its length as stored (SHORTENER_MAX_URL_LENGTH);
+  * its length in that stored form, not as given (SHORTENER_MAX_URL_LENGTH);
   * the service's own public hosts (SHORTENER_PUBLIC_HOSTS): a short link to a short link;
   * unless SHORTENER_ALLOW_PRIVATE_TARGETS, hosts that lead each clicker to their own machine
     or network, IPv6 addresses that carry such an IPv4 address included (NAT64, 6to4, Teredo);
@@ -132,9 +132,12 @@ def longurl_rules_check(value: object) -> tuple[str, str]:
         raise LongurlRefused(str(exc), code=exc.code) from None
     limit = settings.SHORTENER_MAX_URL_LENGTH
     if len(stored) > limit:
+        # On the stored form, which every redirect sends: a non-ASCII character counts as its
+        # percent-encoding (e.g. 6 for "é"), an internationalized host as its A-labels.
         raise LongurlRefused(
-            f"longurl is longer than {limit} characters as sent ({len(stored)} after IDNA and "
-            "percent-encoding of non-ASCII characters)", code="too_long")
+            f"longurl is longer than {limit} characters in the form it is stored and redirected "
+            f"to: {len(stored)} (IDNA host, non-ASCII characters percent-encoded), "
+            f"{len(value)} as given", code="too_long")
     if _host_is_own(host):
         raise LongurlRefused(
             f"longurl points at this service itself ({longurls.host_display(host)}): a short "

@@ -279,17 +279,24 @@ def test_public_hosts_default_to_the_hosts_the_server_answers_to():
     assert explicit == "['a.example', 'b.example']"
 
 
-def test_length_is_measured_on_the_form_as_sent():
+def test_length_is_measured_on_the_stored_form_and_the_message_says_so():
     from django.conf import settings
 
     limit = settings.SHORTENER_MAX_URL_LENGTH
     base = "https://example.org/"
     assert len(longurl_validate(base + "a" * (limit - len(base)))) == limit
-    with pytest.raises(ValidationError, match=f"longer than {limit} characters as sent"):
+    with pytest.raises(ValidationError) as caught:
         longurl_validate(base + "a" * (limit - len(base) + 1))
-    # 700 characters given, 8,400 as sent: each emoji is 12 characters percent-encoded.
-    with pytest.raises(ValidationError, match=f"longer than {limit} characters as sent"):
+    assert caught.value.messages[0] == (
+        f"longurl is longer than {limit} characters in the form it is stored and redirected to: "
+        f"{limit + 1} (IDNA host, non-ASCII characters percent-encoded), {limit + 1} as given")
+    # 720 characters given, 8,420 stored: each emoji is 12 characters percent-encoded.
+    with pytest.raises(ValidationError) as caught:
         longurl_validate(base + "😀" * 700)
+    assert caught.value.messages[0].endswith(f": {len(base) + 12 * 700} (IDNA host, non-ASCII "
+                                             f"characters percent-encoded), 720 as given")
+    # ... and a longurl of fewer characters as given than stored is judged on the stored form.
+    assert len(longurl_validate(base + "é" * ((limit - len(base)) // 6))) <= limit
     assert longurl_problem("https://example.org/" + "a" * longurls.SERVABLE_MAX_LENGTH) \
         == f"longer than {longurls.SERVABLE_MAX_LENGTH} characters"
 
