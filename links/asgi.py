@@ -23,7 +23,6 @@ master's worker applies (runtime/serving.py).
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import queue
 import threading
@@ -38,6 +37,7 @@ from django.http.request import split_domain_port, validate_host
 from links import create_checks
 from links.batching import BatcherClosed, CreateBatcher
 from links.create_checks import DATABASE_UNAVAILABLE, Answer
+from runtime.lifespan import lifespan_serve
 from runtime.metrics import REQUESTS
 from topics.links import publish_wait_seconds
 
@@ -131,7 +131,7 @@ class CreateApp:
                 await self.create(scope, receive, send)
                 return
         elif scope["type"] == "lifespan":
-            await self.lifespan(receive, send)
+            await lifespan_serve(receive, send, close=self.close)
             return
         await self.fallback(scope, receive, send)
 
@@ -233,20 +233,6 @@ class CreateApp:
         self.started = True
         self.pool = DatabaseThreads(ADMISSION_THREADS, name="create-admission")
         self.batcher.start()
-
-    async def lifespan(self, receive: Callable, send: Callable) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                # What is loaded by now lives as long as the process: out of the collector's
-                # full collections (as redirects/asgi.py, which measured the pauses).
-                gc.collect()
-                gc.freeze()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     async def close(self) -> None:
         """Start no more batches: creates still queued are answered 503 (SHUTTING_DOWN), as is

@@ -10,15 +10,17 @@ carries `retry_after`, in seconds). An item's refusal never affects the others.
 The order of checks is /create's: method, API key, body (size, JSON, a list, its length); then
 the rate limit, counted per item (links.ratelimit.create_rate_limit_take: the first items within
 the client's budget go ahead, the rest are answered 429 each); then each item (its shape, its
-expiry, its longurl with every rule of links.validation). A refusal of the whole call is a 4xx
+expiry, its longurl with every rule of links.validation). An item holding an integer too long
+for Python's parser is that item's refusal; one nested past the parser's recursion limit refuses
+the call (links/bodies.py). A refusal of the whole call is a 4xx
 `{"error"}` counted in shortener_create_refused_total by reason, as are per-item refusals.
 PostgreSQL unreachable: 503 for the call (no item's answer is known; a retry is safe).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import sys
 from datetime import timezone as dt_timezone
 
 from django.conf import settings
@@ -27,12 +29,15 @@ from django.db import DatabaseError, InterfaceError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from links import protection, publishing, ratelimit, services, validation
+from links import bodies, protection, publishing, ratelimit, services, validation
 from links.create_checks import db_retrying
 from runtime.metrics import CREATE_REFUSED, instrumented
 
 logger = logging.getLogger(__name__)
 
+# What /create answers for such a body as a whole (400, "json"), said of the item.
+ITEM_INTEGER_TOO_LONG = (f"the item holds an integer of more than {sys.get_int_max_str_digits()} "
+                         "digits, more than this service parses")
 UNPUBLISHED = ("the link is stored but could not be sent to the redirect servers (Kafka is "
                "unavailable); retry shortly: you will get the same tinyurl")
 
@@ -62,32 +67,22 @@ def create_bulk(request: HttpRequest) -> JsonResponse:
 
 
 def _body_read(request: HttpRequest) -> list | JsonResponse:
-    """The call's items (a JSON list), or the refusal of the whole call."""
+    """The call's items (a JSON list), or the refusal of the whole call. An item holding an
+    integer too long to parse is bodies.INTEGER_TOO_LONG, refused alone; nesting too deep
+    refuses the call (links/bodies.py says why)."""
     limit = settings.SHORTENER_BULK_MAX_BODY_BYTES
-    too_large = (f"request body is larger than {limit} bytes (SHORTENER_BULK_MAX_BODY_BYTES); "
-                 "send fewer items per call")
     try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return _refuse(400, "body", "invalid Content-Length")
-    if length > limit:
-        return _refuse(413, "body", too_large)
-    # Read from the stream, not request.body: Django refuses bodies over
-    # DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) there; this path has its own bound.
-    body = request.read(limit + 1)
-    if len(body) > limit:
-        return _refuse(413, "body", too_large)
-    if not body.strip():
-        return _refuse(400, "body", 'request body is empty; send a JSON array: '
-                       '[{"longurl": "https://..."}, ...]')
-    try:
-        payload = json.loads(body)
-    except UnicodeDecodeError:
-        return _refuse(400, "json", "request body is not UTF-8")
-    except json.JSONDecodeError as exc:
-        return _refuse(400, "json", f"request body is not valid JSON: {exc.msg}")
-    except (ValueError, RecursionError) as exc:
-        return _refuse(400, "json", f"request body is not JSON this service accepts: {exc}"[:200])
+        payload = bodies.json_body(
+            request.META.get("CONTENT_LENGTH"),
+            # Read from the stream, not request.body: Django refuses bodies over
+            # DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) there; this path has its own bound.
+            lambda: request.read(limit + 1), limit=limit, too_large_status=413,
+            too_large=f"request body is larger than {limit} bytes "
+                      "(SHORTENER_BULK_MAX_BODY_BYTES); send fewer items per call",
+            empty='request body is empty; send a JSON array: [{"longurl": "https://..."}, ...]',
+            elements_most=settings.SHORTENER_BULK_MAX_ITEMS)
+    except bodies.BodyRefused as exc:
+        return _refuse(exc.status, exc.reason, str(exc))
     if not isinstance(payload, list):
         return _refuse(400, "json", 'request body must be a JSON array of what /create '
                        'accepts: [{"longurl": "https://..."}, ...]')
@@ -124,6 +119,8 @@ def _create_bulk(request: HttpRequest) -> JsonResponse:
             results[index] = {**_item_error(
                 429, "rate_limited", "too many /create requests from this client; retry in "
                 f"{retry_after:.0f} s"), "retry_after": retry_after}
+        elif entry is bodies.INTEGER_TOO_LONG:
+            results[index] = _item_error(400, "json", ITEM_INTEGER_TOO_LONG)
         elif not isinstance(entry, dict):
             results[index] = _item_error(
                 400, "json", 'each item must be a JSON object: {"longurl": "https://..."}')

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, InterfaceError, connection
 
-from links import protection, publishing, ratelimit, services, validation
+from links import bodies, protection, publishing, ratelimit, services, validation
 from runtime.metrics import CREATE_REFUSED
 
 logger = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ def max_body_bytes() -> int:
     """The largest request body /create reads: room for a longurl of SHORTENER_MAX_URL_LENGTH
     characters in any JSON escaping (at most 12 bytes a character: a character outside the BMP
     written as two \\uXXXX escapes), plus the object around it. So every longurl of up to that
-    many characters is read and judged on its form as sent, whatever its escaping: 8,192 emoji
-    get the same answer raw (4 bytes each) or escaped (12 bytes each)."""
+    many characters is read and judged on its stored form (links.validation), whatever its
+    escaping: 8,192 emoji get the same answer raw (4 bytes each) or escaped (12 bytes each)."""
     return settings.SHORTENER_MAX_URL_LENGTH * 12 + 4096
 
 
@@ -131,28 +131,13 @@ def item_parse(content_length: str | None,
     expires_at_parse refuses. The longurl itself is checked later, in the batch."""
     limit = max_body_bytes()
     try:
-        length = int(content_length or 0)
-    except ValueError:
-        return refused(400, "body", "invalid Content-Length")
-    too_large = (f"request body is larger than {limit} bytes, more than a longurl of "
-                 f"{settings.SHORTENER_MAX_URL_LENGTH} characters needs in any JSON escaping")
-    if length > limit:
-        return refused(400, "body", too_large)
-    body = read_body()
-    if len(body) > limit:  # chunked bodies carry no Content-Length
-        return refused(400, "body", too_large)
-    if not body.strip():
-        return refused(400, "body", 'request body is empty; send JSON {"longurl": "https://..."}')
-    try:
-        payload = json.loads(body)
-    except UnicodeDecodeError:
-        return refused(400, "json", "request body is not UTF-8")
-    except json.JSONDecodeError as exc:
-        return refused(400, "json", f"request body is not valid JSON: {exc.msg}")
-    except (ValueError, RecursionError) as exc:
-        # Python's own limits on what it parses: integers of more than 4,300 digits
-        # (ValueError, CVE-2020-10735) and nesting deeper than the recursion limit.
-        return refused(400, "json", f"request body is not JSON this service accepts: {exc}"[:200])
+        payload = bodies.json_body(
+            content_length, read_body, limit=limit, too_large_status=400,
+            too_large=f"request body is larger than {limit} bytes, more than a longurl of "
+                      f"{settings.SHORTENER_MAX_URL_LENGTH} characters needs in any JSON escaping",
+            empty='request body is empty; send JSON {"longurl": "https://..."}')
+    except bodies.BodyRefused as exc:
+        return refused(exc.status, exc.reason, str(exc))
     if not isinstance(payload, dict):
         return refused(400, "json", 'request body must be a JSON object: {"longurl": "https://..."}')
     if "longurl" not in payload:

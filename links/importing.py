@@ -10,10 +10,16 @@ Blank lines are skipped. A line that is not such a record is refused with reason
 `json`; a bad expiry with `expires_at`; a longurl with the rule it fails (as /create).
 
 Resuming. After each batch is committed, a small state file (`<FILE>.import-state` unless told
-otherwise) records the byte offset just past the batch's last line and the counts so far,
-written atomically (a new file renamed over the old). A run that finds a state file for the
-same file (its size is at least the offset, and its first 64 KiB hash to the same digest)
-starts at that offset: a 10 GB file is not read again from the start. Without the state file
+otherwise) records the byte offset just past the batch's last line, the SHA-256 of every byte
+before it (kept up to date as lines are read) and the counts so far, written atomically (a new
+file renamed over the old). A run that finds a state file hashes the file's bytes before that
+offset again and starts at the offset only if they are the ones imported: a 10 GB file is not
+imported again from the start, only read. The cost, measured on the development machine:
+SHA-256 at 1.1-1.4 GB/s of CPU, so about 8 s of CPU to resume 10 GB in (and the disk's time
+to read it, if it is not cached), against hours to import it (5,500 lines a second); while
+importing, 0.09 us a line against the importer's 49 us. A file edited, replaced or truncated
+anywhere before the offset is refused (lines would be skipped or imported twice silently);
+lines added after it are imported. Without the state file
 (deleted, or --from-start) a re-run reads everything again and still creates nothing twice:
 a longurl always gets its one link, so the lines already done count as `existing`. The state
 file is removed once the whole file is done.
@@ -36,12 +42,12 @@ from django.core.exceptions import ValidationError
 from links import publishing, services, validation
 
 FORMATS = ("csv", "jsonl")
-FINGERPRINT_BYTES = 64 * 1024
+HASH_CHUNK = 1024 * 1024  # bytes read at a time when a resume hashes the part imported
 
 
 class ImportRefused(Exception):
     """The file cannot be imported at all (no such file, no longurl column, a state file of
-    another file): nothing was done."""
+    another file or of the file as it was before a change): nothing was done."""
 
 
 @dataclass
@@ -78,31 +84,54 @@ def format_guess(path: Path) -> str:
     return "csv" if path.suffix.lower() == ".csv" else "jsonl"
 
 
-def _fingerprint(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.sha256(f.read(FINGERPRINT_BYTES)).hexdigest()
+@dataclass(frozen=True)
+class Saved:
+    """What a state file says: the counts so far (the offset to resume at included) and the
+    SHA-256 of the file's bytes before that offset, as they were imported."""
+
+    counts: ImportCounts
+    prefix_sha256: str
 
 
-def state_load(state: Path, path: Path) -> ImportCounts | None:
-    """The counts (with the offset to resume at) of an earlier run over `path`; None if there
-    is no state file. Raises ImportRefused if the state file belongs to another file."""
+def state_load(state: Path) -> Saved | None:
+    """What an earlier run saved in `state`, not yet checked against the file (import_file
+    does that, as it reads); None if there is no state file. Raises ImportRefused if `state` is
+    not a state file of this version of import_links."""
     try:
         saved = json.loads(state.read_text())
+        return Saved(ImportCounts(**saved["counts"]), saved["prefix_sha256"])
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise ImportRefused(f"{state}: not a state file of import_links ({exc}); remove it or "
-                           "use --from-start") from None
-    if saved.get("fingerprint") != _fingerprint(path) or saved["counts"]["offset"] > \
-            path.stat().st_size:
-        raise ImportRefused(f"{state} was written for another file than {path} (or the file "
-                           "changed since); remove it or use --from-start")
-    return ImportCounts(**saved["counts"])
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        # KeyError "prefix_sha256": a state file of a version that kept only the first 64 KiB's
+        # digest, which cannot tell an edit further on; the lines it did count as existing.
+        raise ImportRefused(f"{state}: not a state file of this version of import_links "
+                           f"({type(exc).__name__}: {exc}); remove it or use --from-start "
+                           "(the lines already imported then count as existing)") from None
 
 
-def _state_save(state: Path, path: Path, fingerprint: str, counts: ImportCounts) -> None:
+def _prefix_check(f: IO[bytes], saved: Saved, digest, path: Path, state: Path) -> None:
+    """Hash `f`'s bytes before saved.counts.offset into `digest`; ImportRefused unless they are
+    the bytes imported (the file changed before the offset, or is shorter than it)."""
+    f.seek(0)
+    left = saved.counts.offset
+    while left:
+        chunk = f.read(min(HASH_CHUNK, left))
+        if not chunk:
+            break
+        digest.update(chunk)
+        left -= len(chunk)
+    if left or digest.hexdigest() != saved.prefix_sha256:
+        raise ImportRefused(
+            f"{state} was written for another file than {path}, or for this one before it "
+            f"changed: its first {saved.counts.offset} bytes (the lines already imported) are "
+            "not the ones imported, so resuming would skip or repeat lines; remove the state "
+            "file or use --from-start (the lines already imported then count as existing)")
+
+
+def _state_save(state: Path, path: Path, prefix_sha256: str, counts: ImportCounts) -> None:
     temporary = state.with_name(state.name + ".tmp")
-    temporary.write_text(json.dumps({"file": str(path), "fingerprint": fingerprint,
+    temporary.write_text(json.dumps({"file": str(path), "prefix_sha256": prefix_sha256,
                                      "counts": asdict(counts)}))
     os.replace(temporary, state)  # atomic: a crash leaves the old state or the new one
 
@@ -146,12 +175,14 @@ def _record(fmt: str, raw: bytes, columns: list[str] | None) -> tuple[object, ob
 
 def import_file(path: Path, *, fmt: str, batch: int, state: Path, resume: bool = True,
                 limit: int | None = None,
+                on_resume: Callable[[ImportCounts], None] = lambda counts: None,
                 on_refused: Callable[[Refusal], None] = lambda refusal: None,
                 on_batch: Callable[[ImportCounts], None] = lambda counts: None) -> ImportCounts:
     """Import the links of `path` (format `fmt`, see the module's docstring), `batch` lines at a
     time, resuming from `state` if `resume` and it is there. Stops after `limit` records if
-    given (the state kept: a later run goes on from there). Calls on_refused for each refused
-    line and on_batch after each committed batch (its counts so far, offset included).
+    given (the state kept: a later run goes on from there). Calls on_resume with the counts
+    it resumes from (once the file's bytes before the offset are checked), on_refused for each
+    refused line and on_batch after each committed batch (its counts so far, offset included).
 
     Returns the counts, the earlier runs' included. Raises ImportRefused (nothing done),
     django.db.DatabaseError if PostgreSQL fails (the batches before are kept in the state:
@@ -161,12 +192,17 @@ def import_file(path: Path, *, fmt: str, batch: int, state: Path, resume: bool =
         raise ImportRefused(f"unknown format {fmt!r}: use {' or '.join(FORMATS)}")
     if not path.is_file():
         raise ImportRefused(f"{path}: no such file")
-    counts = (state_load(state, path) if resume else None) or ImportCounts()
-    fingerprint = _fingerprint(path)
+    saved = state_load(state) if resume else None
+    counts = saved.counts if saved else ImportCounts()
+    # SHA-256 of every byte before the offset reached: a resume checks the file against it.
+    digest = hashlib.sha256()
     columns: list[str] | None = None
     with path.open("rb") as f:
+        if saved:
+            _prefix_check(f, saved, digest, path, state)  # first: a changed header is a change
         start = counts.offset
         if fmt == "csv":
+            f.seek(0)
             header = f.readline()
             try:
                 columns = [c.strip() for c in next(csv.reader([header.decode("utf-8-sig")]))]
@@ -177,6 +213,9 @@ def import_file(path: Path, *, fmt: str, batch: int, state: Path, resume: bool =
                                    "longurl column (and optionally expires_at)")
             if start < len(header):
                 start, counts.line_number = len(header), 1
+                digest.update(header)
+        if saved:
+            on_resume(counts)
         pending: list[tuple[int, str, services.CreateItem]] = []
         refusals: list[Refusal] = []  # of this batch: reported once it is committed
         read = 0
@@ -190,11 +229,12 @@ def import_file(path: Path, *, fmt: str, batch: int, state: Path, resume: bool =
                 on_refused(refusal)
             refusals.clear()
             counts.offset, counts.line_number = offset, number
-            _state_save(state, path, fingerprint, counts)
+            _state_save(state, path, digest.hexdigest(), counts)
             on_batch(counts)
 
         offset, number = start, counts.line_number
         for offset, raw in _lines(f, start):
+            digest.update(raw)
             number += 1
             if not raw.strip():
                 continue

@@ -5,10 +5,10 @@ through links.services.link_create / link_update, which call it, so no path can 
 (tests/links/test_one_validation.py reads the code to show there is no other path). In order:
   * the one longurl definition that replicas also apply (topics/longurls.py: scheme,
     host, port, percent-encoding, IDNA), giving the stored form;
-  * its length as stored (SHORTENER_MAX_URL_LENGTH);
+  * its length in that stored form, not as given (SHORTENER_MAX_URL_LENGTH);
   * the service's own public hosts (SHORTENER_PUBLIC_HOSTS): a short link to a short link;
   * unless SHORTENER_ALLOW_PRIVATE_TARGETS, hosts that lead each clicker to their own machine
-    or network;
+    or network, IPv6 addresses that carry such an IPv4 address included (NAT64, 6to4, Teredo);
   * the operators' blocklist (links.protection.host_blocked), the host and every domain above it.
 Every refusal is a LongurlRefused whose code names the rule; /create counts it in
 shortener_create_refused_total{reason=code}.
@@ -72,19 +72,50 @@ def _host_is_own(host: str) -> bool:
     return host in exact or any(host.endswith(f".{d}") for d in domains)
 
 
+# IPv6 forms whose last 32 bits are an IPv4 address that the packet is delivered to, by a
+# translator or tunnel on the clicker's side (or the clicker's own stack).
+_IPV4_IN_LOW_BITS = (
+    ipaddress.IPv6Network("64:ff9b::/96"),      # NAT64's well-known prefix (RFC 6052 §2.1)
+    ipaddress.IPv6Network("::/96"),             # IPv4-compatible, deprecated (RFC 4291 §2.5.5.1)
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),   # SIIT's IPv4-translated (RFC 2765 §2.1)
+)
+# NAT64's local-use prefix (RFC 8215): within it each network places the IPv4 address where its
+# own prefix length says (RFC 6052 §2.2), and IANA lists it as not globally reachable; Python
+# says so only from 3.12.4 / 3.11.10 (3.11.7 calls it global), so it is named here.
+_NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _ipv6_is_private(address: ipaddress.IPv6Address) -> bool:
+    """Whether an IPv6 address is not globally reachable itself, or carries an IPv4 address
+    that is not: IPv4-mapped (RFC 4291 §2.5.5.2: judged by its IPv4 address alone), NAT64
+    (RFC 6052 well-known prefix; RFC 8215 local-use prefix, all of it), 6to4 (RFC 3056 §2),
+    Teredo (RFC 4380 §4: its server and its client), IPv4-compatible and IPv4-translated."""
+    mapped = address.ipv4_mapped
+    if mapped is not None:
+        return not mapped.is_global
+    if not address.is_global or address in _NAT64_LOCAL_USE:
+        return True
+    embedded = [address.sixtofour, *(address.teredo or ())]
+    if any(address in network for network in _IPV4_IN_LOW_BITS):
+        embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF))
+    return any(v4 is not None and not v4.is_global for v4 in embedded)
+
+
 def _host_is_private(host: str) -> bool:
-    """Whether `host` (comparable form) leads to the clicker's own machine or network: an IP
+    """Whether `host` (comparable form: an IPv6 address without brackets, compressed; never a
+    zone id, which longurls refuses) leads to the clicker's own machine or network: an IP
     address that is not globally reachable (Python's ipaddress `is_global`: loopback, private,
-    link-local, shared, documentation and reserved ranges, after the IANA registries) or a
-    "localhost" name (RFC 6761 §6.3: always the loopback)."""
+    link-local, shared, documentation and reserved ranges, after the IANA registries), an IPv6
+    address that carries such an IPv4 address (_ipv6_is_private), or a "localhost" name
+    (RFC 6761 §6.3: always the loopback)."""
     try:
         if not longurls.may_be_ip(host):
             raise ValueError(host)  # a name: the same answer, without ip_address's cost
         address = ipaddress.ip_address(host)
     except ValueError:
         return host == "localhost" or host.endswith(".localhost")
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        return _ipv6_is_private(address)
     return not address.is_global
 
 
@@ -101,9 +132,12 @@ def longurl_rules_check(value: object) -> tuple[str, str]:
         raise LongurlRefused(str(exc), code=exc.code) from None
     limit = settings.SHORTENER_MAX_URL_LENGTH
     if len(stored) > limit:
+        # On the stored form, which every redirect sends: a non-ASCII character counts as its
+        # percent-encoding (e.g. 6 for "é"), an internationalized host as its A-labels.
         raise LongurlRefused(
-            f"longurl is longer than {limit} characters as sent ({len(stored)} after IDNA and "
-            "percent-encoding of non-ASCII characters)", code="too_long")
+            f"longurl is longer than {limit} characters in the form it is stored and redirected "
+            f"to: {len(stored)} (IDNA host, non-ASCII characters percent-encoded), "
+            f"{len(value)} as given", code="too_long")
     if _host_is_own(host):
         raise LongurlRefused(
             f"longurl points at this service itself ({longurls.host_display(host)}): a short "

@@ -21,7 +21,6 @@ it around Django's application.
 
 from __future__ import annotations
 
-import gc
 import logging
 import re
 import time
@@ -33,6 +32,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from redirects import answers, counting, selectors
 from redirects.pipelining import PipelinedRedis
+from runtime.lifespan import lifespan_serve
 from runtime.metrics import REQUESTS
 from topics.records import RESERVED_TINYURLS
 
@@ -69,7 +69,7 @@ class RedirectApp:
                 return
         elif scope["type"] == "lifespan":
             # Django's application does not speak the lifespan protocol; it is ours alone.
-            await self.lifespan(receive, send)
+            await lifespan_serve(receive, send, close=self.close)
             return
         await self.fallback(scope, receive, send)
 
@@ -134,19 +134,7 @@ class RedirectApp:
                                     timeout=options["SOCKET_TIMEOUT"])
         return self.redis
 
-    async def lifespan(self, receive: Callable, send: Callable) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                # Everything loaded so far (Django, settings, modules: about 70,000 objects)
-                # lives as long as the process: keep it out of the garbage collector's full
-                # collections, which would otherwise walk all of it every so many requests, a
-                # pause of milliseconds for the requests in flight.
-                gc.collect()
-                gc.freeze()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if self.redis is not None:
-                    await self.redis.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    async def close(self) -> None:
+        """At the lifespan's shutdown: the Redis connection closed, if one was made."""
+        if self.redis is not None:
+            await self.redis.aclose()

@@ -51,7 +51,7 @@ The rules, each with its source:
    `}`) are percent-encoded as UTF-8 (RFC 3987 §3.1, as Django's `iri_to_uri` does).
 8. The stored form is at most `SERVABLE_MAX_LENGTH` characters: Django's redirect refuses longer
    targets (`django.utils.http.MAX_URL_REDIRECT_LENGTH`, 16,384). /create applies the smaller
-   `SHORTENER_MAX_URL_LENGTH` (links/services.py), also to the stored form, so that what is
+   `SHORTENER_MAX_URL_LENGTH` (links/validation.py), also to the stored form, so that what is
    accepted is what is sent.
 
 Policy that is the master's alone (its own hosts, private addresses, the host blocklist) lives

@@ -16,7 +16,7 @@ from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from links import protection, ratelimit, services
+from links import bodies, protection, ratelimit, services
 from links.models import Link
 from runtime.metrics import CREATE_REFUSED
 from testkit import MasterWeb, free_port, topic_end
@@ -231,6 +231,82 @@ def test_any_calls_answer_each_item_as_create_would(master, transactional_db, ca
             else:
                 assert answer["status"] == 400 and answer["code"]
     assert dict(Link.objects.values_list("longurl", "tinyurl")) == tinyurl_of
+
+
+# Items as JSON text: Python writes no integer of more than 4,300 digits, so these are spelled.
+HUGE = "7" * 5000
+ITEM_TEXTS = [json.dumps(item) for item in POOL] + [
+    f'{{"longurl": {HUGE}}}',                                         # the longurl itself
+    f'{{"longurl": "https://example.com/huge", "n": [{{"m": -{HUGE}}}]}}',  # deep inside
+    f'{{"longurl": "https://example.com/huge", "expires_at": {HUGE}}}',
+    f"[{HUGE}]", HUGE, '{"longurl": ' + "[" * 50 + "]" * 50 + "}",
+]
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.sampled_from(ITEM_TEXTS), min_size=1, max_size=8))
+def test_each_refused_item_is_answered_alone_and_spoken_of_as_the_item(master, transactional_db,
+                                                                       texts):
+    """Any mix of items, an integer too long for Python's parser among them: each entry has
+    the status /create gives that item alone as its body; no message about an item speaks of
+    "the request body"; an item that is an object /create would parse gets /create's very
+    message; the integers too long refuse their items, never the call."""
+    response = bulk(master, ("[" + ", ".join(texts) + "]").encode())
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == len(texts)
+    for text, answer in zip(texts, results):
+        alone = master.put(text.encode())
+        if "error" not in answer:
+            assert alone.status_code == 200 and alone.json() == answer
+            continue
+        assert answer["status"] == alone.status_code, (text, answer, alone.text)
+        assert "body" not in answer["error"], answer
+        if text.startswith("{") and HUGE not in text:
+            assert answer["error"] == alone.json()["error"]
+        elif HUGE in text:
+            assert answer["code"] == "json" and "the item holds an integer of more than 4300 " \
+                "digits" in answer["error"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                 max_size=3), max_leaves=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(elements=st.lists(st.tuples(json_values, st.booleans()), max_size=6))
+def test_the_parser_marks_exactly_the_elements_that_hold_an_integer_too_long(elements):
+    """links/bodies.py alone (no service): an element with an integer past Python's limit
+    anywhere in it becomes INTEGER_TOO_LONG, the others parse as they are; without
+    `elements_most` (PUT /create) such a body is refused whole, as before."""
+    texts = [f"[{json.dumps(value)}, {HUGE}]" if huge else json.dumps(value)
+             for value, huge in elements]
+    body = ("[" + ", ".join(texts) + "]").encode()
+    read = bodies.json_body(None, lambda: body, limit=10**6,
+                            too_large_status=413, too_large="", empty="", elements_most=6)
+    assert read == [bodies.INTEGER_TOO_LONG if huge else value for value, huge in elements]
+    if any(huge for _, huge in elements):
+        with pytest.raises(bodies.BodyRefused, match="not JSON this service accepts"):
+            bodies.json_body(None, lambda: body, limit=10**6, too_large_status=413,
+                             too_large="", empty="")
+
+
+def test_an_item_nested_past_the_parsers_limit_refuses_the_whole_call(master, transactional_db):
+    """As docs/bulk.md says: Python's json stops at the recursion limit, and the call is
+    refused (400 json) rather than that item alone; 100 levels are an item's own refusal."""
+    before = refused("json")
+    deep = '{"longurl": ' + "[" * 2000 + "]" * 2000 + "}"
+    response = bulk(master, f'[{{"longurl": "https://example.com/deep"}}, {deep}]'.encode())
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("request body is not JSON this service accepts: "
+                                               "maximum recursion depth exceeded")
+    assert refused("json") == before + 1 and not Link.objects.exists()
+    shallow = '{"longurl": ' + "[" * 100 + "]" * 100 + "}"
+    response = bulk(master, f'[{{"longurl": "https://example.com/deep"}}, {shallow}]'.encode())
+    assert [r.get("code") for r in response.json()["results"]] == [None, "type"]
 
 
 def test_a_dropped_database_connection_is_taken_again(master, transactional_db):

@@ -194,6 +194,90 @@ def test_a_state_file_of_another_file_is_refused(tmp_path, transactional_db, kaf
     assert Link.objects.count() == 3
 
 
+def test_a_file_edited_before_the_offset_is_refused_however_far_in(tmp_path, transactional_db,
+                                                                  kafka_topics):
+    """The state of an import stopped past 64 KiB; a byte changed after the first 64 KiB but
+    before that offset (the size unchanged): the re-run is refused, creates nothing and keeps
+    the state; --from-start imports the file as it now is."""
+    source = tmp_path / "edited.jsonl"
+    lines = [json.dumps({"longurl": f"https://example.com/edit/{i:05}"}) + "\n"
+             for i in range(3000)]
+    source.write_text("".join(lines))
+    first = run(source, "--limit", "2000", "--no-progress")
+    assert first.returncode == 0, first.stderr
+    state = tmp_path / "edited.jsonl.import-state"
+    offset = json.loads(state.read_text())["counts"]["offset"]
+    assert offset > 64 * 1024 + 10_000
+    data = bytearray(source.read_bytes())
+    at = data.index(b"edit/01800")  # line 1801: past 64 KiB, before the offset
+    assert 64 * 1024 < at < offset
+    data[at:at + 4] = b"EDIT"
+    source.write_bytes(bytes(data))
+    made = Link.objects.count()
+    done = run(source, "--no-progress")
+    assert done.returncode == 1, done.stdout
+    assert f"its first {offset} bytes (the lines already imported) are not the ones" in done.stderr
+    assert "resuming" not in done.stdout
+    assert Link.objects.count() == made == 2000 and state.exists()
+    again = run(source, "--no-progress", "--from-start")
+    assert again.returncode == 0, again.stderr
+    assert "3000 lines: 1001 created, 1999 existing" in again.stdout  # the edited line is new
+
+
+def test_a_state_file_that_only_fingerprinted_the_start_is_refused(tmp_path, transactional_db):
+    """A state file of the version that hashed only the first 64 KiB cannot vouch for the rest:
+    refused, with what to do."""
+    source = tmp_path / "old.jsonl"
+    source.write_text(json.dumps({"longurl": "https://example.com/old"}) + "\n")
+    state = tmp_path / "old.jsonl.import-state"
+    state.write_text(json.dumps({"file": str(source), "fingerprint": "0" * 64, "counts": {
+        "lines": 1, "created": 1, "existing": 0, "refused": {}, "unacknowledged": 0,
+        "offset": 10, "line_number": 1}}))
+    done = run(source, "--no-progress")
+    assert done.returncode == 1 and "not a state file of this version" in done.stderr
+    assert "--from-start" in done.stderr and not Link.objects.exists()
+
+
+@settings_(max_examples=25, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stop=st.integers(1, 11), position=st.floats(0, 1, exclude_max=True),
+       replacement=st.sampled_from([b"x", b"\n", b" ", b"}", b"\xff"]),
+       csv=st.booleans())
+def test_any_change_before_the_offset_refuses_the_resume_and_any_after_does_not(
+        tmp_path_factory, transactional_db, kafka_topics, stop, position, replacement, csv):
+    """Any file stopped after any line, one byte changed anywhere (the CSV header included):
+    before the offset, the resume is refused and creates nothing; at or after it, the resume
+    goes on."""
+    folder = tmp_path_factory.mktemp("edit")
+    if csv:
+        source = folder / "links.csv"
+        text = "longurl\n" + "".join(f"https://example.com/c/{i}\n" for i in range(12))
+    else:
+        source = folder / "links.jsonl"
+        text = "".join(json.dumps({"longurl": f"https://example.com/j/{i}"}) + "\n"
+                       for i in range(12))
+    source.write_bytes(text.encode())
+    state = folder / (source.name + ".import-state")
+    fmt = "csv" if csv else "jsonl"
+    Link.objects.all().delete()
+    importing.import_file(source, fmt=fmt, batch=4, state=state, limit=stop)
+    offset = json.loads(state.read_text())["counts"]["offset"]
+    data = bytearray(text.encode())
+    at = int(position * len(data))
+    if data[at:at + 1] == replacement:
+        replacement = b"y"
+    data[at:at + 1] = replacement
+    source.write_bytes(bytes(data))
+    made = Link.objects.count()
+    if at < offset:
+        with pytest.raises(importing.ImportRefused, match="not the ones imported"):
+            importing.import_file(source, fmt=fmt, batch=4, state=state)
+        assert Link.objects.count() == made and state.exists()
+    else:
+        counts = importing.import_file(source, fmt=fmt, batch=4, state=state)
+        assert counts.lines > stop and not state.exists()
+
+
 LINES = ['{"longurl": "https://example.com/p/1"}', '{"longurl": "https://example.com/p/2"}',
          '{"longurl": "https://EXAMPLE.com/p/1"}', '{"longurl": "ftp://example.com/"}',
          '{"longurl": 5}', '{"url": "https://example.com/"}', "[1]", "{broken", "",

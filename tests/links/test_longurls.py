@@ -129,6 +129,9 @@ PRIVATE = [
     "http://[::1]/", "http://[fe80::1]/", "http://[fd00::1]/", "http://[::ffff:127.0.0.1]/",
     "http://[2001:db8::1]/", "http://192.0.2.1/", "http://localhost:8000/", "http://LOCALHOST./",
     "http://api.localhost/",
+    # IPv6 forms that carry a loopback or private IPv4 address (tested over their space below).
+    "http://[64:ff9b::7f00:1]/", "http://[64:ff9b:1::a00:1]/", "http://[2002:7f00:1::]/",
+    "http://[::127.0.0.1]/", "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
 ]
 
 
@@ -166,6 +169,82 @@ def test_private_hosts_are_allowed_when_the_setting_says_so():
         assert longurl_validate("http://[fd00::1]/") == "http://[fd00::1]/"
 
 
+# IPv6 forms that embed an IPv4 address the packet goes to: the IPv6 address from the IPv4 one.
+EMBEDDING = {
+    "nat64": lambda v4, low: (0x0064_FF9B << 96) | v4,                     # RFC 6052 §2.1
+    "6to4": lambda v4, low: (0x2002 << 112) | (v4 << 80) | low,            # RFC 3056 §2
+    "ipv4-compatible": lambda v4, low: v4,                                 # RFC 4291 §2.5.5.1
+    "ipv4-translated": lambda v4, low: (0xFFFF << 48) | v4,                # RFC 2765 §2.1
+    "ipv4-mapped": lambda v4, low: (0xFFFF << 32) | v4,                    # RFC 4291 §2.5.5.2
+    # Teredo (RFC 4380 §4): 2001:0:<server>:<flags>:<port>:<client>, port and client inverted
+    # bit by bit; the other end at a global address (65.54.227.120, 8.8.8.8).
+    "teredo client": lambda v4, low: (0x2001_0000_4136_E378 << 64) | ((low & 0xFFFF) << 32)
+    | (v4 ^ 0xFFFF_FFFF),
+    "teredo server": lambda v4, low: (0x2001 << 112) | (v4 << 64) | (0x0808_0808 ^ 0xFFFF_FFFF),
+}
+
+NOT_GLOBAL_V4 = [ipaddress.IPv4Network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+    "203.0.113.0/24", "240.0.0.0/4", "255.255.255.255/32")]
+# Drawn from the ranges IANA lists as not globally reachable, kept where Python agrees (its
+# is_global is the rule: e.g. 192.0.0.8 is global for Python 3.11.7).
+not_global_v4 = st.sampled_from(NOT_GLOBAL_V4).flatmap(
+    lambda net: st.integers(int(net.network_address), int(net.broadcast_address))).filter(
+    lambda n: not ipaddress.IPv4Address(n).is_global)
+global_v4 = st.integers(0, 2**32 - 1).filter(lambda n: ipaddress.IPv4Address(n).is_global)
+spelling = st.sampled_from([lambda a: a.compressed, lambda a: a.exploded,
+                            lambda a: a.compressed.upper()])
+
+
+def _private_refusal(url: str) -> str:
+    with override_settings(SHORTENER_PUBLIC_HOSTS=[], SHORTENER_ALLOW_PRIVATE_TARGETS=False):
+        with pytest.raises(ValidationError) as caught:
+            longurl_validate(url)
+    assert caught.value.error_list[0].code == "private_host"
+    return caught.value.messages[0]
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(form=st.sampled_from(sorted(EMBEDDING)), v4=not_global_v4,
+       low=st.integers(0, 2**80 - 1), spell=spelling)
+@example(form="nat64", v4=0x7F00_0001, low=0, spell=lambda a: a.compressed)
+def test_an_ipv6_address_carrying_a_private_ipv4_address_is_refused_as_that_address(
+        form, v4, low, spell):
+    """Refused with the code and the message of a private address, however the literal is
+    written (compressed, in full, upper case)."""
+    address = ipaddress.IPv6Address(EMBEDDING[form](v4, low))
+    message = _private_refusal(f"http://[{spell(address)}]:8080/x")
+    assert message == _private_refusal(f"http://{ipaddress.IPv4Address(v4)}/").replace(
+        str(ipaddress.IPv4Address(v4)), address.compressed)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(form=st.sampled_from(["nat64", "6to4", "ipv4-compatible", "ipv4-translated",
+                             "ipv4-mapped"]),
+       v4=global_v4, low=st.integers(0, 2**80 - 1))
+def test_an_ipv6_address_carrying_a_global_ipv4_address_is_accepted(form, v4, low):
+    url = f"http://[{ipaddress.IPv6Address(EMBEDDING[form](v4, low))}]/x"
+    with override_settings(SHORTENER_PUBLIC_HOSTS=[], SHORTENER_ALLOW_PRIVATE_TARGETS=False):
+        assert longurl_validate(url) == url
+
+
+@hsettings(max_examples=100, deadline=None)
+@given(v4=st.integers(0, 2**32 - 1), low=st.integers(0, 2**80 - 1))
+def test_the_nat64_local_use_prefix_is_refused_whatever_it_carries(v4, low):
+    """64:ff9b:1::/48 (RFC 8215): each network places the IPv4 address after its own prefix
+    length, and the whole prefix is not globally reachable."""
+    address = ipaddress.IPv6Address((0x0064_FF9B_0001 << 80) | (low ^ v4))
+    _private_refusal(f"http://[{address}]/")
+
+
+def test_an_ipv6_literal_with_a_zone_id_is_refused_before_its_address_is_judged():
+    with pytest.raises(ValidationError) as caught:
+        longurl_validate("http://[64:ff9b::7f00:1%25eth0]/")
+    assert caught.value.error_list[0].code == "host"
+    _private_refusal("http://[64:ff9b::127.0.0.1]/")  # the dotted-quad spelling
+
+
 @pytest.mark.parametrize("public,given,own", [
     (["sho.rt"], "https://sho.rt/abcDEF1", True),
     (["sho.rt"], "https://SHO.RT.:8443/abcDEF1", True),
@@ -200,17 +279,24 @@ def test_public_hosts_default_to_the_hosts_the_server_answers_to():
     assert explicit == "['a.example', 'b.example']"
 
 
-def test_length_is_measured_on_the_form_as_sent():
+def test_length_is_measured_on_the_stored_form_and_the_message_says_so():
     from django.conf import settings
 
     limit = settings.SHORTENER_MAX_URL_LENGTH
     base = "https://example.org/"
     assert len(longurl_validate(base + "a" * (limit - len(base)))) == limit
-    with pytest.raises(ValidationError, match=f"longer than {limit} characters as sent"):
+    with pytest.raises(ValidationError) as caught:
         longurl_validate(base + "a" * (limit - len(base) + 1))
-    # 700 characters given, 8,400 as sent: each emoji is 12 characters percent-encoded.
-    with pytest.raises(ValidationError, match=f"longer than {limit} characters as sent"):
+    assert caught.value.messages[0] == (
+        f"longurl is longer than {limit} characters in the form it is stored and redirected to: "
+        f"{limit + 1} (IDNA host, non-ASCII characters percent-encoded), {limit + 1} as given")
+    # 720 characters given, 8,420 stored: each emoji is 12 characters percent-encoded.
+    with pytest.raises(ValidationError) as caught:
         longurl_validate(base + "😀" * 700)
+    assert caught.value.messages[0].endswith(f": {len(base) + 12 * 700} (IDNA host, non-ASCII "
+                                             f"characters percent-encoded), 720 as given")
+    # ... and a longurl of fewer characters as given than stored is judged on the stored form.
+    assert len(longurl_validate(base + "é" * ((limit - len(base)) // 6))) <= limit
     assert longurl_problem("https://example.org/" + "a" * longurls.SERVABLE_MAX_LENGTH) \
         == f"longer than {longurls.SERVABLE_MAX_LENGTH} characters"
 

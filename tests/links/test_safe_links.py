@@ -87,7 +87,7 @@ def test_the_length_limit_is_the_same_answer_whatever_the_json_escaping(master, 
                for body in (raw, escaped)]
     assert [a.status_code for a in answers] == [400, 400]
     assert answers[0].json() == answers[1].json()
-    assert f"longer than {LIMIT} characters as sent" in answers[0].json()["error"]
+    assert f"longer than {LIMIT} characters in the form it is stored" in answers[0].json()["error"]
     assert not Link.objects.exists()
 
 

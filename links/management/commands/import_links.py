@@ -9,7 +9,8 @@ or unacknowledged line as a JSON line {"line", "reason", "error", "input"}.
 Exit status: 0 when every line has its link on the replicas' way (created or existing);
 3 when some line was refused or not acknowledged (the summary says which: the import itself
 went through, and a re-run will not change a refusal); 1 when the import could not go on (no
-such file, no longurl column, PostgreSQL down: what was committed stays, run again to go on);
+such file, no longurl column, a state file of another file or of this one before it changed,
+PostgreSQL down: what was committed stays, run again to go on);
 130 on Ctrl-C (the state is kept: run again to go on).
 """
 
@@ -55,12 +56,11 @@ class Command(BaseCommand):
         fmt = format or importing.format_guess(file)
         state = state or file.with_name(file.name + ".import-state")
         try:
-            resumed = None if from_start else importing.state_load(state, file)
+            # Read only: import_file checks it against the file as it reads the file.
+            saved = None if from_start else importing.state_load(state)
         except (importing.ImportRefused, OSError) as exc:
             raise CommandError(str(exc)) from None
-        if resumed is not None:
-            self.stdout.write(f"resuming after line {resumed.line_number} (byte {resumed.offset}) "
-                              f"of {file}, from {state}")
+        resumed = saved.counts if saved else None
         errors_file = errors.open("a" if resumed else "w") if errors else None
         size = file.stat().st_size if file.is_file() else 0
         bar = tqdm(total=size, initial=resumed.offset if resumed else 0, unit="B",
@@ -75,6 +75,10 @@ class Command(BaseCommand):
             bar.set_postfix(created=counts.created, existing=counts.existing,
                             refused=counts.refused_total, refresh=False)
 
+        def on_resume(counts: importing.ImportCounts) -> None:
+            self.stdout.write(f"resuming after line {counts.line_number} (byte {counts.offset}) "
+                              f"of {file}, from {state}")
+
         def on_refused(refusal: importing.Refusal) -> None:
             if errors_file is not None:
                 errors_file.write(json.dumps({"line": refusal.line, "reason": refusal.reason,
@@ -88,7 +92,8 @@ class Command(BaseCommand):
         try:
             counts = importing.import_file(file, fmt=fmt, batch=batch, state=state,
                                            resume=not from_start, limit=limit,
-                                           on_refused=on_refused, on_batch=on_batch)
+                                           on_resume=on_resume, on_refused=on_refused,
+                                           on_batch=on_batch)
         except importing.ImportRefused as exc:
             raise CommandError(str(exc)) from None
         except DatabaseError as exc:
