@@ -262,7 +262,8 @@ def links_batch_send(connection: Connection, batch: LinksBatch) -> None:
     may be sent on it meanwhile) without waiting for the reply: Redis applies the batch while
     the caller goes on, and links_batch_receive reads the reply. Raises redis.RedisError."""
     # hiredis packs the command in C; redis-py's send_command first passes every argument
-    # through a Python check of its type: 0.31 -> 0.17 us a link of the worker's CPU.
+    # through a Python check of its type: 0.31 -> 0.17 us a link (the packing of a batch of
+    # 5,000 timed alone); loading 1,000,000 links, consume_links' CPU 0.1-0.16 s lower.
     connection.send_packed_command([hiredis.pack_command((
         "EVALSHA", APPLY_SHA, 2, keys.links_positions_key(), keys.links_stats_key(),
         *batch.args))])
