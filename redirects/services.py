@@ -13,6 +13,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from itertools import chain
 
+import hiredis
 from django.conf import settings
 from redis import Redis
 from redis.commands.core import Script
@@ -260,22 +261,31 @@ def links_batch_send(connection: Connection, batch: LinksBatch) -> None:
     """Send `batch`'s APPLY_SCRIPT call on `connection` (a connection of its own: nothing else
     may be sent on it meanwhile) without waiting for the reply: Redis applies the batch while
     the caller goes on, and links_batch_receive reads the reply. Raises redis.RedisError."""
-    connection.send_command("EVALSHA", APPLY_SHA, 2, keys.links_positions_key(),
-                            keys.links_stats_key(), *batch.args)
+    # hiredis packs the command in C; redis-py's send_command first passes every argument
+    # through a Python check of its type: 0.31 -> 0.17 us a link (the packing of a batch of
+    # 5,000 timed alone); loading 1,000,000 links, consume_links' CPU 0.1-0.16 s lower.
+    connection.send_packed_command([hiredis.pack_command((
+        "EVALSHA", APPLY_SHA, 2, keys.links_positions_key(), keys.links_stats_key(),
+        *batch.args))])
 
 
 def links_batch_receive(connection: Connection, batch: LinksBatch) -> BatchResult:
     """Read the reply of `batch`'s links_batch_send on `connection`: its BatchResult
     (links_batch_done), PositionMismatch, or redis.RedisError."""
+    return links_batch_done(batch, links_batch_reply(connection, batch))
+
+
+def links_batch_reply(connection: Connection, batch: LinksBatch) -> list:
+    """Read APPLY_SCRIPT's reply to `batch`'s links_batch_send on `connection`, as Redis gives
+    it (links_batch_done makes it a BatchResult). Raises redis.RedisError."""
     try:
-        reply = connection.read_response()
+        return connection.read_response()
     except NoScriptError:
         # Redis has lost its scripts (restarted, SCRIPT FLUSH) and ran nothing of the batch:
         # sent again with the script's text, which EVAL also caches for the next EVALSHA.
         connection.send_command("EVAL", APPLY_SCRIPT, 2, keys.links_positions_key(),
                                 keys.links_stats_key(), *batch.args)
-        reply = connection.read_response()
-    return links_batch_done(batch, reply)
+        return connection.read_response()
 
 
 _scripts: dict[str, Script] = {}
