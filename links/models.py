@@ -18,7 +18,9 @@ class Link(models.Model):
     # Indexed by a BRIN index (Meta), not a B-tree: see there.
     created_at = models.DateTimeField(auto_now_add=True)
     # The outbox mark: NULL until Kafka acknowledged the link's record. Rows still NULL are
-    # re-sent by `manage.py republish_links --pending` (which runs continuously with --follow).
+    # re-sent by `manage.py republish_links --pending` (which runs continuously with --follow),
+    # which finds them through PendingLink: a row of it is made by PostgreSQL itself whenever
+    # a link is stored with, or set to, a NULL published_at (migration 0014's triggers).
     published_at = models.DateTimeField(null=True, blank=True)
     # Where Kafka put the acknowledged record of the current state (set with published_at, from
     # the producer's acknowledgement). The links audit (links/audit.py) compares an older
@@ -51,19 +53,16 @@ class Link(models.Model):
     clicks = models.BigIntegerField(default=0)
 
     class Meta:
-        # Every index of this table costs each new link an entry at its insert and another at its
-        # published mark (an UPDATE that is not HOT: published_at is in the outbox's predicate),
-        # so it keeps only those that a reader needs at any size (bench/bulk.py; migration 0013:
-        # the B-trees on created_at and disabled_at and tinyurl's LIKE index went, and
-        # PostgreSQL's time for a 10,000-link insert and mark went down by about 40 %).
+        # Every index of this table costs each new link an entry at its insert, so it keeps only
+        # those that a reader needs at any size (bench/bulk.py; migration 0013: the B-trees on
+        # created_at and disabled_at and tinyurl's LIKE index went, and PostgreSQL's time for a
+        # 10,000-link insert and mark went down by about 40 %). No index names published_at,
+        # published_partition or published_offset, not even in a predicate (PostgreSQL counts a
+        # partial index's predicate columns as indexed): the published mark then changes no
+        # indexed column and is a HOT update, written beside the old row version in its page
+        # (the table's fillfactor leaves the room: migration 0014), with no new index entry.
+        # The outbox relay finds the unpublished links through PendingLink instead.
         indexes = [
-            # The outbox relay looks for unpublished rows often; a partial index keeps that
-            # lookup tiny however many links there are.
-            models.Index(
-                fields=["created_at"],
-                name="links_link_unpublished",
-                condition=models.Q(published_at__isnull=True),
-            ),
             # The admin's date filters and date hierarchy ask for ranges of created_at. Rows are
             # appended in the order of their created_at, so a BRIN index (the least and the
             # greatest created_at of each 128 pages) finds a range in a few pages' worth of
@@ -81,6 +80,35 @@ class Link(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tinyurl} -> {self.longurl[:80]}"
+
+
+class PendingLink(models.Model):
+    """A link that Kafka may not have acknowledged yet: the outbox relay's worklist
+    (selectors.links_unpublished), kept small, so that the relay finds every unpublished link
+    quickly however many links there are.
+
+    Written by PostgreSQL, not by the application: triggers on links_link (migration 0014) add
+    the link's row whenever a link is inserted with a NULL published_at, or its published_at is
+    set to NULL (link_update, the links audit, anything else, raw SQL included), so no writer
+    can leave an unpublished link out of the relay's sight. The published mark deletes the rows
+    of the links it marks, in the same statement (links.publishing._links_mark_published).
+    A row whose link is published meanwhile by another path, or deleted, is harmless: the
+    relay reads links through this table and keeps only those still unpublished, and drops
+    such rows as it goes.
+
+    This replaces a partial index on links_link (published_at IS NULL): with published_at in an
+    index predicate, every published mark was a non-HOT update writing a new entry in each of
+    links_link's indexes, about two thirds of PostgreSQL's work for a new link
+    (docs/performance.md). A row here costs a heap row and one index entry at the insert, and
+    its deletion at the mark."""
+
+    # No foreign key: its check would cost every new link a probe of links_link at the insert,
+    # and deleting a link by hand must not depend on this table (the relay ignores orphans).
+    link = models.OneToOneField(Link, on_delete=models.DO_NOTHING, primary_key=True,
+                                db_constraint=False, related_name="+")
+
+    def __str__(self) -> str:
+        return f"link {self.link_id} (pending)"
 
 
 class ClickCounter(models.Model):

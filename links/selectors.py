@@ -7,11 +7,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from django.db import connection
 from django.db.models import BigIntegerField, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce, Trunc
 from django.utils import timezone as django_timezone
 
-from links.models import ClickBucket, ClickCounter, FoldedClicks, Link
+from links.models import ClickBucket, ClickCounter, FoldedClicks, Link, PendingLink
 from topics import longurls
 
 
@@ -24,7 +25,25 @@ def link_get_by_longurl(*, longurl: str) -> Link | None:
 
 
 def links_unpublished(*, created_before: datetime | None = None) -> Iterator[Link]:
-    qs = Link.objects.filter(published_at__isnull=True).order_by("id")
+    """Every link Kafka has not acknowledged (published_at NULL), in id order, through the
+    outbox's worklist (PendingLink: as small as the number of such links, however many links
+    there are). Worklist rows of links published since by another path, or deleted, are
+    dropped on the way."""
+    with connection.cursor() as cursor:
+        # Worklist rows no mark will delete: their link was published by another writer (raw
+        # SQL, a test), or deleted (ids are never reused). The link's row is locked before its
+        # worklist row goes: a link_update clearing the mark right now holds that lock, and its
+        # committed NULL is what this statement then sees (the row is skipped), so no
+        # unpublished link ever loses its worklist row. In id order, as the mark locks them
+        # (links.publishing._links_mark_published), so the two cannot deadlock.
+        cursor.execute(
+            "DELETE FROM links_pendinglink WHERE link_id IN ("
+            "SELECT l.id FROM links_link AS l JOIN links_pendinglink AS p ON p.link_id = l.id "
+            "WHERE l.published_at IS NOT NULL ORDER BY l.id FOR NO KEY UPDATE OF l); "
+            "DELETE FROM links_pendinglink AS p WHERE NOT EXISTS ("
+            "SELECT FROM links_link AS l WHERE l.id = p.link_id)")
+    qs = Link.objects.filter(pk__in=PendingLink.objects.values("link_id"),
+                             published_at__isnull=True).order_by("id")
     if created_before is not None:
         qs = qs.filter(created_at__lt=created_before)
     return qs.iterator(chunk_size=2000)

@@ -14,12 +14,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from links import publishing, selectors, services, validation
-from links.models import Link
+from links.models import Link, PendingLink
 from links.services import CreateItem, LinkCreated
 from testkit import free_port, topic_end
 from topics.links import links_topic, producer_reset
 
 BEFORE = [("links", "0012_clickbucket_link_index_dropped")]
+BEFORE_WORKLIST = [("links", "0013_link_fewer_indexes")]
+# links_link's indexes now: none names published_at (migration 0014), so the mark is HOT.
+LATEST_INDEXES = ["links_link_pkey", "links_link_tinyurl_key", "links_link_longurl_sha256_key",
+                  "links_link_created_brin", "links_link_disabled"]
 
 
 def _indexes() -> dict[str, str]:
@@ -67,15 +71,10 @@ def test_migration_0013_keeps_every_row_and_an_index_for_every_reader(transactio
     assert [(*row[:3], bytes(row[3]), *row[4:]) for row in after] == \
         [(*row[:3], bytes(row[3]), *row[4:]) for row in before]
     indexes = _indexes()
-    assert sorted(indexes) == sorted([
-        "links_link_pkey", "links_link_tinyurl_key", "links_link_longurl_sha256_key",
-        "links_link_unpublished", "links_link_created_brin", "links_link_disabled"])
-    # The outbox relay still finds the unacknowledged links, through its partial index.
+    assert sorted(indexes) == sorted(LATEST_INDEXES)
+    # The outbox relay still finds the unacknowledged links (through its worklist since 0014).
     assert sorted(link.tinyurl for link in selectors.links_unpublished()) == \
         ["mIGR001", "mIGR003"]
-    plan = _plan("SELECT id FROM links_link WHERE published_at IS NULL AND created_at < %s",
-                 [datetime.now(timezone.utc)])
-    assert "links_link_unpublished" in plan, plan
     # The admin's date filters (a range of created_at) and its "taken down" filter.
     plan = _plan(
         "SELECT id FROM links_link WHERE created_at >= %s AND created_at < %s",
@@ -85,6 +84,44 @@ def test_migration_0013_keeps_every_row_and_an_index_for_every_reader(transactio
     assert "links_link_disabled" in plan, plan
     assert sorted(Link.objects.filter(disabled_at__isnull=False)
                   .values_list("tinyurl", flat=True)) == ["mIGR002", "mIGR003"]
+
+
+def test_migration_0014_puts_every_unpublished_link_on_the_worklist(transactional_db):
+    """On a table with links, the unpublished ones (found by the old partial index) are the
+    relay's worklist after the migration; the partial index goes, new pages keep half their
+    room for the mark (fillfactor 50), and the relay finds through the worklist alone."""
+    executor = MigrationExecutor(connection)
+    latest = executor.loader.graph.leaf_nodes()
+    executor.migrate(BEFORE_WORKLIST)
+    try:
+        assert "links_link_unpublished" in _indexes()
+        OldLink = executor.loader.project_state(BEFORE_WORKLIST).apps.get_model("links", "Link")
+        now = datetime.now(timezone.utc)
+        for i in range(6):
+            OldLink.objects.create(
+                tinyurl=f"wORK00{i}", longurl=f"https://example.com/worklist/{i}",
+                longurl_sha256=bytes([i]) * 32, created_at=now,
+                published_at=now if i % 3 == 0 else None, state_version=1)
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(latest)
+    assert sorted(_indexes()) == sorted(LATEST_INDEXES)
+    unpublished = ["wORK001", "wORK002", "wORK004", "wORK005"]
+    assert sorted(Link.objects.filter(pk__in=PendingLink.objects.values("link_id"))
+                  .values_list("tinyurl", flat=True)) == unpublished
+    assert sorted(link.tinyurl for link in selectors.links_unpublished()) == unpublished
+    plan = _plan(str(Link.objects.filter(pk__in=PendingLink.objects.values("link_id"),
+                                         published_at__isnull=True).values("pk").query), [])
+    assert "links_pendinglink_pkey" in plan and "links_link_pkey" in plan, plan
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reloptions FROM pg_class WHERE relname = 'links_link'")
+        assert cursor.fetchone()[0] == ["fillfactor=50"]
+    # The links written after the migration join the worklist by the triggers.
+    link = Link.objects.create(tinyurl="wORK010", longurl="https://example.com/worklist/new",
+                               longurl_sha256=b"\x10" * 32)
+    assert PendingLink.objects.filter(link_id=link.pk).exists()
+    assert publishing.links_publish_pending() == (5, 0)
+    assert not PendingLink.objects.exists()
 
 
 # Printable ASCII but what a longurl refuses (space, backslash), and some non-ASCII: the texts
