@@ -9,9 +9,11 @@ from collections.abc import Awaitable, Callable
 
 
 async def lifespan_serve(receive: Callable, send: Callable, *,
-                         close: Callable[[], Awaitable[None]]) -> None:
+                         close: Callable[[], Awaitable[None]],
+                         gc_thresholds: tuple[int, int, int] | None = None) -> None:
     """Answer the server's lifespan messages until shutdown; `close()` is awaited at shutdown,
-    before it is acknowledged."""
+    before it is acknowledged. `gc_thresholds`: the collector's thresholds from startup on
+    (gc.set_threshold), if the application sets its own (the master's: links/asgi.py)."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
@@ -21,6 +23,8 @@ async def lifespan_serve(receive: Callable, send: Callable, *,
             # pause of milliseconds for the requests in flight.
             gc.collect()
             gc.freeze()
+            if gc_thresholds is not None:
+                gc.set_threshold(*gc_thresholds)
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await close()
