@@ -210,7 +210,7 @@ def links_publish_each(links: Sequence[Link]) -> list[LinkPublishError | None]:
                            version, exc)
             results.append(LinkPublishError(str(exc) or type(exc).__name__))
             continue
-        acked.append((link.pk, version, metadata.partition, metadata.offset))
+        acked.append((link.id, version, metadata.partition, metadata.offset))  # id: see services
         acked_links.append(link)
         results.append(None)
     _links_mark_published(acked)
