@@ -36,7 +36,11 @@ def test_two_items_for_one_longurl_in_one_batch_get_one_link(transactional_db):
     assert Link.objects.filter(longurl="https://example.com/race").count() == 1
 
 
-def test_answers_come_in_input_order_and_a_refusal_touches_nothing_else(transactional_db):
+@pytest.mark.parametrize("padding", [0, services.INSERT_FIRST_MIN])
+def test_answers_come_in_input_order_and_a_refusal_touches_nothing_else(transactional_db,
+                                                                       padding):
+    """Also in a batch large enough to insert before it reads (services.INSERT_FIRST_MIN): the
+    existing, taken-down and expired links are found by the INSERT's conflicts, the same."""
     protection.blocked_host_add(host="evil.example")
     try:
         existing = services.link_create(longurl="https://example.com/existing").link
@@ -48,10 +52,12 @@ def test_answers_come_in_input_order_and_a_refusal_touches_nothing_else(transact
         outcomes = services.links_create_many(_items(
             "https://example.com/new-1", "ftp://example.com/", "https://evil.example/x", 42,
             "https://example.com/existing", "https://example.com/gone",
-            "https://example.com/ended", "https://example.com/new-2"))
+            "https://example.com/ended", "https://example.com/new-2",
+            *(f"https://example.com/padding/{i}" for i in range(padding))))
     finally:
         protection.blocklist_cache_clear()
-    new1, ftp, evil, number, old, disabled, expired, new2 = outcomes
+    new1, ftp, evil, number, old, disabled, expired, new2 = outcomes[:8]
+    assert all(o.created for o in outcomes[8:])
     assert new1.created and new2.created and new1.link.tinyurl != new2.link.tinyurl
     assert (ftp.code, evil.code, number.code) == ("scheme", "blocked_host", "type")
     assert all(isinstance(o, LongurlRefused) for o in (ftp, evil, number))
@@ -59,8 +65,8 @@ def test_answers_come_in_input_order_and_a_refusal_touches_nothing_else(transact
     assert isinstance(disabled, LinkDisabled) and disabled.link.tinyurl == gone.tinyurl
     assert isinstance(expired, LinkExpired) and expired.link.tinyurl == ended.tinyurl
     # Only the two new links were written and sent; both acknowledged and marked.
-    assert Link.objects.count() == 5
-    assert topic_end(links_topic()) == end + 2
+    assert Link.objects.count() == 5 + padding
+    assert topic_end(links_topic()) == end + 2 + padding
     for created in (new1, new2):
         row = Link.objects.get(pk=created.link.pk)
         assert row.published_at is not None and row.published_offset is not None
@@ -100,8 +106,11 @@ def test_concurrent_batches_sharing_longurls_in_opposite_orders_agree(transactio
     assert Link.objects.count() == len(longurls)
 
 
-def test_a_kafka_failure_answers_every_item_and_loses_nothing(transactional_db):
-    longurls = [f"https://example.com/kafka-down/{i}" for i in range(5)]
+@pytest.mark.parametrize("size", [5, services.INSERT_FIRST_MIN])
+def test_a_kafka_failure_answers_every_item_and_loses_nothing(transactional_db, size):
+    """In a batch large enough to insert before it reads too: the retry's INSERT finds the
+    unacknowledged links, and they are sent again."""
+    longurls = [f"https://example.com/kafka-down/{i}" for i in range(size)]
     producer_reset()
     try:
         with override_settings(KAFKA_BOOTSTRAP_SERVERS=[f"127.0.0.1:{free_port()}"],
@@ -111,7 +120,7 @@ def test_a_kafka_failure_answers_every_item_and_loses_nothing(transactional_db):
         producer_reset()
     assert all(isinstance(o, publishing.LinkPublishError) for o in outcomes)
     rows = Link.objects.filter(longurl__in=longurls)
-    assert rows.count() == 5 and not rows.filter(published_at__isnull=False).exists()
+    assert rows.count() == size and not rows.filter(published_at__isnull=False).exists()
     # Kafka is back: a retry of the same batch gets the same links, now acknowledged.
     tinyurls = dict(rows.values_list("longurl", "tinyurl"))
     again = services.links_create_many(_items(*longurls))
