@@ -178,7 +178,7 @@ def main() -> None:
 
         print("links")
         row("PostgreSQL links_link, table", per["pg_links_table"], "link")
-        row("PostgreSQL links_link, its 6 indexes", per["pg_links_index"], "link")
+        row("PostgreSQL links_link, its 5 indexes", per["pg_links_index"], "link")
         row("Kafka links topic (one record per link)", per["kafka_links"], "link")
         row("a replica's Redis (one string per link)", per["redis_links"], "link")
 

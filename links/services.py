@@ -211,14 +211,16 @@ def _links_by_digest(digests: Iterable[bytes]) -> dict[bytes, Link]:
 
 
 def _links_insert(rows: list[tuple[str, bytes, datetime | None]]) -> dict[str, tuple[Link, bool]]:
-    """Insert links for (stored longurl, its digest, expiry) rows that had none; returns, per
-    longurl, its link and whether this call inserted it (False: a concurrent call did, first).
+    """Insert links for (stored longurl, its digest, expiry) rows that had none, or may have
+    one (a large batch tries every longurl: links_create_many); returns, per longurl, its link
+    and whether this call inserted it (False: it existed, or a concurrent call inserted it
+    first).
     Runs inside the caller's transaction. Raises RuntimeError if a tinyurl cannot be found for
     some row in TINYURL_ATTEMPTS rounds (at most a handful of collisions ever happen).
     ValueError if a longurl holds a newline (a stored longurl never does: links.validation)."""
-    # INSERT ... ON CONFLICT DO NOTHING: a concurrent insert of the same longurl, or a tinyurl that
-    # is already taken, ends as "no row inserted" instead of an error, with no aborted transaction;
-    # which of the two it was, the read after it tells. The rows go in the order of their digests:
+    # INSERT ... ON CONFLICT DO NOTHING: an existing link, a concurrent insert of the same
+    # longurl, or a tinyurl that is already taken, ends as "no row inserted" instead of an error,
+    # with no aborted transaction; which it was, the read after it tells. The rows go in the order of their digests:
     # two concurrent batches that share longurls then take the unique index's locks in the same
     # order, so one waits for the other instead of the two deadlocking. The columns Django fills
     # from model defaults (state_version, clicks) have no default in the database, so they are
