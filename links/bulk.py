@@ -23,9 +23,9 @@ import logging
 import sys
 from datetime import timezone as dt_timezone
 
+import msgspec
 from django.conf import settings
 from django.core.exceptions import ValidationError
-import msgspec
 from django.db import DatabaseError, InterfaceError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt

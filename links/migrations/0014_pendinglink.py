@@ -1,5 +1,5 @@
 """The outbox's worklist moves out of links_link's indexes, so that the published mark is a HOT
-update (docs/performance.md, "Bulk creates").
+update (docs/performance.md, "Bulk creates, the HOT mark").
 
 Before: a partial index of links_link (created_at WHERE published_at IS NULL) found the
 unpublished links. PostgreSQL counts the columns of an index's predicate as indexed, so every
