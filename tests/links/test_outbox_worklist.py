@@ -123,3 +123,16 @@ def test_the_published_mark_is_a_hot_update(transactional_db):
     assert after[0] - before[0] == 200
     assert after[1] - before[1] >= 160, (before, after)
     assert not _pending() and not _unpublished()
+
+
+def test_the_admins_unpublished_filter_reads_the_worklist(transactional_db, admin_client):
+    links = [o.link for o in services.links_create_many(
+        [CreateItem(longurl=f"https://example.com/admin-filter/{i}") for i in range(3)])]
+    Link.objects.filter(pk=links[1].pk).update(published_at=None)
+    page = admin_client.get("/admin/links/link/", {"published_at__isempty": "1"})
+    assert page.status_code == 200
+    shown = {link.tinyurl for link in links if link.tinyurl in page.content.decode()}
+    assert shown == {links[1].tinyurl}
+    page = admin_client.get("/admin/links/link/", {"published_at__isempty": "0"})
+    shown = {link.tinyurl for link in links if link.tinyurl in page.content.decode()}
+    assert shown == {links[0].tinyurl, links[2].tinyurl}
