@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 # 62^7 = 3.5e12 codes: at a billion links a random code collides with probability 3e-4, so a
 # handful of attempts always finds a free one.
 TINYURL_ATTEMPTS = 8
+# links_create_many inserts before it reads from this many longurls on; /create's batches (at
+# most 256, links/batching.py) read first, so an existing longurl there writes nothing.
+INSERT_FIRST_MIN = 1000
 
 
 def tinyurl_generate() -> str:
@@ -141,18 +144,11 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
 
     digests = {longurl: selectors.longurl_digest(longurl) for longurl in wanted}
     fresh: dict[str, tuple[Link, bool]] = {}
-    if len(wanted) >= INSERT_FIRST_MIN:
-        # A batch this large is a bulk call or an import: nearly always new links. The INSERT
-        # itself finds the existing ones (ON CONFLICT DO NOTHING, then a read of what it did not
-        # insert: _links_insert), so a new link costs no read of its own beforehand: 2.6 µs of
-        # PostgreSQL CPU a link fewer (one probe of the longurl index, measured on 10,000). An
-        # existing one costs more instead (its INSERT is tried, an id drawn in vain, then read):
-        # 9 µs of PostgreSQL a link against 2, which only a retried call or import pays.
-        found: dict[bytes, Link] = {}
-        missing = list(wanted)
-    else:
-        found = _links_by_digest(digests.values())
-        missing = [longurl for longurl in wanted if digests[longurl] not in found]
+    # From INSERT_FIRST_MIN longurls on (a bulk call, an import: nearly all new), the INSERT finds
+    # the existing links itself (_links_insert reads what it did not insert): a new link is spared
+    # a read, 2.6 µs of PostgreSQL (measured); an existing one costs 9 instead of 2 (a retry pays).
+    found = {} if len(wanted) >= INSERT_FIRST_MIN else selectors.links_by_digest(digests.values())
+    missing = [longurl for longurl in wanted if digests[longurl] not in found]
     if missing:
         # durable: the outermost transaction, so that "committed" below really means committed
         # (not released into an enclosing transaction that could still roll back): publishing
@@ -171,8 +167,7 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
                        and (link.expires_at is None or link.expires_at > now)):
             # New, or committed earlier and not acknowledged yet: (re)send it now.
             to_publish.append(link)
-    # By `id`, not `pk`: the property looks the primary key up in the model's options on every
-    # read, three times a link here and in the mark (py-spy: 3 % of a bulk call's CPU).
+    # By `id`: the `pk` property looks the key up in the model's options (py-spy: 3 % of a call).
     errors = dict(zip((link.id for link in to_publish), publishing.links_publish_each(to_publish)))
     for longurl, indices in wanted.items():
         link, created = link_of[longurl]
@@ -192,44 +187,23 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
     return outcomes  # type: ignore[return-value]
 
 
-# From this many distinct longurls on, links_create_many inserts before it reads (see there).
-# /create's group commit makes batches of a few (links/batching.py, at most 256): those read
-# first, so an existing longurl, /create's cheap path, writes nothing.
-INSERT_FIRST_MIN = 1000
-
-
-def _links_by_digest(digests: Iterable[bytes]) -> dict[bytes, Link]:
-    """The links of these longurl digests that exist, by digest.
-
-    One array parameter (= ANY), not an IN list: Django compiles an IN of 10,000 values
-    parameter by parameter (a tenth of a bulk create's time, profiled), PostgreSQL plans it the
-    same way. The digests travel as one array literal of hex texts (psycopg2 adapts a list of
-    bytes one by one), decoded once into the array the unique index is probed with."""
-    return {bytes(link.longurl_sha256): link for link in Link.objects.raw(
-        "SELECT * FROM links_link WHERE longurl_sha256 = ANY(ARRAY("
-        "SELECT decode(h, 'hex') FROM unnest(%s::text[]) AS h))",
-        ["{" + ",".join(digest.hex() for digest in digests) + "}"])}
-
-
 def _links_insert(rows: list[tuple[str, bytes, datetime | None]]) -> dict[str, tuple[Link, bool]]:
-    """Insert links for (stored longurl, its digest, expiry) rows that had none, or may have
-    one (a large batch tries every longurl: links_create_many); returns, per longurl, its link
-    and whether this call inserted it (False: it existed, or a concurrent call inserted it
-    first).
+    """Insert links for (stored longurl, its digest, expiry) rows that may have none; returns, per
+    longurl, its link and whether this call inserted it (False: it existed, or another call won).
     Runs inside the caller's transaction. Raises RuntimeError if a tinyurl cannot be found for
     some row in TINYURL_ATTEMPTS rounds (at most a handful of collisions ever happen).
     ValueError if a longurl holds a newline (a stored longurl never does: links.validation)."""
     # INSERT ... ON CONFLICT DO NOTHING: an existing link, a concurrent insert of the same
     # longurl, or a tinyurl that is already taken, ends as "no row inserted" instead of an error,
-    # with no aborted transaction; which it was, the read after it tells. The rows go in the order of their digests:
-    # two concurrent batches that share longurls then take the unique index's locks in the same
-    # order, so one waits for the other instead of the two deadlocking. The columns Django fills
-    # from model defaults (state_version, clicks) have no default in the database, so they are
-    # given here. The columns travel as one text each (a newline-separated list of longurls,
-    # array literals of tinyurls, hex digests and expiries), not as Python lists, which psycopg2
-    # adapts element by element: 1.6 us a link for the four, against 0.3 (measured). A row comes
-    # back with its id and tinyurl only: the tinyurl says which row it is (each was drawn for one
-    # row), and the rest is what was sent.
+    # with no aborted transaction; which it was, the read after it tells. The rows go in the order
+    # of their digests: two concurrent batches that share longurls then take the unique index's
+    # locks in the same order, so one waits for the other instead of the two deadlocking. The
+    # columns Django fills from model defaults (state_version, clicks) have no default in the
+    # database, so they are given here. The columns travel as one text each (a newline-separated
+    # list of longurls, array literals of tinyurls, hex digests and expiries), not as Python
+    # lists, which psycopg2 adapts element by element: 1.6 us a link for the four, against 0.3
+    # (measured). A row comes back with its id and tinyurl only: the tinyurl says which row it is
+    # (each was drawn for one row), and the rest is what was sent.
     insert_sql = """
         INSERT INTO links_link (tinyurl, longurl, longurl_sha256, expires_at, created_at,
                                 state_version, clicks)
@@ -265,9 +239,9 @@ def _links_insert(rows: list[tuple[str, bytes, datetime | None]]) -> dict[str, t
             else:
                 left.append((longurl, digest, expires_at))
         if left:
-            # Not inserted: another call inserted the longurl first (READ COMMITTED: this read
-            # sees its committed row), or the tinyurl was taken (the longurl is still missing).
-            for link in _links_by_digest(r[1] for r in left).values():
+            # Not inserted: the longurl has a link (READ COMMITTED: a concurrent call's committed
+            # row too), or the tinyurl was taken (the longurl is still missing).
+            for link in selectors.links_by_digest(r[1] for r in left).values():
                 result[link.longurl] = (link, False)
             left = [r for r in left if r[0] not in result]
         if not left:
