@@ -1,10 +1,10 @@
 """The replica's links consumer: reads <user>-links into this replica's Redis.
 
 The loop is topics.loop.Loop, composed here of a position store in Redis (RedisPositionStore),
-the batch write, a pipelined strategy (redirects/links_writes.py: Redis applies one batch while
-the next is polled and decoded), and the replica's readiness as its observer (LinksConsumer,
-which owns the loop). The position lives in Redis, in the same atomic step as the links
-(services.APPLY_SCRIPT), so:
+the batch write, a pipelined strategy (redirects/links_writes.py: a worker process decodes the
+batches and has Redis apply them while this one polls Kafka for the next), and the replica's
+readiness as its observer (LinksConsumer, which owns the loop). The position lives in Redis, in
+the same atomic step as the links (services.APPLY_SCRIPT), so:
   * first start (nothing stored): read the whole topic from the beginning;
   * restart, or SIGKILL at any moment: resume exactly after the last batch that reached Redis;
   * Redis wiped or restarted empty: the stored position is gone, so the topic is read again from
@@ -259,8 +259,8 @@ class LinksConsumer(Observer):
             position = self.loop.expected.get(partition)
             if target > 0 and (position is None or position < target):
                 return
-        # The last batch may still be in Redis (LinksWrites): ready only once it is applied,
-        # and the positions below are the ones Redis holds.
+        # The last batches may still be in the worker or in Redis (LinksWrites): ready only
+        # once they are applied, and the positions below are the ones Redis holds.
         self.loop.strategy.join()
         services.links_ready_set(redis=self.redis, ready=True, positions=self.loop.expected)
         self.caught_up = True

@@ -1,46 +1,87 @@
-"""consume_links' batch strategy (a topics.batching.BatchStrategy): Redis applies one batch while
-this process polls and decodes the next.
+"""consume_links' batch strategy (a topics.batching.BatchStrategy): a worker process decodes the
+batches and has Redis apply them, while this process polls Kafka for the next ones.
 
-Why: applying a batch is one Lua script (services.APPLY_SCRIPT), and while it runs in Redis
-(2 to 2.5 us of Redis' CPU a link, most of it creating the keys) the consumer had nothing to do
-but wait: a fifth to a quarter of a fresh replica's load of the links topic (py-spy, 1,000,000
-links). So a batch's
-script call is sent on a connection of the strategy's own and its reply is read only when the
-next batch is ready to go (or a poll brings nothing, or the loop repositions, stops, or the
-replica is about to be marked ready): Redis' thread and this process' run at the same time.
-No thread is needed: the reply simply waits in the socket.
+Why: a fresh replica's load of the links topic is bound by CPU, and kafka-python's unpacking of
+each record (the bare read's own cost) takes most of it, in the polling thread. Decoding and
+checking the records (services.links_batch_prepare) and packing the Redis command took another
+quarter to a third of that thread's time, under the same GIL; a thread would not run them
+beside the unpacking, a process does, on the machine's other core. What crosses between the two
+is each batch's offsets, keys and values (three lists, pickled: about 0.1 us a record on this
+side) one way, and each batch's outcome the other way. (py-spy and bench/catchup.py,
+docs/performance.md.)
+
+The worker is forked from this process (so it shares its code and settings, and needs no start
+of its own) when the first batch comes, and again after it is lost. It holds a connection to
+Redis of its own, and pipelines as this module did in-process before: it decodes a batch while
+Redis applies the one before (the script's reply waits in the socket).
 
 What stays as it was:
   * batches are applied one at a time and in order, each in its own atomic script checked
-    against the stored position: the next is sent only once the previous one's reply is read;
-    a crash at any moment leaves Redis at the end of the last batch it applied, with its
-    position;
+    against the stored position: the worker sends the next only once the previous one's reply is
+    read, and sends nothing after a batch that failed or was refused, until this side has dealt
+    with it; a crash of either process at any moment leaves Redis at the end of the last batch
+    it applied, with its position;
   * every record is decoded and checked before its batch is sent (services.links_batch_prepare,
-    link_record_decode); a batch whose decoding raises a content error is handed to the loop's
-    BatchIsolation (split until the records at fault are found), after the batch in flight;
-  * a batch's failure (PositionMismatch, a Redis error) is raised when its reply is read, i.e.
-    from the next submit, poll or join; the loop then re-reads from the position that Redis
-    holds, which a failed batch did not move. Until then the loop's `expected` (and the group
-    offset, monitoring only) may be one batch ahead of Redis: whatever needs Redis to hold it
-    joins first (LinksConsumer does before it marks the replica ready).
+    link_record_decode); the records it refuses are logged and counted here, once the batch's
+    reply is read. A batch whose decoding raises a content error is handed to the loop's
+    BatchIsolation here (split until the records at fault are found), as are the batches
+    submitted after it, in order;
+  * a batch's failure (PositionMismatch, a Redis error, the worker lost: WorkerLost, a
+    RedisError) is raised when its outcome is read, i.e. from a later submit, poll or join; the
+    loop then re-reads from the position that Redis holds, which a failed batch did not move.
+    Until then the loop's `expected` (and the group offset, monitoring only) may be up to
+    `depth` batches ahead of Redis: whatever needs Redis to hold them joins first
+    (LinksConsumer does before it marks the replica ready).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
+import multiprocessing
+import pickle
+import signal
+from array import array
+from collections import deque
 from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection as Pipe
+from typing import NamedTuple
 
 from redis import Redis
-from redis.connection import Connection
 from redis.exceptions import RedisError
 
 from redirects import services
 from topics.batching import BatchIsolation, Record
+from topics.positions import PositionMismatch
+
+
+class WorkerLost(RedisError):
+    """The worker process exited, or its pipe broke: the batches in it may or may not have
+    been applied. A RedisError, so the loop retries as for a store error (it re-reads the
+    position Redis holds); the next batch forks a new worker."""
+
+
+class _Sent(NamedTuple):
+    """A batch handed to the worker, kept until its outcome is read (a content error's
+    isolation needs its records again)."""
+
+    partition: int
+    records: Sequence[Record]
+    expected: int | None
+    topic_id: str | None
 
 
 class LinksWrites:
-    """The pipelined strategy; see the module's docstring. redis: the replica's client (the
-    strategy takes one connection of its pool for itself). applied: called with each batch's
-    services.BatchResult once its reply is read (the consumer's counters)."""
+    """The strategy; see the module's docstring. redis: the replica's client (the worker makes
+    a connection of its own with the same settings). applied: called with each batch's
+    services.BatchResult once its outcome is read (the consumer's counters)."""
+
+    # Batches handed to the worker and not yet reported: one being decoded there while the one
+    # before is in Redis, and one more as slack for a moment the worker or Redis waits for the
+    # CPU (the two cores are shared with Kafka and Redis): with 2, waiting for outcomes took
+    # 7 % of this process' time in a loaded run, 1 % with 3 (py-spy, 1,000,000 links). A
+    # submit beyond this waits for the oldest one's outcome.
+    depth = 3
 
     def __init__(self, *, isolation: BatchIsolation, committed: Callable[[], None], redis: Redis,
                  applied: Callable[[services.BatchResult], None]) -> None:
@@ -48,59 +89,286 @@ class LinksWrites:
         self.committed = committed
         self.redis = redis
         self.applied = applied
-        self._connection: Connection | None = None
-        self._inflight: services.LinksBatch | None = None  # sent, its reply not yet read
+        self._worker: multiprocessing.process.BaseProcess | None = None
+        self._requests: Pipe | None = None  # to the worker
+        self._replies: Pipe | None = None  # from the worker
+        self._inflight: deque[_Sent] = deque()  # handed over, in order, outcome not yet read
 
     def submit(self, *, partition: int, records: Sequence[Record], expected: int | None,
                topic_id: str | None) -> int:
-        # Decoding runs while Redis applies the batch before.
+        while len(self._inflight) >= self.depth:
+            self._outcome_read()
+        requests = self._worker_get()
+        message = ("batch", partition, expected, topic_id, records[0].topic,
+                   *_records_pack(records))
         try:
-            batch = services.links_batch_prepare(partition=partition, records=records,
-                                                 expected_position=expected, topic_id=topic_id)
-        except self.isolation.content_errors as exc:
-            self._inflight_wait()
-            position = self.isolation.isolate(partition=partition, records=records,
-                                              expected=expected, topic_id=topic_id, failed=exc)
-            self.committed()
-            return position
-        self._inflight_wait()
-        connection = self._connection_get()
-        try:
-            services.links_batch_send(connection, batch)
-        except RedisError:
-            connection.disconnect()  # half a command may have gone out: start afresh
-            raise
-        self._inflight = batch
-        return batch.next_offset
+            requests.send(message)
+        except OSError as exc:
+            self._worker_forget()
+            raise WorkerLost(f"the links worker is gone: {exc!r}") from None
+        self._inflight.append(_Sent(partition, records, expected, topic_id))
+        return records[-1].offset + 1
 
     def poll(self) -> None:
-        self._inflight_wait()
+        self.join()
 
     def join(self) -> None:
-        self._inflight_wait()
+        while self._inflight:
+            self._outcome_read()
 
     def close(self) -> None:
-        """Give the connection back to the pool (after the loop's last join)."""
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            self.redis.connection_pool.release(connection)
-
-    def _connection_get(self) -> Connection:
-        if self._connection is None:
-            self._connection = self.redis.connection_pool.get_connection()
-        return self._connection
-
-    def _inflight_wait(self) -> None:
-        """Read the reply of the batch in Redis, if any: count it, or raise its failure."""
-        batch, self._inflight = self._inflight, None
-        if batch is None:
+        """Stop the worker (after the loop's last join)."""
+        worker, requests = self._worker, self._requests
+        if worker is None or requests is None:
             return
-        assert self._connection is not None
         try:
-            result = services.links_batch_receive(self._connection, batch)
-        except RedisError:
-            # A reply not read (a timeout) would be taken for the next command's.
-            self._connection.disconnect()
-            raise
-        self.applied(result)
-        self.committed()
+            requests.send(("stop",))
+        except OSError:
+            pass
+        worker.join(timeout=5)
+        if worker.is_alive():
+            worker.terminate()
+            worker.join()
+        self._worker_forget()
+
+    # --- this side ----------------------------------------------------------------------
+
+    def _worker_get(self) -> Pipe:
+        if self._requests is None:
+            context = multiprocessing.get_context("fork")
+            requests_in, requests_out = context.Pipe(duplex=False)
+            replies_in, replies_out = context.Pipe(duplex=False)
+            _pipe_widen(requests_out)
+            pool = self.redis.connection_pool
+            worker = context.Process(
+                target=_worker_main, name="consume_links worker", daemon=True,
+                args=(requests_in, replies_out, (requests_out, replies_in),
+                      lambda: pool.connection_class(**pool.connection_kwargs),
+                      self.isolation.content_errors))
+            worker.start()
+            requests_in.close()
+            replies_out.close()
+            self._worker, self._requests, self._replies = worker, requests_out, replies_in
+        return self._requests
+
+    def _worker_forget(self) -> None:
+        """After the worker is lost (or stopped): what was in it is not known to be applied."""
+        self._inflight.clear()
+        for pipe in (self._requests, self._replies):
+            if pipe is not None:
+                pipe.close()
+        worker, self._worker, self._requests, self._replies = self._worker, None, None, None
+        if worker is not None and worker.is_alive():
+            worker.terminate()
+        if worker is not None:
+            worker.join()
+
+    def _receive(self) -> tuple:
+        assert self._replies is not None
+        try:
+            return self._replies.recv()
+        except (EOFError, OSError) as exc:
+            self._worker_forget()
+            raise WorkerLost(f"the links worker is gone: {exc!r}") from None
+
+    def _outcome_read(self) -> None:
+        """Read the oldest batch's outcome: count it, or raise its failure (after reading the
+        outcomes of the batches after it, which the worker dropped), or isolate it."""
+        sent = self._inflight[0]
+        outcome = self._receive()
+        self._inflight.popleft()
+        if outcome[0] == "applied":
+            try:
+                result = services.links_batch_done(outcome[1], outcome[2])
+            except PositionMismatch:
+                self._dropped_read()
+                raise
+            self.applied(result)
+            self.committed()
+            return
+        dropped = self._dropped_read()
+        if outcome[0] == "failed":
+            raise outcome[1]
+        assert outcome[0] == "content", outcome
+        # Rare (a MessageError is not one: those records are rejected in the batch): the batch
+        # and the ones after it, which the worker dropped, are written here, in order.
+        failed: Exception | None = outcome[1]
+        for batch in [sent, *dropped]:
+            self.isolation.isolate(partition=batch.partition, records=batch.records,
+                                   expected=batch.expected, topic_id=batch.topic_id,
+                                   failed=failed)
+            failed = None
+            self.committed()
+
+    def _dropped_read(self) -> list[_Sent]:
+        """After a batch failed or was refused: the worker dropped the ones after it. Read
+        those outcomes, then let it take batches again."""
+        dropped = list(self._inflight)
+        for _ in dropped:
+            outcome = self._receive()
+            assert outcome[0] == "dropped", outcome
+        self._inflight.clear()
+        assert self._requests is not None
+        try:
+            self._requests.send(("resume",))
+        except OSError as exc:
+            self._worker_forget()
+            raise WorkerLost(f"the links worker is gone: {exc!r}") from None
+        return dropped
+
+
+def _records_pack(records: Sequence[Record]) -> tuple:
+    """A batch's offsets, keys and values as five flat objects (their lengths beside the joined
+    bytes, -1 for None), for the worker (_unblob). Pickling the lists of bytes
+    themselves cost 0.24 us a record (pickle memoizes each object), this 0.1 us."""
+    offsets = array("q", [r.offset for r in records])
+    keys = [r.key for r in records]
+    values = [r.value for r in records]
+    return (offsets, *_blob(keys), *_blob(values))
+
+
+def _blob(items: list) -> tuple[array | None, bytes | list]:
+    try:
+        return array("q", map(len, items)), b"".join(items)
+    except TypeError:  # a None (a tombstone's value, a record without a key): rare
+        pass
+    if all(item is None or isinstance(item, bytes) for item in items):
+        lengths = array("q", [-1 if item is None else len(item) for item in items])
+        return lengths, b"".join(item for item in items if item is not None)
+    # Not what Kafka gives (tests make content errors so): the list as it is, for the decoder
+    # to judge in the worker as it would have here.
+    return None, items
+
+
+def _unblob(lengths: array | None, blob: bytes | list) -> list:
+    if lengths is None:
+        return blob  # type: ignore[return-value]
+    items: list[bytes | None] = []
+    append = items.append
+    start = 0
+    for length in lengths:
+        if length < 0:
+            append(None)
+        else:
+            end = start + length
+            append(blob[start:end])
+            start = end
+    return items
+
+
+def _pipe_widen(pipe: Pipe) -> None:
+    """Let a whole batch (5,000 links of ~250 bytes) fit in the pipe to the worker, so that
+    handing it over does not wait for the worker to be done with Redis (a pipe holds 64 KiB by
+    default). Linux only; as large as the system allows (/proc/sys/fs/pipe-max-size, 1 MiB by
+    default, unless privileged): a larger batch is handed over in parts, as before."""
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setsize is None:
+        return
+    for size in (4 << 20, 1 << 20):
+        try:
+            fcntl.fcntl(pipe.fileno(), setsize, size)
+            return
+        except OSError:
+            continue
+
+
+def _sendable(exc: Exception, fallback: type[Exception]) -> Exception:
+    """`exc` if it survives pickling (it crosses to the other process), else `fallback` with
+    its text."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - any failure to pickle means: send its text instead
+        return fallback(repr(exc))
+    return exc
+
+
+# --- the worker process ------------------------------------------------------------------
+
+
+class _WorkerRecord(NamedTuple):
+    """What services.links_batch_prepare needs of a record, rebuilt in the worker."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def _worker_main(requests: Pipe, replies: Pipe, parents: tuple[Pipe, ...],
+                 connection_make: Callable, content_errors: tuple[type[Exception], ...]) -> None:
+    """The worker's loop: decode each batch that comes (while Redis applies the one before),
+    send it to Redis once the previous one's reply is read, and report each outcome in order:
+    ("applied", the batch without its arguments, Redis' reply), ("failed", a RedisError),
+    ("content", the content error its decoding raised; nothing sent) or ("dropped",): after a
+    failure or a refusal, until ("resume",). Ends at ("stop",) or when this side is gone."""
+    # Ctrl-C reaches the whole process group: the worker stops when consume_links closes it
+    # (or exits), after the batch in hand, never in the middle of one.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for pipe in parents:
+        pipe.close()  # so that this side's exit is an EOF here
+    connection = connection_make()
+    inflight: services.LinksBatch | None = None  # sent to Redis, its reply not yet read
+    halted = False
+
+    def finish(batch: services.LinksBatch) -> bool:
+        """Read `batch`'s reply and report it; False if the batch failed."""
+        try:
+            reply = services.links_batch_reply(connection, batch)
+        except RedisError as exc:
+            connection.disconnect()  # a reply not read would be taken for the next one's
+            replies.send(("failed", _sendable(exc, RedisError)))
+            return False
+        replies.send(("applied", dataclasses.replace(batch, args=[]), reply))
+        return reply[0] != b"MISMATCH"
+
+    while True:
+        if inflight is not None and not requests.poll():
+            # Nothing to decode meanwhile: report the batch in Redis as soon as it is applied.
+            halted = not finish(inflight)
+            inflight = None
+        try:
+            message = requests.recv()
+        except EOFError:
+            return
+        if message[0] == "stop":
+            if inflight is not None:
+                finish(inflight)
+            return
+        if message[0] == "resume":
+            halted = False
+            continue
+        (_, partition, expected, topic_id, topic, offsets, key_lengths, key_blob, value_lengths,
+         value_blob) = message
+        keys, values = _unblob(key_lengths, key_blob), _unblob(value_lengths, value_blob)
+        if halted:
+            replies.send(("dropped",))
+            continue
+        refused: Exception | None = None
+        try:
+            batch = services.links_batch_prepare(
+                partition=partition, expected_position=expected, topic_id=topic_id,
+                records=[_WorkerRecord(topic, partition, offset, key, value)
+                         for offset, key, value in zip(offsets, keys, values)])
+        except content_errors as exc:
+            refused = exc
+        if inflight is not None:
+            failed = not finish(inflight)
+            inflight = None
+            if failed:
+                halted = True
+                replies.send(("dropped",))
+                continue
+        if refused is not None:
+            halted = True
+            replies.send(("content", _sendable(refused, ValueError)))
+            continue
+        try:
+            services.links_batch_send(connection, batch)
+        except RedisError as exc:
+            connection.disconnect()  # half a command may have gone out: start afresh
+            halted = True
+            replies.send(("failed", _sendable(exc, RedisError)))
+            continue
+        inflight = batch

@@ -1,18 +1,22 @@
-"""consume_links' pipelined strategy (redirects/links_writes.py, LinksWrites) against a real
-Redis: a batch is in Redis while the caller goes on; its outcome, or its failure, comes with the
-next submit, poll or join; a batch the decoder cannot handle is isolated; Redis losing its
-scripts or the connection is survived."""
+"""consume_links' batch strategy (redirects/links_writes.py, LinksWrites) against a real Redis:
+a worker process decodes and applies the batches while the caller goes on; their outcomes, or
+their failure, come with a later submit, poll or join; batches after a failed one are not
+applied; a batch the decoder cannot handle is isolated, and the ones after it applied in order;
+Redis losing its scripts or the connection, and the worker being lost, are survived."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+
+import os
+import signal
 
 import pytest
 import redis as redis_lib
 from django.conf import settings
 
 from redirects import services
-from redirects.links_writes import LinksWrites
+from redirects.links_writes import LinksWrites, WorkerLost
 from runtime.metrics import RECORDS_REJECTED
 from testkit import FakeRecord as Rec
 from topics.batching import CONTENT_ERRORS, BatchIsolation
@@ -66,25 +70,33 @@ def submit(writes, records, expected):
 
 def test_a_batch_is_applied_in_redis_while_the_caller_goes_on(redis, writes):
     assert submit(writes, [rec(0, "wwwwww1"), rec(1, "wwwwww2")], None) == 2
-    # Sent, its reply not read yet: nothing counted, and no other command was needed.
+    # Handed over, its outcome not read yet: nothing counted.
     assert writes.applied_results == [] and writes.commits == []
-    assert submit(writes, [rec(2, "wwwwww3")], 2) == 3  # reads the first batch's reply
+    # Up to `depth` batches are in the worker; one more waits for the oldest one's outcome.
+    for n in range(1, writes.depth):
+        assert submit(writes, [rec(1 + n, f"wwwwwx{n}")], 1 + n) == 2 + n
+    assert writes.applied_results == []
+    assert submit(writes, [rec(1 + writes.depth, "wwwwww3")], 1 + writes.depth) == 2 + writes.depth
     assert [r.applied for r in writes.applied_results] == [2]
     writes.join()
-    assert [r.applied for r in writes.applied_results] == [2, 1] and len(writes.commits) == 2
-    assert position(redis) == b"3" and held(redis, "wwwwww3") == b"1||https://w.example/wwwwww3"
+    assert [r.applied for r in writes.applied_results] == [2] + [1] * writes.depth
+    assert len(writes.commits) == 1 + writes.depth
+    assert position(redis) == str(2 + writes.depth).encode()
+    assert held(redis, "wwwwww3") == b"1||https://w.example/wwwwww3"
     writes.join()  # nothing in flight: nothing more
-    assert len(writes.applied_results) == 2
+    assert len(writes.applied_results) == 1 + writes.depth
 
 
-def test_a_failed_batch_is_raised_by_the_next_call_and_moved_nothing(redis, writes):
+def test_a_failed_batch_is_raised_by_a_later_call_and_moved_nothing(redis, writes):
     submit(writes, [rec(0, "wwwwww4")], None)
-    writes.poll()  # an idle poll finishes the batch in flight
+    writes.poll()  # an idle poll finishes the batches in flight
     assert position(redis) == b"1"
-    # Believing nothing is stored: Redis refuses the batch, and says so at the next call.
+    # Believing nothing is stored: Redis refuses the batch, and says so at a later call; the
+    # batch after it is not applied (it follows one that was not).
     submit(writes, [rec(1, "wwwwww5")], None)
+    submit(writes, [rec(2, "wwwwww6")], 2)
     with pytest.raises(PositionMismatch) as info:
-        submit(writes, [rec(2, "wwwwww6")], 2)
+        writes.join()
     assert info.value.stored == 1
     assert held(redis, "wwwwww5") is None and held(redis, "wwwwww6") is None
     assert position(redis) == b"1"
@@ -99,13 +111,53 @@ def test_a_record_the_decoder_cannot_handle_is_isolated_after_the_batch_in_fligh
     before = RECORDS_REJECTED.labels("test", "TypeError")._value.get()
     submit(writes, [rec(0, "wwwwww7")], None)
     # A value that is not bytes makes the decoder raise TypeError (a content error), not a
-    # MessageError: the batch is split until that record is found; the others are applied.
+    # MessageError: the batch is split until that record is found; the others are applied,
+    # and so is the batch handed over after it, which the worker had dropped.
     odd = Rec(2, b"wwwwww9", 12345)
     assert submit(writes, [rec(1, "wwwwww8"), odd, rec(3, "wwwwwwA")], 1) == 4
+    assert submit(writes, [rec(4, "wwwwwwE")], 4) == 5
     writes.join()
-    assert position(redis) == b"4"
-    assert all(held(redis, t) is not None for t in ("wwwwww7", "wwwwww8", "wwwwwwA"))
+    assert position(redis) == b"5"
+    assert all(held(redis, t) is not None for t in ("wwwwww7", "wwwwww8", "wwwwwwA", "wwwwwwE"))
     assert RECORDS_REJECTED.labels("test", "TypeError")._value.get() == before + 1
+    # Only batch 0 was the worker's; 4 went through the isolation's write, as 1-3 did
+    # (consume_links counts those in its batch write).
+    assert [r.applied for r in writes.applied_results] == [1]
+    # A record refused by the decoder's checks (MessageError) is stepped over in its batch.
+    bad = Rec(5, b"wwwwwwF", b"not json")
+    assert submit(writes, [bad, rec(6, "wwwwwwG")], 5) == 7
+    writes.join()
+    assert position(redis) == b"7" and held(redis, "wwwwwwG") is not None
+    assert writes.applied_results[-1].rejected == 1
+
+
+def test_the_worker_lost_is_a_store_error_and_a_new_one_takes_over(redis, writes):
+    submit(writes, [rec(0, "wwwwwwH")], None)
+    writes.join()
+    os.kill(writes._worker.pid, signal.SIGKILL)
+    writes._worker.join()
+    with pytest.raises(WorkerLost):  # a RedisError: the loop re-reads the stored position
+        submit(writes, [rec(1, "wwwwwwI")], 1)
+        writes.join()
+    assert isinstance(WorkerLost(), redis_lib.RedisError)
+    stored = int(position(redis))
+    submit(writes, [rec(stored, "wwwwwwJ")], stored)
+    writes.join()
+    assert int(position(redis)) == stored + 1 and held(redis, "wwwwwwJ") is not None
+
+
+def test_the_worker_ignores_ctrl_c_and_stops_with_the_strategy(redis, writes):
+    submit(writes, [rec(0, "wwwwwwK")], None)
+    writes.join()
+    worker = writes._worker
+    # Ctrl-C reaches the whole process group; consume_links finishes its batch and closes
+    # the strategy, which stops the worker.
+    os.kill(worker.pid, signal.SIGINT)
+    submit(writes, [rec(1, "wwwwwwL")], 1)
+    writes.join()
+    assert position(redis) == b"2"
+    writes.close()
+    assert not worker.is_alive() and worker.exitcode == 0
 
 
 def test_redis_losing_its_scripts_or_the_connection_is_survived(redis, writes):
