@@ -137,7 +137,7 @@ class LinksConsumer(Observer):
         self.loop = Loop(name=NAME, topic=self.topic, stop=stop,
                          consumer_factory=consumer_factory, store=RedisPositionStore(redis=redis),
                          write=self._batch_write, observer=self,
-                         strategy=functools.partial(LinksWrites, redis=redis,
+                         strategy=functools.partial(LinksWrites, redis=redis, stop=stop,
                                                     applied=self._batch_counted),
                          backoff_max_seconds=self.backoff_max_seconds)
 

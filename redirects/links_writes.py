@@ -32,15 +32,24 @@ What stays as it was:
     Until then the loop's `expected` (and the group offset, monitoring only) may be up to
     `depth` batches ahead of Redis: whatever needs Redis to hold them joins first
     (LinksConsumer does before it marks the replica ready).
+
+A stuck worker (stopped, hung) never holds this process: a watchdog thread kills it once this
+side has waited on it for `stuck_seconds`, or `stop_grace_seconds` after SIGTERM/SIGINT, and
+it counts as lost (LinksWrites, tests/redirects/test_links_writes.py and
+tests/redirects/test_consume_links_faults.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import logging
 import multiprocessing
+import os
 import pickle
 import signal
+import threading
+import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -53,6 +62,8 @@ from redis.exceptions import RedisError
 from redirects import services
 from topics.batching import BatchIsolation, Record
 from topics.positions import PositionMismatch
+
+logger = logging.getLogger(__name__)
 
 
 class WorkerLost(RedisError):
@@ -82,17 +93,33 @@ class LinksWrites:
     # 7 % of this process' time in a loaded run, 1 % with 3 (py-spy, 1,000,000 links). A
     # submit beyond this waits for the oldest one's outcome.
     depth = 3
+    # A hand-over or an outcome that waits longer than this on the worker means the worker is
+    # stuck (stopped by SIGSTOP, hung): it is killed and counts as lost (WorkerLost), so the loop
+    # re-reads from what Redis holds with a new worker. A batch takes the worker milliseconds,
+    # and its Redis client gives up after its socket timeout (5 s), so this is far past a slow
+    # batch. Once the loop is told to stop (SIGTERM, SIGINT), the wait is bounded by
+    # stop_grace_seconds instead: the command then exits with the batches not yet reported
+    # still to be read again at the next start (systemd's stop timeout is 90 s).
+    stuck_seconds = 60.0
+    stop_grace_seconds = 5.0
 
     def __init__(self, *, isolation: BatchIsolation, committed: Callable[[], None], redis: Redis,
-                 applied: Callable[[services.BatchResult], None]) -> None:
+                 applied: Callable[[services.BatchResult], None],
+                 stop: threading.Event | None = None) -> None:
         self.isolation = isolation
         self.committed = committed
         self.redis = redis
         self.applied = applied
+        self.stop = stop if stop is not None else threading.Event()
         self._worker: multiprocessing.process.BaseProcess | None = None
         self._requests: Pipe | None = None  # to the worker
         self._replies: Pipe | None = None  # from the worker
         self._inflight: deque[_Sent] = deque()  # handed over, in order, outcome not yet read
+        # When this side began to wait on the worker (a send or a receive), None when it does
+        # not; read by the watchdog thread (_watch), which kills a worker that keeps it waiting.
+        self._waiting_since: float | None = None
+        self._watchdog: threading.Thread | None = None
+        self._closed = threading.Event()
 
     def submit(self, *, partition: int, records: Sequence[Record], expected: int | None,
                topic_id: str | None) -> int:
@@ -101,11 +128,14 @@ class LinksWrites:
         requests = self._worker_get()
         message = ("batch", partition, expected, topic_id, records[0].topic,
                    *_records_pack(records))
+        self._waiting_since = time.monotonic()
         try:
             requests.send(message)
         except OSError as exc:
             self._worker_forget()
             raise WorkerLost(f"the links worker is gone: {exc!r}") from None
+        finally:
+            self._waiting_since = None
         self._inflight.append(_Sent(partition, records, expected, topic_id))
         return records[-1].offset + 1
 
@@ -118,6 +148,7 @@ class LinksWrites:
 
     def close(self) -> None:
         """Stop the worker (after the loop's last join)."""
+        self._closed.set()
         worker, requests = self._worker, self._requests
         if worker is None or requests is None:
             return
@@ -126,9 +157,6 @@ class LinksWrites:
         except OSError:
             pass
         worker.join(timeout=5)
-        if worker.is_alive():
-            worker.terminate()
-            worker.join()
         self._worker_forget()
 
     # --- this side ----------------------------------------------------------------------
@@ -149,7 +177,32 @@ class LinksWrites:
             requests_in.close()
             replies_out.close()
             self._worker, self._requests, self._replies = worker, requests_out, replies_in
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch, daemon=True,
+                                                  name="consume_links worker watchdog")
+                self._watchdog.start()
         return self._requests
+
+    def _watch(self) -> None:
+        """Kill the worker when this side has waited on it past stuck_seconds (or past
+        stop_grace_seconds once the loop is stopping): the wait then ends with an EOF or a
+        broken pipe, which the waiting call turns into WorkerLost. A thread, because a
+        send into a full pipe cannot be given a timeout."""
+        while not self._closed.wait(0.2):
+            since, worker = self._waiting_since, self._worker
+            if since is None or worker is None:
+                continue
+            limit = self.stop_grace_seconds if self.stop.is_set() else self.stuck_seconds
+            waited = time.monotonic() - since
+            if waited >= limit and worker.pid is not None:
+                logger.error("the links worker (pid %s) kept this process waiting %.1fs%s: "
+                             "killing it; what it held is read again", worker.pid, waited,
+                             " while stopping" if self.stop.is_set() else "")
+                try:
+                    os.kill(worker.pid, signal.SIGKILL)  # acts on a stopped process too
+                except ProcessLookupError:
+                    pass
+                self._waiting_since = None
 
     def _worker_forget(self) -> None:
         """After the worker is lost (or stopped): what was in it is not known to be applied."""
@@ -159,17 +212,20 @@ class LinksWrites:
                 pipe.close()
         worker, self._worker, self._requests, self._replies = self._worker, None, None, None
         if worker is not None and worker.is_alive():
-            worker.terminate()
+            worker.kill()  # SIGKILL: a worker stopped by SIGSTOP would not act on SIGTERM
         if worker is not None:
             worker.join()
 
     def _receive(self) -> tuple:
         assert self._replies is not None
+        self._waiting_since = time.monotonic()
         try:
             return self._replies.recv()
         except (EOFError, OSError) as exc:
             self._worker_forget()
             raise WorkerLost(f"the links worker is gone: {exc!r}") from None
+        finally:
+            self._waiting_since = None
 
     def _outcome_read(self) -> None:
         """Read the oldest batch's outcome: count it, or raise its failure (after reading the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import fcntl
 import os
 import signal
 
@@ -144,6 +145,46 @@ def test_the_worker_lost_is_a_store_error_and_a_new_one_takes_over(redis, writes
     submit(writes, [rec(stored, "wwwwwwJ")], stored)
     writes.join()
     assert int(position(redis)) == stored + 1 and held(redis, "wwwwwwJ") is not None
+
+
+@pytest.mark.parametrize("stopping", [False, True])
+@pytest.mark.parametrize("waiting_on", ["receive", "send"])
+def test_a_stuck_worker_is_killed_and_counts_as_lost(redis, writes, stopping, waiting_on):
+    """A worker that keeps this side waiting (here stopped by SIGSTOP: it reads nothing and
+    answers nothing) is killed past stuck_seconds, or past stop_grace_seconds once the loop is
+    stopping (SIGTERM), whether this side waits for an outcome or in a send into the worker's
+    full pipe."""
+    writes.stuck_seconds, writes.stop_grace_seconds = (60.0, 0.5) if stopping else (0.5, 60.0)
+    submit(writes, [rec(0, "wwwwwwS")], None)
+    writes.join()
+    worker = writes._worker
+    if waiting_on == "send":
+        # The smallest pipe (a page): a batch of ~100 kB cannot be handed over at once.
+        fcntl.fcntl(writes._requests.fileno(), fcntl.F_SETPIPE_SZ, 4096)
+        batch = [rec(1 + i, f"ws{i:05d}") for i in range(1000)]
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        if stopping:
+            writes.stop.set()
+        with pytest.raises(WorkerLost):  # within the limit: the test's timeout bounds it
+            if waiting_on == "send":
+                submit(writes, batch, 1)
+            else:
+                submit(writes, [rec(1, "wwwwwwU")], 1)
+            writes.join()
+        worker.join(timeout=10)
+        assert not worker.is_alive() and worker.exitcode == -signal.SIGKILL
+    finally:
+        if worker.is_alive():
+            os.kill(worker.pid, signal.SIGCONT)
+    writes.stop.clear()
+    # What the lost worker held is read again from the position Redis holds, by a new worker.
+    stored = int(position(redis))
+    assert stored == 1
+    submit(writes, [rec(stored, "wwwwwwT")], stored)
+    writes.join()
+    assert int(position(redis)) == stored + 1 and held(redis, "wwwwwwT") is not None
+    assert writes._worker is not worker
 
 
 def test_the_worker_ignores_ctrl_c_and_stops_with_the_strategy(redis, writes):
