@@ -34,7 +34,7 @@ from bench.common import ROOT, cleanup, cpu_seconds, database_create, setup
 
 setup("benchc")
 
-from bench.redirect import line, wait_port, wrk  # noqa: E402
+from bench.redirect import line, need, wait_port, wrk  # noqa: E402
 from links.models import Link  # noqa: E402
 from testkit import free_port, scrape  # noqa: E402
 from topics.provisioning import topics_ensure  # noqa: E402
@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--single", type=int, default=200, help="requests of the single run")
     args = parser.parse_args()
+    need("wrk", "wrk")  # as bench/redirect.py: installed when root and missing
     tmp = Path(tempfile.mkdtemp(prefix="bench-create-"))
     database_create()
     web = None
