@@ -358,10 +358,12 @@ def _worker_main(requests: Pipe, replies: Pipe, parents: tuple[Pipe, ...],
     ("applied", the batch without its arguments, Redis' reply), ("failed", a RedisError),
     ("content", the content error its decoding raised; nothing sent) or ("dropped",): after a
     failure or a refusal, until ("resume",). Ends at ("stop",) or when this side is gone."""
-    # Ctrl-C reaches the whole process group: the worker stops when consume_links closes it
-    # (or exits), after the batch in hand, never in the middle of one.
+    # Ctrl-C reaches the whole process group, and systemd's stop sends SIGTERM to every process
+    # of the unit (KillMode=control-group), supervisord's to the group (stopasgroup): the worker
+    # ignores both and stops when consume_links closes it (or exits), after the batch in hand,
+    # never in the middle of one. SIGKILL (the watchdog, a stop that timed out) still ends it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for pipe in parents:
         pipe.close()  # so that this side's exit is an EOF here
     connection = connection_make()

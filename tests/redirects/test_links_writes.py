@@ -187,13 +187,14 @@ def test_a_stuck_worker_is_killed_and_counts_as_lost(redis, writes, stopping, wa
     assert writes._worker is not worker
 
 
-def test_the_worker_ignores_ctrl_c_and_stops_with_the_strategy(redis, writes):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_worker_ignores_ctrl_c_and_stops_with_the_strategy(redis, writes, sig):
     submit(writes, [rec(0, "wwwwwwK")], None)
     writes.join()
     worker = writes._worker
     # Ctrl-C reaches the whole process group; consume_links finishes its batch and closes
     # the strategy, which stops the worker.
-    os.kill(worker.pid, signal.SIGINT)
+    os.kill(worker.pid, sig)  # Ctrl-C, or a stop signal sent to every process of the unit
     submit(writes, [rec(1, "wwwwwwL")], 1)
     writes.join()
     assert position(redis) == b"2"
