@@ -2,12 +2,15 @@
 
 Links made through PUT /create, clicked on two replicas (real processes), reported, applied by
 consume_clicks; then a person logs in and looks at the links list, a link's page with its
-charts, and the replicas page. The screenshots in docs/ (README's admin section) come from here.
+charts, and the replicas page. The screenshots in docs/ (README's admin section) come from here
+(SHORTENER_SCREENSHOTS_UPDATE=1; see DOCS).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,6 +26,9 @@ from testkit import ROOT, wait_until
 from topics.clicks import click_report_encode, clicks_topic
 from topics.links import producer_get
 
+# The screenshots go to docs/ only when asked (SHORTENER_SCREENSHOTS_UPDATE=1, to refresh the
+# README's pictures); otherwise to this run's test data, so that a test run leaves the checkout
+# as it found it.
 DOCS = ROOT / "docs"
 PASSWORD = "a-long-test-password-1"
 
@@ -45,10 +51,15 @@ def browser():
 
 
 def screenshot(browser, name: str, height: int | None = None) -> Path:
-    """The whole page (or its first `height` pixels) as docs/<name>."""
+    """The whole page (or its first `height` pixels) as <name> (see DOCS for where)."""
     full = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(1600, min(height or full, 4000))
-    path = DOCS / name
+    if os.environ.get("SHORTENER_SCREENSHOTS_UPDATE") == "1":
+        folder = DOCS
+    else:
+        folder = Path(os.environ.get("SHORTENER_TEST_DATA") or tempfile.gettempdir()) / "screens"
+        folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
     browser.save_screenshot(str(path))
     return path
 
