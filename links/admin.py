@@ -8,8 +8,6 @@ it down or put it back; everything else is read-only. Each link's page shows its
 time (a chart per hour and per day, by replica; CSV per day).
 """
 
-import csv
-
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -21,6 +19,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 
 from links import protection, publishing, replicas, selectors, services, validation
+from links.clicks_csv import clicks_csv
 from links.models import (
     ApiKey,
     BlockedHost,
@@ -164,15 +163,9 @@ class LinkAdmin(ReadOnlyAdmin):
             return HttpResponse(status=403)
         link = get_object_or_404(Link, pk=object_id)
         series = selectors.link_clicks_daily_all(link_id=link.pk)
-        response = HttpResponse(content_type="text/csv; charset=utf-8")
+        response = HttpResponse(clicks_csv(series, unit="day"),
+                                content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="clicks-{link.tinyurl}.csv"'
-        writer = csv.writer(response)
-        nodes = list(series.by_node)
-        # A node label may start with "-", which a spreadsheet would read as a formula.
-        writer.writerow(["day", "clicks", *(f"'{n}" if n[:1] in "=+-@" else n for n in nodes)])
-        for i, day in enumerate(series.slots):
-            row = [series.by_node[n][i] for n in nodes]
-            writer.writerow([day.date().isoformat(), sum(row), *row])
         return response
 
     @admin.display(description="long URL")

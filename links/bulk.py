@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from datetime import timezone as dt_timezone
 
 import msgspec
@@ -67,30 +68,43 @@ def create_bulk(request: HttpRequest) -> HttpResponse:
         return _error(503, "the database is unavailable; retry shortly", **{"Retry-After": "5"})
 
 
-def _body_read(request: HttpRequest) -> list | JsonResponse:
-    """The call's items (a JSON list), or the refusal of the whole call. An item holding an
-    integer too long to parse is bodies.INTEGER_TOO_LONG, refused alone; nesting too deep
-    refuses the call (links/bodies.py says why)."""
+class BulkRefused(Exception):
+    """The refusal of a whole bulk call (counted by reason): its status and message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason = status, reason
+
+
+def bulk_items_read(content_length: str | None, read: Callable[[int], bytes]) -> list:
+    """The call's items (a JSON list), from the request's Content-Length (None if absent) and
+    `read(n)` (at most n bytes of the body). Raises BulkRefused (counted in
+    shortener_create_refused_total) for the whole call. An item holding an integer too long to
+    parse is bodies.INTEGER_TOO_LONG, refused alone; nesting too deep refuses the call
+    (links/bodies.py says why). Shared by PUT /create/bulk and the JSON API's bulk create."""
     limit = settings.SHORTENER_BULK_MAX_BODY_BYTES
     try:
         payload = bodies.json_body(
-            request.META.get("CONTENT_LENGTH"),
+            content_length,
             # Read from the stream, not request.body: Django refuses bodies over
             # DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) there; this path has its own bound.
-            lambda: request.read(limit + 1), limit=limit, too_large_status=413,
+            lambda: read(limit + 1), limit=limit, too_large_status=413,
             too_large=f"request body is larger than {limit} bytes "
                       "(SHORTENER_BULK_MAX_BODY_BYTES); send fewer items per call",
             empty='request body is empty; send a JSON array: [{"longurl": "https://..."}, ...]',
             elements_most=settings.SHORTENER_BULK_MAX_ITEMS)
     except bodies.BodyRefused as exc:
-        return _refuse(exc.status, exc.reason, str(exc))
+        CREATE_REFUSED.labels(exc.reason).inc()
+        raise BulkRefused(exc.status, exc.reason, str(exc)) from None
     if not isinstance(payload, list):
-        return _refuse(400, "json", 'request body must be a JSON array of what /create '
-                       'accepts: [{"longurl": "https://..."}, ...]')
+        CREATE_REFUSED.labels("json").inc()
+        raise BulkRefused(400, "json", 'request body must be a JSON array of what /create '
+                          'accepts: [{"longurl": "https://..."}, ...]')
     most = settings.SHORTENER_BULK_MAX_ITEMS
     if len(payload) > most:
-        return _refuse(400, "too_many_items", f"{len(payload)} items; at most {most} a call "
-                       "(SHORTENER_BULK_MAX_ITEMS)")
+        CREATE_REFUSED.labels("too_many_items").inc()
+        raise BulkRefused(400, "too_many_items", f"{len(payload)} items; at most {most} a call "
+                          "(SHORTENER_BULK_MAX_ITEMS)")
     return payload
 
 
@@ -106,12 +120,23 @@ def _create_bulk(request: HttpRequest) -> HttpResponse:
                        **{"WWW-Authenticate": 'Bearer realm="create"'})
     except protection.AuthRefused as exc:
         return _refuse(403, "auth_refused", str(exc))
-    payload = _body_read(request)
-    if isinstance(payload, JsonResponse):
-        return payload
+    try:
+        payload = bulk_items_read(request.META.get("CONTENT_LENGTH"), request.read)
+    except BulkRefused as exc:
+        return _error(exc.status, str(exc))
+    results = bulk_results(payload, client=protection.client_identity(request=request, key=key))
+    # msgspec, not JsonResponse's json.dumps: 0.05 µs an item instead of 0.64 (the answers are
+    # only strings and numbers, encoded the same).
+    return HttpResponse(msgspec.json.encode({"results": results}), status=200,
+                        content_type="application/json")
 
-    granted, retry_after = ratelimit.create_rate_limit_take(
-        client=protection.client_identity(request=request, key=key), cost=len(payload))
+
+def bulk_results(payload: list, *, client: str) -> list[dict]:
+    """Each item's answer, in input order (the module's docstring): the rate limit of `client`
+    (protection.client_identity) counted per item, each item's shape and expiry checked, then
+    links_create_many for the rest. Per-item refusals are counted by reason. Raises
+    DatabaseError/InterfaceError if PostgreSQL is unavailable (no item's answer is known)."""
+    granted, retry_after = ratelimit.create_rate_limit_take(client=client, cost=len(payload))
     results: list[dict | None] = [None] * len(payload)
     items: list[services.CreateItem] = []
     positions: list[int] = []  # the input position of each of `items`
@@ -144,10 +169,7 @@ def _create_bulk(request: HttpRequest) -> HttpResponse:
     for result in results:
         if result is not None and "code" in result and result["status"] != 503:
             CREATE_REFUSED.labels(result["code"]).inc()
-    # msgspec, not JsonResponse's json.dumps: 0.05 µs an item instead of 0.64 (the answers are
-    # only strings and numbers, encoded the same).
-    return HttpResponse(msgspec.json.encode({"results": results}), status=200,
-                        content_type="application/json")
+    return results  # type: ignore[return-value]
 
 
 def _outcome_answer(outcome: services.CreateOutcome) -> dict:

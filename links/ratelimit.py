@@ -128,15 +128,19 @@ def _limiter_get() -> _Limiter:
     return current[1]
 
 
-def create_rate_limit_hit(*, client: str) -> float | None:
+def create_rate_limit_hit(*, client: str, scope: str = "create") -> float | None:
     """Count one /create of `client` against every configured limit.
+
+    `scope` names the budget counted: "create" for every request that makes a link (PUT /create,
+    the JSON API's creates: one budget, so no path is a way around another's), "api" for the
+    JSON API's other operations (links/api/), whose reads must not use up a client's creates.
 
     Returns None if it is within them, else the seconds until the client may try again (the
     end of the exhausted window, at least 1). A store that fails lets the request through
     (logged): limits protect the service, they must not take /create down with them.
     """
     # The user prefix, so that a store shared by several users (a Redis) keeps them apart.
-    identifiers = (settings.SHORTENER_USER, "create", client)
+    identifiers = (settings.SHORTENER_USER, scope, client)
     try:
         limiter = _limiter_get()
         for item in limiter.items:
@@ -154,8 +158,8 @@ def create_rate_limit_hit(*, client: str) -> float | None:
     return None
 
 
-
-def create_rate_limit_take(*, client: str, cost: int) -> tuple[int, float | None]:
+def create_rate_limit_take(*, client: str, cost: int,
+                           scope: str = "create") -> tuple[int, float | None]:
     """Count up to `cost` creates of `client` (PUT /create/bulk: one per item) against every
     configured limit; returns (granted, retry_after): how many of them the client's budget
     allows now (the first `granted` items of the call go ahead), and, if that is fewer than
@@ -167,9 +171,9 @@ def create_rate_limit_take(*, client: str, cost: int) -> tuple[int, float | None
     /create would. A concurrent call of the same client that took the room between the read
     and the hit makes the hit fail (the counter is past the limit, as after a refused /create):
     then nothing is granted, so never more links are created than the limit allows. A store
-    that fails grants everything (logged), as create_rate_limit_hit does.
+    that fails grants everything (logged), as create_rate_limit_hit does. `scope`: as there.
     """
-    identifiers = (settings.SHORTENER_USER, "create", client)
+    identifiers = (settings.SHORTENER_USER, scope, client)
     try:
         limiter = _limiter_get()
         if not limiter.items or cost <= 0:

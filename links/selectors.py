@@ -8,8 +8,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from django.db import connection
-from django.db.models import BigIntegerField, OuterRef, Q, QuerySet, Subquery, Sum
-from django.db.models.functions import Coalesce, Trunc
+from django.db.models import (
+    BigIntegerField,
+    F,
+    Func,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    TextField,
+    Value,
+)
+from django.db.models.functions import Coalesce, Lower, Trunc
 from django.utils import timezone as django_timezone
 
 from links.models import ClickBucket, ClickCounter, FoldedClicks, Link, PendingLink
@@ -212,3 +223,59 @@ def links_to_hosts(*, hosts: Iterable[str]) -> Iterator[Link]:
         host = _legacy_host(link.longurl)
         if host is not None and wanted.intersection(longurls.host_suffixes(host)):
             yield link
+
+
+# --- the JSON API's reads (links/api/) ---------------------------------------------------------
+
+LINK_STATES = ("active", "disabled", "expired")
+# The host of a stored longurl, as PostgreSQL's substring() finds it: after the scheme's "://"
+# (a stored longurl has no user info: topics/longurls.py refuses it), up to a port, path, query
+# or fragment; an IPv6 literal whole, brackets included.
+_HOST_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*://(\[[^]]*\]|[^/:?#]*)"
+
+
+def link_state(link: Link, *, now: datetime) -> str:
+    """active (replicas redirect), disabled (taken down: 404; whatever its expiry) or expired
+    (past expires_at: 410)."""
+    if link.disabled_at is not None:
+        return "disabled"
+    if link.expires_at is not None and link.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+def links_page(*, before_id: int | None = None, limit: int, state: str | None = None,
+               created_after: datetime | None = None, created_before: datetime | None = None,
+               host: str | None = None, now: datetime | None = None) -> list[Link]:
+    """Up to `limit` links, newest first (by id, the order they are created in), with ids below
+    `before_id` (the cursor: links created meanwhile have larger ids, so paging is stable under
+    inserts), filtered by state (LINK_STATES), created_at (after <= created < before) and target
+    host (comparable form, longurls.host_normalize; case-insensitive, as hosts are). Each page
+    walks the primary key backwards; a filter that matches few links reads more rows for a page,
+    as the admin's search does."""
+    now = now or django_timezone.now()
+    qs = Link.objects.order_by("-id")
+    if before_id is not None:
+        qs = qs.filter(id__lt=before_id)
+    if state == "disabled":
+        qs = qs.filter(disabled_at__isnull=False)
+    elif state == "expired":
+        qs = qs.filter(disabled_at__isnull=True, expires_at__lte=now)
+    elif state == "active":
+        qs = qs.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now), disabled_at__isnull=True)
+    elif state is not None:
+        raise ValueError(f"state must be one of {LINK_STATES}, not {state!r}")
+    if created_after is not None:
+        qs = qs.filter(created_at__gte=created_after)
+    if created_before is not None:
+        qs = qs.filter(created_at__lt=created_before)
+    if host is not None:
+        # A stored host keeps the case it was sent in, and may end with the root's dot.
+        qs = qs.annotate(target_host=Lower(Func(F("longurl"), Value(_HOST_PATTERN),
+                                                function="substring", output_field=TextField()))
+                         ).filter(target_host__in=[host, host + "."])
+    return list(qs[:limit])
+
+
+def link_get_by_tinyurl(*, tinyurl: str) -> Link | None:
+    return Link.objects.filter(tinyurl=tinyurl).first()

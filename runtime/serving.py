@@ -64,8 +64,9 @@ DESCRIPTORS_BESIDES_CONNECTIONS = 1024
 # status, body bytes and the request's time in microseconds.
 ACCESS_LINE = '%s "%s %s HTTP/%s" %d %d %dus'
 
-# The one path with a larger body bound (links/bulk.py).
-BULK_PATH = b"/create/bulk"
+# The paths with a larger body bound, and the method each is for (links/bulk.py; the JSON API's
+# bulk create, links/api/views.py, reads its body with the same reader).
+BULK_PATHS = {b"/create/bulk": b"PUT", b"/api/v1/links/bulk": b"POST"}
 
 
 @dataclass(frozen=True)
@@ -243,8 +244,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if head_size + len(self.url) > self.head_limit:
             raise _Refuse(431, "request head too large")
         self.body_limit = self.limits.body_bytes
-        if (self.limits.bulk_body_bytes and self.url.partition(b"?")[0] == BULK_PATH
-                and self.parser.get_method() == b"PUT"):
+        if (self.limits.bulk_body_bytes and self.parser.get_method()
+                == BULK_PATHS.get(self.url.partition(b"?")[0])):
             self.body_limit = self.limits.bulk_body_bytes
         if content_length is not None:
             length = int(content_length)

@@ -282,6 +282,9 @@ if ROLE is Role.MASTER:
         "django.contrib.sessions",
         "django.contrib.messages",
         "django.contrib.staticfiles",
+        # The JSON API (links/api/): installed so that its docs page uses the Swagger UI files
+        # django-ninja ships as static files (served by whitenoise), not a CDN.
+        "ninja",
         "topics",
         "links",
     ]

@@ -1,9 +1,11 @@
-"""URLs of the master: the create API and the admin."""
+"""URLs of the master: the create API, the JSON API (/api/v1/) and the admin."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import path, re_path
 
 from links import bulk, views
+from links.api import errors as api_errors
+from links.api.views import api
 from runtime.metrics import metrics_view
 
 urlpatterns = [
@@ -13,4 +15,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    path("api/v1/", api.urls),
+    # Anything else under /api/v1/: a 404 in the API's error shape, not Django's page.
+    re_path(r"^api/v1/", api_errors.not_found),
 ]

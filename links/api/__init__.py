@@ -1,0 +1,1 @@
+"""The master's JSON API under /api/v1/ (links/api/views.py)."""

@@ -1,0 +1,119 @@
+"""The JSON API's request and response bodies (pydantic, through django-ninja's Schema): the
+OpenAPI document is generated from these, so it cannot drift from what the handlers answer."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from ninja import Schema
+from pydantic import Field
+
+State = Literal["active", "disabled", "expired"]
+
+
+class ErrorBody(Schema):
+    code: str = Field(description="What went wrong, for programs: e.g. auth_missing, not_found, "
+                                  "rate_limited, or the longurl rule that refused the target.")
+    message: str = Field(description="What went wrong, for people.")
+    field: str | None = Field(description="The input field at fault (e.g. longurl, expires_at, "
+                                          "cursor); null when the request as a whole is.")
+
+
+class Error(Schema):
+    """Every error of /api/v1/, whatever its status."""
+
+    error: ErrorBody
+
+
+class LinkCreate(Schema):
+    longurl: str = Field(description="The target, validated as PUT /create validates it.")
+    expires_at: str | None = Field(
+        None, description="ISO 8601 with a UTC offset, in the future, at most 100 years ahead; "
+                          "null or absent: never expires. An existing link keeps its own.")
+
+
+class LinkChange(Schema):
+    """Only the fields sent change; expires_at null: never expires."""
+
+    longurl: str | None = Field(None, description="A new target (validated as on create).")
+    expires_at: str | None = Field(
+        None, description="A new expiry as on create; null: never expires; absent: unchanged.")
+
+
+class Link(Schema):
+    tinyurl: str
+    longurl: str = Field(description="In the form it is stored and sent in Location.")
+    state: State = Field(description="active: replicas redirect; disabled: taken down (404); "
+                                     "expired: past expires_at (410).")
+    created_at: datetime
+    expires_at: datetime | None
+    disabled_at: datetime | None
+    published: bool = Field(description="Kafka acknowledged the link's current state (else "
+                                        "the outbox sends it when Kafka is back).")
+    state_version: int
+    clicks: int = Field(description="Clicks in total, as the master last folded them.")
+
+
+class LinkDetail(Link):
+    clicks_by_replica: dict[str, int] = Field(description="Clicks per replica (node label).")
+    # Filled by the parts of issue 18 that add them (human and bot clicks, propagation);
+    # null until then.
+    clicks_human: int | None = None
+    clicks_bot: int | None = None
+    propagation: dict[str, Any] | None = None
+
+
+class LinkPage(Schema):
+    items: list[Link]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: "
+                                                "this was the last.")
+
+
+class BulkLink(Schema):
+    """An item's link: what PUT /create answers for it alone."""
+
+    longurl: str
+    tinyurl: str
+    expires_at: datetime | None = None
+
+
+class BulkError(Schema):
+    """An item's refusal: the error, with the status PUT /create would have answered."""
+
+    error: ErrorBody
+    status: int
+    retry_after: float | None = Field(None, description="Seconds, for status 429.")
+
+
+class BulkAnswer(Schema):
+    results: list[BulkLink | BulkError] = Field(description="One per item, in input order.")
+
+
+class ClickSeries(Schema):
+    unit: Literal["hour", "day"]
+    slots: list[datetime] = Field(description="Each slot's start (UTC), oldest first.")
+    total: list[int] = Field(description="Clicks per slot, every replica.")
+    by_replica: dict[str, list[int]] = Field(description="Clicks per slot, per replica.")
+
+
+class Replica(Schema):
+    node: str
+    state: Literal["ready", "not ready", "missing"]
+    reason: str = Field(description="Why it is not ready; empty when ready.")
+    last_seen: datetime = Field(description="The broker's time of its newest status.")
+    seen_seconds_ago: float
+    lag: int | None = Field(description="Links-topic records not applied yet; null: unknown.")
+    links_position: int | None
+    links_end: int | None
+    clicks_recent: int = Field(description="Clicks reported since `clicks_since`.")
+    redirects: int | None
+    incarnation: str | None
+    version: str
+
+
+class Replicas(Schema):
+    replicas: list[Replica]
+    clicks_since: datetime
+    rejected: int = Field(description="Records of the replicas topic no status can be read "
+                                      "from (skipped).")
