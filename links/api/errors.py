@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from django.db import DatabaseError, InterfaceError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Router
 from ninja.errors import AuthenticationError, HttpError
@@ -150,7 +150,11 @@ def handlers_install(api: NinjaAPI) -> None:
     api.add_exception_handler(NinjaValidationError, validation)
     api.add_exception_handler(HttpError, http_error)
     api.add_exception_handler(Http404, http404)
-    api.add_exception_handler(DatabaseError, database)
+    # PostgreSQL unreachable or gone away: OperationalError (psycopg2's for a lost connection),
+    # InterfaceError (a connection already closed). Not every DatabaseError: a DataError or an
+    # IntegrityError is a request this code let through that it should have refused, a bug to
+    # see as a 500, not an outage to retry.
+    api.add_exception_handler(OperationalError, database)
     api.add_exception_handler(InterfaceError, database)
 
 
