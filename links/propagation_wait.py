@@ -34,6 +34,7 @@ from kafka.errors import KafkaError
 from links.models import Link
 from links.propagation import Propagation, link_propagation, samples_fold, samples_of
 from links.replicas import statuses_fold
+from links.services import LinkCreated, link_create, link_update
 from runtime.supervision import SupervisedThread
 from topics.clients import consumer_close
 from topics.replicas import ReplicaStatus, replicas_reader_make, replicas_topic
@@ -210,3 +211,39 @@ def link_wait_replicas(*, link: Link, timeout: float | None = None) -> WaitOutco
             follower.wait_change(generation, timeout=left)
     finally:
         _waits.release()
+
+
+# --- The services with wait="replicas", for the API: the same services as the admin's, then a
+# --- wait. A caller that gets `complete` False answers 202 with the propagation (as_dict()).
+
+WAIT_REPLICAS = "replicas"
+
+
+def _wait_check(wait: str | None) -> bool:
+    if wait not in (None, WAIT_REPLICAS):
+        raise ValueError(f'wait must be "{WAIT_REPLICAS}" or absent, not {wait!r}')
+    return wait == WAIT_REPLICAS
+
+
+def link_create_waiting(*, longurl: str, expires_at: datetime | None = None,
+                        wait: str | None = None, timeout: float | None = None
+                        ) -> tuple[LinkCreated, WaitOutcome | None]:
+    """links.services.link_create, then, with wait="replicas", link_wait_replicas. Raises what
+    link_create raises (LinkPublishError: Kafka did not acknowledge, nothing to wait for), and
+    ValueError for another `wait` or a negative timeout (checked before anything is made)."""
+    waiting = _wait_check(wait)
+    seconds = wait_seconds(timeout)
+    created = link_create(longurl=longurl, expires_at=expires_at)
+    return created, (link_wait_replicas(link=created.link, timeout=seconds) if waiting
+                     else None)
+
+
+def link_update_waiting(*, link: Link, wait: str | None = None, timeout: float | None = None,
+                        **changes) -> tuple[Link, WaitOutcome | None]:
+    """links.services.link_update(link=link, **changes) (a new target, an expiry; disabled=True
+    takes the link down, False puts it back), then, with wait="replicas",
+    link_wait_replicas. Raises what link_update raises, and ValueError as link_create_waiting."""
+    waiting = _wait_check(wait)
+    seconds = wait_seconds(timeout)
+    updated = link_update(link=link, **changes)
+    return updated, (link_wait_replicas(link=updated, timeout=seconds) if waiting else None)
