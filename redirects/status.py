@@ -131,7 +131,7 @@ class StatusPublisher:
                 return
             if now >= earliest and self._positions_moved():
                 return
-            self.stop.wait(min(self.poll, due - now))
+            self.stop.wait(min(self.poll, due - now) if self.poll > 0 else due - now)
 
     def _positions_moved(self) -> bool:
         """Whether consume_links' stored positions differ from those of the last status."""
