@@ -107,10 +107,19 @@ class Sample:
     reported_at: datetime
 
 
+def positions_of(status: ReplicaStatus) -> dict[int, int]:
+    """A status' applied position per partition. A replica older than links_positions sends
+    only their sum, links_position: that is partition 0's, the links topic's only partition
+    (topics/links.py), so it is read as such (a rolling upgrade shows the replicas that have
+    not been upgraded yet as they are)."""
+    if status.links_positions is not None:
+        return status.links_positions
+    return {0: status.links_position} if status.links_position is not None else {}
+
+
 def samples_of(status: ReplicaStatus, seen: datetime) -> list[Sample]:
     """The samples one status gives: its position on each partition, at the broker's time."""
-    return [Sample(status.node, p, pos, seen)
-            for p, pos in (status.links_positions or {}).items()]
+    return [Sample(status.node, p, pos, seen) for p, pos in positions_of(status).items()]
 
 
 def samples_fold(samples: Iterable[Sample]) -> None:
@@ -173,7 +182,7 @@ def link_propagation(*, link: Link,
                   if now - seen <= gone}
     serving = []
     for node, (status, seen) in sorted(live_nodes.items()):
-        position = (status.links_positions or {}).get(partition) if current else None
+        position = positions_of(status).get(partition) if current else None
         if position is not None and position > offset:
             serving.append(node)
     firsts = (_first_reports(nodes=serving, partition=partition, offset=offset)

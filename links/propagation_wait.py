@@ -80,12 +80,12 @@ class StatusFollower:
                             if got is not None:
                                 samples.extend(samples_of(*got))
                 if self.store and samples:
-                    try:
-                        samples_fold(samples)
-                    finally:
-                        # A thread's own connection: closed after each fold, so the database
-                        # never waits on an idle session of it (a reset, a drop in tests).
-                        connection.close()
+                    samples_fold(samples)
+                elif not batches:
+                    # Quiet for a poll: this thread's session is closed, so that no idle
+                    # session of it lingers (a database reset or drop waits on none); a burst
+                    # of statuses keeps it (a connection costs PostgreSQL a process).
+                    connection.close()
                 caught = self.caught_up or consumer.position(tp) >= end
                 if batches or caught != self.caught_up or self.error is not None:
                     with self.changed:
@@ -99,6 +99,7 @@ class StatusFollower:
                 self.changed.notify_all()
             raise
         finally:
+            connection.close()
             consumer_close(consumer, name="replicas follower")
 
     def snapshot(self, *, timeout: float) -> tuple[Newest | None, str | None, int]:

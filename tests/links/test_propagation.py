@@ -207,3 +207,28 @@ def test_wait_arguments_are_checked_before_anything_is_made(db):
     with pytest.raises(ValueError, match="negative"):
         link_create_waiting(longurl="https://example.com/never", wait="replicas", timeout=-1)
     assert not Link.objects.filter(longurl="https://example.com/never").exists()
+
+
+def test_a_status_without_positions_per_partition_is_read_as_partition_0(db):
+    """A replica not upgraded yet sends only links_position (their sum; the links topic has one
+    partition): it is shown as it is during a rolling upgrade, not as lacking every link."""
+    old = ReplicaStatus(schema=1, node="old", links_position=11, links_end=11, ready=True,
+                        reason="", incarnation=None, redirects=0, version="old", reported_at=T0)
+    now = T0 + timedelta(seconds=1)
+    result = link_propagation(link=published(10), now=now, statuses={"old": (old, now)})
+    assert result.summary() == "live on 1 of 1 replica"
+
+
+def test_consume_clicks_folds_the_statuses_into_samples(clicks_consumer, quiet_replicas_topic):
+    """The master's consume_clicks follows the replicas topic beside its clicks, so the samples
+    hold every position even when no page or wait asks (links/propagation_wait.py)."""
+    node = f"f{uuid.uuid4().hex[:6]}"
+    quiet_replicas_topic.store = False  # this process' follower: only consume_clicks' stores
+    try:
+        for position in (3, 4, 4, 9):
+            report(node, position)
+        wait_until(lambda: sorted(ReplicaProgress.objects.filter(node=node).values_list(
+            "position", flat=True)) == [3, 4, 9], timeout=30, what="the samples folded")
+    finally:
+        quiet_replicas_topic.store = True
+    assert "thread replicas-follower died" not in clicks_consumer.output()
