@@ -165,6 +165,12 @@ class WaitOutcome:
     seconds: float  # how long the call took
     refused: str | None = None
 
+    def as_dict(self) -> dict:
+        """The JSON shape the API shows: {"waited", "seconds", "refused", "propagation":
+        Propagation.as_dict()}. The API answers 202 with it unless propagation["complete"]."""
+        return {"waited": self.waited, "seconds": round(self.seconds, 3),
+                "refused": self.refused, "propagation": self.propagation.as_dict()}
+
 
 _waits = threading.BoundedSemaphore(max(1, settings.SHORTENER_PROPAGATION_WAITS))
 

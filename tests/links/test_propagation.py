@@ -184,6 +184,10 @@ def test_a_wait_that_times_out_says_which_replicas_lack_the_state(transactional_
     assert not outcome.propagation.complete
     assert [(r.node, r.serves) for r in outcome.propagation.replicas] == [(node, False)]
     assert outcome.propagation.summary() == "live on 0 of 1 replica"
+    shape = outcome.as_dict()
+    assert (shape["waited"], shape["refused"]) == (True, None)
+    assert shape["propagation"]["complete"] is False
+    assert shape["propagation"]["replicas"][0]["serves"] is False
 
 
 def test_waits_past_the_limit_are_answered_at_once(transactional_db, quiet_replicas_topic):
