@@ -104,12 +104,13 @@ class StatusFollower:
 
     def snapshot(self, *, timeout: float) -> tuple[Newest | None, str | None, int]:
         """(newest statuses, error, generation) once caught up, waiting for that at most
-        `timeout` seconds; (None, why, generation) if not caught up by then."""
+        `timeout` seconds; (None, why, generation) if not caught up by then, at once while
+        the follower's last read failed (a page is not held for a Kafka that is away)."""
         deadline = time.monotonic() + timeout
         with self.changed:
             while not self.caught_up:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self.error is not None:  # Kafka failed the last read: no wait
                     return None, self.error or "the replicas topic was not read in time", \
                         self.generation
                 self.changed.wait(left)
