@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
@@ -60,6 +60,8 @@ class StatusFollower:
     def run(self, stop: threading.Event) -> None:
         """Follow until `stop` is set. Raises what Kafka or PostgreSQL raise (the supervisor
         starts it again after a back-off); the view then says the statuses are unknown."""
+        with self.changed:  # a follow started again reads the topic whole before answering
+            self.caught_up = False
         consumer = self.reader_factory()
         try:
             tp = TopicPartition(replicas_topic(), 0)  # one partition (topics/replicas.py)
@@ -74,13 +76,21 @@ class StatusFollower:
                 samples = []
                 for records in batches.values():
                     for record in records:
+                        # A record that is no status is skipped here; the replicas page logs
+                        # and counts it (links/replicas.py).
                         statuses_fold(newest=newest, rejected=[], record=record)
                         if record.value is not None and record.key is not None:
                             got = newest.get(record.key.decode(errors="replace"))
                             if got is not None:
                                 samples.extend(samples_of(*got))
                 if self.store and samples:
-                    samples_fold(samples)
+                    try:
+                        samples_fold(samples)
+                    except DatabaseError as exc:
+                        # The waits go on from the statuses in memory; only the times of these
+                        # positions are lost (a later sample then times them, marked not exact).
+                        logger.warning("%d position sample(s) not stored: %r", len(samples), exc)
+                        connection.close()
                 elif not batches:
                     # Quiet for a poll: this thread's session is closed, so that no idle
                     # session of it lingers (a database reset or drop waits on none); a burst
