@@ -150,10 +150,28 @@ def follow_thread_start(*, stop: threading.Event) -> StatusFollower:
         return _follower
 
 
+_follower_stop: threading.Event | None = None
+
+
 def follower_get() -> StatusFollower:
-    """This process's follower, started on first use (never stopped: it ends with the
-    process)."""
-    return _follower or follow_thread_start(stop=threading.Event())
+    """This process's follower, started on first use (it ends with the process, or with
+    follower_stop)."""
+    global _follower_stop
+    if _follower is None:
+        with _follower_lock:
+            _follower_stop = _follower_stop or threading.Event()
+        return follow_thread_start(stop=_follower_stop)
+    return _follower
+
+
+def follower_stop() -> None:
+    """Stop the follower that follower_get started (the tests do, before their topics are
+    deleted); the next follower_get starts a new one."""
+    global _follower, _follower_stop
+    with _follower_lock:
+        if _follower_stop is not None:
+            _follower_stop.set()
+        _follower = _follower_stop = None
 
 
 def link_propagation_now(*, link: Link) -> Propagation:
