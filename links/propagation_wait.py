@@ -134,18 +134,20 @@ class StatusFollower:
 
 
 _follower: StatusFollower | None = None
+_follower_thread: SupervisedThread | None = None
 _follower_lock = threading.Lock()
 
 
 def follow_thread_start(*, stop: threading.Event) -> StatusFollower:
     """Start this process's follower in a supervised daemon thread (restarted after a
     back-off if Kafka or PostgreSQL fail it: runtime/supervision.py), once; returns it."""
-    global _follower
+    global _follower, _follower_thread
     with _follower_lock:
         if _follower is None:
             follower = StatusFollower()
-            SupervisedThread(name="replicas-follower", target=lambda: follower.run(stop),
-                             stop=stop, restart=True, daemon=True).start()
+            _follower_thread = SupervisedThread(
+                name="replicas-follower", target=lambda: follower.run(stop), stop=stop,
+                restart=True, daemon=True).start()
             _follower = follower
         return _follower
 
@@ -167,11 +169,13 @@ def follower_get() -> StatusFollower:
 def follower_stop() -> None:
     """Stop the follower that follower_get started (the tests do, before their topics are
     deleted); the next follower_get starts a new one."""
-    global _follower, _follower_stop
+    global _follower, _follower_stop, _follower_thread
     with _follower_lock:
         if _follower_stop is not None:
             _follower_stop.set()
-        _follower = _follower_stop = None
+        if _follower_thread is not None:
+            _follower_thread.join(timeout=10)  # its poll returns within 0.5 s
+        _follower = _follower_stop = _follower_thread = None
 
 
 def link_propagation_now(*, link: Link) -> Propagation:
