@@ -29,6 +29,7 @@ from links.models import (
     PendingLink,
     Replica,
 )
+from links.propagation_wait import link_propagation_now
 from topics import longurls
 
 # The link page's charts: per hour over the last 7 days, per day over the last 90.
@@ -154,6 +155,8 @@ class LinkAdmin(ReadOnlyAdmin):
             }
             extra_context["clicks_csv_url"] = reverse("admin:links_link_clicks_csv",
                                                       args=[link.pk])
+            # "live on N of M replicas" (links/propagation.py), from this process' follower.
+            extra_context["propagation"] = link_propagation_now(link=link)
         return super().change_view(request, object_id, form_url, extra_context)
 
     def clicks_csv_view(self, request: HttpRequest, object_id: str) -> HttpResponse:

@@ -30,6 +30,11 @@ class Link(models.Model):
     # columns existed), so the audit sends the current state again, as it always did.
     published_partition = models.IntegerField(null=True, blank=True, editable=False)
     published_offset = models.BigIntegerField(null=True, blank=True, editable=False)
+    # When the current state was made: set by every change (links.services.link_update); NULL
+    # means never changed, the state is the create's (created_at). Not set at create: nothing
+    # more to write per new link. The propagation shown per replica is timed from it
+    # (links/propagation.py).
+    state_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Set when an admin took the link down: the link's record then says "disabled" and the
     # replicas answer 404 for it. published_at then tracks that record's acknowledgement.
     disabled_at = models.DateTimeField(null=True, blank=True)
@@ -311,3 +316,37 @@ class Replica(models.Model):
         verbose_name = "replica"
         verbose_name_plural = "replicas"
         default_permissions = ("view",)
+
+
+class ReplicaProgress(models.Model):
+    """A sample of one replica's applied position in one partition of the links topic, with
+    the time the master first saw it reported (the broker's time of the status record that
+    first carried it): the master learns "replica R reported having the record at offset O" as
+    the earliest sample of R on that partition whose position is past O (links/propagation.py).
+
+    Folded from the replicas topic by the master (links/propagation_wait.py): one row per new
+    position a replica reports, not per status (a replica that applies nothing writes nothing).
+    Bounded by links.propagation.samples_prune (run by `manage.py prune`): samples younger than
+    SHORTENER_PROPAGATION_FINE_SECONDS are all kept, older ones thinned to the last of each
+    minute (a time read from them is then late by under a minute), and none is kept past
+    SHORTENER_REPLICA_GONE_SECONDS except each replica's newest. At most one status every
+    SHORTENER_STATUS_MIN_SECONDS a replica, that is at most 36,000 + 10,080 rows a replica at
+    the defaults, whatever the number of links.
+    """
+
+    node = models.CharField(max_length=100)
+    partition = models.IntegerField()
+    position = models.BigIntegerField()  # the next offset the replica will apply
+    reported_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            # The fold's conflict target (a status folded twice, or by two processes, adds
+            # nothing: the first, earliest, time of a position stays) and the lookup's index:
+            # one node, one partition, the least position past an offset.
+            models.UniqueConstraint(fields=["node", "partition", "position"],
+                                    name="links_replicaprogress_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.node} [{self.partition}] @ {self.position} at {self.reported_at}"

@@ -41,6 +41,10 @@ consume_clicks; docs/storage.md gives the sizes it keeps bounded.
    SHORTENER_REPLICA_GONE_SECONDS (by the broker's clock) gets a tombstone for its key; the
    admin's page stops showing it at once (links/replicas.py), and compaction removes the key.
    A replica that comes back publishes a status after the tombstone and is shown again.
+
+4. The replicas' position samples (ReplicaProgress), which time each link's propagation:
+   thinned to one a minute past SHORTENER_PROPAGATION_FINE_SECONDS, and each replica's newest
+   only past SHORTENER_REPLICA_GONE_SECONDS (links/propagation.py, samples_prune).
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from django.db import connection, transaction
 from django.utils import timezone as django_timezone
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from links import buckets, replicas
+from links import buckets, propagation, replicas
 from links.models import ConsumerPosition, EndedIncarnation
 from topics.clicks import click_report_key, clicks_topic
 from topics.clients import consumer_close
@@ -268,6 +272,7 @@ def replicas_tombstone(nodes: list[str], *, producer: KafkaProducer) -> None:
 class PruneReport:
     bucket_rows_rolled: int = 0
     bucket_rows_dropped: int = 0
+    samples_dropped: int = 0  # replicas' position samples thinned (links/propagation.py)
     incarnations_ended: list[str] = field(default_factory=list)
     fold: FoldResult = field(default_factory=FoldResult)
     replicas_gone: list[str] = field(default_factory=list)
@@ -301,6 +306,8 @@ def prune(*, now: datetime | None = None,
                                      lambda: buckets.buckets_roll_up(now=now)) or 0
     report.bucket_rows_dropped = step("bucket retention",
                                       lambda: buckets.buckets_drop_old(now=now)) or 0
+    report.samples_dropped = step("propagation samples",
+                                  lambda: propagation.samples_prune(now=now)) or 0
     read = step("reading the replicas topic", lambda: replicas.replica_statuses_read(
         timeout=max(settings.SHORTENER_REPLICAS_READ_SECONDS, 10.0),
         reader_factory=reader_factory))

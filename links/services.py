@@ -382,9 +382,9 @@ def link_update(
                     f"link {row.tinyurl} is at the largest state version ({VERSION_MAX}): no "
                     "change of it can reach the replicas; restrict who may write to the links "
                     "topic (a forged record put it there)")
-            row.state_version += 1
+            row.state_version, row.state_changed_at = row.state_version + 1, timezone.now()
             row.published_at = None
-            row.save(update_fields=[*changed, "state_version", "published_at"])
+            row.save(update_fields=[*changed, "state_version", "state_changed_at", "published_at"])
     # Committed (durable: this is the outermost transaction). Publish only now, so a replica
     # never holds a state the master could still roll back.
     link.refresh_from_db()

@@ -1,4 +1,5 @@
-"""The replica's status for the master's admin: published by report_clicks every few seconds.
+"""The replica's status for the master's admin: published by report_clicks every few seconds,
+and soon after consume_links applied links records (bounded: see StatusPublisher._wait_for_next).
 
 A status (topics.replicas.ReplicaStatus) says what an operator asks of a replica:
 is it ready and if not why, how far it is behind the links topic, which counter incarnation it
@@ -13,6 +14,7 @@ import functools
 import logging
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -78,6 +80,8 @@ class StatusPublisher:
         stop: threading.Event,
         node: str,
         interval: float,
+        min_gap: float = 0.1,
+        poll: float = 0.05,
         producer_factory: Callable[[], KafkaProducer] = status_producer_make,
         reader_factory: Callable[[], KafkaConsumer] = links_end_reader_make,
     ) -> None:
@@ -85,6 +89,9 @@ class StatusPublisher:
         self.stop = stop
         self.node = node
         self.interval = interval
+        self.min_gap = min_gap
+        self.poll = poll
+        self.last_positions: dict[int, int] | None = None
         self.producer_factory = producer_factory
         self.reader_factory = reader_factory
         self.producer: KafkaProducer | None = None
@@ -96,7 +103,7 @@ class StatusPublisher:
         try:
             while not self.stop.is_set():
                 self.publish_once()
-                self.stop.wait(self.interval)
+                self._wait_for_next()
         finally:
             try:
                 self._close_producer()
@@ -104,6 +111,36 @@ class StatusPublisher:
             finally:
                 logger.info("status publisher stopped: %d sent, %d failed", self.sent,
                             self.failed)
+
+    def _wait_for_next(self) -> None:
+        """Until the next status is due: `interval` seconds, or sooner once consume_links has
+        applied records since the last status (its positions in Redis moved), but never sooner
+        than `min_gap` after the last one.
+
+        Why: the master's create-and-wait (links/propagation_wait.py) answers when every ready
+        replica's status says it applied the link's record; at one status every 5 s a wait
+        would take 2.5 s on average. consume_links runs in another process, so this thread
+        looks at the positions it stores (one HGETALL every `poll` seconds, a few µs of Redis)
+        rather than being told; `min_gap` bounds the statuses a busy replica sends (10 a
+        second at its default) whatever the rate of links."""
+        due = time.monotonic() + self.interval
+        earliest = time.monotonic() + self.min_gap
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if now >= due:
+                return
+            if now >= earliest and self._positions_moved():
+                return
+            self.stop.wait(min(self.poll, due - now) if self.poll > 0 else due - now)
+
+    def _positions_moved(self) -> bool:
+        """Whether consume_links' stored positions differ from those of the last status."""
+        if self.poll <= 0:
+            return False
+        try:
+            return selectors.links_positions_get(redis=self.redis) != self.last_positions
+        except (redis_lib.RedisError, ValueError):
+            return False  # the regular status reports what is wrong
 
     def collect(self) -> dict:
         """This replica's status fields now (see ReplicaStatus)."""
@@ -117,10 +154,12 @@ class StatusPublisher:
             position = sum(positions.values()) if positions else None
             redirects = int(served or 0)
         except redis_lib.RedisError:
-            position = incarnation = redirects = None
+            positions = position = incarnation = redirects = None
+        self.last_positions = positions
         return {
             "node": self.node,
             "links_position": position,
+            "links_positions": positions or None,
             "links_end": self._links_end(),
             "ready": ready,
             "reason": reason,
@@ -186,7 +225,9 @@ def status_thread_start(*, redis: Redis, stop: threading.Event) -> SupervisedThr
 
     def publish() -> None:
         StatusPublisher(redis=redis, stop=stop, node=settings.SHORTENER_NODE_ID,
-                        interval=settings.SHORTENER_STATUS_SECONDS).run()
+                        interval=settings.SHORTENER_STATUS_SECONDS,
+                        min_gap=settings.SHORTENER_STATUS_MIN_SECONDS,
+                        poll=settings.SHORTENER_STATUS_POLL_SECONDS).run()
 
     return SupervisedThread(name="replica-status", target=publish, stop=stop, restart=True,
                             daemon=True).start()

@@ -249,6 +249,24 @@ SHORTENER_CLICKS_BATCH = env.int("SHORTENER_CLICKS_BATCH", default=5000)
 SHORTENER_STATUS_SECONDS = env.float("SHORTENER_STATUS_SECONDS", default=5.0)
 SHORTENER_REPLICA_MISSING_SECONDS = env.float("SHORTENER_REPLICA_MISSING_SECONDS", default=60.0)
 SHORTENER_REPLICAS_READ_SECONDS = env.float("SHORTENER_REPLICAS_READ_SECONDS", default=3.0)
+# A replica also sends a status soon after it applied links records, so that the master's
+# create-and-wait learns it in well under a second (redirects/status.py): it looks for new
+# applied positions every SHORTENER_STATUS_POLL_SECONDS (0: never; only the regular status),
+# and sends at most one status every SHORTENER_STATUS_MIN_SECONDS.
+SHORTENER_STATUS_POLL_SECONDS = env.float("SHORTENER_STATUS_POLL_SECONDS", default=0.05)
+SHORTENER_STATUS_MIN_SECONDS = env.float("SHORTENER_STATUS_MIN_SECONDS", default=0.1)
+# Create-and-wait (links/propagation_wait.py): the longest wait a caller may ask for, the wait
+# when it names none, and how many waits one master process holds at once (each holds a
+# request thread: gunicorn.conf.py's 16 threads a worker; a wait past the limit is answered at
+# once, not waited). Samples of the replicas' applied positions are kept this long at full
+# resolution, then one a minute per replica until SHORTENER_REPLICA_GONE_SECONDS
+# (links/propagation.py).
+SHORTENER_PROPAGATION_WAIT_MAX_SECONDS = env.float("SHORTENER_PROPAGATION_WAIT_MAX_SECONDS",
+                                                   default=30.0)
+SHORTENER_PROPAGATION_WAIT_SECONDS = env.float("SHORTENER_PROPAGATION_WAIT_SECONDS", default=10.0)
+SHORTENER_PROPAGATION_WAITS = env.int("SHORTENER_PROPAGATION_WAITS", default=8)
+SHORTENER_PROPAGATION_FINE_SECONDS = env.float("SHORTENER_PROPAGATION_FINE_SECONDS",
+                                               default=3600.0)
 # Bounded growth (links/pruning.py, run by `manage.py prune`; docs/storage.md).
 # A replica whose newest status is older than this (seconds; default 7 days) is gone: the prune
 # writes a tombstone for its key on the replicas topic, and the admin's replicas page no longer

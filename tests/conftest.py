@@ -53,6 +53,9 @@ def kafka_topics():
     """This run's topics (its SHORTENER_USER prefix is unique); deleted at the end."""
     topics_ensure()
     yield
+    from links.propagation_wait import follower_stop
+
+    follower_stop()  # this process' follower of the replicas topic (links/propagation_wait.py)
     producer_reset()
     admin = admin_client()
     try:

@@ -73,6 +73,14 @@ class ReplicaStatus(RecordStruct, kw_only=True):
                                                              "SHORTENER_VERSION).")]
     reported_at: Annotated[Time, Meta(description="The replica's clock when it sent the status "
                                                   "(RFC 3339); the page uses the broker's.")]
+    # Per partition (links_position is their sum): the master compares a link's record offset
+    # with its partition's position (links/propagation.py). Added without a new schema version
+    # (unknown fields are ignored; absent: null, an older replica), so it has a default.
+    links_positions: Annotated[dict[int, Count], Meta(
+        max_length=1000, extra_json_schema={"propertyNames": {"pattern": "^[0-9]+$"}},
+        description="The next links-topic offset the replica will apply, per partition (keys: "
+                    "partition numbers); null: unknown.")] \
+        | None = None
 
 
 _status_decoder = msgspec.json.Decoder(ReplicaStatus)
@@ -89,6 +97,7 @@ def replica_status_encode(
     redirects: int | None,
     version: str,
     reported_at: datetime,
+    links_positions: dict[int, int] | None = None,
 ) -> tuple[bytes, bytes]:
     """The (key, value) of one replica status: key = node (UTF-8), value = JSON ReplicaStatus.
     `reason` and `version` are cut to their schema's lengths. Raises ValueError for a node that
@@ -98,7 +107,8 @@ def replica_status_encode(
     status = ReplicaStatus(
         schema=REPLICA_STATUS_SCHEMA, node=node, links_position=links_position,
         links_end=links_end, ready=ready, reason=reason[:500], incarnation=incarnation,
-        redirects=redirects, version=version[:100], reported_at=reported_at)
+        redirects=redirects, version=version[:100], reported_at=reported_at,
+        links_positions=links_positions)
     return node.encode(), ENCODER.encode(status)
 
 

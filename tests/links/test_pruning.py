@@ -390,4 +390,5 @@ def test_manage_py_prune_prints_what_it_did_and_fails_while_clicks_are_behind(
     ConsumerPosition.objects.update(next_offset=end + 1)  # as if consume_clicks applied it
     call_command("prune")
     out = capsys.readouterr().out
-    assert out.startswith("buckets: 0 hourly row(s) rolled into days, 0 dropped; incarnations:")
+    assert out.startswith("buckets: 0 hourly row(s) rolled into days, 0 dropped; 0 position "
+                          "sample(s) thinned; incarnations:")

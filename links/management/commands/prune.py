@@ -31,7 +31,8 @@ class Command(BaseCommand):
             producer_reset()  # send what is pending, close the connections
         self.stdout.write(
             f"buckets: {report.bucket_rows_rolled} hourly row(s) rolled into days, "
-            f"{report.bucket_rows_dropped} dropped; incarnations: "
+            f"{report.bucket_rows_dropped} dropped; {report.samples_dropped} position "
+            f"sample(s) thinned; incarnations: "
             f"{len(report.incarnations_ended)} ended, {len(report.fold.incarnations)} folded "
             f"({report.fold.counters} counter(s), {report.fold.clicks} click(s), "
             f"{report.fold.tombstones} tombstone(s)); replicas gone: "

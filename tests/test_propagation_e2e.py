@@ -1,0 +1,105 @@
+"""Propagation end to end on a local cluster: two replicas (their own Redis, consume_links, web
+server and report_clicks), the master's services and admin in this process, real PostgreSQL and
+Kafka. Create with wait="replicas", and every replica answers 302 at once; the admin shows
+"live on 2 of 2 replicas" with times; one replica's consume_links stopped, a change shows
+"1 of 2" until it is started again."""
+
+from __future__ import annotations
+
+import statistics
+import uuid
+
+import pytest
+from django.urls import reverse
+
+from links.models import Link
+from links.propagation_wait import (
+    follower_get,
+    link_create_waiting,
+    link_propagation_now,
+    link_update_waiting,
+)
+from links.pruning import replicas_tombstone
+from links.replicas import replica_statuses_read
+from testkit import wait_until
+from topics.links import producer_get
+
+
+@pytest.fixture
+def cluster(replica_factory, transactional_db):
+    """Two replicas, the only ones in the replicas topic (earlier tests' are tombstoned), both
+    ready in the master's view. Their readiness does not go stale for 10 minutes: a replica
+    whose consume_links is stopped stays ready (it still serves its Redis) for the test's span,
+    so the master counts it and shows it lacking the new state."""
+    replicas_tombstone(list(replica_statuses_read(timeout=10).newest), producer=producer_get())
+    replicas = [replica_factory() for _ in range(2)]
+    for replica in replicas:
+        replica.start_reporter(SHORTENER_READY_STALE_SECONDS="600")
+    names = {r.name for r in replicas}
+
+    def both_ready() -> bool:
+        newest, _, _ = follower_get().snapshot(timeout=10)
+        return newest is not None and {n for n, (s, _) in newest.items() if s.ready} == names
+    wait_until(both_ready, timeout=60, what="both replicas ready, and the only ones")
+    return replicas
+
+
+def page(admin_client, link: Link) -> str:
+    response = admin_client.get(reverse("admin:links_link_change", args=[link.pk]))
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_create_and_wait_then_live_on_2_of_2_and_1_of_2_while_a_replica_stops_consuming(
+        cluster, admin_client):
+    r1, r2 = cluster
+    waits = []
+    for i in range(10):
+        longurl = f"https://example.com/{uuid.uuid4().hex}/{i}"
+        created, outcome = link_create_waiting(longurl=longurl, wait="replicas", timeout=10)
+        assert outcome.waited and outcome.propagation.complete, outcome
+        assert outcome.propagation.summary() == "live on 2 of 2 replicas"
+        waits.append(outcome.seconds)
+        # At once, no retry: every replica redirects the link the wait answered for.
+        for replica in cluster:
+            response = replica.get(created.link.tinyurl)
+            assert response.status_code == 302 and response.headers["Location"] == longurl
+    print(f"\ncreate-and-wait, 10 links: median {statistics.median(waits) * 1000:.0f} ms, "
+          f"max {max(waits) * 1000:.0f} ms")
+    link = created.link
+    link.refresh_from_db()
+
+    shown = link_propagation_now(link=link)
+    assert shown.summary() == "live on 2 of 2 replicas"
+    assert all(r.serves and r.seconds is not None and r.exact for r in shown.replicas)
+    html = page(admin_client, link)
+    assert "live on 2 of 2 replicas" in html
+    for r in shown.replicas:
+        assert r.node in html and f"{r.seconds:.3f} s" in html
+
+    # r2 stops applying the links topic; the target changes.
+    assert r2.stop_consumer() == 0
+    new_target = f"{link.longurl}/changed"
+    link, outcome = link_update_waiting(link=link, longurl=new_target, wait="replicas",
+                                        timeout=1)
+    assert outcome.waited and not outcome.propagation.complete
+    by_node = {r.node: r for r in outcome.propagation.replicas}
+    assert by_node[r1.name].serves and not by_node[r2.name].serves
+    assert by_node[r2.name].ready  # still serving redirects, from its Redis: counted
+    assert outcome.propagation.summary() == "live on 1 of 2 replicas"
+    assert r1.get(link.tinyurl).headers["Location"] == new_target
+    assert r2.get(link.tinyurl).headers["Location"] != new_target  # the old target still
+    assert "live on 1 of 2 replicas" in page(admin_client, link)
+    link.refresh_from_db()
+    assert link_propagation_now(link=link).summary() == "live on 1 of 2 replicas"
+
+    r2.start_consumer()
+    wait_until(lambda: link_propagation_now(link=link).complete, timeout=60,
+               what="r2 serving the change once consume_links runs again")
+    shown = link_propagation_now(link=link)
+    assert shown.summary() == "live on 2 of 2 replicas"
+    assert r2.get(link.tinyurl).headers["Location"] == new_target
+    assert "live on 2 of 2 replicas" in page(admin_client, link)
+    # The change's times run from the change: r1's within the wait, r2's after its restart.
+    by_node = {r.node: r for r in shown.replicas}
+    assert by_node[r1.name].seconds < by_node[r2.name].seconds
