@@ -209,12 +209,14 @@ _waits = threading.BoundedSemaphore(max(1, settings.SHORTENER_PROPAGATION_WAITS)
 
 
 def wait_seconds(requested: float | None) -> float:
-    """The wait a caller gets: its own (at most SHORTENER_PROPAGATION_WAIT_MAX_SECONDS), or
-    SHORTENER_PROPAGATION_WAIT_SECONDS. Raises ValueError for a negative one."""
+    """The wait a caller gets, in seconds: its own, or SHORTENER_PROPAGATION_WAIT_SECONDS, at
+    most SHORTENER_PROPAGATION_WAIT_MAX_SECONDS. Raises ValueError for a negative one."""
     if requested is None:
-        return settings.SHORTENER_PROPAGATION_WAIT_SECONDS
+        requested = settings.SHORTENER_PROPAGATION_WAIT_SECONDS
     if requested < 0:
         raise ValueError("a wait cannot be negative")
+    # The default too: a deployment that lowers the longest wait below the default wait means
+    # the longest.
     return min(float(requested), settings.SHORTENER_PROPAGATION_WAIT_MAX_SECONDS)
 
 

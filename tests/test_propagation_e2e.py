@@ -103,3 +103,59 @@ def test_create_and_wait_then_live_on_2_of_2_and_1_of_2_while_a_replica_stops_co
     # The change's times run from the change: r1's within the wait, r2's after its restart.
     by_node = {r.node: r for r in shown.replicas}
     assert by_node[r1.name].seconds < by_node[r2.name].seconds
+
+
+def test_the_api_creates_and_changes_with_wait_and_shows_propagation(cluster, master):
+    """The same through /api/v1/: create with "wait": "replicas" answers 201 once both replicas
+    redirect; GET shows "live on 2 of 2" with times; with one replica's consume_links stopped a
+    takedown with wait answers 202 with "1 of 2", and the read shows it too."""
+    from links import protection
+    r1, r2 = cluster
+    _, token = protection.api_key_create(name="propagation")
+    headers = {"Authorization": f"Bearer {token}"}
+    url = f"{master.url}/api/v1"
+    longurl = f"https://example.com/{uuid.uuid4().hex}"
+    created = master.http.post(f"{url}/links", json={"longurl": longurl, "wait": "replicas",
+                                                     "wait_timeout": 10},
+                               headers=headers, timeout=30)
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["propagation"]["summary"] == "live on 2 of 2 replicas"
+    assert body["wait"]["waited"] and body["propagation"]["complete"]
+    tinyurl = body["tinyurl"]
+    for replica in cluster:  # at once, no retry
+        response = replica.get(tinyurl)
+        assert response.status_code == 302 and response.headers["Location"] == longurl
+
+    read = master.http.get(f"{url}/links/{tinyurl}", headers=headers, timeout=30).json()
+    shown = read["propagation"]
+    assert shown["summary"] == "live on 2 of 2 replicas" and shown["complete"]
+    assert {r["node"] for r in shown["replicas"]} == {r1.name, r2.name}
+    assert all(r["serves"] and r["seconds"] is not None for r in shown["replicas"])
+
+    # Without wait: answered at once, as before, without a propagation.
+    plain = master.http.post(f"{url}/links", json={"longurl": f"{longurl}/plain"},
+                             headers=headers, timeout=30)
+    assert plain.status_code == 201 and plain.json()["propagation"] is None
+
+    assert r2.stop_consumer() == 0
+    down = master.http.post(f"{url}/links/{tinyurl}/takedown",
+                            params={"wait": "replicas", "wait_timeout": 1},
+                            headers=headers, timeout=30)
+    assert down.status_code == 202, down.text
+    body = down.json()
+    assert body["state"] == "disabled" and body["wait"]["waited"]
+    by_node = {r["node"]: r for r in body["propagation"]["replicas"]}
+    assert by_node[r1.name]["serves"] and not by_node[r2.name]["serves"]
+    assert body["propagation"]["summary"] == "live on 1 of 2 replicas"
+    assert r1.get(tinyurl).status_code == 404 and r2.get(tinyurl).status_code == 302
+    read = master.http.get(f"{url}/links/{tinyurl}", headers=headers, timeout=30).json()
+    assert read["propagation"]["summary"] == "live on 1 of 2 replicas"
+
+    r2.start_consumer()
+    restored = master.http.post(f"{url}/links/{tinyurl}/restore",
+                                params={"wait": "replicas", "wait_timeout": 30},
+                                headers=headers, timeout=60)
+    assert restored.status_code == 200, restored.text
+    assert restored.json()["propagation"]["summary"] == "live on 2 of 2 replicas"
+    assert all(replica.get(tinyurl).status_code == 302 for replica in cluster)

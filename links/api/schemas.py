@@ -4,7 +4,7 @@ OpenAPI document is generated from these, so it cannot drift from what the handl
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from ninja import Schema
 from pydantic import Field
@@ -26,14 +26,28 @@ class Error(Schema):
     error: ErrorBody
 
 
-class LinkCreate(Schema):
+class Waiting(Schema):
+    """Read-your-writes across replicas (links/propagation_wait.py)."""
+
+    wait: Literal["replicas"] | None = Field(
+        None, description="\"replicas\": answer only when every ready replica serves the "
+                          "link's new state (then the link is answered as without it, with its "
+                          "propagation), or, after wait_timeout, 202 with the per-replica "
+                          "state. Absent: answer once Kafka acknowledged the state.")
+    wait_timeout: float | None = Field(
+        None, ge=0, le=3600,
+        description="Seconds to wait at most (default SHORTENER_PROPAGATION_WAIT_SECONDS, 10; "
+                    "capped at SHORTENER_PROPAGATION_WAIT_MAX_SECONDS, 30).")
+
+
+class LinkCreate(Waiting):
     longurl: str = Field(description="The target, validated as PUT /create validates it.")
     expires_at: str | None = Field(
         None, description="ISO 8601 with a UTC offset, in the future, at most 100 years ahead; "
                           "null or absent: never expires. An existing link keeps its own.")
 
 
-class LinkChange(Schema):
+class LinkChange(Waiting):
     """Only the fields sent change; expires_at null: never expires."""
 
     longurl: str | None = Field(None, description="A new target (validated as on create).")
@@ -55,13 +69,52 @@ class Link(Schema):
     clicks: int = Field(description="Clicks in total, as the master last folded them.")
 
 
+class ReplicaPropagation(Schema):
+    node: str
+    ready: bool = Field(description="Counted in \"of M\": ready and heard from lately.")
+    serves: bool = Field(description="Its applied position is past the link's current record.")
+    reported_at: datetime | None = Field(
+        description="The broker's time of its first status showing it serves the current state; "
+                    "null while it does not (or that report was pruned).")
+    seconds: float | None = Field(description="From the state's change to reported_at.")
+    exact: bool = Field(description="False: reported_at is an upper bound (thinned samples).")
+
+
+class Propagation(Schema):
+    """Where the link's current state is served: \"live on N of M replicas\"."""
+
+    summary: str
+    live: int
+    of: int
+    complete: bool = Field(description="Every ready replica (at least one) serves it.")
+    state_version: int
+    changed_at: datetime = Field(description="When the current state was made.")
+    partition: int | None = Field(description="The links-topic record of the current state; "
+                                              "null while Kafka has not acknowledged it.")
+    offset: int | None
+    error: str | None = Field(description="Why the replicas' statuses could not be read.")
+    replicas: list[ReplicaPropagation]
+
+
+class WaitResult(Schema):
+    waited: bool = Field(description="False: not waited, too many waits in flight (`refused`).")
+    seconds: float = Field(description="How long the call waited.")
+    refused: str | None
+
+
 class LinkDetail(Link):
     clicks_by_replica: dict[str, int] = Field(description="Clicks per replica (node label).")
-    # Filled by the parts of issue 18 that add them (human and bot clicks, propagation);
-    # null until then.
+    # Filled by the part of issue 18 that adds them (human and bot clicks); null until then.
     clicks_human: int | None = None
     clicks_bot: int | None = None
-    propagation: dict[str, Any] | None = None
+    propagation: Propagation
+
+
+class LinkWaited(Link):
+    """A created or changed link; with `propagation` and `wait` when the call waited."""
+
+    propagation: Propagation | None = None
+    wait: WaitResult | None = None
 
 
 class LinkPage(Schema):

@@ -23,6 +23,7 @@ from django.utils import timezone
 from ninja import NinjaAPI, Query, Status
 
 from links import bulk, publishing, replicas, selectors, services, validation
+from links.propagation_wait import link_propagation_now, link_wait_replicas
 from links.api import schemas
 from links.api.errors import (
     RETRY_AFTER,
@@ -82,6 +83,21 @@ def _link_out(link: Link, now: datetime | None = None) -> dict:
             "state_version": link.state_version, "clicks": link.clicks}
 
 
+def _waited(link: Link, status: int, wait: str | None, timeout: float | None):
+    """The answer of a create or change: `status` with the link, or with wait="replicas" the
+    link once every ready replica serves its new state, its propagation and the wait; 202 if
+    the wait ended first (the timeout, or too many waits in flight: links/propagation_wait.py).
+    The state is committed and acknowledged by Kafka before this (links.services)."""
+    body = _link_out(link)
+    if wait is None:
+        return Status(status, body)
+    outcome = link_wait_replicas(link=link, timeout=timeout)
+    body = {**_link_out(link), "propagation": outcome.propagation.as_dict(), "wait": {
+        "waited": outcome.waited, "seconds": round(outcome.seconds, 3),
+        "refused": outcome.refused}}
+    return Status(status if outcome.propagation.complete else 202, body)
+
+
 def _expiry(value: str | None) -> datetime | None:
     try:
         return services.expires_at_parse(value)
@@ -96,18 +112,20 @@ def _refusal(exc: validation.LongurlRefused) -> ApiError:
 # --- create ------------------------------------------------------------------------------------
 
 
-@api.post("/links", response={200: schemas.Link, 201: schemas.Link, 410: schemas.Error,
-                              **COMMON},
+@api.post("/links", response={200: schemas.LinkWaited, 201: schemas.LinkWaited,
+                              202: schemas.LinkWaited, 410: schemas.Error, **COMMON},
           auth=ApiKeyAuth(counted=False), operation_id="link_create", tags=["links"])
 def link_create(request: HttpRequest, payload: schemas.LinkCreate):
     """Create the link of a longurl: 201 with it; 200 with the existing one (the same tinyurl,
     its own expiry) if the longurl has a link, as PUT /create. 410 if that link was taken down
-    or has expired. Counted against the client's /create rate limit."""
+    or has expired. Counted against the client's /create rate limit. With "wait": "replicas",
+    answered once every ready replica serves the link, or 202 after wait_timeout."""
     item = services.CreateItem(longurl=payload.longurl, expires_at=_expiry(payload.expires_at))
     rate_limit(request, request.auth, cost=1, scope="create")
     outcome = db_retrying(lambda: services.links_create_many([item])[0])
     if isinstance(outcome, services.LinkCreated):
-        return Status(201 if outcome.created else 200, _link_out(outcome.link))
+        return _waited(outcome.link, 201 if outcome.created else 200, payload.wait,
+                       payload.wait_timeout)
     if isinstance(outcome, validation.LongurlRefused):
         raise _refusal(outcome)
     if isinstance(outcome, services.LinkDisabled):
@@ -155,10 +173,12 @@ def links_create_bulk(request: HttpRequest):
 @api.get("/links/{tinyurl}", response={200: schemas.LinkDetail, 404: schemas.Error, **COMMON},
          operation_id="link_get", tags=["links"])
 def link_get(request: HttpRequest, tinyurl: str):
-    """A link: its target, state, times, and clicks in total and per replica."""
+    """A link: its target, state, times, clicks in total and per replica, and where its
+    current state is served ("live on N of M replicas", with each replica's time)."""
     link = _link(tinyurl)
     return {**_link_out(link),
-            "clicks_by_replica": selectors.link_clicks_by_node(link_id=link.id)}
+            "clicks_by_replica": selectors.link_clicks_by_node(link_id=link.id),
+            "propagation": link_propagation_now(link=link).as_dict()}
 
 
 class ListFilters(schemas.Schema):
@@ -227,8 +247,9 @@ def links_list(request: HttpRequest, filters: Query[ListFilters]):
 # --- change ------------------------------------------------------------------------------------
 
 
-def _change(link: Link, **changes) -> dict:
-    """services.link_update with the API's answers for its refusals."""
+def _change(link: Link, wait: str | None = None, wait_timeout: float | None = None,
+            **changes):
+    """services.link_update with the API's answers for its refusals; then _waited."""
     try:
         changed = services.link_update(link=link, **changes)
     except validation.LongurlRefused as exc:
@@ -239,17 +260,19 @@ def _change(link: Link, **changes) -> dict:
                        "longurl" if "longurl" in exc.messages[0] else None) from None
     except publishing.LinkPublishError:
         raise ApiError(503, "unpublished", UNPUBLISHED, headers=[RETRY_AFTER]) from None
-    return _link_out(changed)
+    return _waited(changed, 200, wait, wait_timeout)
 
 
-CHANGE = {200: schemas.Link, 404: schemas.Error, 409: schemas.Error, **COMMON}
+CHANGE = {200: schemas.LinkWaited, 202: schemas.LinkWaited, 404: schemas.Error,
+          409: schemas.Error, **COMMON}
 
 
 @api.patch("/links/{tinyurl}", response=CHANGE, operation_id="link_change", tags=["links"])
 def link_change(request: HttpRequest, tinyurl: str, payload: schemas.LinkChange):
     """Change the target and/or the expiry (fields absent: unchanged); published to every
     replica as a new version of the link, as the admin's changes are. 409 if another link
-    has the new longurl (a longurl has one tinyurl)."""
+    has the new longurl (a longurl has one tinyurl). With "wait": "replicas", answered once
+    every ready replica serves the new state, or 202 after wait_timeout."""
     link = _link(tinyurl)
     sent = payload.model_fields_set
     changes: dict = {}
@@ -259,21 +282,27 @@ def link_change(request: HttpRequest, tinyurl: str, payload: schemas.LinkChange)
         changes["longurl"] = payload.longurl
     if "expires_at" in sent:
         changes["expires_at"] = _expiry(payload.expires_at)
-    return _change(link, **changes)
+    return _change(link, payload.wait, payload.wait_timeout, **changes)
 
 
 @api.post("/links/{tinyurl}/takedown", response=CHANGE, operation_id="link_takedown",
           tags=["links"])
-def link_takedown(request: HttpRequest, tinyurl: str):
-    """Take the link down: every replica answers 404 for it. Idempotent."""
-    return _change(_link(tinyurl), disabled=True)
+def link_takedown(request: HttpRequest, tinyurl: str, wait: Literal["replicas"] | None = None,
+                  wait_timeout: float | None = Query(None, ge=0, le=3600)):
+    """Take the link down: every replica answers 404 for it. Idempotent.
+    wait=replicas: answered once every ready replica serves the new state, or 202 after
+    wait_timeout seconds (as on create)."""
+    return _change(_link(tinyurl), wait, wait_timeout, disabled=True)
 
 
 @api.post("/links/{tinyurl}/restore", response=CHANGE, operation_id="link_restore",
           tags=["links"])
-def link_restore(request: HttpRequest, tinyurl: str):
-    """Put a taken-down link back: every replica redirects again. Idempotent."""
-    return _change(_link(tinyurl), disabled=False)
+def link_restore(request: HttpRequest, tinyurl: str, wait: Literal["replicas"] | None = None,
+                 wait_timeout: float | None = Query(None, ge=0, le=3600)):
+    """Put a taken-down link back: every replica redirects again. Idempotent.
+    wait=replicas: answered once every ready replica serves the new state, or 202 after
+    wait_timeout seconds (as on create)."""
+    return _change(_link(tinyurl), wait, wait_timeout, disabled=False)
 
 
 # --- clicks and replicas -----------------------------------------------------------------------

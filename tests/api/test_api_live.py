@@ -34,7 +34,11 @@ def live_master(transactional_db, kafka_topics, test_data_dir):
     # No rate limit: schemathesis' requests then get the same answers whatever the machine's
     # speed (the limit itself is tests/api/test_api.py's).
     web = MasterWeb(test_data_dir, workers=1, DJANGO_STATIC_ROOT=str(static),
-                    SHORTENER_CREATE_RATE_LIMIT="")
+                    SHORTENER_CREATE_RATE_LIMIT="",
+                    # A generated "wait": "replicas" waits at most this: no replica is ready
+                    # here, so each would wait its whole timeout (the waits with replicas are
+                    # tests/test_propagation_e2e.py's).
+                    SHORTENER_PROPAGATION_WAIT_MAX_SECONDS="0.01")
     _, token = protection.api_key_create(name="live")
     yield web, token
     web.close()

@@ -236,3 +236,14 @@ def test_consume_clicks_folds_the_statuses_into_samples(clicks_consumer, quiet_r
     finally:
         quiet_replicas_topic.store = True
     assert "thread replicas-follower died" not in clicks_consumer.output()
+
+
+def test_wait_seconds_caps_the_default_and_the_asked_at_the_longest(settings):
+    from links.propagation_wait import wait_seconds
+    settings.SHORTENER_PROPAGATION_WAIT_SECONDS = 10.0
+    settings.SHORTENER_PROPAGATION_WAIT_MAX_SECONDS = 30.0
+    assert wait_seconds(None) == 10.0 and wait_seconds(45) == 30.0 and wait_seconds(0) == 0.0
+    settings.SHORTENER_PROPAGATION_WAIT_MAX_SECONDS = 0.5
+    assert wait_seconds(None) == 0.5 and wait_seconds(3) == 0.5
+    with pytest.raises(ValueError):
+        wait_seconds(-1)
