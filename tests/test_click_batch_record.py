@@ -73,7 +73,9 @@ def mutated(value: bytes, change) -> bytes:
 # One bad pair (or field) makes the whole batch rejected, with the reason of that pair.
 @pytest.mark.parametrize("change, reason", [
     (lambda d: d["counts"][1].__setitem__(0, "abc!efg"), "range"),  # a character outside
-    (lambda d: d["counts"][1].__setitem__(0, "abcdef"), "range"),  # too short
+    (lambda d: d["counts"][1].__setitem__(0, "ab"), "range"),  # too short (an alias is 3-64)
+    (lambda d: d["counts"][1].__setitem__(0, "a" * 65), "range"),  # too long
+    (lambda d: d["counts"][1].__setitem__(0, "Metrics"), "reserved"),  # a server's own path
     (lambda d: d["counts"][1].__setitem__(1, 0), "range"),  # a count below 1
     (lambda d: d["counts"][1].__setitem__(1, 2**53), "range"),  # beyond 2**53 - 1
     (lambda d: d["counts"][1].__setitem__(1, "7"), "type"),
