@@ -84,8 +84,9 @@ class PublishedFilter(admin.EmptyFieldListFilter):
 
 @admin.register(Link)
 class LinkAdmin(ReadOnlyAdmin):
-    list_display = ("tinyurl", "alias", "longurl_short", "created_at", "clicks", "clicks_recent",
-                    "published", "enabled")
+    # "alias" last: the list's sort parameter (?o=N) numbers the columns.
+    list_display = ("tinyurl", "longurl_short", "created_at", "clicks", "clicks_recent",
+                    "published", "enabled", "alias")
     list_filter = (("published_at", PublishedFilter),
                    ("disabled_at", admin.EmptyFieldListFilter), "alias", "created_at")
     actions = ["take_down", "put_back"]
@@ -170,8 +171,8 @@ class LinkAdmin(ReadOnlyAdmin):
         return request.user.has_perm("links.add_link")
 
     def get_form(self, request, obj=None, change=False, **kwargs):
-        if obj is None:
-            kwargs["form"] = LinkAddForm
+        if obj is None:  # `alias` is the form's own field, not the model's (not editable)
+            kwargs.update(form=LinkAddForm, fields=LinkAddForm.Meta.fields)
         return super().get_form(request, obj, change=change, **kwargs)
 
     def get_fields(self, request, obj=None):
