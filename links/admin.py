@@ -181,6 +181,11 @@ class LinkAdmin(ReadOnlyAdmin):
     def get_readonly_fields(self, request, obj=None):
         return () if obj is None else self.readonly_fields
 
+    def get_inline_instances(self, request, obj=None):
+        # A new link has no counters; and the add form makes the link in its check (no formset
+        # may refuse the page after that).
+        return [] if obj is None else super().get_inline_instances(request, obj)
+
     def has_change_permission(self, request, obj=None) -> bool:
         # Superusers, or staff given "links | link | Can change link": the target and expiry
         # (the form's two fields), and the takedown actions. Nothing else is ever editable.
