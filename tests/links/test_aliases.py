@@ -150,3 +150,41 @@ def test_the_admin_adds_a_link_with_an_alias_and_shows_it(admin_client, kafka_to
     admin_client.post("/admin/links/link/add/", {
         "longurl": "https://example.com/alias/admin-3", "expires_at_0": "", "expires_at_1": ""})
     assert len(Link.objects.get(longurl="https://example.com/alias/admin-3").tinyurl) == 7
+
+
+def test_the_table_itself_keeps_the_rules(transactional_db):
+    """Migration 0015's constraints, whatever writes the row: a tinyurl of TINYURL_RE's shape;
+    one generated link per longurl, aliases beside it; a tinyurl once."""
+    from django.db import IntegrityError, transaction
+
+    from links.selectors import longurl_digest
+
+    def row(tinyurl: str, longurl: str, alias: bool) -> Link:
+        return Link.objects.create(tinyurl=tinyurl, longurl=longurl, alias=alias,
+                                   longurl_sha256=longurl_digest(longurl))
+
+    row("Gen1234", "https://example.com/t/1", False)
+    row("alias-1", "https://example.com/t/1", True)
+    row("alias-2", "https://example.com/t/1", True)
+    for bad in (("Gen5678", "https://example.com/t/1", False),  # a second generated link
+                ("alias-1", "https://example.com/t/2", True),  # a tinyurl twice
+                ("a.b.c", "https://example.com/t/3", True),  # not the shape
+                ("ab", "https://example.com/t/4", True),
+                ("x" * 65, "https://example.com/t/5", True)):
+        with pytest.raises(Exception) as raised, transaction.atomic():
+            row(*bad)
+        assert isinstance(raised.value, (IntegrityError,)) or "value too long" in str(
+            raised.value), bad
+    assert Link.objects.count() == 3
+
+
+def test_the_longurl_lookup_probes_the_partial_unique_index(transactional_db):
+    """selectors.links_by_digest's predicate (NOT alias) is the index's, so PostgreSQL can use
+    it: a create's read of the existing links stays an index probe per longurl."""
+    from links.selectors import longurl_digest
+    from tests.links.test_link_storage import _plan
+
+    plan = _plan("SELECT * FROM links_link WHERE NOT alias AND longurl_sha256 = ANY(ARRAY("
+                 "SELECT decode(h, 'hex') FROM unnest(%s::text[]) AS h))",
+                 ["{" + longurl_digest("https://example.com/plan").hex() + "}"])
+    assert "links_link_longurl_generated" in plan, plan

@@ -49,12 +49,14 @@ def test_an_alias_made_in_bulk_redirects_on_both_replicas_and_its_clicks_reach_t
 
 def test_a_record_claiming_a_reserved_path_is_refused_counted_and_never_served(replica_factory):
     replica = replica_factory()
-    for name in ("metrics", "Healthz", "READYZ"):
-        link_produce(name, 1, "https://evil.example/")
+    offsets = [link_produce(name, 1, "https://evil.example/")
+               for name in ("metrics", "Healthz", "READYZ")]
     link_produce("ok-alias", 1, "https://example.com/after")  # what comes after still applies
     wait_until(lambda: replica.target("ok-alias") is not None, timeout=30, what="the last record")
-    assert replica.stats()["rejected"] == 3
-    assert replica.consumer_output().count("reason=reserved") == 3
+    # The topic is the test run's: other tests' bad records are in it too; these are named.
+    for offset in offsets:
+        assert f"partition=0 offset={offset} reason=reserved" in replica.consumer_output()
+    assert replica.stats()["rejected"] >= 3
     for name in ("metrics", "Healthz", "READYZ"):
         assert replica.link(name) is None
     metrics = replica.get("metrics")
