@@ -50,6 +50,6 @@ class Migration(migrations.Migration):
         ),
         migrations.AddConstraint(
             model_name='link',
-            constraint=models.CheckConstraint(condition=models.Q(('tinyurl__regex', '^[A-Za-z0-9_-]{3,64}$')), name='links_link_tinyurl_shape'),
+            constraint=models.CheckConstraint(condition=models.Q(('tinyurl__regex', '^...'), models.Q(('tinyurl__regex', '[^A-Za-z0-9_-]'), _negated=True)), name='links_link_tinyurl_shape'),
         ),
     ]
