@@ -20,7 +20,7 @@ class Link(models.Model):
     # generated links only (Meta: "same longurl, same tinyurl" is the rule of a create without
     # an alias); a longurl may also have any number of aliases.
     longurl_sha256 = models.BinaryField(max_length=32, editable=False)
-    # True: the tinyurl is an alias its creator chose (links/aliases.py), not generated. Never
+    # True: the tinyurl is an alias its creator chose (links/tinyurls.py), not generated. Never
     # changes. db_default: the raw INSERTs (links/services.py, imports) need not name it.
     alias = models.BooleanField(default=False, db_default=False, editable=False)
     # Indexed by a BRIN index (Meta), not a B-tree: see there.

@@ -17,9 +17,9 @@ from django.utils import timezone
 from links import inserts, publishing, selectors, tinyurls, validation
 from links.models import BlockedHost, Link
 from links.publishing import LinkPublishError, link_publish
-from topics.links import VERSION_MAX
 # Made in links/tinyurls.py; imported from here by tests, benches and older callers.
 from links.tinyurls import tinyurl_generate, tinyurls_generate  # noqa: F401
+from topics.links import VERSION_MAX
 
 logger = logging.getLogger(__name__)
 
