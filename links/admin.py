@@ -1,7 +1,8 @@
 """The Django admin on the master: links with their clicks; every replica's state; the host
 blocklist and the API keys of /create.
 
-Links are made through PUT /create and totals by consume_clicks. An admin can change a link's
+Links are made through PUT /create (or here, with an alias if wanted) and totals by
+consume_clicks. An admin can change a link's
 target and expiry (through services.link_update, so the change reaches every replica as a new
 version of its record; each change is kept in Django's admin log, old and new values), and take
 it down or put it back; everything else is read-only. Each link's page shows its clicks over
@@ -18,7 +19,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from links import protection, publishing, replicas, selectors, services, validation
+from links import protection, publishing, replicas, selectors, services
+from links.admin_forms import LinkAddForm, LinkForm
 from links.clicks_csv import clicks_csv
 from links.models import (
     ApiKey,
@@ -67,31 +69,6 @@ class ClickCounterInline(admin.TabularInline):
         return False
 
 
-class LinkForm(forms.ModelForm):
-    """What an admin may change of a link: its target and its expiry."""
-
-    # Not stripped: a longurl is validated exactly as /create receives it.
-    longurl = forms.CharField(strip=False, widget=forms.TextInput(attrs={"size": 100}),
-                              help_text="Validated like PUT /create; every replica redirects "
-                                        "to the new target within about a second.")
-
-    class Meta:
-        model = Link
-        fields = ("longurl", "expires_at")
-        help_texts = {"expires_at": "UTC. After it every replica answers 410 Gone; a time "
-                                    "already past ends the link at once. Empty: never."}
-
-    def clean_longurl(self) -> str:
-        # The one check of every target (link_update calls it again, as the guard of every
-        # path; here it puts the reason on the field before anything is saved).
-        value = validation.longurl_check(self.cleaned_data["longurl"])
-        other = selectors.link_get_by_longurl(longurl=value)
-        if other is not None and other.pk != self.instance.pk:
-            raise forms.ValidationError(f"link {other.tinyurl} already has this longurl "
-                                        "(a longurl has one tinyurl)")
-        return value
-
-
 class PublishedFilter(admin.EmptyFieldListFilter):
     """published_at's "Empty" (not acknowledged by Kafka yet) read through the outbox relay's
     worklist (links.models.PendingLink), as the relay reads it: no index names published_at
@@ -107,10 +84,11 @@ class PublishedFilter(admin.EmptyFieldListFilter):
 
 @admin.register(Link)
 class LinkAdmin(ReadOnlyAdmin):
+    # "alias" last: the list's sort parameter (?o=N) numbers the columns.
     list_display = ("tinyurl", "longurl_short", "created_at", "clicks", "clicks_recent",
-                    "published", "enabled")
+                    "published", "enabled", "alias")
     list_filter = (("published_at", PublishedFilter),
-                   ("disabled_at", admin.EmptyFieldListFilter), "created_at")
+                   ("disabled_at", admin.EmptyFieldListFilter), "alias", "created_at")
     actions = ["take_down", "put_back"]
     search_fields = ("=tinyurl", "longurl")
     date_hierarchy = "created_at"
@@ -119,10 +97,10 @@ class LinkAdmin(ReadOnlyAdmin):
     # filters but gives no order; sorting by the column itself scans the table.
     ordering = ("-id",)
     form = LinkForm
-    fields = ("tinyurl", "longurl", "expires_at", "created_at", "published_at", "disabled_at",
-              "state_version", "clicks", "clicks_by_replica")
-    readonly_fields = ("tinyurl", "created_at", "published_at", "disabled_at", "state_version",
-                       "clicks", "clicks_by_replica")
+    fields = ("tinyurl", "alias", "longurl", "expires_at", "created_at", "published_at",
+              "disabled_at", "state_version", "clicks", "clicks_by_replica")
+    readonly_fields = ("tinyurl", "alias", "created_at", "published_at", "disabled_at",
+                       "state_version", "clicks", "clicks_by_replica")
     inlines = [ClickCounterInline]
     show_full_result_count = False  # COUNT(*) over millions of links on every page is slow
     change_form_template = "admin/links/link/change_form.html"
@@ -183,6 +161,27 @@ class LinkAdmin(ReadOnlyAdmin):
     def enabled(self, obj: Link) -> bool:
         return obj.disabled_at is None
 
+    def has_add_permission(self, request, obj=None) -> bool:
+        # A link made here is made as PUT /create/bulk makes one (LinkAddForm: links_create_many,
+        # an alias if given), published to every replica.
+        return request.user.has_perm("links.add_link")
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:  # `alias` is the form's own field, not the model's (not editable)
+            kwargs.update(form=LinkAddForm, fields=LinkAddForm.Meta.fields)
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        return LinkAddForm.FIELDS if obj is None else self.fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else self.readonly_fields
+
+    def get_inline_instances(self, request, obj=None):
+        # A new link has no counters; and the add form makes the link in its check (no formset
+        # may refuse the page after that).
+        return [] if obj is None else super().get_inline_instances(request, obj)
+
     def has_change_permission(self, request, obj=None) -> bool:
         # Superusers, or staff given "links | link | Can change link": the target and expiry
         # (the form's two fields), and the takedown actions. Nothing else is ever editable.
@@ -195,7 +194,13 @@ class LinkAdmin(ReadOnlyAdmin):
         return self._changeform_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request, obj: Link, form, change: bool) -> None:
-        """Through services.link_update: a new state version, published to every replica."""
+        """Through services.link_update: a new state version, published to every replica. An
+        added link was made by LinkAddForm's check already (links_create_many): `obj` becomes it."""
+        if not change:
+            obj.__dict__.update({f.attname: getattr(form.created, f.attname)
+                                 for f in Link._meta.concrete_fields})
+            obj._state.adding = False
+            return
         changes = {name: form.cleaned_data[name] for name in form.changed_data}
         if not changes:
             return

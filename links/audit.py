@@ -55,7 +55,7 @@ from topics.links import (
     links_topic,
 )
 from topics.loop import Loop
-from topics.records import TINYURL_RE, MessageError, Rejected
+from topics.records import RESERVED_TINYURLS, MessageError, Rejected, tinyurl_ok
 
 logger = logging.getLogger(__name__)
 
@@ -124,10 +124,13 @@ def links_audit_batch(
             tinyurl = rec.key.decode() if rec.key is not None else ""
         except UnicodeDecodeError:
             tinyurl = ""
-        if not TINYURL_RE.fullmatch(tinyurl):
-            # Not a link's key: nothing a replica could serve, no link to send again.
-            refused.append(Rejected(topic=rec.topic, partition=rec.partition, offset=rec.offset,
-                                    reason="key", error="key is not a tinyurl"))
+        if not tinyurl_ok(tinyurl):
+            # Not a link's key (a reserved name neither: no link can have one): nothing a
+            # replica could serve, no link to send again.
+            refused.append(Rejected(
+                topic=rec.topic, partition=rec.partition, offset=rec.offset,
+                reason="reserved" if tinyurl in RESERVED_TINYURLS else "key",
+                error="key is not a tinyurl"))
             continue
         try:
             newest[tinyurl] = link_record_decode(rec.key, rec.value)

@@ -1,7 +1,11 @@
 """The master's PUT /create/bulk: many /create in one call (links.services.links_create_many).
 
 Body: a JSON array of at most SHORTENER_BULK_MAX_ITEMS objects, each what PUT /create accepts
-(`{"longurl": ..., "expires_at": ...optional}`), in at most SHORTENER_BULK_MAX_BODY_BYTES.
+(`{"longurl": ..., "expires_at": ...optional}`) and optionally `"alias"`: the tinyurl to give the
+link (3-64 characters of [A-Za-z0-9_-], links/tinyurls.py; refused 400 `alias_invalid`, 409
+`alias_reserved` for a path the service answers itself, 409 `alias_taken` when another
+longurl's link has it; the same longurl's link with it is answered again), in at most
+SHORTENER_BULK_MAX_BODY_BYTES.
 Answer 200 `{"results": [...]}`, one entry per item in input order: what /create would answer
 for it alone, its 200 body (`{"longurl", "tinyurl"(, "expires_at")}`) or
 `{"error": message, "code": reason, "status": /create's status}` (a rate-limited item also
@@ -31,7 +35,7 @@ from django.db import DatabaseError, InterfaceError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from links import bodies, protection, publishing, ratelimit, services, validation
+from links import bodies, protection, publishing, ratelimit, services, tinyurls, validation
 from links.create_checks import db_retrying
 from runtime.metrics import CREATE_REFUSED, instrumented
 
@@ -159,8 +163,12 @@ def bulk_results(payload: list, *, client: str) -> list[dict]:
                 results[index] = _item_error(400, exc.error_list[0].code or "invalid",
                                              exc.messages[0])
             else:
+                # "alias": the tinyurl the caller chooses (links/tinyurls.py has the rules);
+                # absent or null: a generated one. Only here, not in PUT /create, whose body the
+                # assignment defines.
                 items.append(services.CreateItem(longurl=entry["longurl"],
-                                                 expires_at=expires_at))
+                                                 expires_at=expires_at,
+                                                 alias=entry.get("alias")))
                 positions.append(index)
     # Idempotent, so retried once on a fresh connection like /create's link_create.
     outcomes = db_retrying(lambda: services.links_create_many(items)) if items else []
@@ -182,6 +190,8 @@ def _outcome_answer(outcome: services.CreateOutcome) -> dict:
         return body
     if isinstance(outcome, validation.LongurlRefused):
         return _item_error(400, outcome.code, outcome.message)
+    if isinstance(outcome, tinyurls.AliasRefused):  # 400 invalid, 409 reserved or taken
+        return _item_error(outcome.status, outcome.code, outcome.message)
     if isinstance(outcome, services.LinkDisabled):
         return _item_error(410, "taken_down", "this URL's link was taken down by an administrator")
     if isinstance(outcome, services.LinkExpired):

@@ -9,12 +9,20 @@ from django.db import models
 class Link(models.Model):
     # Both uniqueness rules are database constraints, not check-then-insert: two concurrent
     # /create calls for one longurl cannot both insert, and a random tinyurl that collides with
-    # an existing one is refused by the database itself.
-    tinyurl = models.CharField(max_length=7, unique=True)
+    # an existing one (or an alias asked for twice at once) is refused by the database itself.
+    # A generated tinyurl is 7 characters of [a-zA-Z0-9]; an alias (below) 3-64 of
+    # [A-Za-z0-9_-] (topics.records.TINYURL_RE, the CHECK in Meta). Case-sensitive, as the
+    # replicas' paths and Redis keys are: "Promo" and "promo" are two aliases.
+    tinyurl = models.CharField(max_length=64, unique=True)
     longurl = models.TextField()
     # sha256 of the longurl. A longurl may be up to SHORTENER_MAX_URL_LENGTH long; a B-tree
-    # index entry may not exceed ~2.7 kB, so uniqueness is enforced on the 32-byte hash.
-    longurl_sha256 = models.BinaryField(max_length=32, unique=True, editable=False)
+    # index entry may not exceed ~2.7 kB, so uniqueness is enforced on the 32-byte hash, for the
+    # generated links only (Meta: "same longurl, same tinyurl" is the rule of a create without
+    # an alias); a longurl may also have any number of aliases.
+    longurl_sha256 = models.BinaryField(max_length=32, editable=False)
+    # True: the tinyurl is an alias its creator chose (links/tinyurls.py), not generated. Never
+    # changes. db_default: the raw INSERTs (links/services.py, imports) need not name it.
+    alias = models.BooleanField(default=False, db_default=False, editable=False)
     # Indexed by a BRIN index (Meta), not a B-tree: see there.
     created_at = models.DateTimeField(auto_now_add=True)
     # The outbox mark: NULL until Kafka acknowledged the link's record. Rows still NULL are
@@ -58,6 +66,22 @@ class Link(models.Model):
     clicks = models.BigIntegerField(default=0)
 
     class Meta:
+        constraints = [
+            # One generated link per longurl; aliases are outside the rule. The predicate's column
+            # never changes, so the published mark stays a HOT update (see below).
+            models.UniqueConstraint(fields=["longurl_sha256"], condition=models.Q(alias=False),
+                                    name="links_link_longurl_generated"),
+            # Whatever writes a row (a raw INSERT, an import, the shell), the tinyurl has a shape
+            # every replica serves (TINYURL_RE): at least 3 characters, none outside
+            # [A-Za-z0-9_-]; at most 64 is the column's. Not TINYURL_RE itself: PostgreSQL's
+            # regex engine runs "{3,64}" at about 5 µs a row, these two tests at about 1 (200,000
+            # inserts into a temporary table, with and without, alternated). Reserved names are
+            # refused by links.tinyurls and the replicas, not here: the list grows with the
+            # routes (topics.records.RESERVED_NAMES).
+            models.CheckConstraint(condition=models.Q(tinyurl__regex=r"^...")
+                                   & ~models.Q(tinyurl__regex=r"[^A-Za-z0-9_-]"),
+                                   name="links_link_tinyurl_shape"),
+        ]
         # Every index of this table costs each new link an entry at its insert, so it keeps only
         # those that a reader needs at any size (bench/bulk.py; migration 0013: the B-trees on
         # created_at and disabled_at and tinyurl's LIKE index went, and PostgreSQL's time for a

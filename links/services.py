@@ -5,64 +5,27 @@ from __future__ import annotations
 
 import enum
 import logging
-import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.core.exceptions import ValidationError
-from django.db import DEFAULT_DB_ALIAS, connection, transaction
-from django.db.models import signals
-from django.db.models.base import ModelState
+from django.db import transaction
 from django.utils import timezone
 
-from links import publishing, selectors, validation
+from links import inserts, publishing, selectors, tinyurls, validation
 from links.models import BlockedHost, Link
 from links.publishing import LinkPublishError, link_publish
+# Made in links/tinyurls.py; imported from here by tests, benches and older callers.
+from links.tinyurls import tinyurl_generate, tinyurls_generate  # noqa: F401
 from topics.links import VERSION_MAX
-from topics.records import RESERVED_TINYURLS, TINYURL_ALPHABET, TINYURL_LENGTH
 
 logger = logging.getLogger(__name__)
 
-# 62^7 = 3.5e12 codes: at a billion links a random code collides with probability 3e-4, so a
-# handful of attempts always finds a free one.
-TINYURL_ATTEMPTS = 8
 # links_create_many inserts before it reads from this many longurls on; /create's batches (at
 # most 256, links/batching.py) read first, so an existing longurl there writes nothing.
 INSERT_FIRST_MIN = 1000
-
-
-def tinyurl_generate() -> str:
-    # Random, from the OS's CSPRNG: a code says nothing about the ones issued before it.
-    while True:
-        code = "".join(secrets.choice(TINYURL_ALPHABET) for _ in range(TINYURL_LENGTH))
-        if code not in RESERVED_TINYURLS:
-            return code
-
-
-# A random byte below 248 (4 x 62) taken modulo 62 is uniform over the alphabet; the 8 bytes
-# above are dropped (rejection sampling, as secrets.choice does), so each character of a code
-# is as uniform and unpredictable as tinyurl_generate's.
-_BYTE_TO_CHAR = bytes(TINYURL_ALPHABET[b % len(TINYURL_ALPHABET)].encode()[0] for b in range(256))
-_BYTES_DROPPED = bytes(range(len(TINYURL_ALPHABET) * (256 // len(TINYURL_ALPHABET)), 256))
-
-
-def tinyurls_generate(n: int) -> list[str]:
-    """`n` codes as tinyurl_generate makes them (the OS's CSPRNG, every character uniform), in
-    one pass over random bytes: a batch of 10,000 in 1.3 ms instead of 79."""
-    codes: list[str] = []
-    while len(codes) < n:
-        # 3 % of the bytes are dropped on average: ask for a little more than needed.
-        raw = secrets.token_bytes((n - len(codes)) * TINYURL_LENGTH * 17 // 16 + 16)
-        chars = raw.translate(_BYTE_TO_CHAR, _BYTES_DROPPED).decode("ascii")
-        for start in range(0, len(chars) - TINYURL_LENGTH + 1, TINYURL_LENGTH):
-            code = chars[start:start + TINYURL_LENGTH]
-            if code not in RESERVED_TINYURLS:
-                codes.append(code)
-                if len(codes) == n:
-                    break
-    return codes
 
 
 @dataclass(frozen=True)
@@ -74,18 +37,21 @@ class LinkCreated:
 @dataclass(frozen=True)
 class CreateItem:
     """One link asked for: the longurl as the client sent it (any JSON value: it is checked by
-    links.validation.longurl_check) and an optional expiry (an aware datetime, checked by
-    expires_at_parse) for a link created now."""
+    links.validation.longurl_check), an optional expiry (an aware datetime, checked by
+    expires_at_parse) for a link created now, and an optional alias: the tinyurl the caller
+    chooses (any JSON value: checked by links.tinyurls.alias_check; None: a generated one)."""
 
     longurl: object
     expires_at: datetime | None = None
+    alias: object = None
 
 
 # What links_create_many answers for one item: the link, or why not.
 CreateOutcome = LinkCreated | Exception
 
 
-def link_create(*, longurl: str, expires_at: datetime | None = None) -> LinkCreated:
+def link_create(*, longurl: str, expires_at: datetime | None = None,
+                alias: str | None = None) -> LinkCreated:
     """The link for `longurl`, created if new, and published to the links topic.
 
     `longurl` is checked first (links.validation.longurl_check, the stored form is what is kept
@@ -102,8 +68,16 @@ def link_create(*, longurl: str, expires_at: datetime | None = None) -> LinkCrea
     LinkDisabled if the existing link was taken down, LinkExpired if it has expired.
     Raises django.db.DatabaseError if PostgreSQL fails (nothing committed, or a link committed
     and then found again by a retry: the call is idempotent).
+
+    alias: the tinyurl to give the link (links/tinyurls.py has the rules): the link of that
+    alias, made now, or found if it already names a link of this longurl (created False; its
+    expiry, state and errors as above). Raises AliasInvalid (400: not 3-64 characters of
+    [A-Za-z0-9_-]), AliasReserved (409: a path the service answers itself, in any case),
+    AliasTaken (409: another longurl's link has it); all subclasses of tinyurls.AliasRefused,
+    which carry `status`, `code` and `message`. Nothing is written for a refused alias.
     """
-    outcome = links_create_many([CreateItem(longurl=longurl, expires_at=expires_at)])[0]
+    outcome = links_create_many([CreateItem(longurl=longurl, expires_at=expires_at,
+                                            alias=alias)])[0]
     if isinstance(outcome, Exception):
         raise outcome
     return outcome
@@ -122,6 +96,11 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
     link_create), LinkPublishError (committed, not acknowledged: the outbox sends it, a retry
     gets the same tinyurl). An item's refusal never affects the others.
 
+    An item with an alias gets the link of that alias, as link_create says (the same alias
+    twice in one call for the same longurl: one link, created for the first; for another
+    longurl: AliasTaken for the later item), or its AliasRefused. Items without one follow
+    "same longurl, same tinyurl": they never get an alias' link.
+
     Every link is committed durably before any of its records is sent (a replica never holds a
     link the master could still lose), and a LinkCreated is returned only for a link Kafka has
     acknowledged. Raises django.db.DatabaseError when PostgreSQL fails: then no item's answer is
@@ -130,147 +109,84 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
     """
     outcomes: list[CreateOutcome | None] = [None] * len(items)
     wanted: dict[str, list[int]] = {}  # stored longurl -> the items asking for it, in order
+    aliased: dict[str, tuple[str, list[int]]] = {}  # alias -> (stored longurl, its items)
     for index, item in enumerate(items):
         if item.expires_at is not None and timezone.is_naive(item.expires_at):
             raise ValueError("expires_at must be timezone-aware")
         try:
             stored = validation.longurl_check(item.longurl)
-        except validation.LongurlRefused as exc:
+            if item.alias is None:
+                wanted.setdefault(stored, []).append(index)
+                continue
+            alias = tinyurls.alias_check(item.alias)
+        except (validation.LongurlRefused, tinyurls.AliasRefused) as exc:
             outcomes[index] = exc
             continue
-        wanted.setdefault(stored, []).append(index)
-    if not wanted:
+        held = aliased.setdefault(alias, (stored, []))
+        if held[0] == stored:
+            held[1].append(index)
+        else:
+            outcomes[index] = tinyurls.AliasTaken(alias)
+    if not wanted and not aliased:
         return outcomes  # type: ignore[return-value]
 
-    digests = {longurl: selectors.longurl_digest(longurl) for longurl in wanted}
+    digests = {longurl: selectors.longurl_digest(longurl)
+               for longurl in (*wanted, *(held[0] for held in aliased.values()))}
     fresh: dict[str, tuple[Link, bool]] = {}
     # From INSERT_FIRST_MIN longurls on (a bulk call, an import: nearly all new), the INSERT finds
-    # the existing links itself (_links_insert reads what it did not insert): a new link is spared
+    # the existing links itself (links_insert reads what it did not insert): a new link is spared
     # a read, 2.6 µs of PostgreSQL (measured); an existing one costs 9 instead of 2 (a retry pays).
-    found = {} if len(wanted) >= INSERT_FIRST_MIN else selectors.links_by_digest(digests.values())
+    found = ({} if len(wanted) >= INSERT_FIRST_MIN or not wanted
+             else selectors.links_by_digest(digests[longurl] for longurl in wanted))
     missing = [longurl for longurl in wanted if digests[longurl] not in found]
-    if missing:
+    of_alias: dict[str, tuple[Link, bool] | tinyurls.AliasTaken] = {}
+    if missing or aliased:
         # durable: the outermost transaction, so that "committed" below really means committed
         # (not released into an enclosing transaction that could still roll back): publishing
         # starts only after it.
         with transaction.atomic(durable=True):
-            fresh = _links_insert(
-                [(longurl, digests[longurl], items[wanted[longurl][0]].expires_at)
-                 for longurl in missing])
+            if missing:
+                fresh = inserts.links_insert(
+                    [(longurl, digests[longurl], items[wanted[longurl][0]].expires_at)
+                     for longurl in missing])
+            if aliased:
+                of_alias = inserts.aliases_insert(
+                    [(alias, longurl, digests[longurl], items[indices[0]].expires_at)
+                     for alias, (longurl, indices) in aliased.items()])
+    # Each group of items gets one link (or one refusal): per longurl, then per alias.
+    groups: list[tuple[tuple[Link, bool] | Exception, list[int]]] = [
+        (fresh.get(longurl) or (found[digests[longurl]], False), indices)
+        for longurl, indices in wanted.items()]
+    groups += [(of_alias[alias], indices) for alias, (_, indices) in aliased.items()]
     now = timezone.now()
     to_publish: list[Link] = []
-    link_of: dict[str, tuple[Link, bool]] = {}
-    for longurl in wanted:
-        link, created = fresh.get(longurl) or (found[digests[longurl]], False)
-        link_of[longurl] = (link, created)
+    for got, _ in groups:
+        if isinstance(got, Exception):
+            continue
+        link, created = got
         if created or (link.published_at is None and link.disabled_at is None
                        and (link.expires_at is None or link.expires_at > now)):
             # New, or committed earlier and not acknowledged yet: (re)send it now.
             to_publish.append(link)
     # By `id`: the `pk` property looks the key up in the model's options (py-spy: 3 % of a call).
     errors = dict(zip((link.id for link in to_publish), publishing.links_publish_each(to_publish)))
-    for longurl, indices in wanted.items():
-        link, created = link_of[longurl]
+    for got, indices in groups:
         outcome: CreateOutcome
-        if (error := errors.get(link.id)) is not None:
+        if isinstance(got, Exception):
+            outcome = got
+        elif (error := errors.get(got[0].id)) is not None:
             outcome = error
-        elif not created and link.disabled_at is not None:
-            outcome = LinkDisabled(link)
-        elif not created and link.expires_at is not None and link.expires_at <= now:
-            outcome = LinkExpired(link)
+        elif not got[1] and got[0].disabled_at is not None:
+            outcome = LinkDisabled(got[0])
+        elif not got[1] and got[0].expires_at is not None and got[0].expires_at <= now:
+            outcome = LinkExpired(got[0])
         else:
-            outcome = LinkCreated(link=link, created=created)
+            outcome = LinkCreated(link=got[0], created=got[1])
         outcomes[indices[0]] = outcome
         for later in indices[1:]:
-            outcomes[later] = (LinkCreated(link=link, created=False)
+            outcomes[later] = (LinkCreated(link=got[0], created=False)
                                if isinstance(outcome, LinkCreated) else outcome)
     return outcomes  # type: ignore[return-value]
-
-
-def _links_insert(rows: list[tuple[str, bytes, datetime | None]]) -> dict[str, tuple[Link, bool]]:
-    """Insert links for (stored longurl, its digest, expiry) rows that may have none; returns, per
-    longurl, its link and whether this call inserted it (False: it existed, or another call won).
-    Runs inside the caller's transaction. Raises RuntimeError if a tinyurl cannot be found for
-    some row in TINYURL_ATTEMPTS rounds (at most a handful of collisions ever happen).
-    ValueError if a longurl holds a newline (a stored longurl never does: links.validation)."""
-    # INSERT ... ON CONFLICT DO NOTHING: an existing link, a concurrent insert of the same
-    # longurl, or a tinyurl that is already taken, ends as "no row inserted" instead of an error,
-    # with no aborted transaction; which it was, the read after it tells. The rows go in the order
-    # of their digests: two concurrent batches that share longurls then take the unique index's
-    # locks in the same order, so one waits for the other instead of the two deadlocking. The
-    # columns Django fills from model defaults (state_version, clicks) have no default in the
-    # database, so they are given here. The columns travel as one text each (a newline-separated
-    # list of longurls, array literals of tinyurls, hex digests and expiries), not as Python
-    # lists, which psycopg2 adapts element by element: 1.6 us a link for the four, against 0.3
-    # (measured). A row comes back with its id and tinyurl only: the tinyurl says which row it is
-    # (each was drawn for one row), and the rest is what was sent.
-    insert_sql = """
-        INSERT INTO links_link (tinyurl, longurl, longurl_sha256, expires_at, created_at,
-                                state_version, clicks)
-        SELECT t.tinyurl, t.longurl, t.digest, t.expires_at, %s, 1, 0
-        FROM (SELECT u.tinyurl, u.longurl, decode(u.digest, 'hex') AS digest, u.expires_at
-              FROM unnest(%s::varchar[], string_to_array(%s, E'\\n'), %s::text[],
-                          %s::timestamptz[]) AS u(tinyurl, longurl, digest, expires_at)) AS t
-        ORDER BY t.digest
-        ON CONFLICT DO NOTHING
-        RETURNING tinyurl, id"""
-    result: dict[str, tuple[Link, bool]] = {}
-    pending = rows
-    plain = _links_plain()
-    for _ in range(TINYURL_ATTEMPTS):
-        codes = tinyurls_generate(len(pending))
-        longurls, now = "\n".join(r[0] for r in pending), timezone.now()
-        if longurls.count("\n") != len(pending) - 1:
-            raise ValueError("a longurl to insert holds a newline")
-        with connection.cursor() as cursor:
-            cursor.execute(insert_sql, [
-                now, "{" + ",".join(codes) + "}", longurls,
-                "{" + ",".join(r[1].hex() for r in pending) + "}",
-                "{" + ",".join("NULL" if r[2] is None else r[2].isoformat() for r in pending)
-                + "}"])
-            inserted = dict(cursor.fetchall())  # id by tinyurl
-        left = []
-        for (longurl, digest, expires_at), code in zip(pending, codes):
-            pk = inserted.get(code)
-            if pk is not None:
-                result[longurl] = (_link_of_row(
-                    plain, id=pk, tinyurl=code, longurl=longurl, longurl_sha256=digest,
-                    created_at=now, expires_at=expires_at, state_version=1, clicks=0), True)
-            else:
-                left.append((longurl, digest, expires_at))
-        if left:
-            # Not inserted: the longurl has a link (READ COMMITTED: a concurrent call's committed
-            # row too), or the tinyurl was taken (the longurl is still missing).
-            for link in selectors.links_by_digest(r[1] for r in left).values():
-                result[link.longurl] = (link, False)
-            left = [r for r in left if r[0] not in result]
-        if not left:
-            return result
-        pending = left
-    raise RuntimeError(f"no free tinyurl after {TINYURL_ATTEMPTS} attempts")
-
-
-_LINK_COLUMNS = tuple(f.attname for f in Link._meta.concrete_fields)
-_NULL_ROW = dict.fromkeys(_LINK_COLUMNS)
-
-
-def _links_plain() -> bool:
-    """Whether new Links may skip Model.__init__: no pre_init or post_init receiver for Link."""
-    return not (signals.pre_init.has_listeners(Link) or signals.post_init.has_listeners(Link))
-
-
-def _link_of_row(plain: bool, **values: object) -> Link:
-    """The Link of a row just inserted, as the ORM makes one it has read (Model.from_db), the
-    columns not given NULL. `plain` (_links_plain()): without Model.__init__, which goes through
-    every field and sends pre_init and post_init: 1.4 us a Link instead of from_db's 4.6."""
-    if not plain:
-        return Link.from_db(DEFAULT_DB_ALIAS, _LINK_COLUMNS, [values.get(n) for n in _LINK_COLUMNS])
-    link = Link.__new__(Link)
-    link.__dict__.update(_NULL_ROW, **values)
-    link._state = ModelState()
-    link._state.adding = False
-    link._state.db = DEFAULT_DB_ALIAS
-    return link
 
 
 class LinkDisabled(Exception):
@@ -347,8 +263,9 @@ def link_update(
 
     disabled: True takes the link down (replicas answer 404), False puts it back.
     longurl: a new target, checked by links.validation.longurl_check (LongurlRefused if it is not
-        acceptable); ValidationError if another link already has it (a longurl has one
-        tinyurl). Either way nothing is changed or published.
+        acceptable); ValidationError if another generated link already has it and this one is
+        generated too (a longurl has one generated tinyurl; aliases may share it). Either way
+        nothing is changed or published.
     expires_at: an aware datetime after which replicas answer 410 Gone; None: never.
     Returns the link as committed (`link` is refreshed too). Raises LinkPublishError if Kafka
     did not acknowledge: the change is committed, and the outbox relay sends it later, so it
@@ -366,7 +283,9 @@ def link_update(
             changed.append("disabled_at")
         if longurl is not KEEP and longurl != row.longurl:
             digest = selectors.longurl_digest(longurl)
-            if Link.objects.filter(longurl_sha256=digest).exclude(pk=row.pk).exists():
+            # A longurl has one generated link; an alias may point anywhere (links/tinyurls.py).
+            if not row.alias and Link.objects.filter(
+                    longurl_sha256=digest, alias=False).exclude(pk=row.pk).exists():
                 raise ValidationError("another link already has this longurl")
             row.longurl, row.longurl_sha256 = longurl, digest
             changed += ["longurl", "longurl_sha256"]

@@ -22,7 +22,6 @@ it around Django's application.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,15 +33,24 @@ from redirects import answers, counting, selectors
 from redirects.pipelining import PipelinedRedis
 from runtime.lifespan import lifespan_serve
 from runtime.metrics import REQUESTS
-from topics.records import RESERVED_TINYURLS
+from topics.records import (
+    ALIAS_MAX_LENGTH,
+    ALIAS_MIN_LENGTH,
+    RESERVED_TINYURLS,
+    tinyurl_chars_ok,
+)
 
 logger = logging.getLogger(__name__)
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]],
                    Awaitable[None]]
 
-# The path of a tinyurl: a slash and 7 characters of [a-zA-Z0-9] (messages.TINYURL_RE).
-_TINYURL_PATH = re.compile(r"/[a-zA-Z0-9]{7}")
+# The path of a tinyurl: a slash and a tinyurl, generated or an alias (topics.records.tinyurl_ok:
+# TINYURL_RE's shape, not a reserved name in any case, so /metrics, /healthz and /readyz always
+# reach Django's views, whatever Redis holds). Checked with str methods and a set lookup, not a
+# regex: this runs for every request a replica gets.
+_PATH_MIN = 1 + ALIAS_MIN_LENGTH
+_PATH_MAX = 1 + ALIAS_MAX_LENGTH
 
 
 class RedirectApp:
@@ -63,10 +71,11 @@ class RedirectApp:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
             path = scope["path"]
-            if (len(path) == 8 and _TINYURL_PATH.fullmatch(path)
-                    and path[1:] not in RESERVED_TINYURLS):
-                await self.redirect(scope["method"], path[1:], send)
-                return
+            if _PATH_MIN <= len(path) <= _PATH_MAX:
+                tinyurl = path[1:]
+                if tinyurl_chars_ok(tinyurl) and tinyurl not in RESERVED_TINYURLS:
+                    await self.redirect(scope["method"], tinyurl, send)
+                    return
         elif scope["type"] == "lifespan":
             # Django's application does not speak the lifespan protocol; it is ours alone.
             await lifespan_serve(receive, send, close=self.close)

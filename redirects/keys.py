@@ -158,7 +158,9 @@ def clicks_counter_prefix() -> str:
 
 
 def clicks_member(*, incarnation: str, tinyurl: str) -> str:
-    """A counter's name in the due, dirty and in-flight sets (and its key's suffix)."""
+    """A counter's name in the due, dirty and in-flight sets (and its key's suffix). Neither an
+    incarnation ([A-Za-z0-9]) nor a tinyurl, generated or an alias ([A-Za-z0-9_-]), holds a ":",
+    so the reporter splits a name at its first one."""
     return f"{incarnation}:{tinyurl}"
 
 

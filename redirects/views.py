@@ -12,6 +12,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from redirects import answers, counting, selectors
 from runtime.metrics import instrumented
+from topics.records import RESERVED_TINYURLS
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,11 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
 
 @instrumented("redirect")
 def redirect(request: HttpRequest, tinyurl: str) -> HttpResponse:
-    # The URL pattern admits only 7 characters of [a-zA-Z0-9]; anything else is a 404 from the
-    # resolver without a Redis round trip.
+    # The URL pattern admits only TINYURL_RE's shape; anything else is a 404 from the resolver
+    # without a Redis round trip. A reserved name in another case (/Healthz) is no tinyurl
+    # either: 404 here too, as on the ASGI path.
+    if tinyurl in RESERVED_TINYURLS:
+        return not_found(request)
     if request.method not in ("GET", "HEAD"):
         answer = answers.method_not_allowed(request.method)
     else:

@@ -75,7 +75,7 @@ RECORDS_REJECTED = Counter(
     "Records a consumer could not use (consume_links, consume_clicks, the master's links audit, "
     "the admin's replicas page): each is logged once with topic, partition, offset and reason, "
     "and skipped. reason: topics.records.REJECT_REASONS (json, schema, key, "
-    "missing, type, range, longurl, state, invalid).",
+    "missing, type, range, reserved, longurl, state, invalid).",
     ["topic", "reason"],
 )
 

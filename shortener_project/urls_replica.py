@@ -4,10 +4,13 @@ from django.urls import path, register_converter
 
 from redirects import views
 from runtime.metrics import metrics_view
+from topics.records import TINYURL_RE
 
 
 class TinyurlConverter:
-    regex = "[a-zA-Z0-9]{7}"
+    # A generated tinyurl or an alias. The reserved names have this shape too: their own paths
+    # come first below, and the view answers 404 for any other spelling of them (/Metrics).
+    regex = TINYURL_RE.pattern
 
     def to_python(self, value: str) -> str:
         return value
@@ -19,7 +22,7 @@ class TinyurlConverter:
 register_converter(TinyurlConverter, "tiny")
 
 urlpatterns = [
-    # Before the tinyurl pattern: "metrics" has a tinyurl's shape (and is never issued as one).
+    # Before the tinyurl pattern: these have a tinyurl's shape (and are never issued as one).
     path("metrics", metrics_view, name="metrics"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),

@@ -37,7 +37,7 @@ from topics.records import (
     ENCODER,
     INCARNATION_RE,
     INT_MAX,
-    TINYURL_RE,
+    RESERVED_TINYURLS,
     Incarnation,
     MessageError,
     Node,
@@ -48,6 +48,8 @@ from topics.records import (
     decode_error,
     key_text,
     node_ok,
+    tinyurl_chars_ok,
+    tinyurl_ok,
 )
 from topics.specs import TopicSpec, durability_configs
 
@@ -120,7 +122,7 @@ def click_report_decode(key: bytes | None, value: bytes | None) -> ClickReport |
     if value is None:
         # A tombstone ends a counter's key: the key must still be one (whose counter it ends).
         incarnation, colon, tinyurl = key_text(key).partition(":")
-        if not (colon and INCARNATION_RE.fullmatch(incarnation) and TINYURL_RE.fullmatch(tinyurl)):
+        if not (colon and INCARNATION_RE.fullmatch(incarnation) and tinyurl_ok(tinyurl)):
             raise MessageError("a tombstone's key is not <incarnation>:<tinyurl>", reason="key")
         return None
     if key is None:
@@ -130,9 +132,12 @@ def click_report_decode(key: bytes | None, value: bytes | None) -> ClickReport |
     except (msgspec.MsgspecError, ValueError, RecursionError) as exc:
         raise decode_error(exc, "click report") from None
     tinyurl, incarnation = report.tinyurl, report.incarnation
-    if not (alnum(tinyurl) and alnum(incarnation) and node_ok(report.node)):
+    if not (tinyurl_chars_ok(tinyurl) and alnum(incarnation) and node_ok(report.node)):
         raise MessageError("click report: tinyurl, incarnation or node has a character its "
                            "pattern does not allow", reason="range")
+    if tinyurl in RESERVED_TINYURLS:
+        raise MessageError(f"click report: {tinyurl!r} is a reserved path, not a tinyurl",
+                           reason="reserved")
     if key != f"{incarnation}:{tinyurl}".encode():
         raise MessageError("key differs from the report's incarnation:tinyurl", reason="key")
     return report
@@ -141,8 +146,9 @@ def click_report_decode(key: bytes | None, value: bytes | None) -> ClickReport |
 # Schema 3: many counters of one incarnation in one record (see the module's docstring).
 CLICK_BATCH_SCHEMA = 3
 
-# The most counters a report batch may carry. Bounds a record's size (a pair is at most 30 bytes
-# of JSON: 5,000 pairs ~ 150 kB, under Kafka's default message.max.bytes of ~1 MB) and the master's
+# The most counters a report batch may carry. Bounds a record's size (a pair is at most 86 bytes
+# of JSON with a 64-character alias, 30 with a generated tinyurl: 5,000 pairs ~ 430 kB at worst,
+# under Kafka's default message.max.bytes of ~1 MB) and the master's
 # work per record; the reporter sends at most its CLAIM_BATCH (1,000) per record.
 CLICK_BATCH_MAX = 5_000
 
@@ -203,12 +209,15 @@ def _batch_decode(key: bytes, value: bytes) -> ClickBatch:
     except (msgspec.MsgspecError, ValueError, RecursionError) as exc:
         raise decode_error(exc, "click batch") from None
     incarnation = batch.incarnation
-    # Every tinyurl is 7 characters (msgspec checked each length), so the joined text is
-    # [A-Za-z0-9]* exactly when each one is: one str call for the whole batch.
-    if not (alnum("".join([t for t, _ in batch.counts])) and alnum(incarnation)
+    # msgspec checked each tinyurl's length, so the joined text is [A-Za-z0-9_-]* exactly when
+    # each one is: one or two str calls for the whole batch.
+    tinyurls = [t for t, _ in batch.counts]
+    if not (tinyurl_chars_ok("".join(tinyurls)) and alnum(incarnation)
             and node_ok(batch.node)):
         raise MessageError("click batch: a tinyurl, the incarnation or the node has a character "
                            "its pattern does not allow", reason="range")
+    if not RESERVED_TINYURLS.isdisjoint(tinyurls):
+        raise MessageError("click batch: a tinyurl is a reserved path", reason="reserved")
     name, _, batch_id = key_text(key).partition(BATCH_KEY_SEPARATOR)
     if name != incarnation or len(batch_id) != 32 or batch_id.strip("0123456789abcdef"):
         raise MessageError("key is not the batch's <incarnation>/<32 hex digits>", reason="key")

@@ -15,6 +15,7 @@ schema version); a field the schema version requires is never assumed.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,17 +24,54 @@ from typing import Annotated, Protocol
 import msgspec
 from msgspec import Meta
 
+# A generated tinyurl: 7 characters of TINYURL_ALPHABET (links/tinyurls.py draws them).
 TINYURL_LENGTH = 7
 
 
 TINYURL_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
-TINYURL_RE = re.compile(r"[a-zA-Z0-9]{7}")
+# A caller's alias (links/tinyurls.py): 3-64 characters of [A-Za-z0-9_-]. A generated tinyurl has
+# this shape too, so "a tinyurl" on every topic, key and path is this shape (and not reserved,
+# below); nothing else is one. Both "_" and "-" are unreserved in a URL path (RFC 3986 §2.3),
+# so an alias goes into a path as it is.
+ALIAS_MIN_LENGTH = 3
+ALIAS_MAX_LENGTH = 64
+ALIAS_CHARS = TINYURL_ALPHABET + "_-"
+TINYURL_RE = re.compile(r"[A-Za-z0-9_-]{3,64}")
 
 
-# Paths a server answers itself that have the shape of a tinyurl; never issued as codes.
-RESERVED_TINYURLS = frozenset({"metrics", "healthz"})
+# The first path segments the master or a replica answers itself (shortener_project/urls_*.py,
+# STATIC_URL, the API's /api/v1/): never a tinyurl, compared without regard to case, so that
+# /Admin cannot be an alias that looks like the admin. tests/test_reserved_paths.py fails when a
+# route is added that is not listed here. A name added here later refuses the records of a link
+# that already has it (consume_links counts them as reason "reserved"): check the links table
+# for it first (`Link.objects.filter(tinyurl__iexact=name)`).
+RESERVED_NAMES = frozenset({"admin", "api", "create", "healthz", "metrics", "readyz", "static"})
+
+
+def _case_variants(name: str) -> set[str]:
+    return {"".join(chars) for chars in itertools.product(*({c.lower(), c.upper()} for c in name))}
+
+
+# Every spelling of every reserved name (488 strings): a set lookup tells a reserved tinyurl in
+# the hot paths (a redirect, a links record) without lowering each string first.
+RESERVED_TINYURLS = frozenset(v for name in RESERVED_NAMES for v in _case_variants(name))
+
+
+def tinyurl_chars_ok(text: str) -> bool:
+    """[A-Za-z0-9_-]* (TINYURL_RE's characters; the length is the caller's to check). A
+    generated tinyurl passes with one str call: an alias with "_" or "-" needs the strip too."""
+    return text.isascii() and (text.isalnum() or not text.strip(ALIAS_CHARS))
+
+
+def tinyurl_ok(text: str) -> bool:
+    """Whether `text` is a tinyurl: TINYURL_RE's shape (a generated code or an alias), and not a
+    reserved name in any case. The one test of every reader of tinyurls (records, the audit, a
+    replica's paths), in str methods and a set lookup rather than the regex, which costs more
+    (docs/records.md has the decoders' figures)."""
+    return (ALIAS_MIN_LENGTH <= len(text) <= ALIAS_MAX_LENGTH and tinyurl_chars_ok(text)
+            and text not in RESERVED_TINYURLS)
 
 
 NODE_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
@@ -57,13 +95,17 @@ def _whole(pattern: str) -> str:
 # Schema but checked by the decoders with str methods (_alnum, _node_ok), not by msgspec: msgspec
 # runs a Meta pattern through Python's re, about 0.7 µs a field, which made decoding a click
 # report slower than the orjson reader and hand checks it replaced; the lengths msgspec checks.
+# (tinyurl_chars_ok above for tinyurls.)
 def text_meta(pattern: re.Pattern, min_length: int, max_length: int, description: str) -> Meta:
     return Meta(min_length=min_length, max_length=max_length, description=description,
                 extra_json_schema={"pattern": _whole(pattern.pattern)})
 
 
-Tinyurl = Annotated[str, text_meta(TINYURL_RE, TINYURL_LENGTH, TINYURL_LENGTH,
-                               "The link's code: 7 characters of [a-zA-Z0-9].")]
+Tinyurl = Annotated[str, text_meta(
+    TINYURL_RE, ALIAS_MIN_LENGTH, ALIAS_MAX_LENGTH,
+    "The link's code: generated, 7 characters of [a-zA-Z0-9]; or an alias the creator chose, 3-64 "
+    "characters of [A-Za-z0-9_-]. Never a reserved name (" + ", ".join(sorted(RESERVED_NAMES))
+    + ") in any case.")]
 
 
 Node = Annotated[str, text_meta(NODE_RE, 1, 100, "A replica's SHORTENER_NODE_ID.")]
@@ -77,7 +119,7 @@ _NODE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-
 
 
 def alnum(text: str) -> bool:
-    """[A-Za-z0-9]* (TINYURL_RE's and INCARNATION_RE's characters)."""
+    """[A-Za-z0-9]* (INCARNATION_RE's characters)."""
     return text.isascii() and text.isalnum()
 
 
@@ -113,6 +155,7 @@ REJECT_REASONS = (
     "missing",  # a field the schema version requires is absent
     "type",  # a field (or the value itself) has the wrong JSON type
     "range",  # a value outside its range, pattern, length or set of values
+    "reserved",  # a tinyurl that is a path a server answers itself (RESERVED_NAMES)
     "longurl",  # an active link's longurl is missing or cannot be served
     "state",  # fields that contradict each other (a disabled link that carries a longurl)
     "invalid",  # anything else (MessageError's default)

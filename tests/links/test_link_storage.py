@@ -21,8 +21,9 @@ from topics.links import links_topic, producer_reset
 
 BEFORE = [("links", "0012_clickbucket_link_index_dropped")]
 BEFORE_WORKLIST = [("links", "0013_link_fewer_indexes")]
-# links_link's indexes now: none names published_at (migration 0014), so the mark is HOT.
-LATEST_INDEXES = ["links_link_pkey", "links_link_tinyurl_key", "links_link_longurl_sha256_key",
+# links_link's indexes now: none names published_at (migration 0014), so the mark is HOT; one
+# generated link per longurl, aliases apart (migration 0016).
+LATEST_INDEXES = ["links_link_pkey", "links_link_tinyurl_key", "links_link_longurl_generated",
                   "links_link_created_brin", "links_link_disabled"]
 
 

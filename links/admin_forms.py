@@ -1,0 +1,91 @@
+"""The admin's forms for a link: LinkForm changes one (its target and expiry), LinkAddForm makes
+one (a longurl, an optional alias, an optional expiry) through the services PUT /create/bulk
+runs, with the same checks and answers."""
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from links import publishing, selectors, services, tinyurls, validation
+from links.models import Link
+
+
+class LinkForm(forms.ModelForm):
+    """What an admin may change of a link: its target and its expiry."""
+
+    # Not stripped: a longurl is validated exactly as /create receives it.
+    longurl = forms.CharField(strip=False, widget=forms.TextInput(attrs={"size": 100}),
+                              help_text="Validated like PUT /create; every replica redirects "
+                                        "to the new target within about a second.")
+
+    class Meta:
+        model = Link
+        fields = ("longurl", "expires_at")
+        help_texts = {"expires_at": "UTC. After it every replica answers 410 Gone; a time "
+                                    "already past ends the link at once. Empty: never."}
+
+    def clean_longurl(self) -> str:
+        # The one check of every target (link_update calls it again, as the guard of every
+        # path; here it puts the reason on the field before anything is saved).
+        value = validation.longurl_check(self.cleaned_data["longurl"])
+        other = selectors.link_get_by_longurl(longurl=value)  # the generated one
+        if other is not None and other.pk != self.instance.pk and not self.instance.alias:
+            raise forms.ValidationError(f"link {other.tinyurl} already has this longurl "
+                                        "(a longurl has one tinyurl)")
+        return value
+
+
+class LinkAddForm(forms.ModelForm):
+    """A new link, made as PUT /create/bulk makes one (services.links_create_many). The link is
+    made by this form's check, not by a later save: whether an alias is taken is known only
+    when it is inserted (the unique index decides, links/inserts.py), so the insert is the
+    check, and its refusal goes on the field it concerns. The admin's add view runs outside a
+    transaction (LinkAdmin.changeform_view), as the service's durable commit needs."""
+
+    longurl = forms.CharField(strip=False, widget=forms.TextInput(attrs={"size": 100}),
+                              help_text="Validated like PUT /create.")
+    alias = forms.CharField(
+        required=False, strip=False, max_length=200,
+        help_text="Optional: the tinyurl to give the link, 3-64 characters of A-Z a-z 0-9 _ -, "
+                  "case-sensitive; not a path the service answers itself (admin, api, "
+                  "metrics, ... in any case). Empty: a generated 7-character tinyurl, the one "
+                  "every caller of this longurl shares.")
+    created: Link | None = None  # the link made by clean()
+
+    # The add page's fields, in order (LinkAdmin.get_fields). Meta.fields leaves `alias` out:
+    # Link.alias is not editable (the service sets it), so it is this form's own field.
+    FIELDS = ("longurl", "alias", "expires_at")
+
+    class Meta:
+        model = Link
+        fields = ("longurl", "expires_at")
+        help_texts = LinkForm.Meta.help_texts
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        expires_at = data.get("expires_at")
+        try:
+            if expires_at is not None:  # the bulk API's rules: in the future, not too far
+                expires_at = services.expires_at_parse(expires_at.isoformat())
+            outcome = services.links_create_many([services.CreateItem(
+                longurl=data["longurl"], expires_at=expires_at, alias=data.get("alias") or None,
+            )])[0]
+        except ValidationError as exc:
+            raise ValidationError({"expires_at": exc.messages}) from None
+        if isinstance(outcome, services.LinkCreated):
+            self.created = outcome.link
+            return data
+        if isinstance(outcome, tinyurls.AliasRefused):
+            raise ValidationError({"alias": outcome.message})
+        if isinstance(outcome, validation.LongurlRefused):
+            raise ValidationError({"longurl": outcome.message})
+        if isinstance(outcome, (services.LinkDisabled, services.LinkExpired)):
+            state = "taken down" if isinstance(outcome, services.LinkDisabled) else "expired"
+            raise ValidationError(f"link {outcome.link.tinyurl} already exists for this, and is "
+                                  f"{state}: change it on its page")
+        if isinstance(outcome, publishing.LinkPublishError):
+            raise ValidationError("the link is stored but Kafka did not acknowledge it: the "
+                                  "outbox sends it to the replicas when Kafka is back; find it "
+                                  "in the list")
+        raise outcome
