@@ -42,6 +42,14 @@ class Waiting(Schema):
 
 class LinkCreate(Waiting):
     longurl: str = Field(description="The target, validated as PUT /create validates it.")
+    alias: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]{3,64}$",
+        description="A custom alias: the tinyurl to give the link, 3-64 characters of "
+                    "A-Za-z0-9_- (case-sensitive). 409 alias_reserved for a path the service "
+                    "answers itself (admin, api, healthz, ..., in any case), 409 alias_taken "
+                    "if another longurl's link has it; the same alias for the same longurl "
+                    "answers that link (200). Absent: the longurl's generated tinyurl (7 "
+                    "characters of a-zA-Z0-9).")
     expires_at: str | None = Field(
         None, description="ISO 8601 with a UTC offset, in the future, at most 100 years ahead; "
                           "null or absent: never expires. An existing link keeps its own.")
@@ -57,6 +65,7 @@ class LinkChange(Waiting):
 
 class Link(Schema):
     tinyurl: str
+    alias: bool = Field(description="The tinyurl is a custom alias (else generated).")
     longurl: str = Field(description="In the form it is stored and sent in Location.")
     state: State = Field(description="active: replicas redirect; disabled: taken down (404); "
                                      "expired: past expires_at (410).")

@@ -23,7 +23,6 @@ from django.utils import timezone
 from ninja import NinjaAPI, Query, Status
 
 from links import bulk, publishing, replicas, selectors, services, validation
-from links.propagation_wait import link_propagation_now, link_wait_replicas
 from links.api import schemas
 from links.api.errors import (
     RETRY_AFTER,
@@ -37,6 +36,8 @@ from links.api.errors import (
 from links.clicks_csv import clicks_csv
 from links.create_checks import db_retrying
 from links.models import Link
+from links.propagation_wait import link_propagation_now, link_wait_replicas
+from links.tinyurls import AliasRefused
 from topics import longurls
 
 class _Api(NinjaAPI):
@@ -76,7 +77,7 @@ def _link(tinyurl: str) -> Link:
 
 
 def _link_out(link: Link, now: datetime | None = None) -> dict:
-    return {"tinyurl": link.tinyurl, "longurl": link.longurl,
+    return {"tinyurl": link.tinyurl, "alias": link.alias, "longurl": link.longurl,
             "state": selectors.link_state(link, now=now or timezone.now()),
             "created_at": link.created_at, "expires_at": link.expires_at,
             "disabled_at": link.disabled_at, "published": link.published_at is not None,
@@ -113,14 +114,16 @@ def _refusal(exc: validation.LongurlRefused) -> ApiError:
 
 
 @api.post("/links", response={200: schemas.LinkWaited, 201: schemas.LinkWaited,
-                              202: schemas.LinkWaited, 410: schemas.Error, **COMMON},
+                              202: schemas.LinkWaited, 409: schemas.Error, 410: schemas.Error,
+                              **COMMON},
           auth=ApiKeyAuth(counted=False), operation_id="link_create", tags=["links"])
 def link_create(request: HttpRequest, payload: schemas.LinkCreate):
     """Create the link of a longurl: 201 with it; 200 with the existing one (the same tinyurl,
     its own expiry) if the longurl has a link, as PUT /create. 410 if that link was taken down
     or has expired. Counted against the client's /create rate limit. With "wait": "replicas",
     answered once every ready replica serves the link, or 202 after wait_timeout."""
-    item = services.CreateItem(longurl=payload.longurl, expires_at=_expiry(payload.expires_at))
+    item = services.CreateItem(longurl=payload.longurl, expires_at=_expiry(payload.expires_at),
+                               alias=payload.alias)
     rate_limit(request, request.auth, cost=1, scope="create")
     outcome = db_retrying(lambda: services.links_create_many([item])[0])
     if isinstance(outcome, services.LinkCreated):
@@ -128,6 +131,8 @@ def link_create(request: HttpRequest, payload: schemas.LinkCreate):
                        payload.wait_timeout)
     if isinstance(outcome, validation.LongurlRefused):
         raise _refusal(outcome)
+    if isinstance(outcome, AliasRefused):
+        raise ApiError(outcome.status, outcome.code, outcome.message, "alias")
     if isinstance(outcome, services.LinkDisabled):
         raise ApiError(410, "taken_down", "this URL's link was taken down by an administrator",
                        "longurl")
@@ -143,7 +148,8 @@ BULK_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "type": "array", "maxItems": 10_000,
     "items": {"type": "object", "required": ["longurl"], "properties": {
         "longurl": {"type": "string"},
-        "expires_at": {"type": ["string", "null"]}}}}}}}}
+        "expires_at": {"type": ["string", "null"]},
+        "alias": {"type": ["string", "null"]}}}}}}}}
 
 
 @api.post("/links/bulk", response={200: schemas.BulkAnswer, 413: schemas.Error, **COMMON},

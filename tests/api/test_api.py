@@ -294,3 +294,37 @@ def test_the_openapi_document_lists_every_operation(api):
         ("POST", "/api/v1/links/{tinyurl}/takedown"), ("POST", "/api/v1/links/{tinyurl}/restore"),
         ("GET", "/api/v1/links/{tinyurl}/clicks"), ("GET", "/api/v1/replicas")}
     assert schema["openapi"].startswith("3.")
+
+
+def test_create_with_an_alias_taken_reserved_and_invalid(api):
+    created = api("POST", "/links", json={"longurl": "https://example.com/api/alias",
+                                          "alias": "spring-sale_26"})
+    assert created.status_code == 201, created.text
+    assert created.json()["tinyurl"] == "spring-sale_26" and created.json()["alias"] is True
+    again = api("POST", "/links", json={"longurl": "https://example.com/api/alias",
+                                        "alias": "spring-sale_26"})
+    assert again.status_code == 200 and again.json()["tinyurl"] == "spring-sale_26"
+    plain = api("POST", "/links", json={"longurl": "https://example.com/api/alias"})
+    assert plain.status_code == 201 and plain.json()["alias"] is False
+    assert len(plain.json()["tinyurl"]) == 7
+    assert api("GET", "/links/spring-sale_26").json()["alias"] is True
+    assert_error(api("POST", "/links", json={"longurl": "https://example.com/api/other",
+                                             "alias": "spring-sale_26"}),
+                 409, "alias_taken", "alias")
+    for reserved in ("admin", "Api", "HEALTHZ", "metrics"):
+        assert_error(api("POST", "/links", json={"longurl": "https://example.com/api/r",
+                                                 "alias": reserved}),
+                     409, "alias_reserved", "alias")
+    for invalid in ("ab", "a" * 65, "has space", "dot.ted", "ünï"):
+        assert_error(api("POST", "/links", json={"longurl": "https://example.com/api/i",
+                                                 "alias": invalid}), 422)
+    assert not Link.objects.filter(longurl__in=["https://example.com/api/other",
+                                                "https://example.com/api/r",
+                                                "https://example.com/api/i"]).exists()
+    bulk = api("POST", "/links/bulk", json=[
+        {"longurl": "https://example.com/api/b1", "alias": "bulk-one"},
+        {"longurl": "https://example.com/api/b2", "alias": "admin"},
+        {"longurl": "https://example.com/api/b3", "alias": "x"}]).json()["results"]
+    assert bulk[0]["tinyurl"] == "bulk-one"
+    assert bulk[1]["status"] == 409 and bulk[1]["error"]["code"] == "alias_reserved"
+    assert bulk[2]["status"] == 400 and bulk[2]["error"]["code"] == "alias_invalid"
