@@ -29,17 +29,17 @@ docstring says what it keeps true), with the reasons for its form.
 #   buckets: the shares summed per (link, node, hour), as one ON CONFLICT may not touch a row
 #            twice (two incarnations of a link on one node in a batch), added to the buckets;
 # and the tinyurls that match no link, and the counters refused (ended incarnations). The
-# buckets hold all clicks, not split by kind (docs/delivery-guarantees.md). The
-# lookups are scalar subqueries (the stored count and bots in one, as an array: OFFSET 0 keeps
-# the planner from copying the subquery into each of its two uses), so each is one index probe per counter whatever the tables'
-# sizes (as joins, the planner hashed the whole links and counters tables on every batch). All
-# parts of a WITH statement see one snapshot, and the
-# position row lock makes this transaction the only writer of its partition's counters (all
-# reports of a counter share its key, hence its partition), so `old` is the value the upsert
-# replaces; the upsert's WHERE checks it again. The batch travels as PostgreSQL array literals
-# (text parameters parsed by array_in), not as thousands of parameters or ARRAY[...]
-# expressions: planning the statement took 14 ms a batch with those, 0.4 ms with literals; hours
-# travel once each, counters name theirs by index.
+# buckets hold all clicks, not split by kind (docs/delivery-guarantees.md). The lookups are
+# scalar subqueries (the stored count and bots in one, as an array: OFFSET 0 keeps the planner
+# from copying the subquery into each of its two uses), so each is one index probe per counter
+# whatever the tables' sizes (as joins, the planner hashed the whole links and counters tables
+# on every batch). All parts of a WITH statement see one snapshot, and the position row lock
+# makes this transaction the only writer of its partition's counters (all reports of a counter
+# share its key, hence its partition), so `old` is the value the upsert replaces; the upsert's
+# WHERE checks it again. The batch travels as PostgreSQL array literals (text parameters parsed
+# by array_in), not as thousands of parameters or ARRAY[...] expressions: planning the
+# statement took 14 ms a batch with those, 0.4 ms with literals; hours travel once each,
+# counters name theirs by index.
 # The ORM cannot say "ON CONFLICT ... WHERE stored < new RETURNING", hence SQL.
 # synchronous_commit is off for this transaction only: its commit returns without waiting for
 # the WAL flush ("asynchronous commit" in PostgreSQL's documentation: a crash of the server may

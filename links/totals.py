@@ -18,9 +18,9 @@ transaction that
 A crash at any point leaves all or none of it. Replaying the topic from offset 0 re-applies
 reports whose counts are already reached: max() leaves every total and every bucket unchanged.
 A report of an incarnation that ended (its counters folded by `manage.py prune`,
-links/pruning.py) is refused, replayed or not: see links/clicks_sql.py. Since the node is not part of the
-identity, reports of one counter from two nodes (a node id that changed, two hosts sharing one
-Redis) are counted once; the node is the label of the counter and of its buckets.
+links/pruning.py) is refused, replayed or not: see links/clicks_sql.py. Since the node is not
+part of the identity, reports of one counter from two nodes (a node id that changed, two hosts
+sharing one Redis) are counted once; the node is the label of the counter and of its buckets.
 
 The clicks topic keeps records for 7 days and the replicas re-report every counter they hold at
 least every 3 days (topics/clicks.py, redirects/sweep.py), so a master that was down for any

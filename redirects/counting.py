@@ -210,7 +210,8 @@ def click_script_reload(redis: Redis) -> str:
 
 
 def click_call(*, redis: Redis, tinyurl: str, bot: bool = False) -> str | int | None:
-    """Count one click of `tinyurl` (bot: a bot's, redirects/bots.py); returns its longurl (302), GONE (410: expired) or None (404).
+    """Count one click of `tinyurl` (bot: a bot's, redirects/bots.py); returns its longurl
+    (302), GONE (410: expired) or None (404).
     The sync path (the Django view, manage.py runserver); a served replica uses link_click_async.
 
     One EVALSHA; after a Redis restart (NOSCRIPT) click_script_reload (the incarnation check,

@@ -29,10 +29,8 @@ from topics.clients import producer_close
 
 logger = logging.getLogger(__name__)
 
-# Move up to ARGV[1] counters from KEYS[1] to KEYS[3] (in flight), also dropping them from
-# KEYS[2], and read their counts in the same atomic step. Returns {m1, c1, b1, m2, c2, b2, ...},
-# members `<incarnation>:<tinyurl>`, each with its count (ARGV[2]: the counter key prefix) and how
-# many of those were a bot's (ARGV[3]: the bots key prefix), read together: bots <= count.
+# Move up to ARGV[1] counters (`<inc>:<tinyurl>`) from KEYS[1] to KEYS[3] (in flight), dropping
+# them from KEYS[2]; returns {m1, count1, bots1, m2, ...} (prefixes ARGV[2], ARGV[3]) atomically.
 # A flush claims from `dirty` and also clears `due`: its exact count covers the hundred.
 # A milestone claims from `due` and passes `due` again as KEYS[2] (clearing nothing more): it
 # reports only the hundred, so the counter must stay dirty for the exact count to follow.
@@ -52,8 +50,8 @@ return out
 
 # Acknowledged reports (ARGV[2..], members): clear their in-flight marks (KEYS[1]). A counter of
 # an earlier incarnation than KEYS[2]'s is final; once reported and marked nowhere else (dirty
-# KEYS[3], due KEYS[4], in flight), its key (prefix ARGV[1]) is deleted, with its bots key
-# (prefix KEYS[5]). Returns how many counters were.
+# KEYS[3], due KEYS[4], in flight), its key (prefix ARGV[1]) and bots key (prefix KEYS[5]) are
+# deleted. Returns how many counters were.
 ACK_SCRIPT = """
 local current = (redis.call('GET', KEYS[2]) or '') .. ':'
 local deleted = 0
@@ -99,19 +97,18 @@ class ClickReporter:
     otherwise the counter goes back to `due` and `dirty` for the next round (the master keeps
     the largest count per counter, so a report sent twice counts once). A report names its
     counter's own incarnation, so counters of an earlier incarnation are still reported
-    correctly. What one claim takes (up to CLAIM_BATCH counters) goes out as one report batch
-    per incarnation (topics/clicks.py, schema 4: each counter's count and its bots), so a flush of a million counters is about a
-    thousand records; a batch is acknowledged or not as a whole. Every `sweep_seconds` (None:
-    never) every counter of the current incarnation is marked dirty again (redirects/sweep.py),
-    so the clicks topic, which keeps records for a time only, always holds every counter's
+    correctly. A claim (up to CLAIM_BATCH counters) goes out as one report batch per incarnation
+    (topics/clicks.py, schema 4: each counter's count and bots), so a flush of a million
+    counters is about a thousand records; a batch is acknowledged or not as a whole. Every
+    `sweep_seconds` (None: never) every counter of the current incarnation is marked dirty
+    again (redirects/sweep.py), so the clicks topic, kept for a time only, holds every counter's
     count of the last sweep or later.
 
     Kafka never holds the reporter up (Redis work stays on the calling thread; every
     kafka-python call runs in a daemon thread, _kafka):
       * while running, a call lasts as long as kafka-python's own bounds (the producer's
-        bootstrap, metadata and delivery timeouts, topics/); a send that
-        found no metadata for the topic (topic missing, broker away) ends its batch: the rest
-        is put back at once instead of each report waiting as long again;
+        bootstrap, metadata and delivery timeouts, topics/); a send that found no metadata for
+        the topic (topic missing, broker away) ends its batch, the rest going back at once;
       * once `stop` is set, the final flush and any call in flight get `shutdown_seconds` from
         the moment the stop was seen; what is still unacknowledged then is put back in Redis
         and the reporter returns, so SIGTERM stops report_clicks within 10 s whatever Kafka does.
@@ -120,8 +117,8 @@ class ClickReporter:
     even while Kafka holds a report (a report it held is back in Redis already).
     """
 
-    # Counters claimed (in one Lua call: Redis serves no redirect meanwhile, ~1 ms) and sent as
-    # one report batch per incarnation: at most a batch's size.
+    # Counters claimed (one Lua call: Redis serves no redirect meanwhile, ~1 ms), sent as one
+    # report batch per incarnation: at most a batch's size.
     CLAIM_BATCH = 1000
     assert CLAIM_BATCH <= CLICK_BATCH_MAX
     # What the producers still hold gets this long when run() ends, then is failed: its
@@ -235,8 +232,7 @@ class ClickReporter:
                 return total
 
     def _send(self, claimed: list[bytes], *, milestone: bool) -> int:
-        # (member, incarnation, tinyurl, count, bots)
-        counters: list[tuple[str, str, str, int, int]] = []
+        counters: list[tuple[str, str, str, int, int]] = []  # (member, inc., tinyurl, n, bots)
         done: list[str] = []  # acknowledged, or nothing to report
         for i in range(0, len(claimed), 3):
             member, count, bots = claimed[i].decode(), int(claimed[i + 1]), int(claimed[i + 2])
@@ -250,10 +246,7 @@ class ClickReporter:
                 self.redis.delete(keys.clicks_counter_prefix() + member)
                 done.append(member)
                 continue
-            if milestone:
-                # The hundred completed, and a lower bound of the bots at that moment (at most
-                # `count % REPORT_EVERY` clicks came since, bots or not): a report must never
-                # claim more bot clicks than its count held, nor more than there were.
+            if milestone:  # the hundred, and its bots' lower bound: n % 100 clicks came since
                 bots = max(0, bots - count % REPORT_EVERY)
                 count -= count % REPORT_EVERY
             if count <= 0:  # Redis was wiped since the click, or below a hundred: nothing

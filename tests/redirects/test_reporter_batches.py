@@ -1,4 +1,4 @@
-"""report_clicks sends report batches (topics/clicks.py, schema 3): a flush of many counters is
+"""report_clicks sends report batches (topics/clicks.py, schema 4): a flush of many counters is
 a few records, a counter crossing a hundred still goes out promptly, and the sweep re-reports
 every counter it holds. Real processes: the replica's redis-server, web and report_clicks; real
 Kafka."""
@@ -9,13 +9,13 @@ import pytest
 
 from testkit import tinyurl_new, topic_read, wait_until
 from tests.redirects.test_reporter_kafka import start, store
-from topics.clicks import ClickBatch, clicks_record_decode, clicks_topic
+from topics.clicks import ClickBatchBots, clicks_record_decode, clicks_topic
 from topics.records import MessageError
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def batches_of(tinyurls: set[str]) -> list[ClickBatch]:
+def batches_of(tinyurls: set[str]) -> list[ClickBatchBots]:
     """The batches in the clicks topic that carry any of `tinyurls`, in order."""
     out = []
     for record in topic_read(clicks_topic()):
@@ -23,7 +23,7 @@ def batches_of(tinyurls: set[str]) -> list[ClickBatch]:
             report = clicks_record_decode(record.key, record.value)
         except MessageError:  # other tests' deliberately malformed records
             continue
-        if isinstance(report, ClickBatch) and any(t in tinyurls for t, _ in report.counts):
+        if isinstance(report, ClickBatchBots) and any(c[0] in tinyurls for c in report.counts):
             out.append(report)
     return out
 
