@@ -4,7 +4,14 @@ bounded (its length matched, the checks of new ones a second)."""
 
 from __future__ import annotations
 
+import random
+import re
+import string
+
 import pytest
+from crawlerdetect import CrawlerDetect
+from crawlerdetect.providers.crawlers import data as CRAWLERS
+from crawlerdetect.providers.exclusions import data as EXCLUSIONS
 
 from redirects import bots
 from runtime.metrics import BOT_CHECKS_SKIPPED
@@ -88,3 +95,28 @@ def test_the_cache_is_bounded(monkeypatch):
     for i in range(bots.CACHE_SIZE + 100):
         bots.user_agent_is_bot(f"{BROWSERS[0]} n{i}".encode())
     assert bots._listed.cache_info().currsize == bots.CACHE_SIZE
+
+
+def corpus() -> list[str]:
+    """User-Agents to compare the two matchers on: the lists above; each pattern of the list made
+    into text (its escapes and anchors dropped: a bot's word, or near it) inside a browser's
+    User-Agent and alone; the exclusions' words; the look-ahead's both sides; random text."""
+    rng = random.Random(18)
+    out = [*BOTS, *BROWSERS, "YandexBot/3.0", "YandexSearch/8.0 Mobile", "yandex"]
+    for pattern in [*CRAWLERS, *EXCLUSIONS]:
+        word = re.sub(r"\\(.)", r"\1", pattern).strip("^$")
+        word = re.sub(r"[\[\](){}*+?|]", "", word)
+        out += [word, f"{BROWSERS[0]} {word}/1.0", f"Mozilla/5.0 (compatible; {word.lower()})"]
+    alphabet = string.ascii_letters + string.digits + " /;.()_-"
+    out += ["".join(rng.choices(alphabet, k=rng.randint(1, 300))) for _ in range(300)]
+    return out
+
+
+def test_the_re2_matcher_decides_as_crawlerdetect_on_every_user_agent_we_have():
+    detector = CrawlerDetect()
+    texts = corpus()
+    assert len(texts) > 4000
+    differ = [t for t in texts if bots.is_crawler(t) != detector.is_crawler(t)]
+    assert differ == []
+    # Both kinds are in the corpus, plenty of each.
+    assert 1000 < sum(map(bots.is_crawler, texts)) < len(texts) - 500
