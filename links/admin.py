@@ -108,8 +108,8 @@ class PublishedFilter(admin.EmptyFieldListFilter):
 
 @admin.register(Link)
 class LinkAdmin(ReadOnlyAdmin):
-    list_display = ("tinyurl", "longurl_short", "created_at", "clicks", "human_clicks",
-                    "bot_clicks", "clicks_recent", "published", "enabled")
+    list_display = ("tinyurl", "longurl_short", "created_at", "clicks", "clicks_recent",
+                    "human_clicks", "bot_clicks", "published", "enabled")
     list_filter = (("published_at", PublishedFilter),
                    ("disabled_at", admin.EmptyFieldListFilter), "created_at")
     actions = ["take_down", "put_back"]
@@ -121,9 +121,11 @@ class LinkAdmin(ReadOnlyAdmin):
     ordering = ("-id",)
     form = LinkForm
     fields = ("tinyurl", "longurl", "expires_at", "created_at", "published_at", "disabled_at",
-              "state_version", "clicks", "human_clicks", "bot_clicks", "clicks_by_replica")
+              "state_version", "clicks", "human_clicks", "bot_clicks", "clicks_by_replica",
+              "kinds_by_replica")
     readonly_fields = ("tinyurl", "created_at", "published_at", "disabled_at", "state_version",
-                       "clicks", "human_clicks", "bot_clicks", "clicks_by_replica")
+                       "clicks", "human_clicks", "bot_clicks", "clicks_by_replica",
+                       "kinds_by_replica")
     inlines = [ClickCounterInline]
     show_full_result_count = False  # COUNT(*) over millions of links on every page is slow
     change_form_template = "admin/links/link/change_form.html"
@@ -267,9 +269,13 @@ class LinkAdmin(ReadOnlyAdmin):
     def clicks_by_replica(self, obj: Link) -> str:
         # By the node label: each counter under the replica that last reported it, plus the
         # folded counters of ended incarnations (links/pruning.py) under theirs.
+        totals = selectors.link_clicks_by_node(link_id=obj.pk)
+        return ", ".join(f"{node}: {total}" for node, total in totals.items()) or "none yet"
+
+    @admin.display(description="human / bot clicks by replica")
+    def kinds_by_replica(self, obj: Link) -> str:
         by_node = selectors.link_clicks_get(link=obj).by_node
-        return ", ".join(f"{node}: {k.total} ({k.human} human, {k.bot} bot)"
-                         for node, k in by_node.items()) or "none yet"
+        return ", ".join(f"{n}: {k.human} / {k.bot}" for n, k in by_node.items()) or "none yet"
 
 
 @admin.register(ConsumerPosition)
