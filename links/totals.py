@@ -2,8 +2,8 @@
 is links/clicks_consumer.py).
 
 A counter is one link in one incarnation (one life) of one replica's Redis; its reports carry
-its absolute count (topics/clicks.py: a report batch's pairs, schema 3, or single reports,
-schema 2, folded alike). Each batch of one partition's records is applied in ONE PostgreSQL
+its absolute count (topics/clicks.py: a report batch's triples, schema 4, or pairs, schema 3,
+or single reports, schema 2, folded alike). Each batch of one partition's records is applied in ONE PostgreSQL
 transaction that
   1. locks the partition's position row and checks it is where this consumer expects,
   2. raises each (link, incarnation) counter to the largest count reported (never lowers), and
