@@ -6,8 +6,8 @@ Usage (with the embedded services running: `bash stack/services.sh start`):
     .local/venv/bin/python bench/clicks.py --format report [--reports 200000] [--links 100000]
                                            [--zipf 0.6] [--replicas 4] [--runs 1]
 
---format batch (the default; issue "Writes at scale"): report batches (schema 3) as the
-replicas send them, ClickReporter.CLAIM_BATCH (1,000) counters a record. --links links (a
+--format batch (the default; issue "Writes at scale"): report batches (schema 4: each counter's
+count and bots, a quarter of its count) as the replicas send them, ClickReporter.CLAIM_BATCH (1,000) counters a record. --links links (a
 million by default), each replica's Redis one incarnation; in each of --flushes flushes every
 replica reports each link with probability --clicked (0.63: a million clicks spread over a
 million links in a flush interval touch 1 - 1/e of them), its count raised by 1-5 clicks since
@@ -15,7 +15,7 @@ its previous report. Printed per run: the bare kafka-python read of the same top
 and the counters/s they carry), and consume_clicks as deployed (buckets included) in counters
 applied per second from its first committed batch, with the CPU a counter of the command and of
 its PostgreSQL sessions; then every link's total is checked exactly against the sum of its
-counters' last counts, and the buckets' sum against the totals.
+counters' last counts, the buckets' sum against the totals, and the bot clicks in all.
 
 --format report: the single reports (schema 2) of before, one record per counter:
 The workload is the long tail (issue "a clicks path that keeps pace"): in the worst case every
@@ -280,6 +280,12 @@ def batch_workload(*, links: int, replicas: int, flushes: int, clicked: float, s
     return out, expected
 
 
+def bots_of(count: int) -> int:
+    """The bot clicks a batch gives a counter of `count` clicks (schema 4): a quarter, a value
+    that grows with the count as a replica's bots do."""
+    return count // 4
+
+
 def batch_fill(flushes: list, tinyurls: list[str]) -> tuple[int, int]:
     """Send every flush as report batches of CLAIM_BATCH counters; returns (records, bytes)."""
     producer = KafkaProducer(bootstrap_servers=settings.KAFKA_BOOTSTRAP_SERVERS, acks="all",
@@ -292,7 +298,7 @@ def batch_fill(flushes: list, tinyurls: list[str]) -> tuple[int, int]:
             for i in range(0, len(pairs), size):
                 key, value = click_batch_encode(
                     node=f"10.0.0.{2 + replica}", incarnation=f"{1764000000123456 + replica}",
-                    counts=[(tinyurls[link], c) for link, c in pairs[i:i + size]],
+                    counts=[(tinyurls[link], c, bots_of(c)) for link, c in pairs[i:i + size]],
                     reported_at=now)
                 producer.send(clicks_topic(), key=key, value=value)
                 records += 1
@@ -335,6 +341,14 @@ def main_batch(args: argparse.Namespace) -> None:
         assert not wrong and sum(totals.values()) == want, (wrong, sum(totals.values()), want)
         charted = ClickBucket.objects.aggregate(s=Sum("clicks"))["s"]
         assert charted == want, (charted, want)
+        # Every counter's last count is in the last flush that named it: its bots, bots_of().
+        last: dict[tuple[int, int], int] = {}
+        for flush in flushes:
+            for replica, pairs in flush:
+                for link, c in pairs:
+                    last[(replica, link)] = c
+        bots = Link.objects.aggregate(s=Sum("bot_clicks"))["s"]
+        assert bots == sum(map(bots_of, last.values())), (bots, "bot clicks")
         print(f"  run {run + 1}: bare kafka-python read {records / bare:6.0f} records/s = "
               f"{counters / bare:8.0f} counters/s | consume_clicks: from start "
               f"{counters / whole:7.0f} counters/s ({whole:5.2f}s), from the first batch "

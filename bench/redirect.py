@@ -1,6 +1,7 @@
 """Benchmark: redirect throughput and latency of one replica, beside its ceilings.
 
 Usage: .local/venv/bin/python bench/redirect.py [--seconds 10] [--connections 32] [--rounds 3]
+       [--only-asgi] [--no-ceilings] [--user-agent UA]  (before/after: the replica alone, its CPU)
 (installs wrk and nginx-light with apt-get when root and missing; needs nothing else running)
 
 In one run, on this machine, with wrk as the client, `--rounds` times over (the machine may be
@@ -57,8 +58,32 @@ def wait_port(port: int) -> None:
     wait_until(lambda: port_open(port), timeout=20, what=f"a listener on {port}")
 
 
+# The User-Agent wrk sends to the replicas (--user-agent; wrk sends none by default). A replica
+# checks it against the bot list (redirects/bots.py): the same one every request is the cache's
+# hit, what real traffic nearly always is.
+USER_AGENT: str | None = None
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid` and its children, from /proc (Linux): the
+    replica's gunicorn arbiter and workers."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        this = int(stat.parent.name)
+        if this == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
 def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> dict:
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if USER_AGENT is not None:
+        cmd[1:1] = ["-H", f"User-Agent: {USER_AGENT}"]
     if script:
         cmd[1:1] = ["-s", str(script)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -149,7 +174,10 @@ class Replica:
     def measure(self, seconds: int, connections: int, script: Path | None = None) -> dict:
         workers_before = self.served_per_worker()
         before = self.counted()
+        cpu = tree_cpu(self.proc.pid)
         result = wrk(self.url, seconds, connections, script)
+        # The workers' CPU a redirect: on a shared machine, steadier than the rate.
+        result["cpu_us"] = (tree_cpu(self.proc.pid) - cpu) / max(result["requests"], 1) * 1e6
         # The server still answers (and counts) what was in flight when wrk stopped: read the
         # counter once it has stopped moving.
         def settled() -> bool:
@@ -205,7 +233,12 @@ def main() -> None:
                         help="the ASGI replica's worker processes (default: as make up runs it)")
     parser.add_argument("--only-asgi", action="store_true",
                         help="skip the former WSGI server and granian")
+    parser.add_argument("--no-ceilings", action="store_true",
+                        help="skip nginx and redis-benchmark (before/after comparisons)")
+    parser.add_argument("--user-agent", help="the User-Agent header wrk sends to the replica")
     args = parser.parse_args()
+    global USER_AGENT
+    USER_AGENT = args.user_agent
     need("wrk", "wrk")
     need("nginx", "nginx-light")
     granian = importlib.util.find_spec("granian") is not None
@@ -221,6 +254,9 @@ def main() -> None:
         print(line(shown, result), flush=True)
         if "counted" in result:
             print(counted_line(result), flush=True)
+        if "cpu_us" in result:
+            print(f"  {'':44} the replica's CPU: {result['cpu_us']:.1f} µs a redirect",
+                  flush=True)
         if result.get("per_worker"):
             total = sum(result["per_worker"]) or 1
             print(f"  {'':44} served per worker process: "
@@ -273,8 +309,10 @@ http {{
               f"{args.rounds} rounds; baselines measured in the same run", flush=True)
         for round_ in range(1, args.rounds + 1):
             print(f"round {round_}", flush=True)
-            ngx = wrk(f"http://127.0.0.1:{nginx_port}/x", args.seconds, args.connections)
-            record("nginx return 302 (ceiling)", ngx)
+            ngx = None
+            if not args.no_ceilings:
+                ngx = wrk(f"http://127.0.0.1:{nginx_port}/x", args.seconds, args.connections)
+                record("nginx return 302 (ceiling)", ngx)
 
             kinds = ["make-up"] + ([] if args.only_asgi else
                                    ["wsgi"] + (["granian"] if granian else []))
@@ -288,7 +326,7 @@ http {{
                             "granian": "  the ASGI app under granian"}[kind]
                     full = replica.measure(args.seconds, args.connections)
                     record(name, full)
-                    if kind == "make-up":
+                    if kind == "make-up" and ngx is not None:
                         print(f"  {'':44} replica / nginx: "
                               f"{full['rate'] / ngx['rate'] * 100:.1f} %", flush=True)
                     if kind != "wsgi":
@@ -298,25 +336,28 @@ http {{
                 finally:
                     replica.stop()
 
-            out = subprocess.run(["redis-benchmark", "-p", str(redis_port), "-t", "get", "-n",
-                                  "200000", "-c", str(args.connections), "-q"],
-                                 capture_output=True, text=True, check=True).stdout
-            m = re.search(r"GET: ([\d.]+) requests per second, p50=([\d.]+) msec", out)
-            rows.setdefault("redis-benchmark GET (store ceiling)", []).append(
-                {"rate": float(m.group(1))})
-            print(f"  {'redis-benchmark GET (store ceiling)':44} {float(m.group(1)):9.0f} req/s"
-                  f"   p50 {float(m.group(2)):6.2f} ms", flush=True)
-            # The click script itself, as the replica sends it (pipelined): Redis' ceiling for
-            # counted clicks, on one core, whatever the web servers in front of it.
-            out = subprocess.run(["redis-benchmark", "-p", str(redis_port), "-n", "400000", "-c",
-                                  str(args.connections), "-P", "16", "-q", "EVALSHA", sha,
-                                  *map(str, [len(click_keys), *click_keys, *click_args])],
-                                 capture_output=True, text=True, check=True).stdout
-            m = re.search(r"EVALSHA.*?: ([\d.]+) requests per second", out)
-            rows.setdefault("redis-benchmark click script (-P 16)", []).append(
-                {"rate": float(m.group(1))})
-            print(f"  {'redis-benchmark click script (-P 16)':44} {float(m.group(1)):9.0f} "
-                  "req/s", flush=True)
+            if not args.no_ceilings:
+                out = subprocess.run(["redis-benchmark", "-p", str(redis_port), "-t", "get", "-n",
+                                      "200000", "-c", str(args.connections), "-q"],
+                                     capture_output=True, text=True, check=True).stdout
+                m = re.search(r"GET: ([\d.]+) requests per second, p50=([\d.]+) msec", out)
+                rows.setdefault("redis-benchmark GET (store ceiling)", []).append(
+                    {"rate": float(m.group(1))})
+                print(f"  {'redis-benchmark GET (store ceiling)':44} "
+                      f"{float(m.group(1)):9.0f} req/s   p50 {float(m.group(2)):6.2f} ms",
+                      flush=True)
+                # The click script itself, as the replica sends it (pipelined): Redis' ceiling
+                # for counted clicks, on one core, whatever the web servers in front of it.
+                out = subprocess.run(["redis-benchmark", "-p", str(redis_port), "-n", "400000",
+                                      "-c", str(args.connections), "-P", "16", "-q", "EVALSHA",
+                                      sha,
+                                      *map(str, [len(click_keys), *click_keys, *click_args])],
+                                     capture_output=True, text=True, check=True).stdout
+                m = re.search(r"EVALSHA.*?: ([\d.]+) requests per second", out)
+                rows.setdefault("redis-benchmark click script (-P 16)", []).append(
+                    {"rate": float(m.group(1))})
+                print(f"  {'redis-benchmark click script (-P 16)':44} {float(m.group(1)):9.0f} "
+                      "req/s", flush=True)
 
         print(f"summary over {args.rounds} rounds: best (min-max)")
         for name, results in rows.items():
@@ -328,15 +369,20 @@ http {{
                 text += f"   p99 {min(p99):.2f} ms ({min(p99):.2f}-{max(p99):.2f})"
                 p50 = [r["50"] for r in results]
                 text += f"   p50 {statistics.median(p50):.2f} ms (median)"
+            if "cpu_us" in results[0]:
+                cpu = [r["cpu_us"] for r in results]
+                text += f"   CPU {min(cpu):.1f}-{max(cpu):.1f} µs a redirect"
             if "counted" in results[0]:
                 text += "   counted: " + ("all" if all(
                     0 <= r["counted"] - r["requests"] <= r["connections"] for r in results)
                     else "MISMATCH")
             print(text)
-        share = [r["rate"] / n["rate"] * 100 for r, n in
-                 zip(rows["replica as make up runs it (ASGI)"], rows["nginx return 302 (ceiling)"])]
-        print(f"  replica / nginx in the same round: best {max(share):.1f} % "
-              f"({min(share):.1f}-{max(share):.1f} %)")
+        if not args.no_ceilings:
+            share = [r["rate"] / n["rate"] * 100 for r, n in
+                     zip(rows["replica as make up runs it (ASGI)"],
+                         rows["nginx return 302 (ceiling)"])]
+            print(f"  replica / nginx in the same round: best {max(share):.1f} % "
+                  f"({min(share):.1f}-{max(share):.1f} %)")
     finally:
         for p in reversed(procs):
             p.terminate()

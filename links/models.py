@@ -64,6 +64,11 @@ class Link(models.Model):
     # update), which was half of consume_clicks' PostgreSQL time (docs/performance.md); sorting
     # the admin's list by clicks scans the table instead.
     clicks = models.BigIntegerField(default=0)
+    # How many of `clicks` were a bot's (a crawler, a link-preview bot, a mail scanner: the
+    # replica's redirects/bots.py); human clicks are clicks - bot_clicks. The sum of the
+    # counters' and folded rows' bots, kept with `clicks` in the same statement. Not indexed,
+    # for the same reason.
+    bot_clicks = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -154,7 +159,9 @@ class ClickCounter(models.Model):
     incarnation = models.CharField(max_length=64)
     # A label for the admin, not part of the identity: the node that last raised the count.
     node = models.CharField(max_length=100)
-    count = models.BigIntegerField()
+    count = models.BigIntegerField()  # every click, a bot's too
+    # How many of `count` were a bot's: kept by max() like the count (links/totals.py).
+    bots = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -198,6 +205,7 @@ class FoldedClicks(models.Model):
                              db_index=False)
     node = models.CharField(max_length=100)
     clicks = models.BigIntegerField()
+    bots = models.BigIntegerField(default=0)  # how many of `clicks` were a bot's
 
     class Meta:
         constraints = [

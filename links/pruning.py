@@ -91,13 +91,14 @@ ORDER BY c.incarnation
 _FOLD_SQL = """
 WITH gone AS (
     DELETE FROM links_clickcounter WHERE incarnation = %(incarnation)s
-    RETURNING link_id, node, count
+    RETURNING link_id, node, count, bots
 ),
 folded AS (
-    INSERT INTO links_foldedclicks (link_id, node, clicks)
-    SELECT link_id, node, SUM(count) FROM gone GROUP BY link_id, node
+    INSERT INTO links_foldedclicks (link_id, node, clicks, bots)
+    SELECT link_id, node, SUM(count), SUM(bots) FROM gone GROUP BY link_id, node
     ON CONFLICT (link_id, node) DO UPDATE
-        SET clicks = links_foldedclicks.clicks + EXCLUDED.clicks
+        SET clicks = links_foldedclicks.clicks + EXCLUDED.clicks,
+            bots = links_foldedclicks.bots + EXCLUDED.bots
     RETURNING 1
 )
 SELECT count(*), COALESCE(SUM(count), 0) FROM gone

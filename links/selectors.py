@@ -192,6 +192,54 @@ def link_clicks_by_node(*, link_id: int) -> dict[str, int]:
     return dict(sorted(totals.items()))
 
 
+@dataclass(frozen=True)
+class ClickKinds:
+    """Clicks by kind: `total` every click, `bot` those whose User-Agent was a crawler's, a
+    link-preview bot's or a mail scanner's (the replicas' redirects/bots.py), `human` the rest.
+    Clicks counted before the replicas told bots apart are human ones."""
+
+    total: int
+    human: int
+    bot: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"total": self.total, "human": self.human, "bot": self.bot}
+
+
+@dataclass(frozen=True)
+class LinkClicks:
+    """A link's clicks by kind (ClickKinds), in all and per node label (sorted by node; the
+    nodes' values add up to the link's)."""
+
+    clicks: ClickKinds
+    by_node: dict[str, ClickKinds]
+
+    def as_dict(self) -> dict:
+        """The API's shape: {"total", "human", "bot", "by_replica": {node: {"total", "human",
+        "bot"}}}."""
+        return {**self.clicks.as_dict(),
+                "by_replica": {n: k.as_dict() for n, k in self.by_node.items()}}
+
+
+def link_clicks_get(*, link: Link) -> LinkClicks:
+    """The link's human and bot clicks, in all (from the link's own totals, kept by
+    consume_clicks) and per node label (its counters plus what was folded of ended incarnations,
+    as link_clicks_by_node): what the API shows for a link. Two small queries, on the link's
+    rows of the counters' and folded clicks' (link, ...) unique indexes."""
+    sums: dict[str, list[int]] = {}
+    for model, field in ((ClickCounter, "count"), (FoldedClicks, "clicks")):
+        rows = (model.objects.filter(link_id=link.pk).order_by().values("node")
+                .annotate(total=Sum(field), bots=Sum("bots")))
+        for row in rows:
+            held = sums.setdefault(row["node"], [0, 0])
+            held[0] += row["total"]
+            held[1] += row["bots"]
+    return LinkClicks(
+        clicks=ClickKinds(total=link.clicks, human=link.clicks - link.bot_clicks,
+                          bot=link.bot_clicks),
+        by_node={n: ClickKinds(total=t, human=t - b, bot=b) for n, (t, b) in sorted(sums.items())})
+
+
 def _legacy_host(longurl: str) -> str | None:
     """The comparable host of a stored longurl, also for links stored before longurls had one
     definition (a Unicode host, say); None if there is none to find."""

@@ -2,13 +2,15 @@
 is links/clicks_consumer.py).
 
 A counter is one link in one incarnation (one life) of one replica's Redis; its reports carry
-its absolute count (topics/clicks.py: a report batch's pairs, schema 3, or single reports,
-schema 2, folded alike). Each batch of one partition's records is applied in ONE PostgreSQL
+its absolute count (topics/clicks.py: a report batch's triples, schema 4, or pairs, schema 3,
+or single reports, schema 2, folded alike). Each batch of one partition's records is applied in ONE PostgreSQL
 transaction that
   1. locks the partition's position row and checks it is where this consumer expects,
   2. raises each (link, incarnation) counter to the largest count reported (never lowers), and
-     labels it with the node whose report raised it,
-  3. adds the increases to the links' totals, and each increase to the hourly bucket
+     labels it with the node whose report raised it; and its bots (how many of those clicks were
+     a bot's: schema 4, redirects/bots.py; none in schemas 2 and 3) to the largest reported,
+  3. adds the increases to the links' totals (all clicks, and bot clicks: human clicks are the
+     difference), and each increase to the hourly bucket
      (ClickBucket: link, node, hour) of the report that raised the counter: when a counter rises
      from a to b, the b - a clicks land in the hour of the report's `reported_at` (report_hour),
      split across the hours of the reports that raised it when a batch spans hours,
@@ -16,9 +18,9 @@ transaction that
 A crash at any point leaves all or none of it. Replaying the topic from offset 0 re-applies
 reports whose counts are already reached: max() leaves every total and every bucket unchanged.
 A report of an incarnation that ended (its counters folded by `manage.py prune`,
-links/pruning.py) is refused, replayed or not: see _APPLY_SQL. Since the node is not part of the
-identity, reports of one counter from two nodes (a node id that changed, two hosts sharing one
-Redis) are counted once; the node is the label of the counter and of its buckets.
+links/pruning.py) is refused, replayed or not: see links/clicks_sql.py. Since the node is not
+part of the identity, reports of one counter from two nodes (a node id that changed, two hosts
+sharing one Redis) are counted once; the node is the label of the counter and of its buckets.
 
 The clicks topic keeps records for 7 days and the replicas re-report every counter they hold at
 least every 3 days (topics/clicks.py, redirects/sweep.py), so a master that was down for any
@@ -47,10 +49,12 @@ from django.db import IntegrityError, connection, transaction
 
 from links import linkids
 from links.buckets import report_hour
+# The statement, kept beside its reasons; bench/ swaps _APPLY_SQL here for its baselines.
+from links.clicks_sql import _APPLY_SQL, _BUCKETS_CTE, _COUNTERS_SQL  # noqa: F401
 from links.positions import position_lock
 from runtime.metrics import CLICKS_REFUSED_ENDED, records_rejected_report
 from topics.batching import Record
-from topics.clicks import CLICK_BATCH_SCHEMA, clicks_record_decode
+from topics.clicks import CLICK_BATCH_BOTS_SCHEMA, CLICK_BATCH_SCHEMA, clicks_record_decode
 from topics.records import MessageError, Rejected
 
 logger = logging.getLogger(__name__)
@@ -81,7 +85,8 @@ class ClicksBatch:
 
     # (tinyurl, incarnation) -> [largest count in the batch, label node (the node of the
     # latest report with that count), last run's hour (index into `hours`, from 1), last run's
-    # node, the largest count before the last run (0 if none), the counter's ordinal (from 1)]
+    # node, the largest count before the last run (0 if none), the counter's ordinal (from 1),
+    # the largest bots in the batch (0 from schemas 2 and 3, which carry none)]
     counters: dict[tuple[str, str], list]
     # The earlier runs: (counter ordinal, node, hour index, largest count before it, its end)
     earlier: list[tuple[int, str, int, int, int]]
@@ -140,20 +145,30 @@ def clicks_batch_decode(*, records: Sequence[Record], now: datetime | None = Non
                 hour = hour_index[when] = len(hours)
             hour_of_time[at] = hour
         incarnation, node = report.incarnation, report.node
-        # A batch (schema 3) is its pairs, each exactly a schema-2 report with the batch's
-        # node, incarnation and time, in the order they are listed: the same fold, pair by pair.
-        if report.schema == CLICK_BATCH_SCHEMA:
-            pairs = report.counts
-            tinyurls.append(tuple([t for t, _ in pairs]))
+        # A batch (schema 4 or 3) is its triples or pairs, each exactly a schema-2 report with
+        # the batch's node, incarnation and time (and its bots), in the order they are listed:
+        # the same fold, counter by counter. The bots are folded by max() of their own: both
+        # values only grow, so the largest of each is the counter's latest (and a milestone's
+        # lower bound never lowers them).
+        schema = report.schema
+        if schema == CLICK_BATCH_BOTS_SCHEMA:
+            triples = report.counts
+            tinyurls.append(tuple([t for t, _, _ in triples]))
+        elif schema == CLICK_BATCH_SCHEMA:
+            triples = [(t, n, 0) for t, n in report.counts]
+            tinyurls.append(tuple([t for t, _ in report.counts]))
         else:
-            pairs = ((report.tinyurl, report.count),)
+            triples = ((report.tinyurl, report.count, 0),)
             tinyurls.append((report.tinyurl,))
-        for tinyurl, count in pairs:
+        for tinyurl, count, bots in triples:
             counter = (tinyurl, incarnation)
             held = counters.get(counter)
             if held is None:
-                counters[counter] = [count, node, hour, node, 0, len(counters) + 1]
-            elif count > held[0]:
+                counters[counter] = [count, node, hour, node, 0, len(counters) + 1, bots]
+                continue
+            if bots > held[6]:
+                held[6] = bots
+            if count > held[0]:
                 if held[2] != hour or held[3] != node:
                     # A new run: the previous one ends at the count reached so far.
                     earlier.append((held[5], held[3], held[2], held[4], held[0]))
@@ -248,115 +263,6 @@ def clicks_apply_batch(
                               expected_position=expected_position)
 
 
-# One statement, one round trip:
-#   found:   each counter's link, by its tinyurl (NULL: no such link), and whether its
-#            incarnation ended (EndedIncarnation: folded by links/pruning.py; an uncorrelated
-#            subquery, run once a statement for the batch's incarnations, not once a counter);
-#   known:   the counters of known links in incarnations that have not ended, with the count
-#            each holds now (NULL: a new counter). A counter of an ended incarnation is refused:
-#            its count was folded away, so max() has nothing to compare a late or replayed
-#            report with, and applying it would count its clicks again;
-#   up:      insert or raise the counters whose reported count is larger (replays stop here:
-#            nothing to write), labelled with the reporting node;
-#   raised:  the counters actually raised, with the count they held (`old`);
-#   delta:   each link's increase, from the counters raised;
-#   totals:  added to the links' totals;
-#   shares:  each run's part of its counter's increase (ClicksBatch): a run from p to e (p: the
-#            largest count before it in the batch) raises the counter by e - max(old, p) if that
-#            is positive. The runs of a counter end at successive counts up to its new count, so
-#            their shares add up to exactly (new - old), the increase added to the total: buckets
-#            and totals always agree, and a counter not raised (a duplicate, a replay) has no
-#            share. The counter's last run travels with it (p = 0 and one run: the whole
-#            increase); the earlier runs, rare, in arrays of their own joined by ordinal;
-#   buckets: the shares summed per (link, node, hour), as one ON CONFLICT may not touch a row
-#            twice (two incarnations of a link on one node in a batch), added to the buckets;
-# and the tinyurls that match no link, and the counters refused (ended incarnations). The
-# lookups are scalar subqueries, so each is one index probe per counter whatever the tables'
-# sizes (as joins, the planner hashed the whole links and counters tables on every batch). All
-# parts of a WITH statement see one snapshot, and the
-# position row lock makes this transaction the only writer of its partition's counters (all
-# reports of a counter share its key, hence its partition), so `old` is the value the upsert
-# replaces; the upsert's WHERE checks it again. The batch travels as PostgreSQL array literals
-# (text parameters parsed by array_in), not as thousands of parameters or ARRAY[...]
-# expressions: planning the statement took 14 ms a batch with those, 0.4 ms with literals; hours
-# travel once each, counters name theirs by index.
-# The ORM cannot say "ON CONFLICT ... WHERE stored < new RETURNING", hence SQL.
-# synchronous_commit is off for this transaction only: its commit returns without waiting for
-# the WAL flush ("asynchronous commit" in PostgreSQL's documentation: a crash of the server may
-# forget transactions of up to three times wal_writer_delay before it, never half of one).
-# What it forgets is the last batches' totals and buckets together with their position:
-# consume_clicks re-reads those reports from Kafka and max() applies them again, so nothing is
-# lost or doubled.
-_COUNTERS_SQL = """
-SET LOCAL synchronous_commit TO off; SET LOCAL jit TO off; SET LOCAL work_mem TO '64MB';
-WITH input(known_id, tinyurl, incarnation, node, count, hour, prev, ord) AS (
-    SELECT * FROM unnest(%(link_ids)s::bigint[], %(tinyurls)s::varchar[],
-                         %(incarnations)s::varchar[], %(nodes)s::varchar[], %(counts)s::bigint[],
-                         %(hour_of)s::int[], %(prevs)s::bigint[], %(ords)s::bigint[])
-),
-found AS (
-    SELECT i.tinyurl, i.incarnation, i.node, i.count, i.hour, i.prev, i.ord,
-           i.known_id IS NULL AS looked_up,
-           COALESCE(i.known_id,
-                    (SELECT l.id FROM links_link l WHERE l.tinyurl = i.tinyurl)) AS link_id,
-           i.incarnation IN (SELECT e.incarnation FROM links_endedincarnation e
-                             WHERE e.incarnation = ANY(%(incarnations)s::varchar[])) AS ended
-    FROM input i
-),
-known AS (
-    SELECT f.link_id, f.incarnation, f.node, f.count, f.hour, f.prev, f.ord,
-           (SELECT c.count FROM links_clickcounter c
-            WHERE c.link_id = f.link_id AND c.incarnation = f.incarnation) AS old
-    FROM found f WHERE f.link_id IS NOT NULL AND NOT f.ended
-),
-up AS (
-    INSERT INTO links_clickcounter (link_id, incarnation, node, count, updated_at)
-    SELECT link_id, incarnation, node, count, now() FROM known
-    WHERE old IS NULL OR old < count
-    ON CONFLICT (link_id, incarnation) DO UPDATE
-        SET count = EXCLUDED.count, node = EXCLUDED.node, updated_at = EXCLUDED.updated_at
-        WHERE links_clickcounter.count < EXCLUDED.count
-    RETURNING link_id, incarnation
-),
-raised AS (
-    SELECT k.link_id, k.node, k.count, k.hour, k.prev, k.ord, COALESCE(k.old, 0) AS old
-    FROM up JOIN known k ON k.link_id = up.link_id AND k.incarnation = up.incarnation
-),
-delta AS (
-    SELECT link_id, SUM(count - old) AS d FROM raised GROUP BY link_id
-),
-totals AS (
-    UPDATE links_link l SET clicks = l.clicks + delta.d FROM delta WHERE l.id = delta.link_id
-    RETURNING 1
-){buckets}
-SELECT (SELECT count(*) FROM up),
-       (SELECT array_agg(DISTINCT tinyurl) FROM found WHERE link_id IS NULL),
-       (SELECT count(*) FROM found WHERE link_id IS NOT NULL AND ended),
-       (SELECT array_agg(DISTINCT incarnation) FROM found WHERE link_id IS NOT NULL AND ended),
-       (SELECT json_object_agg(tinyurl, link_id) FROM found
-        WHERE looked_up AND link_id IS NOT NULL)
-"""
-_BUCKETS_CTE = """,
-shares(link_id, node, hour, clicks) AS (
-    SELECT link_id, node, hour, count - GREATEST(old, prev) FROM raised
-    UNION ALL
-    SELECT r.link_id, e.node, e.hour, e.last - GREATEST(r.old, e.prev)
-    FROM unnest(%(e_ords)s::bigint[], %(e_nodes)s::varchar[], %(e_hours)s::int[],
-                %(e_prevs)s::bigint[], %(e_lasts)s::bigint[]) AS e(ord, node, hour, prev, last)
-    JOIN raised r ON r.ord = e.ord
-),
-buckets AS (
-    INSERT INTO links_clickbucket (link_id, node, hour, clicks)
-    SELECT link_id, node, (%(hours)s::timestamptz[])[hour], SUM(clicks) FROM shares
-    WHERE clicks > 0
-    GROUP BY link_id, node, hour
-    ON CONFLICT (link_id, hour, node) DO UPDATE
-        SET clicks = links_clickbucket.clicks + EXCLUDED.clicks
-    RETURNING 1
-)"""
-# The statement consume_clicks runs. (bench/buckets.py and bench/clicks.py measure the apply
-# without the buckets, as a baseline, by putting _COUNTERS_SQL.format(buckets="") here.)
-_APPLY_SQL = _COUNTERS_SQL.format(buckets=_BUCKETS_CTE)
 
 
 def _text_array(values: Sequence[object]) -> str:
@@ -392,6 +298,7 @@ def _counters_raise(batch: ClicksBatch) -> tuple[int, frozenset[str], int, list[
         "hour_of": _int_array([x[3][2] for x in entries]),
         "prevs": _int_array([x[3][4] for x in entries]),
         "ords": _int_array([x[3][5] for x in entries]),  # what the earlier runs name it by
+        "bots": _int_array([x[3][6] for x in entries]),
         "e_ords": _int_array([e[0] for e in earlier]),
         "e_nodes": _text_array([e[1] for e in earlier]),
         "e_hours": _int_array([e[2] for e in earlier]),

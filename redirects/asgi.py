@@ -29,7 +29,7 @@ from typing import Any
 from django.conf import settings
 from redis.exceptions import RedisError, ResponseError
 
-from redirects import answers, counting, selectors
+from redirects import answers, bots, counting, selectors
 from redirects.pipelining import PipelinedRedis
 from runtime.lifespan import lifespan_serve
 from runtime.metrics import REQUESTS
@@ -74,7 +74,7 @@ class RedirectApp:
             if _PATH_MIN <= len(path) <= _PATH_MAX:
                 tinyurl = path[1:]
                 if tinyurl_chars_ok(tinyurl) and tinyurl not in RESERVED_TINYURLS:
-                    await self.redirect(scope["method"], tinyurl, send)
+                    await self.redirect(scope["method"], tinyurl, send, scope)
                     return
         elif scope["type"] == "lifespan":
             # Django's application does not speak the lifespan protocol; it is ours alone.
@@ -82,7 +82,7 @@ class RedirectApp:
             return
         await self.fallback(scope, receive, send)
 
-    async def redirect(self, method: str, tinyurl: str, send: Callable) -> None:
+    async def redirect(self, method: str, tinyurl: str, send: Callable, scope: dict) -> None:
         started = time.perf_counter()
         status = 500
         try:
@@ -90,9 +90,12 @@ class RedirectApp:
             try:
                 if method == "GET":
                     # Looked up and counted in one command; a link not answered with 302
-                    # counts nothing.
+                    # counts nothing. A bot's click (its User-Agent: redirects/bots.py, a
+                    # bounded check) is redirected alike and counted apart.
                     try:
-                        outcome = await counting.link_click_async(redis=redis, tinyurl=tinyurl)
+                        outcome = await counting.link_click_async(
+                            redis=redis, tinyurl=tinyurl,
+                            bot=bots.scope_is_bot(scope))
                     except ResponseError as exc:
                         # Redis refuses writes (memory or disk full, a read-only replica) but
                         # still reads: answered all the same, the click counted as lost. Any

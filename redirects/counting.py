@@ -55,7 +55,10 @@ logger = logging.getLogger(__name__)
 REPORT_EVERY = 100
 
 # KEYS: link, incarnation, due, dirty, served (hash: incarnation -> redirects counted).
-# ARGV: REPORT_EVERY, tinyurl, counter key prefix, this process' token (click_keys_args).
+# ARGV: REPORT_EVERY, tinyurl, counter key prefix, this process' token, and for a bot's click
+# (redirects/bots.py) the bots key prefix (click_keys_args). A bot's click counts in the counter
+# like any click (the hundreds the assignment reports are of every click) and in the counter's
+# bots key too, in the same atomic step: bots <= count always.
 # Returns nil: unknown or disabled link (a value in another format too), nothing counted;
 #         410 (GONE): the link expired, nothing counted (TIME is called only for a link with an
 #         expiry);
@@ -83,6 +86,7 @@ if not inc then
 end
 local member = inc .. ':' .. ARGV[2]
 local n = redis.call('INCR', ARGV[3] .. member)
+if ARGV[5] then redis.call('INCR', ARGV[5] .. member) end
 redis.call('HINCRBY', KEYS[5], inc, 1)
 redis.call('SADD', KEYS[4], member)
 if n % tonumber(ARGV[1]) == 0 then redis.call('SADD', KEYS[3], member) end
@@ -123,11 +127,15 @@ def process_token() -> str:
     return _token[1]
 
 
-def click_keys_args(tinyurl: str) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV of CLICK_SCRIPT for one click of `tinyurl` (EVALSHA CLICK_SHA)."""
+def click_keys_args(tinyurl: str, *, bot: bool = False) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of CLICK_SCRIPT for one click of `tinyurl` (EVALSHA CLICK_SHA); bot: a
+    bot's click (redirects/bots.py), counted in the bots key too."""
+    args: list[str | int] = [REPORT_EVERY, tinyurl, keys.clicks_counter_prefix(),
+                             process_token()]
+    if bot:
+        args.append(keys.clicks_bots_prefix())
     return ([keys.link_key(tinyurl), keys.clicks_incarnation_key(), keys.clicks_due_key(),
-             keys.clicks_dirty_key(), keys.clicks_served_key()],
-            [REPORT_EVERY, tinyurl, keys.clicks_counter_prefix(), process_token()])
+             keys.clicks_dirty_key(), keys.clicks_served_key()], args)
 
 
 def click_outcome(raw: bytes | str | int | None) -> str | int | None:
@@ -201,14 +209,15 @@ def click_script_reload(redis: Redis) -> str:
     return redis.script_load(CLICK_SCRIPT)
 
 
-def click_call(*, redis: Redis, tinyurl: str) -> str | int | None:
-    """Count one click of `tinyurl`; returns its longurl (302), GONE (410: expired) or None (404).
+def click_call(*, redis: Redis, tinyurl: str, bot: bool = False) -> str | int | None:
+    """Count one click of `tinyurl` (bot: a bot's, redirects/bots.py); returns its longurl
+    (302), GONE (410: expired) or None (404).
     The sync path (the Django view, manage.py runserver); a served replica uses link_click_async.
 
     One EVALSHA; after a Redis restart (NOSCRIPT) click_script_reload (the incarnation check,
     SCRIPT LOAD) and the EVALSHA again. Raises redis.RedisError if Redis fails.
     """
-    link_keys, args = click_keys_args(tinyurl)
+    link_keys, args = click_keys_args(tinyurl, bot=bot)
     try:
         raw = redis.evalsha(CLICK_SHA, len(link_keys), *link_keys, *args)
     except NoScriptError:
@@ -246,13 +255,14 @@ async def _click_script_recover(redis: PipelinedRedis, seen: int) -> None:
             _reloads += 1
 
 
-async def link_click_async(*, redis: PipelinedRedis, tinyurl: str) -> str | int | None:
+async def link_click_async(*, redis: PipelinedRedis, tinyurl: str, bot: bool = False
+                           ) -> str | int | None:
     """click_call through the pipelined client (the served replica's GET, redirects/asgi.py):
     click_outcome() of the script's reply. A NOSCRIPT reply (nothing ran, nothing was counted)
     goes through click_script_reload_async (the incarnation check, SCRIPT LOAD) and the click is
     sent again. Raises RedisError when Redis is away (if the connection broke after the click
-    was sent, it may or may not have been counted)."""
-    link_keys, args = click_keys_args(tinyurl)
+    was sent, it may or may not have been counted). bot: a bot's click (redirects/bots.py)."""
+    link_keys, args = click_keys_args(tinyurl, bot=bot)
     for attempt in range(3):
         seen = _reloads
         try:

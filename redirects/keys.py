@@ -22,6 +22,9 @@ Clicks (counted by the redirect script, reported by report_clicks):
   <user>:clicks:runid                   string, the redis-server run_id that incarnation
                                         belongs to (a restart gets a new run_id)
   <user>:clicks:count:<inc>:<tinyurl>   string, clicks of tinyurl counted in incarnation inc
+                                        (every click, a bot's too)
+  <user>:clicks:bots:<inc>:<tinyurl>    string, how many of those were a bot's (redirects/bots.py);
+                                        absent until the first, always <= the count
   <user>:clicks:due / dirty / inflight  sets of `<inc>:<tinyurl>` members (see counting.py)
 """
 
@@ -155,6 +158,13 @@ def clicks_counter_prefix() -> str:
     """String per counter, `<prefix><incarnation>:<tinyurl>`: the link's clicks counted in that
     incarnation."""
     return f"{settings.SHORTENER_USER}:clicks:count:"
+
+
+def clicks_bots_prefix() -> str:
+    """String per counter, `<prefix><incarnation>:<tinyurl>`: how many of the counter's clicks
+    were a bot's. Incremented in the same script step as the counter, so never above it; outside
+    the counter's prefix, so that the sweep's SCAN of counters does not list it."""
+    return f"{settings.SHORTENER_USER}:clicks:bots:"
 
 
 def clicks_member(*, incarnation: str, tinyurl: str) -> str:

@@ -29,9 +29,8 @@ from topics.clients import producer_close
 
 logger = logging.getLogger(__name__)
 
-# Move up to ARGV[1] counters from KEYS[1] to KEYS[3] (in flight), also dropping them from
-# KEYS[2], and read their counts in the same atomic step. Returns {m1, c1, m2, c2, ...}, members
-# `<incarnation>:<tinyurl>` (ARGV[2] is the counter key prefix).
+# Move up to ARGV[1] counters (`<inc>:<tinyurl>`) from KEYS[1] to KEYS[3] (in flight), dropping
+# them from KEYS[2]; returns {m1, count1, bots1, m2, ...} (prefixes ARGV[2], ARGV[3]) atomically.
 # A flush claims from `dirty` and also clears `due`: its exact count covers the hundred.
 # A milestone claims from `due` and passes `due` again as KEYS[2] (clearing nothing more): it
 # reports only the hundred, so the counter must stay dirty for the exact count to follow.
@@ -44,13 +43,15 @@ local out = {}
 for _, m in ipairs(members) do
   out[#out + 1] = m
   out[#out + 1] = redis.call('GET', ARGV[2] .. m) or '0'
+  out[#out + 1] = redis.call('GET', ARGV[3] .. m) or '0'
 end
 return out
 """
 
 # Acknowledged reports (ARGV[2..], members): clear their in-flight marks (KEYS[1]). A counter of
 # an earlier incarnation than KEYS[2]'s is final; once reported and marked nowhere else (dirty
-# KEYS[3], due KEYS[4], in flight), its key (prefix ARGV[1]) is deleted. Returns how many were.
+# KEYS[3], due KEYS[4], in flight), its key (prefix ARGV[1]) and bots key (prefix KEYS[5]) are
+# deleted. Returns how many counters were.
 ACK_SCRIPT = """
 local current = (redis.call('GET', KEYS[2]) or '') .. ':'
 local deleted = 0
@@ -62,6 +63,7 @@ for i = 2, #ARGV do
       and redis.call('SISMEMBER', KEYS[3], m) == 0
       and redis.call('SISMEMBER', KEYS[4], m) == 0 then
     deleted = deleted + redis.call('DEL', ARGV[1] .. m)
+    redis.call('DEL', KEYS[5] .. m)
   end
 end
 return deleted
@@ -95,19 +97,18 @@ class ClickReporter:
     otherwise the counter goes back to `due` and `dirty` for the next round (the master keeps
     the largest count per counter, so a report sent twice counts once). A report names its
     counter's own incarnation, so counters of an earlier incarnation are still reported
-    correctly. What one claim takes (up to CLAIM_BATCH counters) goes out as one report batch
-    per incarnation (topics/clicks.py, schema 3), so a flush of a million counters is about a
-    thousand records; a batch is acknowledged or not as a whole. Every `sweep_seconds` (None:
-    never) every counter of the current incarnation is marked dirty again (redirects/sweep.py),
-    so the clicks topic, which keeps records for a time only, always holds every counter's
+    correctly. A claim (up to CLAIM_BATCH counters) goes out as one report batch per incarnation
+    (topics/clicks.py, schema 4: each counter's count and bots), so a flush of a million
+    counters is about a thousand records; a batch is acknowledged or not as a whole. Every
+    `sweep_seconds` (None: never) every counter of the current incarnation is marked dirty
+    again (redirects/sweep.py), so the clicks topic, kept for a time only, holds every counter's
     count of the last sweep or later.
 
     Kafka never holds the reporter up (Redis work stays on the calling thread; every
     kafka-python call runs in a daemon thread, _kafka):
       * while running, a call lasts as long as kafka-python's own bounds (the producer's
-        bootstrap, metadata and delivery timeouts, topics/); a send that
-        found no metadata for the topic (topic missing, broker away) ends its batch: the rest
-        is put back at once instead of each report waiting as long again;
+        bootstrap, metadata and delivery timeouts, topics/); a send that found no metadata for
+        the topic (topic missing, broker away) ends its batch, the rest going back at once;
       * once `stop` is set, the final flush and any call in flight get `shutdown_seconds` from
         the moment the stop was seen; what is still unacknowledged then is put back in Redis
         and the reporter returns, so SIGTERM stops report_clicks within 10 s whatever Kafka does.
@@ -116,8 +117,8 @@ class ClickReporter:
     even while Kafka holds a report (a report it held is back in Redis already).
     """
 
-    # Counters claimed (in one Lua call: Redis serves no redirect meanwhile, ~1 ms) and sent as
-    # one report batch per incarnation: at most a batch's size.
+    # Counters claimed (one Lua call: Redis serves no redirect meanwhile, ~1 ms), sent as one
+    # report batch per incarnation: at most a batch's size.
     CLAIM_BATCH = 1000
     assert CLAIM_BATCH <= CLICK_BATCH_MAX
     # What the producers still hold gets this long when run() ends, then is failed: its
@@ -222,7 +223,7 @@ class ClickReporter:
         while True:
             claimed = self.claim(
                 keys=[source, other, keys.clicks_inflight_key()],
-                args=[self.CLAIM_BATCH, keys.clicks_counter_prefix()],
+                args=[self.CLAIM_BATCH, keys.clicks_counter_prefix(), keys.clicks_bots_prefix()],
             )
             if not claimed:
                 return total
@@ -231,10 +232,10 @@ class ClickReporter:
                 return total
 
     def _send(self, claimed: list[bytes], *, milestone: bool) -> int:
-        counters: list[tuple[str, str, str, int]] = []  # (member, incarnation, tinyurl, count)
+        counters: list[tuple[str, str, str, int, int]] = []  # (member, inc., tinyurl, n, bots)
         done: list[str] = []  # acknowledged, or nothing to report
-        for i in range(0, len(claimed), 2):
-            member, count = claimed[i].decode(), int(claimed[i + 1])
+        for i in range(0, len(claimed), 3):
+            member, count, bots = claimed[i].decode(), int(claimed[i + 1]), int(claimed[i + 2])
             incarnation, _, tinyurl = member.partition(":")
             if not tinyurl:
                 # A mark left by a version that named counters by tinyurl alone: its counter's
@@ -245,12 +246,13 @@ class ClickReporter:
                 self.redis.delete(keys.clicks_counter_prefix() + member)
                 done.append(member)
                 continue
-            if milestone:
+            if milestone:  # the hundred, and its bots' lower bound: n % 100 clicks came since
+                bots = max(0, bots - count % REPORT_EVERY)
                 count -= count % REPORT_EVERY
             if count <= 0:  # Redis was wiped since the click, or below a hundred: nothing
                 done.append(member)
                 continue
-            counters.append((member, incarnation, tinyurl, count))
+            counters.append((member, incarnation, tinyurl, count, min(bots, count)))
         acked: list[str] = []
         unsent: list[str] = []
         error: KafkaError | None = None
@@ -275,7 +277,7 @@ class ClickReporter:
             raise error
         return len(acked)
 
-    def _produce(self, counters: list[tuple[str, str, str, int]]
+    def _produce(self, counters: list[tuple[str, str, str, int, int]]
                  ) -> tuple[list[str], list[str], KafkaError | None]:
         """Send one claim as report batches, one per incarnation, and wait for their acks (in a
         _kafka thread). Returns (acknowledged members, members not sent or not acknowledged,
@@ -284,7 +286,7 @@ class ClickReporter:
         now = datetime.now(timezone.utc)
         # A record per incarnation and CLAIM_BATCH counters: nearly always one incarnation; two
         # only just after a Redis restart (the earlier one's last counters).
-        groups: dict[str, list[tuple[str, str, str, int]]] = {}
+        groups: dict[str, list[tuple[str, str, str, int, int]]] = {}
         for counter in counters:
             groups.setdefault(counter[1], []).append(counter)
         size = self.CLAIM_BATCH
@@ -295,7 +297,7 @@ class ClickReporter:
         error: KafkaError | None = None
         for i, (incarnation, group) in enumerate(batches):
             key, value = click_batch_encode(node=self.node, incarnation=incarnation,
-                                            counts=[(t, n) for _, _, t, n in group],
+                                            counts=[(t, n, b) for _, _, t, n, b in group],
                                             reported_at=now)
             members = [m for m, *_ in group]
             try:
@@ -365,7 +367,8 @@ class ClickReporter:
     def _ack(self, members: list[str]) -> None:
         if members:
             self.ack(keys=[keys.clicks_inflight_key(), keys.clicks_incarnation_key(),
-                           keys.clicks_dirty_key(), keys.clicks_due_key()],
+                           keys.clicks_dirty_key(), keys.clicks_due_key(),
+                           keys.clicks_bots_prefix()],
                      args=[keys.clicks_counter_prefix(), *members])
 
     def _producer_get(self) -> KafkaProducer:

@@ -10,7 +10,7 @@ import redis as redis_lib
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from redirects import answers, counting, selectors
+from redirects import answers, bots, counting, selectors
 from runtime.metrics import instrumented
 from topics.records import RESERVED_TINYURLS
 
@@ -66,7 +66,10 @@ def redirect(request: HttpRequest, tinyurl: str) -> HttpResponse:
                 # nothing.
                 redis = selectors.redis_get()
                 try:
-                    outcome = counting.click_call(redis=redis, tinyurl=tinyurl)
+                    ua = request.META.get("HTTP_USER_AGENT")
+                    outcome = counting.click_call(
+                        redis=redis, tinyurl=tinyurl,
+                        bot=bots.user_agent_is_bot(None if ua is None else ua.encode("latin-1")))
                 except redis_lib.ResponseError as exc:
                     # Redis refuses writes but reads: answered, the click counted as lost
                     # (see redirects/asgi.py).

@@ -146,6 +146,12 @@ CLICKS_UNCOUNTED = Counter(
     "misconf (an RDB snapshot or AOF write failed), readonly (a read-only Redis replica).",
     ["reason"],
 )
+BOT_CHECKS_SKIPPED = Counter(
+    "shortener_bot_checks_skipped_total",
+    "Redirects whose User-Agent, never seen by the worker, was counted as human without being "
+    "checked against the bot list: the worker's budget of checks a second was spent "
+    "(redirects/bots.py; a flood of random User-Agents).",
+)
 LINKS_PUBLISHED = Counter(
     "shortener_links_published_total",
     "Links sent to the links topic by the master, by outcome (acked, failed: left for the "

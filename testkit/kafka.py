@@ -88,9 +88,16 @@ def topic_read(topic: str, partition: int = 0) -> list:
 
 def click_reports(tinyurl: str) -> list:
     """Every click report of `tinyurl` in the clicks topic, in order (ClickReports): a report
-    batch's pair for it (schema 3) as the single report (schema 2) it stands for."""
+    batch's pair or triple for it (schema 3 or 4) as the single report (schema 2) it stands for
+    (its bots left out: click_bots gives them)."""
 
-    from topics.clicks import ClickBatch, ClickReport, clicks_record_decode, clicks_topic
+    from topics.clicks import (
+        ClickBatch,
+        ClickBatchBots,
+        ClickReport,
+        clicks_record_decode,
+        clicks_topic,
+    )
     from topics.records import MessageError
 
     reports = []
@@ -100,11 +107,11 @@ def click_reports(tinyurl: str) -> list:
             report = clicks_record_decode(record.key, record.value)
         except MessageError:
             continue
-        if isinstance(report, ClickBatch):
-            reports += [ClickReport(schema=2, tinyurl=t, node=report.node,
-                                    incarnation=report.incarnation, count=c,
+        if isinstance(report, (ClickBatch, ClickBatchBots)):
+            reports += [ClickReport(schema=2, tinyurl=c[0], node=report.node,
+                                    incarnation=report.incarnation, count=c[1],
                                     reported_at=report.reported_at)
-                        for t, c in report.counts if t == tinyurl]
+                        for c in report.counts if c[0] == tinyurl]
         elif report is not None and report.tinyurl == tinyurl:
             reports.append(report)
     return reports

@@ -162,9 +162,12 @@ class Replica:
         self.env.update(extra_env)
         self.start_web()
 
-    def click(self, tinyurl: str, times: int) -> None:
+    def click(self, tinyurl: str, times: int, *, user_agent: str | None = None) -> None:
+        """`times` GETs answered 302. user_agent: the header sent (default: requests' own,
+        python-requests/..., which the bot list names: a bot's click)."""
+        headers = None if user_agent is None else {"User-Agent": user_agent}
         for _ in range(times):
-            response = self.get(tinyurl)
+            response = self.get(tinyurl, headers=headers)
             assert response.status_code == 302, response.status_code
 
     def click_through(self, tinyurl: str, times: int, timeout: float = 30) -> None:
@@ -231,8 +234,10 @@ class Replica:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def get(self, path: str, method: str = "GET") -> requests.Response:
-        return self.http.request(method, f"{self.url}/{path}", allow_redirects=False, timeout=10)
+    def get(self, path: str, method: str = "GET", headers: dict | None = None
+            ) -> requests.Response:
+        return self.http.request(method, f"{self.url}/{path}", allow_redirects=False, timeout=10,
+                                 headers=headers)
 
     # --- state ----------------------------------------------------------------------------
 

@@ -90,7 +90,8 @@ def mutated(value: bytes, change) -> bytes:
     (lambda d: d.pop("counts"), "missing"),
     (lambda d: d.__setitem__("node", "a b"), "range"),
     (lambda d: d.__setitem__("reported_at", "2026-12-01T10:30:00"), "range"),
-    (lambda d: d.__setitem__("schema", 4), "schema"),
+    (lambda d: d.__setitem__("schema", 4), "range"),  # schema 4 carries triples, not pairs
+    (lambda d: d.__setitem__("schema", 5), "schema"),
     (lambda d: d.__setitem__("schema", 2), "schema"),  # a batch under a report's schema
 ])
 def test_a_batch_with_one_bad_pair_or_field_is_rejected_whole(change, reason):

@@ -27,6 +27,7 @@ def test_every_kind_is_published_with_its_required_fields():
         "links-record": {"schema", "tinyurl", "version", "state", "expires_at", "created_at"},
         "click-report": {"schema", "tinyurl", "node", "incarnation", "count", "reported_at"},
         "click-batch": {"schema", "node", "incarnation", "reported_at", "counts"},
+        "click-batch-bots": {"schema", "node", "incarnation", "reported_at", "counts"},
         "replica-status": {"schema", "node", "links_position", "links_end", "ready", "reason",
                            "incarnation", "redirects", "version", "reported_at"},
     }

@@ -6,10 +6,12 @@ keeps the largest value per (link, incarnation), so a duplicate adds nothing and
 is healed by the next one. (A "+100" delta could not be replayed safely.)
 
 Two record kinds, told apart by the key:
-  * schema 3, the report batch (ClickBatch, key `<incarnation>/<32 hex digits>`): what replicas
-    send. One record carries the absolute counts of up to CLICK_BATCH_MAX counters of one
-    incarnation, so a flush of a million dirty counters is about a thousand records, not a
-    million (issue "Writes at scale");
+  * the report batch (key `<incarnation>/<32 hex digits>`): one record carries the absolute
+    counts of up to CLICK_BATCH_MAX counters of one incarnation, so a flush of a million dirty
+    counters is about a thousand records, not a million (issue "Writes at scale"). Schema 4
+    (ClickBatchBots, what replicas send) gives each counter's count and how many of those were a
+    bot's (redirects/bots.py); schema 3 (ClickBatch, what they sent before) only the count,
+    read as no bot clicks. The value's `schema` says which;
   * schema 2, the single report (ClickReport, key `<incarnation>:<tinyurl>`): what replicas
     sent before. The master still reads it (an older replica during a rolling upgrade, records
     already in the topic), and a tombstone (null value) under such a key.
@@ -155,6 +157,8 @@ CLICK_BATCH_MAX = 5_000
 # A count in a batch: as a schema-2 report's count, at least 1 (a counter with no click is never
 # reported) and at most INT_MAX.
 BatchCount = Annotated[int, Meta(ge=1, le=INT_MAX)]
+# A counter's bot clicks in a schema-4 batch: 0 or more, never above its count (checked apart).
+BotCount = Annotated[int, Meta(ge=0, le=INT_MAX)]
 
 
 class ClickBatch(RecordStruct, kw_only=True):
@@ -178,7 +182,42 @@ class ClickBatch(RecordStruct, kw_only=True):
                                        "tinyurl in this incarnation.")]
 
 
-_batch_decoder = msgspec.json.Decoder(ClickBatch)
+# Schema 4: as schema 3, each counter with its bots (issue 18: human and bot clicks).
+CLICK_BATCH_BOTS_SCHEMA = 4
+
+
+class ClickBatchBots(RecordStruct, kw_only=True):
+    """ClickBatch with each counter's bot clicks: every pair of schema 3 is here a triple
+    [tinyurl, count, bots], `count` all the counter's clicks (a bot's too: the hundreds the
+    replicas report count every click) and `bots` how many of them were a bot's, 0 <= bots <=
+    count. Both are absolute values of one moment of the counter (read together in Redis), or for
+    a milestone report the hundred and a lower bound of the bots then; the master keeps the
+    largest of each. Key: as ClickBatch's."""
+
+    schema: Annotated[Literal[4], Meta(description="The record's schema version.")]
+    node: Annotated[Node, Meta(description="The replica that sent it: a label for the admin, "
+                                           "not part of the counters' identity.")]
+    incarnation: Annotated[Incarnation, Meta(description="The counters' identity: one life of "
+                                                         "one replica's Redis.")]
+    reported_at: Annotated[Time, Meta(description="When it was sent, by the replica's clock "
+                                                  "(RFC 3339); the hour its clicks are charted "
+                                                  "in.")]
+    counts: Annotated[list[tuple[Tinyurl, BatchCount, BotCount]],
+                      Meta(min_length=1, max_length=CLICK_BATCH_MAX,
+                           description="[tinyurl, absolute count, bots] per counter: clicks of "
+                                       "the tinyurl in this incarnation, and how many of them "
+                                       "were a bot's (at most the count).")]
+
+
+class _Schema(msgspec.Struct):
+    # Only the `schema` field of a batch (msgspec skips the others unparsed into objects): which
+    # decoder reads the record.
+    schema: int
+
+
+_batch_decoders = {CLICK_BATCH_SCHEMA: msgspec.json.Decoder(ClickBatch),
+                   CLICK_BATCH_BOTS_SCHEMA: msgspec.json.Decoder(ClickBatchBots)}
+_schema_decoder = msgspec.json.Decoder(_Schema)
 
 # The key of a batch: the incarnation, then this separator (in neither the incarnation's nor a
 # tinyurl's alphabet, so no batch key is a schema-2 key and the decoder tells them apart by it).
@@ -186,32 +225,46 @@ BATCH_KEY_SEPARATOR = "/"
 
 
 def click_batch_encode(
-    *, node: str, incarnation: str, counts: Iterable[tuple[str, int]], reported_at: datetime,
+    *, node: str, incarnation: str, counts: Iterable[tuple[str, int] | tuple[str, int, int]],
+    reported_at: datetime,
 ) -> tuple[bytes, bytes]:
     """The (key, value) of one report batch: key `<incarnation>/<random 128-bit hex id>`, value
-    JSON ClickBatch. counts: (tinyurl, absolute count >= 1) pairs, 1 to CLICK_BATCH_MAX of
-    them; reported_at timezone-aware. The key is unique so that no two batches ever share one:
+    JSON ClickBatchBots (schema 4) for (tinyurl, absolute count >= 1, bots <= count) triples,
+    what replicas send, or ClickBatch (schema 3, what they sent before, for tests and benches)
+    for (tinyurl, count) pairs; 1 to CLICK_BATCH_MAX of them, all of one kind; reported_at
+    timezone-aware. The key is unique so that no two batches ever share one:
     on a topic still compacted (before `manage.py kafka_topics` sets the new policy) compaction
     then removes no batch. Raises ValueError for an empty or oversized batch."""
     pairs = list(counts)
     if not 1 <= len(pairs) <= CLICK_BATCH_MAX:
         raise ValueError(f"a click batch carries 1 to {CLICK_BATCH_MAX} counters, not "
                          f"{len(pairs)}")
-    batch = ClickBatch(schema=CLICK_BATCH_SCHEMA, node=node, incarnation=incarnation,
-                       reported_at=reported_at, counts=pairs)
+    kind, schema = ((ClickBatchBots, CLICK_BATCH_BOTS_SCHEMA) if len(pairs[0]) == 3
+                    else (ClickBatch, CLICK_BATCH_SCHEMA))
+    batch = kind(schema=schema, node=node, incarnation=incarnation, reported_at=reported_at,
+                 counts=pairs)
     key = f"{incarnation}{BATCH_KEY_SEPARATOR}{uuid.uuid4().hex}".encode()
     return key, ENCODER.encode(batch)
 
 
-def _batch_decode(key: bytes, value: bytes) -> ClickBatch:
+def _batch_decode(key: bytes, value: bytes) -> ClickBatch | ClickBatchBots:
     try:
-        batch = _batch_decoder.decode(value)
+        # Two passes over a record of ~14 kB: the first only finds `schema` (msgspec skips the
+        # rest without building it: docs/performance.md measures the whole decode).
+        decoder = _batch_decoders.get(_schema_decoder.decode(value).schema)
+        if decoder is not None:
+            batch = decoder.decode(value)
     except (msgspec.MsgspecError, ValueError, RecursionError) as exc:
         raise decode_error(exc, "click batch") from None
+    if decoder is None:
+        raise MessageError("click batch: a schema this master does not read", reason="schema")
+    if batch.schema == CLICK_BATCH_BOTS_SCHEMA and any(b > n for _, n, b in batch.counts):
+        raise MessageError("click batch: a counter with more bot clicks than clicks",
+                           reason="range")
     incarnation = batch.incarnation
     # msgspec checked each tinyurl's length, so the joined text is [A-Za-z0-9_-]* exactly when
     # each one is: one or two str calls for the whole batch.
-    tinyurls = [t for t, _ in batch.counts]
+    tinyurls = [c[0] for c in batch.counts]
     if not (tinyurl_chars_ok("".join(tinyurls)) and alnum(incarnation)
             and node_ok(batch.node)):
         raise MessageError("click batch: a tinyurl, the incarnation or the node has a character "
@@ -225,8 +278,8 @@ def _batch_decode(key: bytes, value: bytes) -> ClickBatch:
 
 
 def clicks_record_decode(key: bytes | None, value: bytes | None
-                         ) -> ClickReport | ClickBatch | None:
-    """Decode and check any clicks-topic record: a report batch (schema 3, key
+                         ) -> ClickReport | ClickBatch | ClickBatchBots | None:
+    """Decode and check any clicks-topic record: a report batch (schema 4 or 3, key
     `<incarnation>/<id>`), a single report (schema 2, key `<incarnation>:<tinyurl>`) or a
     tombstone (None). The key's separator says which, and the value must be of that kind
     (a batch under a report's key is rejected with reason "schema", as is the reverse). Raises

@@ -9,7 +9,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from topics.clicks import ClickBatch, ClickReport
+from topics.clicks import ClickBatch, ClickBatchBots, ClickReport
 from topics.links import LinkRecord
 from topics.replicas import ReplicaStatus
 
@@ -29,13 +29,18 @@ def json_schemas() -> dict[str, dict]:
         "links-record": Annotated[LinkRecord, Meta(extra_json_schema=link_rules)],
         "click-report": Annotated[ClickReport, Meta(extra_json_schema={
             "$comment": "Key: <incarnation>:<tinyurl> (UTF-8), equal to the value's. Schema 2: "
-                        "replicas now send click-batch records (schema 3); the master reads "
-                        "both."})],
+                        "replicas now send click-batch-bots records (schema 4); the master reads "
+                        "all three."})],
         "click-batch": Annotated[ClickBatch, Meta(extra_json_schema={
             "$comment": "Key: <incarnation>/<32 lowercase hex digits> (UTF-8), the incarnation "
                         "equal to the value's, the digits unique per record. A tinyurl named "
                         "twice counts as its largest count; one bad pair rejects the whole "
-                        "record."})],
+                        "record. Schema 3: replicas now send click-batch-bots records (schema "
+                        "4); the master reads both."})],
+        "click-batch-bots": Annotated[ClickBatchBots, Meta(extra_json_schema={
+            "$comment": "Key: as click-batch's. Each counter's bots are at most its count; a "
+                        "tinyurl named twice counts as its largest count and its largest bots; "
+                        "one bad triple rejects the whole record."})],
         "replica-status": Annotated[ReplicaStatus, Meta(extra_json_schema={
             "$comment": "Key: the node (UTF-8), equal to the value's node."})],
     }

@@ -1,4 +1,4 @@
-"""Report batches (schema 3) on the master: the fold stays exact with batches (hypothesis over
+"""Report batches (schemas 3 and 4, the bots beside the counts) on the master: the fold stays exact with batches (hypothesis over
 sequences of batches and single reports, with duplicates, lower counts landing later, unknown
 links, and any cut into transactions), a topic holding both schemas, and what the time-limited
 clicks topic keeps over a long outage with the replicas' sweep."""
@@ -34,9 +34,11 @@ from topics.links import producer_get
 NOW = datetime.now(timezone.utc)
 UNKNOWN = "zzzzzzz"  # no link has it
 
-# A record: (schema 2 or 3, incarnation, node, hours ago, [(link index or -1, count)]).
+# A record: (schema 2, 3 or 4, incarnation, node, hours ago, [(link index or -1, count)]).
+# Schema 4 gives each count its bots, count // 3: a function that grows with the count, as a
+# replica's bots do with its clicks (schemas 2 and 3 carry none: 0, a lower bound).
 RECORDS = st.lists(st.tuples(
-    st.sampled_from([2, 3, 3]), st.sampled_from(["i1", "i2"]), st.sampled_from(["a", "b"]),
+    st.sampled_from([2, 3, 4, 4]), st.sampled_from(["i1", "i2"]), st.sampled_from(["a", "b"]),
     st.sampled_from([0, 0, 1]),
     st.lists(st.tuples(st.integers(-1, 2), st.integers(1, 60)), min_size=1, max_size=6),
 ), min_size=1, max_size=12)
@@ -47,8 +49,9 @@ def encoded(records, tinyurls: list[str], first_offset: int) -> list[Rec]:
     for schema, incarnation, node, ago, pairs in records:
         at = NOW - timedelta(hours=ago)
         named = [(tinyurls[i] if i >= 0 else UNKNOWN, c) for i, c in pairs]
-        if schema == 3:
-            key, value = click_batch_encode(node=node, incarnation=incarnation, counts=named,
+        if schema in (3, 4):
+            counts = named if schema == 3 else [(t, c, c // 3) for t, c in named]
+            key, value = click_batch_encode(node=node, incarnation=incarnation, counts=counts,
                                             reported_at=at)
             out.append(Rec(first_offset + len(out), key, value))
         else:  # a schema-2 report per pair, as an old replica would send them
@@ -73,7 +76,7 @@ def test_totals_are_the_sum_of_the_largest_count_per_counter_whatever_the_batche
 ):
     for model in (ClickCounter, ClickBucket, ConsumerPosition):
         model.objects.all().delete()
-    Link.objects.update(clicks=0)
+    Link.objects.update(clicks=0, bot_clicks=0)
     tinyurls = [link.tinyurl for link in three_links]
     # Batches carry their pairs in any order: shuffled, duplicates and lower counts included.
     rng = random.Random(seed)
@@ -83,11 +86,14 @@ def test_totals_are_the_sum_of_the_largest_count_per_counter_whatever_the_batche
     # The same records again (a replay, a reporter's retry): nothing changes.
     stream += encoded(records, tinyurls, len(stream))
     expected_max: dict[tuple[str, str], int] = defaultdict(int)
-    for _, incarnation, _, _, pairs in records:
+    expected_bots: dict[tuple[str, str], int] = defaultdict(int)
+    for schema, incarnation, _, _, pairs in records:
         for i, count in pairs:
             if i >= 0:
                 key = (tinyurls[i], incarnation)
                 expected_max[key] = max(expected_max[key], count)
+                if schema == 4:
+                    expected_bots[key] = max(expected_bots[key], count // 3)
 
     position = None
     start = 0
@@ -105,6 +111,12 @@ def test_totals_are_the_sum_of_the_largest_count_per_counter_whatever_the_batche
     totals = dict(Link.objects.values_list("tinyurl", "clicks"))
     for t in tinyurls:
         assert totals[t] == sum(c for (tt, _), c in expected_max.items() if tt == t)
+    bots = {(t, i): b for t, i, b in ClickCounter.objects.values_list(
+        "link__tinyurl", "incarnation", "bots")}
+    assert bots == {k: expected_bots[k] for k in expected_max}
+    bot_totals = dict(Link.objects.values_list("tinyurl", "bot_clicks"))
+    for t in tinyurls:
+        assert bot_totals[t] == sum(b for (tt, _), b in expected_bots.items() if tt == t)
     charted = dict(ClickBucket.objects.values("link__tinyurl").annotate(s=Sum("clicks"))
                    .values_list("link__tinyurl", "s"))
     assert {t: c for t, c in totals.items() if c} == charted

@@ -156,8 +156,10 @@ def test_reports_claimed_by_a_reporter_that_died_are_sent_by_the_next(
     claim = replica.redis.register_script(CLAIM_SCRIPT)
     claimed = claim(keys=[keys.clicks_dirty_key(), keys.clicks_due_key(),
                           keys.clicks_inflight_key()],
-                    args=[1000, keys.clicks_counter_prefix()])
-    assert claimed == [f"{replica.incarnation()}:{tinyurl}".encode(), b"142"]
+                    args=[1000, keys.clicks_counter_prefix(), keys.clicks_bots_prefix()])
+    # The count, then how many of them were a bot's (replica.click's default User-Agent is
+    # python-requests', a bot's).
+    assert claimed == [f"{replica.incarnation()}:{tinyurl}".encode(), b"142", b"142"]
     assert replica.redis.smembers(keys.clicks_dirty_key()) == set()
     assert replica.redis.smembers(keys.clicks_due_key()) == set()
     # The next reporter sends it again: the hundred at once, the exact count when it flushes.
