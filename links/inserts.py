@@ -68,7 +68,8 @@ def links_insert(rows: list[tuple[str, bytes, datetime | None]]) -> dict[str, tu
             if pk is not None:
                 result[longurl] = (_link_of_row(
                     plain, id=pk, tinyurl=code, longurl=longurl, longurl_sha256=digest,
-                    created_at=now, expires_at=expires_at, state_version=1, clicks=0, alias=False),
+                    created_at=now, expires_at=expires_at, state_version=1, clicks=0, bot_clicks=0,
+                    alias=False),
                     True)
             else:
                 left.append((longurl, digest, expires_at))
@@ -140,7 +141,8 @@ def aliases_insert(rows: list[tuple[str, str, bytes, datetime | None]]
         if (pk := inserted.get(alias)) is not None:
             result[alias] = (_link_of_row(
                 plain, id=pk, tinyurl=alias, longurl=longurl, longurl_sha256=digest,
-                created_at=now, expires_at=expires_at, state_version=1, clicks=0, alias=True),
+                created_at=now, expires_at=expires_at, state_version=1, clicks=0, bot_clicks=0,
+                alias=True),
                 True)
     held = {r[0]: r[1] for r in rows if r[0] not in result}
     if held:

@@ -71,7 +71,7 @@ class _Routes(RedirectApp):
         super().__init__(fallback, redis_url="redis://unused")
         self.went: list[tuple[str, str]] = []
 
-    async def redirect(self, method, tinyurl, send):
+    async def redirect(self, method, tinyurl, send, scope):
         self.went.append(("redirect", tinyurl))
 
 

@@ -76,6 +76,10 @@ class Link(Schema):
                                         "the outbox sends it when Kafka is back).")
     state_version: int
     clicks: int = Field(description="Clicks in total, as the master last folded them.")
+    clicks_human: int = Field(description="Of them, redirects of browsers (clicks - bot).")
+    clicks_bot: int = Field(description="Of them, redirects whose User-Agent is a known "
+                                        "crawler, preview bot or mail scanner, or is missing "
+                                        "(docs/delivery-guarantees.md).")
 
 
 class ReplicaPropagation(Schema):
@@ -111,11 +115,16 @@ class WaitResult(Schema):
     refused: str | None
 
 
+class ClickKinds(Schema):
+    total: int
+    human: int
+    bot: int
+
+
 class LinkDetail(Link):
     clicks_by_replica: dict[str, int] = Field(description="Clicks per replica (node label).")
-    # Filled by the part of issue 18 that adds them (human and bot clicks); null until then.
-    clicks_human: int | None = None
-    clicks_bot: int | None = None
+    clicks_kinds_by_replica: dict[str, ClickKinds] = Field(
+        description="Per replica, its clicks in total and how many were humans' and bots'.")
     propagation: Propagation
 
 

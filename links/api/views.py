@@ -81,7 +81,8 @@ def _link_out(link: Link, now: datetime | None = None) -> dict:
             "state": selectors.link_state(link, now=now or timezone.now()),
             "created_at": link.created_at, "expires_at": link.expires_at,
             "disabled_at": link.disabled_at, "published": link.published_at is not None,
-            "state_version": link.state_version, "clicks": link.clicks}
+            "state_version": link.state_version, "clicks": link.clicks,
+            "clicks_human": link.clicks - link.bot_clicks, "clicks_bot": link.bot_clicks}
 
 
 def _waited(link: Link, status: int, wait: str | None, timeout: float | None):
@@ -179,11 +180,13 @@ def links_create_bulk(request: HttpRequest):
 @api.get("/links/{tinyurl}", response={200: schemas.LinkDetail, 404: schemas.Error, **COMMON},
          operation_id="link_get", tags=["links"])
 def link_get(request: HttpRequest, tinyurl: str):
-    """A link: its target, state, times, clicks in total and per replica, and where its
-    current state is served ("live on N of M replicas", with each replica's time)."""
+    """A link: its target, state, times, clicks (human and bot) in total and per replica, and
+    where its current state is served ("live on N of M replicas", each replica's time)."""
     link = _link(tinyurl)
     return {**_link_out(link),
             "clicks_by_replica": selectors.link_clicks_by_node(link_id=link.id),
+            "clicks_kinds_by_replica": selectors.link_clicks_get(link=link).as_dict()[
+                "by_replica"],
             "propagation": link_propagation_now(link=link).as_dict()}
 
 

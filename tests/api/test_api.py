@@ -160,7 +160,15 @@ def test_read_a_link_with_its_clicks(api):
     Link.objects.filter(pk=link.pk).update(clicks=7)
     body = api("GET", f"/links/{t}").json()
     assert body["clicks"] == 7 and body["clicks_by_replica"] == {"r1": 3, "r2": 4}
-    assert body["clicks_human"] is None
+    assert body["clicks_human"] == 7 and body["clicks_bot"] == 0
+    Link.objects.filter(pk=link.pk).update(bot_clicks=2)
+    ClickCounter.objects.filter(link=link, incarnation="i2").update(bots=2)
+    body = api("GET", f"/links/{t}").json()
+    assert (body["clicks"], body["clicks_human"], body["clicks_bot"]) == (7, 5, 2)
+    assert body["clicks_kinds_by_replica"] == {"r1": {"total": 3, "human": 3, "bot": 0},
+                                               "r2": {"total": 4, "human": 2, "bot": 2}}
+    listed = api("GET", "/links").json()["items"]
+    assert [(i["clicks_human"], i["clicks_bot"]) for i in listed if i["tinyurl"] == t] == [(5, 2)]
     # Where it is served: the replicas other tests left may count (tests/test_propagation_e2e.py
     # checks the figures); here, the shape and this link's state.
     shown = body["propagation"]

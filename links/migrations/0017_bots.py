@@ -28,7 +28,7 @@ ALTER TABLE links_foldedclicks ALTER COLUMN bots DROP DEFAULT;
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("links", "0014_pendinglink"),
+        ("links", "0016_aliases"),
     ]
 
     operations = [
