@@ -1,17 +1,20 @@
-"""The API under races a single client cannot make: another request's write in flight (its
-transaction open in PostgreSQL) while this request checks and writes. Real PostgreSQL: the
+"""The API under what a single client cannot make happen: another request's write in flight (its
+transaction open in PostgreSQL) while this request checks and writes (real PostgreSQL: the
 other request is a second session holding its uncommitted row, released once this request is
-seen waiting on its lock."""
+seen waiting on its lock); a generated code drawn equal to an alias that exists; one alias
+asked for by many requests at once."""
 
 from __future__ import annotations
 
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
 import pytest
 from django.db import connection
 
+from links import tinyurls
 from links.models import Link
 from links.selectors import longurl_digest
 from testkit import wait_until
@@ -67,3 +70,56 @@ def test_a_change_to_a_longurl_another_request_is_creating_answers_409_not_500(a
     assert_error(answer["response"], 409)
     link = Link.objects.get(tinyurl=tinyurl)
     assert (link.longurl, link.state_version) == (p, 1)
+
+
+def test_a_generated_code_drawn_equal_to_an_alias_is_drawn_again(api, monkeypatch):
+    """The first code drawn for each new link is an existing alias (of another longurl, and of
+    the same longurl): each gets a generated link of its own, never the alias's link."""
+    suffix = uuid.uuid4().hex[:6]
+    alias = f"A{suffix}"  # 7 characters of [a-zA-Z0-9]: a code the generator can draw
+    made = api("POST", "/links", json={"longurl": f"https://example.com/{suffix}/a",
+                                       "alias": alias})
+    assert made.status_code == 201, made.text
+    drawn = tinyurls.tinyurls_generate
+    rounds: list[int] = []
+
+    def alias_first(n: int) -> list[str]:  # the real draw from the second round on
+        rounds.append(n)
+        return [alias] * n if len(rounds) == 1 else drawn(n)
+
+    # The live server runs in this process: its inserts draw through the patched module.
+    monkeypatch.setattr(tinyurls, "tinyurls_generate", alias_first)
+    for longurl in (f"https://example.com/{suffix}/b", f"https://example.com/{suffix}/a"):
+        rounds.clear()
+        created = api("POST", "/links", json={"longurl": longurl})
+        assert created.status_code == 201, created.text
+        link = created.json()
+        assert (link["longurl"], link["alias"]) == (longurl, False)
+        assert link["tinyurl"] != alias and len(rounds) == 2
+    rounds.clear()
+    bulk = api("POST", "/links/bulk", json=[{"longurl": f"https://example.com/{suffix}/c{i}"}
+                                            for i in range(3)])
+    codes = [r["tinyurl"] for r in bulk.json()["results"]]
+    assert alias not in codes and len(set(codes)) == 3
+    assert Link.objects.get(tinyurl=alias).longurl == f"https://example.com/{suffix}/a"
+
+
+def test_one_alias_asked_for_at_once_by_many_requests(api):
+    """Eight requests at once for one alias: for eight longurls, one gets it and seven 409
+    alias_taken; for one longurl, one 201 and seven 200 with that same link."""
+    suffix = uuid.uuid4().hex[:6]
+
+    def ask(alias: str, longurl: str):
+        return api("POST", "/links", json={"longurl": longurl, "alias": alias})
+
+    with ThreadPoolExecutor(8) as pool:
+        rivals = list(pool.map(lambda i: ask(f"r{suffix}", f"https://example.com/{suffix}/{i}"),
+                               range(8)))
+        same = list(pool.map(lambda i: ask(f"s{suffix}", f"https://example.com/{suffix}/s"),
+                             range(8)))
+    assert sorted(r.status_code for r in rivals) == [201] + [409] * 7
+    for refused in (r for r in rivals if r.status_code == 409):
+        assert_error(refused, 409, "alias_taken", "alias")
+    assert sorted(r.status_code for r in same) == [200] * 7 + [201]
+    assert {r.json()["tinyurl"] for r in same} == {f"s{suffix}"}
+    assert Link.objects.filter(tinyurl__in=[f"r{suffix}", f"s{suffix}"]).count() == 2
