@@ -135,6 +135,19 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
 
     digests = {longurl: selectors.longurl_digest(longurl)
                for longurl in (*wanted, *(held[0] for held in aliased.values()))}
+    if aliased:
+        # A longurl one of whose links an admin took down gets no new alias: else a takedown
+        # would be undone by asking for the target again under any alias. (A taken-down alias
+        # asked for again is answered LinkDisabled below, as a taken-down generated link is.)
+        down = selectors.links_taken_down_by_digest(
+            {digests[longurl] for longurl, _ in aliased.values()})
+        for alias, (longurl, indices) in list(aliased.items()):
+            if (link := down.get(digests[longurl])) is not None and link.tinyurl != alias:
+                for index in indices:
+                    outcomes[index] = LinkDisabled(link)
+                del aliased[alias]
+        if not wanted and not aliased:
+            return outcomes  # type: ignore[return-value]
     fresh: dict[str, tuple[Link, bool]] = {}
     # From INSERT_FIRST_MIN longurls on (a bulk call, an import: nearly all new), the INSERT finds
     # the existing links itself (links_insert reads what it did not insert): a new link is spared
