@@ -94,8 +94,10 @@ def test_create_and_wait_then_live_on_2_of_2_and_1_of_2_while_a_replica_stops_co
     assert link_propagation_now(link=link).summary() == "live on 1 of 2 replicas"
 
     r2.start_consumer()
-    wait_until(lambda: link_propagation_now(link=link).complete, timeout=60,
-               what="r2 serving the change once consume_links runs again")
+    # Restarted, r2 is not ready until it has caught up (then "of" counts r1 alone, and "1 of
+    # 1" is complete): wait for both, serving.
+    wait_until(lambda: link_propagation_now(link=link).summary() == "live on 2 of 2 replicas",
+               timeout=60, what="r2 ready and serving the change once consume_links runs again")
     shown = link_propagation_now(link=link)
     assert shown.summary() == "live on 2 of 2 replicas"
     assert r2.get(link.tinyurl).headers["Location"] == new_target
@@ -157,5 +159,11 @@ def test_the_api_creates_and_changes_with_wait_and_shows_propagation(cluster, ma
                                 params={"wait": "replicas", "wait_timeout": 30},
                                 headers=headers, timeout=60)
     assert restored.status_code == 200, restored.text
-    assert restored.json()["propagation"]["summary"] == "live on 2 of 2 replicas"
+    # Every READY replica serves it; r2, restarted, counts again once it has caught up.
+    assert restored.json()["propagation"]["complete"]
+
+    def both_serve() -> bool:
+        read = master.http.get(f"{url}/links/{tinyurl}", headers=headers, timeout=30).json()
+        return read["propagation"]["summary"] == "live on 2 of 2 replicas"
+    wait_until(both_serve, timeout=60, what="r2 ready again and serving the put-back link")
     assert all(replica.get(tinyurl).status_code == 302 for replica in cluster)
