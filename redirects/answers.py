@@ -12,7 +12,7 @@ import json
 from django.conf import settings
 from django.utils.encoding import iri_to_uri
 
-from redirects.counting import GONE
+from redirects.counting import GONE, Protected
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
@@ -33,7 +33,7 @@ def _security_headers() -> list[tuple[bytes, bytes]]:
     return headers
 
 
-_SECURITY = _security_headers()
+_SECURITY = SECURITY = _security_headers()
 _REDIRECT_HEADERS = [
     (b"content-type", b"text/html; charset=utf-8"),
     (b"content-length", b"0"),
@@ -61,7 +61,7 @@ UNAVAILABLE = _json(503, {"error": "temporarily unavailable"}, (b"retry-after", 
 
 def redirect_answer(outcome: str | int | None) -> Answer:
     """The answer for a lookup's outcome (counting.click_outcome / selectors.link_target_parse):
-    302 to the longurl, 410 for GONE, 404 for None.
+    302 to the longurl, 410 for GONE, 404 for None, the password form for Protected.
 
     Location is the longurl as stored, passed through Django's iri_to_uri as HttpResponseRedirect
     does: an ASCII URL (percent-encodings, query, fragment) goes out byte for byte; characters
@@ -71,9 +71,18 @@ def redirect_answer(outcome: str | int | None) -> Answer:
         return NOT_FOUND
     if outcome == GONE and isinstance(outcome, int):
         return EXPIRED
+    if outcome.__class__ is Protected:
+        # Never the target of a protected link: its form (redirects/protected.py; HEAD, and
+        # manage.py runserver's view, which takes no POST).
+        from redirects.protected import FORM  # it builds on this module
+        return FORM
     return 302, [(b"location", iri_to_uri(outcome).encode("ascii")), *_REDIRECT_HEADERS], b""
 
 
 def method_not_allowed(method: str) -> Answer:
     return _json(405, {"error": f"method {method} is not allowed; use GET"},
                  (b"allow", b"GET, HEAD"))
+
+
+def too_large() -> Answer:
+    return _json(413, {"error": "request body too large"})

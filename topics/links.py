@@ -37,7 +37,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from msgspec import Meta
 
-from topics import longurls
+from topics import longurls, passwords
 from topics.clients import consumer_make, producer_close, producer_make
 from topics.records import (ALIAS_CHARS, ALIAS_MAX_LENGTH, ALIAS_MIN_LENGTH, ENCODER, INT_MAX,
                             RESERVED_TINYURLS, MessageError, RecordStruct, Time, Tinyurl,
@@ -106,6 +106,16 @@ class LinkRecord(RecordStruct, kw_only=True):
         description="Milliseconds since the Unix epoch (UTC) after which replicas answer 410 "
                     "Gone; null: never.")] | None
     created_at: Annotated[Time, Meta(description="When the link was created (RFC 3339).")]
+    # Optional, so records written before it (and by a master without passwords) still decode
+    # as unprotected links; no schema bump: a replica that does not know the field would
+    # redirect a protected link without its form, so replicas are upgraded before the master
+    # hands out protected links (docs/records.md).
+    password_hash: Annotated[str, Meta(
+        pattern=passwords.HASH_PATTERN, max_length=passwords.HASH_MAX_LENGTH,
+        description="A password-protected link: the salted scrypt hash of its password "
+                    "(topics/passwords.py), never the password; replicas answer a password form "
+                    "instead of the redirect. Absent or null: not protected; always null when "
+                    "disabled.")] | None = None
 
 
 # msgspec compiles the type's checks when the decoder is made: once.
@@ -120,6 +130,7 @@ def link_record_encode(
     created_at: datetime,
     disabled: bool = False,
     expires_at: datetime | None = None,
+    password_hash: str | None = None,
 ) -> tuple[bytes, bytes]:
     """The (key, value) of the links-topic record for one link's current state.
 
@@ -130,6 +141,7 @@ def link_record_encode(
     expires_at at or before the Unix epoch (the admin accepts any past time: "ends at once")
     is sent as 1 ms, which every replica reads as long past: the type's range starts at 1, and a
     record out of it would be refused by every replica while the master thought it published.
+    password_hash (topics/passwords.py) is carried for an active link only.
     """
     if not disabled and not longurl:
         raise ValueError("an active link needs its longurl")
@@ -144,6 +156,7 @@ def link_record_encode(
         longurl=None if disabled else longurl,
         expires_at=expires_ms,
         created_at=created_at,
+        password_hash=None if disabled else password_hash,
     )
     return tinyurl.encode(), ENCODER.encode(record)
 
@@ -216,6 +229,11 @@ def _record_decode(key: bytes | None, value: bytes | None) -> LinkRecord | None:
             raise MessageError("an active link's longurl is missing", reason="longurl")
     elif record.longurl is not None:
         raise MessageError("a disabled link's record carries a longurl", reason="state")
+    if record.password_hash is not None:
+        if record.state != "active":
+            raise MessageError("a disabled link's record carries a password_hash", reason="state")
+        if not passwords.password_hash_ok(record.password_hash):
+            raise MessageError("password_hash's parameters are out of bounds", reason="range")
     return record
 
 
