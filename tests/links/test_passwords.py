@@ -135,3 +135,39 @@ def test_a_protected_link_end_to_end_counts_only_visits_that_reach_the_target(
     assert replica.get(code, headers=BROWSER).status_code == 302
     for log in replica.dir.glob("*.log"):
         assert PASSWORD.encode() not in log.read_bytes(), log
+
+
+def test_the_admin_shows_sets_and_removes_a_password_and_never_logs_it(transactional_db,
+                                                                       kafka_topics, admin_client):
+    from django.contrib.admin.models import LogEntry
+
+    link = services.link_create(longurl="https://example.com/pw/admin").link
+    url = f"/admin/links/link/{link.pk}/change/"
+    page = admin_client.get(url).content.decode()
+    assert 'name="password"' in page and 'name="password_remove"' in page
+    form = {"longurl": link.longurl, "expires_at_0": "", "expires_at_1": "",
+            "click_counters-TOTAL_FORMS": "0", "click_counters-INITIAL_FORMS": "0"}
+    response = admin_client.post(url, {**form, "password": "admin secret"})
+    assert response.status_code == 302, response.context["errors"]
+    changed = Link.objects.get(pk=link.pk)
+    assert password_check("admin secret", changed.password_hash)
+    assert records(link.tinyurl)[-1].password_hash == changed.password_hash
+    page = admin_client.get(url).content.decode()
+    assert "admin secret" not in page and changed.password_hash not in page
+    listed = admin_client.get("/admin/links/link/", {"q": link.tinyurl}).content.decode()
+    assert "Password" in listed  # the column
+    # Both at once is refused; the checkbox removes it.
+    both = admin_client.post(url, {**form, "password": "x", "password_remove": "on"})
+    assert both.status_code == 200 and Link.objects.get(pk=link.pk).password_hash
+    assert admin_client.post(url, {**form, "password_remove": "on"}).status_code == 302
+    assert Link.objects.get(pk=link.pk).password_hash is None
+    # The add form takes a password for the new link.
+    added = admin_client.post("/admin/links/link/add/", {
+        "longurl": "https://example.com/pw/admin-add", "alias": "", "expires_at_0": "",
+        "expires_at_1": "", "password": "added secret"})
+    assert added.status_code == 302, added.context["errors"]
+    made = Link.objects.get(longurl="https://example.com/pw/admin-add")
+    assert password_check("added secret", made.password_hash)
+    messages = " ".join(e.change_message for e in LogEntry.objects.all())
+    assert "password: set" in messages and "password: removed" in messages
+    assert "admin secret" not in messages and "added secret" not in messages
