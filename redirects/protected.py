@@ -25,7 +25,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import html
 import logging
 import time
 from collections.abc import Callable
@@ -35,50 +34,13 @@ from django.conf import settings
 
 from redirects import answers, counting, keys, selectors
 from redirects.pipelining import PipelinedRedis
-from topics.passwords import PASSWORD_MAX_LENGTH, password_check
+from topics.passwords import password_check
 
 logger = logging.getLogger(__name__)
 
 COOKIE_NAME = "tinyurl_pass"
 # A form's body holds one short field; anything much longer is no form of ours.
 BODY_MAX_BYTES = 4096
-
-_FORM = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Password required</title></head>
-<body><main><h1>This link is protected</h1>{note}
-<form method="post">
-<p><label for="password">Password</label>
-<input id="password" type="password" name="password" required autofocus maxlength="{max}"></p>
-<p><button type="submit">Continue</button></p>
-</form></main></body></html>
-"""
-
-_PAGE_HEADERS = [
-    (b"content-type", b"text/html; charset=utf-8"),
-    # The form's answer depends on the cookie and on the link's current state: never cached.
-    (b"cache-control", b"no-store"),
-    # No script, style or frame: the page is a form and nothing else (and cannot be framed to
-    # trick a visitor into typing a password).
-    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
-]
-
-
-def _page(status: int, note: str = "", *extra: tuple[bytes, bytes]) -> answers.Answer:
-    body = _FORM.format(note=note, max=PASSWORD_MAX_LENGTH).encode()
-    return status, [*_PAGE_HEADERS, (b"content-length", str(len(body)).encode()), *extra,
-                    *answers.SECURITY], body
-
-
-FORM = _page(200)
-WRONG = _page(401, '<p role="alert">Wrong password.</p>')
-
-
-def too_many(retry_after: int) -> answers.Answer:
-    return _page(429, f'<p role="alert">Too many wrong passwords. Try again in '
-                      f'{html.escape(str(retry_after))} seconds.</p>',
-                 (b"retry-after", str(retry_after).encode()))
 
 
 # --- the cookie -----------------------------------------------------------------------------
@@ -158,7 +120,7 @@ async def _let_through(redis: PipelinedRedis, tinyurl: str, password_hash: str, 
     outcome = await counting.link_click_async(redis=redis, tinyurl=tinyurl, bot=bot,
                                               password_hash=password_hash)
     if isinstance(outcome, counting.Protected):
-        return FORM
+        return answers.FORM
     answer = answers.redirect_answer(outcome)
     if answer[0] != 302:
         return answer
@@ -171,7 +133,7 @@ async def get_answer(*, redis: PipelinedRedis, tinyurl: str, password_hash: str,
     cookie = request_cookie(scope)
     if cookie is not None and cookie_ok(cookie, tinyurl, password_hash):
         return await _let_through(redis, tinyurl, password_hash, bot=bot, status=302, extra=[])
-    return FORM
+    return answers.FORM
 
 
 async def _body(receive: Callable) -> bytes | None:
@@ -220,13 +182,13 @@ async def post_answer(*, redis: PipelinedRedis, tinyurl: str, scope: dict, recei
     count, ttl = await redis.execute("EVAL", TRY_SCRIPT, 1, failures,
                                      settings.SHORTENER_PASSWORD_TRIES_SECONDS)
     if int(count) > settings.SHORTENER_PASSWORD_TRIES:
-        return too_many(max(1, int(ttl)))
+        return answers.too_many_passwords(max(1, int(ttl)))
     # scrypt takes tens of ms of CPU: in a thread, so the event loop keeps serving redirects.
     right = bool(password) and await asyncio.to_thread(password_check, password, password_hash)
     if not right:
         logger.info("wrong password for %s from %s (%d in the window)", tinyurl,
                     client_address(scope), int(count))
-        return WRONG
+        return answers.WRONG_PASSWORD
     # The right password is no failure: the attempt is taken back.
     await redis.execute("DECR", failures)
     cookie = cookie_value(tinyurl, password_hash)

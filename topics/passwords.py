@@ -38,9 +38,10 @@ R_MAX = 16
 P_MAX = 16
 _MAXMEM = 129 * R_MAX * (1 << LOG2_N_MAX)
 
-# The hash's shape, as LinkRecord's pattern (records refuse any other text).
-HASH_PATTERN = r"^scrypt\$[0-9]{1,2}\$[0-9]{1,2}\$[0-9]{1,2}\$[A-Za-z0-9_-]{16,64}\$[A-Za-z0-9_-]{16,128}$"
-HASH_MAX_LENGTH = 220
+# The hash's shape with the parameters' bounds above (log2 n 1-17, r and p 1-16), as
+# LinkRecord's pattern: records holding any other text are refused (reason "range").
+HASH_PATTERN = (r"^scrypt\$(?:[1-9]|1[0-7])\$(?:[1-9]|1[0-6])\$(?:[1-9]|1[0-6])"
+                r"\$[A-Za-z0-9_-]{16,64}\$[A-Za-z0-9_-]{16,128}$")
 _HASH_RE = re.compile(HASH_PATTERN)
 
 # A password: 1-128 characters (a passphrase fits; a longer text is no password anyone types
@@ -68,11 +69,8 @@ def password_hash_make(password: str) -> str:
 
 
 def password_hash_ok(text: str) -> bool:
-    """Whether `text` has the hash's shape and parameters within the bounds."""
-    if not _HASH_RE.match(text):
-        return False
-    _, log2_n, r, p, _, _ = text.split("$")
-    return 1 <= int(log2_n) <= LOG2_N_MAX and 1 <= int(r) <= R_MAX and 1 <= int(p) <= P_MAX
+    """Whether `text` has the hash's shape and parameters within the bounds (HASH_PATTERN)."""
+    return _HASH_RE.match(text) is not None
 
 
 def password_check(password: str, hashed: str) -> bool:

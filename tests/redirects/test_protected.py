@@ -173,3 +173,31 @@ def test_no_password_in_the_replicas_redis_or_log(replica):
             assert b"open sesame" not in value and b"wrong-guess-xyz" not in value, key
     log = (replica.dir / "web.log").read_bytes()
     assert b"open sesame" not in log and b"wrong-guess-xyz" not in log
+
+
+def test_records_with_and_without_a_hash_decode_and_a_bad_hash_is_refused():
+    from datetime import datetime, timezone
+
+    from topics.links import link_record_decode, link_record_encode
+    from topics.records import MessageError
+
+    made = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    key, old = link_record_encode(tinyurl="Rec0001", version=1, longurl=TARGET, created_at=made)
+    assert b"password_hash" not in old.replace(b'"password_hash":null', b"")
+    assert link_record_decode(key, old).password_hash is None
+    # A record of a master before the field (no key at all) still decodes.
+    legacy = old.replace(b',"password_hash":null', b"")
+    assert b"password_hash" not in legacy and link_record_decode(key, legacy).password_hash is None
+    key, value = link_record_encode(tinyurl="Rec0001", version=2, longurl=TARGET, created_at=made,
+                                    password_hash=HASH)
+    assert link_record_decode(key, value).password_hash == HASH
+    # A takedown carries no hash, whatever the link keeps.
+    _, down = link_record_encode(tinyurl="Rec0001", version=3, longurl=None, created_at=made,
+                                 disabled=True, password_hash=HASH)
+    assert link_record_decode(key, down).password_hash is None
+    for bad in (HASH.replace("$14$", "$18$", 1),  # past the bounds a replica accepts
+                HASH.replace("scrypt$", "bcrypt$"), "plain text password", HASH + "|x"):
+        forged = value.replace(HASH.encode(), bad.encode())
+        with pytest.raises(MessageError) as refused:
+            link_record_decode(key, forged)
+        assert refused.value.reason == "range", bad
