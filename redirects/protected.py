@@ -165,13 +165,11 @@ return {n, redis.call('TTL', KEYS[1])}
 async def post_answer(*, redis: PipelinedRedis, tinyurl: str, scope: dict, receive: Callable,
                       bot: bool) -> answers.Answer:
     """A POST of the form: 303 to the target with the cookie for the right password, 401 and the
-    form for a wrong one, 429 past the limit; 405 for a link without a password, 404/410 as a
-    GET answers."""
+    form for a wrong one, 429 past the limit; 405 for anything but a protected link."""
     outcome = selectors.link_target_parse(await redis.execute("GET", keys.link_key(tinyurl)))
     if not isinstance(outcome, counting.Protected):
-        if isinstance(outcome, str):
-            return answers.method_not_allowed("POST")
-        return answers.redirect_answer(outcome)
+        # Unknown, disabled, expired or unprotected: 405, as every POST was before passwords.
+        return answers.method_not_allowed("POST")
     password_hash = str(outcome)
     body = await _body(receive)
     if body is None:
