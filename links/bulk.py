@@ -47,8 +47,8 @@ logger = logging.getLogger(__name__)
 # What /create answers for such a body as a whole (400, "json"), said of the item.
 ITEM_INTEGER_TOO_LONG = (f"the item holds an integer of more than {sys.get_int_max_str_digits()} "
                          "digits, more than this service parses")
-# Items of one call that may carry a password: each costs the master tens of ms of CPU to hash
-# (scrypt, topics/passwords.py; about 0.18 s measured on a 2-core machine), so a call of 10,000
+# Items of one call that may carry a password: each costs the master about 0.18 s of CPU to hash
+# (scrypt, topics/passwords.py; measured on a 2-core machine), so a call of 10,000
 # would hold a worker for half an hour. Past it an item is refused (400 passwords_too_many).
 BULK_PASSWORDS_MAX = 100
 UNPUBLISHED = ("the link is stored but could not be sent to the redirect servers (Kafka is "

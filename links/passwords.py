@@ -58,7 +58,7 @@ def password_checked(password: object, *, empty_ok: bool = False) -> str:
 
 
 def password_hash(password: str) -> str:
-    """The salted hash to store and publish (tens of ms of CPU: topics/passwords.py)."""
+    """The salted hash to store and publish (about 0.18 s of CPU: topics/passwords.py)."""
     return password_hash_make(password)
 
 

@@ -151,7 +151,7 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
     missing = [longurl for longurl in wanted if digests[longurl] not in found]
     of_alias: dict[str, tuple[Link, bool] | tinyurls.AliasTaken] = {}
     # The hash of the password of the item that would make each link, made before the
-    # transaction (scrypt's tens of ms hold no lock): by stored longurl and by alias.
+    # transaction (scrypt's 0.18 s of CPU holds no lock): by stored longurl and by alias.
     hashes = {key: passwords.password_hash(items[indices[0]].password)  # type: ignore[arg-type]
               for key, indices in (*((u, i) for u, i in wanted.items() if u in missing),
                                    *((a, held[1]) for a, held in aliased.items()))
@@ -314,7 +314,7 @@ def link_update(
         longurl = validation.longurl_check(longurl)
     hashed = KEEP
     if password is not None:
-        # Hashed before the row is locked: scrypt's tens of ms hold no lock.
+        # Hashed before the row is locked: scrypt's 0.18 s of CPU holds no lock.
         hashed = (passwords.password_hash(password) if passwords.password_checked(
             password, empty_ok=True) else None)
     with transaction.atomic(durable=True):

@@ -75,7 +75,8 @@ def password_hash_ok(text: str) -> bool:
 
 def password_check(password: str, hashed: str) -> bool:
     """Whether `password` is the one `hashed` was made from; False for a malformed hash or an
-    over-long password. CPU-bound (tens of ms): an async caller runs it in a thread."""
+    over-long password. CPU-bound (about 0.18 s measured on a 2-core machine): an async caller
+    runs it in a thread."""
     if len(password) > PASSWORD_MAX_LENGTH or not password_hash_ok(hashed):
         return False
     _, log2_n, r, p, salt, key = hashed.split("$")

@@ -201,3 +201,11 @@ def test_records_with_and_without_a_hash_decode_and_a_bad_hash_is_refused():
         with pytest.raises(MessageError) as refused:
             link_record_decode(key, forged)
         assert refused.value.reason == "range", bad
+
+
+def test_a_form_with_too_many_fields_is_a_wrong_password(replica):
+    store(replica, "Prot012")
+    data = "&".join(f"f{i}=x" for i in range(20)) + "&password=open+sesame"
+    response = replica.http.post(f"{replica.url}/Prot012", data=data, headers=FORM_HEADERS,
+                                 allow_redirects=False, timeout=10)
+    assert response.status_code == 401
