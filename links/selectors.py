@@ -51,6 +51,13 @@ def links_by_digest(digests: Iterable[bytes]) -> dict[bytes, Link]:
         ["{" + ",".join(digest.hex() for digest in digests) + "}"])}
 
 
+def links_taken_down_by_digest(digests: Iterable[bytes]) -> dict[bytes, Link]:
+    """{longurl_sha256: a taken-down link of that longurl} for the digests that have one (a
+    generated link or an alias). Reads the partial index of taken-down links, which are few."""
+    return {bytes(link.longurl_sha256): link for link in Link.objects.filter(
+        disabled_at__isnull=False, longurl_sha256__in=list(digests)).order_by("id")}
+
+
 def links_unpublished(*, created_before: datetime | None = None) -> Iterator[Link]:
     """Every link Kafka has not acknowledged (published_at NULL), in id order, through the
     outbox's worklist (PendingLink: as small as the number of such links, however many links

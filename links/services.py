@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from links import inserts, passwords, publishing, selectors, tinyurls, validation
@@ -20,6 +20,9 @@ from links.publishing import LinkPublishError, link_publish
 # Made in links/tinyurls.py; imported from here by tests, benches and older callers.
 from links.tinyurls import tinyurl_generate, tinyurls_generate  # noqa: F401
 from topics.links import VERSION_MAX
+
+# The partial unique index of generated links' longurls (links/models.py, migration 0016).
+LONGURL_GENERATED_UNIQUE = "links_link_longurl_generated"
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +145,19 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
 
     digests = {longurl: selectors.longurl_digest(longurl)
                for longurl in (*wanted, *(held[0] for held in aliased.values()))}
+    if aliased:
+        # A longurl one of whose links an admin took down gets no new alias: else a takedown
+        # would be undone by asking for the target again under any alias. (A taken-down alias
+        # asked for again is answered LinkDisabled below, as a taken-down generated link is.)
+        down = selectors.links_taken_down_by_digest(
+            {digests[longurl] for longurl, _ in aliased.values()})
+        for alias, (longurl, indices) in list(aliased.items()):
+            if (link := down.get(digests[longurl])) is not None and link.tinyurl != alias:
+                for index in indices:
+                    outcomes[index] = LinkDisabled(link)
+                del aliased[alias]
+        if not wanted and not aliased:
+            return outcomes  # type: ignore[return-value]
     fresh: dict[str, tuple[Link, bool]] = {}
     # From INSERT_FIRST_MIN longurls on (a bulk call, an import: nearly all new), the INSERT finds
     # the existing links itself (links_insert reads what it did not insert): a new link is spared
@@ -348,7 +364,18 @@ def link_update(
                     "topic (a forged record put it there)")
             row.state_version, row.state_changed_at = row.state_version + 1, timezone.now()
             row.published_at = None
-            row.save(update_fields=[*changed, "state_version", "state_changed_at", "published_at"])
+            try:
+                row.save(update_fields=[*changed, "state_version", "state_changed_at",
+                                        "published_at"])
+            except IntegrityError as exc:
+                # The check above reads committed rows only: another request's create of the
+                # same longurl, not committed then, makes the UPDATE wait on its entry in the
+                # unique index and fail once it commits. The same refusal as the check's (the
+                # transaction rolls back: nothing changed), not an unexplained error.
+                if getattr(exc.__cause__, "diag", None) is not None and (
+                        exc.__cause__.diag.constraint_name == LONGURL_GENERATED_UNIQUE):
+                    raise ValidationError("another link already has this longurl") from exc
+                raise
     # Committed (durable: this is the outermost transaction). Publish only now, so a replica
     # never holds a state the master could still roll back.
     link.refresh_from_db()

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Literal
 
 from ninja import Schema
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 State = Literal["active", "disabled", "expired"]
 
@@ -28,6 +28,10 @@ class Error(Schema):
 
 class Waiting(Schema):
     """Read-your-writes across replicas (links/propagation_wait.py)."""
+
+    # A field this API does not know is refused (422), not dropped: {"alias": ...} on a change
+    # would otherwise answer 200 and change nothing.
+    model_config = ConfigDict(extra="forbid")
 
     wait: Literal["replicas"] | None = Field(
         None, description="\"replicas\": answer only when every ready replica serves the "
