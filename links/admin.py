@@ -1,10 +1,10 @@
 """The Django admin on the master: links with their clicks; every replica's state; the host
 blocklist and the API keys of /create.
 
-Links are made through PUT /create (or here, with an alias if wanted) and totals by
-consume_clicks. An admin can change a link's
-target and expiry (through services.link_update, so the change reaches every replica as a new
-version of its record; each change is kept in Django's admin log, old and new values), and take
+Links are made through PUT /create (or here, with an alias or a password if wanted) and totals
+by consume_clicks. An admin can change a link's target, expiry and password (through
+services.link_update, so the change reaches every replica as a new version of its record; each
+change is kept in Django's admin log, old and new values, a password only as "set"), and take
 it down or put it back; everything else is read-only. Each link's page shows its clicks over
 time (a chart per hour and per day, by replica; CSV per day).
 """
@@ -87,7 +87,7 @@ class PublishedFilter(admin.EmptyFieldListFilter):
 class LinkAdmin(ReadOnlyAdmin):
     # "alias" last: the list's sort parameter (?o=N) numbers the columns.
     list_display = ("tinyurl", "longurl_short", "created_at", "clicks", "clicks_recent",
-                    "human_clicks", "bot_clicks", "published", "enabled", "alias")
+                    "human_clicks", "bot_clicks", "published", "enabled", "alias", "protected")
     list_filter = (("published_at", PublishedFilter),
                    ("disabled_at", admin.EmptyFieldListFilter), "alias", "created_at")
     actions = ["take_down", "put_back"]
@@ -97,12 +97,12 @@ class LinkAdmin(ReadOnlyAdmin):
     # created_at's BRIN index (links/models.py) serves date filters, not order.
     ordering = ("-id",)
     form = LinkForm
-    fields = ("tinyurl", "alias", "longurl", "expires_at", "created_at", "published_at",
-              "disabled_at", "state_version", "clicks", "human_clicks", "bot_clicks",
-              "clicks_by_replica", "kinds_by_replica")
-    readonly_fields = ("tinyurl", "alias", "created_at", "published_at", "disabled_at",
-                       "state_version", "clicks", "human_clicks", "bot_clicks",
+    # A password: set or removed by LinkForm's own fields; shown only as whether there is one.
+    readonly_fields = ("tinyurl", "alias", "protected", "created_at", "published_at",
+                       "disabled_at", "state_version", "clicks", "human_clicks", "bot_clicks",
                        "clicks_by_replica", "kinds_by_replica")
+    fields = (*readonly_fields[:2], "longurl", "expires_at", "protected", "password",
+              "password_remove", *readonly_fields[3:])
     inlines = [ClickCounterInline]
     show_full_result_count = False  # COUNT(*) over millions of links on every page is slow
     change_form_template = "admin/links/link/change_form.html"
@@ -130,10 +130,9 @@ class LinkAdmin(ReadOnlyAdmin):
         link = self.get_object(request, object_id)
         if link is not None:
             now = timezone.now()
-            hourly = selectors.link_clicks_series(link_id=link.pk, unit="hour",
-                                                  slots=CHART_HOURS, now=now)
-            daily = selectors.link_clicks_series(link_id=link.pk, unit="day",
-                                                 slots=CHART_DAYS, now=now)
+            hourly, daily = (selectors.link_clicks_series(link_id=link.pk, unit=unit,
+                                                          slots=slots, now=now)
+                             for unit, slots in (("hour", CHART_HOURS), ("day", CHART_DAYS)))
             extra_context["clicks_charts"] = {
                 "hourly": hourly.as_chart(label_format="%a %d %H:00"),
                 "daily": daily.as_chart(label_format="%Y-%m-%d"),
@@ -164,13 +163,16 @@ class LinkAdmin(ReadOnlyAdmin):
     def published(self, obj: Link) -> bool:
         return obj.published_at is not None
 
+    @admin.display(boolean=True, description="password")
+    def protected(self, obj: Link) -> bool:
+        return obj.password_hash is not None
+
     @admin.display(boolean=True, description="enabled", ordering="disabled_at")
     def enabled(self, obj: Link) -> bool:
         return obj.disabled_at is None
 
     def has_add_permission(self, request, obj=None) -> bool:
-        # A link made here is made as PUT /create/bulk makes one (LinkAddForm: links_create_many,
-        # an alias if given), published to every replica.
+        # Made as PUT /create/bulk makes one (LinkAddForm: links_create_many), on every replica.
         return request.user.has_perm("links.add_link")
 
     def get_form(self, request, obj=None, change=False, **kwargs):
@@ -185,13 +187,11 @@ class LinkAdmin(ReadOnlyAdmin):
         return () if obj is None else self.readonly_fields
 
     def get_inline_instances(self, request, obj=None):
-        # A new link has no counters; and the add form makes the link in its check (no formset
-        # may refuse the page after that).
+        # A new link has no counters, and the add form makes it in its check (no formset after).
         return [] if obj is None else super().get_inline_instances(request, obj)
 
     def has_change_permission(self, request, obj=None) -> bool:
-        # Superusers, or staff given "links | link | Can change link": the target and expiry
-        # (the form's two fields), and the takedown actions. Nothing else is ever editable.
+        # Superusers, or staff with "Can change link": LinkForm's fields and the takedowns only.
         return request.user.has_perm("links.change_link")
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
@@ -208,7 +208,7 @@ class LinkAdmin(ReadOnlyAdmin):
                                  for f in Link._meta.concrete_fields})
             obj._state.adding = False
             return
-        changes = {name: form.cleaned_data[name] for name in form.changed_data}
+        changes = form.link_changes()  # a password as link_update takes it
         if not changes:
             return
         try:
@@ -222,12 +222,12 @@ class LinkAdmin(ReadOnlyAdmin):
         obj.refresh_from_db()
 
     def construct_change_message(self, request, form, formsets, add=False) -> str:
-        """The admin log's entry: every changed field with its old and new value."""
+        """The admin log's entry: every changed field with its old and new value (a password
+        as "set" or "removed" only: admin_forms.PasswordParts)."""
         if not form.changed_data:
             return "No fields changed."
-        parts = [f"{name}: {form.initial.get(name)!s} -> {form.cleaned_data.get(name)!s}"
-                 for name in form.changed_data]
-        return f"Changed {'; '.join(parts)} (published as version {form.instance.state_version})."
+        return (f"Changed {'; '.join(form.changed_parts())} (published as version "
+                f"{form.instance.state_version}).")
 
     def has_takedown_permission(self, request) -> bool:
         # The admin edits nothing else, so taking down and putting back is its own right:

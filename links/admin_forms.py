@@ -1,16 +1,39 @@
-"""The admin's forms for a link: LinkForm changes one (its target and expiry), LinkAddForm makes
-one (a longurl, an optional alias, an optional expiry) through the services PUT /create/bulk
-runs, with the same checks and answers."""
+"""The admin's forms for a link: LinkForm changes one (its target, expiry and password),
+LinkAddForm makes one (a longurl, an optional alias, expiry and password) through the services
+PUT /create/bulk runs, with the same checks and answers. A password is never shown again, nor
+written to the admin's log (changed_parts): only its hash is kept (links/passwords.py)."""
 
 from django import forms
 from django.core.exceptions import ValidationError
 
-from links import publishing, selectors, services, tinyurls, validation
+from links import passwords, publishing, selectors, services, tinyurls, validation
 from links.models import Link
 
 
-class LinkForm(forms.ModelForm):
-    """What an admin may change of a link: its target and its expiry."""
+def _password_field(help_text: str) -> forms.CharField:
+    return forms.CharField(required=False, strip=False, max_length=128, help_text=help_text,
+                           widget=forms.PasswordInput(render_value=False))
+
+
+class PasswordParts:
+    """The admin log's entry of a form: each changed field with its old and new value, a
+    password only as "set" or "removed" (the log must never hold one)."""
+
+    def changed_parts(self) -> list[str]:
+        parts = []
+        for name in self.changed_data:  # type: ignore[attr-defined]
+            if name == "password":
+                parts.append("password: set")
+            elif name == "password_remove":
+                parts.append("password: removed")
+            else:
+                parts.append(f"{name}: {self.initial.get(name)!s} -> "  # type: ignore[attr-defined]
+                             f"{self.cleaned_data.get(name)!s}")  # type: ignore[attr-defined]
+        return parts
+
+
+class LinkForm(PasswordParts, forms.ModelForm):
+    """What an admin may change of a link: its target, its expiry, its password."""
 
     # Not stripped: a longurl is validated exactly as /create receives it.
     longurl = forms.CharField(strip=False, widget=forms.TextInput(attrs={"size": 100}),
@@ -23,6 +46,38 @@ class LinkForm(forms.ModelForm):
         help_texts = {"expires_at": "UTC. After it every replica answers 410 Gone; a time "
                                     "already past ends the link at once. Empty: never."}
 
+    password = _password_field("A new password: replicas then ask for it before the redirect "
+                               "(browsers that gave the old one are asked again). Empty: "
+                               "unchanged.")
+    password_remove = forms.BooleanField(required=False, label="Remove the password",
+                                         help_text="The link then redirects without asking.")
+
+    def clean_password(self) -> str:
+        value = self.cleaned_data["password"]
+        if value:
+            try:
+                passwords.password_checked(value)
+            except passwords.PasswordRefused as exc:
+                raise forms.ValidationError(exc.message) from None
+        return value
+
+    def clean(self):
+        data = super().clean()
+        if data.get("password") and data.get("password_remove"):
+            raise forms.ValidationError("Set a new password or remove it, not both.")
+        return data
+
+    def link_changes(self) -> dict:
+        """services.link_update's arguments for what this form changed."""
+        # Not Meta.fields: the admin's form class is made with every field of the page.
+        changes = {name: self.cleaned_data[name] for name in self.changed_data
+                   if name in ("longurl", "expires_at")}
+        if self.cleaned_data.get("password"):
+            changes["password"] = self.cleaned_data["password"]
+        elif self.cleaned_data.get("password_remove"):
+            changes["password"] = ""
+        return changes
+
     def clean_longurl(self) -> str:
         # The one check of every target (link_update calls it again, as the guard of every
         # path; here it puts the reason on the field before anything is saved).
@@ -34,7 +89,7 @@ class LinkForm(forms.ModelForm):
         return value
 
 
-class LinkAddForm(forms.ModelForm):
+class LinkAddForm(PasswordParts, forms.ModelForm):
     """A new link, made as PUT /create/bulk makes one (services.links_create_many). The link is
     made by this form's check, not by a later save: whether an alias is taken is known only
     when it is inserted (the unique index decides, links/inserts.py), so the insert is the
@@ -49,11 +104,13 @@ class LinkAddForm(forms.ModelForm):
                   "case-sensitive; not a path the service answers itself (admin, api, "
                   "metrics, ... in any case). Empty: a generated 7-character tinyurl, the one "
                   "every caller of this longurl shares.")
+    password = _password_field("Optional: replicas ask for it before the redirect. Only a "
+                               "new link takes one (not a longurl's existing link).")
     created: Link | None = None  # the link made by clean()
 
-    # The add page's fields, in order (LinkAdmin.get_fields). Meta.fields leaves `alias` out:
-    # Link.alias is not editable (the service sets it), so it is this form's own field.
-    FIELDS = ("longurl", "alias", "expires_at")
+    # The add page's fields, in order (LinkAdmin.get_fields). Meta.fields leaves `alias` and
+    # `password` out: neither is an editable field of Link, so each is this form's own.
+    FIELDS = ("longurl", "alias", "expires_at", "password")
 
     class Meta:
         model = Link
@@ -70,6 +127,7 @@ class LinkAddForm(forms.ModelForm):
                 expires_at = services.expires_at_parse(expires_at.isoformat())
             outcome = services.links_create_many([services.CreateItem(
                 longurl=data["longurl"], expires_at=expires_at, alias=data.get("alias") or None,
+                password=data.get("password") or None,
             )])[0]
         except ValidationError as exc:
             raise ValidationError({"expires_at": exc.messages}) from None
@@ -78,6 +136,8 @@ class LinkAddForm(forms.ModelForm):
             return data
         if isinstance(outcome, tinyurls.AliasRefused):
             raise ValidationError({"alias": outcome.message})
+        if isinstance(outcome, passwords.PasswordRefused):
+            raise ValidationError({"password": outcome.message})
         if isinstance(outcome, validation.LongurlRefused):
             raise ValidationError({"longurl": outcome.message})
         if isinstance(outcome, (services.LinkDisabled, services.LinkExpired)):

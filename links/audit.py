@@ -60,7 +60,7 @@ from topics.records import RESERVED_TINYURLS, MessageError, Rejected, tinyurl_ok
 logger = logging.getLogger(__name__)
 
 # What a record must agree on with the link's row to be its current state.
-_STATE_FIELDS = ("version", "state", "longurl", "expires_at")
+_STATE_FIELDS = ("version", "state", "longurl", "expires_at", "password_hash")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Body: a JSON array of at most SHORTENER_BULK_MAX_ITEMS objects, each what PUT /c
 (`{"longurl": ..., "expires_at": ...optional}`) and optionally `"alias"`: the tinyurl to give the
 link (3-64 characters of [A-Za-z0-9_-], links/tinyurls.py; refused 400 `alias_invalid`, 409
 `alias_reserved` for a path the service answers itself, 409 `alias_taken` when another
-longurl's link has it; the same longurl's link with it is answered again), in at most
+longurl's link has it; the same longurl's link with it is answered again) and `"password"`: the
+new link's password (links/passwords.py; 400 `password_invalid`, 409 `password_conflict`; at
+most BULK_PASSWORDS_MAX items of a call, else 400 `passwords_too_many`), in at most
 SHORTENER_BULK_MAX_BODY_BYTES.
 Answer 200 `{"results": [...]}`, one entry per item in input order: what /create would answer
 for it alone, its 200 body (`{"longurl", "tinyurl"(, "expires_at")}`) or
@@ -35,7 +37,8 @@ from django.db import DatabaseError, InterfaceError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from links import bodies, protection, publishing, ratelimit, services, tinyurls, validation
+from links import (bodies, passwords, protection, publishing, ratelimit, services, tinyurls,
+                   validation)
 from links.create_checks import db_retrying
 from runtime.metrics import CREATE_REFUSED, instrumented
 
@@ -44,6 +47,10 @@ logger = logging.getLogger(__name__)
 # What /create answers for such a body as a whole (400, "json"), said of the item.
 ITEM_INTEGER_TOO_LONG = (f"the item holds an integer of more than {sys.get_int_max_str_digits()} "
                          "digits, more than this service parses")
+# Items of one call that may carry a password: each costs the master about 0.18 s of CPU to hash
+# (scrypt, topics/passwords.py; measured on a 2-core machine), so a call of 10,000
+# would hold a worker for half an hour. Past it an item is refused (400 passwords_too_many).
+BULK_PASSWORDS_MAX = 100
 UNPUBLISHED = ("the link is stored but could not be sent to the redirect servers (Kafka is "
                "unavailable); retry shortly: you will get the same tinyurl")
 
@@ -144,6 +151,7 @@ def bulk_results(payload: list, *, client: str) -> list[dict]:
     results: list[dict | None] = [None] * len(payload)
     items: list[services.CreateItem] = []
     positions: list[int] = []  # the input position of each of `items`
+    passwords_asked = 0
     for index, entry in enumerate(payload):
         if index >= granted:
             results[index] = {**_item_error(
@@ -166,9 +174,18 @@ def bulk_results(payload: list, *, client: str) -> list[dict]:
                 # "alias": the tinyurl the caller chooses (links/tinyurls.py has the rules);
                 # absent or null: a generated one. Only here, not in PUT /create, whose body the
                 # assignment defines.
+                password = entry.get("password")
+                if password is not None:
+                    passwords_asked += 1
+                    if passwords_asked > BULK_PASSWORDS_MAX:
+                        results[index] = _item_error(
+                            400, "passwords_too_many", f"at most {BULK_PASSWORDS_MAX} items of "
+                            "a call may carry a password")
+                        continue
+                # "password": the new link's (links/passwords.py); absent or null: none.
                 items.append(services.CreateItem(longurl=entry["longurl"],
                                                  expires_at=expires_at,
-                                                 alias=entry.get("alias")))
+                                                 alias=entry.get("alias"), password=password))
                 positions.append(index)
     # Idempotent, so retried once on a fresh connection like /create's link_create.
     outcomes = db_retrying(lambda: services.links_create_many(items)) if items else []
@@ -191,6 +208,8 @@ def _outcome_answer(outcome: services.CreateOutcome) -> dict:
     if isinstance(outcome, validation.LongurlRefused):
         return _item_error(400, outcome.code, outcome.message)
     if isinstance(outcome, tinyurls.AliasRefused):  # 400 invalid, 409 reserved or taken
+        return _item_error(outcome.status, outcome.code, outcome.message)
+    if isinstance(outcome, passwords.PasswordRefused):  # 400 invalid, 409 conflict
         return _item_error(outcome.status, outcome.code, outcome.message)
     if isinstance(outcome, services.LinkDisabled):
         return _item_error(410, "taken_down", "this URL's link was taken down by an administrator")

@@ -69,6 +69,11 @@ class Link(models.Model):
     # counters' and folded rows' bots, kept with `clicks` in the same statement. Not indexed,
     # for the same reason.
     bot_clicks = models.BigIntegerField(default=0)
+    # A password-protected link: the salted scrypt hash of its password (topics/passwords.py),
+    # published in its record so that every replica checks the password itself. Never the
+    # password. NULL: not protected. Set and removed through links.services only (link_update's
+    # `password`), so every change bumps state_version and reaches the replicas.
+    password_hash = models.CharField(max_length=220, null=True, blank=True, editable=False)
 
     class Meta:
         constraints = [

@@ -47,6 +47,7 @@ def link_record_of(link: Link) -> tuple[bytes, bytes]:
         created_at=link.created_at,
         disabled=link.disabled_at is not None,
         expires_at=link.expires_at,
+        password_hash=link.password_hash,
     )
 
 

@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from links import inserts, publishing, selectors, tinyurls, validation
+from links import inserts, passwords, publishing, selectors, tinyurls, validation
 from links.models import BlockedHost, Link
 from links.publishing import LinkPublishError, link_publish
 # Made in links/tinyurls.py; imported from here by tests, benches and older callers.
@@ -47,6 +47,9 @@ class CreateItem:
     longurl: object
     expires_at: datetime | None = None
     alias: object = None
+    # A password for the link made (links/passwords.py: PasswordInvalid, PasswordConflict); None:
+    # none. Only its hash is kept.
+    password: object = None
 
 
 # What links_create_many answers for one item: the link, or why not.
@@ -54,7 +57,7 @@ CreateOutcome = LinkCreated | Exception
 
 
 def link_create(*, longurl: str, expires_at: datetime | None = None,
-                alias: str | None = None) -> LinkCreated:
+                alias: str | None = None, password: str | None = None) -> LinkCreated:
     """The link for `longurl`, created if new, and published to the links topic.
 
     `longurl` is checked first (links.validation.longurl_check, the stored form is what is kept
@@ -78,9 +81,13 @@ def link_create(*, longurl: str, expires_at: datetime | None = None,
     [A-Za-z0-9_-]), AliasReserved (409: a path the service answers itself, in any case),
     AliasTaken (409: another longurl's link has it); all subclasses of tinyurls.AliasRefused,
     which carry `status`, `code` and `message`. Nothing is written for a refused alias.
+
+    password: the new link is password-protected (its salted hash is stored and published,
+    never the password; links/passwords.py). PasswordInvalid (400) for one that cannot be,
+    PasswordConflict (409) when the longurl or alias already has a link without that password.
     """
     outcome = links_create_many([CreateItem(longurl=longurl, expires_at=expires_at,
-                                            alias=alias)])[0]
+                                            alias=alias, password=password)])[0]
     if isinstance(outcome, Exception):
         raise outcome
     return outcome
@@ -117,12 +124,15 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
         if item.expires_at is not None and timezone.is_naive(item.expires_at):
             raise ValueError("expires_at must be timezone-aware")
         try:
+            if item.password is not None:
+                passwords.password_checked(item.password)
             stored = validation.longurl_check(item.longurl)
             if item.alias is None:
                 wanted.setdefault(stored, []).append(index)
                 continue
             alias = tinyurls.alias_check(item.alias)
-        except (validation.LongurlRefused, tinyurls.AliasRefused) as exc:
+        except (validation.LongurlRefused, tinyurls.AliasRefused,
+                passwords.PasswordRefused) as exc:
             outcomes[index] = exc
             continue
         held = aliased.setdefault(alias, (stored, []))
@@ -156,6 +166,12 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
              else selectors.links_by_digest(digests[longurl] for longurl in wanted))
     missing = [longurl for longurl in wanted if digests[longurl] not in found]
     of_alias: dict[str, tuple[Link, bool] | tinyurls.AliasTaken] = {}
+    # The hash of the password of the item that would make each link, made before the
+    # transaction (scrypt's 0.18 s of CPU holds no lock): by stored longurl and by alias.
+    hashes = {key: passwords.password_hash(items[indices[0]].password)  # type: ignore[arg-type]
+              for key, indices in (*((u, i) for u, i in wanted.items() if u in missing),
+                                   *((a, held[1]) for a, held in aliased.items()))
+              if items[indices[0]].password is not None}
     if missing or aliased:
         # durable: the outermost transaction, so that "committed" below really means committed
         # (not released into an enclosing transaction that could still roll back): publishing
@@ -169,6 +185,14 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
                 of_alias = inserts.aliases_insert(
                     [(alias, longurl, digests[longurl], items[indices[0]].expires_at)
                      for alias, (longurl, indices) in aliased.items()])
+            if hashes:
+                # In the links' own transaction: no record of a new link ever goes out without
+                # its hash (a replica would redirect it without the form).
+                made = [(got[0], hashes[key]) for key, got in (*fresh.items(), *of_alias.items())
+                        if key in hashes and not isinstance(got, Exception) and got[1]]
+                for link, hashed in made:
+                    Link.objects.filter(id=link.id).update(password_hash=hashed)
+                    link.password_hash = hashed
     # Each group of items gets one link (or one refusal): per longurl, then per alias.
     groups: list[tuple[tuple[Link, bool] | Exception, list[int]]] = [
         (fresh.get(longurl) or (found[digests[longurl]], False), indices)
@@ -196,12 +220,21 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
             outcome = LinkDisabled(got[0])
         elif not got[1] and got[0].expires_at is not None and got[0].expires_at <= now:
             outcome = LinkExpired(got[0])
+        elif not got[1] and not passwords.existing_link_ok(items[indices[0]].password,
+                                                             got[0].password_hash):
+            outcome = passwords.PasswordConflict(got[0].tinyurl)
         else:
             outcome = LinkCreated(link=got[0], created=got[1])
         outcomes[indices[0]] = outcome
         for later in indices[1:]:
-            outcomes[later] = (LinkCreated(link=got[0], created=False)
-                               if isinstance(outcome, LinkCreated) else outcome)
+            if not isinstance(outcome, LinkCreated):
+                outcomes[later] = outcome
+            elif (items[later].password is not None
+                  and items[later].password != items[indices[0]].password):
+                # Another password than the one the link has (or none): as for an existing link.
+                outcomes[later] = passwords.PasswordConflict(got[0].tinyurl)
+            else:
+                outcomes[later] = LinkCreated(link=got[0], created=False)
     return outcomes  # type: ignore[return-value]
 
 
@@ -268,6 +301,7 @@ def link_update(
     disabled: bool | _Keep = KEEP,
     longurl: str | _Keep = KEEP,
     expires_at: datetime | None | _Keep = KEEP,
+    password: str | None = None,
 ) -> Link:
     """Change what replicas must hold for a link, and publish the new state to every replica.
 
@@ -283,6 +317,9 @@ def link_update(
         generated too (a longurl has one generated tinyurl; aliases may share it). Either way
         nothing is changed or published.
     expires_at: an aware datetime after which replicas answer 410 Gone; None: never.
+    password: a new password (its salted hash replaces the link's: cookies given for the old one
+        end), "" to remove it, None (default) to leave it; PasswordInvalid (links/passwords.py)
+        for one that cannot be, and nothing is changed. Setting one always counts as a change.
     Returns the link as committed (`link` is refreshed too). Raises LinkPublishError if Kafka
     did not acknowledge: the change is committed, and the outbox relay sends it later, so it
     always reaches the replicas.
@@ -291,6 +328,11 @@ def link_update(
         raise ValueError("expires_at must be timezone-aware")
     if longurl is not KEEP:
         longurl = validation.longurl_check(longurl)
+    hashed = KEEP
+    if password is not None:
+        # Hashed before the row is locked: scrypt's 0.18 s of CPU holds no lock.
+        hashed = (passwords.password_hash(password) if passwords.password_checked(
+            password, empty_ok=True) else None)
     with transaction.atomic(durable=True):
         row = Link.objects.select_for_update().get(pk=link.pk)
         changed = []
@@ -308,6 +350,9 @@ def link_update(
         if expires_at is not KEEP and expires_at != row.expires_at:
             row.expires_at = expires_at
             changed.append("expires_at")
+        if hashed is not KEEP and hashed != row.password_hash:
+            row.password_hash = hashed
+            changed.append("password_hash")
         if changed:
             if row.state_version >= VERSION_MAX:
                 # Only a forged record in the links topic gets a link here (the audit raised

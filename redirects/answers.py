@@ -7,12 +7,14 @@ bytes. The headers are the ones Django's response and SecurityMiddleware gave th
 
 from __future__ import annotations
 
+import html
 import json
 
 from django.conf import settings
 from django.utils.encoding import iri_to_uri
 
-from redirects.counting import GONE
+from redirects.counting import GONE, Protected
+from topics.passwords import PASSWORD_MAX_LENGTH
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
@@ -59,9 +61,49 @@ EXPIRED = _json(410, {"error": "this link has expired"}, (b"cache-control", b"no
 UNAVAILABLE = _json(503, {"error": "temporarily unavailable"}, (b"retry-after", b"1"))
 
 
+# --- a password-protected link's page (redirects/protected.py) ------------------------------
+
+_FORM = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Password required</title></head>
+<body><main><h1>This link is protected</h1>{note}
+<form method="post">
+<p><label for="password">Password</label>
+<input id="password" type="password" name="password" required autofocus maxlength="{max}"></p>
+<p><button type="submit">Continue</button></p>
+</form></main></body></html>
+"""
+
+_PAGE_HEADERS = [
+    (b"content-type", b"text/html; charset=utf-8"),
+    # The form's answer depends on the cookie and on the link's current state: never cached.
+    (b"cache-control", b"no-store"),
+    # No script, style or frame: the page is a form and nothing else (and cannot be framed to
+    # trick a visitor into typing a password).
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+]
+
+
+def _form_page(status: int, note: str = "", *extra: tuple[bytes, bytes]) -> Answer:
+    body = _FORM.format(note=note, max=PASSWORD_MAX_LENGTH).encode()
+    return status, [*_PAGE_HEADERS, (b"content-length", str(len(body)).encode()), *extra,
+                    *_SECURITY], body
+
+
+FORM = _form_page(200)
+WRONG_PASSWORD = _form_page(401, '<p role="alert">Wrong password.</p>')
+
+
+def too_many_passwords(retry_after: int) -> Answer:
+    return _form_page(429, f'<p role="alert">Too many wrong passwords. Try again in '
+                           f'{html.escape(str(retry_after))} seconds.</p>',
+                      (b"retry-after", str(retry_after).encode()))
+
+
 def redirect_answer(outcome: str | int | None) -> Answer:
     """The answer for a lookup's outcome (counting.click_outcome / selectors.link_target_parse):
-    302 to the longurl, 410 for GONE, 404 for None.
+    302 to the longurl, 410 for GONE, 404 for None, the password form for Protected.
 
     Location is the longurl as stored, passed through Django's iri_to_uri as HttpResponseRedirect
     does: an ASCII URL (percent-encodings, query, fragment) goes out byte for byte; characters
@@ -71,9 +113,17 @@ def redirect_answer(outcome: str | int | None) -> Answer:
         return NOT_FOUND
     if outcome == GONE and isinstance(outcome, int):
         return EXPIRED
+    if outcome.__class__ is Protected:
+        # Never the target of a protected link: its form (redirects/protected.py; HEAD, and
+        # manage.py runserver's view, which takes no POST).
+        return FORM
     return 302, [(b"location", iri_to_uri(outcome).encode("ascii")), *_REDIRECT_HEADERS], b""
 
 
 def method_not_allowed(method: str) -> Answer:
     return _json(405, {"error": f"method {method} is not allowed; use GET"},
                  (b"allow", b"GET, HEAD"))
+
+
+def too_large() -> Answer:
+    return _json(413, {"error": "request body too large"})

@@ -29,7 +29,7 @@ from typing import Any
 from django.conf import settings
 from redis.exceptions import RedisError, ResponseError
 
-from redirects import answers, bots, counting, selectors
+from redirects import answers, bots, counting, protected, selectors
 from redirects.pipelining import PipelinedRedis
 from runtime.lifespan import lifespan_serve
 from runtime.metrics import REQUESTS
@@ -74,7 +74,7 @@ class RedirectApp:
             if _PATH_MIN <= len(path) <= _PATH_MAX:
                 tinyurl = path[1:]
                 if tinyurl_chars_ok(tinyurl) and tinyurl not in RESERVED_TINYURLS:
-                    await self.redirect(scope["method"], tinyurl, send, scope)
+                    await self.redirect(scope["method"], tinyurl, send, scope, receive)
                     return
         elif scope["type"] == "lifespan":
             # Django's application does not speak the lifespan protocol; it is ours alone.
@@ -82,7 +82,8 @@ class RedirectApp:
             return
         await self.fallback(scope, receive, send)
 
-    async def redirect(self, method: str, tinyurl: str, send: Callable, scope: dict) -> None:
+    async def redirect(self, method: str, tinyurl: str, send: Callable, scope: dict,
+                       receive: Callable | None = None) -> None:
         started = time.perf_counter()
         status = 500
         try:
@@ -92,17 +93,29 @@ class RedirectApp:
                     # Looked up and counted in one command; a link not answered with 302
                     # counts nothing. A bot's click (its User-Agent: redirects/bots.py, a
                     # bounded check) is redirected alike and counted apart.
+                    bot = bots.scope_is_bot(scope)
                     try:
                         outcome = await counting.link_click_async(
-                            redis=redis, tinyurl=tinyurl,
-                            bot=bots.scope_is_bot(scope))
+                            redis=redis, tinyurl=tinyurl, bot=bot)
                     except ResponseError as exc:
                         # Redis refuses writes (memory or disk full, a read-only replica) but
                         # still reads: answered all the same, the click counted as lost. Any
                         # other error is raised again (503 below).
                         outcome = await selectors.link_read_uncounted_async(
                             redis=redis, tinyurl=tinyurl, error=exc)
-                    answer = answers.redirect_answer(outcome)
+                    if outcome.__class__ is counting.Protected:
+                        # A password-protected link: nothing was counted; the form, or the
+                        # redirect for a browser with a valid cookie (redirects/protected.py).
+                        answer = await protected.get_answer(
+                            redis=redis, tinyurl=tinyurl, password_hash=outcome, scope=scope,
+                            bot=bot)
+                    else:
+                        answer = answers.redirect_answer(outcome)
+                elif method == "POST" and receive is not None:
+                    # The password form of a protected link (405 for any other link).
+                    answer = await protected.post_answer(
+                        redis=redis, tinyurl=tinyurl, scope=scope, receive=receive,
+                        bot=bots.scope_is_bot(scope))
                 elif method == "HEAD":
                     # Answered, not counted: link-preview bots and crawlers send HEAD to see
                     # where a link goes, and they are not clicks.

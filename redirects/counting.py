@@ -59,9 +59,14 @@ REPORT_EVERY = 100
 # (redirects/bots.py) the bots key prefix (click_keys_args). A bot's click counts in the counter
 # like any click (the hundreds the assignment reports are of every click) and in the counter's
 # bots key too, in the same atomic step: bots <= count always.
+# ARGV[6], for a password-protected link (keys.LinkValue: `||<hash>|` before the longurl): the
+# hash the caller checked a password or a cookie against (redirects/protected.py); ARGV[5] is
+# then '' for a human's click. Only a click that reaches the target counts, never the form.
 # Returns nil: unknown or disabled link (a value in another format too), nothing counted;
 #         410 (GONE): the link expired, nothing counted (TIME is called only for a link with an
 #         expiry);
+#         '|<hash>': the link is protected and ARGV[6] is not its hash: nothing counted, the
+#         form is answered (a longurl never starts with '|');
 #         the longurl: counted (302).
 # The link value is keys.LinkValue: `<version>|<expires_at ms or empty>|<longurl or empty>`.
 # Without an incarnation (FLUSHALL), the first click names one after Redis' clock plus the
@@ -78,6 +83,13 @@ if b > a + 1 then
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if now >= tonumber(string.sub(v, a + 1, b - 1)) then return 410 end
 end
+if string.byte(v, b + 1) == 124 then
+  local c = string.find(v, '|', b + 2, true)
+  if not c or c == #v then return nil end
+  local h = string.sub(v, b + 2, c - 1)
+  if ARGV[6] ~= h then return '|' .. h end
+  b = c
+end
 local inc = redis.call('GET', KEYS[2])
 if not inc then
   local t = redis.call('TIME')
@@ -86,7 +98,7 @@ if not inc then
 end
 local member = inc .. ':' .. ARGV[2]
 local n = redis.call('INCR', ARGV[3] .. member)
-if ARGV[5] then redis.call('INCR', ARGV[5] .. member) end
+if ARGV[5] and ARGV[5] ~= '' then redis.call('INCR', ARGV[5] .. member) end
 redis.call('HINCRBY', KEYS[5], inc, 1)
 redis.call('SADD', KEYS[4], member)
 if n % tonumber(ARGV[1]) == 0 then redis.call('SADD', KEYS[3], member) end
@@ -127,28 +139,47 @@ def process_token() -> str:
     return _token[1]
 
 
-def click_keys_args(tinyurl: str, *, bot: bool = False) -> tuple[list[str], list[str | int]]:
+def click_keys_args(tinyurl: str, *, bot: bool = False, password_hash: str | None = None
+                    ) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV of CLICK_SCRIPT for one click of `tinyurl` (EVALSHA CLICK_SHA); bot: a
-    bot's click (redirects/bots.py), counted in the bots key too."""
+    bot's click (redirects/bots.py), counted in the bots key too; password_hash: the protected
+    link's hash its password or cookie was checked against (counted only if it is still the
+    link's)."""
     args: list[str | int] = [REPORT_EVERY, tinyurl, keys.clicks_counter_prefix(),
                              process_token()]
     if bot:
         args.append(keys.clicks_bots_prefix())
+    if password_hash is not None:
+        if not bot:
+            args.append("")
+        args.append(password_hash)
     return ([keys.link_key(tinyurl), keys.clicks_incarnation_key(), keys.clicks_due_key(),
              keys.clicks_dirty_key(), keys.clicks_served_key()], args)
 
 
+class Protected(str):
+    """The outcome for a password-protected link not let through: its password hash (a str, so
+    that an outcome stays one of str, int or None; redirects/answers.py answers the form for
+    it, never a redirect)."""
+
+    __slots__ = ()
+
+
 def click_outcome(raw: bytes | str | int | None) -> str | int | None:
     """CLICK_SCRIPT's reply as the answer: the longurl (302, counted), GONE (410: expired, not
-    counted), None (404: unknown or disabled, not counted).
+    counted), None (404: unknown or disabled, not counted), Protected (the password form, not
+    counted).
 
     Raises RedisError for a reply the script never gives (answered like Redis being away, 503,
     rather than as a redirect to something that is not a longurl).
     """
-    if raw is None or isinstance(raw, str):
-        return raw
     if isinstance(raw, bytes):
-        return raw.decode()
+        raw = raw.decode()
+    if raw is None:
+        return raw
+    if isinstance(raw, str):
+        # A longurl starts with its scheme, never "|": the one byte tells a protected link.
+        return Protected(raw[1:]) if raw[:1] == "|" else raw
     if raw == GONE and type(raw) is int:
         return GONE
     raise RedisError(f"unexpected reply from the click script: {raw!r}")
@@ -255,14 +286,15 @@ async def _click_script_recover(redis: PipelinedRedis, seen: int) -> None:
             _reloads += 1
 
 
-async def link_click_async(*, redis: PipelinedRedis, tinyurl: str, bot: bool = False
-                           ) -> str | int | None:
+async def link_click_async(*, redis: PipelinedRedis, tinyurl: str, bot: bool = False,
+                           password_hash: str | None = None) -> str | int | None:
     """click_call through the pipelined client (the served replica's GET, redirects/asgi.py):
     click_outcome() of the script's reply. A NOSCRIPT reply (nothing ran, nothing was counted)
     goes through click_script_reload_async (the incarnation check, SCRIPT LOAD) and the click is
     sent again. Raises RedisError when Redis is away (if the connection broke after the click
-    was sent, it may or may not have been counted). bot: a bot's click (redirects/bots.py)."""
-    link_keys, args = click_keys_args(tinyurl, bot=bot)
+    was sent, it may or may not have been counted). bot: a bot's click (redirects/bots.py).
+    password_hash: a protected link let through (click_keys_args)."""
+    link_keys, args = click_keys_args(tinyurl, bot=bot, password_hash=password_hash)
     for attempt in range(3):
         seen = _reloads
         try:

@@ -13,6 +13,10 @@ Links (written by consume_links only):
   <user>:links:heartbeat    string, Redis' clock (ms) at consume_links' latest round
   <user>:links:kafka_error  string "<since ms>|<error>" while consume_links cannot reach Kafka
 
+Password-protected links (redirects/protected.py):
+  <user>:pwfail:<tinyurl>:<client address>  string, wrong passwords in the current window
+                            (expires with it: SHORTENER_PASSWORD_TRIES_SECONDS)
+
 Readiness:
   <user>:writes:probe       never created: /readyz's write check (selectors.readiness_get)
 
@@ -51,12 +55,17 @@ class LinkValue:
     expires_at: ms since the Unix epoch after which the link answers 410 Gone; None: never.
     longurl: the redirect target; None when the link is disabled (taken down: 404).
     The longurl comes last and may itself contain "|": a parser splits at the first two only.
+    A password-protected link (topics/passwords.py) holds `|<hash>|` before its longurl:
+    `<version>|<expires_at>||<hash>|<longurl>`. A longurl never starts with "|" (it starts with
+    its scheme), so one byte tells a protected value, and an unprotected one is unchanged: the
+    redirect of an unprotected link reads nothing more. A hash holds no "|".
     The Lua scripts (services.APPLY_SCRIPT, counting.CLICK_SCRIPT) read the same layout.
     """
 
     version: int
     expires_at: int | None
     longurl: str | None
+    password_hash: str | None = None
 
     @property
     def disabled(self) -> bool:
@@ -67,12 +76,16 @@ class LinkValue:
 
 
 def link_value_encode(value: LinkValue) -> str:
-    return link_value_text(value.version, value.expires_at, value.longurl)
+    return link_value_text(value.version, value.expires_at, value.longurl, value.password_hash)
 
 
-def link_value_text(version: int, expires_at: int | None, longurl: str | None) -> str:
+def link_value_text(version: int, expires_at: int | None, longurl: str | None,
+                    password_hash: str | None = None) -> str:
     """link_value_encode without the LinkValue: what the links apply writes per record, where
-    building a frozen dataclass first was a third of the cost of the value."""
+    building a frozen dataclass first was a third of the cost of the value. A disabled link
+    (no longurl) keeps no hash."""
+    if password_hash and longurl:
+        return f"{version}|{'' if expires_at is None else expires_at}||{password_hash}|{longurl}"
     return f"{version}|{'' if expires_at is None else expires_at}|{longurl or ''}"
 
 
@@ -82,8 +95,13 @@ def link_value_parse(raw: bytes | str) -> LinkValue | None:
     parts = text.split("|", 2)
     if len(parts) != 3 or not parts[0].isdigit() or not (parts[1] == "" or parts[1].isdigit()):
         return None
+    rest, password_hash = parts[2], None
+    if rest.startswith("|"):
+        password_hash, _, rest = rest[1:].partition("|")
+        if not password_hash or not rest:
+            return None
     return LinkValue(version=int(parts[0]), expires_at=int(parts[1]) if parts[1] else None,
-                     longurl=parts[2] or None)
+                     longurl=rest or None, password_hash=password_hash)
 
 
 # --- links ----------------------------------------------------------------------------------
@@ -213,3 +231,12 @@ def clicks_swept_key() -> str:
 def clicks_served_key() -> str:
     """Hash: incarnation -> redirects served (counted GETs) in it; the replica's status."""
     return f"{settings.SHORTENER_USER}:clicks:served"
+
+
+# --- password-protected links ---------------------------------------------------------------
+
+
+def password_failures_key(*, tinyurl: str, client: str) -> str:
+    """String: wrong passwords for `tinyurl` from `client` (an address) in the current window;
+    set to expire when the window ends (redirects/protected.py)."""
+    return f"{settings.SHORTENER_USER}:pwfail:{tinyurl}:{client}"

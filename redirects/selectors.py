@@ -19,8 +19,9 @@ def redis_get() -> Redis:
 
 def link_target_parse(raw: bytes | str | None, *, now_ms: int | None = None) -> str | int | None:
     """What a link key's value means for a HEAD request, in counting.click_outcome()'s terms (the
-    same answer a GET gives, without counting): the longurl (302), counting.GONE (410: expired) or
-    None (404: unknown, disabled, or a value in another format).
+    same answer a GET gives, without counting): the longurl (302), counting.GONE (410: expired),
+    counting.Protected (a password-protected link: its form) or None (404: unknown, disabled, or
+    a value in another format).
 
     raw: the value of keys.link_key(tinyurl) (keys.LinkValue's encoding, parsed by
     keys.link_value_parse), or None when the key is absent. now_ms: ms since the Unix epoch to
@@ -34,6 +35,8 @@ def link_target_parse(raw: bytes | str | None, *, now_ms: int | None = None) -> 
         return None
     if link.expired(int(time.time() * 1000) if now_ms is None else now_ms):
         return counting.GONE
+    if link.password_hash is not None:
+        return counting.Protected(link.password_hash)
     return link.longurl
 
 

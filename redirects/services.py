@@ -223,7 +223,8 @@ def links_batch_prepare(
         versions[key] = version
         # expires_at <= EXPIRES_AT_MAX (topics/links.py): plus the keep time, still exact in Lua.
         values[key] = value_text(version, record.expires_at,
-                                 record.longurl if record.state == "active" else None)
+                                 record.longurl if record.state == "active" else None,
+                                 record.password_hash)
 
     next_offset = records[-1].offset + 1
     last_rejected = max(refused[-1:] + ([stepped_over] if stepped_over else []),

@@ -267,6 +267,24 @@ SHORTENER_PROPAGATION_WAIT_SECONDS = env.float("SHORTENER_PROPAGATION_WAIT_SECON
 SHORTENER_PROPAGATION_WAITS = env.int("SHORTENER_PROPAGATION_WAITS", default=8)
 SHORTENER_PROPAGATION_FINE_SECONDS = env.float("SHORTENER_PROPAGATION_FINE_SECONDS",
                                                default=3600.0)
+# Password-protected links on a replica (redirects/protected.py). The cookie that lets a browser
+# through after the right password is an HMAC with SHORTENER_LINK_COOKIE_SECRET: every web worker
+# of a replica (and every replica that should accept another's cookies) needs the same one; unset,
+# it is derived from DJANGO_SECRET_KEY, and with neither set no cookie is given (the password is
+# then asked at every visit: a per-process key would fail on the next worker). The cookie lasts
+# SHORTENER_LINK_COOKIE_SECONDS (default 12 hours). Wrong passwords: at most
+# SHORTENER_PASSWORD_TRIES per link and client address every SHORTENER_PASSWORD_TRIES_SECONDS
+# (then 429), counted in the replica's own Redis.
+SHORTENER_LINK_COOKIE_SECRET = env.str("SHORTENER_LINK_COOKIE_SECRET", default="") or (
+    f"derived:{env.str('DJANGO_SECRET_KEY', default='')}"
+    if env.str("DJANGO_SECRET_KEY", default="") else "")
+SHORTENER_LINK_COOKIE_SECONDS = env.int("SHORTENER_LINK_COOKIE_SECONDS", default=12 * 3600)
+SHORTENER_PASSWORD_TRIES = env.int("SHORTENER_PASSWORD_TRIES", default=5)
+SHORTENER_PASSWORD_TRIES_SECONDS = env.int("SHORTENER_PASSWORD_TRIES_SECONDS", default=60)
+if (SHORTENER_LINK_COOKIE_SECONDS < 1 or SHORTENER_PASSWORD_TRIES < 1
+        or SHORTENER_PASSWORD_TRIES_SECONDS < 1):
+    raise ImproperlyConfigured("SHORTENER_LINK_COOKIE_SECONDS, SHORTENER_PASSWORD_TRIES and "
+                               "SHORTENER_PASSWORD_TRIES_SECONDS must be at least 1")
 # Bounded growth (links/pruning.py, run by `manage.py prune`; docs/storage.md).
 # A replica whose newest status is older than this (seconds; default 7 days) is gone: the prune
 # writes a tombstone for its key on the replicas topic, and the admin's replicas page no longer

@@ -20,10 +20,13 @@ from testkit.waits import ROOT, free_port, port_open, wait_until
 
 def link_value_split(raw: bytes | None) -> tuple[int, int | None, str | None] | None:
     """A replica's Redis value of a link, `<version>|<expires_at ms>|<longurl>` (written by the
-    replica's code; parsed here independently of it), as (version, expires_at, longurl)."""
+    replica's code; parsed here independently of it), as (version, expires_at, longurl). A
+    password-protected link's `|<hash>|` before its longurl is left out (link_hash has it)."""
     if raw is None:
         return None
     version, expires_at, longurl = raw.decode().split("|", 2)
+    if longurl.startswith("|"):
+        longurl = longurl[1:].partition("|")[2]
     return int(version), int(expires_at) if expires_at else None, longurl or None
 
 
@@ -244,6 +247,12 @@ class Replica:
     def link(self, tinyurl: str) -> tuple[int, int | None, str | None] | None:
         """(version, expires_at ms, longurl or None if disabled) as this replica holds it."""
         return link_value_split(self.redis.get(f"{settings.SHORTENER_USER}:link:{tinyurl}"))
+
+    def link_hash(self, tinyurl: str) -> str | None:
+        """The password hash this replica holds for the link; None if it holds none."""
+        raw = self.redis.get(f"{settings.SHORTENER_USER}:link:{tinyurl}")
+        rest = raw.decode().split("|", 2)[2] if raw else ""
+        return rest[1:].partition("|")[0] if rest.startswith("|") else None
 
     def target(self, tinyurl: str) -> str | None:
         """The longurl this replica redirects to; None if it holds no active link."""

@@ -194,7 +194,8 @@ def single_field_changes(template: dict):
 # whose type and rules allow the value, a time outside today's (charted as now if it is a click
 # report's), counts of zero where zero is a count, the same boolean.
 STILL_VALID = {
-    "links": {("expires_at", None), ("created_at", "0001-01-01T00:00:00+01:00"),
+    "links": {("expires_at", None), ("password_hash", None),
+              ("created_at", "0001-01-01T00:00:00+01:00"),
               ("created_at", "9999-12-31T23:59:59-23:59"), ("created_at", "1970-01-01T00:00:00Z")},
     "clicks": {("node", "text"), ("reported_at", "0001-01-01T00:00:00+01:00"),
                ("reported_at", "9999-12-31T23:59:59-23:59"),

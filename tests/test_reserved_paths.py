@@ -71,7 +71,7 @@ class _Routes(RedirectApp):
         super().__init__(fallback, redis_url="redis://unused")
         self.went: list[tuple[str, str]] = []
 
-    async def redirect(self, method, tinyurl, send, scope):
+    async def redirect(self, method, tinyurl, send, scope, receive=None):
         self.went.append(("redirect", tinyurl))
 
 

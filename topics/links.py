@@ -37,7 +37,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from msgspec import Meta
 
-from topics import longurls
+from topics import longurls, passwords
 from topics.clients import consumer_make, producer_close, producer_make
 from topics.records import (ALIAS_CHARS, ALIAS_MAX_LENGTH, ALIAS_MIN_LENGTH, ENCODER, INT_MAX,
                             RESERVED_TINYURLS, MessageError, RecordStruct, Time, Tinyurl,
@@ -106,6 +106,10 @@ class LinkRecord(RecordStruct, kw_only=True):
         description="Milliseconds since the Unix epoch (UTC) after which replicas answer 410 "
                     "Gone; null: never.")] | None
     created_at: Annotated[Time, Meta(description="When the link was created (RFC 3339).")]
+    # Optional: older records decode as unprotected links (no schema bump; docs/records.md).
+    password_hash: Annotated[str, Meta(pattern=passwords.HASH_PATTERN, description=(
+        "A password-protected link: the salted scrypt hash of its password (topics/passwords.py)"
+        ", never the password; replicas answer a form first. Absent or null: none."))] | None = None
 
 
 # msgspec compiles the type's checks when the decoder is made: once.
@@ -120,6 +124,7 @@ def link_record_encode(
     created_at: datetime,
     disabled: bool = False,
     expires_at: datetime | None = None,
+    password_hash: str | None = None,
 ) -> tuple[bytes, bytes]:
     """The (key, value) of the links-topic record for one link's current state.
 
@@ -130,6 +135,7 @@ def link_record_encode(
     expires_at at or before the Unix epoch (the admin accepts any past time: "ends at once")
     is sent as 1 ms, which every replica reads as long past: the type's range starts at 1, and a
     record out of it would be refused by every replica while the master thought it published.
+    password_hash (topics/passwords.py) is carried for an active link only.
     """
     if not disabled and not longurl:
         raise ValueError("an active link needs its longurl")
@@ -144,6 +150,7 @@ def link_record_encode(
         longurl=None if disabled else longurl,
         expires_at=expires_ms,
         created_at=created_at,
+        password_hash=None if disabled else password_hash,
     )
     return tinyurl.encode(), ENCODER.encode(record)
 

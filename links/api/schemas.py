@@ -57,6 +57,12 @@ class LinkCreate(Waiting):
     expires_at: str | None = Field(
         None, description="ISO 8601 with a UTC offset, in the future, at most 100 years ahead; "
                           "null or absent: never expires. An existing link keeps its own.")
+    password: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="Protect the new link with this password: replicas answer a password form "
+                    "instead of the redirect. Only a salted hash is kept; never echoed. 409 "
+                    "password_conflict if the longurl (or alias) already has a link without "
+                    "this password (choose an alias, or PATCH that link).")
 
 
 class LinkChange(Waiting):
@@ -65,11 +71,17 @@ class LinkChange(Waiting):
     longurl: str | None = Field(None, description="A new target (validated as on create).")
     expires_at: str | None = Field(
         None, description="A new expiry as on create; null: never expires; absent: unchanged.")
+    password: str | None = Field(
+        None, max_length=128,
+        description="A new password (cookies given for the old one end); \"\" or null: "
+                    "remove it; absent: unchanged. Never echoed.")
 
 
 class Link(Schema):
     tinyurl: str
     alias: bool = Field(description="The tinyurl is a custom alias (else generated).")
+    protected: bool = Field(description="The link has a password: replicas answer a password "
+                                        "form before the redirect.")
     longurl: str = Field(description="In the form it is stored and sent in Location.")
     state: State = Field(description="active: replicas redirect; disabled: taken down (404); "
                                      "expired: past expires_at (410).")

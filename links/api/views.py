@@ -36,6 +36,7 @@ from links.api.errors import (
 from links.clicks_csv import clicks_csv
 from links.create_checks import db_retrying
 from links.models import Link
+from links.passwords import PasswordRefused
 from links.propagation_wait import link_propagation_now, link_wait_replicas
 from links.tinyurls import AliasRefused
 from topics import longurls
@@ -77,7 +78,8 @@ def _link(tinyurl: str) -> Link:
 
 
 def _link_out(link: Link, now: datetime | None = None) -> dict:
-    return {"tinyurl": link.tinyurl, "alias": link.alias, "longurl": link.longurl,
+    return {"tinyurl": link.tinyurl, "alias": link.alias,
+            "protected": link.password_hash is not None, "longurl": link.longurl,
             "state": selectors.link_state(link, now=now or timezone.now()),
             "created_at": link.created_at, "expires_at": link.expires_at,
             "disabled_at": link.disabled_at, "published": link.published_at is not None,
@@ -124,7 +126,7 @@ def link_create(request: HttpRequest, payload: schemas.LinkCreate):
     or has expired. Counted against the client's /create rate limit. With "wait": "replicas",
     answered once every ready replica serves the link, or 202 after wait_timeout."""
     item = services.CreateItem(longurl=payload.longurl, expires_at=_expiry(payload.expires_at),
-                               alias=payload.alias)
+                               alias=payload.alias, password=payload.password)
     rate_limit(request, request.auth, cost=1, scope="create")
     outcome = db_retrying(lambda: services.links_create_many([item])[0])
     if isinstance(outcome, services.LinkCreated):
@@ -134,6 +136,8 @@ def link_create(request: HttpRequest, payload: schemas.LinkCreate):
         raise _refusal(outcome)
     if isinstance(outcome, AliasRefused):
         raise ApiError(outcome.status, outcome.code, outcome.message, "alias")
+    if isinstance(outcome, PasswordRefused):  # 400 invalid, 409 conflict
+        raise ApiError(outcome.status, outcome.code, outcome.message, "password")
     if isinstance(outcome, services.LinkDisabled):
         raise ApiError(410, "taken_down", "this URL's link was taken down by an administrator",
                        "longurl")
@@ -150,7 +154,8 @@ BULK_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "items": {"type": "object", "required": ["longurl"], "properties": {
         "longurl": {"type": "string"},
         "expires_at": {"type": ["string", "null"]},
-        "alias": {"type": ["string", "null"]}}}}}}}}
+        "alias": {"type": ["string", "null"]},
+        "password": {"type": ["string", "null"]}}}}}}}}
 
 
 @api.post("/links/bulk", response={200: schemas.BulkAnswer, 413: schemas.Error, **COMMON},
@@ -263,6 +268,8 @@ def _change(link: Link, wait: str | None = None, wait_timeout: float | None = No
         changed = services.link_update(link=link, **changes)
     except validation.LongurlRefused as exc:
         raise _refusal(exc) from None
+    except PasswordRefused as exc:
+        raise ApiError(exc.status, exc.code, exc.message, "password") from None
     except ValidationError as exc:
         # Another link has this longurl, or the link is at the largest state version.
         raise ApiError(409, "conflict", exc.messages[0],
@@ -278,7 +285,8 @@ CHANGE = {200: schemas.LinkWaited, 202: schemas.LinkWaited, 404: schemas.Error,
 
 @api.patch("/links/{tinyurl}", response=CHANGE, operation_id="link_change", tags=["links"])
 def link_change(request: HttpRequest, tinyurl: str, payload: schemas.LinkChange):
-    """Change the target and/or the expiry (fields absent: unchanged); published to every
+    """Change the target, the expiry and/or the password (fields absent: unchanged; a password
+    "" or null removes it); published to every
     replica as a new version of the link, as the admin's changes are. 409 if another link
     has the new longurl (a longurl has one tinyurl). With "wait": "replicas", answered once
     every ready replica serves the new state, or 202 after wait_timeout."""
@@ -291,6 +299,8 @@ def link_change(request: HttpRequest, tinyurl: str, payload: schemas.LinkChange)
         changes["longurl"] = payload.longurl
     if "expires_at" in sent:
         changes["expires_at"] = _expiry(payload.expires_at)
+    if "password" in sent:
+        changes["password"] = payload.password or ""  # "" or null: removed
     return _change(link, payload.wait, payload.wait_timeout, **changes)
 
 
