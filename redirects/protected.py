@@ -72,8 +72,12 @@ def cookie_ok(value: str, tinyurl: str, password_hash: str, *, now: float | None
     """Whether `value` is a cookie this replica's secret made for this link and hash, unexpired.
     The expiry is inside the MAC, so a browser cannot prolong it."""
     key = _key()
+    # The browser's bytes, as latin-1: a non-ASCII value is no cookie of ours, and would pass
+    # str.isdigit() ("²") yet fail int(), or make hmac.compare_digest raise (a 500, not the form).
+    if key is None or not value.isascii():
+        return False
     expires, _, mac = value.partition(".")
-    if key is None or not expires.isdigit() or len(expires) > 12:
+    if not expires.isdigit() or len(expires) > 12:
         return False
     if int(expires) <= (time.time() if now is None else now):
         return False
