@@ -54,6 +54,12 @@ def password_checked(password: object, *, empty_ok: bool = False) -> str:
     if len(password) > PASSWORD_MAX_LENGTH or "\x00" in password:
         raise PasswordInvalid(f"a password is a string of 1 to {PASSWORD_MAX_LENGTH} characters "
                               "(no NUL)")
+    try:
+        # JSON's "\ud800" decodes to a lone surrogate, which no form can send and which scrypt's
+        # input (UTF-8) cannot hold: refused here, not a 500 from the hash (a bulk item's).
+        password.encode()
+    except UnicodeEncodeError:
+        raise PasswordInvalid("a password is valid Unicode text (no lone surrogate)") from None
     return password
 
 

@@ -66,7 +66,7 @@ def test_a_password_is_set_changed_and_removed_by_link_update(transactional_db, 
     assert records(link.tinyurl)[-1].password_hash == Link.objects.get(pk=link.pk).password_hash
 
 
-@pytest.mark.parametrize("bad", ["", "x" * 129, 12345, ["a"], "nul\x00here"])
+@pytest.mark.parametrize("bad", ["", "x" * 129, 12345, ["a"], "nul\x00here", "lone \ud800"])
 def test_an_unusable_password_is_refused_and_nothing_written(transactional_db, kafka_topics, bad):
     outcome = services.links_create_many([services.CreateItem(
         longurl="https://example.com/pw/bad", password=bad)])[0]
