@@ -86,7 +86,10 @@ _PAGE_HEADERS = [
 
 
 def _form_page(status: int, note: str = "", *extra: tuple[bytes, bytes]) -> Answer:
-    body = _FORM.format(note=note, max=PASSWORD_MAX_LENGTH).encode()
+    # A browser's maxlength counts UTF-16 code units, the password's limit code points: an
+    # emoji is two of the one and one of the other. Twice the limit lets every password the
+    # master accepts be typed; a longer one is a wrong password (password_check).
+    body = _FORM.format(note=note, max=2 * PASSWORD_MAX_LENGTH).encode()
     return status, [*_PAGE_HEADERS, (b"content-length", str(len(body)).encode()), *extra,
                     *_SECURITY], body
 

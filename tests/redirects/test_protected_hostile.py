@@ -175,3 +175,18 @@ def test_one_client_cannot_lock_out_another(replica):
     failures = keys.password_failures_key(tinyurl="Lock001", client="198.51.100.7")
     assert int(replica.redis.get(failures)) == 7
     assert 0 < replica.redis.ttl(failures) <= 60
+
+
+def test_the_longest_password_the_master_accepts_fits_the_forms_maxlength(replica):
+    import re
+
+    from topics.passwords import PASSWORD_MAX_LENGTH
+
+    # 128 code points of emoji: accepted by the API; 256 UTF-16 code units, which is what a
+    # browser's maxlength counts (HTML: "length" of a value is in code units).
+    password = "🔑" * PASSWORD_MAX_LENGTH
+    store(replica, "Long001", password_hash=password_hash_make(password))
+    form = replica.get("Long001", headers=BROWSER)
+    maxlength = int(re.search(rb'maxlength="(\d+)"', form.content).group(1))
+    assert maxlength >= len(password.encode("utf-16-le")) // 2
+    assert post(replica, "Long001", password).status_code == 303
