@@ -8,11 +8,18 @@ from django.core.exceptions import ValidationError
 
 from links import passwords, publishing, selectors, services, tinyurls, validation
 from links.models import Link
+from topics.passwords import PASSWORD_MAX_LENGTH
 
 
 def _password_field(help_text: str) -> forms.CharField:
-    return forms.CharField(required=False, strip=False, max_length=128, help_text=help_text,
-                           widget=forms.PasswordInput(render_value=False))
+    # max_length checks the characters (code points) on the server, as the API does; the
+    # page's maxlength, which a browser counts in UTF-16 code units (an emoji is two), is twice
+    # the limit, so that every password the API accepts can be typed (as the replica's form,
+    # redirects/answers.py). A longer one typed there is refused by max_length on the field.
+    field = forms.CharField(required=False, strip=False, max_length=PASSWORD_MAX_LENGTH,
+                            help_text=help_text, widget=forms.PasswordInput(render_value=False))
+    field.widget.attrs["maxlength"] = str(2 * PASSWORD_MAX_LENGTH)
+    return field
 
 
 class PasswordParts:

@@ -171,3 +171,39 @@ def test_the_admin_shows_sets_and_removes_a_password_and_never_logs_it(transacti
     messages = " ".join(e.change_message for e in LogEntry.objects.all())
     assert "password: set" in messages and "password: removed" in messages
     assert "admin secret" not in messages and "added secret" not in messages
+
+
+def test_the_admin_takes_the_longest_emoji_password_the_api_takes(transactional_db, kafka_topics,
+                                                                  admin_client):
+    import re
+
+    from topics.passwords import PASSWORD_MAX_LENGTH
+
+    # 128 characters (code points), as the API accepts; 256 UTF-16 code units, which is what a
+    # browser's maxlength counts (HTML's "length" of a value), so the page must allow 256.
+    password = "🔑" * PASSWORD_MAX_LENGTH
+    units = len(password.encode("utf-16-le")) // 2
+    link = services.link_create(longurl="https://example.com/pw/admin-emoji").link
+    url = f"/admin/links/link/{link.pk}/change/"
+    for page_url in (url, "/admin/links/link/add/"):
+        page = admin_client.get(page_url).content.decode()
+        field = re.search(r'<input type="password" name="password"[^>]*>', page).group(0)
+        assert int(re.search(r'maxlength="(\d+)"', field).group(1)) >= units, page_url
+    form = {"longurl": link.longurl, "expires_at_0": "", "expires_at_1": "",
+            "click_counters-TOTAL_FORMS": "0", "click_counters-INITIAL_FORMS": "0"}
+    # One character more is refused on the server, which counts characters, not code units.
+    longer = admin_client.post(url, {**form, "password": password + "🔑"})
+    assert longer.status_code == 200 and Link.objects.get(pk=link.pk).password_hash is None
+    response = admin_client.post(url, {**form, "password": password})
+    assert response.status_code == 302, response.context["errors"]
+    changed = Link.objects.get(pk=link.pk)
+    assert password_check(password, changed.password_hash)
+    assert not password_check(password[:-1], changed.password_hash)
+    assert records(link.tinyurl)[-1].password_hash == changed.password_hash
+    # The add form alike.
+    added = admin_client.post("/admin/links/link/add/", {
+        "longurl": "https://example.com/pw/admin-emoji-add", "alias": "", "expires_at_0": "",
+        "expires_at_1": "", "password": password})
+    assert added.status_code == 302, added.context["errors"]
+    made = Link.objects.get(longurl="https://example.com/pw/admin-emoji-add")
+    assert password_check(password, made.password_hash)
