@@ -117,8 +117,8 @@ def redirect_answer(outcome: str | int | None) -> Answer:
     if outcome == GONE and isinstance(outcome, int):
         return EXPIRED
     if outcome.__class__ is Protected:
-        # Never the target of a protected link: its form (redirects/protected.py; HEAD, and
-        # manage.py runserver's view, which takes no POST).
+        # Never the target of a protected link: its form (redirects/protected.py; here for
+        # manage.py runserver's view, which checks no cookie and takes no POST).
         return FORM
     return 302, [(b"location", iri_to_uri(outcome).encode("ascii")), *_REDIRECT_HEADERS], b""
 

@@ -6,7 +6,7 @@ request and response objects) cost most of its time per redirect (docs/performan
 redirect is a path check, one Redis command sent together with those of the other requests in
 flight (redirects/pipelining.py), and a response of constant headers. What is answered, and how,
 is exactly what the Django view answered (redirects/answers.py, shared with it): 302 with
-Location and Cache-Control: no-store; HEAD answered and not counted; 404 JSON for an unknown or
+Location and Cache-Control: no-store; HEAD answered as GET and not counted; 404 JSON for an unknown or
 disabled code; 410 JSON with Cache-Control: no-store for an expired one; 405 for other methods;
 503 with Retry-After while Redis is away, recovering by itself (after a Redis restart, through
 the counter incarnation check: counting.click_script_reload_async). A Redis that refuses writes but
@@ -29,7 +29,7 @@ from typing import Any
 from django.conf import settings
 from redis.exceptions import RedisError, ResponseError
 
-from redirects import answers, bots, counting, protected, selectors
+from redirects import answers, bots, counting, keys, protected, selectors
 from redirects.pipelining import PipelinedRedis
 from runtime.lifespan import lifespan_serve
 from runtime.metrics import REQUESTS
@@ -119,8 +119,15 @@ class RedirectApp:
                 elif method == "HEAD":
                     # Answered, not counted: link-preview bots and crawlers send HEAD to see
                     # where a link goes, and they are not clicks.
-                    outcome = await selectors.link_target_get_async(redis=redis, tinyurl=tinyurl)
-                    answer = answers.redirect_answer(outcome)
+                    raw = await redis.execute("GET", keys.link_key(tinyurl))
+                    outcome = selectors.link_target_parse(raw)
+                    if outcome.__class__ is counting.Protected:
+                        # As a GET of the same request: the redirect for a valid cookie, the
+                        # form otherwise (redirects/protected.py); uncounted all the same.
+                        answer = protected.head_answer(raw=raw, tinyurl=tinyurl,
+                                                       password_hash=outcome, scope=scope)
+                    else:
+                        answer = answers.redirect_answer(outcome)
                 else:
                     answer = answers.method_not_allowed(method)
             except RedisError as exc:

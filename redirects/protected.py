@@ -9,6 +9,7 @@ to the master.
 
   GET  protected link, no valid cookie   -> 200, the form (not counted)
   GET  with a valid cookie               -> 302 to the target (counted)
+  HEAD                                   -> as GET, never counted (as every HEAD)
   POST right password                    -> 303 to the target (counted) and the cookie
   POST wrong password                    -> 401, the form again
   POST past SHORTENER_PASSWORD_TRIES     -> 429 (Retry-After), no check made
@@ -137,6 +138,19 @@ async def get_answer(*, redis: PipelinedRedis, tinyurl: str, password_hash: str,
     cookie = request_cookie(scope)
     if cookie is not None and cookie_ok(cookie, tinyurl, password_hash):
         return await _let_through(redis, tinyurl, password_hash, bot=bot, status=302, extra=[])
+    return answers.FORM
+
+
+def head_answer(*, raw: bytes | str, tinyurl: str, password_hash: str,
+                scope: dict) -> answers.Answer:
+    """A HEAD of a protected link (`raw`, its value as read, holds `password_hash`): what a GET
+    of the same request answers, the redirect with a valid cookie and the form otherwise, but
+    never counted, as no HEAD is (redirects/asgi.py)."""
+    cookie = request_cookie(scope)
+    if cookie is not None and cookie_ok(cookie, tinyurl, password_hash):
+        link = keys.link_value_parse(raw)
+        if link is not None and link.longurl is not None:
+            return answers.redirect_answer(link.longurl)
     return answers.FORM
 
 

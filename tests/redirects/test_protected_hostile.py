@@ -118,17 +118,40 @@ def test_a_chunked_body_over_the_limit_is_413(replica):
     assert replica.clicks_count("Body003") == 0
 
 
-def test_head_is_the_form_and_counts_nothing_even_with_a_cookie(replica):
+def test_head_answers_as_get_and_counts_nothing(replica):
+    # A HEAD answers what a GET of the same request answers (the form, or with a valid cookie
+    # the redirect), and is never counted, as the HEAD of an unprotected link.
     store(replica, "Head001")
+    store(replica, "Head002", password_hash=None)
     good = protected.cookie_value("Head001", HASH)
-    for cookie in ("", f"{protected.COOKIE_NAME}={good}"):
-        response = replica.http.head(f"{replica.url}/Head001", allow_redirects=False, timeout=10,
-                                     headers={**BROWSER, "Cookie": cookie})
-        # Without a cookie the form's status; with one, the form or the redirect (the table in
-        # docs/passwords.md says nothing of a HEAD with a cookie): never counted either way.
-        assert response.status_code in ((200,) if not cookie else (200, 302))
-        assert response.content == b""
-    assert replica.clicks_count("Head001") == 0
+    outdated = protected.cookie_value("Head001", password_hash_make("an older one"))
+    counted = 0  # the GETs let through
+    for cookie, status in (("", 200), (f"{protected.COOKIE_NAME}={good}", 302),
+                           (f"{protected.COOKIE_NAME}={outdated}", 200),
+                           (f"{protected.COOKIE_NAME}=garbage", 200)):
+        headers = {**BROWSER, "Cookie": cookie}
+        head = replica.http.head(f"{replica.url}/Head001", allow_redirects=False, timeout=10,
+                                 headers=headers)
+        assert head.status_code == status, cookie
+        assert head.content == b""
+        assert replica.clicks_count("Head001") == counted
+        get = replica.http.get(f"{replica.url}/Head001", allow_redirects=False, timeout=10,
+                               headers=headers)
+        assert get.status_code == status, cookie
+        assert head.headers.get("Location") == get.headers.get("Location")
+        assert head.headers["Cache-Control"] == get.headers["Cache-Control"] == "no-store"
+        assert head.headers["Content-Type"] == get.headers["Content-Type"]
+        counted += status == 302
+    assert head.headers.get("Location") is None  # the last: the form
+    assert replica.clicks_count("Head001") == 1  # the GET with the good cookie, only
+    through = replica.http.head(f"{replica.url}/Head001", allow_redirects=False, timeout=10,
+                                headers={**BROWSER, "Cookie": f"{protected.COOKIE_NAME}={good}"})
+    assert (through.status_code, through.headers["Location"]) == (302, TARGET)
+    # The unprotected link's HEAD, the rule kept: the redirect, not counted.
+    plain = replica.get("Head002", method="HEAD", headers=BROWSER)
+    assert (plain.status_code, plain.headers["Location"]) == (302, TARGET)
+    assert replica.clicks_count("Head002") == 0
+    assert replica.clicks_count("Head001") == 1
 
 
 def test_an_expired_protected_link_is_410_and_a_taken_down_one_404(replica):
