@@ -238,5 +238,5 @@ def clicks_served_key() -> str:
 
 def password_failures_key(*, tinyurl: str, client: str) -> str:
     """String: wrong passwords for `tinyurl` from `client` (an address) in the current window;
-    set to expire when the window ends (redirects/protected.py)."""
+    set to expire when the window ends, deleted by the right password (redirects/protected.py)."""
     return f"{settings.SHORTENER_USER}:pwfail:{tinyurl}:{client}"

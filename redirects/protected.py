@@ -179,14 +179,6 @@ if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return {n, redis.call('TTL', KEYS[1])}
 """
 
-# Take an attempt back. Only while its window's key exists: the window may end during the
-# check (scrypt's 0.18 s), and a plain DECR would then make a new key, -1 and without expiry
-# (a count that never ends, and a free try).
-UNTRY_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end
-return 0
-"""
-
 
 async def post_answer(*, redis: PipelinedRedis, tinyurl: str, scope: dict, receive: Callable,
                       bot: bool) -> answers.Answer:
@@ -216,8 +208,11 @@ async def post_answer(*, redis: PipelinedRedis, tinyurl: str, scope: dict, recei
         logger.info("wrong password for %s from %s (%d in the window)", tinyurl,
                     client_address(scope), int(count))
         return answers.WRONG_PASSWORD
-    # The right password is no failure: the attempt is taken back, if its window still runs.
-    await redis.execute("EVAL", UNTRY_SCRIPT, 1, failures)
+    # The right password clears this link and client's count, its earlier failures with it: a
+    # person who mistyped and then got in is not one mistake from the limit next time. One DEL
+    # (atomic; no key, nothing done: unlike a DECR it never makes a count without a window).
+    # An attempt past the limit never comes here (429 above), so a count over it stays.
+    await redis.execute("DEL", failures)
     cookie = cookie_value(tinyurl, password_hash)
     extra = [] if cookie is None else [cookie_header(tinyurl, cookie, secure=_secure(scope))]
     return await _let_through(redis, tinyurl, password_hash, bot=bot, status=303, extra=extra)

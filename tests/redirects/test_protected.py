@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from django.conf import settings
 
 from redirects import keys, protected
 from topics.passwords import password_hash_make
@@ -143,6 +144,26 @@ def test_the_right_password_is_not_a_failure(replica):
     for _ in range(5):  # more than the 3 tries: the right password never uses one up
         assert post(replica, "Prot009", "open sesame").status_code == 303
     assert replica.clicks_count("Prot009") == 5
+
+
+def test_the_right_password_clears_the_earlier_failures(replica):
+    store(replica, "Prot013")
+    store(replica, "Prot014")
+    failures = keys.password_failures_key(tinyurl="Prot013", client="127.0.0.1")
+    for _ in range(2):  # of SHORTENER_PASSWORD_TRIES=3
+        assert post(replica, "Prot013", "guess").status_code == 401
+    assert post(replica, "Prot014", "guess").status_code == 401  # another link's count
+    assert int(replica.redis.get(failures)) == 2
+    assert post(replica, "Prot013", "open sesame").status_code == 303
+    assert not replica.redis.exists(failures)
+    # Three tries again, not one: the mistakes before the right password are forgotten.
+    for _ in range(3):
+        assert post(replica, "Prot013", "guess").status_code == 401
+    assert post(replica, "Prot013", "guess").status_code == 429
+    # This link's right password cleared this link's count only, and under the user's prefix.
+    other = keys.password_failures_key(tinyurl="Prot014", client="127.0.0.1")
+    assert other.startswith(f"{settings.SHORTENER_USER}:") and int(replica.redis.get(other)) == 1
+    assert 0 < replica.redis.ttl(other) <= 60
 
 
 def test_unprotected_and_unknown_links_are_unchanged(replica):

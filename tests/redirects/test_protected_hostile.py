@@ -193,7 +193,8 @@ def test_one_client_cannot_lock_out_another(replica):
     for _ in range(3):
         assert post(replica, "Lock001", "guess", **attacker).status_code == 429
     assert post(replica, "Lock001", "open sesame", **victim).status_code == 303
-    # The right password is taken back, not a reset: the attacker's window stays.
+    # The victim's right password clears the victim's count only; past the limit the right
+    # password is not even checked, so it clears nothing: the attacker's window stays.
     assert post(replica, "Lock001", "open sesame", **attacker).status_code == 429
     assert replica.clicks_count("Lock001") == 1
     # 429 checks nothing: the count grows, the window does not (set on the first only).
@@ -218,10 +219,10 @@ def test_the_longest_password_the_master_accepts_fits_the_forms_maxlength(replic
 
 
 def test_a_window_ending_during_the_check_leaves_no_everlasting_count(replica):
-    # The right password's attempt is counted (INCR) then taken back after scrypt's 0.18 s; if
-    # the window's key expires in between, a plain DECR makes a new key, -1 with no expiry: a
-    # count that never ends, and a free extra try. The key's expiry is played here by deleting
-    # it once the attempt is counted and before the answer.
+    # The right password's attempt is counted (INCR), then the count cleared after scrypt's
+    # 0.18 s; if the window's key expires in between, the clearing must not make a new key
+    # without expiry (a DECR did: -1 for ever, and a free extra try). The key's expiry is played
+    # here by deleting it once the attempt is counted and before the answer.
     import threading
 
     store(replica, "Race001")
