@@ -71,12 +71,15 @@ def clicks_group() -> str:
 # the same counter, and the master's max() counts its clicks once. The node is a label.
 CLICK_SCHEMA = 2
 
+# The `schema` field's description, one for the three kinds of this topic.
+SchemaVersion = Meta(description="The record's schema version.")
+
 
 class ClickReport(RecordStruct, kw_only=True):
     """One counter's absolute value on the clicks topic. Key: `<incarnation>:<tinyurl>` (UTF-8),
     equal to the value's. A tombstone (null value) ends the counter's key."""
 
-    schema: Annotated[Literal[2], Meta(description="The record's schema version.")]
+    schema: Annotated[Literal[2], SchemaVersion]
     tinyurl: Tinyurl
     node: Annotated[Node, Meta(description="The replica that sent it: a label for the admin, "
                                            "not part of the counter's identity.")]
@@ -161,14 +164,11 @@ BatchCount = Annotated[int, Meta(ge=1, le=INT_MAX)]
 BotCount = Annotated[int, Meta(ge=0, le=INT_MAX)]
 
 
-class ClickBatch(RecordStruct, kw_only=True):
-    """The absolute counts of many counters of one incarnation, sent in one flush by one
-    replica. Key: `<incarnation>/<32 lowercase hex digits>` (UTF-8), unique per record. Each
-    pair in `counts` is one counter's report, exactly as a schema-2 ClickReport with this
-    record's node, incarnation and reported_at; a tinyurl named twice counts as its largest
-    count (both are absolute counts of one counter, so the smaller is only older)."""
-
-    schema: Annotated[Literal[3], Meta(description="The record's schema version.")]
+class _ClickBatchFields(RecordStruct, kw_only=True):
+    # The fields every report batch has, in this order on the wire. `schema` is here only to
+    # keep its place first: each kind narrows it to its own Literal (msgspec keeps a field a
+    # subclass declares again where the base put it, and encodes nothing of this class itself).
+    schema: Annotated[int, SchemaVersion]
     node: Annotated[Node, Meta(description="The replica that sent it: a label for the admin, "
                                            "not part of the counters' identity.")]
     incarnation: Annotated[Incarnation, Meta(description="The counters' identity: one life of "
@@ -176,6 +176,16 @@ class ClickBatch(RecordStruct, kw_only=True):
     reported_at: Annotated[Time, Meta(description="When it was sent, by the replica's clock "
                                                   "(RFC 3339); the hour its clicks are charted "
                                                   "in.")]
+
+
+class ClickBatch(_ClickBatchFields, kw_only=True):
+    """The absolute counts of many counters of one incarnation, sent in one flush by one
+    replica. Key: `<incarnation>/<32 lowercase hex digits>` (UTF-8), unique per record. Each
+    pair in `counts` is one counter's report, exactly as a schema-2 ClickReport with this
+    record's node, incarnation and reported_at; a tinyurl named twice counts as its largest
+    count (both are absolute counts of one counter, so the smaller is only older)."""
+
+    schema: Annotated[Literal[3], SchemaVersion]
     counts: Annotated[list[tuple[Tinyurl, BatchCount]],
                       Meta(min_length=1, max_length=CLICK_BATCH_MAX,
                            description="[tinyurl, absolute count] per counter: clicks of the "
@@ -186,7 +196,7 @@ class ClickBatch(RecordStruct, kw_only=True):
 CLICK_BATCH_BOTS_SCHEMA = 4
 
 
-class ClickBatchBots(RecordStruct, kw_only=True):
+class ClickBatchBots(_ClickBatchFields, kw_only=True):
     """ClickBatch with each counter's bot clicks: every pair of schema 3 is here a triple
     [tinyurl, count, bots], `count` all the counter's clicks (a bot's too: the hundreds the
     replicas report count every click) and `bots` how many of them were a bot's, 0 <= bots <=
@@ -194,14 +204,7 @@ class ClickBatchBots(RecordStruct, kw_only=True):
     a milestone report the hundred and a lower bound of the bots then; the master keeps the
     largest of each. Key: as ClickBatch's."""
 
-    schema: Annotated[Literal[4], Meta(description="The record's schema version.")]
-    node: Annotated[Node, Meta(description="The replica that sent it: a label for the admin, "
-                                           "not part of the counters' identity.")]
-    incarnation: Annotated[Incarnation, Meta(description="The counters' identity: one life of "
-                                                         "one replica's Redis.")]
-    reported_at: Annotated[Time, Meta(description="When it was sent, by the replica's clock "
-                                                  "(RFC 3339); the hour its clicks are charted "
-                                                  "in.")]
+    schema: Annotated[Literal[4], SchemaVersion]
     counts: Annotated[list[tuple[Tinyurl, BatchCount, BotCount]],
                       Meta(min_length=1, max_length=CLICK_BATCH_MAX,
                            description="[tinyurl, absolute count, bots] per counter: clicks of "
