@@ -304,24 +304,28 @@ def link_change(request: HttpRequest, tinyurl: str, payload: schemas.LinkChange)
     return _change(link, payload.wait, payload.wait_timeout, **changes)
 
 
-@api.post("/links/{tinyurl}/takedown", response=CHANGE, operation_id="link_takedown",
-          tags=["links"])
-def link_takedown(request: HttpRequest, tinyurl: str, wait: Literal["replicas"] | None = None,
+def _state_operation(action: str, *, disabled: bool, what: str):
+    """POST /links/{tinyurl}/<action>, operation link_<action>: take the link down (disabled)
+    or put it back. One body for both; each keeps its own operation id and description."""
+
+    def operation(request: HttpRequest, tinyurl: str, wait: Literal["replicas"] | None = None,
                   wait_timeout: float | None = Query(None, ge=0, le=3600)):
-    """Take the link down: every replica answers 404 for it. Idempotent.
-    wait=replicas: answered once every ready replica serves the new state, or 202 after
-    wait_timeout seconds (as on create)."""
-    return _change(_link(tinyurl), wait, wait_timeout, disabled=True)
+        return _change(_link(tinyurl), wait, wait_timeout, disabled=disabled)
+
+    # django-ninja names the operation's summary after the function, and describes it with its
+    # docstring.
+    operation.__name__ = operation.__qualname__ = f"link_{action}"
+    operation.__doc__ = (f"{what} Idempotent.\n"
+                         "wait=replicas: answered once every ready replica serves the new state, "
+                         "or 202 after\nwait_timeout seconds (as on create).")
+    return api.post(f"/links/{{tinyurl}}/{action}", response=CHANGE,
+                    operation_id=f"link_{action}", tags=["links"])(operation)
 
 
-@api.post("/links/{tinyurl}/restore", response=CHANGE, operation_id="link_restore",
-          tags=["links"])
-def link_restore(request: HttpRequest, tinyurl: str, wait: Literal["replicas"] | None = None,
-                 wait_timeout: float | None = Query(None, ge=0, le=3600)):
-    """Put a taken-down link back: every replica redirects again. Idempotent.
-    wait=replicas: answered once every ready replica serves the new state, or 202 after
-    wait_timeout seconds (as on create)."""
-    return _change(_link(tinyurl), wait, wait_timeout, disabled=False)
+link_takedown = _state_operation("takedown", disabled=True,
+                                 what="Take the link down: every replica answers 404 for it.")
+link_restore = _state_operation("restore", disabled=False,
+                                what="Put a taken-down link back: every replica redirects again.")
 
 
 # --- clicks and replicas -----------------------------------------------------------------------
