@@ -6,9 +6,9 @@ request and response objects) cost most of its time per redirect (docs/performan
 redirect is a path check, one Redis command sent together with those of the other requests in
 flight (redirects/pipelining.py), and a response of constant headers. What is answered, and how,
 is exactly what the Django view answered (redirects/answers.py, shared with it): 302 with
-Location and Cache-Control: no-store; HEAD answered as GET and not counted; 404 JSON for an unknown or
-disabled code; 410 JSON with Cache-Control: no-store for an expired one; 405 for other methods;
-503 with Retry-After while Redis is away, recovering by itself (after a Redis restart, through
+Location and Cache-Control: no-store; HEAD answered as GET and not counted; 404 JSON for an
+unknown or disabled code; 410 JSON with Cache-Control: no-store for an expired one; 405 for
+other methods; 503 with Retry-After while Redis is away, recovering by itself (after a Redis restart, through
 the counter incarnation check: counting.click_script_reload_async). A Redis that refuses writes but
 still reads (memory or disk full, a read-only replica) still redirects: the click is counted as
 lost instead (selectors.link_read_uncounted_async), on that error only.
