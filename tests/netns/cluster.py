@@ -1,10 +1,14 @@
 """The assignment's topology on one machine: three hosts as Linux network namespaces.
 
-    bridge sh<id>br 10.231.0.1/24 (the "network")  - Kafka and PostgreSQL listen here
-      |- namespace <id>m   10.231.0.10  master:  gunicorn :8000, consume_clicks, outbox relay
-      |- namespace <id>r1  10.231.0.11  replica: redis :26379, consume_links, report_clicks,
-      |                                          gunicorn :8000
-      |- namespace <id>r2  10.231.0.12  replica: the same
+    bridge <id>br  <net>.1/24 (the "network")  - Kafka and PostgreSQL listen here
+      |- namespace <id>m   <net>.10  master:  gunicorn :8000, consume_clicks, outbox relay
+      |- namespace <id>r1  <net>.11  replica: redis :26379, consume_links, report_clicks,
+      |                                       gunicorn :8000
+      |- namespace <id>r2  <net>.12  replica: the same
+
+<net> is a /24 of 10.231-10.250.x.0 that no address or route of this machine overlaps, drawn
+at random for each run (NetnsCluster.subnet_claim), and Kafka's and PostgreSQL's ports are free
+ones: two suites (two clones) running at once on one machine each get their own network.
 
 Each replica's Redis is on port 26379 inside its own namespace, as on separate hosts; node ids
 are the hosts' addresses (`hostname -I` inside a namespace), so consumer groups end with the IP.
@@ -14,7 +18,10 @@ Needs root (ip netns, veth, bridge). Everything it makes is removed by close().
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
@@ -24,23 +31,59 @@ from pathlib import Path
 import psycopg2
 import requests
 
-from testkit import ROOT, wait_until
+from testkit import ROOT, free_port, wait_until
 
-SUBNET = "10.231.0"
-BRIDGE_IP = f"{SUBNET}.1"
-KAFKA_PORT, KAFKA_CONTROLLER_PORT, PG_PORT = 19092, 19093, 15432
+# The /24s a cluster may take: 10.231.0.0 to 10.250.255.0 (private, RFC 1918, and far from the
+# 10.0-10.1 that container and VPN networks usually take).
+SUBNETS = [ipaddress.ip_network(f"10.{a}.{b}.0/24") for a in range(231, 251) for b in range(256)]
+# How many times a cluster draws again when another run claimed the same /24 at the same moment.
+SUBNET_DRAWS = 20
 
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=check, capture_output=True, text=True)
 
 
+def networks_in_use(*, besides: str | None = None) -> list[tuple[str, ipaddress.IPv4Network]]:
+    """(device, network) of every IPv4 address and route of this machine's own namespace,
+    `besides` (a device) left out; a default route is no network taken."""
+    found = []
+    for line in sh("ip", "-o", "-4", "addr", "show").stdout.splitlines():
+        match = re.match(r"\d+:\s+(\S+)\s+inet\s+(\S+)", line)
+        if match:
+            found.append((match[1].split("@")[0],
+                          ipaddress.ip_interface(match[2]).network))
+    for line in sh("ip", "-4", "route", "show").stdout.splitlines():
+        words = line.split()
+        if words and words[0] in ("unicast", "blackhole", "unreachable", "prohibit", "throw"):
+            words = words[1:]
+        dev = re.search(r"\bdev (\S+)", line)
+        if words and words[0] != "default":
+            try:
+                found.append((dev[1] if dev else "", ipaddress.ip_network(words[0],
+                                                                          strict=False)))
+            except ValueError:
+                pass
+    return [(device, net) for device, net in found if device != besides]
+
+
+def subnets_free() -> list[ipaddress.IPv4Network]:
+    """The /24s of SUBNETS that no address or route of this machine overlaps."""
+    taken = [net for _, net in networks_in_use()]
+    return [subnet for subnet in SUBNETS if not any(subnet.overlaps(net) for net in taken)]
+
+
+def subnet_taken(subnet: ipaddress.IPv4Network, *, besides: str | None = None) -> bool:
+    return any(subnet.overlaps(net) for _, net in networks_in_use(besides=besides))
+
+
 class Host:
-    def __init__(self, cluster: NetnsCluster, name: str, ip: str) -> None:
+    def __init__(self, cluster: NetnsCluster, name: str, number: int) -> None:
         self.cluster = cluster
         self.name = name
         self.ns = f"{cluster.id}{name}"
-        self.ip = ip
+        self.number = number  # its address in the cluster's /24
+        self.ip = ""  # set when the cluster has claimed its network (NetnsCluster.build)
         self.veth = f"{cluster.id}{name}v"  # the root side of its cable
         self.procs: dict[str, subprocess.Popen] = {}
 
@@ -77,40 +120,74 @@ class NetnsCluster:
         self.dir.mkdir(parents=True)
         self.user = user
         self.bridge = f"{self.id}br"
-        self.master = Host(self, "m", f"{SUBNET}.10")
-        self.r1 = Host(self, "r1", f"{SUBNET}.11")
-        self.r2 = Host(self, "r2", f"{SUBNET}.12")
+        self.master = Host(self, "m", 10)
+        self.r1 = Host(self, "r1", 11)
+        self.r2 = Host(self, "r2", 12)
         self.replicas = [self.r1, self.r2]
         self.hosts = [self.master, *self.replicas]
+        self.subnet: ipaddress.IPv4Network | None = None  # claimed by build()
+        self.bridge_ip = ""
+        # PostgreSQL and Kafka's controller listen on 127.0.0.1 too, where another run's would
+        # take the same fixed ports.
+        self.kafka_port, self.kafka_controller_port, self.pg_port = (
+            free_port(), free_port(), free_port())
+        self.database = user
+        # The stack's scripts get this run's data directory from the start: close() stops
+        # Kafka and PostgreSQL with it even when build() failed (never another run's services).
         self.stack_env = {**os.environ, "SHORTENER_DATA": str(self.dir / "stack"),
                           "SHORTENER_KAFKA_LIBS": str(ROOT / ".local" / "kafka" / "libs"),
-                          "SHORTENER_KAFKA_HOST": BRIDGE_IP,
-                          "SHORTENER_KAFKA_PORT": str(KAFKA_PORT),
-                          "SHORTENER_KAFKA_CONTROLLER_PORT": str(KAFKA_CONTROLLER_PORT),
-                          "SHORTENER_PG_PORT": str(PG_PORT),
-                          "SHORTENER_PG_LISTEN": f"127.0.0.1,{BRIDGE_IP}",
-                          "SHORTENER_PG_TRUST_CIDR": f"{SUBNET}.0/24"}
-        self.database = user
+                          "SHORTENER_KAFKA_PORT": str(self.kafka_port),
+                          "SHORTENER_KAFKA_CONTROLLER_PORT": str(self.kafka_controller_port),
+                          "SHORTENER_PG_PORT": str(self.pg_port)}
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("SHORTENER_", "DATABASE_", "REDIS_", "KAFKA_"))}
         self.env.update({
             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
             "SHORTENER_USER": user,
-            "KAFKA_BOOTSTRAP_SERVERS": f"{BRIDGE_IP}:{KAFKA_PORT}",
-            "DATABASE_URL": f"postgres://postgres@{BRIDGE_IP}:{PG_PORT}/{user}",
             "REDIS_URL": "redis://127.0.0.1:26379/0",
             "DJANGO_SECRET_KEY": "netns-test-only",
-            "DJANGO_ALLOWED_HOSTS": ",".join(h.ip for h in self.hosts),
             "GUNICORN_WORKERS": "1",
             # Short flush so that the scenarios settle fast.
             "SHORTENER_CLICKS_FLUSH_SECONDS": "1",
         })
 
+    def _addresses_set(self, subnet: ipaddress.IPv4Network) -> None:
+        """Every address in `subnet`, and the environment that names them."""
+        self.subnet = subnet
+        self.bridge_ip = str(subnet[1])
+        for host in self.hosts:
+            host.ip = str(subnet[host.number])
+        self.stack_env.update({"SHORTENER_KAFKA_HOST": self.bridge_ip,
+                               "SHORTENER_PG_LISTEN": f"127.0.0.1,{self.bridge_ip}",
+                               "SHORTENER_PG_TRUST_CIDR": str(subnet)})
+        self.env.update({
+            "KAFKA_BOOTSTRAP_SERVERS": f"{self.bridge_ip}:{self.kafka_port}",
+            "DATABASE_URL": f"postgres://postgres@{self.bridge_ip}:{self.pg_port}/{self.user}",
+            "DJANGO_ALLOWED_HOSTS": ",".join(h.ip for h in self.hosts),
+        })
+
     # --- the network -----------------------------------------------------------------------
 
-    def build(self) -> None:
+    def subnet_claim(self) -> ipaddress.IPv4Network:
+        """Make the bridge with the first address of a /24 of SUBNETS that nothing on this
+        machine overlaps, drawn at random. Drawn, then checked again once the bridge holds it:
+        another run may have drawn the same one at the same moment; then both see the other's
+        bridge, both let go and draw again, so no two clusters ever keep one network."""
+        draw = random.SystemRandom()
         sh("ip", "link", "add", self.bridge, "type", "bridge")
-        sh("ip", "addr", "add", f"{BRIDGE_IP}/24", "dev", self.bridge)
+        for _ in range(SUBNET_DRAWS):
+            free = subnets_free()
+            if not free:
+                raise RuntimeError("every /24 of 10.231-10.250 is in use on this machine")
+            subnet = draw.choice(free)
+            sh("ip", "addr", "add", f"{subnet[1]}/{subnet.prefixlen}", "dev", self.bridge)
+            if not subnet_taken(subnet, besides=self.bridge):
+                return subnet
+            sh("ip", "addr", "flush", "dev", self.bridge)
+        raise RuntimeError(f"no free /24 of 10.231-10.250 after {SUBNET_DRAWS} draws")
+
+    def build(self) -> None:
+        self._addresses_set(self.subnet_claim())
         sh("ip", "link", "set", self.bridge, "up")
         for host in self.hosts:
             sh("ip", "netns", "add", host.ns)
@@ -118,9 +195,9 @@ class NetnsCluster:
                host.ns)
             sh("ip", "link", "set", host.veth, "master", self.bridge)
             sh("ip", "link", "set", host.veth, "up")
-            for cmd in (["ip", "addr", "add", f"{host.ip}/24", "dev", "eth0"],
+            for cmd in (["ip", "addr", "add", f"{host.ip}/{self.subnet.prefixlen}", "dev", "eth0"],
                         ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "lo", "up"],
-                        ["ip", "route", "add", "default", "via", BRIDGE_IP]):
+                        ["ip", "route", "add", "default", "via", self.bridge_ip]):
                 sh("ip", "netns", "exec", host.ns, *cmd)
 
     # --- shared services: Kafka and PostgreSQL on the network ------------------------------
@@ -134,7 +211,7 @@ class NetnsCluster:
                        env=self.stack_env, check=True, capture_output=True)
 
     def sql(self, query: str, *params) -> list[tuple]:
-        conn = psycopg2.connect(host=BRIDGE_IP, port=PG_PORT, user="postgres",
+        conn = psycopg2.connect(host=self.bridge_ip, port=self.pg_port, user="postgres",
                                 dbname=self.database, connect_timeout=5)
         try:
             with conn, conn.cursor() as cursor:
@@ -239,7 +316,7 @@ class NetnsCluster:
     def clicks_topic_end(self) -> int:
         from kafka import KafkaConsumer, TopicPartition
 
-        consumer = KafkaConsumer(bootstrap_servers=f"{BRIDGE_IP}:{KAFKA_PORT}")
+        consumer = KafkaConsumer(bootstrap_servers=f"{self.bridge_ip}:{self.kafka_port}")
         try:
             tp = TopicPartition(f"{self.user}-clicks", 0)
             return consumer.end_offsets([tp])[tp]

@@ -18,7 +18,7 @@ from django.conf import settings
 from kafka import KafkaProducer
 
 from testkit import wait_until
-from tests.netns.cluster import BRIDGE_IP, KAFKA_PORT, NetnsCluster
+from tests.netns.cluster import NetnsCluster
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root; the "
@@ -256,7 +256,7 @@ def test_6_malformed_messages_in_both_topics(cluster, report):
     rows = cluster.sql("SELECT skipped_malformed FROM links_consumerposition WHERE topic = %s",
                        f"{cluster.user}-clicks")
     bad_before = rows[0][0] if rows else 0
-    producer = KafkaProducer(bootstrap_servers=f"{BRIDGE_IP}:{KAFKA_PORT}")
+    producer = KafkaProducer(bootstrap_servers=f"{cluster.bridge_ip}:{cluster.kafka_port}")
     for topic in (f"{cluster.user}-links", f"{cluster.user}-clicks"):
         for value in (b"not json", b"[1]", b'{"schema": 42}', b"\xff\xfe", b"{}"):
             producer.send(topic, key=b"Garbage", value=value).get(timeout=10)
