@@ -8,10 +8,10 @@ flight (redirects/pipelining.py), and a response of constant headers. What is an
 is exactly what the Django view answered (redirects/answers.py, shared with it): 302 with
 Location and Cache-Control: no-store; HEAD answered as GET and not counted; 404 JSON for an
 unknown or disabled code; 410 JSON with Cache-Control: no-store for an expired one; 405 for
-other methods; 503 with Retry-After while Redis is away, recovering by itself (after a Redis restart, through
-the counter incarnation check: counting.click_script_reload_async). A Redis that refuses writes but
-still reads (memory or disk full, a read-only replica) still redirects: the click is counted as
-lost instead (selectors.link_read_uncounted_async), on that error only.
+other methods; 503 with Retry-After while Redis is away, recovering by itself (after a Redis
+restart, through the counter incarnation check: counting.click_script_reload_async). A Redis
+that refuses writes but still reads (memory or disk full, a read-only replica) still redirects:
+the click is counted as lost instead (selectors.link_read_uncounted_async), on that error only.
 Malformed codes, /metrics, /healthz, /readyz and anything else go to Django, which answers them
 as before (a malformed code is a 404 from its resolver, without a Redis round trip).
 
