@@ -11,7 +11,10 @@ import pytest
 from tests.netns import cluster as netns
 from tests.netns.cluster import NetnsCluster
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network interfaces need root")
+# Out of the fast lane, as every netns test (tests/stack/test_lanes.py): they change the
+# machine's network.
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="network interfaces need root"),
+              pytest.mark.services]
 
 
 def addresses_of(device: str) -> list:
