@@ -54,8 +54,11 @@ def test_a_record_claiming_a_reserved_path_is_refused_counted_and_never_served(r
     link_produce("ok-alias", 1, "https://example.com/after")  # what comes after still applies
     wait_until(lambda: replica.target("ok-alias") is not None, timeout=30, what="the last record")
     # The topic is the test run's: other tests' bad records are in it too; these are named.
+    # Logged once the batch's write has been answered (redirects/services.links_batch_done),
+    # so possibly just after the last record is served: waited for.
     for offset in offsets:
-        assert f"partition=0 offset={offset} reason=reserved" in replica.consumer_output()
+        wait_until(lambda o=offset: f"partition=0 offset={o} reason=reserved"
+                   in replica.consumer_output(), timeout=10, what=f"offset {offset} logged")
     assert replica.stats()["rejected"] >= 3
     for name in ("metrics", "Healthz", "READYZ"):
         assert replica.link(name) is None
