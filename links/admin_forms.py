@@ -89,8 +89,9 @@ class LinkForm(PasswordParts, forms.ModelForm):
         # The one check of every target (link_update calls it again, as the guard of every
         # path; here it puts the reason on the field before anything is saved).
         value = validation.longurl_check(self.cleaned_data["longurl"])
-        other = selectors.link_get_by_longurl(longurl=value)  # the generated one
-        if other is not None and other.pk != self.instance.pk and not self.instance.alias:
+        other = selectors.link_get_by_longurl(longurl=value)  # the public generated one
+        if (other is not None and other.pk != self.instance.pk and not self.instance.alias
+                and self.instance.password_hash is None):
             raise forms.ValidationError(f"link {other.tinyurl} already has this longurl "
                                         "(a longurl has one tinyurl)")
         return value

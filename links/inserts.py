@@ -20,34 +20,43 @@ from links.models import Link
 TINYURL_ATTEMPTS = 8
 
 
-def links_insert(rows: list[tuple[str, bytes, datetime | None]]) -> dict[str, tuple[Link, bool]]:
-    """Insert links for (stored longurl, its digest, expiry) rows that may have none; returns, per
-    longurl, its link and whether this call inserted it (False: it existed, or another call won).
-    Runs inside the caller's transaction. Raises RuntimeError if a tinyurl cannot be found for
-    some row in TINYURL_ATTEMPTS rounds (at most a handful of collisions ever happen).
-    ValueError if a longurl holds a newline (a stored longurl never does: links.validation)."""
+# One row links_insert takes: (stored longurl, its digest, expiry, password hash or None).
+InsertRow = tuple[str, bytes, "datetime | None", "str | None"]
+
+
+def links_insert(rows: list[InsertRow]) -> dict[tuple[str, str | None], tuple[Link, bool]]:
+    """Insert generated links for (stored longurl, its digest, expiry, password hash) rows that
+    may have none; the hash None for a public link, else generated-salted (links/passwords.py),
+    each (longurl, hash) pair once. Returns, per (longurl, hash), its link and whether this call
+    inserted it (False: it existed, or another call won). Runs inside the caller's transaction.
+    Raises RuntimeError if a tinyurl cannot be found for some row in TINYURL_ATTEMPTS rounds (at
+    most a handful of collisions ever happen). ValueError if a longurl holds a newline (a stored
+    longurl never does: links.validation)."""
     # INSERT ... ON CONFLICT DO NOTHING: an existing link, a concurrent insert of the same
-    # longurl, or a tinyurl that is already taken, ends as "no row inserted" instead of an error,
-    # with no aborted transaction; which it was, the read after it tells. The rows go in the order
-    # of their digests: two concurrent batches that share longurls then take the unique index's
-    # locks in the same order, so one waits for the other instead of the two deadlocking. The
-    # columns Django fills from model defaults (state_version, clicks) have no default in the
-    # database, so they are given here. The columns travel as one text each (a newline-separated
-    # list of longurls, array literals of tinyurls, hex digests and expiries), not as Python
-    # lists, which psycopg2 adapts element by element: 1.6 us a link for the four, against 0.3
+    # longurl (and hash), or a tinyurl that is already taken, ends as "no row inserted" instead
+    # of an error, with no aborted transaction; which it was, the read after it tells. The rows
+    # go in the order of their digests: two concurrent batches that share longurls then take the
+    # unique index's locks in the same order, so one waits for the other instead of the two
+    # deadlocking. The columns Django fills from model defaults (state_version, clicks) have no
+    # default in the database, so they are given here. The columns travel as one text each (a
+    # newline-separated list of longurls, array literals of tinyurls, hex digests, expiries and
+    # hashes, whose alphabet has no character an array literal quotes), not as Python lists,
+    # which psycopg2 adapts element by element: 1.6 us a link for the four, against 0.3
     # (measured). A row comes back with its id and tinyurl only: the tinyurl says which row it is
     # (each was drawn for one row), and the rest is what was sent.
     insert_sql = """
-        INSERT INTO links_link (tinyurl, longurl, longurl_sha256, expires_at, created_at,
-                                state_version, clicks)
-        SELECT t.tinyurl, t.longurl, t.digest, t.expires_at, %s, 1, 0
-        FROM (SELECT u.tinyurl, u.longurl, decode(u.digest, 'hex') AS digest, u.expires_at
+        INSERT INTO links_link (tinyurl, longurl, longurl_sha256, expires_at, password_hash,
+                                created_at, state_version, clicks)
+        SELECT t.tinyurl, t.longurl, t.digest, t.expires_at, t.password_hash, %s, 1, 0
+        FROM (SELECT u.tinyurl, u.longurl, decode(u.digest, 'hex') AS digest, u.expires_at,
+                     u.password_hash
               FROM unnest(%s::varchar[], string_to_array(%s, E'\\n'), %s::text[],
-                          %s::timestamptz[]) AS u(tinyurl, longurl, digest, expires_at)) AS t
+                          %s::timestamptz[], %s::text[])
+                   AS u(tinyurl, longurl, digest, expires_at, password_hash)) AS t
         ORDER BY t.digest
         ON CONFLICT DO NOTHING
         RETURNING tinyurl, id"""
-    result: dict[str, tuple[Link, bool]] = {}
+    result: dict[tuple[str, str | None], tuple[Link, bool]] = {}
     pending = rows
     plain = _links_plain()
     for _ in range(TINYURL_ATTEMPTS):
@@ -60,25 +69,30 @@ def links_insert(rows: list[tuple[str, bytes, datetime | None]]) -> dict[str, tu
                 now, "{" + ",".join(codes) + "}", longurls,
                 "{" + ",".join(r[1].hex() for r in pending) + "}",
                 "{" + ",".join("NULL" if r[2] is None else r[2].isoformat() for r in pending)
-                + "}"])
+                + "}",
+                "{" + ",".join("NULL" if r[3] is None else r[3] for r in pending) + "}"])
             inserted = dict(cursor.fetchall())  # id by tinyurl
         left = []
-        for (longurl, digest, expires_at), code in zip(pending, codes):
+        for row, code in zip(pending, codes):
+            longurl, digest, expires_at, hashed = row
             pk = inserted.get(code)
             if pk is not None:
-                result[longurl] = (_link_of_row(
+                result[longurl, hashed] = (_link_of_row(
                     plain, id=pk, tinyurl=code, longurl=longurl, longurl_sha256=digest,
                     created_at=now, expires_at=expires_at, state_version=1, clicks=0, bot_clicks=0,
-                    alias=False),
+                    alias=False, password_hash=hashed),
                     True)
             else:
-                left.append((longurl, digest, expires_at))
+                left.append(row)
         if left:
-            # Not inserted: the longurl has a link (READ COMMITTED: a concurrent call's committed
-            # row too), or the tinyurl was taken (the longurl is still missing).
-            for link in selectors.links_by_digest(r[1] for r in left).values():
-                result[link.longurl] = (link, False)
-            left = [r for r in left if r[0] not in result]
+            # Not inserted: the longurl (and hash) has a link (READ COMMITTED: a concurrent
+            # call's committed row too), or the tinyurl was taken (the link is still missing).
+            for link in selectors.links_by_digest(r[1] for r in left if r[3] is None).values():
+                result[link.longurl, None] = (link, False)
+            for link in selectors.links_protected_by_hash(
+                    (r[1], r[3]) for r in left if r[3] is not None).values():
+                result[link.longurl, link.password_hash] = (link, False)
+            left = [r for r in left if (r[0], r[3]) not in result]
         if not left:
             return result
         pending = left

@@ -77,10 +77,18 @@ class Link(models.Model):
 
     class Meta:
         constraints = [
-            # One generated link per longurl; aliases are outside the rule. The predicate's column
-            # never changes, so the published mark stays a HOT update (see below).
-            models.UniqueConstraint(fields=["longurl_sha256"], condition=models.Q(alias=False),
-                                    name="links_link_longurl_generated"),
+            # One public generated link per longurl ("same longurl, same tinyurl"), and one
+            # generated link per longurl and password (links/passwords.py: a protected link is
+            # found again by its hash); aliases are outside both. The predicates' columns change
+            # only with a link's password, so the published mark stays a HOT update (see below).
+            models.UniqueConstraint(
+                fields=["longurl_sha256"],
+                condition=models.Q(alias=False, password_hash__isnull=True),
+                name="links_link_longurl_public"),
+            models.UniqueConstraint(
+                fields=["longurl_sha256", "password_hash"],
+                condition=models.Q(alias=False, password_hash__isnull=False),
+                name="links_link_longurl_protected"),
             # Whatever writes a row (a raw INSERT, an import, the shell), the tinyurl has a shape
             # every replica serves (TINYURL_RE): at least 3 characters, none outside
             # [A-Za-z0-9_-]; at most 64 is the column's. Not TINYURL_RE itself: PostgreSQL's

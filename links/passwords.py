@@ -3,17 +3,30 @@
 create with a password may get. links.services calls these; the password itself is never
 stored, published or logged.
 
-A password applies to a link made by the call that gives it: a create with a password that finds
-the longurl's (or the alias') existing link gets it only if that link has this very password (a
-retried call), and PasswordConflict (409) otherwise, so that a caller never believes a link is
-protected by a password it is not protected by. A create without a password gets an existing
-link as it is, protected or not (the API shows "protected"). To protect an existing link, change
-it (links.services.link_update's `password`).
+Which link a create gets ("same longurl, same tinyurl" with passwords):
+- Without a password and without an alias: the longurl's one public generated link (never a
+  protected one: a link handed to anyone who shortens a URL must not answer them a password
+  form). A unique index (links/models.py) holds one per longurl.
+- With a password and without an alias: the longurl's generated link protected by that very
+  password, made if there is none. Such a link's hash is salted from the longurl (generated_salt:
+  the same longurl and password always give the same hash), so a retried call finds its link by
+  (digest, hash) and gets the same tinyurl; another password makes another link; a unique
+  index holds one per longurl and hash.
+- With an alias: that alias' link; a create with a password gets an existing one only if it has
+  this very password (a retried call), PasswordConflict (409) otherwise, so that a caller never
+  believes a link is protected by a password it is not protected by. An alias' hash has a random
+  salt (nothing is looked up by it).
+To protect an existing link, or to remove its password, change it (links.services.link_update's
+`password`): a generated link then moves between the two kinds, and a change that would give a
+longurl a second public link, or a second link with one password, is refused (a ValidationError
+with the code "password_conflict").
 """
 
 from __future__ import annotations
 
-from topics.passwords import PASSWORD_MAX_LENGTH, password_check, password_hash_make
+from django.utils.crypto import salted_hmac
+
+from topics.passwords import PASSWORD_MAX_LENGTH, SALT_BYTES, password_check, password_hash_make
 
 
 class PasswordRefused(Exception):
@@ -63,9 +76,23 @@ def password_checked(password: object, *, empty_ok: bool = False) -> str:
     return password
 
 
-def password_hash(password: str) -> str:
-    """The salted hash to store and publish (about 0.18 s of CPU: topics/passwords.py)."""
-    return password_hash_make(password)
+def password_hash(password: str, *, digest: bytes | None = None) -> str:
+    """The salted hash to store and publish (about 0.18 s of CPU: topics/passwords.py). digest:
+    the longurl's SHA-256 for a generated link (the salt is then generated_salt(digest)); None
+    for an alias (a random salt)."""
+    return password_hash_make(password, None if digest is None else generated_salt(digest))
+
+
+def generated_salt(digest: bytes) -> bytes:
+    """The salt of a generated link's password hash: SALT_BYTES of HMAC-SHA256 under the
+    master's SECRET_KEY (Django's salted_hmac) of the longurl's digest. Deterministic, so that a
+    retried create finds its link by the hash; still one salt per longurl, as a salt must be
+    (OWASP Password Storage Cheat Sheet: unique per credential; two links of one longurl share a
+    hash only when they share the password, which the unique index forbids anyway), and
+    unknown without SECRET_KEY, so no table can be computed ahead for a popular longurl. A new
+    SECRET_KEY only makes a retry across it create a second link."""
+    return salted_hmac("links.passwords.generated_salt", digest,
+                       algorithm="sha256").digest()[:SALT_BYTES]
 
 
 def existing_link_ok(password: str | None, link_hash: str | None) -> bool:

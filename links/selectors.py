@@ -32,23 +32,41 @@ def longurl_digest(longurl: str) -> bytes:
 
 
 def link_get_by_longurl(*, longurl: str) -> Link | None:
-    """The longurl's generated link (the one a create without an alias answers), not an alias."""
-    return Link.objects.filter(longurl_sha256=longurl_digest(longurl), alias=False).first()
+    """The longurl's public generated link (the one a create without an alias or a password
+    answers): not an alias, not a protected link (links/passwords.py)."""
+    return Link.objects.filter(longurl_sha256=longurl_digest(longurl), alias=False,
+                               password_hash__isnull=True).first()
 
 
 def links_by_digest(digests: Iterable[bytes]) -> dict[bytes, Link]:
-    """The generated links of these longurl digests that exist, by digest (aliases are not
-    "the" link of a longurl: links/tinyurls.py). `NOT alias` is the predicate of the unique
-    index the lookup probes (links_link_longurl_generated).
+    """The public generated links of these longurl digests that exist, by digest (aliases and
+    protected links are not "the" link of a longurl: links/tinyurls.py, links/passwords.py). The
+    condition is the predicate of the unique index the lookup probes (links_link_longurl_public).
 
     One array parameter (= ANY), not an IN list: Django compiles an IN of 10,000 values
     parameter by parameter (a tenth of a bulk create's time, profiled), PostgreSQL plans it the
     same way. The digests travel as one array literal of hex texts (psycopg2 adapts a list of
     bytes one by one), decoded once into the array the unique index is probed with."""
     return {bytes(link.longurl_sha256): link for link in Link.objects.raw(
-        "SELECT * FROM links_link WHERE NOT alias AND longurl_sha256 = ANY(ARRAY("
+        "SELECT * FROM links_link WHERE NOT alias AND password_hash IS NULL"
+        " AND longurl_sha256 = ANY(ARRAY("
         "SELECT decode(h, 'hex') FROM unnest(%s::text[]) AS h))",
         ["{" + ",".join(digest.hex() for digest in digests) + "}"])}
+
+
+def links_protected_by_hash(keys: Iterable[tuple[bytes, str]]) -> dict[tuple[bytes, str], Link]:
+    """The protected generated links of these (longurl digest, password hash) pairs that exist,
+    by pair (links/passwords.py: a generated link's hash is the same for the same longurl and
+    password). Probes the unique index links_link_longurl_protected; protected creates are few,
+    so the pairs go as plain parameters."""
+    keys = list(keys)
+    if not keys:
+        return {}
+    query = Q()
+    for digest, hashed in keys:
+        query |= Q(longurl_sha256=digest, password_hash=hashed)
+    return {(bytes(link.longurl_sha256), link.password_hash): link
+            for link in Link.objects.filter(query, alias=False)}
 
 
 def links_taken_down_by_digest(digests: Iterable[bytes]) -> dict[bytes, Link]:

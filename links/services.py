@@ -1,9 +1,9 @@
-"""Writes of the master: creating links and changing their state; each change is then published
-to the links topic after its commit (links/publishing.py)."""
+"""Writes of the master: creating links (links_create_many and its callers), taking them down
+in bulk; each is published to the links topic after its commit (links/publishing.py). Changes
+of one existing link are links/changes.py's link_update, re-exported here."""
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -11,18 +11,17 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from links import inserts, passwords, publishing, selectors, tinyurls, validation
 from links.models import BlockedHost, Link
-from links.publishing import LinkPublishError, link_publish
+# Changes of an existing link live in links/changes.py; callers reach them from here.
+from links.changes import KEEP, link_update  # noqa: F401
+from links.publishing import LinkPublishError
 # Made in links/tinyurls.py; imported from here by tests, benches and older callers.
 from links.tinyurls import tinyurl_generate, tinyurls_generate  # noqa: F401
-from topics.links import VERSION_MAX
 
-# The partial unique index of generated links' longurls (links/models.py, migration 0016).
-LONGURL_GENERATED_UNIQUE = "links_link_longurl_generated"
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +81,11 @@ def link_create(*, longurl: str, expires_at: datetime | None = None,
     AliasTaken (409: another longurl's link has it); all subclasses of tinyurls.AliasRefused,
     which carry `status`, `code` and `message`. Nothing is written for a refused alias.
 
-    password: the new link is password-protected (its salted hash is stored and published,
-    never the password; links/passwords.py). PasswordInvalid (400) for one that cannot be,
-    PasswordConflict (409) when the longurl or alias already has a link without that password.
+    password: the link is password-protected (its salted hash is stored and published, never
+    the password; links/passwords.py): without an alias, the longurl's generated link with this
+    password, made if there is none (a retry gets the same tinyurl; another password, another
+    link; a create without a password never gets it). PasswordInvalid (400) for one that cannot
+    be, PasswordConflict (409) when the alias already names a link without that password.
     """
     outcome = links_create_many([CreateItem(longurl=longurl, expires_at=expires_at,
                                             alias=alias, password=password)])[0]
@@ -109,7 +110,10 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
     An item with an alias gets the link of that alias, as link_create says (the same alias
     twice in one call for the same longurl: one link, created for the first; for another
     longurl: AliasTaken for the later item), or its AliasRefused. Items without one follow
-    "same longurl, same tinyurl": they never get an alias' link.
+    "same longurl, same tinyurl": they never get an alias' link, and get the longurl's public
+    link without a password, its generated link with that password with one (links/passwords.py;
+    for the same longurl and password in one call, one link). A longurl one of whose links was
+    taken down gets no new alias or protected link (LinkDisabled).
 
     Every link is committed durably before any of its records is sent (a replica never holds a
     link the master could still lose), and a LinkCreated is returned only for a link Kafka has
@@ -118,7 +122,8 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
     expires_at (a programming error, not input).
     """
     outcomes: list[CreateOutcome | None] = [None] * len(items)
-    wanted: dict[str, list[int]] = {}  # stored longurl -> the items asking for it, in order
+    # (stored longurl, password or None) -> the items asking for its generated link, in order.
+    wanted: dict[tuple[str, str | None], list[int]] = {}
     aliased: dict[str, tuple[str, list[int]]] = {}  # alias -> (stored longurl, its items)
     for index, item in enumerate(items):
         if item.expires_at is not None and timezone.is_naive(item.expires_at):
@@ -128,7 +133,8 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
                 passwords.password_checked(item.password)
             stored = validation.longurl_check(item.longurl)
             if item.alias is None:
-                wanted.setdefault(stored, []).append(index)
+                wanted.setdefault((stored, item.password), []).append(  # type: ignore[arg-type]
+                    index)
                 continue
             alias = tinyurls.alias_check(item.alias)
         except (validation.LongurlRefused, tinyurls.AliasRefused,
@@ -144,59 +150,79 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
         return outcomes  # type: ignore[return-value]
 
     digests = {longurl: selectors.longurl_digest(longurl)
-               for longurl in (*wanted, *(held[0] for held in aliased.values()))}
-    if aliased:
-        # A longurl one of whose links an admin took down gets no new alias: else a takedown
-        # would be undone by asking for the target again under any alias. (A taken-down alias
-        # asked for again is answered LinkDisabled below, as a taken-down generated link is.)
-        down = selectors.links_taken_down_by_digest(
-            {digests[longurl] for longurl, _ in aliased.values()})
-        for alias, (longurl, indices) in list(aliased.items()):
-            if (link := down.get(digests[longurl])) is not None and link.tinyurl != alias:
-                for index in indices:
-                    outcomes[index] = LinkDisabled(link)
-                del aliased[alias]
-        if not wanted and not aliased:
-            return outcomes  # type: ignore[return-value]
-    fresh: dict[str, tuple[Link, bool]] = {}
+               for longurl in (*(key[0] for key in wanted),
+                               *(held[0] for held in aliased.values()))}
+    # The hashes of the passwords asked for, made before the transaction (scrypt's 0.18 s of CPU
+    # holds no lock): a generated link's, salted from its longurl, is also how it is found again
+    # (links/passwords.py); an alias' is made only for a new link, below.
+    hashes: dict[tuple[str, str | None], str | None] = {
+        key: None if key[1] is None else passwords.password_hash(key[1],
+                                                                 digest=digests[key[0]])
+        for key in wanted}
+    # A longurl one of whose links an admin took down gets no new alias nor protected link: else
+    # a takedown would be undone by asking for the target again under any alias or password. (A
+    # taken-down link asked for again is answered LinkDisabled below, as a public one is.)
+    newcomers = {digests[key[0]] for key in wanted if key[1] is not None}
+    newcomers |= {digests[longurl] for longurl, _ in aliased.values()}
+    down = selectors.links_taken_down_by_digest(newcomers) if newcomers else {}
+    for alias, (longurl, indices) in list(aliased.items()):
+        if (link := down.get(digests[longurl])) is not None and link.tinyurl != alias:
+            for index in indices:
+                outcomes[index] = LinkDisabled(link)
+            del aliased[alias]
+    for key, indices in list(wanted.items()):
+        if key[1] is not None and (link := down.get(digests[key[0]])) is not None and (
+                link.alias or link.password_hash != hashes[key]):
+            for index in indices:
+                outcomes[index] = LinkDisabled(link)
+            del wanted[key]
+    if not wanted and not aliased:
+        return outcomes  # type: ignore[return-value]
+    fresh: dict[tuple[str, str | None], tuple[Link, bool]] = {}
     # From INSERT_FIRST_MIN longurls on (a bulk call, an import: nearly all new), the INSERT finds
     # the existing links itself (links_insert reads what it did not insert): a new link is spared
     # a read, 2.6 µs of PostgreSQL (measured); an existing one costs 9 instead of 2 (a retry pays).
-    found = ({} if len(wanted) >= INSERT_FIRST_MIN or not wanted
-             else selectors.links_by_digest(digests[longurl] for longurl in wanted))
-    missing = [longurl for longurl in wanted if digests[longurl] not in found]
+    found: dict[tuple[str, str | None], Link] = {}
+    if wanted and len(wanted) < INSERT_FIRST_MIN:
+        public = selectors.links_by_digest(digests[key[0]] for key in wanted if key[1] is None)
+        protected = selectors.links_protected_by_hash(
+            (digests[key[0]], hashes[key]) for key in wanted  # type: ignore[misc]
+            if key[1] is not None)
+        for key in wanted:
+            link = (public.get(digests[key[0]]) if key[1] is None
+                    else protected.get((digests[key[0]], hashes[key])))  # type: ignore[arg-type]
+            if link is not None:
+                found[key] = link
+    missing = [key for key in wanted if key not in found]
     of_alias: dict[str, tuple[Link, bool] | tinyurls.AliasTaken] = {}
-    # The hash of the password of the item that would make each link, made before the
-    # transaction (scrypt's 0.18 s of CPU holds no lock): by stored longurl and by alias.
-    hashes = {key: passwords.password_hash(items[indices[0]].password)  # type: ignore[arg-type]
-              for key, indices in (*((u, i) for u, i in wanted.items() if u in missing),
-                                   *((a, held[1]) for a, held in aliased.items()))
-              if items[indices[0]].password is not None}
+    alias_hashes = {alias: passwords.password_hash(items[held[1][0]].password)  # type: ignore
+                    for alias, held in aliased.items()
+                    if items[held[1][0]].password is not None}
     if missing or aliased:
         # durable: the outermost transaction, so that "committed" below really means committed
         # (not released into an enclosing transaction that could still roll back): publishing
         # starts only after it.
         with transaction.atomic(durable=True):
             if missing:
-                fresh = inserts.links_insert(
-                    [(longurl, digests[longurl], items[wanted[longurl][0]].expires_at)
-                     for longurl in missing])
+                inserted = inserts.links_insert(
+                    [(key[0], digests[key[0]], items[wanted[key][0]].expires_at, hashes[key])
+                     for key in missing])
+                fresh = {key: inserted[key[0], hashes[key]] for key in missing}
             if aliased:
                 of_alias = inserts.aliases_insert(
                     [(alias, longurl, digests[longurl], items[indices[0]].expires_at)
                      for alias, (longurl, indices) in aliased.items()])
-            if hashes:
-                # In the links' own transaction: no record of a new link ever goes out without
-                # its hash (a replica would redirect it without the form).
-                made = [(got[0], hashes[key]) for key, got in (*fresh.items(), *of_alias.items())
-                        if key in hashes and not isinstance(got, Exception) and got[1]]
-                for link, hashed in made:
-                    Link.objects.filter(id=link.id).update(password_hash=hashed)
-                    link.password_hash = hashed
+            # In the links' own transaction: no record of a new alias ever goes out without its
+            # hash (a replica would redirect it without the form). A generated link's hash is
+            # in its INSERT.
+            for alias, hashed in alias_hashes.items():
+                got = of_alias[alias]
+                if not isinstance(got, Exception) and got[1]:
+                    Link.objects.filter(id=got[0].id).update(password_hash=hashed)
+                    got[0].password_hash = hashed
     # Each group of items gets one link (or one refusal): per longurl, then per alias.
     groups: list[tuple[tuple[Link, bool] | Exception, list[int]]] = [
-        (fresh.get(longurl) or (found[digests[longurl]], False), indices)
-        for longurl, indices in wanted.items()]
+        (fresh.get(key) or (found[key], False), indices) for key, indices in wanted.items()]
     groups += [(of_alias[alias], indices) for alias, (_, indices) in aliased.items()]
     now = timezone.now()
     to_publish: list[Link] = []
@@ -220,8 +246,9 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
             outcome = LinkDisabled(got[0])
         elif not got[1] and got[0].expires_at is not None and got[0].expires_at <= now:
             outcome = LinkExpired(got[0])
-        elif not got[1] and not passwords.existing_link_ok(items[indices[0]].password,
-                                                             got[0].password_hash):
+        elif not got[1] and got[0].alias and not passwords.existing_link_ok(
+                items[indices[0]].password, got[0].password_hash):
+            # A generated link was found by its password's hash: only an alias can differ.
             outcome = passwords.PasswordConflict(got[0].tinyurl)
         else:
             outcome = LinkCreated(link=got[0], created=got[1])
@@ -285,104 +312,6 @@ def expires_at_parse(value: object, *, now: datetime | None = None) -> datetime 
     if parsed > now + timedelta(days=365 * EXPIRES_AT_MAX_YEARS):
         raise ValidationError(f"expires_at is more than {EXPIRES_AT_MAX_YEARS} years ahead", code="expires_at")
     return parsed.astimezone(dt_timezone.utc)
-
-
-class _Keep(enum.Enum):
-    KEEP = "keep"
-
-
-# link_update's "leave this as it is" (None means something for expires_at: never expires).
-KEEP = _Keep.KEEP
-
-
-def link_update(
-    *,
-    link: Link,
-    disabled: bool | _Keep = KEEP,
-    longurl: str | _Keep = KEEP,
-    expires_at: datetime | None | _Keep = KEEP,
-    password: str | None = None,
-) -> Link:
-    """Change what replicas must hold for a link, and publish the new state to every replica.
-
-    The one path for every state change of an existing link (take down, put back, a new target,
-    an expiry): the changes, a bumped state_version and a cleared outbox mark commit together
-    (the row locked meanwhile); then the new state is published and the call waits for it as
-    link_publish does. Nothing that equals the current value counts as a change; with no change
-    nothing is bumped, and a link still unpublished is sent again.
-
-    disabled: True takes the link down (replicas answer 404), False puts it back.
-    longurl: a new target, checked by links.validation.longurl_check (LongurlRefused if it is not
-        acceptable); ValidationError if another generated link already has it and this one is
-        generated too (a longurl has one generated tinyurl; aliases may share it). Either way
-        nothing is changed or published.
-    expires_at: an aware datetime after which replicas answer 410 Gone; None: never.
-    password: a new password (its salted hash replaces the link's: cookies given for the old one
-        end), "" to remove it, None (default) to leave it; PasswordInvalid (links/passwords.py)
-        for one that cannot be, and nothing is changed. Setting one always counts as a change.
-    Returns the link as committed (`link` is refreshed too). Raises LinkPublishError if Kafka
-    did not acknowledge: the change is committed, and the outbox relay sends it later, so it
-    always reaches the replicas.
-    """
-    if isinstance(expires_at, datetime) and timezone.is_naive(expires_at):
-        raise ValueError("expires_at must be timezone-aware")
-    if longurl is not KEEP:
-        longurl = validation.longurl_check(longurl)
-    hashed = KEEP
-    if password is not None:
-        # Hashed before the row is locked: scrypt's 0.18 s of CPU holds no lock.
-        hashed = (passwords.password_hash(password) if passwords.password_checked(
-            password, empty_ok=True) else None)
-    with transaction.atomic(durable=True):
-        row = Link.objects.select_for_update().get(pk=link.pk)
-        changed = []
-        if disabled is not KEEP and (row.disabled_at is not None) != disabled:
-            row.disabled_at = timezone.now() if disabled else None
-            changed.append("disabled_at")
-        if longurl is not KEEP and longurl != row.longurl:
-            digest = selectors.longurl_digest(longurl)
-            # A longurl has one generated link; an alias may point anywhere (links/tinyurls.py).
-            if not row.alias and Link.objects.filter(
-                    longurl_sha256=digest, alias=False).exclude(pk=row.pk).exists():
-                raise ValidationError("another link already has this longurl")
-            row.longurl, row.longurl_sha256 = longurl, digest
-            changed += ["longurl", "longurl_sha256"]
-        if expires_at is not KEEP and expires_at != row.expires_at:
-            row.expires_at = expires_at
-            changed.append("expires_at")
-        if hashed is not KEEP and hashed != row.password_hash:
-            row.password_hash = hashed
-            changed.append("password_hash")
-        if changed:
-            if row.state_version >= VERSION_MAX:
-                # Only a forged record in the links topic gets a link here (the audit raised
-                # the version above it): no later state could reach a replica, so the change is
-                # refused rather than reported as made. Kafka ACLs on the topic are the remedy.
-                raise ValidationError(
-                    f"link {row.tinyurl} is at the largest state version ({VERSION_MAX}): no "
-                    "change of it can reach the replicas; restrict who may write to the links "
-                    "topic (a forged record put it there)")
-            row.state_version, row.state_changed_at = row.state_version + 1, timezone.now()
-            row.published_at = None
-            try:
-                row.save(update_fields=[*changed, "state_version", "state_changed_at",
-                                        "published_at"])
-            except IntegrityError as exc:
-                # The check above reads committed rows only: another request's create of the
-                # same longurl, not committed then, makes the UPDATE wait on its entry in the
-                # unique index and fail once it commits. The same refusal as the check's (the
-                # transaction rolls back: nothing changed), not an unexplained error.
-                if getattr(exc.__cause__, "diag", None) is not None and (
-                        exc.__cause__.diag.constraint_name == LONGURL_GENERATED_UNIQUE):
-                    raise ValidationError("another link already has this longurl") from exc
-                raise
-    # Committed (durable: this is the outermost transaction). Publish only now, so a replica
-    # never holds a state the master could still roll back.
-    link.refresh_from_db()
-    if changed or row.published_at is None:
-        link_publish(link=row)
-        link.published_at = row.published_at
-    return row
 
 
 def link_set_disabled(*, link: Link, disabled: bool) -> None:

@@ -57,12 +57,16 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def password_hash_make(password: str) -> str:
-    """The hash text of `password` with a new random salt. ValueError for an empty password or
-    one longer than PASSWORD_MAX_LENGTH (the message never holds the password)."""
+def password_hash_make(password: str, salt: bytes | None = None) -> str:
+    """The hash text of `password` with `salt` (SALT_BYTES bytes; None: a new random one).
+    ValueError for an empty password or one longer than PASSWORD_MAX_LENGTH (the message never
+    holds the password), or a salt of another length."""
     if not isinstance(password, str) or not 1 <= len(password) <= PASSWORD_MAX_LENGTH:
         raise ValueError(f"a password is 1 to {PASSWORD_MAX_LENGTH} characters")
-    salt = secrets.token_bytes(SALT_BYTES)
+    if salt is None:
+        salt = secrets.token_bytes(SALT_BYTES)
+    elif len(salt) != SALT_BYTES:
+        raise ValueError(f"a salt is {SALT_BYTES} bytes")
     key = hashlib.scrypt(password.encode(), salt=salt, n=1 << LOG2_N, r=R, p=P,
                          maxmem=_MAXMEM, dklen=KEY_BYTES)
     return f"scrypt${LOG2_N}${R}${P}${_b64(salt)}${_b64(key)}"

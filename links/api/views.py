@@ -271,7 +271,10 @@ def _change(link: Link, wait: str | None = None, wait_timeout: float | None = No
     except PasswordRefused as exc:
         raise ApiError(exc.status, exc.code, exc.message, "password") from None
     except ValidationError as exc:
-        # Another link has this longurl, or the link is at the largest state version.
+        # Another generated link has this longurl (and password, or none), or the link is at
+        # the largest state version.
+        if getattr(exc, "code", None) == "password_conflict":
+            raise ApiError(409, "password_conflict", exc.messages[0], "password") from None
         raise ApiError(409, "conflict", exc.messages[0],
                        "longurl" if "longurl" in exc.messages[0] else None) from None
     except publishing.LinkPublishError:

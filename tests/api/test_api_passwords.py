@@ -43,9 +43,10 @@ def test_create_change_and_remove_a_password(api):  # noqa: F811
 
 
 def test_password_refusals(api):  # noqa: F811
-    api("POST", "/links", json={"longurl": "https://example.com/api/pw-shared"})
+    api("POST", "/links", json={"longurl": "https://example.com/api/pw-shared",
+                                "alias": "api-pw-shared"})
     assert_error(api("POST", "/links", json={"longurl": "https://example.com/api/pw-shared",
-                                             "password": PASSWORD}),
+                                             "alias": "api-pw-shared", "password": PASSWORD}),
                  409, "password_conflict", "password")
     assert_error(api("POST", "/links", json={"longurl": "https://example.com/api/pw-long",
                                              "password": "x" * 129}), 422)
@@ -65,3 +66,24 @@ def test_bulk_items_take_a_password(api):  # noqa: F811
     assert results[2]["status"] == 400 and results[2]["error"]["code"] == "password_invalid"
     assert Link.objects.get(tinyurl=results[0]["tinyurl"]).password_hash is not None
     assert Link.objects.get(tinyurl=results[1]["tinyurl"]).password_hash is None
+
+
+def test_put_create_never_hands_out_a_protected_link(api):  # noqa: F811
+    """A link protected through the API is its creator's: PUT /create of the same longurl (the
+    assignment's call, which knows no password) gets the longurl's public link, and a PATCH
+    that would make a second public link is refused with the other link named."""
+    longurl = "https://example.com/api/pw-private"
+    protected = api("POST", "/links", json={"longurl": longurl, "password": PASSWORD}).json()
+    again = api("POST", "/links", json={"longurl": longurl, "password": PASSWORD})
+    assert again.status_code == 200 and again.json()["tinyurl"] == protected["tinyurl"]
+    put = api.http.put(api.url.removesuffix("/api/v1") + "/create", json={"longurl": longurl},
+                       timeout=30)
+    assert put.status_code == 200, put.text
+    public = put.json()["tinyurl"]
+    assert public != protected["tinyurl"]
+    assert api("GET", f"/links/{public}").json()["protected"] is False
+    assert api("GET", f"/links/{protected['tinyurl']}").json()["protected"] is True
+    refused = api("PATCH", f"/links/{protected['tinyurl']}", json={"password": ""})
+    body = assert_error(refused, 409, "password_conflict", "password")
+    assert public in body["message"]
+    assert api("GET", f"/links/{protected['tinyurl']}").json()["protected"] is True

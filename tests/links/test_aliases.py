@@ -179,12 +179,14 @@ def test_the_table_itself_keeps_the_rules(transactional_db):
 
 
 def test_the_longurl_lookup_probes_the_partial_unique_index(transactional_db):
-    """selectors.links_by_digest's predicate (NOT alias) is the index's, so PostgreSQL can use
-    it: a create's read of the existing links stays an index probe per longurl."""
+    """selectors.links_by_digest's predicate (NOT alias AND password_hash IS NULL) is the public
+    links' index's, so PostgreSQL can use it: a create's read of the existing links stays an
+    index probe per longurl."""
     from links.selectors import longurl_digest
     from tests.links.test_link_storage import _plan
 
-    plan = _plan("SELECT * FROM links_link WHERE NOT alias AND longurl_sha256 = ANY(ARRAY("
+    plan = _plan("SELECT * FROM links_link WHERE NOT alias AND password_hash IS NULL"
+                 " AND longurl_sha256 = ANY(ARRAY("
                  "SELECT decode(h, 'hex') FROM unnest(%s::text[]) AS h))",
                  ["{" + longurl_digest("https://example.com/plan").hex() + "}"])
-    assert "links_link_longurl_generated" in plan, plan
+    assert "links_link_longurl_public" in plan, plan

@@ -23,8 +23,8 @@ BEFORE = [("links", "0012_clickbucket_link_index_dropped")]
 BEFORE_WORKLIST = [("links", "0013_link_fewer_indexes")]
 # links_link's indexes now: none names published_at (migration 0014), so the mark is HOT; one
 # generated link per longurl, aliases apart (migration 0016).
-LATEST_INDEXES = ["links_link_pkey", "links_link_tinyurl_key", "links_link_longurl_generated",
-                  "links_link_created_brin", "links_link_disabled"]
+LATEST_INDEXES = ["links_link_pkey", "links_link_tinyurl_key", "links_link_longurl_public",
+                  "links_link_longurl_protected", "links_link_created_brin", "links_link_disabled"]
 
 
 def _indexes() -> dict[str, str]:

@@ -159,7 +159,7 @@ def _writes_longurl(node: ast.AST) -> bool:
 def test_no_target_enters_without_the_one_check():
     """Reads the product's code: a link's longurl is written only in inserts.links_insert and
     inserts.aliases_insert (called only by services.links_create_many, which link_create,
-    /create, the bulk API and the admin's add form run) and services.link_update, and both
+    /create, the bulk API and the admin's add form run) and changes.link_update, and both
     callers run validation.longurl_check first. A new path (an import command, a raw INSERT)
     that writes a longurl elsewhere fails this test."""
     writers = set()
@@ -174,12 +174,12 @@ def test_no_target_enters_without_the_one_check():
                                                                   "aliases_insert")):
                 insert_callers.add((module, owner))
     assert writers == {("links/inserts.py", "links_insert"), ("links/inserts.py", "aliases_insert"),
-                       ("links/services.py", "link_update")}
+                       ("links/changes.py", "link_update")}
     assert insert_callers == {("links/services.py", "links_create_many")}
 
-    services_tree = ast.parse((ROOT / "links/services.py").read_text())
-    for owner in ("links_create_many", "link_update"):
-        function = next(n for n in ast.walk(services_tree)
+    for module, owner in (("links/services.py", "links_create_many"),
+                          ("links/changes.py", "link_update")):
+        function = next(n for n in ast.walk(ast.parse((ROOT / module).read_text()))
                         if isinstance(n, ast.FunctionDef) and n.name == owner)
         checks = [n for n in ast.walk(function) if isinstance(n, ast.Call)
                   and ast.unparse(n.func) == "validation.longurl_check"]

@@ -6,9 +6,13 @@ click in the master's total."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import pytest
+from django.core.exceptions import ValidationError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from links import passwords, services
 from links.models import Link
@@ -78,26 +82,125 @@ def test_an_unusable_password_is_refused_and_nothing_written(transactional_db, k
             services.link_update(link=link, password=bad)
 
 
-def test_a_password_applies_only_to_a_link_the_call_makes(transactional_db, kafka_topics):
+def test_same_longurl_same_tinyurl_holds_per_password(transactional_db, kafka_topics):
     longurl = "https://example.com/pw/shared"
-    plain = services.link_create(longurl=longurl).link
-    conflict = services.links_create_many([services.CreateItem(longurl=longurl,
-                                                               password=PASSWORD)])[0]
-    assert isinstance(conflict, passwords.PasswordConflict) and conflict.status == 409
-    assert Link.objects.get(pk=plain.pk).password_hash is None
-    # A retry with the same password gets its link; another password is a conflict.
+    public = services.link_create(longurl=longurl).link
+    # A password makes the longurl's link with that password; the public one is left as it is.
+    first = services.link_create(longurl=longurl, password=PASSWORD)
+    assert first.created and first.link.tinyurl != public.tinyurl
+    assert password_check(PASSWORD, first.link.password_hash)
+    assert Link.objects.get(pk=public.pk).password_hash is None
+    # A retry with that password gets the same link; another password, a link of its own.
+    again = services.link_create(longurl=longurl, password=PASSWORD)
+    assert (again.created, again.link.pk) == (False, first.link.pk)
+    other = services.link_create(longurl=longurl, password="another")
+    assert other.created and other.link.pk not in (public.pk, first.link.pk)
+    # Without a password: always the public link, never a protected one (PUT /create's trap).
+    plain = services.link_create(longurl=longurl)
+    assert (plain.created, plain.link.pk) == (False, public.pk)
+    # A protected longurl with no public link yet: a create without a password makes one.
+    fresh = "https://example.com/pw/protected-first"
+    protected_first = services.link_create(longurl=fresh, password=PASSWORD).link
+    made_public = services.link_create(longurl=fresh)
+    assert made_public.created and made_public.link.password_hash is None
+    assert made_public.link.pk != protected_first.pk
+    # In one call: one link per (longurl, password), the public one apart.
+    batch = "https://example.com/pw/batch"
+    one, same, another, none = services.links_create_many([
+        services.CreateItem(longurl=batch, password=PASSWORD),
+        services.CreateItem(longurl=batch, password=PASSWORD),
+        services.CreateItem(longurl=batch, password="another"),
+        services.CreateItem(longurl=batch)])
+    assert one.created and (same.created, same.link.pk) == (False, one.link.pk)
+    assert another.created and none.created
+    assert len({one.link.pk, another.link.pk, none.link.pk}) == 3
+    assert none.link.password_hash is None
+    # Many longurls (the bulk path, which inserts before it reads): the same links again.
+    many = services.links_create_many(
+        [services.CreateItem(longurl=batch, password=PASSWORD),
+         services.CreateItem(longurl=batch)]
+        + [services.CreateItem(longurl=f"https://example.com/pw/many/{n}")
+           for n in range(services.INSERT_FIRST_MIN)])
+    assert (many[0].created, many[0].link.pk) == (False, one.link.pk)
+    assert (many[1].created, many[1].link.pk) == (False, none.link.pk)
+
+
+def test_an_alias_keeps_its_password(transactional_db, kafka_topics):
+    longurl = "https://example.com/pw/alias"
     made = services.link_create(longurl=longurl, alias="pw-shared", password=PASSWORD)
     again = services.link_create(longurl=longurl, alias="pw-shared", password=PASSWORD)
     assert made.created and (again.created, again.link.pk) == (False, made.link.pk)
-    with pytest.raises(passwords.PasswordConflict):
+    with pytest.raises(passwords.PasswordConflict) as refused:
         services.link_create(longurl=longurl, alias="pw-shared", password="another")
-    # In one call: the first item makes the link; a later one with another password conflicts.
-    first, same, other = services.links_create_many([
-        services.CreateItem(longurl="https://example.com/pw/batch", password=PASSWORD),
-        services.CreateItem(longurl="https://example.com/pw/batch", password=PASSWORD),
-        services.CreateItem(longurl="https://example.com/pw/batch", password="another")])
-    assert first.created and same.link.pk == first.link.pk
-    assert isinstance(other, passwords.PasswordConflict)
+    assert refused.value.status == 409
+    unprotected = services.link_create(longurl=longurl, alias="pw-open").link
+    with pytest.raises(passwords.PasswordConflict):
+        services.link_create(longurl=longurl, alias="pw-open", password=PASSWORD)
+    assert Link.objects.get(pk=unprotected.pk).password_hash is None
+    # In one call: a later item with another password than the first's conflicts.
+    first, other = services.links_create_many([
+        services.CreateItem(longurl=longurl, alias="pw-batch", password=PASSWORD),
+        services.CreateItem(longurl=longurl, alias="pw-batch", password="another")])
+    assert first.created and isinstance(other, passwords.PasswordConflict)
+
+
+def test_protecting_a_link_frees_its_longurl_and_changes_keep_the_rule(
+    transactional_db, kafka_topics
+):
+    longurl = "https://example.com/pw/frees"
+    link = services.link_create(longurl=longurl).link
+    services.link_update(link=link, password=PASSWORD)
+    # The longurl has no public link now: a create without a password makes one; one with the
+    # password finds the protected link (its hash is salted from the longurl).
+    public = services.link_create(longurl=longurl)
+    assert public.created and public.link.pk != link.pk
+    found = services.link_create(longurl=longurl, password=PASSWORD)
+    assert (found.created, found.link.pk) == (False, link.pk)
+    # Setting the same password again is no change (no new version).
+    version = Link.objects.get(pk=link.pk).state_version
+    services.link_update(link=link, password=PASSWORD)
+    assert Link.objects.get(pk=link.pk).state_version == version
+    # The public link may not take the protected one's password, nor the protected one lose it
+    # while a public link exists: refused with the other link named, nothing changed.
+    with pytest.raises(ValidationError) as taken:
+        services.link_update(link=public.link, password=PASSWORD)
+    assert taken.value.code == "password_conflict" and link.tinyurl in taken.value.messages[0]
+    assert Link.objects.get(pk=public.link.pk).password_hash is None
+    with pytest.raises(ValidationError) as unprotect:
+        services.link_update(link=link, password="")
+    assert unprotect.value.code == "password_conflict"
+    assert public.link.tinyurl in unprotect.value.messages[0]
+    assert Link.objects.get(pk=link.pk).password_hash is not None
+    assert Link.objects.get(pk=link.pk).state_version == version
+    # Once the public link is protected by another password, the first may lose its own.
+    services.link_update(link=public.link, password="another")
+    services.link_update(link=link, password="")
+    assert Link.objects.get(pk=link.pk).password_hash is None
+    # A public link moved onto a longurl whose public link exists: refused as ever.
+    elsewhere = services.link_create(longurl="https://example.com/pw/elsewhere").link
+    with pytest.raises(ValidationError, match="another link already has this longurl"):
+        services.link_update(link=elsewhere, longurl=longurl)
+    # A protected one may move there: its longurl's public link is not its kind.
+    services.link_update(link=elsewhere, password=PASSWORD)
+    moved = services.link_update(link=elsewhere, longurl=longurl)
+    assert moved.longurl == longurl and moved.password_hash is not None
+
+
+def test_a_takedown_holds_against_a_password(transactional_db, kafka_topics):
+    longurl = "https://example.com/pw/down"
+    link = services.link_create(longurl=longurl).link
+    services.link_update(link=link, disabled=True)
+    refused = services.links_create_many([services.CreateItem(longurl=longurl,
+                                                              password=PASSWORD)])[0]
+    assert isinstance(refused, services.LinkDisabled) and refused.link.pk == link.pk
+    assert Link.objects.filter(longurl=longurl).count() == 1
+    # Its own protected link taken down: LinkDisabled for that link, as for a public one.
+    other = "https://example.com/pw/down-protected"
+    protected_link = services.link_create(longurl=other, password=PASSWORD).link
+    services.link_update(link=protected_link, disabled=True)
+    again = services.links_create_many([services.CreateItem(longurl=other,
+                                                            password=PASSWORD)])[0]
+    assert isinstance(again, services.LinkDisabled) and again.link.pk == protected_link.pk
 
 
 def test_a_protected_link_end_to_end_counts_only_visits_that_reach_the_target(
@@ -207,3 +310,36 @@ def test_the_admin_takes_the_longest_emoji_password_the_api_takes(transactional_
     assert added.status_code == 302, added.context["errors"]
     made = Link.objects.get(longurl="https://example.com/pw/admin-emoji-add")
     assert password_check(password, made.password_hash)
+
+
+_RUN = itertools.count()
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(calls=st.lists(st.lists(st.tuples(st.integers(0, 2), st.sampled_from([None, "a", "b"])),
+                               min_size=1, max_size=5), min_size=1, max_size=4))
+def test_one_link_per_longurl_and_password_whatever_the_calls(transactional_db, kafka_topics,
+                                                              monkeypatch, calls):
+    """Any sequence of creates (several longurls, with no password or one of two, one or many
+    items a call): every (longurl, password) gets one link, always the same; the one without a
+    password is never protected; the links with one check their own password and no other. The
+    hash's cost is lowered for this test only (the parameters travel in the hash)."""
+    monkeypatch.setattr("topics.passwords.LOG2_N", 4)
+    run = next(_RUN)
+    seen: dict[tuple[int, str | None], int] = {}
+    for call in calls:
+        items = [services.CreateItem(longurl=f"https://example.com/pw/prop/{run}/{n}",
+                                     password=password) for n, password in call]
+        for (n, password), outcome in zip(call, services.links_create_many(items)):
+            assert isinstance(outcome, services.LinkCreated), outcome
+            link = outcome.link
+            assert seen.setdefault((n, password), link.pk) == link.pk
+            if password is None:
+                assert link.password_hash is None
+            else:
+                assert password_check(password, link.password_hash)
+                assert not password_check({"a": "b", "b": "a"}[password], link.password_hash)
+    assert len(set(seen.values())) == len(seen)
+    assert Link.objects.filter(longurl__startswith=f"https://example.com/pw/prop/{run}/").count() \
+        == len(seen)
