@@ -1,0 +1,119 @@
+"""A tester's attempts to break what docs/passwords.md promises of "same longurl, same tinyurl"
+per password, through the master's services and the admin, on real PostgreSQL and Kafka. Each
+test here is a promise found broken; what held is in the tester's report, not here.
+
+The hash's cost is lowered for most tests (the parameters travel in the hash, so every check
+still works): the behaviour under test is which link a call gets, not scrypt's."""
+
+from __future__ import annotations
+
+import threading
+import unicodedata
+import uuid
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import connection
+
+from links import selectors, services
+from links.models import Link
+from topics.passwords import password_check
+
+PASSWORD = "breaker pass phrase"
+
+
+@pytest.fixture
+def cheap_hash(monkeypatch):
+    monkeypatch.setattr("topics.passwords.LOG2_N", 4)
+
+
+def fresh(name: str) -> str:
+    return f"https://example.com/breaker/{uuid.uuid4().hex[:8]}/{name}"
+
+
+def generated_with(longurl: str, password: str) -> list[Link]:
+    """The generated links of `longurl` that `password` opens."""
+    return [link for link in Link.objects.filter(longurl=longurl, alias=False)
+            if link.password_hash and password_check(password, link.password_hash)]
+
+
+def test_moving_a_protected_link_onto_a_longurl_with_that_password_is_refused(
+        transactional_db, kafka_topics, cheap_hash):
+    """docs/passwords.md: "a change that would give a longurl ... a second link with one
+    password is refused, 409 password_conflict". A generated link's hash is salted from the
+    longurl it had when the password was set; moved to another longurl (PATCH longurl, the
+    admin's change form) it keeps that hash, which the unique index of (longurl, hash) and
+    link_update's check compare as bytes: the move is accepted, and the new longurl then has
+    two generated links that open with one password."""
+    first, second = fresh("p"), fresh("q")
+    mover = services.link_create(longurl=first, password=PASSWORD).link
+    there = services.link_create(longurl=second, password=PASSWORD).link
+    with pytest.raises(ValidationError) as refused:
+        services.link_update(link=mover, longurl=second)
+    assert refused.value.code == "password_conflict" and there.tinyurl in refused.value.messages[0]
+    assert Link.objects.get(pk=mover.pk).longurl == first
+    assert [link.pk for link in generated_with(second, PASSWORD)] == [there.pk]
+
+
+def test_a_create_finds_a_protected_link_moved_onto_its_longurl(
+        transactional_db, kafka_topics, cheap_hash):
+    """"A create with a password makes (or, retried, finds again) the longurl's link with that
+    password". After a protected generated link is moved to longurl q, it is q's link with that
+    password; a create of q with that password computes the hash with q's salt, does not find
+    it, and makes a second generated link of q with the same password."""
+    first, second = fresh("p"), fresh("q")
+    mover = services.link_create(longurl=first, password=PASSWORD).link
+    services.link_update(link=mover, longurl=second)
+    again = services.link_create(longurl=second, password=PASSWORD)
+    assert (again.created, again.link.pk) == (False, mover.pk)
+    assert len(generated_with(second, PASSWORD)) == 1
+
+
+def test_a_create_with_a_password_racing_a_takedown_makes_no_new_link(
+        transactional_db, kafka_topics, cheap_hash, monkeypatch):
+    """"A longurl one of whose links was taken down gets no new protected link (410)". The
+    check reads the taken-down links before the create's transaction: a takedown committed
+    between that read and the INSERT (an admin pressing "Take down" while a client creates)
+    is not seen, and the create makes a new protected link to the target just taken down,
+    active on every replica. The interleaving is forced by running the takedown (another
+    session, committed) right after the check's read."""
+    longurl = fresh("down")
+    public = services.link_create(longurl=longurl).link
+    read = selectors.links_taken_down_by_digest
+
+    def read_then_takedown(digests):
+        found = read(digests)
+
+        def takedown():
+            try:
+                services.link_update(link=Link.objects.get(pk=public.pk), disabled=True)
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=takedown)
+        thread.start()
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        return found
+
+    monkeypatch.setattr(selectors, "links_taken_down_by_digest", read_then_takedown)
+    outcome = services.links_create_many([services.CreateItem(longurl=longurl,
+                                                              password=PASSWORD)])[0]
+    assert Link.objects.get(pk=public.pk).disabled_at is not None  # the takedown happened
+    assert isinstance(outcome, services.LinkDisabled), outcome
+    assert not Link.objects.filter(longurl=longurl, disabled_at__isnull=True).exists()
+
+
+def test_nfc_and_nfd_of_one_password_get_one_link(transactional_db, kafka_topics, cheap_hash):
+    """"A create with a password gets (or, retried, finds again) the longurl's link with that
+    password": "café" typed on one system (NFC, U+00E9) and pasted from another (NFD, e +
+    U+0301) is one password to its user; NIST SP 800-63B 5.1.1.2 asks verifiers to normalise
+    (NFKC or NFKD) before hashing. Here they are two passwords: two links, and each opens only
+    with its own bytes."""
+    longurl = fresh("nf")
+    nfc, nfd = (unicodedata.normalize(form, "café crème") for form in ("NFC", "NFD"))
+    assert nfc != nfd
+    first = services.link_create(longurl=longurl, password=nfd).link
+    again = services.link_create(longurl=longurl, password=nfc)
+    assert (again.created, again.link.pk) == (False, first.pk)
+    assert password_check(nfc, Link.objects.get(pk=first.pk).password_hash)
