@@ -117,3 +117,43 @@ def test_nfc_and_nfd_of_one_password_get_one_link(transactional_db, kafka_topics
     again = services.link_create(longurl=longurl, password=nfc)
     assert (again.created, again.link.pk) == (False, first.pk)
     assert password_check(nfc, Link.objects.get(pk=first.pk).password_hash)
+
+
+def test_the_admin_reports_a_refused_password_change_as_refused(
+        transactional_db, kafka_topics, cheap_hash, admin_client):
+    """Changes through the admin's change form "refuse with a clear 409" when they would give a
+    longurl a second public link. Removing the password of a protected link while its longurl
+    has a public link is refused by link_update, but the admin still answers the change as
+    made: a "was changed successfully" message beside the error, and its log (the history an
+    operator audits) records "password: removed" for a change that never happened."""
+    from django.contrib.admin.models import LogEntry
+
+    longurl = fresh("admin")
+    protected_link = services.link_create(longurl=longurl, password=PASSWORD).link
+    services.link_create(longurl=longurl)  # the public link
+    url = f"/admin/links/link/{protected_link.pk}/change/"
+    form = {"longurl": longurl, "expires_at_0": "", "expires_at_1": "",
+            "click_counters-TOTAL_FORMS": "0", "click_counters-INITIAL_FORMS": "0",
+            "password_remove": "on"}
+    response = admin_client.post(url, form, follow=True)
+    assert Link.objects.get(pk=protected_link.pk).password_hash is not None  # refused indeed
+    page = response.content.decode()
+    logged = [e.change_message for e in LogEntry.objects.filter(object_id=str(protected_link.pk))]
+    assert not any("removed" in message for message in logged), logged
+    assert "Not changed" in page
+    assert "changed successfully" not in page, "the page says both"
+
+
+@pytest.mark.parametrize("password", ["two\nlines", "carriage\rreturn", "\r\n"])
+def test_a_password_no_browser_can_type_is_refused(transactional_db, kafka_topics, cheap_hash,
+                                                   password):
+    """The replica asks for the password in an <input type="password">, whose value a browser
+    strips of every CR and LF (HTML Living Standard, the input element's value sanitization
+    algorithm: "Strip newlines from the value"), typed or pasted. A link protected by a
+    password holding one can then never be opened from a browser; docs/api.md: "400
+    password_invalid for one that cannot be (e.g. a NUL)". Accepted here, and stored."""
+    longurl = fresh("newline")
+    outcome = services.links_create_many([services.CreateItem(longurl=longurl,
+                                                              password=password)])[0]
+    assert not isinstance(outcome, services.LinkCreated), "a link nobody can open"
+    assert not Link.objects.filter(longurl=longurl).exists()
