@@ -157,3 +157,20 @@ def test_a_password_no_browser_can_type_is_refused(transactional_db, kafka_topic
                                                               password=password)])[0]
     assert not isinstance(outcome, services.LinkCreated), "a link nobody can open"
     assert not Link.objects.filter(longurl=longurl).exists()
+
+
+def test_a_takedown_of_a_protected_link_is_not_undone_by_a_create_without_one(
+        transactional_db, kafka_topics, cheap_hash):
+    """"A longurl one of whose links was taken down gets no new protected link (410), as it
+    gets no new alias" (docs/passwords.md); docs/api.md on aliases: "a takedown is not undone
+    by asking for the target under a new alias". The same holds for a new public link: an
+    administrator takes down the one (protected) link to a target; PUT /create of that target,
+    which any client may send, makes a new public link to it, redirecting on every replica
+    without even the password in the way. (The longurl had no public link before: the
+    takedown's only link was the protected one.) Policy to confirm with the lead."""
+    longurl = fresh("down-protected")
+    protected_link = services.link_create(longurl=longurl, password=PASSWORD).link
+    services.link_update(link=protected_link, disabled=True)
+    outcome = services.links_create_many([services.CreateItem(longurl=longurl)])[0]
+    assert isinstance(outcome, services.LinkDisabled), outcome
+    assert not Link.objects.filter(longurl=longurl, disabled_at__isnull=True).exists()
