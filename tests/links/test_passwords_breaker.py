@@ -17,6 +17,7 @@ from django.db import connection
 
 from links import selectors, services
 from links.models import Link
+from testkit import wait_until
 from topics.passwords import password_check
 
 PASSWORD = "breaker pass phrase"
@@ -69,13 +70,16 @@ def test_a_create_finds_a_protected_link_moved_onto_its_longurl(
     assert len(generated_with(second, PASSWORD)) == 1
 
 
-def test_a_create_with_a_password_racing_a_takedown_makes_no_new_link(
-        transactional_db, kafka_topics, cheap_hash, monkeypatch):
+@pytest.mark.parametrize("ask", [{"password": PASSWORD}, {"alias": "breaker-race"},
+                                 {"alias": "breaker-race-pw", "password": PASSWORD}],
+                         ids=["password", "alias", "alias-and-password"])
+def test_a_create_racing_a_takedown_makes_no_new_link(
+        transactional_db, kafka_topics, cheap_hash, monkeypatch, ask):
     """"A longurl one of whose links was taken down gets no new protected link (410)". The
     check reads the taken-down links before the create's transaction: a takedown committed
     between that read and the INSERT (an admin pressing "Take down" while a client creates)
     is not seen, and the create makes a new protected link to the target just taken down,
-    active on every replica. The interleaving is forced by running the takedown (another
+    active on every replica (a new alias alike: the same check). The interleaving is forced by running the takedown (another
     session, committed) right after the check's read."""
     longurl = fresh("down")
     public = services.link_create(longurl=longurl).link
@@ -97,8 +101,7 @@ def test_a_create_with_a_password_racing_a_takedown_makes_no_new_link(
         return found
 
     monkeypatch.setattr(selectors, "links_taken_down_by_digest", read_then_takedown)
-    outcome = services.links_create_many([services.CreateItem(longurl=longurl,
-                                                              password=PASSWORD)])[0]
+    outcome = services.links_create_many([services.CreateItem(longurl=longurl, **ask)])[0]
     assert Link.objects.get(pk=public.pk).disabled_at is not None  # the takedown happened
     assert isinstance(outcome, services.LinkDisabled), outcome
     assert not Link.objects.filter(longurl=longurl, disabled_at__isnull=True).exists()
@@ -192,3 +195,18 @@ def test_a_retry_finds_its_protected_link_after_another_link_was_taken_down(
                                                             password=PASSWORD)])[0]
     assert isinstance(again, services.LinkCreated), again
     assert (again.created, again.link.pk) == (False, protected_link.pk)
+
+
+def test_a_link_made_with_an_nfd_password_opens_with_the_same_text_typed(
+        transactional_db, kafka_topics, replica_factory):
+    """The user's side of the NFC/NFD case: a link protected through the API with "café" in
+    NFD (as text copied from a macOS file name comes) is answered 401 on the replica when the
+    visitor types "café" on a keyboard (NFC): the replica compares bytes, unnormalised."""
+    replica = replica_factory()
+    nfc, nfd = (unicodedata.normalize(form, "café") for form in ("NFC", "NFD"))
+    link = services.link_create(longurl=fresh("nf-form"), password=nfd).link
+    wait_until(lambda: replica.link_hash(link.tinyurl) is not None, timeout=30,
+               what="the link's hash on the replica")
+    typed = replica.http.post(f"{replica.url}/{link.tinyurl}", data={"password": nfc},
+                              allow_redirects=False, timeout=30)
+    assert typed.status_code == 303, typed.status_code
