@@ -47,11 +47,12 @@ port_free() {
 
 # wait_port PORT SECONDS NAME [HOST [PIDFILE]]: wait for a listener, failing with a clear
 # message; at once if the process of PIDFILE exits first (it could not start: no use waiting).
+# A PIDFILE not written yet (a daemon writes its own) is waited for, not taken for an exit.
 wait_port() {
   local port=$1 secs=$2 name=$3 host=${4:-127.0.0.1} pidfile=${5:-} i
   for ((i = 0; i < secs * 10; i++)); do
     port_open "$port" "$host" && return 0
-    if [ -n "$pidfile" ] && ! pid_alive "$pidfile"; then
+    if [ -n "$pidfile" ] && [ -s "$pidfile" ] && ! pid_alive "$pidfile"; then
       die "$name exited before listening on port $port (see its log under $DATA)"
     fi
     sleep 0.1
