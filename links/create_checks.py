@@ -142,6 +142,13 @@ def item_parse(content_length: str | None,
         return refused(400, "json", 'request body must be a JSON object: {"longurl": "https://..."}')
     if "longurl" not in payload:
         return refused(400, "json", "longurl is missing")
+    if "password" in payload or "alias" in payload:
+        # Ignored, they would answer a public link to a caller who believes it protected (or
+        # named): refused, pointing to where they are taken. Other fields stay ignored, as the
+        # homework's clients may send them.
+        return refused(400, "field", 'PUT /create takes no "password" nor "alias" (it answers '
+                       "the longurl's one public link); use POST /api/v1/links or "
+                       "PUT /create/bulk")
     try:
         # Optional; without it the answer is exactly the homework's.
         expires_at = services.expires_at_parse(payload.get("expires_at"))

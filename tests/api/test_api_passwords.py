@@ -87,3 +87,18 @@ def test_put_create_never_hands_out_a_protected_link(api):  # noqa: F811
     body = assert_error(refused, 409, "password_conflict", "password")
     assert public in body["message"]
     assert api("GET", f"/links/{protected['tinyurl']}").json()["protected"] is True
+
+
+def test_put_create_refuses_a_password_or_an_alias_it_would_ignore(api):  # noqa: F811
+    """PUT /create answers the longurl's one public link: a "password" or "alias" in its body
+    would be ignored, and the caller would hand out a link they believe protected (or named).
+    Refused with a message saying where they are taken; nothing is created."""
+    longurl = "https://example.com/api/put-create-password"
+    create = api.url.removesuffix("/api/v1") + "/create"
+    for extra in ({"password": PASSWORD}, {"alias": "put-create-alias"}):
+        answer = api.http.put(create, json={"longurl": longurl, **extra}, timeout=30)
+        assert answer.status_code == 400, answer.text
+        assert "POST /api/v1/links" in answer.json()["error"] and PASSWORD not in answer.text
+    assert not Link.objects.filter(longurl=longurl).exists()
+    assert api.http.put(create, json={"longurl": longurl, "other": 1}, timeout=30).status_code \
+        == 200

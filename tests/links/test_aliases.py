@@ -123,9 +123,11 @@ def test_the_bulk_api_takes_an_alias_and_answers_409_and_400(master, transaction
     assert (results[3]["status"], results[3]["code"]) == (400, "alias_invalid")
     assert len(results[4]["tinyurl"]) == 7  # null: a generated one
     assert results[5]["status"] == 400 and results[5]["code"] != "alias_invalid"
-    # PUT /create stays as the assignment defines it: an "alias" there is not one.
+    # PUT /create stays as the assignment defines it: an "alias" there is refused (400), not
+    # ignored into a generated link its caller would believe named; nothing is created.
     plain = master.put({"longurl": "https://example.com/alias/create", "alias": "nope-create"})
-    assert plain.status_code == 200 and plain.json()["tinyurl"] != "nope-create"
+    assert plain.status_code == 400 and "POST /api/v1/links" in plain.json()["error"]
+    assert not Link.objects.filter(longurl="https://example.com/alias/create").exists()
 
 
 def test_the_admin_adds_a_link_with_an_alias_and_shows_it(admin_client, kafka_topics):
