@@ -6,7 +6,7 @@ written to the admin's log (changed_parts): only its hash is kept (links/passwor
 from django import forms
 from django.core.exceptions import ValidationError
 
-from links import passwords, publishing, selectors, services, tinyurls, validation
+from links import passwords, publishing, services, tinyurls, validation
 from links.models import Link
 from topics.passwords import PASSWORD_MAX_LENGTH
 
@@ -72,6 +72,17 @@ class LinkForm(PasswordParts, forms.ModelForm):
         data = super().clean()
         if data.get("password") and data.get("password_remove"):
             raise forms.ValidationError("Set a new password or remove it, not both.")
+        if not self.errors and self.instance.pk is not None:
+            # What link_update would refuse for "same longurl, same tinyurl" (a second public
+            # link, two links with one password, a protected link moved without it), shown on
+            # the form before anything is saved or logged; link_update checks again.
+            changes = self.link_changes()
+            refusal = services.link_change_refusal(
+                link=self.instance, longurl=changes.get("longurl", services.KEEP),
+                password=changes.get("password"))
+            if refusal is not None:
+                self.add_error("password" if refusal.code.startswith("password") else "longurl",
+                               refusal.messages[0])
         return data
 
     def link_changes(self) -> dict:
@@ -88,13 +99,8 @@ class LinkForm(PasswordParts, forms.ModelForm):
     def clean_longurl(self) -> str:
         # The one check of every target (link_update calls it again, as the guard of every
         # path; here it puts the reason on the field before anything is saved).
-        value = validation.longurl_check(self.cleaned_data["longurl"])
-        other = selectors.link_get_by_longurl(longurl=value)  # the public generated one
-        if (other is not None and other.pk != self.instance.pk and not self.instance.alias
-                and self.instance.password_hash is None):
-            raise forms.ValidationError(f"link {other.tinyurl} already has this longurl "
-                                        "(a longurl has one tinyurl)")
-        return value
+        # Whether another link has it is clean()'s question: the answer depends on the password.
+        return validation.longurl_check(self.cleaned_data["longurl"])
 
 
 class LinkAddForm(PasswordParts, forms.ModelForm):

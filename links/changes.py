@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from links import passwords, selectors, validation
+from links import longurl_locks, passwords, selectors, validation
 from links.models import Link
 from links.publishing import link_publish
 from topics.links import VERSION_MAX
@@ -76,6 +76,11 @@ def link_update(
     elif password is not None:
         hashed = None
     with transaction.atomic(durable=True):
+        if disabled is True:
+            # Before the row's lock: a create of a new link of this longurl that has read no
+            # takedown yet commits first, one that has not read yet sees this one
+            # (links/longurl_locks.py).
+            longurl_locks.longurl_lock(bytes(link.longurl_sha256))
         row = Link.objects.select_for_update().get(pk=link.pk)
         if (isinstance(hashed, str) and not row.alias
                 and row.longurl_sha256 != link.longurl_sha256 and longurl is KEEP):
@@ -91,6 +96,13 @@ def link_update(
         if hashed is not KEEP and hashed != row.password_hash:
             row.password_hash = hashed
             changed.append("password_hash")
+        if (not row.alias and "longurl" in changed and row.password_hash is not None
+                and "password_hash" not in changed):
+            # Its hash is salted from the longurl it leaves (links/passwords.py): kept, a
+            # create of the new longurl with that password would not find it, and a second
+            # link with one password could follow. Without the password it cannot be salted
+            # again.
+            raise ValidationError(PASSWORD_REQUIRED, code="password_required")
         if not row.alias and ("longurl" in changed or "password_hash" in changed):
             _generated_unique_check(row, longurl_changed="longurl" in changed)
         if expires_at is not KEEP and expires_at != row.expires_at:
@@ -130,6 +142,34 @@ def link_update(
     return row
 
 
+PASSWORD_REQUIRED = ("a password-protected link moves to another longurl only with its "
+                     "password given again (or removed): its hash is salted from its longurl")
+
+
+def link_change_refusal(*, link: Link, longurl: str | _Keep = KEEP,
+                        password: str | None = None) -> ValidationError | None:
+    """What link_update would refuse of these changes of a generated link's longurl (stored
+    form) and/or password (None: unchanged, "": removed) for "same longurl, same tinyurl"
+    (links/passwords.py), read from committed rows; None if nothing. For a form to show before
+    anything is saved; link_update checks again under the row's lock. Hashes a new password
+    (about 0.18 s)."""
+    if link.alias or (longurl is KEEP and password is None):
+        return None
+    moved = longurl is not KEEP and longurl != link.longurl
+    if moved and password is None and link.password_hash is not None:
+        return ValidationError(PASSWORD_REQUIRED, code="password_required")
+    digest = (selectors.longurl_digest(longurl) if moved  # type: ignore[arg-type]
+              else bytes(link.longurl_sha256))
+    hashed = (link.password_hash if password is None
+              else _link_password_hash(link, password, longurl) if password else None)
+    probe = Link(pk=link.pk, alias=False, longurl_sha256=digest, password_hash=hashed)
+    try:
+        _generated_unique_check(probe, longurl_changed=moved)
+    except ValidationError as exc:
+        return exc
+    return None
+
+
 def _link_password_hash(link: Link, password: str, longurl: str | _Keep) -> str:
     """The hash link_update stores for `password` on `link`: salted from the (new) longurl for a
     generated link, randomly for an alias (links/passwords.py)."""
@@ -158,8 +198,8 @@ def _generated_conflict(tinyurl: str | None, *, longurl_changed: bool,
     this longurl", as ever), or of a second generated link with one password."""
     name = "another link" if tinyurl is None else f"link {tinyurl}"
     if longurl_changed and not protected:
-        return ValidationError(f"another link already has this longurl ({name}: a longurl has "
-                               "one tinyurl)", code="conflict")
+        return ValidationError(f"{name} already has this longurl (a longurl has one tinyurl)",
+                               code="conflict")
     return ValidationError(
         f"{name} of this longurl already " + ("has this password" if protected
                                               else "redirects without a password")

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from django.utils.crypto import salted_hmac
 
-from topics.passwords import PASSWORD_MAX_LENGTH, SALT_BYTES, password_check, password_hash_make
+from topics.passwords import (PASSWORD_MAX_LENGTH, SALT_BYTES, password_check,
+                              password_hash_make, password_normal)
 
 
 class PasswordRefused(Exception):
@@ -67,6 +68,12 @@ def password_checked(password: object, *, empty_ok: bool = False) -> str:
     if len(password) > PASSWORD_MAX_LENGTH or "\x00" in password:
         raise PasswordInvalid(f"a password is a string of 1 to {PASSWORD_MAX_LENGTH} characters "
                               "(no NUL)")
+    if "\r" in password or "\n" in password:
+        # A browser's password field strips line breaks from its value (HTML Standard, the
+        # input element's value sanitization for type=password): such a link could never be
+        # opened from the replica's form.
+        raise PasswordInvalid("a password is one line: no line break (CR or LF), which no "
+                              "browser's password field can hold")
     try:
         # JSON's "\ud800" decodes to a lone surrogate, which no form can send and which scrypt's
         # input (UTF-8) cannot hold: refused here, not a 500 from the hash (a bulk item's).
@@ -74,6 +81,12 @@ def password_checked(password: object, *, empty_ok: bool = False) -> str:
     except UnicodeEncodeError:
         raise PasswordInvalid("a password is valid Unicode text (no lone surrogate)") from None
     return password
+
+
+def password_key(password: object) -> str | None:
+    """What tells two checked passwords apart (None: no password): the text that is hashed,
+    Unicode NFKC (topics/passwords.password_normal), so "café" in two Unicode forms is one."""
+    return None if password is None else password_normal(password)  # type: ignore[arg-type]
 
 
 def password_hash(password: str, *, digest: bytes | None = None) -> str:

@@ -14,10 +14,10 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from links import inserts, passwords, publishing, selectors, tinyurls, validation
+from links import inserts, longurl_locks, passwords, publishing, selectors, tinyurls, validation
 from links.models import BlockedHost, Link
 # Changes of an existing link live in links/changes.py; callers reach them from here.
-from links.changes import KEEP, link_update  # noqa: F401
+from links.changes import KEEP, link_change_refusal, link_update  # noqa: F401
 from links.publishing import LinkPublishError
 # Made in links/tinyurls.py; imported from here by tests, benches and older callers.
 from links.tinyurls import tinyurl_generate, tinyurls_generate  # noqa: F401
@@ -133,8 +133,10 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
                 passwords.password_checked(item.password)
             stored = validation.longurl_check(item.longurl)
             if item.alias is None:
-                wanted.setdefault((stored, item.password), []).append(  # type: ignore[arg-type]
-                    index)
+                # One key per password as hashed (NFKC: topics/passwords.py), so "café" in two
+                # Unicode forms is one link.
+                wanted.setdefault((stored, passwords.password_key(item.password)),
+                                  []).append(index)
                 continue
             alias = tinyurls.alias_check(item.alias)
         except (validation.LongurlRefused, tinyurls.AliasRefused,
@@ -159,40 +161,24 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
         key: None if key[1] is None else passwords.password_hash(key[1],
                                                                  digest=digests[key[0]])
         for key in wanted}
-    # A longurl one of whose links an admin took down gets no new alias nor protected link: else
-    # a takedown would be undone by asking for the target again under any alias or password. (A
-    # taken-down link asked for again is answered LinkDisabled below, as a public one is.)
-    newcomers = {digests[key[0]] for key in wanted if key[1] is not None}
-    newcomers |= {digests[longurl] for longurl, _ in aliased.values()}
-    down = selectors.links_taken_down_by_digest(newcomers) if newcomers else {}
-    for alias, (longurl, indices) in list(aliased.items()):
-        if (link := down.get(digests[longurl])) is not None and link.tinyurl != alias:
-            for index in indices:
-                outcomes[index] = LinkDisabled(link)
-            del aliased[alias]
-    for key, indices in list(wanted.items()):
-        if key[1] is not None and (link := down.get(digests[key[0]])) is not None and (
-                link.alias or link.password_hash != hashes[key]):
-            for index in indices:
-                outcomes[index] = LinkDisabled(link)
-            del wanted[key]
-    if not wanted and not aliased:
-        return outcomes  # type: ignore[return-value]
     fresh: dict[tuple[str, str | None], tuple[Link, bool]] = {}
+
+    def own_links(keys: Iterable[tuple[str, str | None]]) -> dict[tuple[str, str | None], Link]:
+        """The existing generated links of these keys: public by digest, protected by hash."""
+        keys = list(keys)
+        public = selectors.links_by_digest(digests[key[0]] for key in keys if key[1] is None)
+        protected = selectors.links_protected_by_hash(
+            (digests[key[0]], hashes[key]) for key in keys  # type: ignore[misc]
+            if key[1] is not None)
+        links = {key: public.get(digests[key[0]]) if key[1] is None
+                 else protected.get((digests[key[0]], hashes[key]))  # type: ignore[arg-type]
+                 for key in keys}
+        return {key: link for key, link in links.items() if link is not None}
+
     # From INSERT_FIRST_MIN longurls on (a bulk call, an import: nearly all new), the INSERT finds
     # the existing links itself (links_insert reads what it did not insert): a new link is spared
     # a read, 2.6 µs of PostgreSQL (measured); an existing one costs 9 instead of 2 (a retry pays).
-    found: dict[tuple[str, str | None], Link] = {}
-    if wanted and len(wanted) < INSERT_FIRST_MIN:
-        public = selectors.links_by_digest(digests[key[0]] for key in wanted if key[1] is None)
-        protected = selectors.links_protected_by_hash(
-            (digests[key[0]], hashes[key]) for key in wanted  # type: ignore[misc]
-            if key[1] is not None)
-        for key in wanted:
-            link = (public.get(digests[key[0]]) if key[1] is None
-                    else protected.get((digests[key[0]], hashes[key])))  # type: ignore[arg-type]
-            if link is not None:
-                found[key] = link
+    found = own_links(wanted) if wanted and len(wanted) < INSERT_FIRST_MIN else {}
     missing = [key for key in wanted if key not in found]
     of_alias: dict[str, tuple[Link, bool] | tinyurls.AliasTaken] = {}
     alias_hashes = {alias: passwords.password_hash(items[held[1][0]].password)  # type: ignore
@@ -203,6 +189,33 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
         # (not released into an enclosing transaction that could still roll back): publishing
         # starts only after it.
         with transaction.atomic(durable=True):
+            # A longurl one of whose links an admin took down gets no new link (public,
+            # protected or alias): else a takedown would be undone by asking for the target
+            # again, under another alias or password. Read under the longurls' locks, inside
+            # this transaction, so that a takedown cannot commit between the read and the
+            # INSERT (links/longurl_locks.py). A link of the call's own that exists (a retry)
+            # is still answered: it is no new link.
+            newcomers = {digests[key[0]] for key in missing}
+            newcomers |= {digests[longurl] for longurl, _ in aliased.values()}
+            longurl_locks.longurls_lock_shared(newcomers)
+            down = selectors.links_taken_down_by_digest(newcomers) if newcomers else {}
+            held = [key for key in missing if digests[key[0]] in down]
+            if held:
+                found |= own_links(held)  # the insert-first path has not read them
+                for key in held:
+                    if key not in found:
+                        for index in wanted.pop(key):
+                            outcomes[index] = LinkDisabled(down[digests[key[0]]])
+                missing = [key for key in missing if key not in held]
+            held_aliases = {alias for alias, (longurl, _) in aliased.items()
+                            if digests[longurl] in down}
+            if held_aliases:
+                existing = set(Link.objects.filter(tinyurl__in=held_aliases)
+                               .values_list("tinyurl", flat=True))
+                for alias in held_aliases - existing:
+                    longurl, indices = aliased.pop(alias)
+                    for index in indices:
+                        outcomes[index] = LinkDisabled(down[digests[longurl]])
             if missing:
                 inserted = inserts.links_insert(
                     [(key[0], digests[key[0]], items[wanted[key][0]].expires_at, hashes[key])
@@ -216,8 +229,8 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
             # hash (a replica would redirect it without the form). A generated link's hash is
             # in its INSERT.
             for alias, hashed in alias_hashes.items():
-                got = of_alias[alias]
-                if not isinstance(got, Exception) and got[1]:
+                got = of_alias.get(alias)  # None: refused above
+                if got is not None and not isinstance(got, Exception) and got[1]:
                     Link.objects.filter(id=got[0].id).update(password_hash=hashed)
                     got[0].password_hash = hashed
     # Each group of items gets one link (or one refusal): per longurl, then per alias.
@@ -257,7 +270,8 @@ def links_create_many(items: Sequence[CreateItem]) -> list[CreateOutcome]:
             if not isinstance(outcome, LinkCreated):
                 outcomes[later] = outcome
             elif (items[later].password is not None
-                  and items[later].password != items[indices[0]].password):
+                  and passwords.password_key(items[later].password)
+                  != passwords.password_key(items[indices[0]].password)):
                 # Another password than the one the link has (or none): as for an existing link.
                 outcomes[later] = passwords.PasswordConflict(got[0].tinyurl)
             else:

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import unicodedata
 
 # OWASP Password Storage Cheat Sheet (scrypt): "a minimum CPU/memory cost parameter of (2^17),
 # a minimum block size of 8 (1024 bytes), and a parallelization parameter of 1", or one of the
@@ -67,7 +68,8 @@ def password_hash_make(password: str, salt: bytes | None = None) -> str:
         salt = secrets.token_bytes(SALT_BYTES)
     elif len(salt) != SALT_BYTES:
         raise ValueError(f"a salt is {SALT_BYTES} bytes")
-    key = hashlib.scrypt(password.encode(), salt=salt, n=1 << LOG2_N, r=R, p=P,
+    key = hashlib.scrypt(password_normal(password).encode(), salt=salt, n=1 << LOG2_N, r=R,
+                         p=P,
                          maxmem=_MAXMEM, dklen=KEY_BYTES)
     return f"scrypt${LOG2_N}${R}${P}${_b64(salt)}${_b64(key)}"
 
@@ -85,6 +87,21 @@ def password_check(password: str, hashed: str) -> bool:
         return False
     _, log2_n, r, p, salt, key = hashed.split("$")
     expected = _unb64(key)
-    got = hashlib.scrypt(password.encode(), salt=_unb64(salt), n=1 << int(log2_n), r=int(r),
-                         p=int(p), maxmem=_MAXMEM, dklen=len(expected))
-    return hmac.compare_digest(got, expected)
+
+    def matches(text: str) -> bool:
+        got = hashlib.scrypt(text.encode(), salt=_unb64(salt), n=1 << int(log2_n), r=int(r),
+                             p=int(p), maxmem=_MAXMEM, dklen=len(expected))
+        return hmac.compare_digest(got, expected)
+
+    normal = password_normal(password)
+    # The text as typed too, when it is not in normal form and the normal form failed: a hash
+    # made before passwords were normalised (a second check only for such input).
+    return matches(normal) or (normal != password and matches(password))
+
+
+def password_normal(password: str) -> str:
+    """The form of a password that is hashed and checked: Unicode NFKC. NIST SP 800-63B
+    §5.1.1.2: verifiers SHOULD apply the Normalization Process for Stabilized Strings with NFKC
+    or NFKD, so that "café" typed on one system (U+00E9) and pasted from another (e + U+0301)
+    is one password, as it is to its user."""
+    return unicodedata.normalize("NFKC", password)

@@ -273,6 +273,8 @@ def _change(link: Link, wait: str | None = None, wait_timeout: float | None = No
     except ValidationError as exc:
         # Another generated link has this longurl (and password, or none), or the link is at
         # the largest state version.
+        if getattr(exc, "code", None) == "password_required":
+            raise ApiError(400, "password_required", exc.messages[0], "password") from None
         if getattr(exc, "code", None) == "password_conflict":
             raise ApiError(409, "password_conflict", exc.messages[0], "password") from None
         raise ApiError(409, "conflict", exc.messages[0],

@@ -178,12 +178,18 @@ def test_protecting_a_link_frees_its_longurl_and_changes_keep_the_rule(
     assert Link.objects.get(pk=link.pk).password_hash is None
     # A public link moved onto a longurl whose public link exists: refused as ever.
     elsewhere = services.link_create(longurl="https://example.com/pw/elsewhere").link
-    with pytest.raises(ValidationError, match="another link already has this longurl"):
+    with pytest.raises(ValidationError, match=f"link {link.tinyurl} already has this longurl"):
         services.link_update(link=elsewhere, longurl=longurl)
-    # A protected one may move there: its longurl's public link is not its kind.
+    # A protected one may move there (its longurl's public link is not its kind), with its
+    # password given again: the hash is salted from the new longurl, so a create finds it.
     services.link_update(link=elsewhere, password=PASSWORD)
-    moved = services.link_update(link=elsewhere, longurl=longurl)
+    with pytest.raises(ValidationError) as required:
+        services.link_update(link=elsewhere, longurl=longurl)
+    assert required.value.code == "password_required"
+    moved = services.link_update(link=elsewhere, longurl=longurl, password=PASSWORD)
     assert moved.longurl == longurl and moved.password_hash is not None
+    found_again = services.link_create(longurl=longurl, password=PASSWORD)
+    assert (found_again.created, found_again.link.pk) == (False, elsewhere.pk)
 
 
 def test_a_takedown_holds_against_a_password(transactional_db, kafka_topics):

@@ -15,7 +15,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import connection
 
-from links import selectors, services
+from links import longurl_locks, services
 from links.models import Link
 from testkit import wait_until
 from topics.passwords import password_check
@@ -49,8 +49,13 @@ def test_moving_a_protected_link_onto_a_longurl_with_that_password_is_refused(
     first, second = fresh("p"), fresh("q")
     mover = services.link_create(longurl=first, password=PASSWORD).link
     there = services.link_create(longurl=second, password=PASSWORD).link
-    with pytest.raises(ValidationError) as refused:
+    # Without its password a protected link does not move (its hash could not follow)...
+    with pytest.raises(ValidationError) as required:
         services.link_update(link=mover, longurl=second)
+    assert required.value.code == "password_required"
+    # ... and with it, onto a longurl with a link of that password, it is a conflict.
+    with pytest.raises(ValidationError) as refused:
+        services.link_update(link=mover, longurl=second, password=PASSWORD)
     assert refused.value.code == "password_conflict" and there.tinyurl in refused.value.messages[0]
     assert Link.objects.get(pk=mover.pk).longurl == first
     assert [link.pk for link in generated_with(second, PASSWORD)] == [there.pk]
@@ -64,45 +69,67 @@ def test_a_create_finds_a_protected_link_moved_onto_its_longurl(
     it, and makes a second generated link of q with the same password."""
     first, second = fresh("p"), fresh("q")
     mover = services.link_create(longurl=first, password=PASSWORD).link
-    services.link_update(link=mover, longurl=second)
+    services.link_update(link=mover, longurl=second, password=PASSWORD)
     again = services.link_create(longurl=second, password=PASSWORD)
     assert (again.created, again.link.pk) == (False, mover.pk)
     assert len(generated_with(second, PASSWORD)) == 1
 
 
 @pytest.mark.parametrize("ask", [{"password": PASSWORD}, {"alias": "breaker-race"},
-                                 {"alias": "breaker-race-pw", "password": PASSWORD}],
-                         ids=["password", "alias", "alias-and-password"])
+                                 {"alias": "breaker-race-pw", "password": PASSWORD}, {}],
+                         ids=["password", "alias", "alias-and-password", "public"])
 def test_a_create_racing_a_takedown_makes_no_new_link(
         transactional_db, kafka_topics, cheap_hash, monkeypatch, ask):
-    """"A longurl one of whose links was taken down gets no new protected link (410)". The
-    check reads the taken-down links before the create's transaction: a takedown committed
-    between that read and the INSERT (an admin pressing "Take down" while a client creates)
-    is not seen, and the create makes a new protected link to the target just taken down,
-    active on every replica (a new alias alike: the same check). The interleaving is forced by running the takedown (another
-    session, committed) right after the check's read."""
+    """"A longurl one of whose links was taken down gets no new link (410)", under a race: a
+    takedown that has begun (its longurl's lock taken, not committed) when a create of a new
+    link of that longurl starts. The create waits for it (links/longurl_locks.py) and then sees
+    it: LinkDisabled, and no new active link. Without the lock, the create read no takedown and
+    made a new active link to the target just taken down. The interleaving is forced: the
+    takedown (another session) holds its lock until the create is seen waiting on it."""
     longurl = fresh("down")
-    public = services.link_create(longurl=longurl).link
-    read = selectors.links_taken_down_by_digest
+    # The public link is taken down; for a public create, the longurl's only link is a
+    # protected one (its own taken down would be found, not raced).
+    target = services.link_create(longurl=longurl, password=None if ask else "other").link
+    locked, release = threading.Event(), threading.Event()
+    lock = longurl_locks.longurl_lock
 
-    def read_then_takedown(digests):
-        found = read(digests)
+    def lock_and_hold(digest):
+        lock(digest)
+        locked.set()
+        assert release.wait(60)
 
-        def takedown():
-            try:
-                services.link_update(link=Link.objects.get(pk=public.pk), disabled=True)
-            finally:
-                connection.close()
+    monkeypatch.setattr(longurl_locks, "longurl_lock", lock_and_hold)
+    outcomes, errors = [], []
 
-        thread = threading.Thread(target=takedown)
-        thread.start()
-        thread.join(timeout=60)
-        assert not thread.is_alive()
-        return found
+    def run(work):
+        try:
+            outcomes.append(work())
+        except BaseException as exc:  # noqa: BLE001 (reported by the test)
+            errors.append(exc)
+        finally:
+            connection.close()
 
-    monkeypatch.setattr(selectors, "links_taken_down_by_digest", read_then_takedown)
-    outcome = services.links_create_many([services.CreateItem(longurl=longurl, **ask)])[0]
-    assert Link.objects.get(pk=public.pk).disabled_at is not None  # the takedown happened
+    takedown = threading.Thread(target=run, args=(lambda: services.link_update(
+        link=Link.objects.get(pk=target.pk), disabled=True),))
+    takedown.start()
+    assert locked.wait(60)
+    create = threading.Thread(target=run, args=(lambda: services.links_create_many(
+        [services.CreateItem(longurl=longurl, **ask)])[0],))
+    create.start()
+
+    def create_waits() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                           "AND NOT granted AND classid = %s", [longurl_locks.NAMESPACE])
+            return cursor.fetchone()[0] == 1
+
+    wait_until(create_waits, timeout=60, what="the create waiting on the takedown's lock")
+    release.set()
+    takedown.join(60)
+    create.join(60)
+    assert not takedown.is_alive() and not create.is_alive() and not errors, errors
+    assert Link.objects.get(pk=target.pk).disabled_at is not None  # the takedown happened
+    outcome = next(o for o in outcomes if not isinstance(o, Link))
     assert isinstance(outcome, services.LinkDisabled), outcome
     assert not Link.objects.filter(longurl=longurl, disabled_at__isnull=True).exists()
 
@@ -133,7 +160,7 @@ def test_the_admin_reports_a_refused_password_change_as_refused(
 
     longurl = fresh("admin")
     protected_link = services.link_create(longurl=longurl, password=PASSWORD).link
-    services.link_create(longurl=longurl)  # the public link
+    public = services.link_create(longurl=longurl).link
     url = f"/admin/links/link/{protected_link.pk}/change/"
     form = {"longurl": longurl, "expires_at_0": "", "expires_at_1": "",
             "click_counters-TOTAL_FORMS": "0", "click_counters-INITIAL_FORMS": "0",
@@ -143,7 +170,8 @@ def test_the_admin_reports_a_refused_password_change_as_refused(
     page = response.content.decode()
     logged = [e.change_message for e in LogEntry.objects.filter(object_id=str(protected_link.pk))]
     assert not any("removed" in message for message in logged), logged
-    assert "Not changed" in page
+    # Refused on the form itself, naming the other link, before anything is saved or logged.
+    assert response.status_code == 200 and "errornote" in page and public.tinyurl in page
     assert "changed successfully" not in page, "the page says both"
 
 
