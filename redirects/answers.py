@@ -13,7 +13,7 @@ import json
 from django.conf import settings
 from django.utils.encoding import iri_to_uri
 
-from redirects.counting import GONE, Protected
+from redirects.counting import GONE, LOADING, Protected
 from topics.passwords import PASSWORD_MAX_LENGTH
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
@@ -59,6 +59,9 @@ NOT_FOUND = _json(404, {"error": "no such link"})
 EXPIRED = _json(410, {"error": "this link has expired"}, (b"cache-control", b"no-store"))
 # Redis is away: the client may retry in a second (a restart, a failover).
 UNAVAILABLE = _json(503, {"error": "temporarily unavailable"}, (b"retry-after", b"1"))
+# A link this replica does not hold while it is not ready (counting.LOADING).
+CATCHING_UP = _json(503, {"error": "this replica is catching up: try again, or another replica"},
+                    (b"retry-after", b"1"))
 
 
 # --- a password-protected link's page (redirects/protected.py) ------------------------------
@@ -106,7 +109,8 @@ def too_many_passwords(retry_after: int) -> Answer:
 
 def redirect_answer(outcome: str | int | None) -> Answer:
     """The answer for a lookup's outcome (counting.click_outcome / selectors.link_target_parse):
-    302 to the longurl, 410 for GONE, 404 for None, the password form for Protected.
+    302 to the longurl, 410 for GONE, 404 for None, 503 for LOADING (a missing key while the
+    replica is not ready), the password form for Protected.
 
     Location is the longurl as stored, passed through Django's iri_to_uri as HttpResponseRedirect
     does: an ASCII URL (percent-encodings, query, fragment) goes out byte for byte; characters
@@ -116,6 +120,8 @@ def redirect_answer(outcome: str | int | None) -> Answer:
         return NOT_FOUND
     if outcome == GONE and isinstance(outcome, int):
         return EXPIRED
+    if outcome == LOADING and isinstance(outcome, int):
+        return CATCHING_UP
     if outcome.__class__ is Protected:
         # Never the target of a protected link: its form (redirects/protected.py; here for
         # manage.py runserver's view, which checks no cookie and takes no POST).

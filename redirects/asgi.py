@@ -120,7 +120,11 @@ class RedirectApp:
                     # Answered, not counted: link-preview bots and crawlers send HEAD to see
                     # where a link goes, and they are not clicks.
                     raw = await redis.execute("GET", keys.link_key(tinyurl))
-                    outcome = selectors.link_target_parse(raw)
+                    if raw is None and not await redis.execute("EXISTS",
+                                                                keys.links_ready_key()):
+                        outcome = counting.LOADING  # as a GET's click script answers it
+                    else:
+                        outcome = selectors.link_target_parse(raw)
                     if outcome.__class__ is counting.Protected:
                         # As a GET of the same request: the redirect for a valid cookie, the
                         # form otherwise (redirects/protected.py); uncounted all the same.

@@ -54,7 +54,8 @@ logger = logging.getLogger(__name__)
 
 REPORT_EVERY = 100
 
-# KEYS: link, incarnation, due, dirty, served (hash: incarnation -> redirects counted).
+# KEYS: link, incarnation, due, dirty, served (hash: incarnation -> redirects counted), the
+# replica's ready mark (keys.links_ready_key).
 # ARGV: REPORT_EVERY, tinyurl, counter key prefix, this process' token, and for a bot's click
 # (redirects/bots.py) the bots key prefix (click_keys_args). A bot's click counts in the counter
 # like any click (the hundreds the assignment reports are of every click) and in the counter's
@@ -63,6 +64,8 @@ REPORT_EVERY = 100
 # hash the caller checked a password or a cookie against (redirects/protected.py); ARGV[5] is
 # then '' for a human's click. Only a click that reaches the target counts, never the form.
 # Returns nil: unknown or disabled link (a value in another format too), nothing counted;
+#         503 (LOADING): no such key while the replica is not ready (its Redis lost data, or
+#         consume_links is catching up): the link may exist, so no 404 (nothing counted);
 #         410 (GONE): the link expired, nothing counted (TIME is called only for a link with an
 #         expiry);
 #         '|<hash>': the link is protected and ARGV[6] is not its hash: nothing counted, the
@@ -73,7 +76,10 @@ REPORT_EVERY = 100
 # process' random token: a later life of this Redis gets another name.
 CLICK_SCRIPT = """
 local v = redis.call('GET', KEYS[1])
-if not v then return nil end
+if not v then
+  if redis.call('EXISTS', KEYS[6]) == 0 then return 503 end
+  return nil
+end
 local a = string.find(v, '|', 1, true)
 if not a then return nil end
 local b = string.find(v, '|', a + 1, true)
@@ -111,6 +117,11 @@ CLICK_SHA = hashlib.sha1(CLICK_SCRIPT.encode()).hexdigest()
 # The reply of the click script, and the outcome, that means "this link expired": answered 410,
 # not counted (selectors.link_target_parse gives the same for HEAD).
 GONE = 410
+# ... and "no such key, and the replica is not ready": 503, not 404. A Redis wiped or restored
+# from an older backup lacks links the replica served a moment before; until consume_links has
+# read them again (and set the ready mark), a missing key is no proof that the link does not
+# exist. Found by the chaos run (tools/chaos): 404s for live links after a wipe.
+LOADING = 503
 
 # KEYS: incarnation, runid. ARGV: the server's run_id (INFO server), a random token.
 # Starts a new incarnation unless the stored run id is this server's: the data may be older
@@ -154,7 +165,7 @@ def click_keys_args(tinyurl: str, *, bot: bool = False, password_hash: str | Non
             args.append("")
         args.append(password_hash)
     return ([keys.link_key(tinyurl), keys.clicks_incarnation_key(), keys.clicks_due_key(),
-             keys.clicks_dirty_key(), keys.clicks_served_key()], args)
+             keys.clicks_dirty_key(), keys.clicks_served_key(), keys.links_ready_key()], args)
 
 
 class Protected(str):
@@ -182,6 +193,8 @@ def click_outcome(raw: bytes | str | int | None) -> str | int | None:
         return Protected(raw[1:]) if raw[:1] == "|" else raw
     if raw == GONE and type(raw) is int:
         return GONE
+    if raw == LOADING and type(raw) is int:
+        return LOADING
     raise RedisError(f"unexpected reply from the click script: {raw!r}")
 
 

@@ -42,14 +42,23 @@ def link_target_parse(raw: bytes | str | None, *, now_ms: int | None = None) -> 
 
 def link_target_get(*, tinyurl: str, redis: Redis | None = None) -> str | int | None:
     """The link's outcome without counting a click (HEAD, the Django view's):
-    link_target_parse() of its value. Raises RedisError when Redis is away."""
-    return link_target_parse((redis or redis_get()).get(keys.link_key(tinyurl)))
+    link_target_parse() of its value, or counting.LOADING for a missing key while the replica
+    is not ready (as CLICK_SCRIPT answers; a second round trip on a miss only). Raises
+    RedisError when Redis is away."""
+    redis = redis or redis_get()
+    raw = redis.get(keys.link_key(tinyurl))
+    if raw is None and not redis.exists(keys.links_ready_key()):
+        return counting.LOADING
+    return link_target_parse(raw)
 
 
 async def link_target_get_async(*, redis: PipelinedRedis, tinyurl: str) -> str | int | None:
     """link_target_get through the pipelined client (the served replica's HEAD,
     redirects/asgi.py)."""
-    return link_target_parse(await redis.execute("GET", keys.link_key(tinyurl)))
+    raw = await redis.execute("GET", keys.link_key(tinyurl))
+    if raw is None and not await redis.execute("EXISTS", keys.links_ready_key()):
+        return counting.LOADING
+    return link_target_parse(raw)
 
 
 def links_positions_get(*, redis: Redis) -> dict[int, int]:

@@ -22,11 +22,15 @@ NOT_FOUND = {"error": "no such link"}
 
 
 def store(replica, links: dict[str, str | None], *, expires_at: int | None = None) -> None:
-    """Active links (longurl None: disabled), version 1, with the given expiry (ms) or none."""
-    replica.redis.mset({
-        keys.link_key(t): keys.link_value_encode(
-            keys.LinkValue(version=1, expires_at=expires_at, longurl=longurl))
-        for t, longurl in links.items()})
+    """Active links (longurl None: disabled), version 1, with the given expiry (ms) or none;
+    and the ready mark, as consume_links leaves it once caught up (else a missing key is a
+    503, not a 404: test_a_missing_link_is_503_while_the_replica_is_not_ready)."""
+    replica.redis.set(keys.links_ready_key(), "1")
+    if links:
+        replica.redis.mset({
+            keys.link_key(t): keys.link_value_encode(
+                keys.LinkValue(version=1, expires_at=expires_at, longurl=longurl))
+            for t, longurl in links.items()})
 
 
 def member(replica, tinyurl: str) -> bytes:
@@ -68,6 +72,7 @@ def test_get_redirects_and_counts_head_redirects_without_counting(replica):
 
 
 def test_unknown_codes_are_404_json_and_count_nothing(replica):
+    store(replica, {})
     for method in ("GET", "HEAD"):
         response = replica.get("Nope123", method=method)
         assert response.status_code == 404
@@ -299,6 +304,24 @@ def test_clicks_after_a_redis_restore_go_to_a_new_incarnation_through_the_asgi_p
     # One recovery per worker at most (the clicks in flight share it), each with its check.
     ran = commands_run(replica)
     assert 1 <= ran.get("script|load", 0) <= 2 and ran.get("eval", 0) == ran["script|load"], ran
+
+
+def test_a_missing_link_is_503_while_the_replica_is_not_ready(replica):
+    """A Redis wiped (or restored from an older backup) lacks links the replica served a moment
+    before, and its ready mark with them: until consume_links has read the topic again, a
+    missing key is no proof that the link does not exist, so GET and HEAD answer 503 with
+    Retry-After, not 404 (found by tools/chaos: live links answered 404 after a wipe). A link
+    it holds is served meanwhile; once ready, a missing link is a 404 again."""
+    store(replica, {"Abc1234": "https://example.com/landing"})
+    replica.redis.delete(keys.links_ready_key())
+    for method in ("GET", "HEAD"):
+        response = replica.get("Nope123", method=method)
+        assert (response.status_code, response.headers.get("Retry-After")) == (503, "1"), method
+    assert "catching up" in replica.get("Nope123").json()["error"]
+    assert replica.get("Abc1234").status_code == 302
+    replica.redis.set(keys.links_ready_key(), "1")
+    assert replica.get("Nope123").status_code == 404
+    assert replica.get("Nope123", method="HEAD").status_code == 404
 
 
 def test_the_redirect_path_is_in_the_metrics_summed_over_two_workers(replica_factory):

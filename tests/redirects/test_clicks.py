@@ -270,6 +270,9 @@ def test_the_incarnation_check_against_a_real_redis(replica_factory):
     redis.set(keys.link_key("Flushed"), "1||https://example.com/flushed")
     assert clicks.click_call(redis=redis, tinyurl="Flushed") == "https://example.com/flushed"
     assert redis.get(keys.clicks_incarnation_key()) is not None
+    # FLUSHALL took the ready mark too: a missing link is not known to be unknown (503).
+    assert clicks.click_call(redis=redis, tinyurl="Unknown") == clicks.LOADING
+    redis.set(keys.links_ready_key(), "1")
     assert clicks.click_call(redis=redis, tinyurl="Unknown") is None
     redis.set(keys.link_key("Disabld"), "2||")
     assert clicks.click_call(redis=redis, tinyurl="Disabld") is None
