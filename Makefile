@@ -1,7 +1,8 @@
 # The two commands: `make up` runs the product locally, `make test` runs the whole suite.
 # Both install what is missing first (stack/install.sh) and start the services they need.
 # `make test-fast` runs the tests that need no service, with none started (stack/test-fast.sh).
-.PHONY: up test test-fast down status
+# `make chaos MINUTES=10 SEED=7` runs the randomized fault schedule and its checker (stack/chaos.sh).
+.PHONY: up test test-fast down status chaos
 
 up:
 	@bash stack/up.sh
@@ -17,3 +18,6 @@ down:
 
 status:
 	@bash stack/services.sh status
+
+chaos:
+	@MINUTES=$(MINUTES) SEED=$(SEED) bash stack/chaos.sh

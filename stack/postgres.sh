@@ -46,6 +46,12 @@ stop() {
 
 status() { as_pg "$bindir/pg_ctl" status -D "$PGDATA_DIR" >/dev/null 2>&1; }
 
+# A crash, for fault runs (tools/chaos): every server process quits at once, without a
+# checkpoint; the next start recovers from the WAL, as after a power loss.
+crash() {
+  if status; then as_pg "$bindir/pg_ctl" stop -D "$PGDATA_DIR" -m immediate -w >/dev/null; fi
+}
+
 # createdb NAME: create the database if it is missing (the product's is named after the user).
 createdb() {
   local name=$1
@@ -60,6 +66,7 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
+  crash) crash ;;
   createdb) createdb "$2" ;;
-  *) die "usage: $0 start|stop|status|createdb NAME" ;;
+  *) die "usage: $0 start|stop|status|crash|createdb NAME" ;;
 esac

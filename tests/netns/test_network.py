@@ -1,4 +1,4 @@
-"""The netns cluster's own network (tests/netns/cluster.py): each run claims a /24 no other
+"""The netns cluster's own network (testkit/netns.py): each run claims a /24 no other
 holds, so two suites at once on one machine do not share addresses. Only the bridges are made
 here (no namespace, no service). Root only, as the scenarios."""
 
@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from tests.netns import cluster as netns
-from tests.netns.cluster import NetnsCluster
+from testkit import netns
+from testkit.netns import NetnsCluster
 
 # Out of the fast lane, as every netns test (tests/stack/test_lanes.py): they change the
 # machine's network.

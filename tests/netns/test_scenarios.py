@@ -1,4 +1,4 @@
-"""Faults on the assignment's three-host topology (tests/netns/cluster.py), each asserting that
+"""Faults on the assignment's three-host topology (testkit/netns.py), each asserting that
 no link is lost and no click is counted twice, and printing its figures.
 
 Runs as root only (network namespaces); otherwise skipped with the reason. The single-host
@@ -18,7 +18,7 @@ from django.conf import settings
 from kafka import KafkaProducer
 
 from testkit import wait_until
-from tests.netns.cluster import NetnsCluster
+from testkit.netns import NetnsCluster
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root; the "

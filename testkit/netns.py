@@ -86,23 +86,46 @@ class Host:
         self.ip = ""  # set when the cluster has claimed its network (NetnsCluster.build)
         self.veth = f"{cluster.id}{name}v"  # the root side of its cable
         self.procs: dict[str, subprocess.Popen] = {}
+        self.specs: dict[str, tuple[list[str], dict[str, str] | None]] = {}
 
     @property
     def url(self) -> str:
         return f"http://{self.ip}:8000"
 
-    def start(self, what: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+    def start(self, what: str, cmd: list[str] | None = None,
+              env: dict[str, str] | None = None) -> None:
+        """Start `what` with `cmd` and `env` (kept: without them, as it was started last).
+        In a session of its own, so that a signal reaches it with its children (gunicorn's
+        workers) as a host's crash or pause would."""
         assert what not in self.procs or self.procs[what].poll() is not None, f"{what} runs"
+        if cmd is None:
+            cmd, env = self.specs[what]
+        self.specs[what] = (cmd, env)
         log = open(self.cluster.dir / f"{self.name}-{what}.log", "ab")
         self.procs[what] = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, *cmd], cwd=ROOT,
+            ["ip", "netns", "exec", self.ns, *cmd], cwd=ROOT, start_new_session=True,
             env={**self.cluster.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def send(self, what: str, sig: int) -> bool:
+        """Send `sig` to `what` and its children; False if it is not running."""
+        proc = self.procs.get(what)
+        if proc is None or proc.poll() is not None:
+            return False
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
 
     def stop(self, what: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         proc = self.procs.get(what)
         if proc is None or proc.poll() is not None:
             return proc.returncode if proc else 0
-        proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            self.send(what, sig)  # the children too: a killed gunicorn's workers hold its port
+        else:
+            proc.send_signal(sig)
         return proc.wait(timeout)
 
     def log(self, what: str) -> str:
@@ -111,6 +134,12 @@ class Host:
     def link(self, up: bool) -> None:
         """Plug or unplug this host's network cable."""
         sh("ip", "link", "set", self.veth, "up" if up else "down")
+
+    def route_block(self, address: str, blocked: bool) -> None:
+        """Drop (or send again) every packet this host sends to `address`: a one-way
+        partition (the other side's packets still arrive; TCP to it stalls both ways)."""
+        sh("ip", "netns", "exec", self.ns, "ip", "route", "add" if blocked else "del",
+           "blackhole", f"{address}/32", check=not blocked)
 
 
 class NetnsCluster:
@@ -237,10 +266,17 @@ class NetnsCluster:
         self.master.start("outbox", [sys.executable, "manage.py", "republish_links",
                                      "--pending", "--follow", "--interval", "1"], env)
 
+    def redis_dir(self, host: Host) -> Path:
+        return self.dir / f"{host.name}-redis"
+
     def start_redis(self, host: Host) -> None:
-        # No persistence: the scenarios restart it empty on purpose.
+        # No persistence: the scenarios restart it empty on purpose. A snapshot is only what
+        # `SAVE` writes (tools/chaos: a Redis restored from an older snapshot); the folder is the
+        # host's own.
+        self.redis_dir(host).mkdir(exist_ok=True)
         host.start("redis", ["redis-server", "--port", "26379", "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(self.dir)])
+                             "--save", "", "--appendonly", "no",
+                             "--dir", str(self.redis_dir(host))])
 
     def start_replica(self, host: Host) -> None:
         env = {"SHORTENER_ROLE": "replica", "GUNICORN_BIND": f"{host.ip}:8000"}
@@ -251,14 +287,7 @@ class NetnsCluster:
 
     def restart(self, host: Host, what: str, sig: int = signal.SIGKILL) -> None:
         host.stop(what, sig)
-        role = "master" if host is self.master else "replica"
-        env = {"SHORTENER_ROLE": role}
-        commands = {"links": "consume_links", "report": "report_clicks",
-                    "clicks": "consume_clicks"}
-        if what == "redis":
-            self.start_redis(host)
-        else:
-            host.start(what, [sys.executable, "manage.py", commands[what]], env)
+        host.start(what)
 
     def up(self) -> None:
         self.build()
@@ -278,7 +307,11 @@ class NetnsCluster:
         for host in self.hosts:
             for proc in host.procs.values():
                 if proc.poll() is None:
-                    proc.kill()
+                    try:
+                        os.killpg(proc.pid, signal.SIGCONT)  # a paused one dies too
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
                     proc.wait()
         for action in (self.kafka, self.postgres):
             try:
