@@ -119,12 +119,13 @@ class RedirectApp:
                 elif method == "HEAD":
                     # Answered, not counted: link-preview bots and crawlers send HEAD to see
                     # where a link goes, and they are not clicks.
-                    raw = await redis.execute("GET", keys.link_key(tinyurl))
-                    if raw is None and not await redis.execute("EXISTS",
-                                                                keys.links_ready_key()):
-                        outcome = counting.LOADING  # as a GET's click script answers it
+                    got = await redis.execute("MGET", *selectors.link_target_keys(tinyurl))
+                    raw = got[0]
+                    if raw is None and not got[1]:
+                        ready = await redis.execute("EXISTS", keys.links_ready_key())
+                        outcome = selectors.link_target_outcome(got, lambda: ready)
                     else:
-                        outcome = selectors.link_target_parse(raw)
+                        outcome = selectors.link_target_outcome(got, lambda: True)
                     if outcome.__class__ is counting.Protected:
                         # As a GET of the same request: the redirect for a valid cookie, the
                         # form otherwise (redirects/protected.py); uncounted all the same.

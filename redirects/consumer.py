@@ -46,7 +46,7 @@ from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 from redis import Redis
 
-from redirects import selectors, services
+from redirects import keys, selectors, services
 from redirects.links_writes import LinksWrites
 from runtime.metrics import CONSUMER_CAUGHT_UP, CONSUMER_RECORDS
 from topics.batching import CONTENT_ERRORS, Record, content_error_label
@@ -190,6 +190,13 @@ class LinksConsumer(Observer):
             self.caught_up = False
             CONSUMER_CAUGHT_UP.labels(self.topic).set(0)
             self._retarget = self._consumer is not None  # else positioning will do it
+        elif self.caught_up and self.redis.exists(keys.links_restarted_key()):
+            # Redis restarted with data (redirects/counting.py, INCARNATION_SCRIPT): the replica
+            # answers 503 until this check. Positions as ours: it holds all we applied, ready
+            # again at once (no Kafka needed). Others (a backup restored): PositionMismatch,
+            # and the loop reads again from the stored positions, ready once caught up.
+            logger.warning("%s: Redis restarted; checking that it holds what was applied", NAME)
+            services.links_ready_set(redis=self.redis, ready=True, positions=self.loop.expected)
 
     def on_positioned(self, *, consumer: KafkaConsumer, stored: dict[int, int]) -> None:
         self._consumer = consumer

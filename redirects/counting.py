@@ -14,11 +14,13 @@ An incarnation is one life of this Redis' data. A new one starts
     loaded an older RDB/AOF, or a restored backup). The stored <user>:clicks:runid differs from
     the server's run_id (INFO server), which changes with every start. Redis never persists
     scripts, so the first EVALSHA after a restart fails with NOSCRIPT; only then is the script
-    loaded, and only after INCARNATION_SCRIPT has started the new incarnation
+    loaded, and only after INCARNATION_SCRIPT has ended the old incarnation
     (click_script_reload, and click_script_reload_async on the served replica's path). So
     no click after a restart is counted in a counter whose older, higher value the master may
     already hold (its max() would absorb the new clicks). report_clicks runs the same check
-    every round, so this does not wait for a click;
+    every round, so this does not wait for a click. Until consume_links has checked what the
+    restarted Redis holds, every link is answered 503 and nothing is counted (the restarted
+    mark); the first click after that names the new incarnation, as after a FLUSHALL;
   * when the incarnation key is missing (FLUSHALL without a restart): CLICK_SCRIPT makes one.
 A counter of an earlier incarnation is final (nothing increments it any more): its marks are
 still reported, and once a report of it is acknowledged its key is deleted (reporter.ACK_SCRIPT).
@@ -55,7 +57,7 @@ logger = logging.getLogger(__name__)
 REPORT_EVERY = 100
 
 # KEYS: link, incarnation, due, dirty, served (hash: incarnation -> redirects counted), the
-# replica's ready mark (keys.links_ready_key).
+# replica's ready mark (keys.links_ready_key), its restarted mark (keys.links_restarted_key).
 # ARGV: REPORT_EVERY, tinyurl, counter key prefix, this process' token, and for a bot's click
 # (redirects/bots.py) the bots key prefix (click_keys_args). A bot's click counts in the counter
 # like any click (the hundreds the assignment reports are of every click) and in the counter's
@@ -66,6 +68,10 @@ REPORT_EVERY = 100
 # Returns nil: unknown or disabled link (a value in another format too), nothing counted;
 #         503 (LOADING): no such key while the replica is not ready (its Redis lost data, or
 #         consume_links is catching up): the link may exist, so no 404 (nothing counted);
+#         or any link after a restart of Redis that kept data, until consume_links has checked
+#         it (the restarted mark; INCARNATION_SCRIPT): what it holds may be older than what
+#         was served. Checked where no incarnation is found (INCARNATION_SCRIPT removes it with
+#         the restart) and on the rare answers (disabled, expired): nothing on the hot path;
 #         410 (GONE): the link expired, nothing counted (TIME is called only for a link with an
 #         expiry);
 #         '|<hash>': the link is protected and ARGV[6] is not its hash: nothing counted, the
@@ -83,11 +89,17 @@ end
 local a = string.find(v, '|', 1, true)
 if not a then return nil end
 local b = string.find(v, '|', a + 1, true)
-if not b or b == #v then return nil end
+if not b or b == #v then
+  if redis.call('EXISTS', KEYS[7]) == 1 then return 503 end
+  return nil
+end
 if b > a + 1 then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  if now >= tonumber(string.sub(v, a + 1, b - 1)) then return 410 end
+  if now >= tonumber(string.sub(v, a + 1, b - 1)) then
+    if redis.call('EXISTS', KEYS[7]) == 1 then return 503 end
+    return 410
+  end
 end
 if string.byte(v, b + 1) == 124 then
   local c = string.find(v, '|', b + 2, true)
@@ -98,6 +110,7 @@ if string.byte(v, b + 1) == 124 then
 end
 local inc = redis.call('GET', KEYS[2])
 if not inc then
+  if redis.call('EXISTS', KEYS[7]) == 1 then return 503 end
   local t = redis.call('TIME')
   inc = t[1] .. string.format('%06d', tonumber(t[2])) .. ARGV[4]
   redis.call('SET', KEYS[2], inc)
@@ -123,18 +136,28 @@ GONE = 410
 # exist. Found by the chaos run (tools/chaos): 404s for live links after a wipe.
 LOADING = 503
 
-# KEYS: incarnation, runid. ARGV: the server's run_id (INFO server), a random token.
-# Starts a new incarnation unless the stored run id is this server's: the data may be older
-# than what was reported (see the module's docstring). Returns 1 if it started one after a
-# restart, 2 if it started the first one (no run id stored: a new Redis or prefix), else 0.
+# KEYS: incarnation, runid, the links' ready mark, their restarted mark. ARGV: the server's
+# run_id (INFO server), a random token.
+# Unless the stored run id is this server's, the data may be older than what was reported and
+# served (see the module's docstring). The first time (no run id stored: a new Redis or prefix)
+# it names the first incarnation: returns 2. After a restart that kept data (a run id of an
+# earlier life is stored) it removes the incarnation, removes the ready mark and sets the
+# restarted mark: every link is answered 503 until consume_links has checked its positions
+# (services.READY_SCRIPT removes the mark), and the first click after that names a new
+# incarnation (CLICK_SCRIPT); returns 1. Else 0. Found by the chaos run (tools/chaos): a Redis
+# restored from an older backup served, for half a second, links as they were in the backup.
 # Concurrent callers race harmlessly: the second finds the run id already stored.
 INCARNATION_SCRIPT = """
 local previous = redis.call('GET', KEYS[2])
 if previous == ARGV[1] then return 0 end
-local t = redis.call('TIME')
-redis.call('SET', KEYS[1], t[1] .. string.format('%06d', tonumber(t[2])) .. ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1])
-if not previous then return 2 end
+if not previous then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], t[1] .. string.format('%06d', tonumber(t[2])) .. ARGV[2])
+  return 2
+end
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('SET', KEYS[4], '1')
 return 1
 """
 
@@ -165,7 +188,8 @@ def click_keys_args(tinyurl: str, *, bot: bool = False, password_hash: str | Non
             args.append("")
         args.append(password_hash)
     return ([keys.link_key(tinyurl), keys.clicks_incarnation_key(), keys.clicks_due_key(),
-             keys.clicks_dirty_key(), keys.clicks_served_key(), keys.links_ready_key()], args)
+             keys.clicks_dirty_key(), keys.clicks_served_key(), keys.links_ready_key(),
+             keys.links_restarted_key()], args)
 
 
 class Protected(str):
@@ -207,8 +231,8 @@ def incarnation_check_args(run_id: str) -> tuple[str | int, ...]:
     exactly this). Never load the click script any other way (redis-py's auto-reloading Script
     would skip the check).
     """
-    return (INCARNATION_SCRIPT, 2, keys.clicks_incarnation_key(), keys.clicks_runid_key(),
-            run_id, process_token())
+    return (INCARNATION_SCRIPT, 4, keys.clicks_incarnation_key(), keys.clicks_runid_key(),
+            keys.links_ready_key(), keys.links_restarted_key(), run_id, process_token())
 
 
 def incarnation_ensure(*, redis: Redis) -> bool:
@@ -220,8 +244,9 @@ def incarnation_ensure(*, redis: Redis) -> bool:
 
 def _incarnation_checked(run_id: str, started: object) -> bool:
     if started == 1:
-        logger.warning("Redis restarted (run_id %s): clicks are counted in a new incarnation "
-                       "from now on", run_id)
+        logger.warning("Redis restarted (run_id %s): every link answered 503 until "
+                       "consume_links has checked what it holds; clicks are counted in a new "
+                       "incarnation from then on", run_id)
     elif started == 2:
         logger.info("first counter incarnation in this Redis (run_id %s)", run_id)
     return bool(started)

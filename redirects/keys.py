@@ -139,6 +139,15 @@ def links_ready_key() -> str:
     return f"{settings.SHORTENER_USER}:links:ready"
 
 
+def links_restarted_key() -> str:
+    """String "1" from a restart of redis-server that kept data (an AOF or RDB loaded, a backup
+    restored: what it holds may be older than what this replica served) until consume_links
+    has checked, or restored, its positions and set the ready mark again. Meanwhile the replica
+    answers 503 for every link (redirects/counting.py). Set by INCARNATION_SCRIPT, removed by
+    services.READY_SCRIPT."""
+    return f"{settings.SHORTENER_USER}:links:restarted"
+
+
 def links_heartbeat_key() -> str:
     """String: Redis' clock in ms at consume_links' latest round (every poll, <= 0.5 s, and
     every retry while Kafka is unreachable). /readyz is 503 once it is older than

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django_redis import get_redis_connection
@@ -42,21 +43,37 @@ def link_target_parse(raw: bytes | str | None, *, now_ms: int | None = None) -> 
 
 def link_target_get(*, tinyurl: str, redis: Redis | None = None) -> str | int | None:
     """The link's outcome without counting a click (HEAD, the Django view's):
-    link_target_parse() of its value, or counting.LOADING for a missing key while the replica
-    is not ready (as CLICK_SCRIPT answers; a second round trip on a miss only). Raises
-    RedisError when Redis is away."""
+    link_target_parse() of its value, or counting.LOADING as CLICK_SCRIPT answers it: after a
+    restart of Redis that kept data, until consume_links has checked it (the restarted mark,
+    read with the link in one MGET), and for a missing key while the replica is not ready (a
+    second round trip, on a miss only). Raises RedisError when Redis is away."""
     redis = redis or redis_get()
-    raw = redis.get(keys.link_key(tinyurl))
-    if raw is None and not redis.exists(keys.links_ready_key()):
-        return counting.LOADING
-    return link_target_parse(raw)
+    return link_target_outcome(redis.mget(link_target_keys(tinyurl)),
+                               lambda: redis.exists(keys.links_ready_key()))
 
 
 async def link_target_get_async(*, redis: PipelinedRedis, tinyurl: str) -> str | int | None:
     """link_target_get through the pipelined client (the served replica's HEAD,
     redirects/asgi.py)."""
-    raw = await redis.execute("GET", keys.link_key(tinyurl))
-    if raw is None and not await redis.execute("EXISTS", keys.links_ready_key()):
+    got = await redis.execute("MGET", *link_target_keys(tinyurl))
+    if got[0] is None and not got[1]:
+        ready = await redis.execute("EXISTS", keys.links_ready_key())
+        return link_target_outcome(got, lambda: ready)
+    return link_target_outcome(got, lambda: True)
+
+
+def link_target_keys(tinyurl: str) -> list[str]:
+    """What a HEAD reads in one MGET: the link's value and the restarted mark."""
+    return [keys.link_key(tinyurl), keys.links_restarted_key()]
+
+
+def link_target_outcome(got: list, ready: Callable[[], object]) -> str | int | None:
+    """link_target_parse() of an MGET of link_target_keys, or counting.LOADING (see
+    link_target_get); `ready` is asked only for a missing link."""
+    raw, restarted = got
+    if restarted:
+        return counting.LOADING
+    if raw is None and not ready():
         return counting.LOADING
     return link_target_parse(raw)
 

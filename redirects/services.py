@@ -348,13 +348,16 @@ def links_heartbeat(*, redis: Redis, stale_seconds: float) -> bool:
 
 # The ready mark KEYS[2], set only if the positions hash KEYS[1] still holds the positions the
 # consumer caught up with (ARGV: partition, position ('' = none) pairs); atomically, so a Redis
-# wiped or restarted empty since is never marked ready from the consumer's memory. Returns 1 if
+# wiped or restarted empty since is never marked ready from the consumer's memory. With it the
+# restarted mark KEYS[3] goes (redirects/counting.py, INCARNATION_SCRIPT): positions that match
+# say Redis holds everything this consumer applied, so nothing served was newer. Returns 1 if
 # set, else 0.
 READY_SCRIPT = """
 for i = 1, #ARGV, 2 do
   if (redis.call('HGET', KEYS[1], ARGV[i]) or '') ~= ARGV[i + 1] then return 0 end
 end
 redis.call('SET', KEYS[2], '1')
+redis.call('DEL', KEYS[3])
 return 1
 """
 
@@ -373,7 +376,8 @@ def links_ready_set(*, redis: Redis, ready: bool,
     args: list[str | int] = []
     for partition, position in (positions or {}).items():
         args += [partition, "" if position is None else position]
-    if _script(redis, READY_SCRIPT)(keys=[keys.links_positions_key(), keys.links_ready_key()],
+    if _script(redis, READY_SCRIPT)(keys=[keys.links_positions_key(), keys.links_ready_key(),
+                                          keys.links_restarted_key()],
                                     args=args, client=redis) != 1:
         stored = selectors.links_positions_get(redis=redis)
         partition = next((p for p, v in (positions or {}).items() if stored.get(p) != v), 0)

@@ -36,11 +36,13 @@ def test_a_small_workload_gets_only_right_answers(master_web, replica_factory):
 
 
 def test_wrong_answers_are_caught_and_fail_the_run(master_web, replica_factory):
-    # A replica whose consume_links never runs cannot know the new links.
+    # A replica whose consume_links never runs cannot know the new links, nor, never ready,
+    # that the unknown ones do not exist: every redirect and every not-found is a 503.
     stale = replica_factory(start=False)
     stale.start_web()
     result = loadgen("--master", master_web.url, "--replica", stale.url, "--creates", "20",
                      "--redirects", "30", "--not-found", "10", "--wait", "1")
     assert result.returncode == 1
-    assert "wrong answers: 30" in result.stdout
+    assert "wrong answers: 40" in result.stdout
+    assert "expected 404, got 503" in result.stdout
     assert "expected" not in result.stdout.split("redirect")[0]  # creates were all right

@@ -91,8 +91,9 @@ def test_a_missing_or_unreadable_link_value_is_404_for_head():
 
 def test_click_keys_and_args_follow_the_script():
     keys_, args = clicks.click_keys_args("Abc1234")
-    assert len(keys_) == 6 and keys_[0].endswith(":link:Abc1234")
+    assert len(keys_) == 7 and keys_[0].endswith(":link:Abc1234")
     assert keys_[5] == keys.links_ready_key()  # a missing key answers 503 without it
+    assert keys_[6] == keys.links_restarted_key()  # any link answers 503 with it
     assert args[:2] == [clicks.REPORT_EVERY, "Abc1234"]
     assert args[2] == keys.clicks_counter_prefix() and args[3] == clicks.process_token()
 

@@ -270,9 +270,11 @@ def test_expired_disabled_and_unreadable_links_through_the_asgi_path(replica):
 def test_clicks_after_a_redis_restore_go_to_a_new_incarnation_through_the_asgi_path(
         replica_factory):
     """Redis restarted from an older snapshot while two workers serve many concurrent clicks:
-    every click after the restore is counted in a new incarnation, none in the old counter
-    (whose value the master may already hold higher). No reporter runs: the check is the
-    redirect path's own (clicks.click_script_reload_async)."""
+    every click after the restore is answered 503 and counted nowhere until consume_links has
+    checked what Redis holds (test_redis_restored.py; here its step is done by hand: no
+    consumer runs), then counted in a new incarnation, none in the old counter (whose value the
+    master may already hold higher). No reporter runs: the check is the redirect path's own
+    (clicks.click_script_reload_async)."""
     replica = replica_factory(start=False)
     replica.start_web(workers=2)
     store(replica, {"Abc1234": "https://example.com/landing"})
@@ -294,6 +296,12 @@ def test_clicks_after_a_redis_restore_go_to_a_new_incarnation_through_the_asgi_p
     replica.redis.config_resetstat()
     # Each worker's connection, closed by the restart, is replaced before its next batch; the
     # clicks in flight together then all meet NOSCRIPT in each worker.
+    with ThreadPoolExecutor(32) as pool:
+        assert set(pool.map(click, range(200))) == {503}
+    assert replica.clicks_counts("Abc1234") == {old: 30} and replica.incarnation() is None
+    # consume_links' check (services.READY_SCRIPT): the ready mark back, the restarted one gone.
+    replica.redis.set(keys.links_ready_key(), "1")
+    replica.redis.delete(keys.links_restarted_key())
     with ThreadPoolExecutor(32) as pool:
         assert set(pool.map(click, range(200))) == {302}
     new = replica.incarnation()

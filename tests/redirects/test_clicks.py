@@ -247,8 +247,9 @@ def test_the_reporter_alone_notices_a_redis_restart(replica_factory):
     old = replica.incarnation()
     backup = replica.snapshot_redis()
     replica.restore_redis(backup)  # no click follows
-    wait_until(lambda: replica.incarnation() not in (None, old), timeout=20,
-               what="a new incarnation from the reporter")
+    # The old one is gone (the next click after consume_links' check names a new one).
+    wait_until(lambda: replica.incarnation() != old, timeout=20,
+               what="the reporter to notice the restart")
     assert replica.stop_reporter() == 0
     assert master_counts(tinyurl) == {f"{old}:{tinyurl}": 5}
     assert replica.clicks_counts(tinyurl) == {}  # reported, final, deleted
@@ -263,8 +264,18 @@ def test_the_incarnation_check_against_a_real_redis(replica_factory):
     first = redis.get(keys.clicks_incarnation_key())
     assert redis.eval(*clicks.incarnation_check_args(run_id)) == 0  # same server life
     assert redis.get(keys.clicks_incarnation_key()) == first
+    redis.set(keys.links_ready_key(), "1")
+    redis.set(keys.link_key("Kept123"), "1||https://example.com/kept")
     assert redis.eval(*clicks.incarnation_check_args("f" * 40)) == 1  # another life
-    assert redis.get(keys.clicks_incarnation_key()) != first
+    # No incarnation until consume_links has checked what Redis holds: every link 503 and
+    # nothing counted (the restarted mark); the ready mark is gone too.
+    assert redis.get(keys.clicks_incarnation_key()) is None
+    assert redis.exists(keys.links_restarted_key()) and not redis.exists(keys.links_ready_key())
+    assert clicks.click_call(redis=redis, tinyurl="Kept123") == clicks.LOADING
+    assert redis.get(keys.clicks_incarnation_key()) is None
+    redis.delete(keys.links_restarted_key())  # as services.READY_SCRIPT does
+    assert clicks.click_call(redis=redis, tinyurl="Kept123") == "https://example.com/kept"
+    assert redis.get(keys.clicks_incarnation_key()) not in (None, first)
     # FLUSHALL (no restart): the click script names an incarnation itself.
     redis.flushall()
     redis.set(keys.link_key("Flushed"), "1||https://example.com/flushed")

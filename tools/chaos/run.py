@@ -70,31 +70,40 @@ def serves(answers: dict, states: dict[str, State]) -> bool:
                for t, s in states.items())
 
 
+def ready_wait(host, states: dict[str, State], healed: float) -> tuple[float | None, dict]:
+    """Poll one replica until it says ready and serves every link's state (or READY_LIMIT has
+    passed since `healed`): (seconds since `healed`, or None; its last answers). Measured to
+    within one sweep of every link (about 7 s for 27,000 links on 2 cores)."""
+    tinyurls = sorted(states)
+    answers: dict = {}
+    while time.monotonic() - healed < READY_LIMIT:
+        try:
+            ready = requests.get(f"{host.url}/readyz", timeout=5).ok
+        except requests.RequestException:
+            ready = False
+        if ready:
+            answers = sweep(host.url, tinyurls)
+            if serves(answers, states):
+                return round(time.monotonic() - healed, 1), answers
+        time.sleep(0.5)  # a poll of a replica that is catching up
+    return None, answers or sweep(host.url, tinyurls)
+
+
 def final_read(cluster: NetnsCluster, healed: float) -> Final:
     """The master's states, each replica's answers once it serves them all (or the limit
-    passed), and the master's click totals once the clicks path is quiet."""
+    passed; both replicas at once), and the master's click totals once the clicks path is
+    quiet."""
     final = Final()
     wait_until(lambda: cluster.sql("SELECT 1"), timeout=60, what="PostgreSQL")
     # Every acknowledged state published (the outbox relay), so that "ready" has a target.
     wait_until(lambda: not cluster.sql("SELECT 1 FROM links_link WHERE published_at IS NULL "
                                        "LIMIT 1"), timeout=READY_LIMIT, what="the outbox")
     final.master = master_states(cluster)
-    tinyurls = sorted(final.master)
-    for host in cluster.replicas:
-        answers: dict = {}
-        final.ready_after[host.name] = None
-        while time.monotonic() - healed < READY_LIMIT:
-            try:
-                ready = requests.get(f"{host.url}/readyz", timeout=5).ok
-            except requests.RequestException:
-                ready = False
-            if ready:
-                answers = sweep(host.url, tinyurls)
-                if serves(answers, final.master):
-                    final.ready_after[host.name] = round(time.monotonic() - healed, 1)
-                    break
-            time.sleep(0.5)  # a poll of a replica that is catching up
-        final.served[host.name] = answers or sweep(host.url, tinyurls)
+    with ThreadPoolExecutor(len(cluster.replicas)) as pool:
+        waits = {host.name: pool.submit(ready_wait, host, final.master, healed)
+                 for host in cluster.replicas}
+        for name, wait in waits.items():
+            final.ready_after[name], final.served[name] = wait.result()
     try:
         cluster.settle_clicks(timeout=180)
     except AssertionError as exc:
