@@ -196,6 +196,8 @@ class LinksConsumer(Observer):
             # again at once (no Kafka needed). Others (a backup restored): PositionMismatch,
             # and the loop reads again from the stored positions, ready once caught up.
             logger.warning("%s: Redis restarted; checking that it holds what was applied", NAME)
+            # The batches in flight first (LinksWrites): `expected` may run ahead of Redis.
+            self.loop.strategy.join()
             services.links_ready_set(redis=self.redis, ready=True, positions=self.loop.expected)
 
     def on_positioned(self, *, consumer: KafkaConsumer, stored: dict[int, int]) -> None:

@@ -273,7 +273,11 @@ def test_the_incarnation_check_against_a_real_redis(replica_factory):
     assert redis.exists(keys.links_restarted_key()) and not redis.exists(keys.links_ready_key())
     assert clicks.click_call(redis=redis, tinyurl="Kept123") == clicks.LOADING
     assert redis.get(keys.clicks_incarnation_key()) is None
+    # Nor the password form of a link the backup holds protected (it may be no more).
+    redis.set(keys.link_key("Prot123"), "1|||h123|https://example.com/protected")
+    assert clicks.click_call(redis=redis, tinyurl="Prot123") == clicks.LOADING
     redis.delete(keys.links_restarted_key())  # as services.READY_SCRIPT does
+    assert clicks.click_call(redis=redis, tinyurl="Prot123") == clicks.Protected("h123")
     assert clicks.click_call(redis=redis, tinyurl="Kept123") == "https://example.com/kept"
     assert redis.get(keys.clicks_incarnation_key()) not in (None, first)
     # FLUSHALL (no restart): the click script names an incarnation itself.
