@@ -9,9 +9,11 @@ is exactly what the Django view answered (redirects/answers.py, shared with it):
 Location and Cache-Control: no-store; HEAD answered as GET and not counted; 404 JSON for an
 unknown or disabled code; 410 JSON with Cache-Control: no-store for an expired one; 405 for
 other methods; 503 with Retry-After while Redis is away, recovering by itself (after a Redis
-restart, through the counter incarnation check: counting.click_script_reload_async). A Redis
-that refuses writes but still reads (memory or disk full, a read-only replica) still redirects:
-the click is counted as lost instead (selectors.link_read_uncounted_async), on that error only.
+restart, through the counter incarnation check, run on every new connection before anything
+else: incarnation.incarnation_check_on_connect). A Redis that refuses writes but still reads
+(memory or disk full, a read-only replica) still redirects, unless it restarted since it was
+last checked: the click is counted as lost instead (selectors.link_read_uncounted_async), on
+that error only.
 Malformed codes, /metrics, /healthz, /readyz and anything else go to Django, which answers them
 as before (a malformed code is a 404 from its resolver, without a Redis round trip).
 
@@ -29,7 +31,7 @@ from typing import Any
 from django.conf import settings
 from redis.exceptions import RedisError, ResponseError
 
-from redirects import answers, bots, counting, keys, protected, selectors
+from redirects import answers, bots, counting, incarnation, keys, protected, selectors
 from redirects.pipelining import PipelinedRedis
 from runtime.lifespan import lifespan_serve
 from runtime.metrics import REQUESTS
@@ -168,7 +170,8 @@ class RedirectApp:
         # Redis is down, so a redirect answers 503 instead of hanging.
         self.redis = PipelinedRedis(self.redis_url,
                                     connect_timeout=options["SOCKET_CONNECT_TIMEOUT"],
-                                    timeout=options["SOCKET_TIMEOUT"])
+                                    timeout=options["SOCKET_TIMEOUT"],
+                                    on_connect=incarnation.incarnation_check_on_connect)
         return self.redis
 
     async def close(self) -> None:

@@ -190,15 +190,21 @@ class LinksConsumer(Observer):
             self.caught_up = False
             CONSUMER_CAUGHT_UP.labels(self.topic).set(0)
             self._retarget = self._consumer is not None  # else positioning will do it
-        elif self.caught_up and self.redis.exists(keys.links_restarted_key()):
-            # Redis restarted with data (redirects/counting.py, INCARNATION_SCRIPT): the replica
-            # answers 503 until this check. Positions as ours: it holds all we applied, ready
-            # again at once (no Kafka needed). Others (a backup restored): PositionMismatch,
-            # and the loop reads again from the stored positions, ready once caught up.
+        if self.loop.positioned and self.redis.exists(keys.links_restarted_key()):
+            # Redis restarted with data (redirects/incarnation.py, INCARNATION_SCRIPT): the replica
+            # answers 503 until this check. Positions as ours: it holds all we applied, so it
+            # serves again at once (no Kafka needed), ready too if we were caught up. Others (a
+            # backup restored): PositionMismatch, and the loop reads again from the stored
+            # positions, ready once caught up. Only while positioned: else `expected` is not
+            # (or no longer) what Redis should hold.
             logger.warning("%s: Redis restarted; checking that it holds what was applied", NAME)
             # The batches in flight first (LinksWrites): `expected` may run ahead of Redis.
             self.loop.strategy.join()
-            services.links_ready_set(redis=self.redis, ready=True, positions=self.loop.expected)
+            if self.caught_up:
+                services.links_ready_set(redis=self.redis, ready=True,
+                                         positions=self.loop.expected)
+            else:
+                services.links_restarted_clear(redis=self.redis, positions=self.loop.expected)
 
     def on_positioned(self, *, consumer: KafkaConsumer, stored: dict[int, int]) -> None:
         self._consumer = consumer

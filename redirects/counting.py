@@ -15,7 +15,9 @@ An incarnation is one life of this Redis' data. A new one starts
     the server's run_id (INFO server), which changes with every start. Redis never persists
     scripts, so the first EVALSHA after a restart fails with NOSCRIPT; only then is the script
     loaded, and only after INCARNATION_SCRIPT has ended the old incarnation
-    (click_script_reload, and click_script_reload_async on the served replica's path). So
+    (click_script_reload, and click_script_reload_async on the served replica's path); the
+    web's client also runs the check on each new connection (incarnation_check_on_connect), so
+    a HEAD or a form's POST that comes first after a restart follows it as well. So
     no click after a restart is counted in a counter whose older, higher value the master may
     already hold (its max() would absorb the new clicks). report_clicks runs the same check
     every round, so this does not wait for a click. Until consume_links has checked what the
@@ -35,8 +37,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
-import secrets
 import time
 
 from redis import Redis
@@ -49,6 +49,7 @@ from redis.exceptions import (
 )
 
 from redirects import keys
+from redirects.incarnation import incarnation_ensure, incarnation_ensure_async, process_token
 from redirects.pipelining import PipelinedRedis
 from runtime.metrics import CLICKS_UNCOUNTED
 
@@ -140,43 +141,6 @@ GONE = 410
 # exist. Found by the chaos run (tools/chaos): 404s for live links after a wipe.
 LOADING = 503
 
-# KEYS: incarnation, runid, the links' ready mark, their restarted mark. ARGV: the server's
-# run_id (INFO server), a random token.
-# Unless the stored run id is this server's, the data may be older than what was reported and
-# served (see the module's docstring). The first time (no run id stored: a new Redis or prefix)
-# it names the first incarnation: returns 2. After a restart that kept data (a run id of an
-# earlier life is stored) it removes the incarnation, removes the ready mark and sets the
-# restarted mark: every link is answered 503 until consume_links has checked its positions
-# (services.READY_SCRIPT removes the mark), and the first click after that names a new
-# incarnation (CLICK_SCRIPT); returns 1. Else 0. Found by the chaos run (tools/chaos): a Redis
-# restored from an older backup served, for half a second, links as they were in the backup.
-# Concurrent callers race harmlessly: the second finds the run id already stored.
-INCARNATION_SCRIPT = """
-local previous = redis.call('GET', KEYS[2])
-if previous == ARGV[1] then return 0 end
-redis.call('SET', KEYS[2], ARGV[1])
-if not previous then
-  local t = redis.call('TIME')
-  redis.call('SET', KEYS[1], t[1] .. string.format('%06d', tonumber(t[2])) .. ARGV[2])
-  return 2
-end
-redis.call('DEL', KEYS[1], KEYS[3])
-redis.call('SET', KEYS[4], '1')
-return 1
-"""
-
-_token: tuple[int, str] = (0, "")
-
-
-def process_token() -> str:
-    """16 random hex characters, made once per process (after a fork, anew): part of an
-    incarnation's name, so that two processes never name one alike."""
-    global _token
-    if _token[0] != os.getpid():
-        _token = (os.getpid(), secrets.token_hex(8))
-    return _token[1]
-
-
 def click_keys_args(tinyurl: str, *, bot: bool = False, password_hash: str | None = None
                     ) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV of CLICK_SCRIPT for one click of `tinyurl` (EVALSHA CLICK_SHA); bot: a
@@ -224,53 +188,6 @@ def click_outcome(raw: bytes | str | int | None) -> str | int | None:
     if raw == LOADING and type(raw) is int:
         return LOADING
     raise RedisError(f"unexpected reply from the click script: {raw!r}")
-
-
-def incarnation_check_args(run_id: str) -> tuple[str | int, ...]:
-    """The arguments of EVAL for INCARNATION_SCRIPT, given the server's run_id (INFO server):
-    `redis.eval(*incarnation_check_args(run_id))`, synchronous or asynchronous client alike.
-
-    After a NOSCRIPT reply to EVALSHA CLICK_SHA: INFO server, this EVAL, then SCRIPT LOAD
-    CLICK_SCRIPT, then the EVALSHA again (click_script_reload and click_script_reload_async do
-    exactly this). Never load the click script any other way (redis-py's auto-reloading Script
-    would skip the check).
-    """
-    return (INCARNATION_SCRIPT, 4, keys.clicks_incarnation_key(), keys.clicks_runid_key(),
-            keys.links_ready_key(), keys.links_restarted_key(), run_id, process_token())
-
-
-def incarnation_ensure(*, redis: Redis) -> bool:
-    """Start a new counter incarnation if redis-server restarted since the current one began;
-    True if it did. Two round trips (INFO server, EVAL). Raises redis.RedisError."""
-    run_id = redis.info("server")["run_id"]
-    return _incarnation_checked(run_id, redis.eval(*incarnation_check_args(run_id)))
-
-
-def _incarnation_checked(run_id: str, started: object) -> bool:
-    if started == 1:
-        logger.warning("Redis restarted (run_id %s): every link answered 503 until "
-                       "consume_links has checked what it holds; clicks are counted in a new "
-                       "incarnation from then on", run_id)
-    elif started == 2:
-        logger.info("first counter incarnation in this Redis (run_id %s)", run_id)
-    return bool(started)
-
-
-def info_run_id(info: bytes | str) -> str:
-    """The run_id in the text of INFO server (lines `field:value`, as
-    https://redis.io/docs/latest/commands/info/ describes them). Raises RedisError without one."""
-    text = info.decode() if isinstance(info, bytes) else info
-    for line in text.splitlines():
-        if line.startswith("run_id:"):
-            return line[len("run_id:"):].strip()
-    raise RedisError("INFO server gave no run_id")
-
-
-async def incarnation_ensure_async(*, redis: PipelinedRedis) -> bool:
-    """incarnation_ensure through the pipelined client (INFO server, then the EVAL)."""
-    run_id = info_run_id(await redis.execute("INFO", "server"))
-    return _incarnation_checked(
-        run_id, await redis.execute("EVAL", *incarnation_check_args(run_id)))
 
 
 def click_script_reload(redis: Redis) -> str:

@@ -23,12 +23,15 @@ What it guarantees (tests/redirects/test_pipelining.py):
   the client recovers by itself when Redis returns. A connection Redis closed while it was idle
   (a restart between two batches) is replaced before the next batch is written: nothing of that
   batch was sent, so none of its commands fails for it. A command's own error reply (NOSCRIPT,
-  say) fails only that command.
+  say) fails only that command;
+- a new connection first runs `on_connect` (if given) before any command of the batch is
+  written; if it raises, the batch fails as above and the next batch connects and runs it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio.connection import Connection, parse_url
@@ -47,10 +50,15 @@ class PipelinedRedis:
     with the load by themselves, and under light load a command goes out alone at once.
     """
 
-    def __init__(self, url: str, *, connect_timeout: float = 2.0, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, *, connect_timeout: float = 2.0, timeout: float = 5.0,
+                 on_connect: Callable[[Connection], Awaitable[None]] | None = None) -> None:
         """url: redis://[user:password@]host:port/db (or unix://, rediss://), as redis-py reads it.
         connect_timeout: seconds to open the connection; timeout: seconds for one batch's write
-        and replies, after which its commands fail with TimeoutError."""
+        and replies, after which its commands fail with TimeoutError. on_connect: awaited with
+        every new connection (redis-py's, connected) before anything else is sent on it, within
+        the batch's timeout; it may send commands and read their replies; raising a RedisError
+        fails the batch (the replica's web: the incarnation check after a Redis restart,
+        redirects/incarnation.incarnation_check_on_connect)."""
         options: dict[str, Any] = dict(parse_url(url))
         connection_class = options.pop("connection_class", Connection)
         self._connection: Connection = connection_class(
@@ -63,6 +71,7 @@ class PipelinedRedis:
             retry=Retry(NoBackoff(), 0),
         )
         self._timeout = timeout
+        self._on_connect = on_connect
         # (the command, encoded; the future of its reply), in the order execute() was called.
         self._pending: list[tuple[bytes, asyncio.Future]] = []
         self._sender: asyncio.Task | None = None
@@ -106,6 +115,8 @@ class PipelinedRedis:
                     await connection.disconnect(nowait=True)
                 if not connection.is_connected:
                     await connection.connect()
+                    if self._on_connect is not None:
+                        await self._on_connect(connection)
                 await connection.send_packed_command(b"".join([packed for packed, _ in batch]),
                                                      check_health=False)
                 self.batches += 1

@@ -1,11 +1,10 @@
 """The click reporter (`manage.py report_clicks`): turns the marks that counting left in Redis
 into click reports on the clicks topic, and clears a mark once Kafka acknowledged its report.
 
-The hot path's side (the click script, the counter incarnation, the marks) is in
-redirects/counting.py; this module adds the scripts that claim marked counters, acknowledge
-their reports and put back the unacknowledged ones, and the process that runs them. Like the
-click script they are Lua, atomic in Redis: a click after a claim re-marks the counter, and a
-claim never splits a click from its mark.
+The hot path's side (the click script, the marks) is redirects/counting.py, the counter
+incarnation redirects/incarnation.py; here are the scripts that claim marked counters, acknowledge
+their reports and put back the unacknowledged ones (Lua, atomic in Redis like the click script:
+a click after a claim re-marks the counter), and the process that runs them.
 """
 
 from __future__ import annotations
@@ -21,7 +20,8 @@ from kafka.errors import KafkaError
 from redis import Redis
 
 from redirects import keys
-from redirects.counting import REPORT_EVERY, incarnation_ensure
+from redirects.counting import REPORT_EVERY
+from redirects.incarnation import incarnation_ensure
 from redirects.sweep import counters_sweep, sweep_due
 from runtime.metrics import CLICK_REPORTS
 from topics.clicks import CLICK_BATCH_MAX, click_batch_encode, clicks_producer_make, clicks_topic

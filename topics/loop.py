@@ -1,8 +1,7 @@
 """The positioned consumer loop: a topic read into a store that keeps its own topic position.
 
 consume_links (replica, position in Redis), consume_clicks and the links audit (master, positions
-in PostgreSQL) follow one pattern, after the design brief §5 and "storing offsets outside Kafka"
-in the KafkaConsumer documentation:
+in PostgreSQL) follow one pattern, after the design brief §5 and the KafkaConsumer documentation:
   * the signal handler only sets `stop`; the loop checks it between batches;
   * the consumer assigns itself every partition (no group rebalancing: it must read them all)
     and seeks to the positions held by its store, or to the beginning where none is held;
@@ -58,12 +57,7 @@ from runtime.metrics import (
 )
 from topics.batching import BatchIsolation, BatchWrite, StrategyFactory, Writes
 from topics.clients import consumer_close
-from topics.positions import (
-    PositionMismatch,
-    PositionStore,
-    TopicRecreated,
-    topic_id_get,
-)
+from topics.positions import PositionMismatch, PositionStore, TopicRecreated, topic_id_get
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +144,11 @@ class Loop:
         # Group offsets of the batches applied since the last commit, and when that was.
         self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
         self._last_group_commit = time.monotonic()
+
+    @property
+    def positioned(self) -> bool:
+        """`expected` is this reading's: not before the first positioning, nor until the next."""
+        return not self._needs_position and bool(self.partitions)
 
     # --- back-off -------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """The redirect's answers and the click script's reply contract, as pure functions (no server):
-redirects/answers.py, clicks.click_outcome, selectors.link_target_parse, clicks.info_run_id."""
+redirects/answers.py, clicks.click_outcome, selectors.link_target_parse, incarnation.info_run_id."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from redirects import answers, keys, selectors
 from redirects import counting as clicks
+from redirects import incarnation
 
 # What may appear in an ASCII URL as sent (RFC 3986): unreserved and reserved characters, and
 # percent-encodings in either case.
@@ -95,12 +96,12 @@ def test_click_keys_and_args_follow_the_script():
     assert keys_[5] == keys.links_ready_key()  # a missing key answers 503 without it
     assert keys_[6] == keys.links_restarted_key()  # any link answers 503 with it
     assert args[:2] == [clicks.REPORT_EVERY, "Abc1234"]
-    assert args[2] == keys.clicks_counter_prefix() and args[3] == clicks.process_token()
+    assert args[2] == keys.clicks_counter_prefix() and args[3] == incarnation.process_token()
 
 
 def test_the_run_id_is_read_from_info_server():
     info = (b"# Server\r\nredis_version:7.0.15\r\nrun_id:0123456789abcdef0123456789abcdef01234567"
             b"\r\ntcp_port:6379\r\n")
-    assert clicks.info_run_id(info) == "0123456789abcdef0123456789abcdef01234567"
+    assert incarnation.info_run_id(info) == "0123456789abcdef0123456789abcdef01234567"
     with pytest.raises(RedisError):
-        clicks.info_run_id(b"# Server\r\nredis_version:7.0.15\r\n")
+        incarnation.info_run_id(b"# Server\r\nredis_version:7.0.15\r\n")

@@ -287,3 +287,22 @@ def test_a_large_mixed_batch_in_one_step_holds_what_one_record_at_a_time_does(
             f"{settings.SHORTENER_USER}:links:stats", "rejected")))
     assert results[0] == results[1]
     assert results[0][1] == len(held_before) + len(specs)
+
+
+def test_the_restarted_mark_goes_only_with_the_positions_applied(redis):
+    """links_ready_set and links_restarted_clear (a consumer caught up, and one that is not):
+    each removes the restarted mark only if Redis holds exactly the consumer's positions;
+    only the first sets the ready mark."""
+    apply(redis, [rec(0, "rstmrk1", 1, "https://a.example/r")])
+    restarted, ready = keys.links_restarted_key(), keys.links_ready_key()
+    redis.set(restarted, "1")
+    with pytest.raises(PositionMismatch):
+        services.links_restarted_clear(redis=redis, positions={0: 0})  # older than held
+    with pytest.raises(PositionMismatch):
+        services.links_ready_set(redis=redis, ready=True, positions={0: 2})  # newer
+    assert redis.exists(restarted) and not redis.exists(ready)
+    services.links_restarted_clear(redis=redis, positions={0: 1})
+    assert not redis.exists(restarted) and not redis.exists(ready)
+    redis.set(restarted, "1")
+    services.links_ready_set(redis=redis, ready=True, positions={0: 1})
+    assert not redis.exists(restarted) and redis.exists(ready)

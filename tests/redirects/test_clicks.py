@@ -257,16 +257,17 @@ def test_the_reporter_alone_notices_a_redis_restart(replica_factory):
 
 def test_the_incarnation_check_against_a_real_redis(replica_factory):
     from redirects import counting as clicks
+    from redirects import incarnation
 
     redis = replica_factory(start=False).redis
     run_id = redis.info("server")["run_id"]
-    assert redis.eval(*clicks.incarnation_check_args(run_id)) == 2  # none yet: the first
+    assert redis.eval(*incarnation.incarnation_check_args(run_id)) == 2  # none yet: the first
     first = redis.get(keys.clicks_incarnation_key())
-    assert redis.eval(*clicks.incarnation_check_args(run_id)) == 0  # same server life
+    assert redis.eval(*incarnation.incarnation_check_args(run_id)) == 0  # same server life
     assert redis.get(keys.clicks_incarnation_key()) == first
     redis.set(keys.links_ready_key(), "1")
     redis.set(keys.link_key("Kept123"), "1||https://example.com/kept")
-    assert redis.eval(*clicks.incarnation_check_args("f" * 40)) == 1  # another life
+    assert redis.eval(*incarnation.incarnation_check_args("f" * 40)) == 1  # another life
     # No incarnation until consume_links has checked what Redis holds: every link 503 and
     # nothing counted (the restarted mark); the ready mark is gone too.
     assert redis.get(keys.clicks_incarnation_key()) is None

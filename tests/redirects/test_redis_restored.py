@@ -3,7 +3,7 @@ it held then, which may be older than what it served since. Found by the chaos r
 (tools/chaos): a backup restored under load served, for about half a second, links as they
 were in the backup (an older target after the newer one, 404 for links created since). Now
 every link is answered 503 from the restart until consume_links has checked its positions
-(redirects/counting.py INCARNATION_SCRIPT, redirects/consumer.py _heartbeat)."""
+(redirects/incarnation.py INCARNATION_SCRIPT, redirects/consumer.py _heartbeat)."""
 
 from __future__ import annotations
 
@@ -72,3 +72,62 @@ def test_a_restart_that_kept_everything_is_503_only_until_the_positions_are_chec
         302, "https://example.com/restored/kept")
     wait_until(lambda: replica.readyz()[0] == 200, timeout=20, what="ready again")
     assert not replica.redis.exists(keys.links_restarted_key())
+
+
+def test_a_head_first_after_a_restart_is_503_too(replica_factory):
+    """Not only a GET (whose NOSCRIPT runs the incarnation check): a HEAD that came first after
+    a restart read the restored data before anything noticed (a link-preview bot's HEAD got
+    the older target).
+    The web's Redis client now runs the check on every new connection (PipelinedRedis'
+    on_connect, incarnation.incarnation_check_on_connect). consume_links is stopped here so that
+    nothing else notices the restart."""
+    replica = replica_factory()
+    tinyurl = tinyurl_new()
+    link_produce(tinyurl, 1, "https://example.com/restored/head-old")
+    wait_until(lambda: replica.readyz()[0] == 200 and replica.target(tinyurl) is not None,
+               timeout=20, what="ready with the link")
+    replica.click(tinyurl, 1)  # the web stores the server's run id
+    incarnation = replica.incarnation()
+    backup = replica.snapshot_redis()
+    link_produce(tinyurl, 2, "https://example.com/restored/head-new")
+    wait_until(lambda: replica.target(tinyurl) == "https://example.com/restored/head-new",
+               timeout=20, what="the newer target")
+    replica.stop_consumer()
+    replica.restore_redis(backup)
+    for _ in range(3):
+        response = replica.get(tinyurl, method="HEAD")
+        assert response.status_code == 503, (response.status_code, response.headers)
+        assert "Location" not in response.headers
+    assert replica.redis.exists(keys.links_restarted_key())
+    assert replica.clicks_counts(tinyurl) == {incarnation: 1}  # nothing counted meanwhile
+    replica.start_consumer()
+    assert answers_until_served(replica, tinyurl, method="HEAD")[-1] == (
+        302, "https://example.com/restored/head-new")
+
+
+def test_a_restarted_redis_that_refuses_writes_is_not_served(replica_factory):
+    """A restart into a full Redis: the restarted mark cannot be written, so nothing it holds
+    can be checked: every request is 503 until it accepts writes again. A full Redis that did
+    not restart is still served (tests/redirects/test_writes_refused.py)."""
+    replica = replica_factory()
+    tinyurl = tinyurl_new()
+    link_produce(tinyurl, 1, "https://example.com/restored/full")
+    wait_until(lambda: replica.readyz()[0] == 200 and replica.target(tinyurl) is not None,
+               timeout=20, what="ready with the link")
+    replica.click(tinyurl, 1)
+    replica.stop_consumer()
+    replica.restore_redis(replica.snapshot_redis())
+    replica.redis.config_set("maxmemory", 1)  # every write refused (OOM), reads answered
+    try:
+        for method in ("HEAD", "GET"):
+            response = replica.get(tinyurl, method=method)
+            assert response.status_code == 503, (method, response.status_code)
+    finally:
+        replica.redis.config_set("maxmemory", 0)
+    # Writes accepted again: the check runs, takes the mark, and the link waits for
+    # consume_links like after any restart.
+    assert replica.get(tinyurl, method="HEAD").status_code == 503
+    assert replica.redis.exists(keys.links_restarted_key())
+    replica.start_consumer()
+    assert answers_until_served(replica, tinyurl, method="HEAD")[-1] == (
+        302, "https://example.com/restored/full")
