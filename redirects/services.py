@@ -113,7 +113,10 @@ return {applied, disabled, stale, ignored}
 # consume_links' heartbeat: Redis' clock in ms into KEYS[1]. If the previous beat is missing or
 # older than ARGV[1] ms (the consumer was stopped, killed or stalled that long, or Redis lost
 # it), the ready mark KEYS[2] goes too, atomically: what the replica holds may be that old, so it
-# must catch up again before it is ready. Returns 1 then, else 0.
+# must catch up again before it is ready. Returns 1 then, else 0, and the ready mark (if set)
+# lives ARGV[1] ms more: it expires by itself when the beats stop, so a replica whose
+# consume_links is stalled or dead answers an unknown link 503, not 404, as /readyz says
+# (found by the chaos checker's readiness check: a 404 is the replica saying it is ready).
 HEARTBEAT_SCRIPT = """
 local t = redis.call('TIME')
 local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
@@ -123,6 +126,7 @@ if (not previous) or tonumber(now) - tonumber(previous) > tonumber(ARGV[1]) then
   redis.call('DEL', KEYS[2])
   return 1
 end
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return 0
 """
 
@@ -352,12 +356,13 @@ def links_heartbeat(*, redis: Redis, stale_seconds: float) -> bool:
 # the restarted mark KEYS[3] goes (redirects/incarnation.py, INCARNATION_SCRIPT): positions that
 # match say Redis holds everything this consumer applied, so nothing served was newer.
 # ARGV[1] '0': only the restarted mark goes (a consumer not caught up: links held are served,
-# missing ones stay 503 until the ready mark). Returns 1 if done, else 0.
+# missing ones stay 503 until the ready mark); else the ready mark's life in ms (the heartbeat
+# renews it, HEARTBEAT_SCRIPT). Returns 1 if done, else 0.
 READY_SCRIPT = """
 for i = 2, #ARGV, 2 do
   if (redis.call('HGET', KEYS[1], ARGV[i]) or '') ~= ARGV[i + 1] then return 0 end
 end
-if ARGV[1] == '1' then redis.call('SET', KEYS[2], '1') end
+if ARGV[1] ~= '0' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[1]) end
 redis.call('DEL', KEYS[3])
 return 1
 """
@@ -388,7 +393,7 @@ def links_restarted_clear(*, redis: Redis, positions: dict[int, int | None]) -> 
 
 def _positions_checked(*, redis: Redis, positions: dict[int, int | None] | None,
                        ready: bool) -> None:
-    args: list[str | int] = [1 if ready else 0]
+    args: list[str | int] = [int(settings.SHORTENER_READY_STALE_SECONDS * 1000) if ready else 0]
     for partition, position in (positions or {}).items():
         args += [partition, "" if position is None else position]
     if _script(redis, READY_SCRIPT)(keys=[keys.links_positions_key(), keys.links_ready_key(),

@@ -224,7 +224,13 @@ SHORTENER_LINKS_BATCH = env.int("SHORTENER_LINKS_BATCH", default=5000)
 SHORTENER_GONE_KEEP_SECONDS = env.int("SHORTENER_GONE_KEEP_SECONDS", default=30 * 24 * 3600)
 # A replica's /readyz answers 503 once consume_links' heartbeat (written every round, <= 0.5 s,
 # and every <= ~8 s while Kafka is unreachable) is older than this: stopped, dead or stuck.
+# It is also the ready mark's life in Redis, renewed by each beat (redirects/services.py), and
+# must outlast a beat's longest gap while Kafka is away (~8 s), or the replica flaps.
 SHORTENER_READY_STALE_SECONDS = env.float("SHORTENER_READY_STALE_SECONDS", default=15.0)
+if not 10 <= SHORTENER_READY_STALE_SECONDS <= 86400:
+    raise ImproperlyConfigured(
+        f"SHORTENER_READY_STALE_SECONDS={SHORTENER_READY_STALE_SECONDS}: must be in [10, 86400] "
+        "(beats are up to ~8 s apart while Kafka is unreachable)")
 
 # Clicks below the next hundred are reported by `report_clicks` at least this often (and when it
 # stops gracefully). It bounds how far the master's totals lag, and what a wiped Redis can lose.

@@ -30,6 +30,8 @@ def _check(**env: str) -> subprocess.CompletedProcess:
     ("SHORTENER_CLICKS_SWEEP_SECONDS", "604800", "must be in (0, 259200]"),
     ("SHORTENER_CLICKS_DAYS_KEEP", "89", "at least 90"),
     ("SHORTENER_CLICKS_DAYS_KEEP", "1", "at least 90"),
+    ("SHORTENER_READY_STALE_SECONDS", "0", "must be in [10, 86400]"),
+    ("SHORTENER_READY_STALE_SECONDS", "5", "must be in [10, 86400]"),
 ])
 def test_a_value_that_breaks_a_guarantee_stops_the_process_with_its_bound(name, value, message):
     result = _check(**{name: value})
@@ -42,6 +44,7 @@ def test_a_value_that_breaks_a_guarantee_stops_the_process_with_its_bound(name, 
     ("SHORTENER_CLICKS_SWEEP_SECONDS", "0.5"),
     ("SHORTENER_CLICKS_DAYS_KEEP", "0"),
     ("SHORTENER_CLICKS_DAYS_KEEP", "90"),
+    ("SHORTENER_READY_STALE_SECONDS", "10"),
 ])
 def test_a_value_within_the_bounds_starts(name, value):
     result = _check(**{name: value})

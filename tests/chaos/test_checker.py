@@ -362,3 +362,52 @@ def test_an_older_state_read_after_a_newer_one_is_a_violation(run, data):
                    status=status, location=location)
     verdict = check(History(ops=ops, reads=reads + [late]), Final())
     assert [v.guarantee for v in verdict.violations] == [3], report(verdict)
+
+
+# --- 5: a 404 says "ready" ---------------------------------------------------------------------
+
+def _late_404(faults: list[Fault], read_at: float = 30.0) -> tuple[History, Final]:
+    """A link created at 0 (acknowledged at 0.2), served by r1 at 1, then a 404 on r2 at
+    `read_at`: r2 never got it, yet said it was ready."""
+    ops = [op("lat", "create", A, True, 0)]
+    reads = [rd("r1", "lat", "GET", 1, 302, A), rd("r2", "lat", "HEAD", read_at, 404)]
+    final = Final(master={"lat": State(A, True)},
+                  served={r: {"lat": (302, A)} for r in ("r1", "r2")},
+                  recorded={"r1": {"lat": 1}}, ready_after={"r1": 1.0, "r2": 1.0})
+    return History(ops=ops, reads=reads, faults=faults), final
+
+
+def test_a_404_long_after_the_create_with_room_to_arrive_is_a_5():
+    history, final = _late_404([])
+    violations = check(history, final).violations
+    assert [(v.guarantee, v.replica) for v in violations] == [(5, "r2")]
+    assert "404 (which says it is ready)" in violations[0].message
+    # A wipe is no excuse: the replica must not say it is ready until it holds its links again.
+    history, final = _late_404([Fault("redis-wipe", "r2", 5, 5, loses_clicks_on="r2")])
+    assert guarantees(history, final) == [5]
+
+
+@pytest.mark.parametrize("fault", [
+    Fault("kill", "kafka", 1, 20), Fault("pause", "r2/links", 2, 10),
+    Fault("isolate", "r2", 0.5, 12), Fault("oneway", "r2>svc", 3, 9)])
+def test_a_404_is_excused_while_records_may_be_held_back(fault):
+    # The fault and its grace (30 s after healing) leave no 10 s in a row before the read.
+    history, final = _late_404([fault], read_at=fault.healed + 35)
+    assert guarantees(history, final) == []
+    # Once 10 s in a row were free of it, the same 404 is a 5.
+    history, final = _late_404([fault], read_at=fault.healed + 41)
+    assert guarantees(history, final) == [5]
+
+
+def test_a_404_soon_after_the_create_or_of_a_link_taken_down_is_no_5():
+    history, final = _late_404([], read_at=9.0)  # within the 10 s a record may take
+    assert guarantees(history, final) == []
+    history, final = _late_404([])
+    history.ops.append(op("lat", "takedown", A, False, 29.0, "unknown"))  # may be down
+    final.master["lat"] = State(A, False)
+    final.served = {r: {"lat": (404, None)} for r in ("r1", "r2")}
+    assert guarantees(history, final) == []
+    # Faults elsewhere excuse nothing: r1's consume_links, the master's relay, PostgreSQL.
+    history, final = _late_404([Fault("kill", "r1/links", 1, 25), Fault("kill", "m/outbox", 1, 25),
+                                Fault("pause", "postgres", 2, 20)])
+    assert guarantees(history, final) == [5]

@@ -41,3 +41,9 @@ def test_seeds_differ_and_a_long_run_draws_every_kind():
     for plan in ten_minutes:
         assert len(plan) >= 60  # about one fault every 4 s, some held back by the rules
     assert {p.kind for plan in ten_minutes for p in plan} == set(WEIGHTS)
+
+
+def test_the_suites_two_minute_seed_injects_every_kind_of_fault():
+    from tests.chaos.test_run import SEED
+
+    assert {fault.kind for fault in draw(SEED, 120)} == set(WEIGHTS)

@@ -309,10 +309,12 @@ def test_clicks_after_a_redis_restore_go_to_a_new_incarnation_through_the_asgi_p
     assert replica.clicks_counts("Abc1234") == {old: 30, new: 200}
     assert replica.redis.get(keys.clicks_runid_key()).decode() == \
         replica.redis.info("server")["run_id"]
-    # One recovery per worker at most (the clicks in flight share it), each with its check,
-    # and one more check per worker's new connection (incarnation_check_on_connect).
+    # One recovery per worker at most (the clicks in flight share it; a worker whose EVALSHA
+    # comes after another's SCRIPT LOAD needs none: Redis' script cache is the server's), each
+    # with its check, and one more check per worker's new connection (on_connect): two workers.
     ran = commands_run(replica)
-    assert 1 <= ran.get("script|load", 0) <= 2 and ran.get("eval", 0) == 2 * ran["script|load"], ran
+    loads = ran.get("script|load", 0)
+    assert 1 <= loads <= 2 and loads + 1 <= ran.get("eval", 0) <= loads + 2, ran
 
 
 def test_a_missing_link_is_503_while_the_replica_is_not_ready(replica):

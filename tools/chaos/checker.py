@@ -34,7 +34,16 @@ is *served* as 302 with `location` == its target when active, as 404 or 410 when
    fault that held the replica's reports back (its reporter stopped, its host cut off from
    Kafka, Kafka down), or while it lasted: the delivery guarantee's only exception.
 5. Readiness: every replica said ready, serving every link, within `ready_limit` seconds of the
-   end of the faults (`final.ready_after`).
+   end of the faults (`final.ready_after`); and never said ready while it could not serve the
+   current state. A replica answers an unknown link 404 only while its ready mark stands (else
+   503, "catching up"), so each 404 is the replica saying it is ready: a 404 for a link whose
+   acknowledged state was active at least `lag` seconds before the read (and no later state of
+   it taken down) is a 5 if those seconds had room for the record to arrive — `lag` seconds in
+   a row, after the acknowledgement and before the read, with no fault that may delay records
+   on their way to that replica active or healed less than `grace` seconds before (Kafka
+   killed or paused, its consume_links killed or paused, its host cut off from Kafka).
+   A Redis wiped or restored is no excuse: the replica must say it is not ready until it holds
+   again what it held. (A 404 after the replica had served the link is a 3, not also a 5.)
 
 `Verdict.figures` counts operations by kind and outcome, reads by status class, faults by kind,
 the clicks (`clicks_lost_allowed`: the lost ones a fault excuses) and the slowest readiness.
@@ -139,7 +148,7 @@ def _op_shown(op: Op, run: _Run) -> str:
 
 
 def check(history: History, final: Final, *, ready_limit: float = 120.0,
-          loss_window: float = 5.0) -> Verdict:
+          loss_window: float = 5.0, lag: float = 10.0, grace: float = 30.0) -> Verdict:
     """Every violation of the five guarantees (module docstring) in `history` and `final`."""
     times = [op.invoked for op in history.ops] + [r.started for r in history.reads] \
         + [f.started for f in history.faults]
@@ -154,6 +163,7 @@ def check(history: History, final: Final, *, ready_limit: float = 120.0,
     violations += _check_monotonic(links, groups, run, figures)
     violations += _check_clicks(groups, final, run, loss_window, figures)
     violations += _check_ready(final, ready_limit, run, figures)
+    violations += _check_said_ready(links, groups, run, lag, grace, figures)
     violations.sort(key=lambda v: v.guarantee)  # stable: within one, in the checks' order
     return Verdict(violations, figures, run.start)
 
@@ -398,6 +408,81 @@ def _check_ready(final: Final, limit: float, run: _Run,
             violations.append(Violation(
                 5, None, replica, f"{replica} {said} (limit {limit:.0f}s after the faults "
                 f"ended at {run.t(end)})", run.near(end, end)))
+    return violations
+
+
+def _delays_records(fault: Fault, replica: str) -> bool:
+    """Whether `fault` may keep records of the links topic from reaching `replica`'s Redis."""
+    return (fault.target in ("kafka", f"{replica}/links", f"{replica}>svc")
+            or (fault.kind == "isolate" and fault.target == replica))
+
+
+def _room_windows(faults: list[Fault], replica: str, grace: float
+                  ) -> tuple[list[float], list[float]]:
+    """The merged spans (starts, ends) when records may be held back from `replica`: each
+    delaying fault from its start until `grace` s after it healed (reconnects, TCP back-off)."""
+    spans = sorted((f.started, f.healed + grace) for f in faults if _delays_records(f, replica))
+    joined: list[list[float]] = []
+    for start, end in spans:
+        if joined and start <= joined[-1][1]:
+            joined[-1][1] = max(joined[-1][1], end)
+        else:
+            joined.append([start, end])
+    return [a for a, _ in joined], [b for _, b in joined]
+
+
+def _had_room(windows: tuple[list[float], list[float]], since: float, until: float,
+              lag: float) -> bool:
+    """Whether [since, until] holds `lag` seconds in a row outside every span of `windows`."""
+    starts, ends = windows
+    free_from = since
+    i = bisect_right(ends, since)  # the first span that ends after `since`
+    while free_from + lag <= until:
+        if i >= len(starts) or starts[i] >= free_from + lag:
+            return True
+        free_from = max(free_from, ends[i])
+        i += 1
+    return False
+
+
+def _check_said_ready(links: dict[str, list[Op]], groups: dict[tuple[str, str], list[Read]],
+                      run: _Run, lag: float, grace: float,
+                      figures: dict[str, int | float]) -> list[Violation]:
+    windows = {replica: _room_windows(run.faults, replica, grace)
+               for replica in {replica for replica, _ in groups}}
+    violations, checked = [], 0
+    for (replica, tinyurl), reads in sorted(groups.items()):
+        ops = links.get(tinyurl)
+        if not ops or ops[0].kind != "create":
+            continue
+        bad: list[tuple[Read, Op]] = []
+        # A 404 after the replica had served the link is a 3 already (monotonic reads).
+        served_by = min((r.ended for r in reads if r.status == 302), default=float("inf"))
+        for read in reads:
+            if read.status != 404 or read.started > served_by:
+                continue
+            acked = [op for op in ops if op.outcome == "ok" and op.completed <= read.started - lag]
+            if not acked:
+                continue
+            # Any state from the last one acknowledged in time on, asked for before the read
+            # ended, may be what it served: a 404 is explained if one of them is down.
+            later = ops[ops.index(acked[-1]):]
+            if any(not op.state.active for op in later if op.invoked <= read.ended):
+                continue
+            checked += 1
+            if _had_room(windows[replica], acked[-1].completed, read.started, lag):
+                bad.append((read, acked[-1]))
+        if bad:
+            read, op = bad[0]
+            more = f"; {len(bad) - 1} more such reads until {run.t(bad[-1][0].started)}" \
+                if len(bad) > 1 else ""
+            violations.append(Violation(
+                5, tinyurl, replica, f"{replica} answered 404 (which says it is ready) for "
+                f"{tinyurl} in a read at {run.t(read.started)}, "
+                f"{read.started - op.completed:.1f}s after {_shown(op.state)} "
+                f"({_op_shown(op, run)}), with {lag:.0f}s in a row for it to arrive{more}",
+                run.touching(replica, op.completed)))
+    figures["reads_404_checked_ready"] = checked
     return violations
 
 
