@@ -17,6 +17,7 @@ import logging
 import os
 import pickle
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -116,6 +117,10 @@ def final_read(cluster: NetnsCluster, healed: float) -> Final:
     return final
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -126,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("chaos: needs root (network namespaces)", file=sys.stderr)
         return 2
+    # SIGTERM (a timeout's kill, a service manager) and SIGINT, even where a shell started this
+    # with SIGINT ignored, end the run through `finally`: the namespaces, routes and processes
+    # of the cluster are removed, not left behind.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupted)
     seed = args.seed if args.seed is not None else secrets.randbelow(10**6)
     seconds = args.minutes * 60
     plan = draw(seed, seconds)
