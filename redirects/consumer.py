@@ -47,6 +47,7 @@ from kafka.errors import KafkaError
 from redis import Redis
 
 from redirects import keys, selectors, services
+from redirects.incarnation import incarnation_ensure
 from redirects.links_writes import LinksWrites
 from runtime.metrics import CONSUMER_CAUGHT_UP, CONSUMER_RECORDS
 from topics.batching import CONTENT_ERRORS, Record, content_error_label
@@ -190,24 +191,27 @@ class LinksConsumer(Observer):
             self.caught_up = False
             CONSUMER_CAUGHT_UP.labels(self.topic).set(0)
             self._retarget = self._consumer is not None  # else positioning will do it
-        if self.loop.positioned and self.redis.exists(keys.links_restarted_key()):
-            # Redis restarted with data (redirects/incarnation.py, INCARNATION_SCRIPT): the replica
-            # answers 503 until this check. Positions as ours: it holds all we applied, so it
-            # serves again at once (no Kafka needed), ready too if we were caught up. Others (a
-            # backup restored): PositionMismatch, and the loop reads again from the stored
-            # positions, ready once caught up. Only while positioned: else `expected` is not
-            # (or no longer) what Redis should hold.
+        elif self.caught_up and self.redis.exists(keys.links_restarted_key()):
+            # Redis restarted (redirects/incarnation.py, INCARNATION_SCRIPT): the replica answers
+            # 503 until this check. Positions as ours: it holds all we applied, ready again at
+            # once (no Kafka needed). Others (a backup restored, an empty Redis): PositionMismatch,
+            # and the loop reads again from the stored positions, ready once caught up. Never
+            # cleared before it is caught up: a consumer that is reading again (from the start
+            # after a wipe, from a backup's positions) has applied less than was served, and
+            # the links it holds may be older than those answered before (found by the chaos
+            # run, seed 2: an older target served while a wiped replica reloaded).
             logger.warning("%s: Redis restarted; checking that it holds what was applied", NAME)
             # The batches in flight first (LinksWrites): `expected` may run ahead of Redis.
             self.loop.strategy.join()
-            if self.caught_up:
-                services.links_ready_set(redis=self.redis, ready=True,
-                                         positions=self.loop.expected)
-            else:
-                services.links_restarted_clear(redis=self.redis, positions=self.loop.expected)
+            services.links_ready_set(redis=self.redis, ready=True, positions=self.loop.expected)
 
     def on_positioned(self, *, consumer: KafkaConsumer, stored: dict[int, int]) -> None:
         self._consumer = consumer
+        # The incarnation check here too, not only at the web's next connection: a Redis new,
+        # wiped or restarted gets its restarted mark before this reading grants the ready mark
+        # (which removes it), so the web's own check later finds this server life known and
+        # does not take a replica just caught up out of service again.
+        incarnation_ensure(redis=self.redis)
         # Not ready until caught up again: a load balancer keeps this replica out meanwhile.
         services.links_ready_set(redis=self.redis, ready=False)
         self._catchup_retarget(consumer)

@@ -28,25 +28,24 @@ logger = logging.getLogger(__name__)
 # KEYS: incarnation, runid, the links' ready mark, their restarted mark. ARGV: the server's
 # run_id (INFO server), a random token.
 # Unless the stored run id is this server's, the data may be older than what was reported and
-# served (see the module's docstring). The first time (no run id stored: a new Redis or prefix)
-# it names the first incarnation: returns 2. After a restart that kept data (a run id of an
-# earlier life is stored) it removes the incarnation, removes the ready mark and sets the
-# restarted mark: every link is answered 503 until consume_links has checked its positions
-# (services.READY_SCRIPT removes the mark), and the first click after that names a new
-# incarnation (CLICK_SCRIPT); returns 1. Else 0. Found by the chaos run (tools/chaos): a Redis
-# restored from an older backup served, for half a second, links as they were in the backup.
+# served (see the module's docstring): it removes the incarnation and the ready mark and sets
+# the restarted mark. Every link is then answered 503 until consume_links, caught up, has
+# checked its positions (services.READY_SCRIPT removes the mark), and the first click after that
+# names a new incarnation (CLICK_SCRIPT). Returns 1 after a restart that kept data (a run id of
+# an earlier life is stored), 2 the first time (none stored: a new Redis, a new prefix, or a
+# Redis wiped: restarted empty), else 0. Found by the chaos run (tools/chaos): a Redis restored
+# from an older backup served, for half a second, links as they were in the backup; and a wiped
+# one, reading the topic again from its start, served the older targets of the links it had
+# read so far (seed 2: a link's first target, the newer one not yet read again).
+# ARGV[2] (the process token) is unused: incarnations are named by CLICK_SCRIPT.
 # Concurrent callers race harmlessly: the second finds the run id already stored.
 INCARNATION_SCRIPT = """
 local previous = redis.call('GET', KEYS[2])
 if previous == ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[1])
-if not previous then
-  local t = redis.call('TIME')
-  redis.call('SET', KEYS[1], t[1] .. string.format('%06d', tonumber(t[2])) .. ARGV[2])
-  return 2
-end
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SET', KEYS[4], '1')
+if not previous then return 2 end
 return 1
 """
 
@@ -88,7 +87,8 @@ def _incarnation_checked(run_id: str, started: object) -> bool:
                        "consume_links has checked what it holds; clicks are counted in a new "
                        "incarnation from then on", run_id)
     elif started == 2:
-        logger.info("first counter incarnation in this Redis (run_id %s)", run_id)
+        logger.info("a new or wiped Redis (run_id %s): every link answered 503 until "
+                    "consume_links has caught up", run_id)
     return bool(started)
 
 

@@ -355,14 +355,13 @@ def links_heartbeat(*, redis: Redis, stale_seconds: float) -> bool:
 # Redis wiped or restarted empty since is never marked ready from the consumer's memory. With it
 # the restarted mark KEYS[3] goes (redirects/incarnation.py, INCARNATION_SCRIPT): positions that
 # match say Redis holds everything this consumer applied, so nothing served was newer.
-# ARGV[1] '0': only the restarted mark goes (a consumer not caught up: links held are served,
-# missing ones stay 503 until the ready mark); else the ready mark's life in ms (the heartbeat
-# renews it, HEARTBEAT_SCRIPT). Returns 1 if done, else 0.
+# ARGV[1]: the ready mark's life in ms (each heartbeat renews it, HEARTBEAT_SCRIPT). Returns 1
+# if set, else 0.
 READY_SCRIPT = """
 for i = 2, #ARGV, 2 do
   if (redis.call('HGET', KEYS[1], ARGV[i]) or '') ~= ARGV[i + 1] then return 0 end
 end
-if ARGV[1] ~= '0' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[1]) end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
 redis.call('DEL', KEYS[3])
 return 1
 """
@@ -379,21 +378,7 @@ def links_ready_set(*, redis: Redis, ready: bool,
     if not ready:
         redis.delete(keys.links_ready_key())
         return
-    _positions_checked(redis=redis, positions=positions, ready=True)
-
-
-def links_restarted_clear(*, redis: Redis, positions: dict[int, int | None]) -> None:
-    """Remove the restarted mark (keys.links_restarted_key) if Redis holds exactly `positions`
-    (what the consumer applied, as links_ready_set takes them), without setting the ready mark:
-    for a consumer that is not caught up (its heartbeat had a gap, Kafka may be away), so that
-    a Redis restarted with all it held serves its links again without waiting for Kafka.
-    Raises PositionMismatch (nothing removed) otherwise, redis.RedisError."""
-    _positions_checked(redis=redis, positions=positions, ready=False)
-
-
-def _positions_checked(*, redis: Redis, positions: dict[int, int | None] | None,
-                       ready: bool) -> None:
-    args: list[str | int] = [int(settings.SHORTENER_READY_STALE_SECONDS * 1000) if ready else 0]
+    args: list[str | int] = [int(settings.SHORTENER_READY_STALE_SECONDS * 1000)]
     for partition, position in (positions or {}).items():
         args += [partition, "" if position is None else position]
     if _script(redis, READY_SCRIPT)(keys=[keys.links_positions_key(), keys.links_ready_key(),

@@ -21,6 +21,7 @@ from testkit.processes import (  # noqa: F401
     MasterWeb,
     Replica,
     link_value_split,
+    redis_links_ready,
     test_database_url,
 )
 from testkit.scraping import sample, scrape  # noqa: F401

@@ -30,6 +30,20 @@ def link_value_split(raw: bytes | None) -> tuple[int, int | None, str | None] | 
     return int(version), int(expires_at) if expires_at else None, longurl or None
 
 
+def redis_links_ready(client: redis.Redis) -> None:
+    """What consume_links' catch-up leaves, for a test that writes links into Redis itself (no
+    consume_links): the ready mark set, the restarted mark gone, and this server life checked
+    (the run id stored), so that the incarnation check (on the web's next connection, a
+    NOSCRIPT, report_clicks' round) finds nothing to distrust (redirects/incarnation.py)."""
+    from redirects import keys
+
+    with client.pipeline() as pipe:
+        pipe.set(keys.clicks_runid_key(), client.info("server")["run_id"])
+        pipe.set(keys.links_ready_key(), "1")
+        pipe.delete(keys.links_restarted_key())
+        pipe.execute()
+
+
 class Replica:
     """One replica as on its own host: its own redis-server, `consume_links` and its web server
     (gunicorn + uvicorn's worker)."""
@@ -164,6 +178,10 @@ class Replica:
         self._stop(self.web)
         self.env.update(extra_env)
         self.start_web()
+
+    def links_ready(self) -> None:
+        """What consume_links' catch-up leaves (links_ready_set): see redis_links_ready."""
+        redis_links_ready(self.redis)
 
     def click(self, tinyurl: str, times: int, *, user_agent: str | None = None) -> None:
         """`times` GETs answered 302. user_agent: the header sent (default: requests' own,

@@ -295,6 +295,7 @@ def replica(replica_factory):
     replica.env.update(LIMITS_ENV)
     # The link as consume_links writes it (version 1, no expiry, active): no Kafka needed here.
     replica.redis.set(f"{settings.SHORTENER_USER}:link:{TINYURL}", "1||https://example.com/slow")
+    replica.links_ready()  # and the marks it leaves once caught up
     replica.start_web(workers=1)
     return replica
 
@@ -348,6 +349,7 @@ def test_replica_past_its_connection_limit_closes_the_longest_waiting(replica_fa
     replica = replica_factory(start=False)
     replica.env.update({"GUNICORN_WORKER_CONNECTIONS": "50", "GUNICORN_KEEPALIVE": "60"})
     replica.redis.set(f"{settings.SHORTENER_USER}:link:{TINYURL}", "1||https://example.com/slow")
+    replica.links_ready()  # as consume_links leaves it once caught up
     replica.start_web(workers=1)
     silent = []
     try:

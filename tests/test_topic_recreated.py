@@ -110,7 +110,8 @@ def ready_events(pubsub) -> list[str]:
     """The keyspace events of the replica's ready mark received so far: "set" or "del"."""
     events = []
     while (message := pubsub.get_message(timeout=0.01)) is not None:
-        if message["type"] == "message":
+        # "expire": each heartbeat renews the mark's life (services.HEARTBEAT_SCRIPT).
+        if message["type"] == "message" and message["data"] in (b"set", b"del"):
             events.append(message["data"].decode())
     return events
 

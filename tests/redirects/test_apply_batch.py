@@ -290,19 +290,16 @@ def test_a_large_mixed_batch_in_one_step_holds_what_one_record_at_a_time_does(
 
 
 def test_the_restarted_mark_goes_only_with_the_positions_applied(redis):
-    """links_ready_set and links_restarted_clear (a consumer caught up, and one that is not):
-    each removes the restarted mark only if Redis holds exactly the consumer's positions;
-    only the first sets the ready mark."""
+    """links_ready_set (a consumer caught up): the restarted mark goes only if Redis holds
+    exactly the consumer's positions, and with it the ready mark comes, for the heartbeats'
+    threshold (renewed by each beat)."""
     apply(redis, [rec(0, "rstmrk1", 1, "https://a.example/r")])
     restarted, ready = keys.links_restarted_key(), keys.links_ready_key()
     redis.set(restarted, "1")
-    with pytest.raises(PositionMismatch):
-        services.links_restarted_clear(redis=redis, positions={0: 0})  # older than held
-    with pytest.raises(PositionMismatch):
-        services.links_ready_set(redis=redis, ready=True, positions={0: 2})  # newer
+    for behind_or_ahead in (0, 2):
+        with pytest.raises(PositionMismatch):
+            services.links_ready_set(redis=redis, ready=True, positions={0: behind_or_ahead})
     assert redis.exists(restarted) and not redis.exists(ready)
-    services.links_restarted_clear(redis=redis, positions={0: 1})
-    assert not redis.exists(restarted) and not redis.exists(ready)
-    redis.set(restarted, "1")
     services.links_ready_set(redis=redis, ready=True, positions={0: 1})
     assert not redis.exists(restarted) and redis.exists(ready)
+    assert 0 < redis.pttl(ready) <= settings.SHORTENER_READY_STALE_SECONDS * 1000

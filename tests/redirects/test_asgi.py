@@ -24,8 +24,9 @@ NOT_FOUND = {"error": "no such link"}
 def store(replica, links: dict[str, str | None], *, expires_at: int | None = None) -> None:
     """Active links (longurl None: disabled), version 1, with the given expiry (ms) or none;
     and the ready mark, as consume_links leaves it once caught up (else a missing key is a
-    503, not a 404: test_a_missing_link_is_503_while_the_replica_is_not_ready)."""
-    replica.redis.set(keys.links_ready_key(), "1")
+    503, not a 404: test_a_missing_link_is_503_while_the_replica_is_not_ready; and every link
+    is 503 in a Redis no consume_links has caught up with: redirects/incarnation.py)."""
+    replica.links_ready()
     if links:
         replica.redis.mset({
             keys.link_key(t): keys.link_value_encode(

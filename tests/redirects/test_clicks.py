@@ -261,12 +261,22 @@ def test_the_incarnation_check_against_a_real_redis(replica_factory):
 
     redis = replica_factory(start=False).redis
     run_id = redis.info("server")["run_id"]
-    assert redis.eval(*incarnation.incarnation_check_args(run_id)) == 2  # none yet: the first
+    # None stored: a new Redis, or one wiped. Every link 503 until consume_links has caught up
+    # (a wiped one reads the topic from its start: the links it holds meanwhile may be older
+    # than those it served before), and no incarnation until then.
+    assert redis.eval(*incarnation.incarnation_check_args(run_id)) == 2
+    assert redis.exists(keys.links_restarted_key())
+    assert redis.get(keys.clicks_incarnation_key()) is None
+    redis.set(keys.link_key("Kept123"), "1||https://example.com/kept")
+    assert clicks.click_call(redis=redis, tinyurl="Kept123") == clicks.LOADING
+    redis.delete(keys.links_restarted_key())  # as services.READY_SCRIPT does
+    assert clicks.click_call(redis=redis, tinyurl="Kept123") == "https://example.com/kept"
     first = redis.get(keys.clicks_incarnation_key())
+    assert first is not None  # named by the click script
     assert redis.eval(*incarnation.incarnation_check_args(run_id)) == 0  # same server life
     assert redis.get(keys.clicks_incarnation_key()) == first
+    assert not redis.exists(keys.links_restarted_key())
     redis.set(keys.links_ready_key(), "1")
-    redis.set(keys.link_key("Kept123"), "1||https://example.com/kept")
     assert redis.eval(*incarnation.incarnation_check_args("f" * 40)) == 1  # another life
     # No incarnation until consume_links has checked what Redis holds: every link 503 and
     # nothing counted (the restarted mark); the ready mark is gone too.

@@ -16,6 +16,7 @@ from redis.exceptions import DataError, NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from redirects.pipelining import PipelinedRedis, _closed_by_peer, encode
+from testkit import redis_links_ready
 
 
 @pytest.fixture
@@ -182,7 +183,7 @@ def test_the_click_script_through_both_clients_and_after_its_cache_was_emptied(r
 
     redis = redis_server.redis
     redis.set(keys.link_key("Abc1234"), "1||https://example.com/x")
-    redis.set(keys.links_ready_key(), "1")  # ready: a missing link is a 404 (None)
+    redis_links_ready(redis)  # as consume_links leaves it: a missing link is a 404 (None)
     redis.script_flush()
     assert clicks.click_call(redis=redis, tinyurl="Abc1234") == "https://example.com/x"
     assert clicks.click_call(redis=redis, tinyurl="Nope123") is None

@@ -31,6 +31,7 @@ def replica(replica_factory, settings):
 
 
 def store(replica, tinyurl: str, *, password_hash: str | None = HASH, version: int = 1) -> None:
+    replica.links_ready()  # as consume_links leaves it once caught up
     replica.redis.set(keys.link_key(tinyurl), keys.link_value_encode(keys.LinkValue(
         version=version, expires_at=None, longurl=TARGET, password_hash=password_hash)))
 

@@ -156,6 +156,7 @@ def test_head_answers_as_get_and_counts_nothing(replica):
 
 def test_an_expired_protected_link_is_410_and_a_taken_down_one_404(replica):
     now_ms = int(time.time() * 1000)
+    replica.links_ready()  # as consume_links leaves it once caught up
     replica.redis.set(keys.link_key("Gone001"), keys.link_value_encode(keys.LinkValue(
         version=1, expires_at=now_ms - 1000, longurl=TARGET, password_hash=HASH)))
     good = protected.cookie_value("Gone001", HASH)

@@ -131,3 +131,28 @@ def test_a_restarted_redis_that_refuses_writes_is_not_served(replica_factory):
     replica.start_consumer()
     assert answers_until_served(replica, tinyurl, method="HEAD")[-1] == (
         302, "https://example.com/restored/full")
+
+
+def test_a_wiped_redis_serves_nothing_older_while_it_reloads(replica_factory):
+    """A Redis restarted empty is read again from the topic's start: until consume_links has
+    caught up, it holds each link at the version read so far, older than the one it served
+    before the wipe. Found by the chaos run (seed 2). Here the reload is held between a link's
+    two records: its first version written as the reload writes it, consume_links stopped."""
+    replica = replica_factory()
+    tinyurl = tinyurl_new()
+    link_produce(tinyurl, 1, "https://example.com/wiped/first")
+    link_produce(tinyurl, 2, "https://example.com/wiped/second")
+    wait_until(lambda: replica.target(tinyurl) == "https://example.com/wiped/second",
+               timeout=20, what="the second target")
+    assert replica.get(tinyurl).headers["Location"] == "https://example.com/wiped/second"
+    replica.stop_consumer()
+    replica.restart_redis_empty()
+    replica.redis.set(keys.link_key(tinyurl), "1||https://example.com/wiped/first")
+    for method in ("GET", "HEAD", "GET"):
+        response = replica.get(tinyurl, method=method)
+        assert response.status_code == 503, (method, response.status_code,
+                                             response.headers.get("Location"))
+    assert replica.redis.exists(keys.links_restarted_key())
+    replica.start_consumer()
+    assert answers_until_served(replica, tinyurl)[-1] == (302, "https://example.com/wiped/second")
+    wait_until(lambda: replica.readyz()[0] == 200, timeout=20, what="ready again")

@@ -15,7 +15,7 @@ from redirects import keys
 from redirects.counting import click_call
 from redirects.reporter import ClickReporter
 from redirects.status import StatusPublisher
-from testkit import own_prefix, tinyurl_new, wait_until
+from testkit import own_prefix, redis_links_ready, tinyurl_new, wait_until
 from topics.clicks import clicks_topic
 from topics.provisioning import topics_ensure
 
@@ -49,6 +49,7 @@ def test_a_reporter_stopped_while_kafka_holds_its_reports_leaves_no_producer_thr
         redis = replica_factory(start=False).redis
         tinyurl = tinyurl_new()
         redis.set(keys.link_key(tinyurl), f"1||https://example.com/{tinyurl}")
+        redis_links_ready(redis)
         clicks(redis, tinyurl, 100)  # a hundred: due at once
         stop = threading.Event()
         reporter = ClickReporter(redis=redis, stop=stop, node="held", flush_seconds=3600,

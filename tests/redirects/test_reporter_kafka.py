@@ -30,6 +30,7 @@ REPORTS = "shortener_click_reports_total"
 
 
 def store(replica, tinyurl: str) -> None:
+    replica.links_ready()  # as consume_links leaves it once caught up
     replica.redis.set(keys.link_key(tinyurl), f"1||https://example.com/{tinyurl}")
 
 

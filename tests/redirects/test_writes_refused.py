@@ -19,6 +19,7 @@ from redirects import keys, selectors
 from testkit import (
     free_port,
     link_produce,
+    redis_links_ready,
     sample,
     scrape,
     tinyurl_new,
@@ -120,7 +121,7 @@ def test_a_read_only_redis_replica_still_redirects_and_says_so(replica_factory, 
     replica.start_web()
     tinyurl = tinyurl_new()
     replica.redis.set(keys.link_key(tinyurl), "1||https://example.com/read-only")
-    replica.redis.set(keys.links_ready_key(), "1")  # ready: a missing link is a 404
+    replica.links_ready()  # as consume_links leaves it: a missing link is a 404
     replica.click(tinyurl, 2)
     assert replica.clicks_count(tinyurl) == 2
     # Make the replica's Redis a read-only replica of another redis-server holding the same
@@ -167,7 +168,7 @@ def test_the_sync_path_reads_the_link_when_writes_are_refused(replica_factory):
     """The Django view's functions (manage.py runserver) against a real redis-server."""
     redis = replica_factory(start=False).redis
     redis.set(keys.link_key("Sync123"), "1||https://example.com/sync")
-    redis.set(keys.links_ready_key(), "1")  # ready: a missing link is None (404)
+    redis_links_ready(redis)  # as consume_links leaves it: a missing link is None (404)
     assert clicks.click_call(redis=redis, tinyurl="Sync123") == "https://example.com/sync"
     before = REGISTRY.get_sample_value(UNCOUNTED, {"reason": "oom"}) or 0.0
     redis.config_set("maxmemory", 1)
