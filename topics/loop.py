@@ -145,11 +145,6 @@ class Loop:
         self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
         self._last_group_commit = time.monotonic()
 
-    @property
-    def positioned(self) -> bool:
-        """`expected` is this reading's: not before the first positioning, nor until the next."""
-        return not self._needs_position and bool(self.partitions)
-
     # --- back-off -------------------------------------------------------------------------
 
     def committed(self) -> None:
