@@ -87,8 +87,9 @@ def _incarnation_checked(run_id: str, started: object) -> bool:
                        "consume_links has checked what it holds; clicks are counted in a new "
                        "incarnation from then on", run_id)
     elif started == 2:
+        # (Worded without "caught up": tests and operators look for consume_links' own line.)
         logger.info("a new or wiped Redis (run_id %s): every link answered 503 until "
-                    "consume_links has caught up", run_id)
+                    "consume_links has read the links topic into it", run_id)
     return bool(started)
 
 
