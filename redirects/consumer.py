@@ -201,9 +201,7 @@ class LinksConsumer(Observer):
             # the links it holds may be older than those answered before (found by the chaos
             # run, seed 2: an older target served while a wiped replica reloaded).
             logger.warning("%s: Redis restarted; checking that it holds what was applied", NAME)
-            # The batches in flight first (LinksWrites): `expected` may run ahead of Redis.
-            self.loop.strategy.join()
-            services.links_ready_set(redis=self.redis, ready=True, positions=self.loop.expected)
+            self._join_then_ready()
 
     def on_positioned(self, *, consumer: KafkaConsumer, stored: dict[int, int]) -> None:
         self._consumer = consumer
@@ -271,6 +269,29 @@ class LinksConsumer(Observer):
         # Short enough that a round (and its heartbeat) is never held up for long by Kafka.
         return 2_000
 
+    def _join_then_ready(self) -> bool:
+        """Set the ready mark once the batches in flight are applied; False if that wait was
+        longer than the stale threshold (then the mark stays off: catch up again).
+
+        The last batches may still be in the worker or in Redis (LinksWrites): ready only once
+        they are applied, and the positions given are the ones Redis holds. While this waits
+        (a stalled worker: the watchdog allows it a minute) no round beats, and links
+        published meanwhile lie past the target just reached: a beat right after the wait
+        finds the gap (HEARTBEAT_SCRIPT) and sends the consumer to the topic's end as it is
+        now. Found by a tester: the mark set after such a stall, with a heartbeat 11 s old,
+        gave 404s for a link made during it."""
+        self.loop.strategy.join()
+        self._last_heartbeat = time.monotonic()
+        if services.links_heartbeat(redis=self.redis, stale_seconds=self.stale_seconds):
+            logger.warning("%s: applying the last batches took longer than %g s; catching up "
+                           "again with the topic's end as it is now", NAME, self.stale_seconds)
+            self.caught_up = False
+            CONSUMER_CAUGHT_UP.labels(self.topic).set(0)
+            self._retarget = self._consumer is not None
+            return False
+        services.links_ready_set(redis=self.redis, ready=True, positions=self.loop.expected)
+        return True
+
     def _check_caught_up(self) -> None:
         if self.caught_up or self._retarget or not self.catchup_target:
             return
@@ -278,10 +299,8 @@ class LinksConsumer(Observer):
             position = self.loop.expected.get(partition)
             if target > 0 and (position is None or position < target):
                 return
-        # The last batches may still be in the worker or in Redis (LinksWrites): ready only
-        # once they are applied, and the positions below are the ones Redis holds.
-        self.loop.strategy.join()
-        services.links_ready_set(redis=self.redis, ready=True, positions=self.loop.expected)
+        if not self._join_then_ready():
+            return
         self.caught_up = True
         CONSUMER_CAUGHT_UP.labels(self.topic).set(1)
         logger.info("caught up with %s (end offsets %s) in %.2fs", self.topic,

@@ -72,8 +72,9 @@ REPORT_EVERY = 100
 #         or any link after a restart of Redis that kept data, until consume_links has checked
 #         it (the restarted mark; INCARNATION_SCRIPT): what it holds may be older than what
 #         was served. Checked where no incarnation is found (INCARNATION_SCRIPT removes it with
-#         the restart) and on the rare answers (disabled, expired, the password form): nothing on the
-#         hot path;
+#         the restart) and on the rare answers (disabled, expired, the password form, a value
+#         in another format, such as a restored backup from before keys.LINK_FORMAT): nothing
+#         on the hot path;
 #         410 (GONE): the link expired, nothing counted (TIME is called only for a link with an
 #         expiry);
 #         '|<hash>': the link is protected and ARGV[6] is not its hash: nothing counted, the
@@ -89,7 +90,10 @@ if not v then
   return nil
 end
 local a = string.find(v, '|', 1, true)
-if not a then return nil end
+if not a then
+  if redis.call('EXISTS', KEYS[7]) == 1 then return 503 end
+  return nil
+end
 local b = string.find(v, '|', a + 1, true)
 if not b or b == #v then
   if redis.call('EXISTS', KEYS[7]) == 1 then return 503 end
@@ -105,7 +109,10 @@ if b > a + 1 then
 end
 if string.byte(v, b + 1) == 124 then
   local c = string.find(v, '|', b + 2, true)
-  if not c or c == #v then return nil end
+  if not c or c == #v then
+    if redis.call('EXISTS', KEYS[7]) == 1 then return 503 end
+    return nil
+  end
   local h = string.sub(v, b + 2, c - 1)
   if ARGV[6] ~= h then
     if redis.call('EXISTS', KEYS[7]) == 1 then return 503 end

@@ -13,6 +13,7 @@ to the master.
   POST right password                    -> 303 to the target (counted) and the cookie
   POST wrong password                    -> 401, the form again
   POST past SHORTENER_PASSWORD_TRIES     -> 429 (Retry-After), no check made
+  POST while Redis refuses writes        -> 503: an attempt that cannot be counted is not checked
 
 The cookie: `<expiry, Unix seconds>.<HMAC-SHA256>` over the tinyurl, the expiry and the link's
 password hash, keyed with SHORTENER_LINK_COOKIE_SECRET; scoped to the tinyurl's path, HttpOnly,
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from django.conf import settings
+from redis.exceptions import ResponseError
 
 from redirects import answers, counting, keys, selectors
 from redirects.pipelining import PipelinedRedis
@@ -122,14 +124,38 @@ async def _let_through(redis: PipelinedRedis, tinyurl: str, password_hash: str, 
                        status: int, extra: list[tuple[bytes, bytes]]) -> answers.Answer:
     """Count the click and answer the redirect, if the link still has this hash (the script
     checks it in the same step); else the form (the password changed meanwhile)."""
-    outcome = await counting.link_click_async(redis=redis, tinyurl=tinyurl, bot=bot,
-                                              password_hash=password_hash)
+    try:
+        outcome = await counting.link_click_async(redis=redis, tinyurl=tinyurl, bot=bot,
+                                                  password_hash=password_hash)
+    except ResponseError as exc:
+        # Redis refuses writes but still reads: the redirect as for an unprotected link
+        # (redirects/asgi.py), the click lost and counted as lost; any other error is raised
+        # again (503). Found by a tester: a valid cookie was answered 503 on a full Redis.
+        outcome = await _read_uncounted(redis, tinyurl, password_hash, exc)
     if isinstance(outcome, counting.Protected):
         return answers.FORM
     answer = answers.redirect_answer(outcome)
     if answer[0] != 302:
         return answer
     return status, [*answer[1], *extra], answer[2]
+
+
+async def _read_uncounted(redis: PipelinedRedis, tinyurl: str, password_hash: str,
+                          error: ResponseError) -> str | int | None:
+    """The outcome of a protected link's click that Redis refused to count (`error`): its
+    longurl if it still has `password_hash`, counting.Protected if its hash changed (the form),
+    else what a HEAD reads; the click recorded as lost (counting.click_uncounted). Raises
+    `error` again unless it is a refusal of writes (counting.writes_refused)."""
+    reason = counting.writes_refused(error)
+    if reason is None:
+        raise error
+    got = await redis.execute("MGET", *selectors.link_target_keys(tinyurl))
+    outcome = selectors.link_target_outcome(got, lambda: True)
+    if isinstance(outcome, counting.Protected) and str(outcome) == password_hash:
+        link = keys.link_value_parse(got[0])
+        outcome = link.longurl if link is not None and link.longurl is not None else None
+    counting.click_uncounted(reason=reason, outcome=outcome, error=error)
+    return outcome
 
 
 async def get_answer(*, redis: PipelinedRedis, tinyurl: str, password_hash: str, scope: dict,
@@ -183,8 +209,22 @@ return {n, redis.call('TTL', KEYS[1])}
 async def post_answer(*, redis: PipelinedRedis, tinyurl: str, scope: dict, receive: Callable,
                       bot: bool) -> answers.Answer:
     """A POST of the form: 303 to the target with the cookie for the right password, 401 and the
-    form for a wrong one, 429 past the limit; 405 for anything but a protected link."""
-    outcome = selectors.link_target_parse(await redis.execute("GET", keys.link_key(tinyurl)))
+    form for a wrong one, 429 past the limit; 405 for anything but a protected link; 503 where
+    a GET is 503 (after a restart of Redis until consume_links has checked it, or for a link it
+    lacks while not ready: it may be a protected link this replica has not read yet), and while
+    Redis refuses writes (a wrong password could not be counted: the limit on guessing holds
+    only if every attempt is counted).
+    Raises RedisError (503) when Redis is away."""
+    # The marks with the link, as a HEAD reads them (selectors.link_target_outcome): found by a
+    # tester, the bare GET of the value answered a restored backup's older password.
+    got = await redis.execute("MGET", *selectors.link_target_keys(tinyurl))
+    if got[0] is None and not got[1]:
+        ready = await redis.execute("EXISTS", keys.links_ready_key())
+        outcome = selectors.link_target_outcome(got, lambda: ready)
+    else:
+        outcome = selectors.link_target_outcome(got, lambda: True)
+    if type(outcome) is int and outcome == counting.LOADING:
+        return answers.CATCHING_UP
     if not isinstance(outcome, counting.Protected):
         # Unknown, disabled, expired or unprotected: 405, as every POST was before passwords.
         return answers.method_not_allowed("POST")

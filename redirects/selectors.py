@@ -122,23 +122,32 @@ def readiness_get(*, redis: Redis, stale_seconds: float) -> Readiness:
     that reaches it, but counts none of their clicks, and consume_links can apply no link
     published since (a takedown included), as when consume_links is stuck. Out of service, the
     load balancer sends those redirects to a replica that counts them; any that still reach it
-    are answered as before (302/404/410), never 503 (docs/delivery-guarantees.md, "A Redis that
+    are answered as before (302/404/410), never 503 but for the password form's POST
+    (docs/delivery-guarantees.md, "A Redis that
     refuses writes", weighs this).
     The write check is a SETRANGE that changes nothing (keys.writes_probe_key).
+    Not ready either while the server's run_id (INFO server) is not the one the last
+    incarnation check stored (redirects/incarnation.py): a Redis restarted, restored from a
+    backup or new, whose ready mark and heartbeat may be the backup's, until the check has run
+    (the web's next connection, consume_links, report_clicks) and consume_links has caught up.
+    Read only: the check itself is left to them. Found by a tester: /readyz said 200 from a
+    restored backup's marks while every link was about to be answered 503.
     Raises redis.RedisError if Redis does not answer.
     """
     with redis.pipeline(transaction=False) as pipe:
         pipe.time()
         pipe.mget(keys.links_ready_key(), keys.links_heartbeat_key(),
-                  keys.links_kafka_error_key())
+                  keys.links_kafka_error_key(), keys.clicks_runid_key())
         pipe.hmget(keys.links_stats_key(), "rejected", "rejected_last")
+        pipe.info("server")
         pipe.setrange(keys.writes_probe_key(), 0, "")
         # Error replies come back in place (a refused write is an answer, not an outage).
         replies = pipe.execute(raise_on_error=False)
-    for reply in replies[:3]:
+    for reply in replies[:4]:
         if isinstance(reply, Exception):
             raise reply
-    (seconds, micros), (ready, heartbeat, kafka_error), (rejected, rejected_last), probe = replies
+    ((seconds, micros), (ready, heartbeat, kafka_error, run_id_checked),
+     (rejected, rejected_last), server, probe) = replies
     refused = counting.writes_refused(probe) if isinstance(probe, Exception) else None
     now_ms = seconds * 1000 + micros // 1000
     notes = []
@@ -156,6 +165,9 @@ def readiness_get(*, redis: Redis, stale_seconds: float) -> Readiness:
                   "published since")
     elif heartbeat is None:
         reason = "consume_links is not running (no heartbeat)"
+    elif run_id_checked is None or run_id_checked.decode() != server["run_id"]:
+        reason = ("Redis restarted, was restored or is new, and what it holds has not been "
+                  "checked yet: every link answered 503 until consume_links has")
     elif now_ms - int(heartbeat) > stale_seconds * 1000:
         reason = (f"consume_links is stopped or stuck: its last heartbeat is "
                   f"{(now_ms - int(heartbeat)) / 1000:.0f} s old (limit {stale_seconds:g} s)")

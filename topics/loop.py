@@ -399,10 +399,19 @@ class Loop:
             return
         commits, self._uncommitted = self._uncommitted, {}
         self._last_group_commit = time.monotonic()
+        # Asynchronous: commit() would block for request_timeout_ms (30 s, kafka-python's
+        # default) when Kafka went away with a commit due, and no round (no heartbeat) would run
+        # meanwhile: the replica left service although Kafka alone was unreachable (found by a
+        # tester; tests/netns/test_scenarios.py, scenario 7). The reply, or the error, comes
+        # back in a later poll (the callback), and nothing waits for it.
         try:
-            consumer.commit(commits)
+            consumer.commit_async(commits, callback=self._group_committed)
         except KafkaError as exc:  # informational only; the truth is in the store
             logger.debug("%s: group offset commit failed: %r", self.name, exc)
+
+    def _group_committed(self, offsets: dict, response: object) -> None:
+        if isinstance(response, Exception):
+            logger.debug("%s: group offset commit failed: %r", self.name, response)
 
     def _lag_update(self, consumer: KafkaConsumer) -> None:
         # highwater() is the partition's end as of the last fetch response: no extra request.

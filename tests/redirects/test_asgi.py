@@ -114,6 +114,12 @@ def test_everything_else_is_answered_by_django_as_before(replica):
     assert not_ready.json()["reason"] == "consume_links is not running (no heartbeat)"
     seconds, micros = replica.redis.time()
     replica.redis.set(keys.links_heartbeat_key(), seconds * 1000 + micros // 1000)
+    # No incarnation check has run on this Redis yet (nothing has read a link): it may be a
+    # restored backup, so not ready whatever its marks say.
+    not_ready = replica.get("readyz")
+    assert not_ready.status_code == 503
+    assert "has not been checked yet" in not_ready.json()["reason"]
+    replica.redis.set(keys.clicks_runid_key(), replica.redis.info("server")["run_id"])
     not_ready = replica.get("readyz")
     assert not_ready.status_code == 503
     assert "not caught up" in not_ready.json()["reason"]
