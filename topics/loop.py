@@ -399,17 +399,14 @@ class Loop:
             return
         commits, self._uncommitted = self._uncommitted, {}
         self._last_group_commit = time.monotonic()
-        # Asynchronous: commit() would block for request_timeout_ms (30 s, kafka-python's
-        # default) when Kafka went away with a commit due, and no round (no heartbeat) would run
-        # meanwhile: the replica left service although Kafka alone was unreachable (found by a
-        # tester; tests/netns/test_scenarios.py, scenario 7). The reply, or the error, comes
-        # back in a later poll (the callback), and nothing waits for it.
+        # Asynchronous: commit() blocks up to request_timeout_ms (30 s) when Kafka went away,
+        # with no round (no heartbeat) meanwhile: the replica left service (netns scenario 7).
         try:
             consumer.commit_async(commits, callback=self._group_committed)
         except KafkaError as exc:  # informational only; the truth is in the store
             logger.debug("%s: group offset commit failed: %r", self.name, exc)
 
-    def _group_committed(self, offsets: dict, response: object) -> None:
+    def _group_committed(self, offsets: dict, response: object) -> None:  # in a later poll
         if isinstance(response, Exception):
             logger.debug("%s: group offset commit failed: %r", self.name, response)
 
