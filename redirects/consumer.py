@@ -179,19 +179,24 @@ class LinksConsumer(Observer):
     def on_round(self) -> None:
         now = time.monotonic()
         if now - self._last_heartbeat >= self.heartbeat_seconds:
-            self._last_heartbeat = now
             self._heartbeat()
         if self._retarget and self._consumer is not None:
             self._catchup_retarget(self._consumer)
 
+    def _beat(self) -> bool:
+        """One heartbeat; True after a gap past the threshold (stopped, stalled or restarted
+        that long, or Redis lost the heartbeat): the ready mark is gone, so catch up with the
+        topic as it is now."""
+        self._last_heartbeat = time.monotonic()
+        if not services.links_heartbeat(redis=self.redis, stale_seconds=self.stale_seconds):
+            return False
+        self.caught_up = False
+        CONSUMER_CAUGHT_UP.labels(self.topic).set(0)
+        self._retarget = self._consumer is not None  # else positioning will do it
+        return True
+
     def _heartbeat(self) -> None:
-        if services.links_heartbeat(redis=self.redis, stale_seconds=self.stale_seconds):
-            # Stopped, stalled or restarted after longer than the threshold (or Redis lost the
-            # heartbeat): the ready mark is gone; catch up with the topic as it is now.
-            self.caught_up = False
-            CONSUMER_CAUGHT_UP.labels(self.topic).set(0)
-            self._retarget = self._consumer is not None  # else positioning will do it
-        elif self.caught_up and self.redis.exists(keys.links_restarted_key()):
+        if not self._beat() and self.caught_up and self.redis.exists(keys.links_restarted_key()):
             # Redis restarted (redirects/incarnation.py, INCARNATION_SCRIPT): the replica answers
             # 503 until this check. Positions as ours: it holds all we applied, ready again at
             # once (no Kafka needed). Others (a backup restored, an empty Redis): PositionMismatch,
@@ -281,13 +286,9 @@ class LinksConsumer(Observer):
         now. Found by a tester: the mark set after such a stall, with a heartbeat 11 s old,
         gave 404s for a link made during it."""
         self.loop.strategy.join()
-        self._last_heartbeat = time.monotonic()
-        if services.links_heartbeat(redis=self.redis, stale_seconds=self.stale_seconds):
+        if self._beat():
             logger.warning("%s: applying the last batches took longer than %g s; catching up "
                            "again with the topic's end as it is now", NAME, self.stale_seconds)
-            self.caught_up = False
-            CONSUMER_CAUGHT_UP.labels(self.topic).set(0)
-            self._retarget = self._consumer is not None
             return False
         services.links_ready_set(redis=self.redis, ready=True, positions=self.loop.expected)
         return True

@@ -215,14 +215,9 @@ async def post_answer(*, redis: PipelinedRedis, tinyurl: str, scope: dict, recei
     Redis refuses writes (a wrong password could not be counted: the limit on guessing holds
     only if every attempt is counted).
     Raises RedisError (503) when Redis is away."""
-    # The marks with the link, as a HEAD reads them (selectors.link_target_outcome): found by a
-    # tester, the bare GET of the value answered a restored backup's older password.
-    got = await redis.execute("MGET", *selectors.link_target_keys(tinyurl))
-    if got[0] is None and not got[1]:
-        ready = await redis.execute("EXISTS", keys.links_ready_key())
-        outcome = selectors.link_target_outcome(got, lambda: ready)
-    else:
-        outcome = selectors.link_target_outcome(got, lambda: True)
+    # The marks with the link, as a HEAD reads them: found by a tester, the bare GET of the
+    # value answered a restored backup's older password.
+    outcome = await selectors.link_target_get_async(redis=redis, tinyurl=tinyurl)
     if type(outcome) is int and outcome == counting.LOADING:
         return answers.CATCHING_UP
     if not isinstance(outcome, counting.Protected):
