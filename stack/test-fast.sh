@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make test-fast`: every test that needs no service (those not marked `services`: see
-# tests/conftest.py), in well under a minute, with no service started and only the virtualenv
+# tests/conftest.py), in about 75 s on 2 cores, with no service started and only the virtualenv
 # installed. Arguments go to pytest.
 #
 # Every address (settings' defaults through the stack's port variables, and the explicit ones)
