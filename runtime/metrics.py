@@ -126,6 +126,12 @@ THREAD_ALIVE = Gauge(
     "1 while a supervised background thread runs, 0 after it died (until restarted).",
     ["thread"],
 )
+LEADER = Gauge(
+    "shortener_leader",
+    "1 while this process holds its job's lock and works; 0 while it is a standby for another "
+    "master host's instance (runtime/leadership.py).",
+    ["job"],
+)
 CONSUMER_CAUGHT_UP = Gauge(
     "shortener_consumer_caught_up",
     "1 once the consumer has reached the end of the topic as it stood when it (re)positioned.",

@@ -248,6 +248,13 @@ if not 0 < SHORTENER_CLICKS_SWEEP_SECONDS <= 3 * 86400:
 # one record; the consumer's fetch size bounds the counters: topics/clicks.py).
 SHORTENER_CLICKS_BATCH = env.int("SHORTENER_CLICKS_BATCH", default=5000)
 
+# Master hosts' background jobs (outbox relay, consume_clicks, prune): one instance works, the
+# others wait for its PostgreSQL advisory lock (runtime/leadership.py). A standby tries for the
+# lock this often (seconds): the takeover time after a holder's process dies. The holder checks
+# it still holds the lock this often (seconds).
+SHORTENER_LEADER_RETRY_SECONDS = env.float("SHORTENER_LEADER_RETRY_SECONDS", default=1.0)
+SHORTENER_LEADER_CHECK_SECONDS = env.float("SHORTENER_LEADER_CHECK_SECONDS", default=1.0)
+
 # Replicas' status (redirects/status.py, links/replicas.py): each replica's report_clicks
 # publishes one this often (seconds); the admin shows a replica not heard from for
 # SHORTENER_REPLICA_MISSING_SECONDS as missing, and waits at most

@@ -4,7 +4,8 @@ Run hourly by deploy/systemd's shortener-prune.timer. Rolls old hourly click buc
 rows, drops daily rows past SHORTENER_CLICKS_DAYS_KEEP (if set), folds the counters of ended
 incarnations (tombstoning their clicks-topic keys), and tombstones replicas gone for
 SHORTENER_REPLICA_GONE_SECONDS. Prints one line of what it did; exits 1 if a step failed (the
-other steps still ran; the next run retries).
+other steps still ran; the next run retries). With several master hosts, each host's timer
+runs it; one run at a time prunes (the others print that they skipped: runtime/leadership.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from links import pruning
+from runtime.leadership import Leadership
 from topics.links import producer_reset
 
 
@@ -25,10 +27,15 @@ class Command(BaseCommand):
                  "the run began, before ending incarnations (default 60)")
 
     def handle(self, *args, catch_up_seconds: float, **options) -> None:
+        leadership = Leadership("prune")
+        if not leadership.try_once():
+            self.stdout.write("skipped: another master host is pruning")
+            return
         try:
             report = pruning.prune(catch_up_seconds=catch_up_seconds)
         finally:
             producer_reset()  # send what is pending, close the connections
+            leadership.release()
         self.stdout.write(
             f"buckets: {report.bucket_rows_rolled} hourly row(s) rolled into days, "
             f"{report.bucket_rows_dropped} dropped; {report.samples_dropped} position "

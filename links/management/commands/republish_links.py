@@ -8,6 +8,8 @@ records, and what heals a links topic whose broker lost acknowledged records.
 --pending it also audits the links topic (links/audit.py): a link whose newest record there is
 not its current state is sent again. The audit runs in a supervised thread: if it dies, the
 command stops and exits non-zero (CommandError), so that systemd starts the relay again.
+With --pending --follow, one instance across master hosts works and the others wait for its lock
+(runtime/leadership.py); a one-off run works whatever else runs (re-sending is harmless).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class Command(LongRunningCommand):
         parser.add_argument("--follow", action="store_true",
                             help="repeat until stopped (with --pending: also audit the topic)")
         parser.add_argument("--interval", type=float, default=2.0, help="seconds between rounds")
+
+    def leader_job(self, *, pending: bool, follow: bool, **options) -> str | None:
+        return "outbox-relay" if pending and follow else None
 
     def run(self, stop: threading.Event, *, pending: bool, follow: bool, interval: float,
             **options) -> None:
