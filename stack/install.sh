@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the product and its tests need, and nothing twice:
 #  - Debian packages (PostgreSQL, Redis, a Java runtime and Maven for Kafka; Chromium and its
-#    WebDriver for the admin's browser test) when missing and root;
+#    WebDriver for the admin's browser test; HAProxy for the topology test) when missing and root;
 #  - a virtualenv with the pinned Python requirements (redone only when a requirements file changes);
 #  - Apache Kafka's jars from Maven Central (fetched once into the data folder).
 source "$(dirname "$0")/lib.sh"
@@ -17,6 +17,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 # talks to it. Nothing downloads a browser build of its own.
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 command -v chromedriver >/dev/null || need_pkgs+=(chromium-driver)
+# The topology test's load balancer in front of two masters (tests/scale, `make test-scale`).
+command -v haproxy >/dev/null || need_pkgs+=(haproxy)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if is_root; then
     log "installing Debian packages: ${need_pkgs[*]}"
