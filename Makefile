@@ -1,7 +1,8 @@
 # The two commands: `make up` runs the product locally, `make test` runs the whole suite.
 # Both install what is missing first (stack/install.sh) and start the services they need.
 # `make test-fast` runs the tests that need no service, with none started (stack/test-fast.sh).
-# `make chaos MINUTES=10 SEED=7` runs the randomized fault schedule and its checker (stack/chaos.sh).
+# `make chaos MINUTES=10 SEED=7` runs the randomized fault schedule and its checker (stack/chaos.sh);
+# TOPOLOGY=scale runs it on three brokers, two masters behind HAProxy and five replicas.
 .PHONY: up test test-fast test-scale down status chaos
 
 up:
@@ -25,4 +26,4 @@ status:
 	@bash stack/services.sh status
 
 chaos:
-	@MINUTES=$(MINUTES) SEED=$(SEED) bash stack/chaos.sh
+	@MINUTES=$(MINUTES) SEED=$(SEED) TOPOLOGY=$(TOPOLOGY) bash stack/chaos.sh

@@ -102,9 +102,11 @@ log.cleaner.enable=true
         return conf
 
     def kafka(self, action: str) -> None:
-        if action == "start":
+        if action == "start":  # the brokers not running (a chaos run's heal_all calls it)
             for broker in self.brokers:
-                self.broker_start(broker)
+                proc = broker.procs.get("kafka")
+                if proc is None or proc.poll() is not None:
+                    self.broker_start(broker)
             for broker in self.brokers:
                 wait_until(lambda b=broker: tcp_open(b.ip, 9092), timeout=120,
                            what=f"Kafka on {broker.name}")

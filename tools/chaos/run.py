@@ -1,9 +1,12 @@
-"""A chaos run: the three-host cluster in network namespaces (testkit/netns.py), client load
+"""A chaos run: the three-host cluster in network namespaces (testkit/netns.py; or, with
+--topology scale, three brokers, two masters behind HAProxy and five replicas: testkit/scale.py),
+client load
 (tools/chaos/load.py), faults on a schedule drawn from a seed (tools/chaos/schedule.py,
 injected by tools/chaos/nemesis.py), then every fault healed and the checker's verdict on what
 the clients saw (tools/chaos/checker.py).
 
     sudo .local/venv/bin/python -m tools.chaos --minutes 10 --seed 7     (or: make chaos)
+    sudo .local/venv/bin/python -m tools.chaos --topology scale --minutes 10 --seed 7
 
 Prints the seed and the schedule first (the same seed replays the same schedule), then the
 summary; writes both, with every violation, to <data>/chaos-<seed>-<id>/summary.txt. Exit
@@ -28,11 +31,12 @@ import requests
 
 from testkit import ROOT, wait_until
 from testkit.netns import NetnsCluster
+from testkit.scale import ScaleCluster
 from tools.chaos import checker
 from tools.chaos.history import Final, History, State
 from tools.chaos.load import Load
 from tools.chaos.nemesis import Nemesis
-from tools.chaos.schedule import draw
+from tools.chaos.schedule import TOPOLOGIES, draw
 
 log = logging.getLogger("chaos")
 READY_LIMIT = 120.0  # seconds after healing within which every replica must serve everything
@@ -126,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=None, help="default: drawn and printed")
     parser.add_argument("--data", type=Path, default=ROOT / ".local" / "chaos")
+    parser.add_argument("--topology", choices=sorted(TOPOLOGIES), default="three-hosts",
+                        help="scale: three brokers, two masters behind HAProxy, five replicas")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if os.geteuid() != 0:
@@ -138,15 +144,20 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, _interrupted)
     seed = args.seed if args.seed is not None else secrets.randbelow(10**6)
     seconds = args.minutes * 60
-    plan = draw(seed, seconds)
-    lines = [f"chaos run: seed {seed}, {args.minutes:g} min, {len(plan)} faults", *map(str, plan)]
+    plan = draw(seed, seconds, topology=TOPOLOGIES[args.topology])
+    lines = [f"chaos run: seed {seed}, {args.minutes:g} min, {len(plan)} faults"
+             + ("" if args.topology == "three-hosts" else f", topology {args.topology}"),
+             *map(str, plan)]
     print("\n".join(lines), flush=True)
     args.data.mkdir(parents=True, exist_ok=True)
-    cluster = NetnsCluster(args.data, f"chaos{seed}")
+    scale = args.topology == "scale"
+    cluster = (ScaleCluster if scale else NetnsCluster)(args.data, f"chaos{seed}")
     history = History()
     try:
         cluster.up()
-        load = Load(master=cluster.master.url, api_key=api_key(cluster), history=history,
+        # On the scale topology the clients reach the masters through the load balancer.
+        master_url = cluster.lb.url if scale else cluster.master.url
+        load = Load(master=master_url, api_key=api_key(cluster), history=history,
                     replicas={h.name: h.url for h in cluster.replicas}, seed=seed)
         load.start()
         wait_until(lambda: load.created >= 20, timeout=60, what="the first links")

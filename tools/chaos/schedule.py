@@ -18,6 +18,11 @@ Kinds (tools/chaos/nemesis.py injects and heals them):
   redis-full     a replica's Redis refuses writes (maxmemory reached) for `duration` s
 Clock jumps are not drawn: a network namespace shares the machine's wall clock, and Linux's time
 namespaces offset only the monotonic clocks (time_namespaces(7)).
+
+Two topologies (Topology): the assignment's three hosts (testkit/netns.py, the default: a seed
+draws the same schedule as before topologies existed) and a deployment's (testkit/scale.py:
+three Kafka brokers "k1"-"k3", two masters "m1", "m2" behind "lb", five replicas), where
+"k1/kafka" is one broker's JVM and "lb/haproxy" the load balancer.
 """
 
 from __future__ import annotations
@@ -29,6 +34,25 @@ HOSTS = ("m", "r1", "r2")
 REPLICAS = ("r1", "r2")
 PROCESSES = ("m/web", "m/clicks", "m/outbox", "r1/web", "r1/links", "r1/report",
              "r2/web", "r2/links", "r2/report", "kafka", "postgres")
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What faults can hit: hosts (a cable, a route), replicas (their Redis), processes."""
+    hosts: tuple[str, ...]
+    replicas: tuple[str, ...]
+    processes: tuple[str, ...]
+
+
+THREE_HOSTS = Topology(HOSTS, REPLICAS, PROCESSES)
+_SCALE_REPLICAS = tuple(f"r{i}" for i in range(1, 6))
+SCALE = Topology(
+    hosts=("m1", "m2", "lb", "k1", "k2", "k3", *_SCALE_REPLICAS),
+    replicas=_SCALE_REPLICAS,
+    processes=(*(f"{m}/{p}" for m in ("m1", "m2") for p in ("web", "clicks", "outbox")),
+               "lb/haproxy", "k1/kafka", "k2/kafka", "k3/kafka", "postgres",
+               *(f"{r}/{p}" for r in _SCALE_REPLICAS for p in ("web", "links", "report"))))
+TOPOLOGIES = {"three-hosts": THREE_HOSTS, "scale": SCALE}
 # How often each kind is drawn, relative to the others.
 WEIGHTS = {"kill": 6, "pause": 3, "isolate": 2, "oneway": 2, "redis-wipe": 1,
            "redis-rollback": 1, "redis-full": 1}
@@ -62,20 +86,21 @@ class Planned:
         return f"{self.at:7.1f}s {self.kind:<14} {self.target:<10} for {self.duration:4.1f}s"
 
 
-def _target(rng: random.Random, kind: str) -> str:
+def _target(rng: random.Random, kind: str, topology: Topology) -> str:
     if kind in ("kill", "pause"):
-        return rng.choice(PROCESSES)
+        return rng.choice(topology.processes)
     if kind == "isolate":
-        return rng.choice(HOSTS)
+        return rng.choice(topology.hosts)
     if kind == "oneway":
-        source = rng.choice(HOSTS)
-        return f"{source}>{rng.choice([h for h in (*HOSTS, 'svc') if h != source])}"
-    return rng.choice(REPLICAS)
+        source = rng.choice(topology.hosts)
+        return f"{source}>{rng.choice([h for h in (*topology.hosts, 'svc') if h != source])}"
+    return rng.choice(topology.replicas)
 
 
-def draw(seed: int, seconds: float, *, mean_gap: float = 4.0) -> list[Planned]:
-    """The schedule of a run `seconds` long: faults in order of `at`, every one healed by
-    `seconds - LEAD_OUT`. Pure: the same arguments give the same list."""
+def draw(seed: int, seconds: float, *, mean_gap: float = 4.0,
+         topology: Topology = THREE_HOSTS) -> list[Planned]:
+    """The schedule of a run `seconds` long on `topology`: faults in order of `at`, every one
+    healed by `seconds - LEAD_OUT`. Pure: the same arguments give the same list."""
     rng = random.Random(seed)
     kinds, weights = zip(*WEIGHTS.items())
     plan: list[Planned] = []
@@ -85,7 +110,7 @@ def draw(seed: int, seconds: float, *, mean_gap: float = 4.0) -> list[Planned]:
         at += rng.expovariate(1 / mean_gap)
         kind = rng.choices(kinds, weights)[0]
         least, most = DURATIONS[kind]
-        fault = Planned(round(at, 1), kind, _target(rng, kind),
+        fault = Planned(round(at, 1), kind, _target(rng, kind, topology),
                         round(rng.uniform(least, most), 1))
         if fault.at + fault.duration > seconds - LEAD_OUT:
             if at > seconds - LEAD_OUT:
