@@ -194,11 +194,17 @@ backend masters
         return requests.put(f"{self.lb.url}/create", json={"longurl": longurl}, timeout=30)
 
     def leading(self, job: str) -> Host | None:
-        """The master host whose instance of `job` logged that it leads (its latest word)."""
+        """The master host whose running instance of `job` last said it leads (its log is
+        appended across restarts: a later "standby" or "lost the lead" line outranks it)."""
         what = {"outbox-relay": "outbox", "consume-clicks": "clicks"}[job]
         for host in self.masters:
             proc = host.procs.get(what)
-            if proc is not None and proc.poll() is None and f"leading {job}" in host.log(what):
+            if proc is None or proc.poll() is not None:
+                continue
+            text = host.log(what)
+            lead = text.rfind(f"leading {job}")
+            if lead >= 0 and lead > max(text.rfind(f"standby for {job}"),
+                                        text.rfind(f"lost the lead of {job}")):
                 return host
         return None
 

@@ -320,3 +320,50 @@ def test_5_a_sixth_replica_joins_under_load_and_one_leaves(cluster, report):
            f"{len(load.ok)}")
     assert missing == 0
     assert not load.refused, list(load.refused.items())[:3]
+
+
+def test_6_the_working_masters_host_cut_off_the_other_takes_over(cluster, report):
+    """A host that vanishes (its cable unplugged) does not close its lock's session: PostgreSQL
+    ends it by TCP keepalives (runtime/leadership.py: about 11 s), then the other master's
+    standby takes the lock. The cut-off holder finds its lock gone and exits non-zero (systemd
+    would start it again, as a standby)."""
+    host = wait_until(lambda: cluster.leading("outbox-relay"), timeout=30, what="a relay")
+    other = cluster.m2 if host is cluster.m1 else cluster.m1
+    jobs = [job for job in ("outbox-relay", "consume-clicks") if cluster.leading(job) is host]
+    names = {"outbox-relay": "outbox", "consume-clicks": "clicks"}
+    # Logs are appended across restarts: the other's earlier leads do not count.
+    before = {job: other.log(names[job]).count(f"leading {job}") for job in jobs}
+    cut = time.monotonic()
+    host.link(False)
+    try:
+        took = {}
+        for job in jobs:
+            # The other's own word (the cut-off one still believes it leads until its check
+            # fails).
+            wait_until(lambda j=job: other.log(names[j]).count(f"leading {j}") > before[j],
+                       timeout=90, interval=0.2, what=f"{other.name} to lead {job}")
+            took[job] = time.monotonic() - cut
+        # The new holder works: a link Kafka never acknowledged is sent by its relay.
+        cluster.sql("INSERT INTO links_link (tinyurl, longurl, longurl_sha256, created_at, "
+                    "state_version, clicks, bot_clicks, state_changed_at) VALUES "
+                    "('cUtOfF1', 'https://scale.example/cut-off', "
+                    "sha256(convert_to('https://scale.example/cut-off', 'UTF8')), "
+                    "now() - interval '1 hour', 1, 0, 0, now())")
+        served_everywhere(cluster, {"cUtOfF1": "https://scale.example/cut-off"}, timeout=60)
+    finally:
+        host.link(True)
+    for job in jobs:
+        what = names[job]
+        wait_until(lambda w=what: host.procs[w].poll() is not None, timeout=60,
+                   what=f"{host.name}'s {job} to stop after losing its lock")
+        assert host.procs[what].returncode == 1, host.log(what)[-2000:]
+        assert f"lost the lead of {job}" in host.log(what)
+        standbys = host.log(what).count(f"standby for {job}")
+        host.start(what)  # as systemd would: now a standby
+        wait_until(lambda w=what, j=job, n=standbys: host.log(w).count(f"standby for {j}") > n,
+                   timeout=60, what=f"{host.name}'s {job} to wait as a standby")
+    report(f"scale 6 ({host.name}'s cable unplugged while it ran {', '.join(jobs)}): "
+           + ", ".join(f"{other.name} led {job} after {took[job]:.1f}s" for job in jobs)
+           + f"; a pending link sent by the new relay and served everywhere; {host.name}'s "
+             f"instances exited 1 (lost the lead) and came back as standbys")
+    assert all(t < 60 for t in took.values()), took
