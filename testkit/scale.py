@@ -169,7 +169,9 @@ defaults
     mode http
     timeout connect 2s
     timeout client 30s
-    timeout server 30s
+    # /create answers within its publish bound (5 s) plus PostgreSQL's; a master silent for
+    # 10 s is gone (a cut cable), and its request is retried on the other (retry-on below).
+    timeout server 10s
     # A master that died with a request in hand: the request goes to the other (every retry
     # to another server). /create is idempotent (the same longurl gets the same tinyurl), so a
     # retry never makes two links. A retry needs the whole request kept: bodies are buffered.

@@ -252,15 +252,21 @@ def test_4_the_working_relay_and_consume_clicks_killed_the_standbys_take_over(cl
     known = cluster.create("https://scale.example/failover-clicks").json()["tinyurl"]
     served_everywhere(cluster, {known: "https://scale.example/failover-clicks"})
     before = cluster.settle_clicks()
-    killed = time.monotonic()
-    relay_host.stop("outbox", signal.SIGKILL)
-    clicks_host.stop("clicks", signal.SIGKILL)
-    new_relay = wait_until(lambda: cluster.leading("outbox-relay"), timeout=60,
-                           what="a standby relay to lead")
-    relay_after = time.monotonic() - killed
-    new_clicks = wait_until(lambda: cluster.leading("consume-clicks"), timeout=60,
-                            what="a standby consume_clicks to lead")
-    clicks_after = time.monotonic() - killed
+    with CreateLoad(cluster, "jobs-killed") as load:
+        wait_until(lambda: load.count() >= 50, timeout=60, what="creates before the kills")
+        killed = time.monotonic()
+        relay_host.stop("outbox", signal.SIGKILL)
+        clicks_host.stop("clicks", signal.SIGKILL)
+        new_relay = wait_until(lambda: cluster.leading("outbox-relay"), timeout=60,
+                               what="a standby relay to lead")
+        relay_after = time.monotonic() - killed
+        new_clicks = wait_until(lambda: cluster.leading("consume-clicks"), timeout=60,
+                                what="a standby consume_clicks to lead")
+        clicks_after = time.monotonic() - killed
+        wait_until(lambda: len(load.statuses_after(killed)) >= 100, timeout=120,
+                   what="creates after the kills")
+    assert not load.refused, list(load.refused.items())[:3]
+    served_everywhere(cluster, load.ok)
     assert new_relay is not relay_host and new_clicks is not clicks_host
     # A link Kafka never acknowledged (its /create's host died before the ack): the new relay
     # sends it.
@@ -282,8 +288,9 @@ def test_4_the_working_relay_and_consume_clicks_killed_the_standbys_take_over(cl
     report(f"scale 4 (the working relay on {relay_host.name} and consume_clicks on "
            f"{clicks_host.name} SIGKILLed): {new_relay.name}'s relay led after "
            f"{relay_after:.1f}s, {new_clicks.name}'s consume_clicks after {clicks_after:.1f}s; "
-           f"a pending link sent by the new relay and served everywhere; clicks made {made}, "
-           f"recorded {recorded}")
+           f"creates meanwhile {len(load.answers)}, refused 0, all served everywhere; a pending "
+           f"link sent by the new relay and served everywhere; clicks made {made}, recorded "
+           f"{recorded}")
     assert recorded == made
 
 
@@ -333,6 +340,8 @@ def test_6_the_working_masters_host_cut_off_the_other_takes_over(cluster, report
     names = {"outbox-relay": "outbox", "consume-clicks": "clicks"}
     # Logs are appended across restarts: the other's earlier leads do not count.
     before = {job: other.log(names[job]).count(f"leading {job}") for job in jobs}
+    load = CreateLoad(cluster, "host-cut").__enter__()
+    wait_until(lambda: load.count() >= 50, timeout=60, what="creates before the cut")
     cut = time.monotonic()
     host.link(False)
     try:
@@ -350,8 +359,15 @@ def test_6_the_working_masters_host_cut_off_the_other_takes_over(cluster, report
                     "sha256(convert_to('https://scale.example/cut-off', 'UTF8')), "
                     "now() - interval '1 hour', 1, 0, 0, now())")
         served_everywhere(cluster, {"cUtOfF1": "https://scale.example/cut-off"}, timeout=60)
+        wait_until(lambda: len(load.statuses_after(cut)) >= 100, timeout=120,
+                   what="creates after the cut")
     finally:
+        load.__exit__(None, None, None)
         host.link(True)
+    # Requests in flight to the cut-off master are retried on the other by the balancer
+    # (after its 10 s server timeout): none refused, and each one acknowledged is served.
+    assert not load.refused, list(load.refused.items())[:3]
+    served_everywhere(cluster, load.ok)
     for job in jobs:
         what = names[job]
         wait_until(lambda w=what: host.procs[w].poll() is not None, timeout=60,
@@ -364,6 +380,8 @@ def test_6_the_working_masters_host_cut_off_the_other_takes_over(cluster, report
                    timeout=60, what=f"{host.name}'s {job} to wait as a standby")
     report(f"scale 6 ({host.name}'s cable unplugged while it ran {', '.join(jobs)}): "
            + ", ".join(f"{other.name} led {job} after {took[job]:.1f}s" for job in jobs)
-           + f"; a pending link sent by the new relay and served everywhere; {host.name}'s "
+           + f"; creates meanwhile {len(load.answers)} (through the balancer), refused 0, all "
+             f"served everywhere; a pending link sent by the new relay and served everywhere; "
+             f"{host.name}'s "
              f"instances exited 1 (lost the lead) and came back as standbys")
     assert all(t < 60 for t in took.values()), took
