@@ -283,7 +283,8 @@ class PruneReport:
 def prune(*, now: datetime | None = None,
           producer_factory: Callable[[], KafkaProducer] = producer_get,
           reader_factory: Callable[[], KafkaConsumer] = replicas_reader_make,
-          catch_up_seconds: float = 60.0) -> PruneReport:
+          catch_up_seconds: float = 60.0,
+          still_leading: Callable[[], bool] = lambda: True) -> PruneReport:
     """Every step of the module's docstring, in order; a step that fails is logged and listed
     in the report's `errors`, and the others still run. Incarnations are ended and replicas
     tombstoned only when the replicas topic could be read whole (what it says decides both);
@@ -291,11 +292,16 @@ def prune(*, now: datetime | None = None,
     earliest one prune after the last node naming it was tombstoned. Incarnations are ended
     only once consume_clicks has applied the clicks topic up to its end as it was when the
     statuses were read (waiting up to `catch_up_seconds`), so no report already sent is
-    refused."""
+    refused. `still_leading`: whether this run still holds prune's lock (runtime/leadership.py);
+    once it does not, the remaining steps are skipped (listed in `errors`), so that a run which
+    lost its lock does not go on beside the one that took it."""
     now = now or django_timezone.now()
     report = PruneReport()
 
     def step(name: str, action: Callable[[], object]) -> object:
+        if not still_leading():
+            report.errors.append(f"{name}: skipped, this run lost prune's lock")
+            return None
         try:
             return action()
         except Exception as exc:  # noqa: BLE001 - one step's failure must not stop the others

@@ -164,16 +164,18 @@ class ClickReporter:
 
     def run(self) -> None:
         next_flush = time.monotonic() + self.flush_seconds
-        requeued = False
         logger.info("click reporter running (node %s, flush every %gs)", self.node,
                     self.flush_seconds)
         try:
             while not self.stop.is_set():
                 try:
-                    if not requeued:
-                        # Reports in flight when the previous run died go out again.
-                        self.requeue(keys=self._requeue_keys, args=[])
-                        requeued = True
+                    # Marks in flight between rounds belong to no send of this process (each
+                    # round acknowledges or puts back all it claimed): a previous run's that died
+                    # sending, or a restored snapshot's, taken while a send waited for Kafka
+                    # (found by the chaos run on three brokers: a broker's failover held sends
+                    # for up to 30 s, and the restored marks were never sent again). They go
+                    # out again; a report Kafka did take is absorbed by the master's max().
+                    self.requeue(keys=self._requeue_keys, args=[])
                     incarnation_ensure(redis=self.redis)
                     self.report(keys.clicks_due_key(), keys.clicks_due_key(), milestone=True)
                     if self.sweep_seconds is not None and sweep_due(

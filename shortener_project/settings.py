@@ -254,6 +254,20 @@ SHORTENER_CLICKS_BATCH = env.int("SHORTENER_CLICKS_BATCH", default=5000)
 # it still holds the lock this often (seconds).
 SHORTENER_LEADER_RETRY_SECONDS = env.float("SHORTENER_LEADER_RETRY_SECONDS", default=1.0)
 SHORTENER_LEADER_CHECK_SECONDS = env.float("SHORTENER_LEADER_CHECK_SECONDS", default=1.0)
+# A holder whose last check of its lock is older than this (seconds) is stopped or hung: a
+# standby ends its session and takes over. Above a check's interval plus its deadline (the
+# larger of 5 s and three intervals), or a slow but working holder would be cut off.
+SHORTENER_LEADER_STALE_SECONDS = env.float("SHORTENER_LEADER_STALE_SECONDS", default=15.0)
+if not (SHORTENER_LEADER_RETRY_SECONDS > 0 and SHORTENER_LEADER_CHECK_SECONDS > 0):
+    raise ImproperlyConfigured(
+        f"SHORTENER_LEADER_RETRY_SECONDS={SHORTENER_LEADER_RETRY_SECONDS} and "
+        f"SHORTENER_LEADER_CHECK_SECONDS={SHORTENER_LEADER_CHECK_SECONDS}: both must be above 0")
+if SHORTENER_LEADER_STALE_SECONDS <= SHORTENER_LEADER_CHECK_SECONDS + max(
+        5.0, 3 * SHORTENER_LEADER_CHECK_SECONDS):
+    raise ImproperlyConfigured(
+        f"SHORTENER_LEADER_STALE_SECONDS={SHORTENER_LEADER_STALE_SECONDS}: must be above "
+        f"SHORTENER_LEADER_CHECK_SECONDS plus a check's deadline (the larger of 5 s and three "
+        f"checks): {SHORTENER_LEADER_CHECK_SECONDS + max(5.0, 3 * SHORTENER_LEADER_CHECK_SECONDS)}")
 
 # Replicas' status (redirects/status.py, links/replicas.py): each replica's report_clicks
 # publishes one this often (seconds); the admin shows a replica not heard from for

@@ -4,6 +4,8 @@ run on a value that would quietly break what the docs promise.
 SHORTENER_CLICKS_SWEEP_SECONDS: at most 3 days, so that a sweep is always among the 7 days of
 the clicks topic's retention (redirects/sweep.py, docs/delivery-guarantees.md).
 SHORTENER_CLICKS_DAYS_KEEP: 0 or at least the admin's 90-day daily chart (docs/storage.md).
+SHORTENER_LEADER_*: above 0; the stale bound above a check's interval plus its deadline
+(runtime/leadership.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ def _check(**env: str) -> subprocess.CompletedProcess:
     ("SHORTENER_CLICKS_DAYS_KEEP", "1", "at least 90"),
     ("SHORTENER_READY_STALE_SECONDS", "0", "must be in [10, 86400]"),
     ("SHORTENER_READY_STALE_SECONDS", "5", "must be in [10, 86400]"),
+    # A standby retrying (or a holder checking) with no pause would hammer PostgreSQL.
+    ("SHORTENER_LEADER_RETRY_SECONDS", "0", "both must be above 0"),
+    ("SHORTENER_LEADER_CHECK_SECONDS", "-1", "both must be above 0"),
+    # A stale bound within a check's interval and deadline would cut off a slow working holder.
+    ("SHORTENER_LEADER_STALE_SECONDS", "6", "must be above"),
 ])
 def test_a_value_that_breaks_a_guarantee_stops_the_process_with_its_bound(name, value, message):
     result = _check(**{name: value})
@@ -45,6 +52,7 @@ def test_a_value_that_breaks_a_guarantee_stops_the_process_with_its_bound(name, 
     ("SHORTENER_CLICKS_DAYS_KEEP", "0"),
     ("SHORTENER_CLICKS_DAYS_KEEP", "90"),
     ("SHORTENER_READY_STALE_SECONDS", "10"),
+    ("SHORTENER_LEADER_STALE_SECONDS", "6.5"),
 ])
 def test_a_value_within_the_bounds_starts(name, value):
     result = _check(**{name: value})

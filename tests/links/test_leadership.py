@@ -9,8 +9,10 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, connections
 
 from links.models import ClickCounter, Link
 from links.selectors import longurl_digest
@@ -43,14 +45,14 @@ def test_each_job_has_its_own_stable_key():
 class Relay:
     """`republish_links --pending --follow` (the outbox relay and its audit), as a process."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, **env: str) -> None:
         self.log = data_dir / f"relay-{uuid.uuid4().hex[:8]}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "manage.py", "republish_links", "--pending", "--follow",
              "--interval", "0.2"], cwd=ROOT,
             env={**os.environ, "SHORTENER_ROLE": "master",
                  "SHORTENER_USER": settings.SHORTENER_USER,
-                 "DATABASE_URL": database_url(RELAY_APP)},
+                 "DATABASE_URL": database_url(RELAY_APP), **env},
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
 
     def output(self) -> str:
@@ -73,8 +75,8 @@ def sessions(application_name: str) -> int:
 def relays(transactional_db, test_data_dir, kafka_topics):
     started: list[Relay] = []
 
-    def start() -> Relay:
-        started.append(Relay(test_data_dir))
+    def start(**env: str) -> Relay:
+        started.append(Relay(test_data_dir, **env))
         return started[-1]
 
     yield start
@@ -214,3 +216,150 @@ def test_prune_skips_while_another_master_host_prunes(clicks_consumer):
     call_command("prune", "--catch-up-seconds", "60", stdout=out)
     assert out.getvalue().startswith("buckets:"), out.getvalue()
     assert holder_pid("prune") is None  # released at its end
+
+
+class BlackholeProxy:
+    """A TCP proxy to PostgreSQL that can turn into a black hole: the server's side closed (so
+    PostgreSQL ends the session and frees its locks), the client's kept open and never answered,
+    as a proxy or tunnel whose upstream died may do."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.holed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.pairs.append((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if self.holed.is_set():
+                continue  # swallowed: the client's bytes go nowhere, nothing comes back
+            try:
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def blackhole(self) -> None:
+        self.holed.set()
+        for _, upstream in self.pairs:
+            try:  # shut down first: close() alone waits for the pump blocked on it
+                upstream.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            upstream.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        for client, upstream in self.pairs:
+            client.close()
+            upstream.close()
+
+
+def test_a_holder_whose_session_stops_answering_stops_within_its_deadline(transactional_db,
+                                                                          monkeypatch):
+    """Found by a tester: the check waited for ever on a session whose server was gone behind a
+    proxy, and the old holder worked on beside the new one. Every wait on the lock's session
+    now has a deadline of this side's (the larger of 5 s and three checks)."""
+    db = connections["default"].settings_dict
+    proxy = BlackholeProxy(db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432))
+    real = connections.create_connection
+
+    def through_proxy(alias):
+        wrapper = real(alias)
+        wrapper.settings_dict = {**wrapper.settings_dict, "HOST": "127.0.0.1",
+                                 "PORT": str(proxy.port)}
+        return wrapper
+
+    holder = Leadership("test-blackhole", check_seconds=0.2)
+    other = Leadership("test-blackhole")
+    stop = threading.Event()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(connections, "create_connection", through_proxy)
+            assert holder.acquire(stop)
+        holder.watch(stop)
+        assert not other.try_once()
+        proxy.blackhole()
+        holed = time.monotonic()
+        wait_until(stop.is_set, timeout=30, what="the old holder to stop")
+        stopped = time.monotonic() - holed
+        wait_until(other.try_once, timeout=10, what="PostgreSQL to free the lock")
+        assert holder.lost and ("within" in holder.lost or "failed" in holder.lost), holder.lost
+        assert stopped < holder.deadline + 3 * holder.check_seconds + 2, stopped
+        released = time.monotonic()
+        holder.release()  # returns: nothing waits on the dead session
+        assert time.monotonic() - released < holder.deadline + 2
+    finally:
+        stop.set()
+        other.release()
+        holder.release()
+        proxy.close()
+
+
+def test_libpq_keepalive_parameters_in_database_url_are_kept(transactional_db):
+    """Found by a tester: DATABASE_URL's own keepalives_idle made every leader job crash
+    (psycopg2.connect got it twice)."""
+    options = connections.settings["default"].setdefault("OPTIONS", {})
+    options["keepalives_idle"] = 30
+    try:
+        leadership = Leadership("test-keepalive-options")
+        assert leadership.try_once()
+        leadership.release()
+    finally:
+        options.pop("keepalives_idle")
+
+
+def test_prune_stops_at_the_first_step_after_losing_its_lock(transactional_db):
+    """Found by a tester: a prune whose lock session ended went on, beside the next run that
+    took the lock. Each step now asks first."""
+    from links import pruning
+
+    report = pruning.prune(catch_up_seconds=0.1, still_leading=lambda: False)
+    assert report.errors and all("lost prune's lock" in e for e in report.errors), report.errors
+    assert report.bucket_rows_rolled == 0 and report.incarnations_ended == []
+
+
+@pytest.mark.slow
+def test_a_stopped_holder_is_cut_off_and_the_standby_takes_over(relays):
+    """Found by a tester: a holder stopped (SIGSTOP) or hung keeps its session alive (its kernel
+    answers the keepalives) and blocked the takeover for ever. A standby now ends the session
+    of a holder whose last check is older than SHORTENER_LEADER_STALE_SECONDS."""
+    first = relays(SHORTENER_LEADER_STALE_SECONDS="7")
+    wait_until(lambda: "leading outbox-relay" in first.output(), timeout=30,
+               what="the first relay to take the lead")
+    second = relays(SHORTENER_LEADER_STALE_SECONDS="7")
+    wait_until(lambda: "standby for outbox-relay" in second.output(), timeout=30,
+               what="the second relay to wait as a standby")
+    first.proc.send_signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        wait_until(lambda: "leading outbox-relay" in second.output(), timeout=60,
+                   what="the standby to cut off the stopped holder and lead")
+        took = time.monotonic() - stopped
+        assert "has not checked its lock" in second.output()
+        link = pending_link("https://example.com/leader/after-stop")
+        wait_until(lambda: published(link), timeout=30, what="the new holder to send a link")
+    finally:
+        first.proc.send_signal(signal.SIGCONT)
+    # Woken, the old holder finds its session gone and exits non-zero.
+    assert first.proc.wait(60) == 1, first.output()[-2000:]
+    assert "lost the lead of outbox-relay" in first.output()
+    print(f"stopped holder cut off after {took:.1f}s (stale bound 7 s)")

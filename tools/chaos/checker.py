@@ -312,11 +312,38 @@ def _monotonic_violation(replica: str, tinyurl: str, seq: _Sequence, why: str, k
 
 # --- 4: clicks --------------------------------------------------------------------------------
 
+# The replicas' click producer's delivery timeout (topics/clicks.py, delivery_timeout_ms): how
+# long one report send may stay unacknowledged, which a broker's fault can make it do (a
+# follower still in the in-sync set keeps acks=all waiting until it is dropped from it).
+REPORT_DELIVERY_SECONDS = 30.0
+
+
+def _broker(host: str) -> bool:
+    """A Kafka broker's host of the scale topology ("k1"-"k3", testkit/scale.py)."""
+    return len(host) > 1 and host[0] == "k" and host[1:].isdigit()
+
+
+def _hits_brokers(fault: Fault, replica: str) -> bool:
+    """Whether `fault` may hold `replica`'s writes to or reads from the scale topology's Kafka
+    back: a broker killed, paused or cut off (its partitions wait for new leaders, fenced after
+    the brokers' session timeout; with a second one down, acks=all waits until one is back:
+    min.insync.replicas=2), a one-way cut from a broker (replication between brokers stalls
+    the in-sync set), or from this replica's host to a broker (its leader)."""
+    if fault.kind in ("kill", "pause", "isolate"):
+        return _broker(fault.target.split("/")[0])
+    if fault.kind == "oneway":
+        source, to = fault.target.split(">")
+        return _broker(source) or (source == replica and _broker(to))
+    return False
+
+
 def _delays_reports(fault: Fault, replica: str) -> bool:
     """Whether `fault` keeps `replica`'s counted clicks from being reported (acknowledged by
-    Kafka): its reporter stopped, its host cut off from Kafka, or Kafka itself down."""
+    Kafka): its reporter stopped, its host cut off from Kafka, or Kafka itself down (on the
+    scale topology: any broker's fault, _hits_brokers)."""
     return (fault.target in (f"{replica}/report", "kafka", f"{replica}>svc")
-            or (fault.kind == "isolate" and fault.target == replica))
+            or (fault.kind == "isolate" and fault.target == replica)
+            or _hits_brokers(fault, replica))
 
 
 def _loss_start(fault: Fault, faults: list[Fault], window: float) -> float:
@@ -325,12 +352,16 @@ def _loss_start(fault: Fault, faults: list[Fault], window: float) -> float:
     fault that held its reports back meanwhile (a wipe while Kafka is down loses every click
     counted since Kafka went down)."""
     start = fault.started - window
-    delaying = [f for f in faults if _delays_reports(f, fault.loses_clicks_on or "")]
+    replica = fault.loses_clicks_on or ""
+    delaying = [f for f in faults if _delays_reports(f, replica)]
     moved = True
     while moved:
         moved = False
         for f in delaying:
-            if f.started - window < start <= f.healed + window:
+            # A send waiting on a broker's fault may stay unacknowledged until its delivery
+            # timeout, after the fault healed (REPORT_DELIVERY_SECONDS).
+            after = REPORT_DELIVERY_SECONDS if _hits_brokers(f, replica) else 0.0
+            if f.started - window < start <= f.healed + window + after:
                 start, moved = f.started - window, True
     return start
 
@@ -414,7 +445,8 @@ def _check_ready(final: Final, limit: float, run: _Run,
 def _delays_records(fault: Fault, replica: str) -> bool:
     """Whether `fault` may keep records of the links topic from reaching `replica`'s Redis."""
     return (fault.target in ("kafka", f"{replica}/links", f"{replica}>svc")
-            or (fault.kind == "isolate" and fault.target == replica))
+            or (fault.kind == "isolate" and fault.target == replica)
+            or _hits_brokers(fault, replica))
 
 
 def _room_windows(faults: list[Fault], replica: str, grace: float

@@ -10,6 +10,9 @@ runs it; one run at a time prunes (the others print that they skipped: runtime/l
 
 from __future__ import annotations
 
+import threading
+
+import psycopg2
 from django.core.management.base import BaseCommand, CommandError
 
 from links import pruning
@@ -28,12 +31,20 @@ class Command(BaseCommand):
 
     def handle(self, *args, catch_up_seconds: float, **options) -> None:
         leadership = Leadership("prune")
-        if not leadership.try_once():
+        try:
+            taken = leadership.try_once()
+        except psycopg2.Error as exc:
+            raise CommandError(f"PostgreSQL unreachable: {str(exc).strip()}") from exc
+        if not taken:
             self.stdout.write("skipped: another master host is pruning")
             return
+        done = threading.Event()
+        leadership.watch(done)
         try:
-            report = pruning.prune(catch_up_seconds=catch_up_seconds)
+            report = pruning.prune(catch_up_seconds=catch_up_seconds,
+                                   still_leading=lambda: leadership.lost is None)
         finally:
+            done.set()
             producer_reset()  # send what is pending, close the connections
             leadership.release()
         self.stdout.write(
