@@ -71,8 +71,11 @@ def test_totals_that_overflow_are_rejected_and_later_clicks_are_counted(clicks_c
 
 def _connections_allowed(allowed: bool) -> None:
     """Let the test database accept new sessions or not (this test's own session stays), and
-    end consume_clicks' sessions when not. PostgreSQL refuses to change this for the database
-    a session is in, so it is done from the maintenance database."""
+    end consume_clicks' working sessions when not: not the one holding its job's advisory lock
+    (runtime/leadership.py), whose end would make it stop and exit, as a lost lead must
+    (tests/links/test_leadership.py). What is tested here is the loop's back-off while its
+    store is away. PostgreSQL refuses to change this for the database a session is in, so it is
+    done from the maintenance database."""
     db = connection.settings_dict
     admin = psycopg2.connect(dbname="postgres", user=db["USER"], password=db["PASSWORD"] or None,
                              host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432)
@@ -82,9 +85,11 @@ def _connections_allowed(allowed: bool) -> None:
             cursor.execute(f'ALTER DATABASE "{db["NAME"]}" WITH ALLOW_CONNECTIONS '
                            f'{str(allowed).lower()}')
             if not allowed:
-                cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                               "WHERE application_name = 'test_consume_clicks' "
-                               "AND datname = %s", [db["NAME"]])
+                cursor.execute("SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a "
+                               "WHERE a.application_name = 'test_consume_clicks' "
+                               "AND a.datname = %s AND NOT EXISTS (SELECT 1 FROM pg_locks l "
+                               "WHERE l.pid = a.pid AND l.locktype = 'advisory')",
+                               [db["NAME"]])
     finally:
         admin.close()
 
