@@ -77,6 +77,26 @@ def subnet_taken(subnet: ipaddress.IPv4Network, *, besides: str | None = None) -
     return any(subnet.overlaps(net) for _, net in networks_in_use(besides=besides))
 
 
+# A command started again 2 s after it exits non-zero, as systemd's Restart=on-failure does;
+# SIGTERM (and SIGINT) to the wrapper reaches the command, whose exit then ends the wrapper.
+# A signal to the host's process group (Host.send, a SIGKILL) reaches both.
+_RESTARTED = """
+trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 0' TERM INT
+while true; do
+  "$@" & child=$!
+  wait "$child"; code=$?
+  [ "$code" -eq 0 ] && exit 0
+  echo "restarted: exited with $code, starting again in 2 s (as systemd's Restart=on-failure)"
+  sleep 2
+done
+"""
+
+
+def restarted(cmd: list[str]) -> list[str]:
+    """`cmd` under a wrapper that starts it again when it exits non-zero (_RESTARTED)."""
+    return ["bash", "-c", _RESTARTED, "restarted", *cmd]
+
+
 class Host:
     def __init__(self, cluster: NetnsCluster, name: str, number: int) -> None:
         self.cluster = cluster
@@ -262,9 +282,12 @@ class NetnsCluster:
                # test replication and faults, not /create's rate limits (tested on their own).
                "SHORTENER_CREATE_RATE_LIMIT": ""}
         self.master.start("web", [sys.executable, "-m", "gunicorn", "shortener_project.wsgi"], env)
-        self.master.start("clicks", [sys.executable, "manage.py", "consume_clicks"], env)
-        self.master.start("outbox", [sys.executable, "manage.py", "republish_links",
-                                     "--pending", "--follow", "--interval", "1"], env)
+        # As systemd runs them (deploy/systemd: Restart=on-failure, RestartSec=2): a job that
+        # lost its lead (PostgreSQL restarted: runtime/leadership.py) exits 1 and comes back.
+        self.master.start("clicks", restarted([sys.executable, "manage.py", "consume_clicks"]),
+                          env)
+        self.master.start("outbox", restarted([sys.executable, "manage.py", "republish_links",
+                                               "--pending", "--follow", "--interval", "1"]), env)
 
     def redis_dir(self, host: Host) -> Path:
         return self.dir / f"{host.name}-redis"
