@@ -169,12 +169,9 @@ class ClickReporter:
         try:
             while not self.stop.is_set():
                 try:
-                    # Marks in flight between rounds belong to no send of this process (each
-                    # round acknowledges or puts back all it claimed): a previous run's that died
-                    # sending, or a restored snapshot's, taken while a send waited for Kafka
-                    # (found by the chaos run on three brokers: a broker's failover held sends
-                    # for up to 30 s, and the restored marks were never sent again). They go
-                    # out again; a report Kafka did take is absorbed by the master's max().
+                    # Marks in flight between rounds belong to no send of this process: a dead
+                    # run's, or a restored snapshot's taken while a send waited (found by the
+                    # chaos run on three brokers). They go out again (max() absorbs a repeat).
                     self.requeue(keys=self._requeue_keys, args=[])
                     incarnation_ensure(redis=self.redis)
                     self.report(keys.clicks_due_key(), keys.clicks_due_key(), milestone=True)

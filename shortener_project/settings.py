@@ -248,15 +248,13 @@ if not 0 < SHORTENER_CLICKS_SWEEP_SECONDS <= 3 * 86400:
 # one record; the consumer's fetch size bounds the counters: topics/clicks.py).
 SHORTENER_CLICKS_BATCH = env.int("SHORTENER_CLICKS_BATCH", default=5000)
 
-# Master hosts' background jobs (outbox relay, consume_clicks, prune): one instance works, the
-# others wait for its PostgreSQL advisory lock (runtime/leadership.py). A standby tries for the
-# lock this often (seconds): the takeover time after a holder's process dies. The holder checks
-# it still holds the lock this often (seconds).
+# Master jobs (relay, consume_clicks, prune): one instance works, the others wait for its lock
+# (runtime/leadership.py). A standby tries this often (seconds: the takeover time after a
+# holder's death); the holder checks its lock this often.
 SHORTENER_LEADER_RETRY_SECONDS = env.float("SHORTENER_LEADER_RETRY_SECONDS", default=1.0)
 SHORTENER_LEADER_CHECK_SECONDS = env.float("SHORTENER_LEADER_CHECK_SECONDS", default=1.0)
-# A holder whose last check of its lock is older than this (seconds) is stopped or hung: a
-# standby ends its session and takes over. Above a check's interval plus its deadline (the
-# larger of 5 s and three intervals), or a slow but working holder would be cut off.
+# A holder whose last check is older than this (seconds) is stopped or hung: a standby ends its
+# session. Above a check's interval plus its deadline (max(5 s, three intervals)).
 SHORTENER_LEADER_STALE_SECONDS = env.float("SHORTENER_LEADER_STALE_SECONDS", default=15.0)
 if not (SHORTENER_LEADER_RETRY_SECONDS > 0 and SHORTENER_LEADER_CHECK_SECONDS > 0):
     raise ImproperlyConfigured(
