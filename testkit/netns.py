@@ -239,15 +239,19 @@ class NetnsCluster:
         self._addresses_set(self.subnet_claim())
         sh("ip", "link", "set", self.bridge, "up")
         for host in self.hosts:
-            sh("ip", "netns", "add", host.ns)
-            sh("ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns",
-               host.ns)
-            sh("ip", "link", "set", host.veth, "master", self.bridge)
-            sh("ip", "link", "set", host.veth, "up")
-            for cmd in (["ip", "addr", "add", f"{host.ip}/{self.subnet.prefixlen}", "dev", "eth0"],
-                        ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "lo", "up"],
-                        ["ip", "route", "add", "default", "via", self.bridge_ip]):
-                sh("ip", "netns", "exec", host.ns, *cmd)
+            self.host_plug(host)
+
+    def host_plug(self, host: Host) -> None:
+        """Make `host`'s namespace and cable it to the bridge at its address."""
+        sh("ip", "netns", "add", host.ns)
+        sh("ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns",
+           host.ns)
+        sh("ip", "link", "set", host.veth, "master", self.bridge)
+        sh("ip", "link", "set", host.veth, "up")
+        for cmd in (["ip", "addr", "add", f"{host.ip}/{self.subnet.prefixlen}", "dev", "eth0"],
+                    ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "lo", "up"],
+                    ["ip", "route", "add", "default", "via", self.bridge_ip]):
+            sh("ip", "netns", "exec", host.ns, *cmd)
 
     # --- shared services: Kafka and PostgreSQL on the network ------------------------------
 

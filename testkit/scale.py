@@ -218,17 +218,7 @@ backend masters
         host.ip = str(self.subnet[number])
         self.hosts.append(host)
         self.replicas.append(host)
-        from testkit.netns import sh
-
-        sh("ip", "netns", "add", host.ns)
-        sh("ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns",
-           host.ns)
-        sh("ip", "link", "set", host.veth, "master", self.bridge)
-        sh("ip", "link", "set", host.veth, "up")
-        for cmd in (["ip", "addr", "add", f"{host.ip}/{self.subnet.prefixlen}", "dev", "eth0"],
-                    ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "lo", "up"],
-                    ["ip", "route", "add", "default", "via", self.bridge_ip]):
-            sh("ip", "netns", "exec", host.ns, *cmd)
+        self.host_plug(host)
         return host
 
     def up(self) -> None:
